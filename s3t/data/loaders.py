@@ -1,0 +1,393 @@
+"""Turn data on disk (WordNet, CSV, JSONL) into a :class:`Dataset`, and split it for evaluation.
+
+Every loader returns stable string ids, because the ledger, the partition and every deletion
+request refer to samples by id; errors name the file and line so the user can fix the data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s3t.data.samples import Dataset
+
+DEFAULT_WORDNET = Path("/usr/share/wordnet")
+
+#: WordNet 3.0 lexicographer files, indexed by ``lex_filenum`` (used when no ``lexnames`` file).
+LEXNAMES: tuple[str, ...] = (
+    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
+    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event",
+    "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object",
+    "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process",
+    "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
+    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition",
+    "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
+    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather",
+    "adj.ppl",
+)  # fmt: skip
+
+_INT_RE = re.compile(r"-?\d+")
+
+
+# --------------------------------------------------------------------------- WordNet
+
+
+def _wordnet_dir(path: str | Path | None) -> Path:
+    """Find the directory holding ``data.noun``: the path itself or its ``dict/`` child."""
+    base = DEFAULT_WORDNET if path is None else Path(path)
+    if base.is_file() and base.name == "data.noun":
+        return base.parent
+    for cand in (base, base / "dict"):
+        if (cand / "data.noun").is_file():
+            return cand
+    raise FileNotFoundError(
+        f"WordNet data.noun not found in {base} (nor in {base / 'dict'}): install it with "
+        "`apt-get install wordnet-base` (Debian/Ubuntu) or pass the path of a WordNet "
+        "dict directory"
+    )
+
+
+def _lexnames(wn_dir: Path) -> dict[int, str]:
+    """Read ``lexnames`` if the dictionary ships one, else use the standard WordNet 3.0 list."""
+    f = wn_dir / "lexnames"
+    if f.is_file():
+        names: dict[int, str] = {}
+        for line in f.read_text(encoding="utf-8").splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].isdigit():
+                names[int(parts[0])] = parts[1]
+        if names:
+            return names
+    return dict(enumerate(LEXNAMES))
+
+
+def _gloss_definition(gloss: str) -> str:
+    """Keep a gloss's definition, dropping the quoted example sentences that follow ``; "``."""
+    gloss = gloss.strip()
+    definition = gloss.split('; "', 1)[0].strip().rstrip(";").strip()
+    return definition or gloss
+
+
+def _parse_data_noun(file: Path, lexnames: dict[int, str]) -> list[tuple[str, str, str]]:
+    """Parse ``data.noun`` into ``(id, text, lexname)`` triples, in file (offset) order."""
+    out: list[tuple[str, str, str]] = []
+    with file.open(encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if line.startswith("  ") or not line.strip():
+                continue  # license header
+            head, bar, gloss = line.partition("|")
+            parts = head.split()
+            if not bar or len(parts) < 5 or not parts[0].isdigit() or not parts[1].isdigit():
+                raise ValueError(
+                    f"{file}:{lineno}: not a WordNet data line (expected "
+                    "'offset lex_filenum ss_type w_cnt word ... | gloss'); is this data.noun?"
+                )
+            offset, lex_filenum, ss_type = parts[0], int(parts[1]), parts[2]
+            if ss_type != "n":
+                continue
+            if lex_filenum not in lexnames:
+                raise ValueError(f"{file}:{lineno}: unknown lex_filenum {lex_filenum}")
+            lemma = parts[4].replace("_", " ")
+            text = f"{lemma}: {_gloss_definition(gloss)}"
+            out.append((f"wn:{int(offset):08d}", text, lexnames[lex_filenum]))
+    return out
+
+
+def load_wordnet(
+    path: str | Path | None = None, limit: int | None = None, seed: int = 0
+) -> Dataset:
+    """WordNet noun synsets labelled by lexicographer file (``noun.animal``, ...).
+
+    One sample per synset: id ``wn:<offset>``, text ``"<first lemma>: <definition>"``.
+    ``label_names`` are all categories occurring in the whole file, so every ``limit``/``seed``
+    shares one label space. ``limit`` keeps a seeded, class-proportional subset, sorted by id.
+    """
+    wn_dir = _wordnet_dir(path)
+    rows = _parse_data_noun(wn_dir / "data.noun", _lexnames(wn_dir))
+    label_names = sorted({lab for _, _, lab in rows})
+    index = {name: i for i, name in enumerate(label_names)}
+    data = Dataset(
+        ids=[r[0] for r in rows],
+        texts=[r[1] for r in rows],
+        labels=[index[r[2]] for r in rows],
+        label_names=label_names,
+    )
+    if limit is not None:
+        data = data.subset(_limit_indices(data, limit, seed))
+    return data
+
+
+def _limit_indices(data: Dataset, limit: int, seed: int) -> list[int]:
+    """Seeded subset of ``limit`` indices, class-proportional when labelled, sorted by id."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    n = len(data)
+    if limit >= n:
+        chosen = list(range(n))
+    elif data.labels is None:
+        rng = np.random.default_rng(seed)
+        chosen = rng.choice(n, size=limit, replace=False).tolist()
+    else:
+        chosen = _stratified(data.labels, limit, seed)
+    return sorted(chosen, key=lambda i: data.ids[i])
+
+
+def _stratified(labels: Sequence[int], limit: int, seed: int) -> list[int]:
+    """Largest-remainder allocation of ``limit`` over classes, then a seeded draw in each."""
+    by_class: dict[int, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    classes = sorted(by_class)
+    n = len(labels)
+    exact = [limit * len(by_class[c]) / n for c in classes]
+    quota = [math.floor(x) for x in exact]
+    order = sorted(range(len(classes)), key=lambda k: (-(exact[k] - quota[k]), k))
+    for k in order[: limit - sum(quota)]:
+        quota[k] += 1
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for c, q in zip(classes, quota, strict=True):
+        members = by_class[c]
+        chosen.extend(members[j] for j in rng.choice(len(members), size=q, replace=False))
+    return chosen
+
+
+# --------------------------------------------------------------------------- CSV / JSONL
+
+
+def _where(file: Path, line: int) -> str:
+    return f"{file}, line {line}"
+
+
+def _iter_csv(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with file.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not any(f.strip() for f in reader.fieldnames):
+            raise ValueError(f"{file} is empty: write a header line `id,text,label` and rows")
+        fields = [(f or "").strip() for f in reader.fieldnames]
+        reader.fieldnames = fields
+        for col in ("id", "text"):
+            if col not in fields:
+                raise ValueError(
+                    f"{_where(file, 1)}: missing `{col}` column (header is {fields}); "
+                    "the file needs columns `id`, `text` and optionally `label`, `group`"
+                )
+        has_label = "label" in fields
+        for row in reader:
+            row = {k: v for k, v in row.items() if k is not None}
+            if not has_label:
+                row.pop("label", None)
+            yield reader.line_num, row
+
+
+def _iter_jsonl(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with file.open(encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            if lineno == 1 and line.lstrip().startswith("["):
+                raise ValueError(
+                    f"{_where(file, 1)}: found a JSON array; write JSON lines instead "
+                    '(one object per line, e.g. {"id": "a1", "text": "...", "label": "x"})'
+                )
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{_where(file, lineno)}: malformed JSON ({e.msg}); each line must be one "
+                    "JSON object"
+                ) from None
+            if not isinstance(obj, dict):
+                raise ValueError(
+                    f"{_where(file, lineno)}: expected a JSON object with `id` and `text`, "
+                    f"got {type(obj).__name__}"
+                )
+            yield lineno, obj
+
+
+def _label_str(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{where}: label must be a string or an integer, got {value!r}")
+    text = str(value).strip()
+    if not text:
+        raise ValueError(f"{where}: empty label; give every row a label or drop the column")
+    return text
+
+
+def _sort_label_names(names: set[str]) -> list[str]:
+    """Integer-looking labels sort numerically (so "10" follows "9"), others by string."""
+    if names and all(_INT_RE.fullmatch(n) for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def load_table(path: str | Path, label_names: list[str] | None = None) -> Dataset:
+    """Read a CSV or JSON-lines file with columns ``id``, ``text``, ``label`` and ``group``.
+
+    ``label`` and ``group`` are optional: without ``label`` the dataset is unlabelled
+    (``labels=None``, for prediction). Pass ``label_names`` to map labels into an existing
+    label space (e.g. an eval file scored by a model trained on another file).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"data file {file} does not exist")
+    suffix = file.suffix.lower()
+    if suffix == ".csv":
+        rows = _iter_csv(file)
+    elif suffix in (".jsonl", ".json", ".ndjson"):
+        rows = _iter_jsonl(file)
+    else:
+        raise ValueError(
+            f"{file}: unsupported extension {file.suffix!r}; use .csv or .jsonl "
+            "(columns id, text, label, optional group)"
+        )
+
+    ids: list[str] = []
+    texts: list[str] = []
+    raw_labels: list[str] = []
+    groups: list[str | None] = []
+    first_line: dict[str, int] = {}
+    labelled: bool | None = None
+    for lineno, row in rows:
+        where = _where(file, lineno)
+        for col in ("id", "text"):
+            if col not in row:
+                raise ValueError(
+                    f"{where}: missing `{col}` column; every row needs `id` and `text`"
+                )
+        sid = "" if row["id"] is None else str(row["id"]).strip()
+        if not sid:
+            raise ValueError(f"{where}: empty id; every row needs a unique non-empty `id`")
+        if sid in first_line:
+            raise ValueError(
+                f"{where}: duplicate id {sid!r} (first seen on line {first_line[sid]}); "
+                "ids must be unique"
+            )
+        text = row["text"]
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{where}: empty text for id {sid!r}; remove the row or fill it in")
+        has_label = "label" in row
+        if labelled is None:
+            labelled = has_label
+        elif has_label != labelled:
+            raise ValueError(
+                f"{where}: `label` is {'present' if has_label else 'missing'} here but "
+                f"{'missing' if has_label else 'present'} on earlier lines; label every row "
+                "or none"
+            )
+        if has_label:
+            raw_labels.append(_label_str(row["label"], where))
+        group = row.get("group")
+        groups.append(None if group is None or str(group).strip() == "" else str(group).strip())
+        first_line[sid] = lineno
+        ids.append(sid)
+        texts.append(text)
+
+    if not ids:
+        raise ValueError(
+            f"{file} is empty (no data rows): add rows with `id`, `text` (and `label`)"
+        )
+
+    labels: list[int] | None = None
+    if labelled:
+        if label_names is None:
+            label_names = _sort_label_names(set(raw_labels))
+        index = {str(name): i for i, name in enumerate(label_names)}
+        labels = []
+        for sid, lab in zip(ids, raw_labels, strict=True):
+            if lab not in index:
+                raise ValueError(
+                    f"{_where(file, first_line[sid])}: unknown label {lab!r} (id {sid!r}); "
+                    f"expected one of {list(label_names)}"
+                )
+            labels.append(index[lab])
+    return Dataset(
+        ids=ids,
+        texts=texts,
+        labels=labels,
+        groups=groups,
+        label_names=[str(n) for n in label_names] if label_names is not None else [],
+    )
+
+
+# --------------------------------------------------------------------------- dispatch / split
+
+
+def _remap_labels(data: Dataset, label_names: list[str]) -> Dataset:
+    """Re-express ``data``'s labels as indices into ``label_names`` (a caller's label space)."""
+    if data.labels is None or list(label_names) == data.label_names:
+        return Dataset(data.ids, data.texts, data.labels, data.groups, list(label_names))
+    index = {str(name): i for i, name in enumerate(label_names)}
+    missing = sorted({data.label_names[lab] for lab in data.labels} - set(index))
+    if missing:
+        raise ValueError(f"labels {missing} are not in the given label_names {list(label_names)}")
+    labels = [index[data.label_names[lab]] for lab in data.labels]
+    return Dataset(data.ids, data.texts, labels, data.groups, [str(n) for n in label_names])
+
+
+def load_source(
+    src: str, label_names: list[str] | None = None, limit: int | None = None, seed: int = 0
+) -> Dataset:
+    """Load ``"wordnet"``, ``"wordnet:<dir>"`` or a CSV/JSONL path; ``limit`` keeps a subset."""
+    if src == "wordnet" or src.startswith("wordnet:"):
+        wn_path = src.partition(":")[2] or None
+        data = load_wordnet(wn_path, limit=limit, seed=seed)
+        return data if label_names is None else _remap_labels(data, label_names)
+    data = load_table(src, label_names=label_names)
+    if limit is not None:
+        data = data.subset(_limit_indices(data, limit, seed))
+    return data
+
+
+def train_test_split(
+    data: Dataset, test_size: int | float, seed: int = 0
+) -> tuple[Dataset, Dataset]:
+    """Seeded split into (train, test) that never puts one group's samples on both sides.
+
+    ``test_size`` is a sample count (int) or a fraction in (0, 1) (rounded up). With groups the
+    test side holds whole groups and gets as close to ``test_size`` as they allow.
+    """
+    n = len(data)
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)):
+        raise ValueError(f"test_size must be an int count or a float fraction, got {test_size!r}")
+    if isinstance(test_size, float):
+        if not 0.0 < test_size < 1.0:
+            raise ValueError(f"a float test_size must lie in (0, 1), got {test_size}")
+        target = math.ceil(test_size * n)
+    else:
+        target = test_size
+    if not 0 < target < n:
+        raise ValueError(
+            f"test_size={test_size} leaves {target} of {n} samples for test; "
+            "both sides need at least one sample"
+        )
+
+    units: dict[tuple[int, str], list[int]] = {}
+    for i, (sid, group) in enumerate(zip(data.ids, data.groups, strict=True)):
+        key = (0, group) if group is not None else (1, sid)
+        units.setdefault(key, []).append(i)
+    keys = sorted(units)
+    order = np.random.default_rng(seed).permutation(len(keys))
+
+    test: list[int] = []
+    for k in order:
+        members = units[keys[k]]
+        if abs(len(test) + len(members) - target) < abs(len(test) - target):
+            test.extend(members)
+        if len(test) == target:
+            break
+    if not test or len(test) == n:
+        raise ValueError(
+            f"cannot split {n} samples into train and test of about {target} without "
+            "splitting a group; use more groups or another test_size"
+        )
+    in_test = set(test)
+    train_idx = [i for i in range(n) if i not in in_test]
+    return data.subset(train_idx), data.subset(sorted(test))
