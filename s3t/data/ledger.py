@@ -1,0 +1,226 @@
+"""The ledger: the durable record of where every sample lives, what was deleted, which
+stages exist (with file hashes and the slice versions they were trained on) and what is routed.
+
+SQLite in WAL mode with ``synchronous=FULL`` and ``secure_delete``: a committed deletion
+survives a crash, and a deleted sample's text is overwritten rather than left in free pages.
+After each deletion the WAL is checkpointed and truncated so no old page image survives.
+
+A stage's lineage is derived, not stored: it is every sample of its prefix's cells that was
+present at the slice versions it recorded. A sample deleted at version ``v`` of its slice
+belongs to the lineage of exactly the stages that recorded a version below ``v``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+    sample_id TEXT PRIMARY KEY,
+    shard INTEGER NOT NULL,
+    slice INTEGER NOT NULL,
+    grp TEXT,
+    label INTEGER,
+    input TEXT,                 -- NULL once deleted
+    deleted_version INTEGER,    -- the slice version its deletion created
+    deleted_request TEXT
+);
+CREATE INDEX IF NOT EXISTS samples_cell ON samples (shard, slice);
+CREATE INDEX IF NOT EXISTS samples_grp ON samples (grp);
+CREATE TABLE IF NOT EXISTS slices (
+    shard INTEGER NOT NULL, slice INTEGER NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (shard, slice)
+);
+CREATE TABLE IF NOT EXISTS stages (
+    key TEXT PRIMARY KEY,
+    shard INTEGER NOT NULL,
+    prefix TEXT NOT NULL,       -- JSON list of slices
+    versions TEXT NOT NULL,     -- JSON list, the version of each prefix slice when trained
+    parent TEXT,
+    status TEXT NOT NULL,       -- 'live' | 'erased'
+    files TEXT NOT NULL,        -- JSON {file name: sha256}
+    n_samples INTEGER NOT NULL,
+    val_score REAL,
+    created_at TEXT NOT NULL,
+    erased_by TEXT
+);
+CREATE TABLE IF NOT EXISTS routes (shard INTEGER PRIMARY KEY, stage TEXT);
+CREATE TABLE IF NOT EXISTS eval_samples (  -- validation data: never deletable
+    sample_id TEXT PRIMARY KEY, label INTEGER NOT NULL, input TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deletions (
+    request_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    certificate TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    key: str
+    shard: int
+    prefix: tuple[int, ...]
+    versions: tuple[int, ...]
+    parent: str | None
+    status: str
+    files: dict[str, str]
+    n_samples: int
+    val_score: float | None
+
+    @property
+    def depth(self) -> int:
+        return len(self.prefix)
+
+
+def stage_key(shard: int, prefix: Sequence[int], versions: Sequence[int]) -> str:
+    """Stage identity: shard, slices in order, and each slice's content version."""
+    return f"{shard}-" + "_".join(f"{s}v{v}" for s, v in zip(prefix, versions, strict=True))
+
+
+class Ledger:
+    FILE = "ledger.sqlite"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA secure_delete=ON")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.executescript(SCHEMA)
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> Ledger:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no ledger at {path}")
+        ledger = cls(path)
+        if ledger.get_meta("format") is None:
+            raise ValueError(f"{path} is not an s3t ledger")
+        return ledger
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All-or-nothing: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it (no stale page images left)."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # --- meta -------------------------------------------------------------------------------
+    def set_meta(self, key: str, value: object) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str) -> object:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    # --- samples ----------------------------------------------------------------------------
+    def add_samples(self, rows: Iterable[tuple[str, int, int, str | None, int | None, str]],
+                    n_shards: int, n_slices: int) -> None:
+        """Rows of (sample_id, shard, slice, group, label, input); slices start at version 0."""
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO samples (sample_id, shard, slice, grp, label, input) "
+                "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            c.executemany("INSERT INTO slices VALUES (?, ?, 0)",
+                          [(m, s) for m in range(n_shards) for s in range(n_slices)])
+
+    def cell_samples(self, shard: int, slice_: int) -> list[tuple[str, int, str]]:
+        """Retained samples of a cell as (id, label, input), sorted by id."""
+        return self.conn.execute(
+            "SELECT sample_id, label, input FROM samples WHERE shard = ? AND slice = ? "
+            "AND deleted_version IS NULL ORDER BY sample_id", (shard, slice_)).fetchall()
+
+    def find_samples(self, ids: Sequence[str]) -> dict[str, tuple[int, int, int | None]]:
+        """Known ids -> (shard, slice, deleted_version)."""
+        found: dict[str, tuple[int, int, int | None]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            for sid, shard, sl, dv in self.conn.execute(
+                    f"SELECT sample_id, shard, slice, deleted_version FROM samples "
+                    f"WHERE sample_id IN ({marks})", chunk):
+                found[sid] = (shard, sl, dv)
+        return found
+
+    def group_members(self, groups: Sequence[str]) -> dict[str, list[str]]:
+        members: dict[str, list[str]] = {g: [] for g in groups}
+        for g in groups:
+            members[g] = [r[0] for r in self.conn.execute(
+                "SELECT sample_id FROM samples WHERE grp = ? ORDER BY sample_id", (g,))]
+        return members
+
+    def counts(self) -> tuple[int, int]:
+        total, deleted = self.conn.execute(
+            "SELECT COUNT(*), COUNT(deleted_version) FROM samples").fetchone()
+        return total, deleted
+
+    def slice_versions(self) -> dict[tuple[int, int], int]:
+        return {(m, s): v for m, s, v in self.conn.execute("SELECT shard, slice, version FROM slices")}
+
+    def deleted_samples(self) -> list[tuple[str, int, int, int]]:
+        """(id, shard, slice, deleted_version) of every deleted sample."""
+        return self.conn.execute(
+            "SELECT sample_id, shard, slice, deleted_version FROM samples "
+            "WHERE deleted_version IS NOT NULL").fetchall()
+
+    def leaked_inputs(self) -> list[str]:
+        """Deleted samples whose input is still stored (must be empty)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT sample_id FROM samples WHERE deleted_version IS NOT NULL AND input IS NOT NULL")]
+
+    def add_eval_samples(self, rows: Iterable[tuple[str, int, str]]) -> None:
+        with self.transaction() as c:
+            c.executemany("INSERT INTO eval_samples VALUES (?, ?, ?)", rows)
+
+    def eval_samples(self) -> list[tuple[str, int, str]]:
+        return self.conn.execute(
+            "SELECT sample_id, label, input FROM eval_samples ORDER BY sample_id").fetchall()
+
+    # --- stages and routes -----------------------------------------------------------------
+    def add_stage(self, record: StageRecord, created_at: str) -> None:
+        self.conn.execute(
+            "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            (record.key, record.shard, json.dumps(list(record.prefix)),
+             json.dumps(list(record.versions)), record.parent, record.status,
+             json.dumps(record.files), record.n_samples, record.val_score, created_at))
+
+    def stages(self, status: str | None = "live") -> list[StageRecord]:
+        query = "SELECT key, shard, prefix, versions, parent, status, files, n_samples, val_score " \
+                "FROM stages"
+        args: tuple = ()
+        if status is not None:
+            query += " WHERE status = ?"
+            args = (status,)
+        return [StageRecord(k, sh, tuple(json.loads(p)), tuple(json.loads(v)), par, st,
+                            json.loads(f), n, vs)
+                for k, sh, p, v, par, st, f, n, vs in self.conn.execute(query + " ORDER BY key",
+                                                                         args)]
+
+    def routes(self) -> dict[int, str | None]:
+        return dict(self.conn.execute("SELECT shard, stage FROM routes ORDER BY shard").fetchall())
+
+    def set_routes(self, routes: dict[int, str | None]) -> None:
+        self.conn.executemany("INSERT OR REPLACE INTO routes VALUES (?, ?)", sorted(routes.items()))
+
+    def certificates(self) -> list[dict]:
+        return [json.loads(r[0]) for r in self.conn.execute(
+            "SELECT certificate FROM deletions ORDER BY created_at, request_id")]

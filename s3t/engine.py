@@ -1,0 +1,375 @@
+"""The public estimator: ``S3T(config).fit(data)``, ``predict``, ``forget``, ``retrain``,
+``save``/``load``. It wires the planner, ledger, trainer, stage store and router together
+and keeps the run directory (the source of truth) consistent with what it serves.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from s3t.config import S3TConfig
+from s3t.data.ledger import Ledger, StageRecord, stage_key
+from s3t.data.partition import partition
+from s3t.data.samples import Dataset
+from s3t.models.adapted import AdaptedBackbone, default_model_dir
+from s3t.plan.orderings import make_orderings
+from s3t.plan.prefix_tree import PrefixTree
+from s3t.serve.router import compute_routes, lineage_chain
+from s3t.store import StageStore, sha256_file
+from s3t.train.features import FeatureCache
+from s3t.train.stage_trainer import StageWeights, accuracy, apply_chain, train_stage
+from s3t.unlearn import AuditReport, apply_forget, audit, now, plan_forget, sweep
+
+RUN_FILE = "s3t.json"
+FORMAT = 1
+EVAL_BLOCK = "eval"
+
+
+class NoLiveShardError(RuntimeError):
+    """Every shard has lost its first slice: the model must be retrained before it can serve."""
+
+
+class NotARunError(FileNotFoundError):
+    """The directory does not hold an s3t run."""
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    label_ids: np.ndarray
+    probabilities: np.ndarray      # (n, num_labels), aggregated over live shards
+    live_shards: int
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """sha256 over the backbone's weight files: a run refuses a different backbone."""
+    files = sorted(Path(model_dir).glob("*.safetensors")) or sorted(Path(model_dir).glob("*.bin"))
+    joined = "".join(f"{f.name}:{sha256_file(f)}" for f in files)
+    import hashlib
+
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+class S3T:
+    """Sequence-aware Sharded Sliced Training with exact, instant forgetting."""
+
+    def __init__(self, config: S3TConfig | None = None, run_dir: str | Path | None = None):
+        self.config = config
+        self.run_dir = run_dir
+
+    # --- training -----------------------------------------------------------------------------
+    def fit(self, data: Dataset, eval_data: Dataset | None = None, progress: bool = True) -> S3T:
+        config = (self.config or S3TConfig()).validate()
+        self.config = config
+        if data.labels is None:
+            raise ValueError("training data has no labels: every sample needs a label")
+        if len(data) < config.shards * config.slices:
+            raise ValueError(f"{len(data)} samples cannot fill {config.shards} shards x "
+                             f"{config.slices} slices: use fewer shards or slices")
+        if eval_data is not None and eval_data.labels is None:
+            raise ValueError("eval data has no labels")
+        run_dir = self._new_run_dir()
+        self.label_names = list(data.label_names) or [str(i) for i in range(max(data.labels) + 1)]
+        self.backbone = AdaptedBackbone(config, num_labels=len(self.label_names))
+        orderings = make_orderings(config.strategy, config.slices, config.budget,
+                                   prior=config.prior, seed=config.seed)
+        self.tree = PrefixTree.from_orderings(orderings)
+        cells = partition(data.ids, data.groups, config.shards, config.slices, seed=config.seed)
+
+        self.ledger = Ledger(run_dir / Ledger.FILE)
+        self.ledger.set_meta("format", FORMAT)
+        self.ledger.add_samples(
+            ((sid, *cells[sid], grp, label, text) for sid, grp, label, text in
+             zip(data.ids, data.groups, data.labels, data.texts, strict=True)),
+            config.shards, config.slices)
+        if eval_data is not None:
+            self.ledger.add_eval_samples(zip(eval_data.ids, eval_data.labels, eval_data.texts,
+                                             strict=True))
+        self.store = StageStore(run_dir / "stages")
+        self.features = FeatureCache(self.backbone, chunk_size=config.batch_size)
+        self._weights: dict[str, StageWeights] = {}
+        self._write_run_file(run_dir)
+        started = time.perf_counter()
+        self.last_train = self._train_missing(progress)
+        self.last_train["train_seconds"] = time.perf_counter() - started
+        return self
+
+    def retrain(self, progress: bool = True) -> dict:
+        """Train every stage of the plan that is missing on the current data; restore routes."""
+        self._require_fitted()
+        started = time.perf_counter()
+        summary = self._train_missing(progress)
+        summary["train_seconds"] = time.perf_counter() - started
+        return summary
+
+    def _train_missing(self, progress: bool) -> dict:
+        config = self.config
+        versions = self.ledger.slice_versions()
+        live = {r.key: r for r in self.ledger.stages("live")}
+        todo: list[tuple[int, tuple[int, ...]]] = []
+        for shard in range(config.shards):
+            for node in self.tree.stages:
+                if self._key(shard, node.prefix, versions) not in live:
+                    todo.append((shard, node.prefix))
+        cell_rows = {cell: self.ledger.cell_samples(*cell) for cell in versions}
+        val = self._eval_block()
+        total = sum(sum(len(cell_rows[(m, s)]) for s in p) * config.epochs for m, p in todo)
+        bar = tqdm(total=total, unit="sample", desc="training stages", disable=not progress)
+        for shard, prefix in todo:
+            for s in prefix:
+                rows = cell_rows[(shard, s)]
+                self.features.ensure((shard, s), versions[(shard, s)], [r[0] for r in rows],
+                                     [r[2] for r in rows])
+            ancestors = [self._stage_weights(self._key(shard, prefix[:k], versions))
+                         for k in range(1, len(prefix))]
+            rows = [r for s in prefix for r in cell_rows[(shard, s)]]
+            result = train_stage(
+                self.backbone, self.features, shard=shard, prefix=prefix, ancestors=ancestors,
+                sample_ids=[r[0] for r in rows], labels=[r[1] for r in rows], val=val,
+                progress=bar.update)
+            key = self._key(shard, prefix, versions)
+            parent = self._key(shard, prefix[:-1], versions) if len(prefix) > 1 else None
+            meta = {"key": key, "shard": shard, "prefix": list(prefix),
+                    "versions": [versions[(shard, s)] for s in prefix], "parent": parent,
+                    "n_samples": result.n_samples, "val_score": result.val_score,
+                    "seed": config.seed, "final_loss": result.final_loss}
+            files = self.store.write(shard, key, result.weights, meta)
+            record = StageRecord(key, shard, tuple(prefix), tuple(meta["versions"]), parent,
+                                 "live", files, result.n_samples, result.val_score)
+            with self.ledger.transaction():
+                self.ledger.add_stage(record, now())
+            self._weights[key] = result.weights
+        bar.close()
+        with self.ledger.transaction():
+            self.ledger.set_routes(compute_routes(self.ledger.stages("live"), config.shards))
+        return {"stages_trained": len(todo), "stages_total": self.tree.count() * config.shards}
+
+    def _key(self, shard: int, prefix: Sequence[int], versions: dict) -> str:
+        return stage_key(shard, prefix, [versions[(shard, s)] for s in prefix])
+
+    def _eval_block(self) -> tuple[list[str], list[int]] | None:
+        rows = self.ledger.eval_samples()
+        if not rows:
+            return None
+        ids = [f"eval:{r[0]}" for r in rows]
+        self.features.ensure(EVAL_BLOCK, 0, ids, [r[2] for r in rows])
+        return ids, [r[1] for r in rows]
+
+    def _stage_weights(self, key: str) -> StageWeights:
+        """In-memory weights of a live stage, read from disk (hash-checked) on first use."""
+        if key not in self._weights:
+            record = self._live_records()[key]
+            self._weights[key] = self.store.read(record.shard, key, record.files)
+        return self._weights[key]
+
+    def _live_records(self) -> dict[str, StageRecord]:
+        return {r.key: r for r in self.ledger.stages("live")}
+
+    # --- serving ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, inputs: Sequence[str], batch_size: int = 64) -> Prediction:
+        """Mean of class probabilities over live shards (or majority vote, per config)."""
+        self._require_fitted()
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        routes = self._served_chains()
+        if not routes:
+            raise NoLiveShardError(
+                "no shard can serve: every shard has lost its first slice to deletions; "
+                "run `s3t retrain RUN` (or S3T.retrain()) to restore service")
+        n_labels = len(self.label_names)
+        out = np.zeros((len(inputs), n_labels))
+        self.backbone.model.eval()
+        for start in range(0, len(inputs), batch_size):
+            batch = self.backbone.encode(list(inputs[start:start + batch_size]))
+            bounds = self.backbone.boundaries(batch)
+            mask = batch["attention_mask"]
+            for chain in routes:
+                apply_chain(self.backbone, chain)
+                depth = len(chain)
+                probs = torch.softmax(self.backbone.top(bounds[depth], mask, depth), dim=-1)
+                if self.config.aggregation == "vote":
+                    probs = torch.nn.functional.one_hot(probs.argmax(-1), n_labels).double()
+                out[start:start + len(batch["attention_mask"])] += probs.double().numpy()
+        out /= len(routes)
+        ids = out.argmax(axis=1)
+        return Prediction([self.label_names[i] for i in ids], ids, out, len(routes))
+
+    def score(self, data: Dataset) -> float:
+        if data.labels is None:
+            raise ValueError("scoring needs labelled data")
+        pred = self.predict(data.texts)
+        return float(np.mean(pred.label_ids == np.asarray(self._map_labels(data))))
+
+    def _map_labels(self, data: Dataset) -> list[int]:
+        if not data.label_names or data.label_names == self.label_names:
+            return list(data.labels)
+        index = {name: i for i, name in enumerate(self.label_names)}
+        unknown = sorted({data.label_names[y] for y in data.labels} - set(index))
+        if unknown:
+            raise ValueError(f"labels not seen in training: {unknown}")
+        return [index[data.label_names[y]] for y in data.labels]
+
+    def _served_chains(self) -> list[list[StageWeights]]:
+        records = {r.key: r for r in self.ledger.stages(None)}
+        chains = []
+        for _, key in sorted(self.ledger.routes().items()):
+            if key is not None:
+                chains.append([self._stage_weights(r.key) for r in lineage_chain(key, records)])
+        return chains
+
+    def stage_accuracy(self, key: str, data: Dataset, batch_size: int = 64) -> float:
+        """Accuracy of one stage's route alone (for diagnostics and benchmarks)."""
+        records = {r.key: r for r in self.ledger.stages(None)}
+        chain = [self._stage_weights(r.key) for r in lineage_chain(key, records)]
+        ids = [f"score:{i}" for i in data.ids]
+        self.features.ensure(("score", id(data)), 0, ids, data.texts)
+        apply_chain(self.backbone, chain)
+        return accuracy(self.backbone, self.features, ids, self._map_labels(data), len(chain),
+                        batch_size)
+
+    # --- forgetting ---------------------------------------------------------------------------
+    def forget(self, sample_ids: Sequence[str] | None = None,
+               groups: Sequence[str] | None = None) -> dict:
+        """Delete samples (or whole groups) exactly; returns the deletion certificate.
+
+        The request is validated first (an invalid one changes nothing), committed durably,
+        and every stage that saw a deleted sample is dropped from routing and erased from
+        disk before this returns. No training happens here.
+        """
+        started = time.perf_counter()
+        self._require_fitted()
+        if isinstance(sample_ids, str):
+            sample_ids = [sample_ids]
+        if isinstance(groups, str):
+            groups = [groups]
+        plan = plan_forget(self.ledger, sample_ids, groups)
+        certificate = apply_forget(self.ledger, self.store, plan, self.config.shards,
+                                   Path(self.run_dir) / "certificates", started)
+        for key in certificate["erased_stages"]:
+            self._weights.pop(key, None)
+        for cell in plan.cells:
+            self.features.drop(cell)
+        return certificate
+
+    def audit(self) -> AuditReport:
+        self._require_fitted()
+        return audit(self.ledger, self.store)
+
+    def status(self) -> dict:
+        self._require_fitted()
+        records = {r.key: r for r in self.ledger.stages(None)}
+        routes = self.ledger.routes()
+        total, deleted = self.ledger.counts()
+        depths = [records[k].depth if k else 0 for k in routes.values()]
+        return {
+            "run_dir": str(self.run_dir),
+            "shards": self.config.shards, "slices": self.config.slices,
+            "budget": self.config.budget, "strategy": self.config.strategy,
+            "live_shards": sum(k is not None for k in routes.values()),
+            "routes": {str(m): None if k is None else
+                       {"stage": k, "depth": records[k].depth, "prefix": list(records[k].prefix)}
+                       for m, k in routes.items()},
+            "samples": total, "deleted": deleted,
+            "live_stages": sum(r.status == "live" for r in records.values()),
+            "erased_stages": sum(r.status == "erased" for r in records.values()),
+            "capacity": float(np.mean(depths)) / self.config.slices if depths else 0.0,
+            "deletion_requests": len(self.ledger.certificates()),
+        }
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Copy the run to ``path`` (a consistent snapshot) and continue working there."""
+        self._require_fitted()
+        target = Path(path).resolve()
+        if target == Path(self.run_dir).resolve():
+            return target
+        if target.exists() and any(target.iterdir()):
+            raise FileExistsError(f"{target} exists and is not empty: choose a new directory")
+        target.mkdir(parents=True, exist_ok=True)
+        backup = sqlite3.connect(target / Ledger.FILE)
+        self.ledger.conn.backup(backup)
+        backup.close()
+        shutil.copytree(Path(self.run_dir) / "stages", target / "stages")
+        if (Path(self.run_dir) / "certificates").exists():
+            shutil.copytree(Path(self.run_dir) / "certificates", target / "certificates")
+        shutil.copy2(Path(self.run_dir) / RUN_FILE, target / RUN_FILE)
+        self.ledger.close()
+        if getattr(self, "_owns_tmp", False):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self._owns_tmp = False
+        self.run_dir = target
+        self.ledger = Ledger.open_existing(target / Ledger.FILE)
+        self.store = StageStore(target / "stages")
+        return target
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> S3T:
+        """Open a run directory; every stage file's sha256 is checked before use."""
+        path = Path(path)
+        run_file = path / RUN_FILE
+        if not run_file.is_file() or not (path / Ledger.FILE).is_file():
+            raise NotARunError(f"{path} is not an s3t run directory (no {RUN_FILE} and "
+                               f"{Ledger.FILE}); create one with `s3t train --out {path}`")
+        try:
+            info = json.loads(run_file.read_text())
+            config = S3TConfig.from_dict(info["config"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise NotARunError(f"{run_file} is damaged: {err}") from None
+        self = cls(config, run_dir=path)
+        self.label_names = info["label_names"]
+        model_dir = config.model or default_model_dir()
+        if model_fingerprint(model_dir) != info["model_sha256"]:
+            raise ValueError(f"the backbone at {model_dir} differs from the one this run was "
+                             "trained with (sha256 mismatch): install the same model")
+        self.backbone = AdaptedBackbone(config, num_labels=len(self.label_names),
+                                        model_dir=model_dir)
+        self.tree = PrefixTree.from_orderings([tuple(o) for o in info["orderings"]])
+        self.ledger = Ledger.open_existing(path / Ledger.FILE)
+        self.store = StageStore(path / "stages")
+        self.features = FeatureCache(self.backbone, chunk_size=config.batch_size)
+        self._weights = {}
+        sweep(self.ledger, self.store)
+        if verify:
+            for record in self.ledger.stages("live"):
+                self.store.verify(record.shard, record.key, record.files)
+        return self
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _new_run_dir(self) -> Path:
+        if self.run_dir is None:
+            self.run_dir = Path(tempfile.mkdtemp(prefix="s3t-run-"))
+            self._owns_tmp = True
+        run_dir = Path(self.run_dir)
+        if (run_dir / Ledger.FILE).exists() or (run_dir / RUN_FILE).exists():
+            raise FileExistsError(f"{run_dir} already holds an s3t run: load it with "
+                                  "S3T.load / `s3t status`, or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    def _write_run_file(self, run_dir: Path) -> None:
+        model_dir = self.backbone.model_dir
+        info = {
+            "format": FORMAT,
+            "config": self.config.to_dict(),
+            "label_names": self.label_names,
+            "model_dir": model_dir,
+            "model_sha256": model_fingerprint(model_dir),
+            "orderings": [list(o) for o in self.tree.orderings],
+        }
+        (run_dir / RUN_FILE).write_text(json.dumps(info, indent=2))
+
+    def _require_fitted(self) -> None:
+        if getattr(self, "ledger", None) is None:
+            raise RuntimeError("this S3T has not been fitted or loaded: call fit() or S3T.load()")

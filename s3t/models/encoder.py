@@ -1,0 +1,81 @@
+"""BERT-family encoders (BERT, MiniLM, RoBERTa, ...) for sequence classification."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from s3t.models.base import additive_mask, register
+
+
+@register(("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilroberta"))
+class EncoderFamily:
+    name = "encoder"
+
+    def load(self, path: str, num_labels: int) -> tuple[nn.Module, Any]:
+        # The classifier is re-initialised per run (init_head), so a checkpoint's head of
+        # another size is irrelevant; silence the loading report about it.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, attn_implementation="eager",
+                ignore_mismatched_sizes=True,
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return model, tokenizer
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.base_model.encoder.layer
+
+    def layers_pattern(self) -> str:
+        return "layer"
+
+    def encode(self, processor: Any, inputs: list[Any], max_len: int) -> dict[str, torch.Tensor]:
+        return dict(processor(list(inputs), padding=True, truncation=True, max_length=max_len,
+                              return_tensors="pt"))
+
+    def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        kwargs = {"input_ids": batch["input_ids"]}
+        if "token_type_ids" in batch:
+            kwargs["token_type_ids"] = batch["token_type_ids"]
+        return model.base_model.embeddings(**kwargs)
+
+    def run_layers(self, model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
+                   start: int, end: int) -> torch.Tensor:
+        extended = additive_mask(mask, hidden.dtype)
+        for layer in self.layers(model)[start:end]:
+            hidden = layer(hidden, extended)
+        return hidden
+
+    def head_modules(self, model: nn.Module) -> dict[str, nn.Module]:
+        modules = {"classifier": model.classifier}
+        pooler = getattr(model.base_model, "pooler", None)
+        if pooler is not None:
+            modules["pooler"] = pooler
+        return modules
+
+    def head(self, model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pooler = getattr(model.base_model, "pooler", None)
+        if pooler is None:  # RoBERTa-style heads read the first token themselves
+            return model.classifier(hidden)
+        return model.classifier(model.dropout(pooler(hidden)))
+
+    def init_head(self, model: nn.Module, generator: torch.Generator) -> None:
+        std = getattr(model.config, "initializer_range", 0.02)
+        with torch.no_grad():
+            for module in model.classifier.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.copy_(
+                        torch.randn(module.weight.shape, generator=generator) * std
+                    )
+                    if module.bias is not None:
+                        module.bias.zero_()

@@ -1,0 +1,96 @@
+"""Stage files on disk: safetensors weights plus a JSON card, each checked by sha256.
+
+Only safetensors and JSON are ever read back, and never without matching the hash the
+ledger recorded when the stage was written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from s3t.train.stage_trainer import StageWeights
+
+ADAPTER_FILE = "adapter.safetensors"
+HEAD_FILE = "head.safetensors"
+META_FILE = "meta.json"
+
+
+class IntegrityError(RuntimeError):
+    """A stage file is missing or differs from what the ledger recorded."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class StageStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, shard: int, key: str) -> Path:
+        return self.root / str(shard) / key
+
+    def write(self, shard: int, key: str, weights: StageWeights, meta: dict) -> dict[str, str]:
+        """Write a stage atomically (temp dir, fsync, rename); return ``{file: sha256}``."""
+        final = self.path(shard, key)
+        tmp = final.with_name(final.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in weights.adapter.items()}, tmp / ADAPTER_FILE)
+        save_file({k: v.contiguous() for k, v in weights.head.items()}, tmp / HEAD_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        hashes = {}
+        for name in (ADAPTER_FILE, HEAD_FILE, META_FILE):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+            hashes[name] = sha256_file(tmp / name)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return hashes
+
+    def verify(self, shard: int, key: str, files: dict[str, str]) -> None:
+        where = self.path(shard, key)
+        for name, expected in files.items():
+            path = where / name
+            if not path.is_file():
+                raise IntegrityError(f"stage {key}: file {path} is missing; run `s3t retrain`")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise IntegrityError(
+                    f"stage {key}: {path} has sha256 {actual[:12]}..., the ledger recorded "
+                    f"{expected[:12]}...: the file was altered; refusing to use it"
+                )
+
+    def read(self, shard: int, key: str, files: dict[str, str]) -> StageWeights:
+        self.verify(shard, key, files)
+        where = self.path(shard, key)
+        return StageWeights(adapter=load_file(where / ADAPTER_FILE),
+                            head=load_file(where / HEAD_FILE))
+
+    def erase(self, shard: int, key: str) -> bool:
+        where = self.path(shard, key)
+        if where.exists():
+            shutil.rmtree(where)
+            return True
+        return False
+
+    def on_disk(self) -> list[tuple[int, str]]:
+        """Every stage directory present, as (shard, key)."""
+        found = []
+        if self.root.is_dir():
+            for shard_dir in sorted(self.root.iterdir()):
+                if shard_dir.is_dir() and shard_dir.name.isdigit():
+                    found += [(int(shard_dir.name), d.name) for d in sorted(shard_dir.iterdir())]
+        return found

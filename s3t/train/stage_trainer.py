@@ -1,0 +1,124 @@
+"""Train one stage: layer group ``p`` and its own head copy, on the union of the prefix's slices.
+
+A stage's weights are a pure function of (config, seed, shard, prefix, the retained samples
+of the prefix's slices, its ancestors' weights). Training a stage again on the same data
+therefore reproduces it bit for bit, which is what makes exact forgetting checkable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from s3t.models.adapted import AdaptedBackbone, StateDict
+from s3t.train.features import FeatureCache
+
+
+@dataclass
+class StageWeights:
+    """What a stage trains: its layer group's adapters and its head copy."""
+
+    adapter: StateDict
+    head: StateDict
+
+
+@dataclass
+class StageResult:
+    weights: StageWeights
+    n_samples: int
+    val_score: float | None
+    seconds: float
+    final_loss: float | None
+
+
+def stage_seed(seed: int, shard: int, prefix: Sequence[int]) -> int:
+    """Seed of a stage: depends on its place in the plan, never on the data."""
+    text = f"{seed}/{shard}/{','.join(map(str, prefix))}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def apply_chain(backbone: AdaptedBackbone, chain: Sequence[StageWeights]) -> None:
+    """Load a route (root stage first) into the model: group k from the stage at depth k."""
+    for depth, weights in enumerate(chain, start=1):
+        backbone.load_group_state(depth, weights.adapter)
+    backbone.load_head_state(chain[-1].head if chain else backbone.initial_head)
+    backbone.set_depth(len(chain))
+
+
+def train_stage(
+    backbone: AdaptedBackbone,
+    features: FeatureCache,
+    *,
+    shard: int,
+    prefix: Sequence[int],
+    ancestors: Sequence[StageWeights],
+    sample_ids: Sequence[str],
+    labels: Sequence[int],
+    val: tuple[Sequence[str], Sequence[int]] | None = None,
+    progress=None,
+) -> StageResult:
+    """Train the stage ``prefix`` of ``shard``; ``ancestors`` are the stages of ``prefix[:-1]``."""
+    config = backbone.config
+    depth = len(prefix)
+    if len(ancestors) != depth - 1:
+        raise ValueError(f"stage of depth {depth} needs {depth - 1} ancestors, got {len(ancestors)}")
+    started = time.perf_counter()
+    seed = stage_seed(config.seed, shard, prefix)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout draws from the global generator
+
+    apply_chain(backbone, ancestors)
+    backbone.reset_group(depth, generator)
+    backbone.set_depth(depth)
+    params = backbone.trainable(depth)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+
+    order = sorted(range(len(sample_ids)), key=lambda i: sample_ids[i])
+    ids = [sample_ids[i] for i in order]
+    y_all = torch.tensor([labels[i] for i in order], dtype=torch.long)
+    last_loss = None
+    backbone.model.train()
+    for _ in range(config.epochs if ids else 0):
+        perm = torch.randperm(len(ids), generator=generator).tolist()
+        for start in range(0, len(perm), config.batch_size):
+            batch = perm[start:start + config.batch_size]
+            hidden, mask = features.batch([ids[i] for i in batch], depth)
+            logits = backbone.top(hidden, mask, from_group=depth)
+            loss = F.cross_entropy(logits, y_all[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            last_loss = float(loss.detach())
+            if progress is not None:
+                progress(len(batch))
+    backbone.model.eval()
+    for p in params:
+        p.requires_grad_(False)
+
+    weights = StageWeights(adapter=backbone.group_state(depth), head=backbone.head_state())
+    val_score = None
+    if val is not None and len(val[0]) > 0:
+        val_score = accuracy(backbone, features, val[0], val[1], depth, config.batch_size)
+    return StageResult(weights, len(ids), val_score, time.perf_counter() - started, last_loss)
+
+
+@torch.no_grad()
+def accuracy(backbone: AdaptedBackbone, features: FeatureCache, ids: Sequence[str],
+             labels: Sequence[int], depth: int, batch_size: int) -> float:
+    """Accuracy of the model as currently loaded (at ``depth``) on cached samples."""
+    backbone.model.eval()
+    correct = 0
+    for start in range(0, len(ids), batch_size):
+        hidden, mask = features.batch(ids[start:start + batch_size], max(depth, 1))
+        if depth == 0:
+            raise ValueError("a model of depth 0 has no trained head to score")
+        logits = backbone.top(hidden, mask, from_group=depth)
+        pred = logits.argmax(dim=-1)
+        correct += int((pred == torch.tensor(labels[start:start + batch_size])).sum())
+    return correct / len(ids)

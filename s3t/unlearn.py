@@ -1,0 +1,202 @@
+"""Forgetting and auditing: the exactness invariant, enforced and re-checked.
+
+> No parameter that can be served, and no file kept on disk, was computed from a deleted sample.
+
+``forget`` validates the whole request before touching anything, commits the deletion,
+the invalidated stages and the new routes in one SQLite transaction (durable before it
+returns), then erases the invalidated stages' files. It never trains. ``audit`` re-derives
+every stage's lineage from the ledger and checks it, the routes and the files on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from s3t.data.ledger import Ledger, StageRecord
+from s3t.serve.router import compute_routes, lineage_chain
+from s3t.store import IntegrityError, StageStore
+
+
+class ForgetRequestError(ValueError):
+    """The deletion request is invalid; nothing was changed."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass
+class ForgetPlan:
+    new: dict[str, tuple[int, int]]          # sample id -> cell, not yet deleted
+    already_deleted: list[str]
+    groups: list[str]
+
+    @property
+    def cells(self) -> list[tuple[int, int]]:
+        return sorted(set(self.new.values()))
+
+
+def plan_forget(ledger: Ledger, sample_ids: Sequence[str] | None,
+                groups: Sequence[str] | None) -> ForgetPlan:
+    """Validate a request completely; raise ``ForgetRequestError`` before any change."""
+    ids = [str(i) for i in (sample_ids or [])]
+    group_keys = [str(g) for g in (groups or [])]
+    if not ids and not group_keys:
+        raise ForgetRequestError("empty deletion request: give at least one sample id or group")
+    found = ledger.find_samples(ids)
+    unknown = sorted(set(ids) - set(found))
+    if unknown:
+        shown = ", ".join(unknown[:20]) + (f" (and {len(unknown) - 20} more)" if len(unknown) > 20
+                                           else "")
+        raise ForgetRequestError(f"unknown sample ids: {shown}; nothing was deleted")
+    members = ledger.group_members(group_keys)
+    empty = sorted(g for g, m in members.items() if not m)
+    if empty:
+        raise ForgetRequestError(f"unknown groups: {', '.join(empty)}; nothing was deleted")
+    extra = [sid for m in members.values() for sid in m if sid not in found]
+    found.update(ledger.find_samples(extra))
+    new = {sid: (sh, sl) for sid, (sh, sl, dv) in found.items() if dv is None}
+    already = sorted(sid for sid, (_, _, dv) in found.items() if dv is not None)
+    return ForgetPlan(new=new, already_deleted=already, groups=group_keys)
+
+
+def apply_forget(ledger: Ledger, store: StageStore, plan: ForgetPlan, n_shards: int,
+                 certificates_dir: Path, started: float | None = None) -> dict:
+    """Commit the deletion durably, then erase what it invalidated; return the certificate."""
+    started = time.perf_counter() if started is None else started
+    request_id = uuid.uuid4().hex
+    cells = plan.cells
+    with ledger.transaction() as c:
+        versions = ledger.slice_versions()
+        new_version = {cell: versions[cell] + 1 for cell in cells}
+        c.executemany("UPDATE slices SET version = ? WHERE shard = ? AND slice = ?",
+                      [(v, sh, sl) for (sh, sl), v in new_version.items()])
+        c.executemany(
+            "UPDATE samples SET input = NULL, deleted_version = ?, deleted_request = ? "
+            "WHERE sample_id = ?",
+            [(new_version[cell], request_id, sid) for sid, cell in plan.new.items()])
+        live = ledger.stages("live")
+        hit = set(cells)
+        erased = [r for r in live if any((r.shard, s) in hit for s in r.prefix)]
+        c.executemany("UPDATE stages SET status = 'erased', erased_by = ? WHERE key = ?",
+                      [(request_id, r.key) for r in erased])
+        routes_before = ledger.routes()
+        erased_keys = {r.key for r in erased}
+        routes_after = compute_routes([r for r in live if r.key not in erased_keys], n_shards)
+        ledger.set_routes(routes_after)
+        certificate = {
+            "request_id": request_id,
+            "time": now(),
+            "samples": sorted(plan.new),
+            "already_deleted": plan.already_deleted,
+            "groups": plan.groups,
+            "cells": [{"shard": sh, "slice": sl, "new_version": new_version[(sh, sl)]}
+                      for sh, sl in cells],
+            "erased_stages": sorted(erased_keys),
+            "routes_before": {str(k): v for k, v in routes_before.items()},
+            "routes_after": {str(k): v for k, v in routes_after.items()},
+            "live_shards": sum(v is not None for v in routes_after.values()),
+        }
+        c.execute("INSERT INTO deletions VALUES (?, ?, ?)",
+                  (request_id, certificate["time"], json.dumps(certificate)))
+    ledger.checkpoint()
+    for record in erased:
+        store.erase(record.shard, record.key)
+    certificate["files_erased"] = all(not store.path(r.shard, r.key).exists() for r in erased)
+    certificate["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    with ledger.transaction() as c:
+        c.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
+                  (json.dumps(certificate), request_id))
+    write_json_atomic(certificates_dir / f"{request_id}.json", certificate)
+    return certificate
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sweep(ledger: Ledger, store: StageStore) -> list[str]:
+    """Erase stage directories the ledger does not hold live (e.g. after a crash mid-forget)."""
+    live = {(r.shard, r.key) for r in ledger.stages("live")}
+    removed = []
+    for shard, key in store.on_disk():
+        if (shard, key) not in live:
+            store.erase(shard, key)
+            removed.append(key)
+    return removed
+
+
+@dataclass
+class AuditReport:
+    ok: bool
+    violations: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "violations": self.violations, "checked": self.checked}
+
+
+def contaminated(record: StageRecord, deleted_by_cell: dict[tuple[int, int], list[int]]) -> bool:
+    """Whether a stage's lineage contains a deleted sample.
+
+    Its lineage is every sample present in its cells at the versions it recorded; a sample
+    deleted at version ``v`` was present at every version below ``v``.
+    """
+    return any(dv > version
+               for s, version in zip(record.prefix, record.versions, strict=True)
+               for dv in deleted_by_cell.get((record.shard, s), []))
+
+
+def audit(ledger: Ledger, store: StageStore) -> AuditReport:
+    violations: list[str] = []
+    deleted = ledger.deleted_samples()
+    deleted_by_cell: dict[tuple[int, int], list[int]] = {}
+    for _, shard, sl, dv in deleted:
+        deleted_by_cell.setdefault((shard, sl), []).append(dv)
+    for sid in ledger.leaked_inputs():
+        violations.append(f"deleted sample {sid} still has its input stored in the ledger")
+
+    records = {r.key: r for r in ledger.stages(None)}
+    live = {k: r for k, r in records.items() if r.status == "live"}
+    for record in live.values():
+        if contaminated(record, deleted_by_cell):
+            violations.append(f"live stage {record.key} was trained on a deleted sample")
+        try:
+            store.verify(record.shard, record.key, record.files)
+        except IntegrityError as err:
+            violations.append(str(err))
+
+    routes = ledger.routes()
+    for shard, key in routes.items():
+        if key is None:
+            continue
+        if key not in records:
+            violations.append(f"shard {shard} routes to unknown stage {key}")
+            continue
+        for link in lineage_chain(key, records):
+            if link.status != "live":
+                violations.append(f"shard {shard} serves stage {key}, built on erased {link.key}")
+            elif contaminated(link, deleted_by_cell):
+                violations.append(f"shard {shard} serves {link.key}, trained on a deleted sample")
+
+    for shard, key in store.on_disk():
+        if key not in live or live[key].shard != shard:
+            state = records[key].status if key in records else "unknown to the ledger"
+            violations.append(f"stage files on disk for {key} ({state}): {store.path(shard, key)}")
+
+    checked = {"stages": len(records), "live_stages": len(live), "deleted_samples": len(deleted),
+               "routes": len(routes), "stage_dirs": len(store.on_disk())}
+    return AuditReport(ok=not violations, violations=violations, checked=checked)
