@@ -1,0 +1,184 @@
+"""The exactness invariant: after forgetting, what is served equals, bit for bit, a model
+trained from scratch (same seeds) on what remains; nothing on disk saw a deleted sample."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+import torch
+from tiny import toy_dataset
+
+from s3t.config import S3TConfig
+from s3t.data.partition import partition
+from s3t.engine import S3T
+from s3t.models.adapted import AdaptedBackbone
+from s3t.serve.router import lineage_chain
+from s3t.train.features import FeatureCache
+from s3t.train.stage_trainer import train_stage
+
+
+def config(model: str, **kw) -> S3TConfig:
+    base = dict(model=model, shards=2, slices=3, budget=3, epochs=2, batch_size=8,
+                learning_rate=1e-2, lora_dropout=0.1, seed=7)
+    base.update(kw)
+    return S3TConfig(**base)
+
+
+def scratch_chain(cfg: S3TConfig, data, deleted: set[str], shard: int, prefix) -> list:
+    """Train ``prefix`` of ``shard`` from scratch on the retained data: an independent path."""
+    cells = partition(data.ids, data.groups, cfg.shards, cfg.slices, seed=cfg.seed)
+    backbone = AdaptedBackbone(cfg, num_labels=len(data.label_names))
+    features = FeatureCache(backbone, chunk_size=cfg.batch_size)
+    label = dict(zip(data.ids, data.labels, strict=True))
+    text = dict(zip(data.ids, data.texts, strict=True))
+    chain = []
+    for depth in range(1, len(prefix) + 1):
+        ids = []
+        for s in prefix[:depth]:
+            cell_ids = sorted(i for i, c in cells.items() if c == (shard, s) and i not in deleted)
+            features.ensure((shard, s), 0, cell_ids, [text[i] for i in cell_ids])
+            ids += cell_ids
+        result = train_stage(backbone, features, shard=shard, prefix=prefix[:depth],
+                             ancestors=chain, sample_ids=ids, labels=[label[i] for i in ids])
+        chain.append(result.weights)
+    return chain
+
+
+def assert_same_weights(a, b) -> None:
+    for part in ("adapter", "head"):
+        left, right = getattr(a, part), getattr(b, part)
+        assert left.keys() == right.keys()
+        for k in left:
+            assert torch.equal(left[k], right[k]), f"{part} tensor {k} differs"
+
+
+def served(est: S3T) -> dict[int, tuple]:
+    records = {r.key: r for r in est.ledger.stages(None)}
+    out = {}
+    for shard, key in est.ledger.routes().items():
+        chain = lineage_chain(key, records)
+        out[shard] = (chain[-1].prefix, [est._stage_weights(r.key) for r in chain])
+    return out
+
+
+def pick_victims(est: S3T, data) -> list[str]:
+    """One sample from two different slices of shard 0 and one from shard 1."""
+    cells = partition(data.ids, data.groups, est.config.shards, est.config.slices,
+                      seed=est.config.seed)
+    wanted = [(0, 0), (0, 2), (1, 1)]
+    return [min(i for i, c in cells.items() if c == cell) for cell in wanted]
+
+
+@pytest.fixture
+def fitted(tiny_bert, tmp_path):
+    data = toy_dataset(72)
+    cfg = config(tiny_bert)
+    est = S3T(cfg, run_dir=tmp_path / "run").fit(data, progress=False)
+    return est, data, cfg
+
+
+def test_served_weights_equal_scratch_training_after_forget_and_retrain(fitted):
+    est, data, cfg = fitted
+    victims = pick_victims(est, data)
+    cert = est.forget(victims)
+    assert cert["samples"] == sorted(victims)
+    assert cert["erased_stages"], "forgetting must invalidate the stages that saw the samples"
+    deleted = set(victims)
+    for shard, (prefix, chain) in served(est).items():
+        expected = scratch_chain(cfg, data, deleted, shard, prefix)
+        for got, want in zip(chain, expected, strict=True):
+            assert_same_weights(got, want)
+
+    est.retrain(progress=False)
+    routes = served(est)
+    assert all(len(prefix) == cfg.slices for prefix, _ in routes.values())
+    for shard, (prefix, chain) in routes.items():
+        expected = scratch_chain(cfg, data, deleted, shard, prefix)
+        for got, want in zip(chain, expected, strict=True):
+            assert_same_weights(got, want)
+    assert est.audit().ok
+
+
+def test_surviving_route_excludes_deleted_slices(fitted):
+    est, data, cfg = fitted
+    cells = partition(data.ids, data.groups, cfg.shards, cfg.slices, seed=cfg.seed)
+    victims = pick_victims(est, data)
+    est.forget(victims)
+    hit = {cells[v] for v in victims}
+    for shard, (prefix, _) in served(est).items():
+        assert not any((shard, s) in hit for s in prefix)
+
+
+def test_erased_files_are_gone_and_audit_passes(fitted):
+    est, data, _ = fitted
+    cert = est.forget(pick_victims(est, data))
+    for key in cert["erased_stages"]:
+        shard = int(key.split("-")[0])
+        assert not est.store.path(shard, key).exists()
+    assert cert["files_erased"] is True
+    report = est.audit()
+    assert report.ok, report.violations
+
+
+def test_audit_catches_a_stage_file_left_on_disk(fitted):
+    est, data, _ = fitted
+    victims = pick_victims(est, data)
+    stash = est.run_dir / "stash"
+    shutil.copytree(est.store.root, stash)
+    cert = est.forget(victims)
+    key = cert["erased_stages"][0]
+    shard = int(key.split("-")[0])
+    shutil.copytree(stash / str(shard) / key, est.store.path(shard, key))
+    report = est.audit()
+    assert not report.ok
+    assert any(key in v for v in report.violations)
+
+
+def test_audit_catches_a_route_to_an_erased_stage(fitted):
+    est, data, _ = fitted
+    cert = est.forget(pick_victims(est, data))
+    key = cert["erased_stages"][0]
+    shard = int(key.split("-")[0])
+    est.ledger.conn.execute("UPDATE routes SET stage = ? WHERE shard = ?", (key, shard))
+    assert not est.audit().ok
+
+
+def test_audit_catches_a_contaminated_stage_marked_live(fitted):
+    est, data, _ = fitted
+    cert = est.forget(pick_victims(est, data))
+    key = cert["erased_stages"][0]
+    est.ledger.conn.execute("UPDATE stages SET status = 'live' WHERE key = ?", (key,))
+    report = est.audit()
+    assert any("trained on a deleted sample" in v for v in report.violations)
+
+
+def test_deleted_text_is_not_left_in_ledger_files(tiny_bert, tmp_path):
+    data = toy_dataset(36)
+    data.texts[5] = "zebra quokka marker"
+    est = S3T(config(tiny_bert, shards=1), run_dir=tmp_path / "run").fit(data, progress=False)
+    ledger_file = est.run_dir / "ledger.sqlite"
+    stored = b"".join(p.read_bytes() for p in est.run_dir.glob("ledger.sqlite*"))
+    assert b"zebra quokka marker" in stored
+    est.forget([data.ids[5]])
+    for path in est.run_dir.glob("ledger.sqlite*"):
+        assert b"zebra quokka marker" not in path.read_bytes(), path
+    # The deletion is durable: an independent connection sees it.
+    other = sqlite3.connect(ledger_file)
+    row = other.execute("SELECT deleted_version, input FROM samples WHERE sample_id = ?",
+                        (data.ids[5],)).fetchone()
+    assert row[0] is not None and row[1] is None
+
+
+def test_training_is_deterministic(tiny_bert, tmp_path):
+    data = toy_dataset(36)
+    a = S3T(config(tiny_bert), run_dir=tmp_path / "a").fit(data, progress=False)
+    b = S3T(config(tiny_bert), run_dir=tmp_path / "b").fit(data, progress=False)
+    assert a._weights.keys() == b._weights.keys()
+    for key in a._weights:
+        assert_same_weights(a._weights[key], b._weights[key])
+    c = S3T(config(tiny_bert, seed=8), run_dir=tmp_path / "c").fit(data, progress=False)
+    key = next(iter(a._weights))
+    assert not torch.equal(a._weights[key].head["classifier.weight"],
+                           c._weights[key].head["classifier.weight"])
