@@ -1,0 +1,62 @@
+"""Planning without torch: orderings, prefix trees of stages, deletion simulation, theory."""
+
+from s3t.plan.orderings import (
+    STRATEGIES,
+    bms_orderings,
+    check_budget,
+    check_n_slices,
+    check_orderings,
+    check_prior,
+    cyclic_orderings,
+    full_orderings,
+    make_orderings,
+    prefix_score,
+    random_orderings,
+    sisa_orderings,
+)
+from s3t.plan.prefix_tree import PrefixTree, StageNode
+from s3t.plan.simulate import SimulationResult, simulate, simulate_retention
+from s3t.plan.theory import (
+    deletion_rate,
+    deletion_rate_s3t,
+    deletion_rate_sisa,
+    distinct_first_slices,
+    expected_prefix_length,
+    first_shard_death,
+    harmonic,
+    retention_exact,
+    retention_s3t,
+    retention_sisa,
+    stages_full,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "PrefixTree",
+    "SimulationResult",
+    "StageNode",
+    "bms_orderings",
+    "check_budget",
+    "check_n_slices",
+    "check_orderings",
+    "check_prior",
+    "cyclic_orderings",
+    "deletion_rate",
+    "deletion_rate_s3t",
+    "deletion_rate_sisa",
+    "distinct_first_slices",
+    "expected_prefix_length",
+    "first_shard_death",
+    "full_orderings",
+    "harmonic",
+    "make_orderings",
+    "prefix_score",
+    "random_orderings",
+    "retention_exact",
+    "retention_s3t",
+    "retention_sisa",
+    "simulate",
+    "simulate_retention",
+    "sisa_orderings",
+    "stages_full",
+]
