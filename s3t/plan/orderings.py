@@ -173,6 +173,10 @@ def bms_orderings(
     the partial orderings and the unused slices that maximises the extended prefix scores.
     B < L keeps the B best-scoring; B > L adds distinct orderings sampled slice by slice with
     weights proportional to ``1 - p`` (seeded), so rarely deleted slices tend to come first.
+
+    The score rates each ordering on its own while a shard serves the best of its orderings,
+    so BMS can repeat prefix *sets* (e.g. {2,3} twice for p = 0.1,0.4,0.4,0.1) and, at
+    B = L, keep slightly shorter served prefixes than the cyclic square for some priors.
     """
     if prior is None:
         raise ValueError("prior must be given for bms (use make_orderings for a uniform default)")
