@@ -338,5 +338,241 @@ def _table(rep: dict) -> str:
     return "\n".join(lines)
 
 
+
+# --- training, serving and forgetting --------------------------------------------------------
+
+@contextmanager
+def _engine_errors() -> Iterator[None]:
+    """Engine failures as one ``error: ...`` line: 2 for bad input, 1 for refused state."""
+    from s3t.engine import NoLiveShardError
+    from s3t.store import IntegrityError
+
+    try:
+        yield
+    except (IntegrityError, NoLiveShardError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _emit(as_json: bool, payload: dict, text: str) -> None:
+    typer.echo(json.dumps(payload, default=str) if as_json else text)
+
+
+def _load(run: Path):  # noqa: ANN202
+    from s3t.engine import S3T
+
+    return S3T.load(run)
+
+
+def _csv(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+RunArg = Annotated[Path, typer.Argument(help="Run directory (created by `s3t train`).")]
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[str, typer.Option("--data", help="`wordnet`, `wordnet:DIR` or a CSV/JSONL file "
+                                      "with columns id,text,label[,group].")],
+    out: Annotated[Path, typer.Option("--out", help="New run directory to create.")],
+    eval_src: Annotated[str | None, typer.Option("--eval", help="Validation/test data (never "
+                                                 "deletable), same formats as --data.")] = None,
+    eval_size: Annotated[float, typer.Option("--eval-size", help="Hold out this many samples "
+                                             "(>= 1) or this fraction (< 1) of --data for "
+                                             "evaluation when --eval is not given.")] = 0.0,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use a seeded subset of this "
+                                              "many samples of --data.")] = None,
+    shards: Annotated[int, typer.Option("--shards", help="Shards m (>= 1).")] = 2,
+    slices: Annotated[int, typer.Option("--slices", help="Slices per shard L (>= 1).")] = 3,
+    budget: Annotated[int | None, typer.Option("--budget", help="Orderings per shard B; "
+                                               "default L (1 for sisa, L! for full).")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="cyclic | bms | random | full | "
+                                          "sisa.")] = "cyclic",
+    prior: Annotated[str | None, typer.Option("--prior", help="Deletion prior per slice (bms).")]
+    = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per stage.")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for partition, orderings, training.")]
+    = 0,
+    model: Annotated[str | None, typer.Option("--model", help="Hugging Face model directory "
+                                              "(default: the bundled all-MiniLM-L6-v2).")] = None,
+    layers_per_slice: Annotated[int, typer.Option("--layers-per-slice")] = 1,
+    lora_r: Annotated[int, typer.Option("--lora-r")] = 8,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 2e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    max_seq_len: Annotated[int, typer.Option("--max-seq-len")] = 64,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train S3T on labelled data and write a run directory."""
+    from s3t.config import S3TConfig
+    from s3t.data.loaders import load_source, train_test_split
+    from s3t.engine import S3T
+
+    with _engine_errors():
+        if strategy not in STRATEGIES:
+            raise _fail("--strategy", f"must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+        config = S3TConfig(
+            model=model, shards=shards, slices=slices,
+            budget=budget if budget is not None else _default_budget(strategy, slices),
+            strategy=strategy, prior=_parse_prior(prior, slices), epochs=epochs, seed=seed,
+            layers_per_slice=layers_per_slice, lora_r=lora_r, lora_alpha=2 * lora_r,
+            learning_rate=learning_rate, batch_size=batch_size, max_seq_len=max_seq_len,
+        ).validate()
+        make_orderings(config.strategy, config.slices, config.budget, prior=config.prior)
+        train = load_source(data, limit=limit, seed=seed)
+        evaluation = None
+        if eval_src is not None:
+            evaluation = load_source(eval_src, label_names=train.label_names)
+        elif eval_size > 0:
+            size = int(eval_size) if eval_size >= 1 else eval_size
+            train, evaluation = train_test_split(train, size, seed=seed)
+        est = S3T(config, run_dir=out).fit(train, eval_data=evaluation, progress=not as_json)
+        payload = {"run_dir": str(out), **est.last_train, "samples": len(train),
+                   "config": config.to_dict()}
+        if evaluation is not None:
+            payload["eval_accuracy"] = est.score(evaluation)
+    text = (f"trained {payload['stages_trained']} stages on {len(train)} samples in "
+            f"{payload['train_seconds']:.1f} s -> {out}")
+    if "eval_accuracy" in payload:
+        text += f"\neval accuracy: {payload['eval_accuracy']:.4f}"
+    _emit(as_json, payload, text)
+
+
+@app.command("predict")
+def predict_cmd(
+    run: RunArg,
+    data: Annotated[str | None, typer.Option("--data", help="CSV/JSONL (or wordnet) to label; "
+                                             "accuracy is reported when it has labels.")] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", help="A text to label "
+                                                   "(repeatable).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Label texts with the ensemble of live shards."""
+    from s3t.data.loaders import load_source
+
+    if (data is None) == (not text):
+        raise _fail("--data/--text", "give exactly one of --data FILE or --text TEXT")
+    with _engine_errors():
+        est = _load(run)
+        if text:
+            pred = est.predict(text)
+            payload = {"predictions": [
+                {"text": t, "label": lab, "confidence": float(p.max())}
+                for t, lab, p in zip(text, pred.labels, pred.probabilities, strict=True)],
+                "live_shards": pred.live_shards}
+            lines = [f"{lab}\t{p.max():.3f}\t{t}"
+                     for t, lab, p in zip(text, pred.labels, pred.probabilities, strict=True)]
+        else:
+            dataset = load_source(data, label_names=None)
+            pred = est.predict(dataset.texts)
+            payload = {"n": len(dataset), "live_shards": pred.live_shards,
+                       "predictions": [{"id": i, "label": lab}
+                                       for i, lab in zip(dataset.ids, pred.labels, strict=True)]}
+            lines = [f"{i}\t{lab}" for i, lab in zip(dataset.ids, pred.labels, strict=True)]
+            if dataset.labels is not None:
+                truth = [dataset.label_names[y] for y in dataset.labels]
+                payload["accuracy"] = sum(a == b for a, b in zip(truth, pred.labels, strict=True)
+                                          ) / len(truth)
+                lines.append(f"accuracy: {payload['accuracy']:.4f}")
+    _emit(as_json, payload, "\n".join(lines))
+
+
+@app.command("forget")
+def forget_cmd(
+    run: RunArg,
+    ids: Annotated[str | None, typer.Option("--ids", help="Sample ids, comma-separated.")] = None,
+    groups: Annotated[str | None, typer.Option("--groups", help="Group keys, comma-separated.")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Forget samples exactly and print the deletion certificate (no retraining)."""
+    with _engine_errors():
+        est = _load(run)
+        certificate = est.forget(sample_ids=_csv(ids), groups=_csv(groups))
+    text = json.dumps(certificate, indent=2)
+    _emit(as_json, certificate, text)
+
+
+@app.command("retrain")
+def retrain_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
+    """Retrain the stages invalidated by deletions, on the retained data; restore full routes."""
+    with _engine_errors():
+        est = _load(run)
+        summary = est.retrain(progress=not as_json)
+        summary["capacity"] = est.status()["capacity"]
+    _emit(as_json, summary, f"retrained {summary['stages_trained']} stages in "
+          f"{summary['train_seconds']:.1f} s; capacity {summary['capacity']:.2f}")
+
+
+@app.command("status")
+def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
+    """Live shards, routes, deletions and capacity of a run."""
+    with _engine_errors():
+        status = _load(run).status()
+    lines = [f"run {status['run_dir']}: {status['shards']} shards x {status['slices']} slices, "
+             f"budget {status['budget']} ({status['strategy']})",
+             f"samples {status['samples']}, deleted {status['deleted']}, "
+             f"deletion requests {status['deletion_requests']}",
+             f"live shards {status['live_shards']}/{status['shards']}, "
+             f"capacity {status['capacity']:.2f}"]
+    for shard, route in status["routes"].items():
+        lines.append(f"  shard {shard}: " + ("dead (retrain required)" if route is None else
+                                              f"{route['stage']} (depth {route['depth']})"))
+    _emit(as_json, status, "\n".join(lines))
+
+
+@app.command("audit")
+def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
+    """Re-check the exactness invariant from the ledger and the files; exit 0 only if it holds."""
+    from s3t.engine import S3T
+
+    with _engine_errors():
+        report = S3T.load(run, verify=False).audit()
+    payload = report.to_dict()
+    text = "audit passed: " if report.ok else "audit FAILED:\n  " + "\n  ".join(report.violations)
+    if report.ok:
+        text += ", ".join(f"{k} {v}" for k, v in report.checked.items())
+    _emit(as_json, payload, text)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo_cmd(
+    n_train: Annotated[int, typer.Option("--train-size", help="Training glosses.")] = 1000,
+    n_test: Annotated[int, typer.Option("--test-size", help="Test glosses.")] = 300,
+    shards: Annotated[int, typer.Option("--shards")] = 2,
+    slices: Annotated[int, typer.Option("--slices")] = 3,
+    budget: Annotated[int | None, typer.Option("--budget", help="Default: L.")] = None,
+    strategy: Annotated[str, typer.Option("--strategy")] = "cyclic",
+    epochs: Annotated[int, typer.Option("--epochs")] = 2,
+    deletions: Annotated[int, typer.Option("--deletions", help="Random deletion requests.")] = 12,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Keep the run here.")] = None,
+    plot: Annotated[Path, typer.Option("--plot", help="PNG of accuracy and capacity.")]
+    = Path("s3t-demo.png"),
+    as_json: JsonOpt = False,
+) -> None:
+    """S3T end to end on WordNet nouns with MiniLM: train, forget, retrain (about 5 min, 2 cores)."""
+    from s3t.config import S3TConfig
+    from s3t.demo import run_demo
+
+    with _engine_errors():
+        config = S3TConfig(shards=shards, slices=slices,
+                           budget=budget if budget is not None else _default_budget(strategy,
+                                                                                     slices),
+                           strategy=strategy, epochs=epochs, seed=seed, max_seq_len=48).validate()
+        echo = (lambda _msg: None) if as_json else typer.echo
+        result = run_demo(config, n_train=n_train, n_test=n_test, deletions=deletions, out=out,
+                          plot=plot, progress=not as_json, echo=echo)
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
