@@ -532,7 +532,7 @@ def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     from s3t.engine import S3T
 
     with _engine_errors():
-        report = S3T.load(run, verify=False).audit()
+        report = S3T.load(run, verify=False, repair=False).audit()
     payload = report.to_dict()
     text = "audit passed: " if report.ok else "audit FAILED:\n  " + "\n  ".join(report.violations)
     if report.ok:

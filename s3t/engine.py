@@ -315,8 +315,12 @@ class S3T:
         return target
 
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True) -> S3T:
-        """Open a run directory; every stage file's sha256 is checked before use."""
+    def load(cls, path: str | Path, verify: bool = True, repair: bool = True) -> S3T:
+        """Open a run directory; every stage file's sha256 is checked before use.
+
+        ``repair`` finishes an interrupted forget: stage files whose stage the ledger no
+        longer holds live are erased. ``audit`` loads without it, to see the disk as it is.
+        """
         path = Path(path)
         run_file = path / RUN_FILE
         if not run_file.is_file() or not (path / Ledger.FILE).is_file():
@@ -340,7 +344,8 @@ class S3T:
         self.store = StageStore(path / "stages")
         self.features = FeatureCache(self.backbone, chunk_size=config.batch_size)
         self._weights = {}
-        sweep(self.ledger, self.store)
+        if repair:
+            sweep(self.ledger, self.store)
         if verify:
             for record in self.ledger.stages("live"):
                 self.store.verify(record.shard, record.key, record.files)

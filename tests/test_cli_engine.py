@@ -1,0 +1,138 @@
+"""The `s3t` train/predict/forget/retrain/status/audit commands, end to end on a tiny BERT."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+from tiny import toy_dataset
+from typer.testing import CliRunner
+
+from s3t.cli import app
+
+
+def write_csv(path, data, with_labels=True):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "label", "group"] if with_labels else ["id", "text"])
+        for i, sid in enumerate(data.ids):
+            row = [sid, data.texts[i]]
+            if with_labels:
+                row += [data.label_names[data.labels[i]], data.groups[i] or ""]
+            writer.writerow(row)
+    return str(path)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert):
+    root = tmp_path_factory.mktemp("cli")
+    train = write_csv(root / "train.csv", toy_dataset(48, groups=True))
+    test = write_csv(root / "test.csv", toy_dataset(12, seed=9))
+    run = root / "run"
+    result = invoke("train", "--data", train, "--eval", test, "--out", run, "--model", tiny_bert,
+                    "--shards", 2, "--slices", 2, "--epochs", 1, "--batch-size", 8, "--json")
+    assert result.exit_code == 0, result.output
+    return root, run, json.loads(result.stdout)
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    root, run, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return root, copy
+
+
+def test_train_json_reports_what_was_trained(trained):
+    _, _, payload = trained
+    # cyclic L=2, B=2: orderings (0,1) and (1,0) share no prefix: 4 stages per shard
+    assert payload["stages_trained"] == 2 * 4
+    assert 0.0 <= payload["eval_accuracy"] <= 1.0
+    assert payload["train_seconds"] > 0
+
+
+def test_status_predict_forget_retrain_audit(run_copy):
+    root, run = run_copy
+    status = json.loads(invoke("status", run, "--json").stdout)
+    assert status["live_shards"] == 2 and status["capacity"] == 1.0 and status["deleted"] == 0
+
+    result = invoke("predict", run, "--data", root / "test.csv", "--json")
+    assert result.exit_code == 0, result.output
+    pred = json.loads(result.stdout)
+    assert pred["n"] == 12 and 0.0 <= pred["accuracy"] <= 1.0
+
+    result = invoke("predict", run, "--text", "red cat", "--text", "blue", "--json")
+    assert [p["text"] for p in json.loads(result.stdout)["predictions"]] == ["red cat", "blue"]
+
+    result = invoke("forget", run, "--ids", "s0001,s0002", "--json")
+    assert result.exit_code == 0, result.output
+    cert = json.loads(result.stdout)
+    assert cert["samples"] == ["s0001", "s0002"] and cert["erased_stages"]
+
+    status = json.loads(invoke("status", run, "--json").stdout)
+    assert status["deleted"] == 2 and status["capacity"] < 1.0
+
+    audit = invoke("audit", run, "--json")
+    assert audit.exit_code == 0 and json.loads(audit.stdout)["ok"] is True
+
+    result = invoke("retrain", run, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["capacity"] == 1.0
+
+
+def test_forget_groups(run_copy):
+    _, run = run_copy
+    cert = json.loads(invoke("forget", run, "--groups", "user1", "--json").stdout)
+    assert cert["samples"] == ["s0004", "s0005", "s0006", "s0007"]
+
+
+def test_invalid_forget_exits_nonzero_and_changes_nothing(run_copy):
+    _, run = run_copy
+    before = invoke("status", run, "--json").stdout
+    result = invoke("forget", run, "--ids", "s0001,missing-id")
+    assert result.exit_code == 2
+    assert "unknown sample ids: missing-id" in result.stderr
+    assert invoke("status", run, "--json").stdout == before
+    assert invoke("forget", run).exit_code == 2
+
+
+def test_audit_fails_on_planted_violation(run_copy):
+    _, run = run_copy
+    stash = run.parent / "stash"
+    shutil.copytree(run / "stages", stash)
+    cert = json.loads(invoke("forget", run, "--ids", "s0003", "--json").stdout)
+    key = cert["erased_stages"][0]
+    shard = key.split("-")[0]
+    shutil.copytree(stash / shard / key, run / "stages" / shard / key)
+    result = invoke("audit", run)
+    assert result.exit_code == 1
+    assert key in result.output
+
+
+def test_errors_are_one_line(tmp_path, tiny_bert):
+    result = invoke("status", tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error:") and "not an s3t run" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,label\n1,a\n")
+    result = invoke("train", "--data", bad, "--out", tmp_path / "r", "--model", tiny_bert)
+    assert result.exit_code == 2 and "text" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+    result = invoke("train", "--data", bad, "--out", tmp_path / "r", "--strategy", "nope")
+    assert result.exit_code == 2 and "--strategy" in result.stderr
+
+
+def test_predict_requires_exactly_one_source(run_copy):
+    _, run = run_copy
+    result = invoke("predict", run)
+    assert result.exit_code == 2 and "exactly one" in result.stderr
