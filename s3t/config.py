@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from s3t.plan.methods import METHODS
 from s3t.plan.orderings import STRATEGIES
 
 AGGREGATIONS = ("mean", "vote")
@@ -21,6 +22,7 @@ class S3TConfig:
     """
 
     model: str | None = None
+    method: str = "s3t"
     shards: int = 2
     slices: int = 3
     budget: int = 3
@@ -50,6 +52,14 @@ class S3TConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "sisa" and (self.budget != 1 or self.strategy != "sisa"):
+            raise ValueError("method 'sisa' trains one ordering per shard: use budget=1 and "
+                             "strategy='sisa'")
+        if self.method == "full" and (self.shards, self.slices, self.budget) != (1, 1, 1):
+            raise ValueError("method 'full' is one model on all the data: use shards=1, "
+                             "slices=1, budget=1 (adapt more layers with layers_per_slice)")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -68,6 +78,18 @@ class S3TConfig:
     @property
     def adapted_layers(self) -> int:
         return self.slices * self.layers_per_slice
+
+    @classmethod
+    def baseline(cls, method: str, **kwargs: Any) -> S3TConfig:
+        """A SISA or full fine-tuning configuration adapting the same layers as ``kwargs``."""
+        config = cls(**kwargs)
+        if method == "sisa":
+            return dataclasses.replace(config, method="sisa", budget=1, strategy="sisa")
+        if method == "full":
+            return dataclasses.replace(
+                config, method="full", shards=1, slices=1, budget=1, strategy="sisa",
+                layers_per_slice=config.slices * config.layers_per_slice)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,12 +5,15 @@ and keeps the run directory (the source of truth) consistent with what it serves
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +26,14 @@ from s3t.data.ledger import Ledger, StageRecord, stage_key
 from s3t.data.partition import partition
 from s3t.data.samples import Dataset
 from s3t.models.adapted import AdaptedBackbone, default_model_dir
+from s3t.plan.methods import Method
 from s3t.plan.orderings import make_orderings
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.serve.router import compute_routes, lineage_chain
-from s3t.store import StageStore, sha256_file
+from s3t.store import IntegrityError, StageStore, sha256_file
 from s3t.train.features import FeatureCache
 from s3t.train.stage_trainer import StageWeights, accuracy, apply_chain, train_stage
-from s3t.unlearn import AuditReport, apply_forget, audit, now, plan_forget, sweep
+from s3t.unlearn import AuditReport, audit, forget, now, sweep
 
 RUN_FILE = "s3t.json"
 FORMAT = 1
@@ -56,8 +60,6 @@ def model_fingerprint(model_dir: str) -> str:
     """sha256 over the backbone's weight files: a run refuses a different backbone."""
     files = sorted(Path(model_dir).glob("*.safetensors")) or sorted(Path(model_dir).glob("*.bin"))
     joined = "".join(f"{f.name}:{sha256_file(f)}" for f in files)
-    import hashlib
-
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
@@ -67,6 +69,27 @@ class S3T:
     def __init__(self, config: S3TConfig | None = None, run_dir: str | Path | None = None):
         self.config = config
         self.run_dir = run_dir
+
+    # The backbone loads on first use: forget, status and audit never need it, so a
+    # deletion costs no model-sized work even in a fresh process.
+    @property
+    def backbone(self) -> AdaptedBackbone:
+        if getattr(self, "_backbone", None) is None:
+            self._require_fitted()
+            model_dir = self.config.model or default_model_dir()
+            expected = getattr(self, "_model_sha256", None)
+            if expected is not None and model_fingerprint(model_dir) != expected:
+                raise ValueError(f"the backbone at {model_dir} differs from the one this run "
+                                 "was trained with (sha256 mismatch): install the same model")
+            self._backbone = AdaptedBackbone(self.config, num_labels=len(self.label_names),
+                                             model_dir=model_dir)
+        return self._backbone
+
+    @property
+    def features(self) -> FeatureCache:
+        if getattr(self, "_features", None) is None:
+            self._features = FeatureCache(self.backbone, chunk_size=self.config.batch_size)
+        return self._features
 
     # --- training -----------------------------------------------------------------------------
     def fit(self, data: Dataset, eval_data: Dataset | None = None, progress: bool = True) -> S3T:
@@ -81,10 +104,11 @@ class S3T:
             raise ValueError("eval data has no labels")
         run_dir = self._new_run_dir()
         self.label_names = list(data.label_names) or [str(i) for i in range(max(data.labels) + 1)]
-        self.backbone = AdaptedBackbone(config, num_labels=len(self.label_names))
+        self._backbone = AdaptedBackbone(config, num_labels=len(self.label_names))
         orderings = make_orderings(config.strategy, config.slices, config.budget,
                                    prior=config.prior, seed=config.seed)
         self.tree = PrefixTree.from_orderings(orderings)
+        self.method = Method(config.method, config.slices)
         cells = partition(data.ids, data.groups, config.shards, config.slices, seed=config.seed)
 
         self.ledger = Ledger(run_dir / Ledger.FILE)
@@ -97,7 +121,6 @@ class S3T:
             self.ledger.add_eval_samples(zip(eval_data.ids, eval_data.labels, eval_data.texts,
                                              strict=True))
         self.store = StageStore(run_dir / "stages")
-        self.features = FeatureCache(self.backbone, chunk_size=config.batch_size)
         self._weights: dict[str, StageWeights] = {}
         self._write_run_file(run_dir)
         started = time.perf_counter()
@@ -106,24 +129,65 @@ class S3T:
         return self
 
     def retrain(self, progress: bool = True) -> dict:
-        """Train every stage of the plan that is missing on the current data; restore routes."""
+        """Train every stage of the plan that is missing on the current data; restore routes.
+
+        Stages whose files are missing or altered are quarantined first and rebuilt. Only one
+        retrain runs per run directory at a time; deletions may go on meanwhile (a stage
+        whose data changed while it trained is discarded, never served).
+        """
         self._require_fitted()
         started = time.perf_counter()
-        summary = self._train_missing(progress)
+        with self._retrain_lock():
+            damaged = self._quarantine_damaged()
+            summary = self._train_missing(progress)
+        summary["quarantined_stages"] = damaged
         summary["train_seconds"] = time.perf_counter() - started
         return summary
 
+    @contextmanager
+    def _retrain_lock(self) -> Iterator[None]:
+        with open(Path(self.run_dir) / ".retrain.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(f"another retrain is running on {self.run_dir}") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _quarantine_damaged(self) -> list[str]:
+        """Take live stages whose files fail their hash check out of service and erase them."""
+        damaged = []
+        for record in self.ledger.stages("live"):
+            try:
+                self.store.verify(record.shard, record.key, record.files)
+            except IntegrityError:
+                damaged.append(record)
+        if damaged:
+            with self.ledger.transaction() as c:
+                c.executemany("UPDATE stages SET status = 'erased', erased_by = 'integrity' "
+                              "WHERE key = ?", [(r.key,) for r in damaged])
+                self.ledger.set_routes(compute_routes(self.ledger.stages("live"),
+                                                      self.config.shards, self.method.servable))
+            for record in damaged:
+                self.store.erase(record.shard, record.key)
+                self._weights.pop(record.key, None)
+        return [r.key for r in damaged]
+
     def _train_missing(self, progress: bool) -> dict:
         config = self.config
-        versions = self.ledger.slice_versions()
-        live = {r.key: r for r in self.ledger.stages("live")}
+        with self.ledger.transaction():  # one consistent snapshot of versions and contents
+            versions = self.ledger.slice_versions()
+            live = {r.key: r for r in self.ledger.stages("live")}
+            cell_rows = {cell: self.ledger.cell_samples(*cell) for cell in versions}
         todo: list[tuple[int, tuple[int, ...]]] = []
         for shard in range(config.shards):
             for node in self.tree.stages:
                 if self._key(shard, node.prefix, versions) not in live:
                     todo.append((shard, node.prefix))
-        cell_rows = {cell: self.ledger.cell_samples(*cell) for cell in versions}
         val = self._eval_block()
+        trained, discarded = 0, []
         total = sum(sum(len(cell_rows[(m, s)]) for s in p) * config.epochs for m, p in todo)
         bar = tqdm(total=total, unit="sample", desc="training stages", disable=not progress)
         for shard, prefix in todo:
@@ -131,12 +195,15 @@ class S3T:
                 rows = cell_rows[(shard, s)]
                 self.features.ensure((shard, s), versions[(shard, s)], [r[0] for r in rows],
                                      [r[2] for r in rows])
-            ancestors = [self._stage_weights(self._key(shard, prefix[:k], versions))
-                         for k in range(1, len(prefix))]
+            ancestor_keys = [self._key(shard, prefix[:k], versions) for k in range(1, len(prefix))]
+            if any(k in discarded for k in ancestor_keys):
+                discarded.append(self._key(shard, prefix, versions))  # built on a stale stage
+                continue
+            ancestors = [self._stage_weights(k) for k in ancestor_keys]
             rows = [r for s in prefix for r in cell_rows[(shard, s)]]
             result = train_stage(
                 self.backbone, self.features, shard=shard, prefix=prefix, ancestors=ancestors,
-                sample_ids=[r[0] for r in rows], labels=[r[1] for r in rows], val=val,
+                method=self.method, sample_ids=[r[0] for r in rows], labels=[r[1] for r in rows], val=val,
                 progress=bar.update)
             key = self._key(shard, prefix, versions)
             parent = self._key(shard, prefix[:-1], versions) if len(prefix) > 1 else None
@@ -148,12 +215,25 @@ class S3T:
             record = StageRecord(key, shard, tuple(prefix), tuple(meta["versions"]), parent,
                                  "live", files, result.n_samples, result.val_score)
             with self.ledger.transaction():
-                self.ledger.add_stage(record, now())
+                # A deletion may have hit this stage's data while it trained: then it saw a
+                # deleted sample and must never go live.
+                now_versions = self.ledger.slice_versions()
+                current = all(now_versions[(shard, s)] == versions[(shard, s)] for s in prefix)
+                accepted = current and (parent is None or self.ledger.is_live(parent))
+                if accepted:
+                    self.ledger.add_stage(record, now())
+            if not accepted:
+                self.store.erase(shard, key)
+                discarded.append(key)
+                continue
             self._weights[key] = result.weights
+            trained += 1
         bar.close()
         with self.ledger.transaction():
-            self.ledger.set_routes(compute_routes(self.ledger.stages("live"), config.shards))
-        return {"stages_trained": len(todo), "stages_total": self.tree.count() * config.shards}
+            self.ledger.set_routes(compute_routes(self.ledger.stages("live"), config.shards,
+                                                  self.method.servable))
+        return {"stages_trained": trained, "stages_discarded": discarded,
+                "stages_total": self.tree.count() * config.shards}
 
     def _key(self, shard: int, prefix: Sequence[int], versions: dict) -> str:
         return stage_key(shard, prefix, [versions[(shard, s)] for s in prefix])
@@ -196,9 +276,9 @@ class S3T:
             bounds = self.backbone.boundaries(batch)
             mask = batch["attention_mask"]
             for chain in routes:
-                apply_chain(self.backbone, chain)
-                depth = len(chain)
-                probs = torch.softmax(self.backbone.top(bounds[depth], mask, depth), dim=-1)
+                apply_chain(self.backbone, chain, self.method)
+                active = self.method.active_groups(len(chain))
+                probs = torch.softmax(self.backbone.top(bounds[active], mask, active), dim=-1)
                 if self.config.aggregation == "vote":
                     probs = torch.nn.functional.one_hot(probs.argmax(-1), n_labels).double()
                 out[start:start + len(batch["attention_mask"])] += probs.double().numpy()
@@ -223,6 +303,9 @@ class S3T:
 
     def _served_chains(self) -> list[list[StageWeights]]:
         records = {r.key: r for r in self.ledger.stages(None)}
+        for key in [k for k in self._weights if records.get(k) is None
+                    or records[k].status != "live"]:
+            del self._weights[key]  # erased by a deletion (possibly in another process)
         chains = []
         for _, key in sorted(self.ledger.routes().items()):
             if key is not None:
@@ -235,9 +318,9 @@ class S3T:
         chain = [self._stage_weights(r.key) for r in lineage_chain(key, records)]
         ids = [f"score:{i}" for i in data.ids]
         self.features.ensure(("score", id(data)), 0, ids, data.texts)
-        apply_chain(self.backbone, chain)
-        return accuracy(self.backbone, self.features, ids, self._map_labels(data), len(chain),
-                        batch_size)
+        apply_chain(self.backbone, chain, self.method)
+        return accuracy(self.backbone, self.features, ids, self._map_labels(data),
+                        self.method.active_groups(len(chain)), batch_size)
 
     # --- forgetting ---------------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str] | None = None,
@@ -248,19 +331,19 @@ class S3T:
         and every stage that saw a deleted sample is dropped from routing and erased from
         disk before this returns. No training happens here.
         """
-        started = time.perf_counter()
         self._require_fitted()
         if isinstance(sample_ids, str):
             sample_ids = [sample_ids]
         if isinstance(groups, str):
             groups = [groups]
-        plan = plan_forget(self.ledger, sample_ids, groups)
-        certificate = apply_forget(self.ledger, self.store, plan, self.config.shards,
-                                   Path(self.run_dir) / "certificates", started)
+        plan, certificate = forget(self.ledger, self.store, sample_ids, groups,
+                                   self.config.shards, Path(self.run_dir) / "certificates",
+                                   servable=self.method.servable)
         for key in certificate["erased_stages"]:
             self._weights.pop(key, None)
-        for cell in plan.cells:
-            self.features.drop(cell)
+        if getattr(self, "_features", None) is not None:
+            for cell in plan.cells:
+                self._features.drop(cell)
         return certificate
 
     def audit(self) -> AuditReport:
@@ -277,6 +360,7 @@ class S3T:
             "run_dir": str(self.run_dir),
             "shards": self.config.shards, "slices": self.config.slices,
             "budget": self.config.budget, "strategy": self.config.strategy,
+            "method": self.config.method,
             "live_shards": sum(k is not None for k in routes.values()),
             "routes": {str(m): None if k is None else
                        {"stage": k, "depth": records[k].depth, "prefix": list(records[k].prefix)}
@@ -333,19 +417,16 @@ class S3T:
             raise NotARunError(f"{run_file} is damaged: {err}") from None
         self = cls(config, run_dir=path)
         self.label_names = info["label_names"]
-        model_dir = config.model or default_model_dir()
-        if model_fingerprint(model_dir) != info["model_sha256"]:
-            raise ValueError(f"the backbone at {model_dir} differs from the one this run was "
-                             "trained with (sha256 mismatch): install the same model")
-        self.backbone = AdaptedBackbone(config, num_labels=len(self.label_names),
-                                        model_dir=model_dir)
+        self._model_sha256 = info["model_sha256"]
         self.tree = PrefixTree.from_orderings([tuple(o) for o in info["orderings"]])
+        self.method = Method(config.method, config.slices)
         self.ledger = Ledger.open_existing(path / Ledger.FILE)
         self.store = StageStore(path / "stages")
-        self.features = FeatureCache(self.backbone, chunk_size=config.batch_size)
         self._weights = {}
         if repair:
             sweep(self.ledger, self.store)
+            if self.ledger.get_meta("scrub_pending"):
+                self.ledger.checkpoint()
         if verify:
             for record in self.ledger.stages("live"):
                 self.store.verify(record.shard, record.key, record.files)

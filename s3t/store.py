@@ -33,6 +33,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or removal in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class StageStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -55,9 +64,11 @@ class StageStore:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
             hashes[name] = sha256_file(tmp / name)
+        _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync_dir(final.parent)
         return hashes
 
     def verify(self, shard: int, key: str, files: dict[str, str]) -> None:
@@ -83,6 +94,7 @@ class StageStore:
         where = self.path(shard, key)
         if where.exists():
             shutil.rmtree(where)
+            _fsync_dir(where.parent)
             return True
         return False
 

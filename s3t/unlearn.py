@@ -14,12 +14,12 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from s3t.data.ledger import Ledger, StageRecord
+from s3t.data.ledger import Ledger, StageRecord, group_hash
 from s3t.serve.router import compute_routes, lineage_chain
 from s3t.store import IntegrityError, StageStore
 
@@ -67,20 +67,26 @@ def plan_forget(ledger: Ledger, sample_ids: Sequence[str] | None,
     return ForgetPlan(new=new, already_deleted=already, groups=group_keys)
 
 
-def apply_forget(ledger: Ledger, store: StageStore, plan: ForgetPlan, n_shards: int,
-                 certificates_dir: Path, started: float | None = None) -> dict:
-    """Commit the deletion durably, then erase what it invalidated; return the certificate."""
-    started = time.perf_counter() if started is None else started
+def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
+           groups: Sequence[str] | None, n_shards: int, certificates_dir: Path,
+           servable: Callable[[int], bool] = lambda depth: True) -> tuple[ForgetPlan, dict]:
+    """Validate, commit durably, then erase; return the plan and the certificate.
+
+    The request is planned inside the write transaction, so a concurrent forget cannot slip
+    in between the check and the commit; an invalid request rolls back having changed nothing.
+    """
+    started = time.perf_counter()
     request_id = uuid.uuid4().hex
-    cells = plan.cells
     with ledger.transaction() as c:
+        plan = plan_forget(ledger, sample_ids, groups)
+        cells = plan.cells
         versions = ledger.slice_versions()
         new_version = {cell: versions[cell] + 1 for cell in cells}
         c.executemany("UPDATE slices SET version = ? WHERE shard = ? AND slice = ?",
                       [(v, sh, sl) for (sh, sl), v in new_version.items()])
         c.executemany(
-            "UPDATE samples SET input = NULL, deleted_version = ?, deleted_request = ? "
-            "WHERE sample_id = ?",
+            "UPDATE samples SET input = NULL, label = NULL, deleted_version = ?, "
+            "deleted_request = ? WHERE sample_id = ?",
             [(new_version[cell], request_id, sid) for sid, cell in plan.new.items()])
         live = ledger.stages("live")
         hit = set(cells)
@@ -89,14 +95,15 @@ def apply_forget(ledger: Ledger, store: StageStore, plan: ForgetPlan, n_shards: 
                       [(request_id, r.key) for r in erased])
         routes_before = ledger.routes()
         erased_keys = {r.key for r in erased}
-        routes_after = compute_routes([r for r in live if r.key not in erased_keys], n_shards)
+        routes_after = compute_routes([r for r in live if r.key not in erased_keys], n_shards,
+                                      servable)
         ledger.set_routes(routes_after)
         certificate = {
             "request_id": request_id,
             "time": now(),
             "samples": sorted(plan.new),
             "already_deleted": plan.already_deleted,
-            "groups": plan.groups,
+            "groups_sha256": sorted(group_hash(g) for g in plan.groups),
             "cells": [{"shard": sh, "slice": sl, "new_version": new_version[(sh, sl)]}
                       for sh, sl in cells],
             "erased_stages": sorted(erased_keys),
@@ -106,16 +113,23 @@ def apply_forget(ledger: Ledger, store: StageStore, plan: ForgetPlan, n_shards: 
         }
         c.execute("INSERT INTO deletions VALUES (?, ?, ?)",
                   (request_id, certificate["time"], json.dumps(certificate)))
-    ledger.checkpoint()
-    for record in erased:
-        store.erase(record.shard, record.key)
-    certificate["files_erased"] = all(not store.path(r.shard, r.key).exists() for r in erased)
+    # Committed: from here on the deletion holds even if the process dies; a later forget
+    # or load finishes any erasure left undone.
+    certificate["ledger_scrubbed"] = ledger.checkpoint()
+    certificate["files_erased"] = erase_invalidated(ledger, store)
     certificate["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
     with ledger.transaction() as c:
         c.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
                   (json.dumps(certificate), request_id))
     write_json_atomic(certificates_dir / f"{request_id}.json", certificate)
-    return certificate
+    return plan, certificate
+
+
+def erase_invalidated(ledger: Ledger, store: StageStore) -> bool:
+    """Erase the files of every erased stage still on disk; True when none is left."""
+    for record in ledger.stages("erased"):
+        store.erase(record.shard, record.key)
+    return all(not store.path(r.shard, r.key).exists() for r in ledger.stages("erased"))
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -167,7 +181,10 @@ def audit(ledger: Ledger, store: StageStore) -> AuditReport:
     for _, shard, sl, dv in deleted:
         deleted_by_cell.setdefault((shard, sl), []).append(dv)
     for sid in ledger.leaked_inputs():
-        violations.append(f"deleted sample {sid} still has its input stored in the ledger")
+        violations.append(f"deleted sample {sid} still has its input or label in the ledger")
+    if ledger.get_meta("scrub_pending") and not ledger.checkpoint():
+        violations.append("the ledger's write-ahead log may still hold deleted inputs: another "
+                          "process keeps a read transaction open; close it and audit again")
 
     records = {r.key: r for r in ledger.stages(None)}
     live = {k: r for k, r in records.items() if r.status == "live"}

@@ -12,6 +12,7 @@ from tiny import make_tiny_bert, toy_dataset
 from s3t.config import S3TConfig
 from s3t.engine import S3T, NoLiveShardError, NotARunError
 from s3t.models.adapted import AdaptedBackbone
+from s3t.plan.methods import Method
 from s3t.store import IntegrityError
 from s3t.train.features import FeatureCache
 from s3t.train.stage_trainer import apply_chain, train_stage
@@ -42,16 +43,18 @@ def snapshot(est: S3T) -> dict:
 
 def test_stage_changes_only_its_layer_group_and_head(tiny_bert, tmp_path):
     cfg = config(tiny_bert, slices=3, budget=1, strategy="cyclic")
+    S3T_METHOD = Method("s3t", cfg.slices)  # noqa: N806
     data = toy_dataset(30)
     backbone = AdaptedBackbone(cfg, num_labels=3)
     features = FeatureCache(backbone)
     features.ensure("all", 0, data.ids, data.texts)
     chain = []
     for depth in (1, 2, 3):
-        apply_chain(backbone, chain)
+        apply_chain(backbone, chain, S3T_METHOD)
         before = {k: v.detach().clone() for k, v in backbone.model.named_parameters()}
         result = train_stage(backbone, features, shard=0, prefix=tuple(range(depth)),
-                             ancestors=chain, sample_ids=data.ids, labels=data.labels)
+                             ancestors=chain, method=S3T_METHOD, sample_ids=data.ids,
+                             labels=data.labels)
         changed = {k for k, v in backbone.model.named_parameters() if not torch.equal(v, before[k])}
         group_layers = {backbone.group_start(depth) + i for i in range(cfg.layers_per_slice)}
         allowed_lora = {k for k in before if "lora_" in k

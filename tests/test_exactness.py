@@ -14,6 +14,7 @@ from s3t.config import S3TConfig
 from s3t.data.partition import partition
 from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
+from s3t.plan.methods import Method
 from s3t.serve.router import lineage_chain
 from s3t.train.features import FeatureCache
 from s3t.train.stage_trainer import train_stage
@@ -41,7 +42,8 @@ def scratch_chain(cfg: S3TConfig, data, deleted: set[str], shard: int, prefix) -
             features.ensure((shard, s), 0, cell_ids, [text[i] for i in cell_ids])
             ids += cell_ids
         result = train_stage(backbone, features, shard=shard, prefix=prefix[:depth],
-                             ancestors=chain, sample_ids=ids, labels=[label[i] for i in ids])
+                             ancestors=chain, method=Method(cfg.method, cfg.slices),
+                             sample_ids=ids, labels=[label[i] for i in ids])
         chain.append(result.weights)
     return chain
 

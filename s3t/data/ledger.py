@@ -12,6 +12,7 @@ belongs to the lineage of exactly the stages that recorded a version below ``v``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,8 +26,8 @@ CREATE TABLE IF NOT EXISTS samples (
     sample_id TEXT PRIMARY KEY,
     shard INTEGER NOT NULL,
     slice INTEGER NOT NULL,
-    grp TEXT,
-    label INTEGER,
+    grp TEXT,                   -- sha256 of the group key: keys are never stored in clear
+    label INTEGER,              -- NULL once deleted
     input TEXT,                 -- NULL once deleted
     deleted_version INTEGER,    -- the slice version its deletion created
     deleted_request TEXT
@@ -62,6 +63,10 @@ CREATE TABLE IF NOT EXISTS deletions (
 """
 
 
+def group_hash(group: str) -> str:
+    return hashlib.sha256(group.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class StageRecord:
     key: str
@@ -86,10 +91,12 @@ def stage_key(shard: int, prefix: Sequence[int], versions: Sequence[int]) -> str
 
 class Ledger:
     FILE = "ledger.sqlite"
+    BUSY_MS = 10_000
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                    timeout=self.BUSY_MS / 1000)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA secure_delete=ON")
@@ -120,9 +127,23 @@ class Ledger:
             raise
         self.conn.execute("COMMIT")
 
-    def checkpoint(self) -> None:
-        """Fold the WAL into the database and truncate it (no stale page images left)."""
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    def checkpoint(self, attempts: int = 3, busy_ms: int = 200) -> bool:
+        """Fold the WAL into the database and truncate it, so no page image of deleted data
+        survives. Another connection's open read snapshot can block this: retry briefly and
+        report whether it succeeded; a pending scrub is remembered and retried later."""
+        self.conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        try:
+            for _ in range(attempts):
+                busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    if self.get_meta("scrub_pending"):
+                        self.conn.execute("DELETE FROM meta WHERE key = 'scrub_pending'")
+                        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    return True
+            self.set_meta("scrub_pending", True)
+            return False
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {self.BUSY_MS}")
 
     # --- meta -------------------------------------------------------------------------------
     def set_meta(self, key: str, value: object) -> None:
@@ -139,7 +160,9 @@ class Ledger:
         with self.transaction() as c:
             c.executemany(
                 "INSERT INTO samples (sample_id, shard, slice, grp, label, input) "
-                "VALUES (?, ?, ?, ?, ?, ?)", rows)
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                ((sid, sh, sl, None if g is None else group_hash(g), y, x)
+                 for sid, sh, sl, g, y, x in rows))
             c.executemany("INSERT INTO slices VALUES (?, ?, 0)",
                           [(m, s) for m in range(n_shards) for s in range(n_slices)])
 
@@ -165,7 +188,8 @@ class Ledger:
         members: dict[str, list[str]] = {g: [] for g in groups}
         for g in groups:
             members[g] = [r[0] for r in self.conn.execute(
-                "SELECT sample_id FROM samples WHERE grp = ? ORDER BY sample_id", (g,))]
+                "SELECT sample_id FROM samples WHERE grp = ? ORDER BY sample_id",
+                (group_hash(g),))]
         return members
 
     def counts(self) -> tuple[int, int]:
@@ -183,9 +207,10 @@ class Ledger:
             "WHERE deleted_version IS NOT NULL").fetchall()
 
     def leaked_inputs(self) -> list[str]:
-        """Deleted samples whose input is still stored (must be empty)."""
+        """Deleted samples whose input or label is still stored (must be empty)."""
         return [r[0] for r in self.conn.execute(
-            "SELECT sample_id FROM samples WHERE deleted_version IS NOT NULL AND input IS NOT NULL")]
+            "SELECT sample_id FROM samples WHERE deleted_version IS NOT NULL "
+            "AND (input IS NOT NULL OR label IS NOT NULL)")]
 
     def add_eval_samples(self, rows: Iterable[tuple[str, int, str]]) -> None:
         with self.transaction() as c:
@@ -198,7 +223,7 @@ class Ledger:
     # --- stages and routes -----------------------------------------------------------------
     def add_stage(self, record: StageRecord, created_at: str) -> None:
         self.conn.execute(
-            "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            "INSERT OR REPLACE INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
             (record.key, record.shard, json.dumps(list(record.prefix)),
              json.dumps(list(record.versions)), record.parent, record.status,
              json.dumps(record.files), record.n_samples, record.val_score, created_at))
@@ -214,6 +239,10 @@ class Ledger:
                             json.loads(f), n, vs)
                 for k, sh, p, v, par, st, f, n, vs in self.conn.execute(query + " ORDER BY key",
                                                                          args)]
+
+    def is_live(self, key: str) -> bool:
+        row = self.conn.execute("SELECT status FROM stages WHERE key = ?", (key,)).fetchone()
+        return row is not None and row[0] == "live"
 
     def routes(self) -> dict[int, str | None]:
         return dict(self.conn.execute("SELECT shard, stage FROM routes ORDER BY shard").fetchall())

@@ -57,7 +57,11 @@ class AdaptedBackbone:
         if not Path(self.model_dir).is_dir():
             raise FileNotFoundError(f"model directory {self.model_dir!r} does not exist")
         self.family: BackboneFamily = family_for(model_type_of(self.model_dir))
-        self.model, self.processor = self.family.load(self.model_dir, num_labels)
+        with torch.random.fork_rng(devices=[]):
+            # Parameters the checkpoint lacks are initialised from the seed, not from
+            # whatever state the caller's RNG is in.
+            torch.manual_seed(config.seed)
+            self.model, self.processor = self.family.load(self.model_dir, num_labels)
         self.n_layers = len(self.family.layers(self.model))
         config.validate(n_layers=self.n_layers)
         self.n_groups = config.slices
@@ -124,25 +128,34 @@ class AdaptedBackbone:
             assert self.group_of_layer(self.layer_index(name)) == group, name
         return params
 
-    def group_state(self, group: int) -> StateDict:
-        return {k: v.detach().clone() for k, v in self.group_parameters(group).items()}
+    def adapter_parameters(self, groups: tuple[int, ...]) -> dict[str, nn.Parameter]:
+        params: dict[str, nn.Parameter] = {}
+        for g in groups:
+            params.update(self.group_parameters(g))
+        return params
 
-    def load_group_state(self, group: int, state: StateDict) -> None:
-        params = self.group_parameters(group)
+    def adapter_state(self, groups: tuple[int, ...]) -> StateDict:
+        return {k: v.detach().clone() for k, v in self.adapter_parameters(groups).items()}
+
+    def load_adapter_state(self, state: StateDict) -> None:
+        """Load adapter tensors by name; a stage's state names exactly the groups it trained."""
+        groups = tuple(sorted({self.group_of_layer(self.layer_index(k)) for k in state}))
+        params = self.adapter_parameters(groups)
         if set(state) != set(params):
-            raise ValueError(f"adapter state does not match layer group {group}'s parameters")
+            raise ValueError(f"adapter state does not match layer groups {groups}' parameters")
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(state[k])
 
-    def reset_group(self, group: int, generator: torch.Generator) -> None:
-        """Fresh LoRA init for a group (A: kaiming-uniform like peft, B: zeros), seeded."""
+    def reset_groups(self, groups: tuple[int, ...], generator: torch.Generator) -> None:
+        """Fresh LoRA init (A: kaiming-uniform like peft, B: zeros), seeded, in a fixed order."""
         with torch.no_grad():
-            for _, module in self._lora_by_group[group]:
-                weight = module.lora_A[ADAPTER].weight
-                bound = 1.0 / math.sqrt(weight.shape[1])  # kaiming_uniform(a=sqrt(5))
-                weight.copy_(torch.rand(weight.shape, generator=generator) * 2 * bound - bound)
-                module.lora_B[ADAPTER].weight.zero_()
+            for g in groups:
+                for _, module in self._lora_by_group[g]:
+                    weight = module.lora_A[ADAPTER].weight
+                    bound = 1.0 / math.sqrt(weight.shape[1])  # kaiming_uniform(a=sqrt(5))
+                    weight.copy_(torch.rand(weight.shape, generator=generator) * 2 * bound - bound)
+                    module.lora_B[ADAPTER].weight.zero_()
 
     def set_depth(self, depth: int) -> None:
         """Switch on layer groups ``1..depth`` and off the others (pure pretrained weights)."""
@@ -175,11 +188,11 @@ class AdaptedBackbone:
         self.family.init_head(self.model, generator)
 
     # --- running --------------------------------------------------------------------------
-    def trainable(self, group: int) -> list[nn.Parameter]:
-        """Freeze everything, then unfreeze exactly layer group ``group`` and the head."""
+    def trainable(self, groups: tuple[int, ...]) -> list[nn.Parameter]:
+        """Freeze everything, then unfreeze exactly the given layer groups and the head."""
         for p in self.model.parameters():
             p.requires_grad_(False)
-        params = list(self.group_parameters(group).values()) + list(self.head_parameters().values())
+        params = list(self.adapter_parameters(groups).values()) + list(self.head_parameters().values())
         for p in params:
             p.requires_grad_(True)
         return params

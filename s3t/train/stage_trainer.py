@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from s3t.models.adapted import AdaptedBackbone, StateDict
+from s3t.plan.methods import Method
 from s3t.train.features import FeatureCache
 
 
@@ -42,12 +43,16 @@ def stage_seed(seed: int, shard: int, prefix: Sequence[int]) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def apply_chain(backbone: AdaptedBackbone, chain: Sequence[StageWeights]) -> None:
-    """Load a route (root stage first) into the model: group k from the stage at depth k."""
-    for depth, weights in enumerate(chain, start=1):
-        backbone.load_group_state(depth, weights.adapter)
+def apply_chain(backbone: AdaptedBackbone, chain: Sequence[StageWeights], method: Method) -> None:
+    """Load a route (root stage first) into the model and switch on the groups it uses.
+
+    Each stage holds the groups it trained; later stages overwrite earlier ones, so an
+    S3T route takes group k from its stage at depth k and a SISA route its last checkpoint.
+    """
+    for weights in chain:
+        backbone.load_adapter_state(weights.adapter)
     backbone.load_head_state(chain[-1].head if chain else backbone.initial_head)
-    backbone.set_depth(len(chain))
+    backbone.set_depth(method.active_groups(len(chain)))
 
 
 def train_stage(
@@ -57,6 +62,7 @@ def train_stage(
     shard: int,
     prefix: Sequence[int],
     ancestors: Sequence[StageWeights],
+    method: Method,
     sample_ids: Sequence[str],
     labels: Sequence[int],
     val: tuple[Sequence[str], Sequence[int]] | None = None,
@@ -72,10 +78,13 @@ def train_stage(
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout draws from the global generator
 
-    apply_chain(backbone, ancestors)
-    backbone.reset_group(depth, generator)
-    backbone.set_depth(depth)
-    params = backbone.trainable(depth)
+    apply_chain(backbone, ancestors, method)
+    trained = method.trained_groups(depth)
+    active = method.active_groups(depth)
+    if method.layerwise or depth == 1:  # SISA/full continue from the previous checkpoint
+        backbone.reset_groups(trained, generator)
+    backbone.set_depth(active)
+    params = backbone.trainable(trained)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
 
@@ -88,8 +97,8 @@ def train_stage(
         perm = torch.randperm(len(ids), generator=generator).tolist()
         for start in range(0, len(perm), config.batch_size):
             batch = perm[start:start + config.batch_size]
-            hidden, mask = features.batch([ids[i] for i in batch], depth)
-            logits = backbone.top(hidden, mask, from_group=depth)
+            hidden, mask = features.batch([ids[i] for i in batch], active)
+            logits = backbone.top(hidden, mask, from_group=active)
             loss = F.cross_entropy(logits, y_all[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -101,24 +110,24 @@ def train_stage(
     for p in params:
         p.requires_grad_(False)
 
-    weights = StageWeights(adapter=backbone.group_state(depth), head=backbone.head_state())
+    weights = StageWeights(adapter=backbone.adapter_state(trained), head=backbone.head_state())
     val_score = None
     if val is not None and len(val[0]) > 0:
-        val_score = accuracy(backbone, features, val[0], val[1], depth, config.batch_size)
+        val_score = accuracy(backbone, features, val[0], val[1], active, config.batch_size)
     return StageResult(weights, len(ids), val_score, time.perf_counter() - started, last_loss)
 
 
 @torch.no_grad()
 def accuracy(backbone: AdaptedBackbone, features: FeatureCache, ids: Sequence[str],
-             labels: Sequence[int], depth: int, batch_size: int) -> float:
-    """Accuracy of the model as currently loaded (at ``depth``) on cached samples."""
+             labels: Sequence[int], active: int, batch_size: int) -> float:
+    """Accuracy of the model as currently loaded (``active`` groups on) on cached samples."""
+    if active == 0:
+        raise ValueError("a model with no active layer group has no trained head to score")
     backbone.model.eval()
     correct = 0
     for start in range(0, len(ids), batch_size):
-        hidden, mask = features.batch(ids[start:start + batch_size], max(depth, 1))
-        if depth == 0:
-            raise ValueError("a model of depth 0 has no trained head to score")
-        logits = backbone.top(hidden, mask, from_group=depth)
+        hidden, mask = features.batch(ids[start:start + batch_size], active)
+        logits = backbone.top(hidden, mask, from_group=active)
         pred = logits.argmax(dim=-1)
         correct += int((pred == torch.tensor(labels[start:start + batch_size])).sum())
     return correct / len(ids)
