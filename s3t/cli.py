@@ -24,6 +24,7 @@ from s3t.plan import (
     simulate,
     sisa_orderings,
 )
+from s3t.plan.methods import METHODS
 
 MAX_CLI_SLICES = 12  # exact closed forms enumerate 2^L hit sets
 MAX_CLI_BUDGET = 5040  # 7!: beyond this the simulation's memory and time grow too much
@@ -396,6 +397,10 @@ def train_cmd(
                                           "sisa.")] = "cyclic",
     prior: Annotated[str | None, typer.Option("--prior", help="Deletion prior per slice (bms).")]
     = None,
+    method: Annotated[str, typer.Option("--method", help="s3t | sisa (baseline: whole adapter "
+                                        "stack per slice checkpoint, out of service until "
+                                        "retrained) | full (one model on all data, same adapted "
+                                        "layers)")] = "s3t",
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs per stage.")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed for partition, orderings, training.")]
     = 0,
@@ -416,8 +421,10 @@ def train_cmd(
     with _engine_errors():
         if strategy not in STRATEGIES:
             raise _fail("--strategy", f"must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
-        config = S3TConfig(
-            model=model, shards=shards, slices=slices,
+        if method not in METHODS:
+            raise _fail("--method", f"must be one of {', '.join(METHODS)}; got {method!r}")
+        config = S3TConfig.baseline(
+            method, model=model, shards=shards, slices=slices,
             budget=budget if budget is not None else _default_budget(strategy, slices),
             strategy=strategy, prior=_parse_prior(prior, slices), epochs=epochs, seed=seed,
             layers_per_slice=layers_per_slice, lora_r=lora_r, lora_alpha=2 * lora_r,

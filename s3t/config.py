@@ -80,12 +80,12 @@ class S3TConfig:
         return self.slices * self.layers_per_slice
 
     @classmethod
-    def baseline(cls, method: str, **kwargs: Any) -> S3TConfig:
+    def baseline(cls, name: str, **kwargs: Any) -> S3TConfig:
         """A SISA or full fine-tuning configuration adapting the same layers as ``kwargs``."""
-        config = cls(**kwargs)
-        if method == "sisa":
+        config = cls(**{k: v for k, v in kwargs.items() if k != "method"})
+        if name == "sisa":
             return dataclasses.replace(config, method="sisa", budget=1, strategy="sisa")
-        if method == "full":
+        if name == "full":
             return dataclasses.replace(
                 config, method="full", shards=1, slices=1, budget=1, strategy="sisa",
                 layers_per_slice=config.slices * config.layers_per_slice)

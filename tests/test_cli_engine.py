@@ -136,3 +136,17 @@ def test_predict_requires_exactly_one_source(run_copy):
     _, run = run_copy
     result = invoke("predict", run)
     assert result.exit_code == 2 and "exactly one" in result.stderr
+
+
+def test_train_sisa_baseline_reports_dead_shard_after_forget(tmp_path, tiny_bert):
+    train = write_csv(tmp_path / "train.csv", toy_dataset(24))
+    run = tmp_path / "sisa"
+    result = invoke("train", "--data", train, "--out", run, "--model", tiny_bert, "--method",
+                    "sisa", "--shards", 2, "--slices", 2, "--epochs", 1, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stages_trained"] == 4
+    cert = json.loads(invoke("forget", run, "--ids", "s0000", "--json").stdout)
+    assert cert["live_shards"] == 1
+    assert json.loads(invoke("status", run, "--json").stdout)["method"] == "sisa"
+    assert invoke("train", "--data", train, "--out", tmp_path / "x", "--method", "nope"
+                  ).exit_code == 2

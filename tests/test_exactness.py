@@ -184,3 +184,33 @@ def test_training_is_deterministic(tiny_bert, tmp_path):
     key = next(iter(a._weights))
     assert not torch.equal(a._weights[key].head["classifier.weight"],
                            c._weights[key].head["classifier.weight"])
+
+
+@pytest.mark.parametrize("method", ["sisa", "full"])
+def test_baselines_go_out_of_service_and_retrain_exactly(tiny_bert, tmp_path, method):
+    data = toy_dataset(48)
+    cfg = S3TConfig.baseline(method, **{**config(tiny_bert).to_dict(), "budget": 1})
+    est = S3T(cfg, run_dir=tmp_path / "run").fit(data, progress=False)
+    assert est.status()["live_shards"] == cfg.shards
+    # SISA and full fine-tuning train the whole adapter stack in every stage
+    record = est.ledger.stages("live")[0]
+    groups = {est.backbone.group_of_layer(est.backbone.layer_index(k))
+              for k in est._stage_weights(record.key).adapter}
+    assert groups == set(range(1, cfg.slices + 1))
+
+    victim = pick_victims(est, data)[0] if cfg.shards > 1 else data.ids[0]
+    cert = est.forget([victim])
+    dead = [m for m, key in cert["routes_after"].items() if key is None]
+    assert len(dead) == 1, "the affected shard stops serving until it is retrained"
+    summary = est.retrain(progress=False)
+    # retrain resumes from the last checkpoint before the affected slice
+    cells = partition(data.ids, data.groups, cfg.shards, cfg.slices, seed=cfg.seed)
+    shard, slice_ = cells[victim]
+    ordering = est.tree.orderings[0]
+    assert summary["stages_trained"] == cfg.slices - ordering.index(slice_)
+    for shard, (prefix, chain) in served(est).items():
+        assert len(prefix) == cfg.slices
+        expected = scratch_chain(cfg, data, {victim}, shard, prefix)
+        for got, want in zip(chain, expected, strict=True):
+            assert_same_weights(got, want)
+    assert est.audit().ok
