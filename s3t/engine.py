@@ -187,7 +187,8 @@ class S3T:
                 if self._key(shard, node.prefix, versions) not in live:
                     todo.append((shard, node.prefix))
         val = self._eval_block()
-        trained, discarded = 0, []
+        stage_seconds: dict[str, float] = {}
+        discarded: list[str] = []
         total = sum(sum(len(cell_rows[(m, s)]) for s in p) * config.epochs for m, p in todo)
         bar = tqdm(total=total, unit="sample", desc="training stages", disable=not progress)
         for shard, prefix in todo:
@@ -210,7 +211,8 @@ class S3T:
             meta = {"key": key, "shard": shard, "prefix": list(prefix),
                     "versions": [versions[(shard, s)] for s in prefix], "parent": parent,
                     "n_samples": result.n_samples, "val_score": result.val_score,
-                    "seed": config.seed, "final_loss": result.final_loss}
+                    "seed": config.seed, "final_loss": result.final_loss,
+                    "train_seconds": result.seconds}
             files = self.store.write(shard, key, result.weights, meta)
             record = StageRecord(key, shard, tuple(prefix), tuple(meta["versions"]), parent,
                                  "live", files, result.n_samples, result.val_score)
@@ -227,12 +229,13 @@ class S3T:
                 discarded.append(key)
                 continue
             self._weights[key] = result.weights
-            trained += 1
+            stage_seconds[key] = result.seconds
         bar.close()
         with self.ledger.transaction():
             self.ledger.set_routes(compute_routes(self.ledger.stages("live"), config.shards,
                                                   self.method.servable))
-        return {"stages_trained": trained, "stages_discarded": discarded,
+        return {"stages_trained": len(stage_seconds), "stages_discarded": discarded,
+                "stage_seconds": stage_seconds,
                 "stages_total": self.tree.count() * config.shards}
 
     def _key(self, shard: int, prefix: Sequence[int], versions: dict) -> str:
