@@ -41,6 +41,7 @@ class S3TConfig:
     max_seq_len: int = 64
     seed: int = 0
     aggregation: str = "mean"
+    feature_cache: bool = True
 
     def validate(self, n_layers: int | None = None) -> S3TConfig:
         """Raise ``ValueError`` naming the bad field and what would be valid."""

@@ -31,7 +31,7 @@ from s3t.plan.orderings import make_orderings
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.serve.router import compute_routes, lineage_chain
 from s3t.store import IntegrityError, StageStore, sha256_file
-from s3t.train.features import FeatureCache
+from s3t.train.features import FeatureCache, OnTheFlyFeatures
 from s3t.train.stage_trainer import StageWeights, accuracy, apply_chain, train_stage
 from s3t.unlearn import AuditReport, audit, forget, now, sweep
 
@@ -86,9 +86,10 @@ class S3T:
         return self._backbone
 
     @property
-    def features(self) -> FeatureCache:
+    def features(self) -> FeatureCache | OnTheFlyFeatures:
         if getattr(self, "_features", None) is None:
-            self._features = FeatureCache(self.backbone, chunk_size=self.config.batch_size)
+            kind = FeatureCache if self.config.feature_cache else OnTheFlyFeatures
+            self._features = kind(self.backbone, chunk_size=self.config.batch_size)
         return self._features
 
     # --- training -----------------------------------------------------------------------------

@@ -198,3 +198,11 @@ def test_stage_validation_scores_and_status(fitted):
     assert all(s is not None and 0.0 <= s <= 1.0 for s in scores)
     status = est.status()
     assert status["capacity"] == 1.0 and status["live_shards"] == 2
+
+
+def test_tiny_model_learns_the_toy_task(tiny_bert, tmp_path):
+    """Guards against silent training bugs: chance is 1/3."""
+    cfg = S3TConfig(model=tiny_bert, shards=1, slices=2, budget=2, epochs=3, batch_size=8,
+                    learning_rate=1e-2)
+    est = S3T(cfg, run_dir=tmp_path / "r").fit(toy_dataset(96), progress=False)
+    assert est.score(toy_dataset(60, seed=11)) > 0.5

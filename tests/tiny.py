@@ -18,8 +18,9 @@ def make_tiny_bert(path: Path, layers: int = 4, hidden: int = 32, seed: int = 0)
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = list(string.ascii_lowercase + string.digits)
     vocab = special + WORDS + chars + [f"##{c}" for c in chars]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)},
+                                  do_lower_case=True)
+    assert tokenizer.tokenize("red cat") == ["red", "cat"], "tiny tokenizer is broken"
     tokenizer.save_pretrained(path)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,

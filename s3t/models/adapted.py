@@ -206,7 +206,7 @@ class AdaptedBackbone:
 
         These are the same for every shard, ordering and stage, so they are computed once.
         """
-        saved_depth = self.depth
+        saved_depth, saved_mode = self.depth, self.model.training
         self.set_depth(0)
         self.model.eval()
         mask = batch["attention_mask"]
@@ -219,6 +219,7 @@ class AdaptedBackbone:
             )
             out[g - 1] = hidden
         self.set_depth(saved_depth)
+        self.model.train(saved_mode)
         return out
 
     def top(self, hidden: torch.Tensor, mask: torch.Tensor, from_group: int) -> torch.Tensor:

@@ -65,3 +65,34 @@ def collate(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden[i, : r.shape[0]] = r
         mask[i, : r.shape[0]] = 1
     return hidden, mask
+
+
+class OnTheFlyFeatures:
+    """The uncached path, same interface: run the frozen layers for every batch.
+
+    Kept as the reference the cache is checked against, and for data too large for memory.
+    """
+
+    def __init__(self, backbone: AdaptedBackbone, chunk_size: int = 64):
+        self.backbone = backbone
+        self._inputs: dict[str, object] = {}
+        self._blocks: dict[Hashable, tuple[Hashable, list[str]]] = {}
+
+    def ensure(self, block: Hashable, version: Hashable, ids: Sequence[str],
+               inputs: Sequence) -> None:
+        cached = self._blocks.get(block)
+        if cached is not None and cached[0] == version:
+            return
+        self.drop(block)
+        self._inputs.update(zip(ids, inputs, strict=True))
+        self._blocks[block] = (version, list(ids))
+
+    def drop(self, block: Hashable) -> None:
+        cached = self._blocks.pop(block, None)
+        if cached is not None:
+            for sid in cached[1]:
+                self._inputs.pop(sid, None)
+
+    def batch(self, ids: Sequence[str], group: int) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = self.backbone.encode([self._inputs[sid] for sid in ids])
+        return self.backbone.boundaries(encoded)[group], encoded["attention_mask"]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from s3t.models.adapted import AdaptedBackbone, StateDict
 from s3t.plan.methods import Method
-from s3t.train.features import FeatureCache
+from s3t.train.features import FeatureCache, OnTheFlyFeatures
 
 
 @dataclass
@@ -57,7 +57,7 @@ def apply_chain(backbone: AdaptedBackbone, chain: Sequence[StageWeights], method
 
 def train_stage(
     backbone: AdaptedBackbone,
-    features: FeatureCache,
+    features: FeatureCache | OnTheFlyFeatures,
     *,
     shard: int,
     prefix: Sequence[int],
@@ -118,7 +118,7 @@ def train_stage(
 
 
 @torch.no_grad()
-def accuracy(backbone: AdaptedBackbone, features: FeatureCache, ids: Sequence[str],
+def accuracy(backbone: AdaptedBackbone, features: FeatureCache | OnTheFlyFeatures, ids: Sequence[str],
              labels: Sequence[int], active: int, batch_size: int) -> float:
     """Accuracy of the model as currently loaded (``active`` groups on) on cached samples."""
     if active == 0:
