@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from s3t.config import S3TConfig
@@ -29,6 +28,7 @@ from s3t.models.adapted import AdaptedBackbone, default_model_dir
 from s3t.plan.methods import Method
 from s3t.plan.orderings import make_orderings
 from s3t.plan.prefix_tree import PrefixTree
+from s3t.serve.ensemble import Ensemble
 from s3t.serve.router import compute_routes, lineage_chain
 from s3t.store import IntegrityError, StageStore, sha256_file
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
@@ -261,34 +261,33 @@ class S3T:
         return {r.key: r for r in self.ledger.stages("live")}
 
     # --- serving ------------------------------------------------------------------------------
-    @torch.no_grad()
     def predict(self, inputs: Sequence[str], batch_size: int = 64) -> Prediction:
-        """Mean of class probabilities over live shards (or majority vote, per config)."""
+        """Mean of class probabilities over live shards (or majority vote, per config).
+
+        The frozen trunk runs once per batch for all shards; each shard then runs only its
+        top layers, with its route's adapters merged into dense weights.
+        """
         self._require_fitted()
         if isinstance(inputs, str):
             inputs = [inputs]
-        routes = self._served_chains()
-        if not routes:
+        chains = self._served_chains()
+        if not chains:
             raise NoLiveShardError(
                 "no shard can serve: every shard has lost its first slice to deletions; "
                 "run `s3t retrain RUN` (or S3T.retrain()) to restore service")
-        n_labels = len(self.label_names)
-        out = np.zeros((len(inputs), n_labels))
+        if getattr(self, "_ensemble", None) is None:
+            self._ensemble = Ensemble(self.backbone, self.method)
+        self._ensemble.update(chains)
         self.backbone.model.eval()
-        for start in range(0, len(inputs), batch_size):
-            batch = self.backbone.encode(list(inputs[start:start + batch_size]))
-            bounds = self.backbone.boundaries(batch)
-            mask = batch["attention_mask"]
-            for chain in routes:
-                apply_chain(self.backbone, chain, self.method)
-                active = self.method.active_groups(len(chain))
-                probs = torch.softmax(self.backbone.top(bounds[active], mask, active), dim=-1)
-                if self.config.aggregation == "vote":
-                    probs = torch.nn.functional.one_hot(probs.argmax(-1), n_labels).double()
-                out[start:start + len(batch["attention_mask"])] += probs.double().numpy()
-        out /= len(routes)
+        n_labels = len(self.label_names)
+        out = np.concatenate([
+            self._ensemble.predict_proba(list(inputs[start:start + batch_size]),
+                                         vote=self.config.aggregation == "vote",
+                                         n_labels=n_labels)
+            for start in range(0, len(inputs), batch_size)]) if len(inputs) else \
+            np.zeros((0, n_labels))
         ids = out.argmax(axis=1)
-        return Prediction([self.label_names[i] for i in ids], ids, out, len(routes))
+        return Prediction([self.label_names[i] for i in ids], ids, out, len(chains))
 
     def score(self, data: Dataset) -> float:
         if data.labels is None:
@@ -305,15 +304,17 @@ class S3T:
             raise ValueError(f"labels not seen in training: {unknown}")
         return [index[data.label_names[y]] for y in data.labels]
 
-    def _served_chains(self) -> list[list[StageWeights]]:
+    def _served_chains(self) -> dict[int, tuple[str, list[StageWeights]]]:
+        """Each live shard's route: its stage key and the weights of its chain, root first."""
         records = {r.key: r for r in self.ledger.stages(None)}
         for key in [k for k in self._weights if records.get(k) is None
                     or records[k].status != "live"]:
             del self._weights[key]  # erased by a deletion (possibly in another process)
-        chains = []
-        for _, key in sorted(self.ledger.routes().items()):
+        chains = {}
+        for shard, key in sorted(self.ledger.routes().items()):
             if key is not None:
-                chains.append([self._stage_weights(r.key) for r in lineage_chain(key, records)])
+                chains[shard] = (key, [self._stage_weights(r.key)
+                                       for r in lineage_chain(key, records)])
         return chains
 
     def stage_accuracy(self, key: str, data: Dataset, batch_size: int = 64) -> float:

@@ -206,3 +206,19 @@ def test_tiny_model_learns_the_toy_task(tiny_bert, tmp_path):
                     learning_rate=1e-2)
     est = S3T(cfg, run_dir=tmp_path / "r").fit(toy_dataset(96), progress=False)
     assert est.score(toy_dataset(60, seed=11)) > 0.5
+
+
+def test_serving_uses_merged_dense_layers_and_swaps_routes_after_forget(fitted):
+    est, data = fitted
+    est.predict(["red"])
+    before = dict(est._ensemble.routes)
+    assert all(type(r.layers[-1].attention.self.query) is torch.nn.Linear
+               for r in before.values()), "served layers must be plain dense Linear layers"
+    cert = est.forget([data.ids[0]])
+    est.predict(["red"])
+    after = est._ensemble.routes
+    for shard, key in cert["routes_after"].items():
+        route = after.get(int(shard))
+        assert (route.stage if route else None) == key
+        if key == cert["routes_before"][shard]:
+            assert route is before[int(shard)], "unchanged routes are reused, not rebuilt"

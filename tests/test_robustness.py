@@ -45,7 +45,9 @@ def test_served_probabilities_equal_a_scratch_trained_ensemble(fitted):
             apply_chain(backbone, chain, method)
             logits = backbone.top(bounds[len(chain)], batch["attention_mask"], len(chain))
             probs.append(torch.softmax(logits, dim=-1).double().numpy())
-    np.testing.assert_allclose(got, np.mean(probs, axis=0), rtol=0, atol=1e-12)
+    # Serving merges LoRA into dense weights (x(W + sBA) instead of xW + s(xA)B): equal up
+    # to float rounding; the weights themselves are compared bitwise elsewhere.
+    np.testing.assert_allclose(got, np.mean(probs, axis=0), rtol=0, atol=1e-6)
 
 
 def test_deletion_during_retrain_never_puts_a_contaminated_stage_live(fitted, monkeypatch):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -201,8 +202,8 @@ class AdaptedBackbone:
         return self.family.encode(self.processor, inputs, self.config.max_seq_len)
 
     @torch.no_grad()
-    def boundaries(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Pretrained hidden states entering each layer group (adapters off), keyed by group.
+    def boundaries(self, batch: dict[str, torch.Tensor], top_group: int = 1) -> dict[int, torch.Tensor]:
+        """Pretrained hidden states entering layer groups ``L..top_group`` (adapters off).
 
         These are the same for every shard, ordering and stage, so they are computed once.
         """
@@ -213,7 +214,7 @@ class AdaptedBackbone:
         hidden = self.family.embed(self.model, batch)
         hidden = self.family.run_layers(self.model, hidden, mask, 0, self.trunk_end)
         out = {self.n_groups: hidden}
-        for g in range(self.n_groups, 1, -1):
+        for g in range(self.n_groups, max(top_group, 1), -1):
             hidden = self.family.run_layers(
                 self.model, hidden, mask, self.group_start(g), self.group_start(g - 1)
             )
@@ -221,6 +222,21 @@ class AdaptedBackbone:
         self.set_depth(saved_depth)
         self.model.train(saved_mode)
         return out
+
+    def merged_top_layers(self, from_group: int) -> nn.ModuleList:
+        """Dense copies of the layers from ``from_group`` up, with the switched-on LoRA
+        deltas merged into their weights (peft's merge) and the adapters removed."""
+        layers = nn.ModuleList()
+        for layer in self.family.layers(self.model)[self.group_start(from_group):]:
+            copy = deepcopy(layer)
+            for name, module in list(copy.named_modules()):
+                if isinstance(module, LoraLayer):
+                    if not module.disable_adapters:
+                        module.merge(adapter_names=[ADAPTER])
+                    parent = copy.get_submodule(name.rsplit(".", 1)[0]) if "." in name else copy
+                    setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
+            layers.append(copy.eval())
+        return layers
 
     def top(self, hidden: torch.Tensor, mask: torch.Tensor, from_group: int) -> torch.Tensor:
         """Logits from hidden states entering ``from_group``, at the current depth."""

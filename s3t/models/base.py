@@ -7,6 +7,7 @@ beyond this interface, so a new family (ViT, Llama, ...) is one new module.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -34,6 +35,10 @@ class BackboneFamily(Protocol):
     def run_layers(self, model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
                    start: int, end: int) -> torch.Tensor:
         """Run layers ``start..end-1`` on ``hidden`` with a (B, T) 0/1 mask."""
+
+    def apply_layers(self, layers: Sequence[nn.Module], hidden: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+        """Run the given layer modules (e.g. merged copies for serving) in order."""
 
     def head_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         """Modules trained per stage on top of the layers (classifier, pooler...)."""

@@ -51,8 +51,11 @@ class EncoderFamily:
 
     def run_layers(self, model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
                    start: int, end: int) -> torch.Tensor:
+        return self.apply_layers(self.layers(model)[start:end], hidden, mask)
+
+    def apply_layers(self, layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         extended = additive_mask(mask, hidden.dtype)
-        for layer in self.layers(model)[start:end]:
+        for layer in layers:
             hidden = layer(hidden, extended)
         return hidden
 
