@@ -305,7 +305,15 @@ class S3T:
         return [index[data.label_names[y]] for y in data.labels]
 
     def _served_chains(self) -> dict[int, tuple[str, list[StageWeights]]]:
-        """Each live shard's route: its stage key and the weights of its chain, root first."""
+        """Each live shard's route: its stage key and the weights of its chain, root first.
+
+        Memoised on the ledger's change counters, so a request costs no ledger scan unless
+        something (here or in another process) committed since the last one.
+        """
+        stamp = self.ledger.change_stamp()
+        cached = getattr(self, "_chains_memo", None)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
         records = {r.key: r for r in self.ledger.stages(None)}
         for key in [k for k in self._weights if records.get(k) is None
                     or records[k].status != "live"]:
@@ -315,6 +323,7 @@ class S3T:
             if key is not None:
                 chains[shard] = (key, [self._stage_weights(r.key)
                                        for r in lineage_chain(key, records)])
+        self._chains_memo = (stamp, chains)
         return chains
 
     def stage_accuracy(self, key: str, data: Dataset, batch_size: int = 64) -> float:

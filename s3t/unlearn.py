@@ -79,6 +79,10 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     request_id = uuid.uuid4().hex
     with ledger.transaction() as c:
         plan = plan_forget(ledger, sample_ids, groups)
+        # Set until this request's files are gone: if it is still set when the next request
+        # starts, an erasure was interrupted and the next request finishes it.
+        unfinished_erasure = bool(ledger.get_meta("erase_pending"))
+        ledger.set_meta("erase_pending", True)
         cells = plan.cells
         versions = ledger.slice_versions()
         new_version = {cell: versions[cell] + 1 for cell in cells}
@@ -116,11 +120,24 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     # Committed: from here on the deletion holds even if the process dies; a later forget
     # or load finishes any erasure left undone.
     certificate["ledger_scrubbed"] = ledger.checkpoint()
-    certificate["files_erased"] = erase_invalidated(ledger, store)
+    for record in erased:
+        store.erase(record.shard, record.key)
+    if unfinished_erasure:
+        certificate["files_erased"] = erase_invalidated(ledger, store)
+    else:
+        certificate["files_erased"] = not any(store.path(r.shard, r.key).exists() for r in erased)
     certificate["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    with ledger.transaction() as c:
-        c.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
-                  (json.dumps(certificate), request_id))
+    # The certificate's final fields need no fsync of their own: the deletion itself is
+    # already durable, and the JSON file below is written and synced.
+    ledger.conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        with ledger.transaction() as c:
+            c.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
+                      (json.dumps(certificate), request_id))
+            if certificate["files_erased"]:
+                c.execute("DELETE FROM meta WHERE key = 'erase_pending'")
+    finally:
+        ledger.conn.execute("PRAGMA synchronous=FULL")
     write_json_atomic(certificates_dir / f"{request_id}.json", certificate)
     return plan, certificate
 

@@ -145,6 +145,10 @@ class Ledger:
         finally:
             self.conn.execute(f"PRAGMA busy_timeout = {self.BUSY_MS}")
 
+    def change_stamp(self) -> tuple[int, int]:
+        """Changes by other connections (data_version) and by this one (total_changes)."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0], self.conn.total_changes
+
     # --- meta -------------------------------------------------------------------------------
     def set_meta(self, key: str, value: object) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))

@@ -1,0 +1,253 @@
+"""Performance: frozen-trunk feature cache (training), shared-trunk serving, forget latency,
+peak memory, and how they scale. Every comparison is a ratio measured side by side in one
+run, repeated, with its spread.
+
+    python bench/perf.py [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    latency_summary,
+    parser,
+    print_header,
+    provenance,
+    pyplot,
+    save_plot,
+    seeds_for,
+    summarize,
+    tmp_run_dir,
+    wordnet_split,
+    write_result,
+)
+
+NAME = "perf"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_train(n_train: int, cache: bool, seed: int, shards: int, slices: int) -> dict:
+    """One training run in this (child) process: wall time and peak memory."""
+    from s3t import S3T, S3TConfig
+
+    train, _ = wordnet_split(n_train, 50, seed)
+    config = S3TConfig(shards=shards, slices=slices, budget=slices, epochs=1, max_seq_len=48,
+                       seed=seed, feature_cache=cache)
+    est = S3T(config, run_dir=tmp_run_dir("perf-train")).fit(train, progress=False)
+    return {"train_seconds": est.last_train["train_seconds"], "peak_rss_mib": peak_rss_mib(),
+            "stages": est.last_train["stages_trained"]}
+
+
+def run_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_training(n_train: int, reps: int, seed: int) -> dict:
+    """Cached vs uncached training, alternating order, each in a fresh process."""
+    rows = []
+    for rep in range(reps):
+        order = (True, False) if rep % 2 == 0 else (False, True)
+        pair = {}
+        for cache in order:
+            pair[cache] = run_child("train", str(n_train), str(int(cache)), str(seed), "1", "3")
+            print(f"  training rep {rep}: cache={cache} {pair[cache]['train_seconds']:.1f} s, "
+                  f"peak {pair[cache]['peak_rss_mib']:.0f} MiB", flush=True)
+        rows.append({"cached": pair[True], "uncached": pair[False],
+                     "speedup": pair[False]["train_seconds"] / pair[True]["train_seconds"]})
+    return {"n_train": n_train, "config": "MiniLM, m=1, L=3 (3 of 6 layers adapted), B=3, 1 epoch",
+            "reps": rows, "speedup": summarize([r["speedup"] for r in rows])}
+
+
+def naive_predict(est, texts: list[str]) -> np.ndarray:
+    """The naive ensemble: every shard runs the whole network with unmerged adapters."""
+    import torch
+
+    from s3t.train.stage_trainer import apply_chain
+
+    backbone, family = est.backbone, est.backbone.family
+    out = 0
+    with torch.no_grad():
+        batch = backbone.encode(texts)
+        mask = batch["attention_mask"]
+        for _, chain in est._served_chains().values():
+            apply_chain(backbone, chain, est.method)
+            hidden = family.embed(backbone.model, batch)
+            hidden = family.run_layers(backbone.model, hidden, mask, 0, backbone.n_layers)
+            out = out + torch.softmax(family.head(backbone.model, hidden, mask), -1).numpy()
+    return out
+
+
+def throughput(fn, texts: list[str], batch: int, seconds: float) -> float:
+    """Samples per second of ``fn`` on consecutive batches for about ``seconds``."""
+    fn(texts[:batch])  # warm-up
+    done, start, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        chunk = [texts[(i + j) % len(texts)] for j in range(batch)]
+        fn(chunk)
+        done += batch
+        i += batch
+    return done / (time.perf_counter() - start)
+
+
+def serving_setup(shards: int, n_train: int, seed: int):
+    from s3t import S3T, S3TConfig
+    from s3t.serve.ensemble import Ensemble
+
+    train, test = wordnet_split(n_train, 200, seed)
+    config = S3TConfig(shards=shards, slices=3, budget=3, epochs=1, max_seq_len=48, seed=seed)
+    est = S3T(config, run_dir=tmp_run_dir("perf-serve")).fit(train, progress=False)
+    est.predict(test.texts[:2])
+    single = Ensemble(est.backbone, est.method)
+    first = next(iter(est._served_chains().items()))
+    single.update(dict([first]))
+    n = len(est.label_names)
+    return est, test, single, n
+
+
+def bench_serving(shards: int, n_train: int, seconds: float, seed: int, reps: int) -> dict:
+    est, test, single, n = serving_setup(shards, n_train, seed)
+    texts = test.texts
+    paths = {
+        "shared_trunk": lambda t: est.predict(t, batch_size=len(t)),
+        "single_merged_model": lambda t: single.predict_proba(t, vote=False, n_labels=n),
+        "naive_ensemble": lambda t: naive_predict(est, t),
+    }
+    result = {"shards": shards, "slices": 3, "budget": 3, "seconds_per_measurement": seconds}
+    for batch in (1, 32):
+        runs = {name: [] for name in paths}
+        for _ in range(reps):  # interleaved so load drifts hit every path alike
+            for name, fn in paths.items():
+                runs[name].append(throughput(fn, texts, batch, seconds))
+        ratios = {
+            "shared_over_single": [s / m for s, m in zip(runs["shared_trunk"],
+                                                          runs["single_merged_model"], strict=True)],
+            "naive_over_single": [s / m for s, m in zip(runs["naive_ensemble"],
+                                                         runs["single_merged_model"], strict=True)],
+            "shared_over_naive": [s / m for s, m in zip(runs["shared_trunk"], runs["naive_ensemble"],
+                                                         strict=True)],
+        }
+        result[f"batch_{batch}"] = {
+            "samples_per_s": {k: summarize(v) for k, v in runs.items()},
+            "ratios": {k: summarize(v) for k, v in ratios.items()},
+        }
+        print(f"  serving m={shards} batch {batch}: " + ", ".join(
+            f"{k} {np.mean(v):.1f}/s" for k, v in runs.items()) + "; shared/single "
+            f"{np.mean(ratios['shared_over_single']):.2f}", flush=True)
+    return result, est
+
+
+def bench_forget(est, n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    ids = [r[0] for r in est.ledger.conn.execute(
+        "SELECT sample_id FROM samples WHERE deleted_version IS NULL")]
+    victims = rng.choice(ids, size=min(n, len(ids)), replace=False)
+    times = []
+    for sid in victims:
+        start = time.perf_counter()
+        est.forget([str(sid)])
+        times.append((time.perf_counter() - start) * 1000)
+    return latency_summary(times)
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--child", nargs="+", help=argparse_hidden())
+    args = p.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "train":
+            n, cache, seed, shards, slices = rest
+            print(json.dumps(child_train(int(n), bool(int(cache)), int(seed), int(shards),
+                                         int(slices))))
+        elif kind == "serve":
+            shards, n, seed = rest
+            est, test, single, labels = serving_setup(int(shards), int(n), int(seed))
+            est.predict(test.texts[:32])
+            print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
+        return
+
+    seeds = seeds_for(args, [0], [0])
+    seed = seeds[0]
+    size = ({"train_n": 240, "train_reps": 1, "serve_n": 150, "serve_seconds": 1.0, "serve_reps": 1,
+             "forget_n": 200, "scaling_shards": [1, 5]} if args.quick else
+            {"train_n": 900, "train_reps": 3, "serve_n": 450, "serve_seconds": 3.0, "serve_reps": 3,
+             "forget_n": 1000, "scaling_shards": [1, 3, 5, 8]})
+    prov = provenance(NAME, args.quick, seeds, size)
+    print_header(prov)
+
+    print("training: cached vs uncached", flush=True)
+    training = bench_training(size["train_n"], size["train_reps"], seed)
+    print("serving: shared trunk vs single merged model vs naive ensemble", flush=True)
+    serving, est = bench_serving(5, size["serve_n"], size["serve_seconds"], seed, size["serve_reps"])
+    print("forget latency with the run in memory", flush=True)
+    forget = bench_forget(est, size["forget_n"], seed)
+    print(f"  forget p50 {forget['p50']:.2f} ms, p99 {forget['p99']:.2f} ms", flush=True)
+    memory = {"training_peak_rss_mib": training["reps"][0]["cached"]["peak_rss_mib"],
+              "training_uncached_peak_rss_mib": training["reps"][0]["uncached"]["peak_rss_mib"],
+              "serving_peak_rss_mib": run_child("serve", "5", str(size["serve_n"]),
+                                                str(seed))["peak_rss_mib"]}
+    print(f"  peak memory: {memory}", flush=True)
+    print("scaling with m (serving, batch 32)", flush=True)
+    scaling = []
+    for m in size["scaling_shards"]:
+        res, _ = bench_serving(m, size["serve_n"], size["serve_seconds"], seed, 1)
+        scaling.append({"shards": m, **{k: v["mean"] for k, v in
+                                         res["batch_32"]["samples_per_s"].items()}})
+    print("scaling with dataset size (cached training)", flush=True)
+    by_n = []
+    for n in ([120, 240] if args.quick else [300, 600, 1200]):
+        r = run_child("train", str(n), "1", str(seed), "1", "3")
+        by_n.append({"n_train": n, "train_seconds": r["train_seconds"],
+                     "peak_rss_mib": r["peak_rss_mib"]})
+        print(f"  n={n}: {r['train_seconds']:.1f} s, {r['peak_rss_mib']:.0f} MiB", flush=True)
+    payload = {"training": training, "serving": serving, "forget_ms": forget, "memory": memory,
+               "scaling_shards": scaling, "scaling_n": by_n,
+               "targets": {
+                   "training_speedup_ge_2x": training["speedup"]["mean"] >= 2.0,
+                   "shared_trunk_ge_half_single_batch1":
+                       serving["batch_1"]["ratios"]["shared_over_single"]["mean"] >= 0.5,
+                   "shared_trunk_ge_half_single_batch32":
+                       serving["batch_32"]["ratios"]["shared_over_single"]["mean"] >= 0.5,
+               }}
+    write_result(NAME, args.quick, prov, payload)
+    plot(scaling, args.quick)
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def plot(scaling: list[dict], quick: bool) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ms = [r["shards"] for r in scaling]
+    for key, label in (("shared_trunk", "shared trunk (s3t predict)"),
+                       ("single_merged_model", "single merged model"),
+                       ("naive_ensemble", "naive ensemble (m full passes)")):
+        ax.plot(ms, [r[key] for r in scaling], "o-", label=label)
+    ax.set_xlabel("shards m")
+    ax.set_ylabel("samples / s (batch 32)")
+    ax.set_title("Serving throughput against the number of shards")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_plot(fig, "perf-serving", quick)
+
+
+if __name__ == "__main__":
+    main()
