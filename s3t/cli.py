@@ -407,7 +407,14 @@ def train_cmd(
     model: Annotated[str | None, typer.Option("--model", help="Hugging Face model directory "
                                               "(default: the bundled all-MiniLM-L6-v2).")] = None,
     layers_per_slice: Annotated[int, typer.Option("--layers-per-slice")] = 1,
-    lora_r: Annotated[int, typer.Option("--lora-r")] = 8,
+    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank.")] = 8,
+    lora_alpha: Annotated[int | None, typer.Option("--lora-alpha", help="LoRA alpha "
+                                                   "(default 2 x rank).")] = None,
+    lora_dropout: Annotated[float, typer.Option("--lora-dropout")] = 0.0,
+    rslora: Annotated[bool, typer.Option("--rslora", help="Rank-stabilised LoRA scaling.")]
+    = False,
+    target_modules: Annotated[str, typer.Option("--target-modules", help="Comma-separated "
+                                                "module names to adapt.")] = "query,value",
     learning_rate: Annotated[float, typer.Option("--lr")] = 2e-3,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     max_seq_len: Annotated[int, typer.Option("--max-seq-len")] = 64,
@@ -427,7 +434,9 @@ def train_cmd(
             method, model=model, shards=shards, slices=slices,
             budget=budget if budget is not None else _default_budget(strategy, slices),
             strategy=strategy, prior=_parse_prior(prior, slices), epochs=epochs, seed=seed,
-            layers_per_slice=layers_per_slice, lora_r=lora_r, lora_alpha=2 * lora_r,
+            layers_per_slice=layers_per_slice, lora_r=lora_r,
+            lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_r,
+            lora_dropout=lora_dropout, use_rslora=rslora, target_modules=_csv(target_modules),
             learning_rate=learning_rate, batch_size=batch_size, max_seq_len=max_seq_len,
         ).validate()
         make_orderings(config.strategy, config.slices, config.budget, prior=config.prior)

@@ -37,7 +37,8 @@ def trained(tmp_path_factory, tiny_bert):
     test = write_csv(root / "test.csv", toy_dataset(12, seed=9))
     run = root / "run"
     result = invoke("train", "--data", train, "--eval", test, "--out", run, "--model", tiny_bert,
-                    "--shards", 2, "--slices", 2, "--epochs", 1, "--batch-size", 8, "--json")
+                    "--shards", 2, "--slices", 2, "--epochs", 1, "--batch-size", 8, "--lora-r", 4,
+                    "--lora-alpha", 4, "--rslora", "--target-modules", "query,key,value", "--json")
     assert result.exit_code == 0, result.output
     return root, run, json.loads(result.stdout)
 
@@ -52,6 +53,16 @@ def run_copy(trained, tmp_path):
 
 def test_train_json_reports_what_was_trained(trained):
     _, _, payload = trained
+    lora = {k: payload["config"][k] for k in ("lora_r", "lora_alpha", "use_rslora",
+                                              "target_modules")}
+    assert lora == {"lora_r": 4, "lora_alpha": 4, "use_rslora": True,
+                    "target_modules": ["query", "key", "value"]}
+    from s3t.engine import S3T
+
+    est = S3T.load(payload["run_dir"])
+    adapter = est._stage_weights(est.ledger.stages("live")[0].key).adapter
+    assert any(".key.lora_A" in k for k in adapter) and all(v.shape[0] in (4, 32) or
+                                                             v.shape[1] == 4 for v in adapter.values())
     # cyclic L=2, B=2: orderings (0,1) and (1,0) share no prefix: 4 stages per shard
     assert payload["stages_trained"] == 2 * 4
     assert 0.0 <= payload["eval_accuracy"] <= 1.0
