@@ -61,8 +61,9 @@ def test_train_json_reports_what_was_trained(trained):
 
     est = S3T.load(payload["run_dir"])
     adapter = est._stage_weights(est.ledger.stages("live")[0].key).adapter
-    assert any(".key.lora_A" in k for k in adapter) and all(v.shape[0] in (4, 32) or
-                                                             v.shape[1] == 4 for v in adapter.values())
+    assert any(".key.lora_A" in k for k in adapter)
+    ranks = {v.shape[0] if k.endswith("lora_A") else v.shape[1] for k, v in adapter.items()}
+    assert ranks == {4}
     # cyclic L=2, B=2: orderings (0,1) and (1,0) share no prefix: 4 stages per shard
     assert payload["stages_trained"] == 2 * 4
     assert 0.0 <= payload["eval_accuracy"] <= 1.0
