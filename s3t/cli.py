@@ -379,8 +379,9 @@ RunArg = Annotated[Path, typer.Argument(help="Run directory (created by `s3t tra
 
 @app.command("train")
 def train_cmd(
-    data: Annotated[str, typer.Option("--data", help="`wordnet`, `wordnet:DIR` or a CSV/JSONL file "
-                                      "with columns id,text,label[,group].")],
+    data: Annotated[str, typer.Option("--data", help="`wordnet`, `wordnet:DIR`, `fashion-mnist`, "
+                                      "an image folder DIR/<label>/*.png|jpg (for a ViT --model) "
+                                      "or a CSV/JSONL file with columns id,text,label[,group].")],
     out: Annotated[Path, typer.Option("--out", help="New run directory to create.")],
     eval_src: Annotated[str | None, typer.Option("--eval", help="Validation/test data (never "
                                                  "deletable), same formats as --data.")] = None,
@@ -462,7 +463,8 @@ def train_cmd(
 @app.command("predict")
 def predict_cmd(
     run: RunArg,
-    data: Annotated[str | None, typer.Option("--data", help="CSV/JSONL (or wordnet) to label; "
+    data: Annotated[str | None, typer.Option("--data", help="CSV/JSONL, wordnet, fashion-mnist:test "
+                                             "or an image folder to label; "
                                              "accuracy is reported when it has labels.")] = None,
     text: Annotated[list[str] | None, typer.Option("--text", help="A text to label "
                                                    "(repeatable).")] = None,

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 [ -f /usr/share/wordnet/data.noun ] || need_apt+=(wordnet-base)
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq

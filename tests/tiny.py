@@ -6,7 +6,13 @@ import string
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 from s3t.data.samples import Dataset
 
@@ -46,3 +52,16 @@ def toy_dataset(n: int = 60, seed: int = 0, groups: bool = False) -> Dataset:
         grps.append(f"user{i // 4}" if groups else None)
     return Dataset(ids=ids, texts=texts, labels=labels, groups=grps,
                    label_names=["red", "green", "blue"])
+
+
+def make_tiny_vit(path: Path, layers: int = 4, hidden: int = 32, image_size: int = 28,
+                  patch_size: int = 7, channels: int = 1, seed: int = 0) -> str:
+    """A random ViT image classifier (28x28 grey images: 16 patches + CLS) for fast tests."""
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=image_size, patch_size=patch_size, num_channels=channels,
+                       hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                       intermediate_size=2 * hidden, hidden_dropout_prob=0.1,
+                       attention_probs_dropout_prob=0.1, num_labels=2)
+    ViTForImageClassification(config).save_pretrained(path)
+    return str(path)

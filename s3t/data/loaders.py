@@ -1,4 +1,4 @@
-"""Turn data on disk (WordNet, CSV, JSONL) into a :class:`Dataset`, and split it for evaluation.
+"""Turn data on disk (WordNet, CSV, JSONL, images) into a :class:`Dataset`, and split it for evaluation.
 
 Every loader returns stable string ids, because the ledger, the partition and every deletion
 request refer to samples by id; errors name the file and line so the user can fix the data.
@@ -335,12 +335,33 @@ def _remap_labels(data: Dataset, label_names: list[str]) -> Dataset:
 def load_source(
     src: str, label_names: list[str] | None = None, limit: int | None = None, seed: int = 0
 ) -> Dataset:
-    """Load ``"wordnet"``, ``"wordnet:<dir>"`` or a CSV/JSONL path; ``limit`` keeps a subset."""
+    """Load a data source; ``limit`` keeps a seeded subset.
+
+    Sources: ``"wordnet"`` or ``"wordnet:<dir>"``; ``"fashion-mnist"`` (its training split),
+    ``"fashion-mnist:train"`` or ``"fashion-mnist:test"``; a directory of images laid out
+    as ``<dir>/<label>/<file>.png|jpg``; a CSV/JSONL file.
+    """
     if src == "wordnet" or src.startswith("wordnet:"):
         wn_path = src.partition(":")[2] or None
         data = load_wordnet(wn_path, limit=limit, seed=seed)
         return data if label_names is None else _remap_labels(data, label_names)
-    data = load_table(src, label_names=label_names)
+    if src == "fashion-mnist" or src.startswith("fashion-mnist:"):
+        from s3t.data.images import load_fashion_mnist
+
+        split = src.partition(":")[2] or "train"
+        if split not in ("train", "test"):
+            raise ValueError(f"unknown Fashion-MNIST split {split!r}: use fashion-mnist, "
+                             "fashion-mnist:train or fashion-mnist:test")
+        data = load_fashion_mnist(split=split, limit=limit, seed=seed)
+        return data if label_names is None else _remap_labels(data, label_names)
+    if Path(src).is_dir():
+        from s3t.data.images import load_image_folder
+
+        data = load_image_folder(src)
+        if label_names is not None:
+            data = _remap_labels(data, label_names)
+    else:
+        data = load_table(src, label_names=label_names)
     if limit is not None:
         data = data.subset(_limit_indices(data, limit, seed))
     return data

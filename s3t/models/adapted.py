@@ -74,7 +74,7 @@ class AdaptedBackbone:
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
             use_rslora=config.use_rslora,
-            target_modules=list(config.target_modules),
+            target_modules=self._lora_targets(),
             layers_to_transform=list(range(self.trunk_end, self.n_layers)),
             layers_pattern=self.family.layers_pattern(),
         )
@@ -98,6 +98,11 @@ class AdaptedBackbone:
         self.init_head(config.seed)
         self.initial_head = self.head_state()
         self.set_depth(0)
+
+    def _lora_targets(self) -> list[str]:
+        translate = getattr(self.family, "lora_targets", None)
+        names = list(self.config.target_modules)
+        return list(translate(names)) if translate is not None else names
 
     # --- layer geometry -------------------------------------------------------------------
     @property

@@ -49,6 +49,9 @@ class BackboneFamily(Protocol):
     def init_head(self, model: nn.Module, generator: torch.Generator) -> None:
         """Give the head's untrained parts a data-independent, seeded initial value."""
 
+    # Optional: ``lora_targets(names) -> list[str]`` translates the configured LoRA target
+    # names (e.g. ``query``, ``value``) into the family's module names; identity if absent.
+
 
 _FAMILIES: dict[str, type] = {}
 
@@ -66,7 +69,7 @@ def register(model_types: tuple[str, ...]):
 
 def family_for(model_type: str) -> BackboneFamily:
     # Import the built-in families so that they register themselves.
-    from s3t.models import encoder  # noqa: F401
+    from s3t.models import encoder, vit  # noqa: F401
 
     try:
         return _FAMILIES[model_type]()
