@@ -1,0 +1,195 @@
+"""Benchmark 2: accuracy and capacity against the number of deletion requests.
+
+Why: the paper's central claim is that S3T keeps serving (at reduced quality) through many
+deletions without retraining, and longer with a larger budget, while a SISA shard hit by a
+deletion is out of service until retrained. Here every method is trained on the same data
+and receives the same sequence of uniform random single-sample deletion requests; after
+each request we record ``status()["capacity"]`` (mean served prefix / L over shards, dead
+shards counting 0), the live shards and the test accuracy of what is served (SISA: only
+its untouched shards). A run stops when no shard is live (the system must retrain) or at
+the cap.
+
+    .venv/bin/python bench/deletions.py [--quick] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+NAME = "deletions"
+QUICK = {"train": 150, "test": 100, "epochs": 1, "cap": 30}
+FULL = {"train": 1000, "test": 400, "epochs": 2, "cap": 60}
+CHECKPOINTS = (0, 1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 60)
+
+
+def settings(m: int, n_slices: int, epochs: int, seed: int) -> list[tuple[str, str, Any]]:
+    """S3T at B=1 and B=L, SISA at the same m and L."""
+    from s3t.config import S3TConfig
+
+    kw = {"shards": m, "slices": n_slices, "epochs": epochs, "seed": seed}
+    return [
+        ("s3t_b1", f"S3T B=1 (m={m}, L={n_slices})", S3TConfig(budget=1, **kw)),
+        (f"s3t_b{n_slices}", f"S3T B={n_slices} (m={m}, L={n_slices})",
+         S3TConfig(budget=n_slices, **kw)),
+        ("sisa", f"SISA (m={m}, L={n_slices})", S3TConfig.baseline("sisa", **kw)),
+    ]
+
+
+def point(est: Any, test: Any, requests: int, latency_ms: float | None) -> dict[str, Any]:
+    """State after ``requests`` deletions: capacity, live shards, accuracy (None if none live)."""
+    status = est.status()
+    live = status["live_shards"]
+    with common.stopwatch() as t:
+        accuracy = est.score(test) if live else None
+    return {"requests": requests, "capacity": status["capacity"], "live_shards": live,
+            "accuracy": accuracy, "forget_ms": latency_ms, "score_seconds": t["s"]}
+
+
+def run_sequence(config: Any, train: Any, test: Any, victims: list[str]) -> dict[str, Any]:
+    """Train, then delete ``victims`` one request at a time until no shard is live."""
+    import time
+
+    from s3t.engine import S3T
+
+    est = S3T(config, run_dir=common.tmp_run_dir(config.method)).fit(train, progress=False)
+    history = [point(est, test, 0, None)]
+    for i, sid in enumerate(victims, start=1):
+        start = time.perf_counter()
+        est.forget([sid])
+        history.append(point(est, test, i, (time.perf_counter() - start) * 1000))
+        if history[-1]["live_shards"] == 0:
+            break
+    dead_at = next((h["requests"] for h in history if h["live_shards"] == 0), None)
+    first_death = next((h["requests"] for h in history if h["live_shards"] < config.shards), None)
+    return {"history": history, "requests_until_retrain": dead_at,
+            "requests_until_first_shard_dies": first_death,
+            "train_seconds": est.last_train["train_seconds"], "audit_ok": est.audit().ok}
+
+
+def at_checkpoints(runs: list[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
+    """Mean capacity (dead systems count 0) and mean accuracy over the seeds still serving."""
+    rows = []
+    for r in [c for c in CHECKPOINTS if c <= cap]:
+        caps, accs = [], []
+        for run in runs:
+            state = state_after(run["history"], r)
+            caps.append(state["capacity"])
+            if state["accuracy"] is not None:
+                accs.append(state["accuracy"])
+        rows.append({"requests": r, "capacity_mean": sum(caps) / len(caps),
+                     "accuracy_mean": sum(accs) / len(accs) if accs else None,
+                     "seeds_serving": len(accs), "seeds": len(runs)})
+    return rows
+
+
+def state_after(history: list[dict[str, Any]], requests: int) -> dict[str, Any]:
+    """The recorded state after ``requests`` requests (a dead system stays dead)."""
+    last = history[-1]
+    if requests >= last["requests"]:
+        return last
+    return history[requests]
+
+
+def theory(m: int, n_slices: int) -> dict[str, float]:
+    """Closed-form expected requests until retraining (uniform deletions), for context."""
+    from s3t.plan.theory import deletion_rate_s3t, deletion_rate_sisa
+
+    return {"s3t_b1": deletion_rate_s3t(m, n_slices, 1),
+            f"s3t_b{n_slices}": deletion_rate_s3t(m, n_slices, n_slices),
+            "sisa": deletion_rate_sisa(m, n_slices)}
+
+
+def summarize(results: dict[str, dict[str, Any]], m: int, n_slices: int, cap: int) -> dict[str, Any]:
+    """Per setting: requests until retraining (mean over seeds) and checkpoint means."""
+    expected = theory(m, n_slices)
+    out = {}
+    for key, res in results.items():
+        runs = res["runs"]
+        ends = [r["requests_until_retrain"] for r in runs]
+        out[key] = {"label": res["label"],
+                    "accuracy_before": common.summarize([r["history"][0]["accuracy"] for r in runs]),
+                    "requests_until_retrain": ends,
+                    "requests_until_retrain_mean": (sum(ends) / len(ends)
+                                                    if None not in ends else None),
+                    "requests_until_first_shard_dies": [r["requests_until_first_shard_dies"]
+                                                        for r in runs],
+                    "expected_requests_until_retrain": expected[key],
+                    "checkpoints": at_checkpoints(runs, cap),
+                    "audit_ok": all(r["audit_ok"] for r in runs)}
+    return out
+
+
+def plot(results: dict[str, dict[str, Any]], quick: bool) -> None:
+    """Accuracy (top) and capacity (bottom) per request; one line per seed."""
+    plt = common.pyplot()
+    fig, (ax_acc, ax_cap) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True)
+    colors = {"sisa": "tab:red", "s3t_b1": "tab:orange"}
+    for key, res in results.items():
+        color = colors.get(key, "tab:blue")
+        for i, run in enumerate(res["runs"]):
+            xs = [h["requests"] for h in run["history"]]
+            acc = [h["accuracy"] if h["accuracy"] is not None else float("nan")
+                   for h in run["history"]]
+            label = res["label"] if i == 0 else None
+            ax_acc.plot(xs, acc, ".-", color=color, alpha=0.75, label=label)
+            ax_cap.step(xs, [h["capacity"] for h in run["history"]], where="post", color=color,
+                        alpha=0.75, label=label)
+            ax_cap.plot(xs[-1], run["history"][-1]["capacity"], "x", color=color)
+    ax_acc.set_ylabel("test accuracy (served shards)")
+    ax_cap.set_ylabel("capacity (served prefix / L)")
+    ax_cap.set_xlabel("deletion requests (uniform random samples); x = no shard live")
+    ax_acc.set_title("WordNet nouns, MiniLM: serving through deletions without retraining")
+    for ax in (ax_acc, ax_cap):
+        ax.grid(alpha=0.3)
+    ax_cap.set_ylim(-0.03, 1.05)
+    ax_acc.legend(fontsize=8)
+    common.save_plot(fig, NAME, quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--slices", type=int, default=3)
+    p.add_argument("--cap", type=int, default=None, help="most requests per run")
+    args = p.parse_args(argv)
+    size = dict(QUICK if args.quick else FULL, shards=args.shards, slices=args.slices)
+    if args.cap is not None:
+        size["cap"] = args.cap
+    seeds = common.seeds_for(args, [0], [0, 1, 2])
+    prov = common.provenance(NAME, args.quick, seeds, size)
+    common.print_header(prov)
+
+    results: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        train, test = common.wordnet_split(size["train"], size["test"], seed)
+        victims = random.Random(seed).sample(train.ids, min(size["cap"], len(train)))
+        for key, label, config in settings(size["shards"], size["slices"], size["epochs"], seed):
+            run = run_sequence(config, train, test, victims)
+            run["seed"] = seed
+            results.setdefault(key, {"label": label, "runs": []})["runs"].append(run)
+            h = run["history"]
+            print(f"seed {seed}  {label:<22} accuracy {h[0]['accuracy']:.3f} -> "
+                  f"retrain needed after {run['requests_until_retrain']} requests "
+                  f"(first shard died at {run['requests_until_first_shard_dies']})", flush=True)
+    summary = summarize(results, size["shards"], size["slices"], size["cap"])
+    for row in summary.values():
+        print(f"{row['label']}: requests until retrain {row['requests_until_retrain']} "
+              f"(closed form mean {row['expected_requests_until_retrain']:.1f})")
+        for c in row["checkpoints"]:
+            acc = "-" if c["accuracy_mean"] is None else f"{c['accuracy_mean']:.3f}"
+            print(f"    after {c['requests']:>2}: capacity {c['capacity_mean']:.2f}  accuracy {acc} "
+                  f"({c['seeds_serving']}/{c['seeds']} seeds serving)")
+    common.write_result(NAME, args.quick, prov, {"results": results, "summary": summary})
+    plot(results, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
