@@ -22,7 +22,7 @@ import common  # noqa: E402
 
 NAME = "accuracy"
 QUICK = {"train": 150, "test": 100, "epochs": 1}
-FULL = {"train": 1000, "test": 400, "epochs": 2}
+FULL = {"train": 600, "test": 300, "epochs": 2}
 
 
 def settings(m: int, n_slices: int, epochs: int, seed: int) -> list[tuple[str, str, Any]]:

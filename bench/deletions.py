@@ -25,7 +25,7 @@ import common  # noqa: E402
 
 NAME = "deletions"
 QUICK = {"train": 150, "test": 100, "epochs": 1, "cap": 30}
-FULL = {"train": 1000, "test": 400, "epochs": 2, "cap": 60}
+FULL = {"train": 600, "test": 300, "epochs": 2, "cap": 40}
 CHECKPOINTS = (0, 1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 60)
 
 
