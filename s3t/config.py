@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from s3t.plan.methods import METHODS
@@ -33,7 +33,9 @@ class S3TConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     use_rslora: bool = False
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    # None: the backbone family's default (query + value for encoders and ViT; every
+    # attention and MLP projection for decoder LLMs).
+    target_modules: list[str] | None = None
     epochs: int = 3
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -67,7 +69,7 @@ class S3TConfig:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not self.target_modules:
+        if self.target_modules is not None and not self.target_modules:
             raise ValueError("target_modules must name at least one module, e.g. ['query', 'value']")
         if n_layers is not None and self.slices * self.layers_per_slice > n_layers:
             raise ValueError(

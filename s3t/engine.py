@@ -1,6 +1,7 @@
-"""The public estimator: ``S3T(config).fit(data)``, ``predict``, ``forget``, ``retrain``,
-``save``/``load``. It wires the planner, ledger, trainer, stage store and router together
-and keeps the run directory (the source of truth) consistent with what it serves.
+"""The public estimator: ``S3T(config).fit(data)``, ``predict`` (classifiers) or ``generate``
+and ``evaluate_lm`` (causal LMs), ``forget``, ``retrain``, ``save``/``load``. It wires the
+planner, ledger, trainer, stage store and router together and keeps the run directory (the
+source of truth) consistent with what it serves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from s3t.config import S3TConfig
@@ -56,9 +58,19 @@ class Prediction:
     live_shards: int
 
 
+@dataclass
+class Generation:
+    text: str                      # the generated answer, special tokens removed
+    token_ids: list[int]           # the generated tokens (the stop token excluded)
+    finished: bool                 # True if the answer ended with an end-of-turn token
+    live_shards: int
+
+
 def model_fingerprint(model_dir: str) -> str:
     """sha256 over the backbone's weight files: a run refuses a different backbone."""
-    files = sorted(Path(model_dir).glob("*.safetensors")) or sorted(Path(model_dir).glob("*.bin"))
+    root = Path(model_dir)
+    files = (sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
+             or sorted(root.glob("*.gguf")))
     joined = "".join(f"{f.name}:{sha256_file(f)}" for f in files)
     return hashlib.sha256(joined.encode()).hexdigest()
 
@@ -106,6 +118,13 @@ class S3T:
         run_dir = self._new_run_dir()
         self.label_names = list(data.label_names) or [str(i) for i in range(max(data.labels) + 1)]
         self._backbone = AdaptedBackbone(config, num_labels=len(self.label_names))
+        self.task = self._backbone.task
+        if self.task == "causal_lm":
+            from s3t.models.decoder import parse_instruction
+
+            for texts in (data.texts, eval_data.texts if eval_data is not None else []):
+                for text in texts:
+                    parse_instruction(text)
         orderings = make_orderings(config.strategy, config.slices, config.budget,
                                    prior=config.prior, seed=config.seed)
         self.tree = PrefixTree.from_orderings(orderings)
@@ -268,6 +287,10 @@ class S3T:
         top layers, with its route's adapters merged into dense weights.
         """
         self._require_fitted()
+        if getattr(self, "task", "classification") == "causal_lm":
+            raise ValueError("this run is a causal language model (instruction tuned), not a "
+                             "classifier: use S3T.generate(prompt) / `s3t generate RUN --prompt "
+                             "TEXT`, and S3T.evaluate_lm(data) to score it")
         if isinstance(inputs, str):
             inputs = [inputs]
         chains = self._served_chains()
@@ -288,6 +311,90 @@ class S3T:
             np.zeros((0, n_labels))
         ids = out.argmax(axis=1)
         return Prediction([self.label_names[i] for i in ids], ids, out, len(chains))
+
+    # --- causal language models ---------------------------------------------------------------
+    def _lm_ensemble(self, what: str) -> tuple[Ensemble, int]:
+        self._require_fitted()
+        if getattr(self, "task", "classification") != "causal_lm":
+            raise ValueError(f"{what} needs a causal language model run (a Llama-style --model "
+                             "trained on instruction data); this run is a classifier: use predict")
+        chains = self._served_chains()
+        if not chains:
+            raise NoLiveShardError(
+                "no shard can serve: every shard has lost its first slice to deletions; "
+                "run `s3t retrain RUN` (or S3T.retrain()) to restore service")
+        if getattr(self, "_ensemble", None) is None:
+            self._ensemble = Ensemble(self.backbone, self.method)
+        self._ensemble.update(chains)
+        self.backbone.model.eval()
+        return self._ensemble, len(chains)
+
+    def generate(self, prompt: str, max_new_tokens: int = 32, greedy: bool = True,
+                 temperature: float = 1.0, seed: int = 0) -> Generation:
+        """Answer an instruction: at each step the live shards' next-token probabilities are
+        averaged, then the next token is the most likely one (``greedy``) or drawn, with
+        ``temperature``, from a generator seeded with ``seed``.
+
+        The frozen trunk runs once per step for all shards (no KV cache: each step re-reads
+        the whole sequence). Generation stops at an end-of-turn token or after
+        ``max_new_tokens`` tokens.
+        """
+        if not isinstance(prompt, str):
+            raise ValueError("generate takes one prompt string")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not greedy and not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        ensemble, live = self._lm_ensemble("generate")
+        backbone = self.backbone
+        family, tokenizer = backbone.family, backbone.processor
+        tokens = family.prompt_ids(tokenizer, prompt)
+        stops = family.stop_ids(backbone.model, tokenizer)
+        generator = torch.Generator().manual_seed(seed)
+        new: list[int] = []
+        finished = False
+        for _ in range(max_new_tokens):
+            probs = ensemble.next_token_probs(family.pad(tokenizer, [tokens + new]))[0]
+            if greedy:
+                token = int(probs.argmax())
+            else:
+                weights = torch.softmax(torch.log(probs) / temperature, dim=-1)
+                token = int(torch.multinomial(weights, 1, generator=generator))
+            if token in stops:
+                finished = True
+                break
+            new.append(token)
+        return Generation(tokenizer.decode(new, skip_special_tokens=True), new, finished, live)
+
+    def evaluate_lm(self, data: Dataset | Sequence[str], batch_size: int = 8) -> dict:
+        """Mean token loss and perplexity on held-out instruction data (response tokens only),
+        for the ensemble (mean of the live routes' probabilities) and for each route alone."""
+        ensemble, live = self._lm_ensemble("evaluate_lm")
+        texts = list(data.texts if isinstance(data, Dataset) else data)
+        if not texts:
+            raise ValueError("evaluate_lm needs at least one sample")
+        routes = dict(ensemble.routes)
+        route_nll = dict.fromkeys(routes, 0.0)
+        nll, count = 0.0, 0
+        for start in range(0, len(texts), batch_size):
+            batch = self.backbone.encode(texts[start:start + batch_size])
+            per_route = ensemble.token_log_probs(batch)
+            stacked = torch.stack([per_route[m] for m in routes])
+            mixed = torch.logsumexp(stacked, dim=0) - np.log(len(routes))
+            nll -= float(mixed.sum())
+            count += int(mixed.numel())
+            for m in routes:
+                route_nll[m] -= float(per_route[m].sum())
+        if count == 0:
+            raise ValueError("no response token to score: the responses were all cut away "
+                             "(raise max_seq_len)")
+
+        def summary(total: float) -> dict:
+            return {"loss": total / count, "perplexity": float(np.exp(total / count))}
+
+        return {**summary(nll), "tokens": count, "live_shards": live,
+                "per_route": {m: {"stage": routes[m].stage, **summary(route_nll[m])}
+                              for m in sorted(routes)}}
 
     def score(self, data: Dataset) -> float:
         if data.labels is None:
@@ -328,6 +435,8 @@ class S3T:
 
     def stage_accuracy(self, key: str, data: Dataset, batch_size: int = 64) -> float:
         """Accuracy of one stage's route alone (for diagnostics and benchmarks)."""
+        if getattr(self, "task", "classification") == "causal_lm":
+            raise ValueError("stage_accuracy scores classifiers; score a causal LM with evaluate_lm")
         records = {r.key: r for r in self.ledger.stages(None)}
         chain = [self._stage_weights(r.key) for r in lineage_chain(key, records)]
         ids = [f"score:{i}" for i in data.ids]
@@ -431,6 +540,7 @@ class S3T:
             raise NotARunError(f"{run_file} is damaged: {err}") from None
         self = cls(config, run_dir=path)
         self.label_names = info["label_names"]
+        self.task = info.get("task", "classification")
         self._model_sha256 = info["model_sha256"]
         self.tree = PrefixTree.from_orderings([tuple(o) for o in info["orderings"]])
         self.method = Method(config.method, config.slices)
@@ -464,6 +574,7 @@ class S3T:
             "format": FORMAT,
             "config": self.config.to_dict(),
             "label_names": self.label_names,
+            "task": self.task,
             "model_dir": model_dir,
             "model_sha256": model_fingerprint(model_dir),
             "orderings": [list(o) for o in self.tree.orderings],

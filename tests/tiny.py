@@ -10,6 +10,9 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertTokenizerFast,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
     ViTConfig,
     ViTForImageClassification,
 )
@@ -65,3 +68,61 @@ def make_tiny_vit(path: Path, layers: int = 4, hidden: int = 32, image_size: int
                        attention_probs_dropout_prob=0.1, num_labels=2)
     ViTForImageClassification(config).save_pretrained(path)
     return str(path)
+
+
+#: A ChatML template like SmolLM2's, without the default system turn.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def make_tiny_tokenizer():
+    """A byte-level tokenizer (256 byte tokens, no merges) with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_chars = list(bytes_to_unicode().values())
+    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(byte_chars)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
+                                        pad_token="<pad>", bos_token="<|im_start|>",
+                                        padding_side="right")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def make_tiny_llama(path: Path, layers: int = 4, hidden: int = 32, seed: int = 0) -> str:
+    """A random LlamaForCausalLM (tied embeddings) with a byte-level chat tokenizer."""
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = make_tiny_tokenizer()
+    assert tokenizer.decode(tokenizer("red cat")["input_ids"]) == "red cat", "tokenizer broken"
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id, attention_dropout=0.1,
+                         initializer_range=0.3)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+def toy_instructions(n: int = 48, seed: int = 0, groups: bool = False) -> Dataset:
+    """Instruction samples ("colour of <thing>?" -> a colour), learnable by a tiny model."""
+    from s3t.models.decoder import instruction_text
+
+    g = torch.Generator().manual_seed(seed)
+    things = WORDS[3:]
+    ids, texts, grps = [], [], []
+    for i in range(n):
+        thing = things[int(torch.randint(0, len(things), (1,), generator=g))]
+        colour = WORDS[things.index(thing) % 3]
+        ids.append(f"q{i:04d}")
+        texts.append(instruction_text(f"colour of {thing}?", colour))
+        grps.append(f"user{i // 4}" if groups else None)
+    return Dataset(ids=ids, texts=texts, labels=[0] * n, groups=grps)

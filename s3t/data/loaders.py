@@ -2,6 +2,11 @@
 
 Every loader returns stable string ids, because the ledger, the partition and every deletion
 request refer to samples by id; errors name the file and line so the user can fix the data.
+
+Instruction-tuning data (for causal LMs) is a Dataset whose texts are JSON strings
+``{"instruction": ..., "response": ...}`` and whose labels are all 0 (the ledger's integer
+label column is unused for language models): :func:`load_instructions`,
+:func:`load_wordnet_instructions`.
 """
 
 from __future__ import annotations
@@ -157,6 +162,25 @@ def _stratified(labels: Sequence[int], limit: int, seed: int) -> list[int]:
         members = by_class[c]
         chosen.extend(members[j] for j in rng.choice(len(members), size=q, replace=False))
     return chosen
+
+
+def load_wordnet_instructions(
+    path: str | Path | None = None, limit: int | None = None, seed: int = 0
+) -> Dataset:
+    """WordNet noun glosses as instructions: "What does the word X mean?" -> the gloss.
+
+    One sample per synset, id ``wn-instruct:<offset>``; ``limit`` keeps the same seeded,
+    category-proportional subset as :func:`load_wordnet`.
+    """
+    from s3t.models.decoder import instruction_text
+
+    source = load_wordnet(path, limit=limit, seed=seed)
+    texts = []
+    for text in source.texts:
+        lemma, _, gloss = text.partition(": ")
+        texts.append(instruction_text(f"What does the word {lemma} mean?", gloss))
+    ids = ["wn-instruct:" + sid.removeprefix("wn:") for sid in source.ids]
+    return Dataset(ids=ids, texts=texts, labels=[0] * len(ids))
 
 
 # --------------------------------------------------------------------------- CSV / JSONL
@@ -317,6 +341,67 @@ def load_table(path: str | Path, label_names: list[str] | None = None) -> Datase
     )
 
 
+def is_instruction_file(path: str | Path) -> bool:
+    """Whether a JSON-lines file's first object has ``instruction`` and ``response`` fields."""
+    file = Path(path)
+    if not file.is_file() or file.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
+        return False
+    with file.open(encoding="utf-8-sig") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(obj, dict) and "instruction" in obj and "response" in obj
+    return False
+
+
+def load_instructions(path: str | Path) -> Dataset:
+    """Read instruction-tuning data: JSON lines ``{"id", "instruction", "response", "group"?}``.
+
+    Texts become JSON strings ``{"instruction", "response"}``; labels are all 0.
+    """
+    from s3t.models.decoder import instruction_text
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"data file {file} does not exist")
+    ids: list[str] = []
+    texts: list[str] = []
+    groups: list[str | None] = []
+    first_line: dict[str, int] = {}
+    for lineno, row in _iter_jsonl(file):
+        where = _where(file, lineno)
+        for col in ("id", "instruction", "response"):
+            if col not in row:
+                raise ValueError(f"{where}: missing `{col}`; every row needs `id`, "
+                                 "`instruction` and `response` (and optionally `group`)")
+        sid = "" if row["id"] is None else str(row["id"]).strip()
+        if not sid:
+            raise ValueError(f"{where}: empty id; every row needs a unique non-empty `id`")
+        if sid in first_line:
+            raise ValueError(f"{where}: duplicate id {sid!r} (first seen on line "
+                             f"{first_line[sid]}); ids must be unique")
+        for col in ("instruction", "response"):
+            if not isinstance(row[col], str) or not row[col].strip():
+                raise ValueError(f"{where}: `{col}` of id {sid!r} must be a non-empty string")
+        group = row.get("group")
+        first_line[sid] = lineno
+        ids.append(sid)
+        texts.append(instruction_text(row["instruction"], row["response"]))
+        groups.append(None if group is None or str(group).strip() == "" else str(group).strip())
+    if not ids:
+        raise ValueError(f"{file} is empty (no data rows): add rows with `id`, `instruction` "
+                         "and `response`")
+    return Dataset(ids=ids, texts=texts, labels=[0] * len(ids), groups=groups)
+
+
+def is_instruction_source(src: str) -> bool:
+    """Whether ``load_source(src)`` gives instruction-tuning data (for a causal LM)."""
+    return src.startswith("instruct:") or is_instruction_file(src)
+
+
 # --------------------------------------------------------------------------- dispatch / split
 
 
@@ -339,8 +424,20 @@ def load_source(
 
     Sources: ``"wordnet"`` or ``"wordnet:<dir>"``; ``"fashion-mnist"`` (its training split),
     ``"fashion-mnist:train"`` or ``"fashion-mnist:test"``; a directory of images laid out
-    as ``<dir>/<label>/<file>.png|jpg``; a CSV/JSONL file.
+    as ``<dir>/<label>/<file>.png|jpg``; a CSV/JSONL file. Instruction data (``label_names``
+    does not apply): ``"instruct:wordnet"`` or ``"instruct:wordnet:<dir>"``, and a JSONL file
+    whose rows have ``instruction`` and ``response`` (also as ``"instruct:<file>"``).
     """
+    if src.startswith("instruct:"):
+        rest = src.partition(":")[2]
+        if rest == "wordnet" or rest.startswith("wordnet:"):
+            return load_wordnet_instructions(rest.partition(":")[2] or None, limit=limit,
+                                             seed=seed)
+        data = load_instructions(rest)
+        return data if limit is None else data.subset(_limit_indices(data, limit, seed))
+    if is_instruction_file(src):
+        data = load_instructions(src)
+        return data if limit is None else data.subset(_limit_indices(data, limit, seed))
     if src == "wordnet" or src.startswith("wordnet:"):
         wn_path = src.partition(":")[2] or None
         data = load_wordnet(wn_path, limit=limit, seed=seed)

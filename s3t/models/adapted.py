@@ -44,6 +44,12 @@ def default_model_dir() -> str:
 
 
 def model_type_of(path: str) -> str:
+    """``config.model_type`` of a Hugging Face directory, or the architecture of its GGUF file."""
+    from s3t.models.gguf import gguf_architecture, gguf_file
+
+    name = gguf_file(path)
+    if name is not None:
+        return gguf_architecture(Path(path) / name)
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(path).model_type
@@ -92,7 +98,7 @@ class AdaptedBackbone:
             if not modules:
                 raise ValueError(
                     f"no LoRA target in layer group {g}: target_modules "
-                    f"{config.target_modules} matched nothing in its layers"
+                    f"{self._lora_targets()} matched nothing in its layers"
                 )
         self._head_modules = self.family.head_modules(self.model)
         self.init_head(config.seed)
@@ -100,8 +106,12 @@ class AdaptedBackbone:
         self.set_depth(0)
 
     def _lora_targets(self) -> list[str]:
+        """The configured targets (the family's defaults when none are configured)."""
         translate = getattr(self.family, "lora_targets", None)
-        names = list(self.config.target_modules)
+        names = self.config.target_modules
+        if names is None:
+            names = getattr(self.family, "default_targets", ("query", "value"))
+        names = list(names)
         return list(translate(names)) if translate is not None else names
 
     # --- layer geometry -------------------------------------------------------------------
@@ -243,9 +253,16 @@ class AdaptedBackbone:
             layers.append(copy.eval())
         return layers
 
-    def top(self, hidden: torch.Tensor, mask: torch.Tensor, from_group: int) -> torch.Tensor:
-        """Logits from hidden states entering ``from_group``, at the current depth."""
-        hidden = self.family.run_layers(
+    @property
+    def task(self) -> str:
+        return getattr(self.family, "task", "classification")
+
+    def top_hidden(self, hidden: torch.Tensor, mask: torch.Tensor, from_group: int) -> torch.Tensor:
+        """Final hidden states from hidden states entering ``from_group``, at the current depth."""
+        return self.family.run_layers(
             self.model, hidden, mask, self.group_start(from_group), self.n_layers
         )
-        return self.family.head(self.model, hidden, mask)
+
+    def top(self, hidden: torch.Tensor, mask: torch.Tensor, from_group: int) -> torch.Tensor:
+        """Logits from hidden states entering ``from_group``, at the current depth."""
+        return self.family.head(self.model, self.top_hidden(hidden, mask, from_group), mask)

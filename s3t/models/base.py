@@ -51,6 +51,11 @@ class BackboneFamily(Protocol):
 
     # Optional: ``lora_targets(names) -> list[str]`` translates the configured LoRA target
     # names (e.g. ``query``, ``value``) into the family's module names; identity if absent.
+    # ``default_targets``: the LoRA targets when the config names none (``query``, ``value``
+    # if absent).
+    # ``task``: ``"classification"`` if absent; ``"causal_lm"`` families (``decoder.py``) also
+    # return token ``labels`` from ``encode`` (-100 where unsupervised), return per-token
+    # logits from ``head`` and give ``loss(model, hidden, targets)``.
 
 
 _FAMILIES: dict[str, type] = {}
@@ -69,7 +74,7 @@ def register(model_types: tuple[str, ...]):
 
 def family_for(model_type: str) -> BackboneFamily:
     # Import the built-in families so that they register themselves.
-    from s3t.models import encoder, vit  # noqa: F401
+    from s3t.models import decoder, encoder, vit  # noqa: F401
 
     try:
         return _FAMILIES[model_type]()

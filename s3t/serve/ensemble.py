@@ -63,3 +63,48 @@ class Ensemble:
                 probs = nn.functional.one_hot(probs.argmax(-1), n_labels).double()
             out += probs.double().numpy()
         return out / len(routes)
+
+    # --- causal language models -------------------------------------------------------------
+    @torch.no_grad()
+    def route_next_token_probs(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Each live route's next-token distribution (B, vocab) after the batch's last real token.
+
+        The frozen trunk runs once for all routes; each then runs its merged top layers.
+        """
+        routes = dict(self.routes)  # one consistent snapshot
+        backbone, family = self.backbone, self.backbone.family
+        mask = batch["attention_mask"]
+        last = mask.sum(dim=1) - 1
+        rows = torch.arange(mask.shape[0])
+        bounds = backbone.boundaries(batch, top_group=min(r.active for r in routes.values()))
+        out = {}
+        for shard, route in routes.items():
+            hidden = family.apply_layers(route.layers, bounds[route.active], mask)
+            backbone.load_head_state(route.head)
+            logits = family.head(backbone.model, hidden[rows, last], mask)
+            out[shard] = torch.softmax(logits.double(), dim=-1)
+        return out
+
+    def next_token_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over live routes of their next-token probabilities, (B, vocab)."""
+        per_route = self.route_next_token_probs(batch)
+        return torch.stack(list(per_route.values())).mean(dim=0)
+
+    @torch.no_grad()
+    def token_log_probs(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Each route's log-probability of every supervised next token (``labels`` != -100),
+        as (N,) tensors in the same token order."""
+        from s3t.models.decoder import supervised
+
+        routes = dict(self.routes)
+        backbone, family = self.backbone, self.backbone.family
+        mask = batch["attention_mask"]
+        bounds = backbone.boundaries(batch, top_group=min(r.active for r in routes.values()))
+        out = {}
+        for shard, route in routes.items():
+            hidden = family.apply_layers(route.layers, bounds[route.active], mask)
+            backbone.load_head_state(route.head)
+            states, tokens = supervised(hidden, batch["labels"])
+            logits = family.head(backbone.model, states, None).double()
+            out[shard] = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0]
+        return out

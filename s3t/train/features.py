@@ -6,6 +6,9 @@ Values are computed cell by cell (samples sorted by id, fixed chunks), so a samp
 features depend only on its cell's current contents; after a deletion the cell is
 recomputed, and a retrained stage sees exactly what a from-scratch run would.
 The cache holds nothing trained and lives in memory only.
+
+When the backbone's ``encode`` returns token ``labels`` (causal LMs), each sample's labels are
+kept beside its states and :meth:`FeatureCache.targets` pads them with -100 like the states.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class FeatureCache:
         self.backbone = backbone
         self.chunk_size = chunk_size
         self._samples: dict[str, Features] = {}
+        self._targets: dict[str, torch.Tensor] = {}
         self._blocks: dict[Hashable, tuple[Hashable, list[str]]] = {}
 
     def ensure(self, block: Hashable, version: Hashable, ids: Sequence[str],
@@ -35,6 +39,7 @@ class FeatureCache:
         if cached is not None:
             for sid in cached[1]:
                 self._samples.pop(sid, None)
+                self._targets.pop(sid, None)
         order = sorted(range(len(ids)), key=lambda i: ids[i])
         for start in range(0, len(order), self.chunk_size):
             chunk = order[start:start + self.chunk_size]
@@ -44,6 +49,8 @@ class FeatureCache:
             for row, i in enumerate(chunk):
                 n = int(lengths[row])
                 self._samples[ids[i]] = {g: h[row, :n].clone() for g, h in bounds.items()}
+                if "labels" in batch:
+                    self._targets[ids[i]] = batch["labels"][row, :n].clone()
         self._blocks[block] = (version, [ids[i] for i in order])
 
     def drop(self, block: Hashable) -> None:
@@ -51,10 +58,15 @@ class FeatureCache:
         if cached is not None:
             for sid in cached[1]:
                 self._samples.pop(sid, None)
+                self._targets.pop(sid, None)
 
     def batch(self, ids: Sequence[str], group: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded hidden states entering ``group`` and their (B, T) mask."""
         return collate([self._samples[sid][group] for sid in ids])
+
+    def targets(self, ids: Sequence[str]) -> torch.Tensor:
+        """Token labels (B, T) aligned with :meth:`batch`, -100 on padding."""
+        return pad_targets([self._targets[sid] for sid in ids])
 
 
 def collate(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +77,13 @@ def collate(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden[i, : r.shape[0]] = r
         mask[i, : r.shape[0]] = 1
     return hidden, mask
+
+
+def pad_targets(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    out = torch.full((len(rows), max(r.shape[0] for r in rows)), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+    return out
 
 
 class OnTheFlyFeatures:
@@ -96,3 +115,6 @@ class OnTheFlyFeatures:
     def batch(self, ids: Sequence[str], group: int) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.backbone.encode([self._inputs[sid] for sid in ids])
         return self.backbone.boundaries(encoded)[group], encoded["attention_mask"]
+
+    def targets(self, ids: Sequence[str]) -> torch.Tensor:
+        return self.backbone.encode([self._inputs[sid] for sid in ids])["labels"]

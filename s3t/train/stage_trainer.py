@@ -3,6 +3,11 @@
 A stage's weights are a pure function of (config, seed, shard, prefix, the retained samples
 of the prefix's slices, its ancestors' weights). Training a stage again on the same data
 therefore reproduces it bit for bit, which is what makes exact forgetting checkable.
+
+Classifiers train on cross-entropy over the sample labels. Causal LMs (``backbone.task ==
+"causal_lm"``) train on the family's next-token loss over each sample's response tokens (the
+token labels the feature cache keeps); their integer sample labels are unused, and their
+``val_score`` is minus the mean token loss (higher is better, as for accuracy).
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ def train_stage(
     order = sorted(range(len(sample_ids)), key=lambda i: sample_ids[i])
     ids = [sample_ids[i] for i in order]
     y_all = torch.tensor([labels[i] for i in order], dtype=torch.long)
+    causal_lm = backbone.task == "causal_lm"
     last_loss = None
     backbone.model.train()
     for _ in range(config.epochs if ids else 0):
@@ -98,8 +104,13 @@ def train_stage(
         for start in range(0, len(perm), config.batch_size):
             batch = perm[start:start + config.batch_size]
             hidden, mask = features.batch([ids[i] for i in batch], active)
-            logits = backbone.top(hidden, mask, from_group=active)
-            loss = F.cross_entropy(logits, y_all[batch])
+            if causal_lm:
+                loss = backbone.family.loss(backbone.model,
+                                            backbone.top_hidden(hidden, mask, from_group=active),
+                                            features.targets([ids[i] for i in batch]))
+            else:
+                logits = backbone.top(hidden, mask, from_group=active)
+                loss = F.cross_entropy(logits, y_all[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -112,7 +123,9 @@ def train_stage(
 
     weights = StageWeights(adapter=backbone.adapter_state(trained), head=backbone.head_state())
     val_score = None
-    if val is not None and len(val[0]) > 0:
+    if val is not None and len(val[0]) > 0 and causal_lm:
+        val_score = -token_loss(backbone, features, val[0], active, config.batch_size)
+    elif val is not None and len(val[0]) > 0:
         val_score = accuracy(backbone, features, val[0], val[1], active, config.batch_size)
     return StageResult(weights, len(ids), val_score, time.perf_counter() - started, last_loss)
 
@@ -131,3 +144,25 @@ def accuracy(backbone: AdaptedBackbone, features: FeatureCache | OnTheFlyFeature
         pred = logits.argmax(dim=-1)
         correct += int((pred == torch.tensor(labels[start:start + batch_size])).sum())
     return correct / len(ids)
+
+
+@torch.no_grad()
+def token_loss(backbone: AdaptedBackbone, features: FeatureCache | OnTheFlyFeatures,
+               ids: Sequence[str], active: int, batch_size: int) -> float:
+    """Mean next-token loss over the supervised tokens of cached samples (causal LMs)."""
+    from s3t.models.decoder import supervised
+
+    if active == 0:
+        raise ValueError("a model with no active layer group has no trained head to score")
+    backbone.model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        hidden, mask = features.batch(chunk, active)
+        states, tokens = supervised(backbone.top_hidden(hidden, mask, from_group=active),
+                                    features.targets(chunk))
+        if tokens.numel():
+            logits = backbone.family.head(backbone.model, states, None)
+            total += float(F.cross_entropy(logits, tokens, reduction="sum"))
+            count += tokens.numel()
+    return total / max(count, 1)
