@@ -78,6 +78,29 @@ def test_family_matches_the_hugging_face_forward(backbone):
         torch.testing.assert_close(alone[group][0], states[1, :n])
 
 
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_similar_decoders_share_the_family(kind, tmp_path):
+    from tiny import make_tiny_tokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    hf_config = AutoConfig.for_model(kind, vocab_size=len(tokenizer), hidden_size=32,
+                                     intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=1,
+                                     initializer_range=0.3, tie_word_embeddings=True)
+    AutoModelForCausalLM.from_config(hf_config).save_pretrained(tmp_path)
+    backbone = AdaptedBackbone(config(str(tmp_path), slices=2), num_labels=1)
+    assert backbone.family.name == "decoder"
+    batch = backbone.encode(toy_instructions(3).texts)
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        ours = backbone.top(backbone.boundaries(batch)[2], mask, from_group=2)
+        theirs = backbone.model(input_ids=batch["input_ids"], attention_mask=mask).logits
+    torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()])
+
+
 def test_loss_is_on_response_tokens_only(backbone):
     tokenizer = backbone.processor
     text = instruction_text("colour of cat?", "red")
