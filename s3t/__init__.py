@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from s3t.config import S3TConfig
-    from s3t.engine import S3T, NoLiveShardError, NotARunError, Prediction
+    from s3t.engine import S3T, NoLiveShardError, Prediction
+    from s3t.run import NotARunError
 
 
 def __getattr__(name: str):
@@ -21,6 +22,10 @@ def __getattr__(name: str):
         from s3t.config import S3TConfig
 
         return S3TConfig
+    if name == "NotARunError":
+        from s3t.run import NotARunError
+
+        return NotARunError
     if name in __all__:
         from s3t import engine
 

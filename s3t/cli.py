@@ -25,6 +25,7 @@ from s3t.plan import (
     sisa_orderings,
 )
 from s3t.plan.methods import METHODS
+from s3t.run import Run
 
 MAX_CLI_SLICES = 12  # exact closed forms enumerate 2^L hit sets
 MAX_CLI_BUDGET = 5040  # 7!: beyond this the simulation's memory and time grow too much
@@ -363,7 +364,7 @@ def _emit(as_json: bool, payload: dict, text: str) -> None:
     typer.echo(json.dumps(payload, default=str) if as_json else text)
 
 
-def _load(run: Path):  # noqa: ANN202
+def _load(run: Path):  # noqa: ANN202 (imports torch: only for commands that run the model)
     from s3t.engine import S3T
 
     return S3T.load(run)
@@ -559,8 +560,7 @@ def forget_cmd(
 ) -> None:
     """Forget samples exactly and print the deletion certificate (no retraining)."""
     with _engine_errors():
-        est = _load(run)
-        certificate = est.forget(sample_ids=_csv(ids), groups=_csv(groups))
+        _, certificate = Run.open(run).forget(sample_ids=_csv(ids), groups=_csv(groups))
     text = json.dumps(certificate, indent=2)
     _emit(as_json, certificate, text)
 
@@ -580,7 +580,7 @@ def retrain_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
 def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Live shards, routes, deletions and capacity of a run."""
     with _engine_errors():
-        status = _load(run).status()
+        status = Run.open(run).status()
     lines = [f"run {status['run_dir']}: {status['shards']} shards x {status['slices']} slices, "
              f"budget {status['budget']} ({status['strategy']})",
              f"samples {status['samples']}, deleted {status['deleted']}, "
@@ -596,10 +596,9 @@ def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
 @app.command("audit")
 def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Re-check the exactness invariant from the ledger and the files; exit 0 only if it holds."""
-    from s3t.engine import S3T
 
     with _engine_errors():
-        report = S3T.load(run, verify=False, repair=False).audit()
+        report = Run.open(run, verify=False, repair=False).audit()
     payload = report.to_dict()
     text = "audit passed: " if report.ok else "audit FAILED:\n  " + "\n  ".join(report.violations)
     if report.ok:

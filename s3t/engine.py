@@ -30,24 +30,19 @@ from s3t.models.adapted import AdaptedBackbone, default_model_dir
 from s3t.plan.methods import Method
 from s3t.plan.orderings import make_orderings
 from s3t.plan.prefix_tree import PrefixTree
+from s3t.run import FORMAT, RUN_FILE, Run
 from s3t.serve.ensemble import Ensemble
 from s3t.serve.router import compute_routes, lineage_chain
 from s3t.store import IntegrityError, StageStore, sha256_file
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
 from s3t.train.stage_trainer import StageWeights, accuracy, apply_chain, train_stage
-from s3t.unlearn import AuditReport, audit, forget, now, sweep
+from s3t.unlearn import AuditReport, now
 
-RUN_FILE = "s3t.json"
-FORMAT = 1
 EVAL_BLOCK = "eval"
 
 
 class NoLiveShardError(RuntimeError):
     """Every shard has lost its first slice: the model must be retrained before it can serve."""
-
-
-class NotARunError(FileNotFoundError):
-    """The directory does not hold an s3t run."""
 
 
 @dataclass
@@ -455,13 +450,7 @@ class S3T:
         disk before this returns. No training happens here.
         """
         self._require_fitted()
-        if isinstance(sample_ids, str):
-            sample_ids = [sample_ids]
-        if isinstance(groups, str):
-            groups = [groups]
-        plan, certificate = forget(self.ledger, self.store, sample_ids, groups,
-                                   self.config.shards, Path(self.run_dir) / "certificates",
-                                   servable=self.method.servable)
+        plan, certificate = self._run().forget(sample_ids, groups)
         for key in certificate["erased_stages"]:
             self._weights.pop(key, None)
         if getattr(self, "_features", None) is not None:
@@ -471,29 +460,28 @@ class S3T:
 
     def audit(self) -> AuditReport:
         self._require_fitted()
-        return audit(self.ledger, self.store)
+        return self._run().audit()
 
     def status(self) -> dict:
         self._require_fitted()
-        records = {r.key: r for r in self.ledger.stages(None)}
-        routes = self.ledger.routes()
-        total, deleted = self.ledger.counts()
-        depths = [records[k].depth if k else 0 for k in routes.values()]
-        return {
-            "run_dir": str(self.run_dir),
-            "shards": self.config.shards, "slices": self.config.slices,
-            "budget": self.config.budget, "strategy": self.config.strategy,
-            "method": self.config.method,
-            "live_shards": sum(k is not None for k in routes.values()),
-            "routes": {str(m): None if k is None else
-                       {"stage": k, "depth": records[k].depth, "prefix": list(records[k].prefix)}
-                       for m, k in routes.items()},
-            "samples": total, "deleted": deleted,
-            "live_stages": sum(r.status == "live" for r in records.values()),
-            "erased_stages": sum(r.status == "erased" for r in records.values()),
-            "capacity": float(np.mean(depths)) / self.config.slices if depths else 0.0,
-            "deletion_requests": len(self.ledger.certificates()),
-        }
+        return self._run().status()
+
+    def _run(self) -> Run:
+        """This run's directory view (shares the open ledger)."""
+        info = getattr(self, "_info", None) or {}
+        return Run(Path(self.run_dir), info, self.config, self.ledger, self.store)
+
+    def close(self) -> None:
+        """Close the ledger; the run directory stays as it is."""
+        if getattr(self, "ledger", None) is not None:
+            self.ledger.close()
+            self.ledger = None
+
+    def __enter__(self) -> S3T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -528,32 +516,17 @@ class S3T:
         ``repair`` finishes an interrupted forget: stage files whose stage the ledger no
         longer holds live are erased. ``audit`` loads without it, to see the disk as it is.
         """
-        path = Path(path)
-        run_file = path / RUN_FILE
-        if not run_file.is_file() or not (path / Ledger.FILE).is_file():
-            raise NotARunError(f"{path} is not an s3t run directory (no {RUN_FILE} and "
-                               f"{Ledger.FILE}); create one with `s3t train --out {path}`")
-        try:
-            info = json.loads(run_file.read_text())
-            config = S3TConfig.from_dict(info["config"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise NotARunError(f"{run_file} is damaged: {err}") from None
-        self = cls(config, run_dir=path)
+        run = Run.open(path, verify=verify, repair=repair)
+        info = run.info
+        self = cls(run.config, run_dir=run.path)
+        self._info = info
         self.label_names = info["label_names"]
         self.task = info.get("task", "classification")
         self._model_sha256 = info["model_sha256"]
         self.tree = PrefixTree.from_orderings([tuple(o) for o in info["orderings"]])
-        self.method = Method(config.method, config.slices)
-        self.ledger = Ledger.open_existing(path / Ledger.FILE)
-        self.store = StageStore(path / "stages")
+        self.method = run.method
+        self.ledger, self.store = run.ledger, run.store
         self._weights = {}
-        if repair:
-            sweep(self.ledger, self.store)
-            if self.ledger.get_meta("scrub_pending"):
-                self.ledger.checkpoint()
-        if verify:
-            for record in self.ledger.stages("live"):
-                self.store.verify(record.shard, record.key, record.files)
         return self
 
     # --- helpers ------------------------------------------------------------------------------

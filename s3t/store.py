@@ -10,15 +10,21 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-
-from safetensors.torch import load_file, save_file
-
-from s3t.train.stage_trainer import StageWeights
+from typing import Any
 
 ADAPTER_FILE = "adapter.safetensors"
 HEAD_FILE = "head.safetensors"
 META_FILE = "meta.json"
+
+
+@dataclass
+class StageWeights:
+    """What a stage trains: its layer groups' adapter tensors and its head copy."""
+
+    adapter: dict[str, Any]
+    head: dict[str, Any]
 
 
 class IntegrityError(RuntimeError):
@@ -56,6 +62,8 @@ class StageStore:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
+        from safetensors.torch import save_file  # torch loads only when weights are touched
+
         save_file({k: v.contiguous() for k, v in weights.adapter.items()}, tmp / ADAPTER_FILE)
         save_file({k: v.contiguous() for k, v in weights.head.items()}, tmp / HEAD_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -85,6 +93,8 @@ class StageStore:
                 )
 
     def read(self, shard: int, key: str, files: dict[str, str]) -> StageWeights:
+        from safetensors.torch import load_file
+
         self.verify(shard, key, files)
         where = self.path(shard, key)
         return StageWeights(adapter=load_file(where / ADAPTER_FILE),

@@ -162,3 +162,19 @@ def test_train_sisa_baseline_reports_dead_shard_after_forget(tmp_path, tiny_bert
     assert json.loads(invoke("status", run, "--json").stdout)["method"] == "sisa"
     assert invoke("train", "--data", train, "--out", tmp_path / "x", "--method", "nope"
                   ).exit_code == 2
+
+
+def test_forget_status_audit_never_load_torch(run_copy):
+    """A deletion costs ledger and file work only: no torch, no backbone, whatever its size."""
+    import subprocess
+    import sys
+
+    _, run = run_copy
+    code = ("import sys; from s3t.cli import app; from typer.testing import CliRunner; "
+            f"r = CliRunner().invoke(app, ['forget', {str(run)!r}, '--ids', 's0009', '--json']); "
+            f"assert r.exit_code == 0, r.output; "
+            f"assert CliRunner().invoke(app, ['status', {str(run)!r}]).exit_code == 0; "
+            f"assert CliRunner().invoke(app, ['audit', {str(run)!r}]).exit_code == 0; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

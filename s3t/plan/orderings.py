@@ -12,7 +12,6 @@ import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 STRATEGIES = ("cyclic", "bms", "random", "full", "sisa")
 
@@ -138,6 +137,8 @@ def _bms_latin(p: np.ndarray, t: float) -> list[Ordering]:
     n = p.shape[0]
     partial: list[list[int]] = [[] for _ in range(n)]
     mass = np.zeros(n)  # deleted-probability mass of each partial ordering's prefix
+    from scipy.optimize import linear_sum_assignment  # scipy loads only for bms
+
     forbidden = -1e9  # far below any achievable gain (gains are <= L)
     for pos in range(n):
         gain = (pos + 1) * np.clip(1.0 - mass[:, None] - p[None, :], 0.0, None) ** t

@@ -35,8 +35,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import integrate
-from scipy.stats import binom
 
 from s3t.plan.orderings import check_n_slices, check_orderings, check_prior
 
@@ -146,6 +144,8 @@ def _integrate_tail(tail, scale: float) -> float:
     total = 0.0
     lo, width = 0.0, scale
     while True:
+        from scipy import integrate  # loaded on first use: keeps `import s3t` light
+
         part, _ = integrate.quad(tail, lo, lo + width, limit=200, epsabs=1e-10, epsrel=1e-10)
         total += part
         lo += width
@@ -261,6 +261,8 @@ def expected_prefix_length(
     m = _check_shards(n_shards)
     if r < 0:
         raise ValueError(f"r must be >= 0, got {r}")
+    from scipy.stats import binom
+
     weights = binom.pmf(np.arange(r + 1), r, 1.0 / m)
     total = 0.0
     for j, w in enumerate(weights):

@@ -20,17 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from s3t.models.adapted import AdaptedBackbone, StateDict
+from s3t.models.adapted import AdaptedBackbone
 from s3t.plan.methods import Method
+from s3t.store import StageWeights
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
-
-
-@dataclass
-class StageWeights:
-    """What a stage trains: its layer group's adapters and its head copy."""
-
-    adapter: StateDict
-    head: StateDict
 
 
 @dataclass
