@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from s3t.config import S3TConfig
-    from s3t.engine import S3T, NoLiveShardError, Prediction
-    from s3t.run import NotARunError
+    from s3t.engine import S3T, Prediction
+    from s3t.run import NoLiveShardError, NotARunError
 
 
 def __getattr__(name: str):
@@ -22,10 +22,10 @@ def __getattr__(name: str):
         from s3t.config import S3TConfig
 
         return S3TConfig
-    if name == "NotARunError":
-        from s3t.run import NotARunError
+    if name in ("NotARunError", "NoLiveShardError"):
+        from s3t import run
 
-        return NotARunError
+        return getattr(run, name)
     if name in __all__:
         from s3t import engine
 

@@ -346,7 +346,7 @@ def _table(rep: dict) -> str:
 @contextmanager
 def _engine_errors() -> Iterator[None]:
     """Engine failures as one ``error: ...`` line: 2 for bad input, 1 for refused state."""
-    from s3t.engine import NoLiveShardError
+    from s3t.run import NoLiveShardError
     from s3t.store import IntegrityError
 
     try:

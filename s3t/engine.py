@@ -30,7 +30,7 @@ from s3t.models.adapted import AdaptedBackbone, default_model_dir
 from s3t.plan.methods import Method
 from s3t.plan.orderings import make_orderings
 from s3t.plan.prefix_tree import PrefixTree
-from s3t.run import FORMAT, RUN_FILE, Run
+from s3t.run import FORMAT, RUN_FILE, NoLiveShardError, Run
 from s3t.serve.ensemble import Ensemble
 from s3t.serve.router import compute_routes, lineage_chain
 from s3t.store import IntegrityError, StageStore, sha256_file
@@ -39,10 +39,6 @@ from s3t.train.stage_trainer import StageWeights, accuracy, apply_chain, train_s
 from s3t.unlearn import AuditReport, now
 
 EVAL_BLOCK = "eval"
-
-
-class NoLiveShardError(RuntimeError):
-    """Every shard has lost its first slice: the model must be retrained before it can serve."""
 
 
 @dataclass

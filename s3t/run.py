@@ -25,6 +25,10 @@ class NotARunError(FileNotFoundError):
     """The directory does not hold an s3t run."""
 
 
+class NoLiveShardError(RuntimeError):
+    """Every shard has lost its first slice: the model must be retrained before it can serve."""
+
+
 @dataclass
 class Run:
     path: Path

@@ -10,10 +10,10 @@ import torch
 from tiny import make_tiny_bert, toy_dataset
 
 from s3t.config import S3TConfig
-from s3t.engine import S3T, NoLiveShardError
+from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
 from s3t.plan.methods import Method
-from s3t.run import NotARunError
+from s3t.run import NoLiveShardError, NotARunError
 from s3t.store import IntegrityError
 from s3t.train.features import FeatureCache
 from s3t.train.stage_trainer import apply_chain, train_stage
