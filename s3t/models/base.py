@@ -7,7 +7,8 @@ beyond this interface, so a new family (ViT, Llama, ...) is one new module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -83,6 +84,25 @@ def family_for(model_type: str) -> BackboneFamily:
             f"no backbone family for model type {model_type!r}; supported: "
             f"{', '.join(sorted(_FAMILIES))}"
         ) from None
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' loading reports and bars while a model loads.
+
+    Heads are re-initialised per run (``init_head``), so a checkpoint's head of another
+    size, or a missing one, is expected and not worth a warning.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

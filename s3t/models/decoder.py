@@ -35,9 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
-from s3t.models.base import register
+from s3t.models.base import quiet_loading, register
 from s3t.models.gguf import gguf_file
 
 IGNORE = -100
@@ -116,17 +115,11 @@ class DecoderFamily:
         """``num_labels`` does not apply: the head is the pretrained norm + ``lm_head``."""
         name = gguf_file(path)
         extra = {"gguf_file": name} if name else {}
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
+        with quiet_loading():
             with _cached_gguf_name_maps():
                 model = AutoModelForCausalLM.from_pretrained(
                     path, attn_implementation="eager", dtype=torch.float32, **extra)
             tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
         self._bind(model)
         return model, tokenizer
 

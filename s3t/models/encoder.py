@@ -7,9 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
-from s3t.models.base import additive_mask, register
+from s3t.models.base import additive_mask, quiet_loading, register
 
 
 @register(("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilroberta"))
@@ -17,19 +16,11 @@ class EncoderFamily:
     name = "encoder"
 
     def load(self, path: str, num_labels: int) -> tuple[nn.Module, Any]:
-        # The classifier is re-initialised per run (init_head), so a checkpoint's head of
-        # another size is irrelevant; silence the loading report about it.
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
+        with quiet_loading():
             model = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=num_labels, attn_implementation="eager",
                 ignore_mismatched_sizes=True,
             )
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
         tokenizer = AutoTokenizer.from_pretrained(path)
         return model, tokenizer
 

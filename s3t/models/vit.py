@@ -28,10 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import AutoImageProcessor, ViTForImageClassification
-from transformers.utils import logging as hf_logging
 
 from s3t.data.images import decode_image
-from s3t.models.base import register
+from s3t.models.base import quiet_loading, register
 
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _TARGET_ALIASES = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
@@ -86,12 +85,7 @@ class ViTFamily:
     name = "vit"
 
     def load(self, path: str, num_labels: int) -> tuple[nn.Module, ImagePreprocessor]:
-        # The classifier is re-initialised per run (init_head), so a checkpoint's head of
-        # another size is irrelevant; silence the loading report about it.
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
+        with quiet_loading():
             model = ViTForImageClassification.from_pretrained(
                 path, num_labels=num_labels, ignore_mismatched_sizes=True,
                 attn_implementation="eager",
@@ -99,9 +93,6 @@ class ViTFamily:
             image_processor = None
             if (Path(path) / "preprocessor_config.json").is_file():
                 image_processor = AutoImageProcessor.from_pretrained(path)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
         config = model.config
         if config.num_channels not in _MODES:
             raise ValueError(f"{path}: ViT with {config.num_channels} input channels; "
