@@ -221,6 +221,41 @@ def training_cost_section(res: Result) -> str:
                                                          "sample-passes saved"], rows)])
 
 
+def perf_section(res: Result) -> str:
+    tr = res["training"]
+    train_rows = [[i, f"{r['cached']['train_seconds']:.1f}", f"{r['uncached']['train_seconds']:.1f}",
+                   f"{r['speedup']:.2f}x", f"{r['cached']['peak_rss_mib']:.0f}",
+                   f"{r['uncached']['peak_rss_mib']:.0f}"] for i, r in enumerate(tr["reps"])]
+    parts = [f"Training, {tr['config']}, {tr['n_train']} samples, each run in a fresh process, "
+             "order alternating:",
+             table(["rep", "cached s", "uncached s", "speedup", "cached peak MiB",
+                    "uncached peak MiB"], train_rows)]
+    serve_rows = []
+    for batch in (1, 32):
+        b = res["serving"][f"batch_{batch}"]
+        sps, ratios = b["samples_per_s"], b["ratios"]
+        serve_rows.append([batch, pm(sps["shared_trunk"], 1), pm(sps["single_merged_model"], 1),
+                           pm(sps["naive_ensemble"], 1), pm(ratios["shared_over_single"], 2),
+                           pm(ratios["naive_over_single"], 2)])
+    parts += [f"Serving the m={res['serving']['shards']} ensemble (samples/s, interleaved "
+              "measurements):",
+              table(["batch", "shared trunk", "single merged model", "naive ensemble",
+                     "shared / single", "naive / single"], serve_rows)]
+    f = res["forget_ms"]
+    parts.append(f"forget with the run in memory: p50 {f['p50']:.2f} ms, p90 {f['p90']:.2f} ms, "
+                 f"p99 {f['p99']:.2f} ms, max {f['max']:.2f} ms over {f['n']} requests. "
+                 "Peak memory (RSS, MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in res["memory"].items()))
+    parts += ["Scaling with the number of shards (batch 32, samples/s):",
+              table(["m", "shared trunk", "single merged model", "naive ensemble"],
+                    [[r["shards"], f"{r['shared_trunk']:.1f}", f"{r['single_merged_model']:.1f}",
+                      f"{r['naive_ensemble']:.1f}"] for r in res["scaling_shards"]]),
+              "Scaling with the data (cached training, m=1, L=3, B=3, 1 epoch):",
+              table(["train samples", "seconds", "peak MiB"],
+                    [[r["n_train"], f"{r['train_seconds']:.1f}", f"{r['peak_rss_mib']:.0f}"]
+                     for r in res["scaling_n"]])]
+    return "\n\n".join(parts)
+
+
 Renderer = Callable[[Result], str]
 SECTIONS: list[tuple[str, str, str, Renderer]] = [
     ("accuracy", "1. Accuracy: S3T against SISA and full fine-tuning",
@@ -257,8 +292,16 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "`PrefixTree.training_cost(sharing=False)` and their wall time is derived from the "
      "measured stage seconds times the number of orderings that would retrain each stage, "
      "plus the measured non-stage overhead.", training_cost_section),
+    ("perf", "6. Performance: feature cache, shared-trunk serving, forget latency, memory",
+     "The frozen layers below a stage's trained group are the same for every stage, so their "
+     "outputs are cached once per sample (`feature_cache=True`) instead of recomputed every "
+     "batch; serving runs the frozen trunk once per request batch and then each live shard's "
+     "top layers with its LoRA merged into dense weights. Compared side by side in one run: "
+     "a single merged model (what plain LoRA fine-tuning serves) and a naive ensemble of m "
+     "full forward passes. Issue 5 targets: cached training >= 2x, shared trunk >= 0.5x the "
+     "single model.", perf_section),
 ]
-TARGET_SOURCES = ("accuracy", "deletion_cost", "deletion_rate")
+TARGET_SOURCES = ("accuracy", "deletion_cost", "deletion_rate", "perf")
 
 
 def targets_section(loaded: dict[str, tuple[Result | None, bool]]) -> str:
