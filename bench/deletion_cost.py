@@ -38,7 +38,7 @@ import common  # noqa: E402
 NAME = "deletion_cost"
 QUICK = {"train": 160, "epochs": 1, "requests": 120, "copies": 5, "fresh": 2, "sisa_shards": 1,
          "full": 1}
-FULL = {"train": 600, "epochs": 2, "requests": 1000, "copies": 20, "fresh": 10, "sisa_shards": 2,
+FULL = {"train": 1200, "epochs": 2, "requests": 1000, "copies": 20, "fresh": 10, "sisa_shards": 2,
         "full": 2}
 
 
