@@ -284,31 +284,19 @@ class S3T:
                              "TEXT`, and S3T.evaluate_lm(data) to score it")
         if isinstance(inputs, str):
             inputs = [inputs]
-        chains = self._served_chains()
-        if not chains:
-            raise NoLiveShardError(
-                "no shard can serve: every shard has lost its first slice to deletions; "
-                "run `s3t retrain RUN` (or S3T.retrain()) to restore service")
-        if getattr(self, "_ensemble", None) is None:
-            self._ensemble = Ensemble(self.backbone, self.method)
-        self._ensemble.update(chains)
-        self.backbone.model.eval()
+        ensemble, live = self._ready_ensemble()
         n_labels = len(self.label_names)
         out = np.concatenate([
-            self._ensemble.predict_proba(list(inputs[start:start + batch_size]),
+            ensemble.predict_proba(list(inputs[start:start + batch_size]),
                                          vote=self.config.aggregation == "vote",
                                          n_labels=n_labels)
             for start in range(0, len(inputs), batch_size)]) if len(inputs) else \
             np.zeros((0, n_labels))
         ids = out.argmax(axis=1)
-        return Prediction([self.label_names[i] for i in ids], ids, out, len(chains))
+        return Prediction([self.label_names[i] for i in ids], ids, out, live)
 
-    # --- causal language models ---------------------------------------------------------------
-    def _lm_ensemble(self, what: str) -> tuple[Ensemble, int]:
-        self._require_fitted()
-        if getattr(self, "task", "classification") != "causal_lm":
-            raise ValueError(f"{what} needs a causal language model run (a Llama-style --model "
-                             "trained on instruction data); this run is a classifier: use predict")
+    def _ready_ensemble(self) -> tuple[Ensemble, int]:
+        """The served routes, materialised (merged dense top layers) and current."""
         chains = self._served_chains()
         if not chains:
             raise NoLiveShardError(
@@ -319,6 +307,14 @@ class S3T:
         self._ensemble.update(chains)
         self.backbone.model.eval()
         return self._ensemble, len(chains)
+
+    # --- causal language models ---------------------------------------------------------------
+    def _lm_ensemble(self, what: str) -> tuple[Ensemble, int]:
+        self._require_fitted()
+        if getattr(self, "task", "classification") != "causal_lm":
+            raise ValueError(f"{what} needs a causal language model run (a Llama-style --model "
+                             "trained on instruction data); this run is a classifier: use predict")
+        return self._ready_ensemble()
 
     def generate(self, prompt: str, max_new_tokens: int = 32, greedy: bool = True,
                  temperature: float = 1.0, seed: int = 0) -> Generation:

@@ -100,13 +100,23 @@ class StageStore:
         return StageWeights(adapter=load_file(where / ADAPTER_FILE),
                             head=load_file(where / HEAD_FILE))
 
-    def erase(self, shard: int, key: str) -> bool:
+    def erase(self, shard: int, key: str, sync: bool = True) -> bool:
+        """Remove a stage's files; ``sync`` makes the removal durable now."""
         where = self.path(shard, key)
         if where.exists():
             shutil.rmtree(where)
-            _fsync_dir(where.parent)
+            if sync:
+                _fsync_dir(where.parent)
             return True
         return False
+
+    def erase_all(self, stages: list[tuple[int, str]]) -> None:
+        """Remove several stages, with one directory sync per shard instead of one per stage."""
+        for shard, key in stages:
+            self.erase(shard, key, sync=False)
+        for shard in sorted({shard for shard, _ in stages}):
+            if self.path(shard, "").is_dir():
+                _fsync_dir(self.path(shard, ""))
 
     def on_disk(self) -> list[tuple[int, str]]:
         """Every stage directory present, as (shard, key)."""

@@ -120,8 +120,7 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     # Committed: from here on the deletion holds even if the process dies; a later forget
     # or load finishes any erasure left undone.
     certificate["ledger_scrubbed"] = ledger.checkpoint()
-    for record in erased:
-        store.erase(record.shard, record.key)
+    store.erase_all([(r.shard, r.key) for r in erased])
     if unfinished_erasure:
         certificate["files_erased"] = erase_invalidated(ledger, store)
     else:
@@ -144,8 +143,7 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
 
 def erase_invalidated(ledger: Ledger, store: StageStore) -> bool:
     """Erase the files of every erased stage still on disk; True when none is left."""
-    for record in ledger.stages("erased"):
-        store.erase(record.shard, record.key)
+    store.erase_all([(r.shard, r.key) for r in ledger.stages("erased")])
     return all(not store.path(r.shard, r.key).exists() for r in ledger.stages("erased"))
 
 

@@ -108,7 +108,7 @@ def test_interrupted_erasure_is_finished_by_the_next_forget(fitted, monkeypatch)
     victims = pick_victims(est, data)
     real_erase = est.store.erase
 
-    def failing_erase(shard, key):
+    def failing_erase(shard, key, sync=True):
         raise OSError("disk went away")
 
     monkeypatch.setattr(est.store, "erase", failing_erase)
@@ -124,7 +124,7 @@ def test_interrupted_erasure_is_finished_by_the_next_forget(fitted, monkeypatch)
 
 def test_crash_after_commit_is_repaired_on_load(fitted, monkeypatch):
     est, data, _ = fitted
-    monkeypatch.setattr(est.store, "erase", lambda shard, key: False)  # "crash" before erasing
+    monkeypatch.setattr(est.store, "erase", lambda shard, key, sync=True: False)  # "crash" first
     cert = est.forget([pick_victims(est, data)[0]])
     assert cert["files_erased"] is False
     reopened = S3T.load(est.run_dir)  # repair=True sweeps

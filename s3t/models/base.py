@@ -105,6 +105,16 @@ def quiet_loading() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
+def init_linear_layers(module: nn.Module, generator: torch.Generator, std: float) -> None:
+    """Seeded normal(0, std) weights and zero biases for every Linear in ``module``."""
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+
+
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, T) 0/1 mask -> (B, 1, 1, T) additive mask for eager attention."""
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from s3t.models.base import additive_mask, quiet_loading, register
+from s3t.models.base import additive_mask, init_linear_layers, quiet_loading, register
 
 
 @register(("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilroberta"))
@@ -64,12 +64,4 @@ class EncoderFamily:
         return model.classifier(model.dropout(pooler(hidden)))
 
     def init_head(self, model: nn.Module, generator: torch.Generator) -> None:
-        std = getattr(model.config, "initializer_range", 0.02)
-        with torch.no_grad():
-            for module in model.classifier.modules():
-                if isinstance(module, nn.Linear):
-                    module.weight.copy_(
-                        torch.randn(module.weight.shape, generator=generator) * std
-                    )
-                    if module.bias is not None:
-                        module.bias.zero_()
+        init_linear_layers(model.classifier, generator, getattr(model.config, "initializer_range", 0.02))

@@ -30,7 +30,7 @@ from torch import nn
 from transformers import AutoImageProcessor, ViTForImageClassification
 
 from s3t.data.images import decode_image
-from s3t.models.base import quiet_loading, register
+from s3t.models.base import init_linear_layers, quiet_loading, register
 
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _TARGET_ALIASES = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
@@ -144,12 +144,4 @@ class ViTFamily:
         return model.classifier(model.vit.layernorm(hidden)[:, 0])
 
     def init_head(self, model: nn.Module, generator: torch.Generator) -> None:
-        std = getattr(model.config, "initializer_range", 0.02)
-        with torch.no_grad():
-            for module in model.classifier.modules():
-                if isinstance(module, nn.Linear):
-                    module.weight.copy_(
-                        torch.randn(module.weight.shape, generator=generator) * std
-                    )
-                    if module.bias is not None:
-                        module.bias.zero_()
+        init_linear_layers(model.classifier, generator, getattr(model.config, "initializer_range", 0.02))

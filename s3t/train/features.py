@@ -36,10 +36,7 @@ class FeatureCache:
         cached = self._blocks.get(block)
         if cached is not None and cached[0] == version:
             return
-        if cached is not None:
-            for sid in cached[1]:
-                self._samples.pop(sid, None)
-                self._targets.pop(sid, None)
+        self.drop(block)
         order = sorted(range(len(ids)), key=lambda i: ids[i])
         for start in range(0, len(order), self.chunk_size):
             chunk = order[start:start + self.chunk_size]
@@ -114,7 +111,8 @@ class OnTheFlyFeatures:
 
     def batch(self, ids: Sequence[str], group: int) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.backbone.encode([self._inputs[sid] for sid in ids])
-        return self.backbone.boundaries(encoded)[group], encoded["attention_mask"]
+        # run the frozen layers only as far as this group needs
+        return self.backbone.boundaries(encoded, top_group=group)[group], encoded["attention_mask"]
 
     def targets(self, ids: Sequence[str]) -> torch.Tensor:
         return self.backbone.encode([self._inputs[sid] for sid in ids])["labels"]
