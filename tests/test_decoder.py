@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_exactness import assert_same_weights, pick_victims, scratch_chain, served
+from test_exactness import (
+    assert_same_weights,
+    own_group_lora,
+    pick_victims,
+    scratch_chain,
+    served,
+    stage_by_stage_changes,
+)
 from tiny import make_tiny_llama, toy_instructions
 from typer.testing import CliRunner
 
@@ -134,25 +141,11 @@ def test_lora_targets_default_to_every_projection_and_explicit_targets_win(tiny_
 
 def test_stage_changes_only_its_layer_group_and_norm(tiny_llama):
     cfg = config(tiny_llama, slices=3, budget=1)
-    method = Method("s3t", cfg.slices)
-    data = toy_instructions(24)
-    backbone = AdaptedBackbone(cfg, num_labels=1)
-    features = FeatureCache(backbone)
-    features.ensure("all", 0, data.ids, data.texts)
-    chain = []
-    for depth in (1, 2, 3):
-        apply_chain(backbone, chain, method)
-        before = {k: v.detach().clone() for k, v in backbone.model.named_parameters()}
-        result = train_stage(backbone, features, shard=0, prefix=tuple(range(depth)),
-                             ancestors=chain, method=method, sample_ids=data.ids,
-                             labels=data.labels)
-        changed = {k for k, v in backbone.model.named_parameters() if not torch.equal(v, before[k])}
-        layer = backbone.group_start(depth)
-        allowed = {k for k in before if "lora_" in k and backbone.layer_index(k) == layer}
+    for backbone, depth, changed, result in stage_by_stage_changes(cfg, toy_instructions(24), 1):
+        allowed = own_group_lora(backbone, depth)
         assert changed <= allowed | {"model.norm.weight"}, sorted(changed - allowed)
         assert any("lora_B" in k for k in changed) and "model.norm.weight" in changed
         assert math.isfinite(result.final_loss)
-        chain.append(result.weights)
 
 
 def test_cached_and_uncached_features_train_the_same_stage(tiny_llama):

@@ -7,16 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_exactness import own_group_lora, stage_by_stage_changes
 from tiny import make_tiny_bert, toy_dataset
 
 from s3t.config import S3TConfig
 from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
-from s3t.plan.methods import Method
 from s3t.run import NoLiveShardError, NotARunError
 from s3t.store import IntegrityError
-from s3t.train.features import FeatureCache
-from s3t.train.stage_trainer import apply_chain, train_stage
 from s3t.unlearn import ForgetRequestError
 
 
@@ -44,27 +42,13 @@ def snapshot(est: S3T) -> dict:
 
 def test_stage_changes_only_its_layer_group_and_head(tiny_bert, tmp_path):
     cfg = config(tiny_bert, slices=3, budget=1, strategy="cyclic")
-    S3T_METHOD = Method("s3t", cfg.slices)  # noqa: N806
-    data = toy_dataset(30)
-    backbone = AdaptedBackbone(cfg, num_labels=3)
-    features = FeatureCache(backbone)
-    features.ensure("all", 0, data.ids, data.texts)
-    chain = []
-    for depth in (1, 2, 3):
-        apply_chain(backbone, chain, S3T_METHOD)
-        before = {k: v.detach().clone() for k, v in backbone.model.named_parameters()}
-        result = train_stage(backbone, features, shard=0, prefix=tuple(range(depth)),
-                             ancestors=chain, method=S3T_METHOD, sample_ids=data.ids,
-                             labels=data.labels)
-        changed = {k for k, v in backbone.model.named_parameters() if not torch.equal(v, before[k])}
-        group_layers = {backbone.group_start(depth) + i for i in range(cfg.layers_per_slice)}
-        allowed_lora = {k for k in before if "lora_" in k
-                        and backbone.layer_index(k) in group_layers}
-        head = {k for k in before if k.startswith(("classifier", "bert.pooler"))}
+    for backbone, depth, changed, _ in stage_by_stage_changes(cfg, toy_dataset(30), 3):
+        allowed_lora = own_group_lora(backbone, depth)
+        head = {k for k, _ in backbone.model.named_parameters()
+                if k.startswith(("classifier", "bert.pooler"))}
         assert changed, "training must change something"
         assert changed <= allowed_lora | head, sorted(changed - allowed_lora - head)
         assert any("lora_B" in k for k in changed), "the stage's own adapters must train"
-        chain.append(result.weights)
 
 
 def test_parameters_are_selected_by_exact_layer_index(tmp_path):

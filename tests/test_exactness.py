@@ -17,7 +17,7 @@ from s3t.models.adapted import AdaptedBackbone
 from s3t.plan.methods import Method
 from s3t.serve.router import lineage_chain
 from s3t.train.features import FeatureCache
-from s3t.train.stage_trainer import train_stage
+from s3t.train.stage_trainer import apply_chain, train_stage
 
 
 def config(model: str, **kw) -> S3TConfig:
@@ -214,3 +214,28 @@ def test_baselines_go_out_of_service_and_retrain_exactly(tiny_bert, tmp_path, me
         for got, want in zip(chain, expected, strict=True):
             assert_same_weights(got, want)
     assert est.audit().ok
+
+
+def stage_by_stage_changes(cfg: S3TConfig, data, num_labels: int):
+    """Train shard 0's stages (0,), (0, 1), ... one by one; yield (backbone, depth, names of
+    the parameters each stage changed, result) for isolation checks in every family."""
+    method = Method(cfg.method, cfg.slices)
+    backbone = AdaptedBackbone(cfg, num_labels=num_labels)
+    features = FeatureCache(backbone)
+    features.ensure("all", 0, data.ids, data.texts)
+    chain = []
+    for depth in range(1, cfg.slices + 1):
+        apply_chain(backbone, chain, method)
+        before = {k: v.detach().clone() for k, v in backbone.model.named_parameters()}
+        result = train_stage(backbone, features, shard=0, prefix=tuple(range(depth)),
+                             ancestors=chain, method=method, sample_ids=data.ids,
+                             labels=data.labels)
+        changed = {k for k, v in backbone.model.named_parameters() if not torch.equal(v, before[k])}
+        yield backbone, depth, changed, result
+        chain.append(result.weights)
+
+
+def own_group_lora(backbone: AdaptedBackbone, depth: int) -> set[str]:
+    layers = {backbone.group_start(depth) + i for i in range(backbone.config.layers_per_slice)}
+    return {k for k, _ in backbone.model.named_parameters()
+            if "lora_" in k and backbone.layer_index(k) in layers}

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_exactness import assert_same_weights, pick_victims, scratch_chain, served
+from test_exactness import (
+    assert_same_weights,
+    own_group_lora,
+    pick_victims,
+    scratch_chain,
+    served,
+    stage_by_stage_changes,
+)
 from tiny import make_tiny_vit
 from transformers import ViTImageProcessor
 from typer.testing import CliRunner
@@ -34,9 +41,6 @@ from s3t.data.images import (
 from s3t.data.loaders import load_source
 from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
-from s3t.plan.methods import Method
-from s3t.train.features import FeatureCache
-from s3t.train.stage_trainer import apply_chain, train_stage
 
 REAL = images.DEFAULT_FASHION_MNIST
 
@@ -219,25 +223,11 @@ def test_image_processor_in_the_model_dir_is_used(tiny_vit, tmp_path, fmnist):
 
 def test_stage_changes_only_its_layer_group_and_head(tiny_vit, fmnist):
     cfg = config(tiny_vit, slices=3, budget=1)
-    method = Method("s3t", cfg.slices)
-    data = fmnist.subset(range(30))
-    backbone = AdaptedBackbone(cfg, num_labels=10)
-    features = FeatureCache(backbone)
-    features.ensure("all", 0, data.ids, data.texts)
-    chain = []
-    for depth in (1, 2, 3):
-        apply_chain(backbone, chain, method)
-        before = {k: v.detach().clone() for k, v in backbone.model.named_parameters()}
-        result = train_stage(backbone, features, shard=0, prefix=tuple(range(depth)),
-                             ancestors=chain, method=method, sample_ids=data.ids,
-                             labels=data.labels)
-        changed = {k for k, v in backbone.model.named_parameters() if not torch.equal(v, before[k])}
-        layer = backbone.group_start(depth)
-        allowed = {k for k in before if "lora_" in k and backbone.layer_index(k) == layer}
-        head = {"vit.layernorm.weight", "vit.layernorm.bias", "classifier.weight", "classifier.bias"}
+    head = {"vit.layernorm.weight", "vit.layernorm.bias", "classifier.weight", "classifier.bias"}
+    for backbone, depth, changed, _ in stage_by_stage_changes(cfg, fmnist.subset(range(30)), 10):
+        allowed = own_group_lora(backbone, depth)
         assert changed <= allowed | head, sorted(changed - allowed - head)
         assert any("lora_B" in k for k in changed) and "vit.layernorm.weight" in changed
-        chain.append(result.weights)
 
 
 # --------------------------------------------------------------------------- engine
