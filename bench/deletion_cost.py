@@ -10,7 +10,7 @@ before the deleted sample's slice and full fine-tuning must retrain everything. 
   must still work and still be durable);
 * the same on fresh copies of the trained run, each forgotten until every stage is erased,
   so that requests that do erase stages get percentiles of their own;
-* the same in fresh processes, ``S3T.load(run)`` + ``forget`` (what ``s3t forget`` does),
+* the same in fresh processes, ``Run.open(run)`` + ``forget`` (what ``s3t forget`` does: no torch),
   with the interpreter and import time reported separately;
 * SISA's time to an exact model = ``forget`` + ``retrain()`` of the affected shard, for
   deletions hitting different slices (the cost depends on the slice's position);
@@ -103,7 +103,7 @@ def erasing_forgets(pristine: Path, ids: list[str], copies: int, rng: random.Ran
 
 
 def fresh_forgets(run: Path, ids: list[str]) -> list[dict[str, Any]]:
-    """One new Python process per request: import, ``S3T.load(run)``, ``forget``."""
+    """One new Python process per request: import, ``Run.open(run)``, ``forget``."""
     out = []
     for sid in ids:
         start = time.perf_counter()
@@ -119,12 +119,12 @@ def fresh_forgets(run: Path, ids: list[str]) -> list[dict[str, Any]]:
 def fresh_child(run: str, sid: str) -> None:
     """Child of ``fresh_forgets``: time the import, the load and the forget separately."""
     start = time.perf_counter()
-    from s3t.engine import S3T
+    from s3t.run import Run  # the `s3t forget` path: ledger and stage files, no torch
 
     imported = time.perf_counter()
-    est = S3T.load(run)
+    opened = Run.open(run)
     loaded = time.perf_counter()
-    cert = est.forget([sid])
+    _, cert = opened.forget([sid])
     done = time.perf_counter()
     print(json.dumps({"import_s": imported - start, "load_ms": (loaded - imported) * 1000,
                       "forget_ms": (done - loaded) * 1000,
