@@ -149,10 +149,10 @@ def deletion_cost_section(res: Result) -> str:
         ["S3T forget on fresh copies of the run, requests that erased stages (ms)",
          lat(s["s3t_copies_forget_ms_erasing"])],
         ["  all requests on those copies (ms)", lat(s["s3t_copies_forget_ms_all"])],
-        ["S3T load+forget in a fresh process (ms)", lat(s["fresh_load_forget_ms"])],
+        ["S3T open+forget in a fresh process (ms)", lat(s["fresh_load_forget_ms"])],
         ["  Run.open alone (ms; the `s3t forget` path, no torch)", lat(s["fresh_load_ms"])],
         ["  forget alone (ms)", lat(s["fresh_forget_ms"])],
-        ["  Python start + import s3t.engine (s)", secs(s["fresh_import_s"])],
+        ["  Python start + import s3t.run (s)", secs(s["fresh_import_s"])],
         ["  whole process wall time (s)", secs(s["fresh_process_wall_s"])],
         ["SISA forget + retrain affected shard (s)", secs(s["sisa_time_to_exact_s"])],
     ]
