@@ -97,7 +97,7 @@ class Run:
             "live_stages": sum(r.status == "live" for r in records.values()),
             "erased_stages": sum(r.status == "erased" for r in records.values()),
             "capacity": sum(depths) / len(depths) / config.slices if depths else 0.0,
-            "deletion_requests": len(self.ledger.certificates()),
+            "deletion_requests": self.ledger.deletion_count(),
         }
 
     def close(self) -> None:

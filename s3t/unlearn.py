@@ -224,11 +224,12 @@ def audit(ledger: Ledger, store: StageStore) -> AuditReport:
             elif contaminated(link, deleted_by_cell):
                 violations.append(f"shard {shard} serves {link.key}, trained on a deleted sample")
 
-    for shard, key in store.on_disk():
+    on_disk = store.on_disk()
+    for shard, key in on_disk:
         if key not in live or live[key].shard != shard:
             state = records[key].status if key in records else "unknown to the ledger"
             violations.append(f"stage files on disk for {key} ({state}): {store.path(shard, key)}")
 
     checked = {"stages": len(records), "live_stages": len(live), "deleted_samples": len(deleted),
-               "routes": len(routes), "stage_dirs": len(store.on_disk())}
+               "routes": len(routes), "stage_dirs": len(on_disk)}
     return AuditReport(ok=not violations, violations=violations, checked=checked)

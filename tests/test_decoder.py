@@ -20,6 +20,7 @@ from test_exactness import (
     served,
     stage_by_stage_changes,
 )
+from test_exactness import config as exactness_config
 from tiny import make_tiny_llama, toy_instructions
 from typer.testing import CliRunner
 
@@ -44,11 +45,8 @@ HAS_WORDNET = Path("/usr/share/wordnet/data.noun").is_file()
 
 
 def config(model: str, **kw) -> S3TConfig:
-    base = dict(model=model, shards=2, slices=3, budget=3, epochs=2, batch_size=8,
-                learning_rate=1e-2, lora_dropout=0.1, lora_r=4, lora_alpha=8, seed=7,
-                max_seq_len=64)
-    base.update(kw)
-    return S3TConfig(**base)
+    """The shared test configuration, with a smaller LoRA rank and longer sequences."""
+    return exactness_config(model, **{"lora_r": 4, "lora_alpha": 8, "max_seq_len": 64, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from test_exactness import (
     assert_same_weights,
+    config,
     own_group_lora,
     pick_victims,
     scratch_chain,
@@ -43,13 +44,6 @@ from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
 
 REAL = images.DEFAULT_FASHION_MNIST
-
-
-def config(model: str, **kw) -> S3TConfig:
-    base = dict(model=model, shards=2, slices=3, budget=3, epochs=2, batch_size=8,
-                learning_rate=1e-2, lora_dropout=0.1, seed=7)
-    base.update(kw)
-    return S3TConfig(**base)
 
 
 @pytest.fixture(scope="module")

@@ -254,6 +254,9 @@ class Ledger:
     def set_routes(self, routes: dict[int, str | None]) -> None:
         self.conn.executemany("INSERT OR REPLACE INTO routes VALUES (?, ?)", sorted(routes.items()))
 
+    def deletion_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM deletions").fetchone()[0]
+
     def certificates(self) -> list[dict]:
         return [json.loads(r[0]) for r in self.conn.execute(
             "SELECT certificate FROM deletions ORDER BY created_at, request_id")]

@@ -22,21 +22,43 @@ from s3t.models.adapted import AdaptedBackbone
 Features = dict[int, torch.Tensor]  # layer group -> (tokens, hidden) for one sample
 
 
-class FeatureCache:
+class _Blocks:
+    """Which samples each block (a cell, or the eval set) holds, and at which version."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[Hashable, tuple[Hashable, list[str]]] = {}
+
+    def _current(self, block: Hashable, version: Hashable) -> bool:
+        """True if ``block`` is held at ``version``; otherwise drop what it held."""
+        cached = self._blocks.get(block)
+        if cached is not None and cached[0] == version:
+            return True
+        self.drop(block)
+        return False
+
+    def drop(self, block: Hashable) -> None:
+        cached = self._blocks.pop(block, None)
+        if cached is not None:
+            for sid in cached[1]:
+                self._discard(sid)
+
+    def _discard(self, sid: str) -> None:
+        raise NotImplementedError
+
+
+class FeatureCache(_Blocks):
     def __init__(self, backbone: AdaptedBackbone, chunk_size: int = 64):
+        super().__init__()
         self.backbone = backbone
         self.chunk_size = chunk_size
         self._samples: dict[str, Features] = {}
         self._targets: dict[str, torch.Tensor] = {}
-        self._blocks: dict[Hashable, tuple[Hashable, list[str]]] = {}
 
     def ensure(self, block: Hashable, version: Hashable, ids: Sequence[str],
                inputs: Sequence) -> None:
         """Make sure the samples of ``block`` (a cell, or the eval set) are cached at ``version``."""
-        cached = self._blocks.get(block)
-        if cached is not None and cached[0] == version:
+        if self._current(block, version):
             return
-        self.drop(block)
         order = sorted(range(len(ids)), key=lambda i: ids[i])
         for start in range(0, len(order), self.chunk_size):
             chunk = order[start:start + self.chunk_size]
@@ -50,12 +72,9 @@ class FeatureCache:
                     self._targets[ids[i]] = batch["labels"][row, :n].clone()
         self._blocks[block] = (version, [ids[i] for i in order])
 
-    def drop(self, block: Hashable) -> None:
-        cached = self._blocks.pop(block, None)
-        if cached is not None:
-            for sid in cached[1]:
-                self._samples.pop(sid, None)
-                self._targets.pop(sid, None)
+    def _discard(self, sid: str) -> None:
+        self._samples.pop(sid, None)
+        self._targets.pop(sid, None)
 
     def batch(self, ids: Sequence[str], group: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded hidden states entering ``group`` and their (B, T) mask."""
@@ -83,31 +102,26 @@ def pad_targets(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-class OnTheFlyFeatures:
+class OnTheFlyFeatures(_Blocks):
     """The uncached path, same interface: run the frozen layers for every batch.
 
     Kept as the reference the cache is checked against, and for data too large for memory.
     """
 
     def __init__(self, backbone: AdaptedBackbone, chunk_size: int = 64):
+        super().__init__()
         self.backbone = backbone
         self._inputs: dict[str, object] = {}
-        self._blocks: dict[Hashable, tuple[Hashable, list[str]]] = {}
 
     def ensure(self, block: Hashable, version: Hashable, ids: Sequence[str],
                inputs: Sequence) -> None:
-        cached = self._blocks.get(block)
-        if cached is not None and cached[0] == version:
+        if self._current(block, version):
             return
-        self.drop(block)
         self._inputs.update(zip(ids, inputs, strict=True))
         self._blocks[block] = (version, list(ids))
 
-    def drop(self, block: Hashable) -> None:
-        cached = self._blocks.pop(block, None)
-        if cached is not None:
-            for sid in cached[1]:
-                self._inputs.pop(sid, None)
+    def _discard(self, sid: str) -> None:
+        self._inputs.pop(sid, None)
 
     def batch(self, ids: Sequence[str], group: int) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.backbone.encode([self._inputs[sid] for sid in ids])
