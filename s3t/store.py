@@ -89,7 +89,8 @@ class StageStore:
             if actual != expected:
                 raise IntegrityError(
                     f"stage {key}: {path} has sha256 {actual[:12]}..., the ledger recorded "
-                    f"{expected[:12]}...: the file was altered; refusing to use it"
+                    f"{expected[:12]}...: the file was altered; refusing to use it "
+                    "(`s3t retrain RUN` rebuilds it)"
                 )
 
     def read(self, shard: int, key: str, files: dict[str, str]) -> StageWeights:

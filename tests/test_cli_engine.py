@@ -178,3 +178,15 @@ def test_forget_status_audit_never_load_torch(run_copy):
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_retrain_repairs_a_damaged_stage_file(run_copy):
+    _, run = run_copy
+    stage = next(p for p in sorted((run / "stages").glob("*/*")) if p.is_dir())
+    (stage / "head.safetensors").write_bytes(b"damaged")
+    status = invoke("status", run)
+    assert status.exit_code == 1 and "s3t retrain" in status.stderr
+    result = invoke("retrain", run, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["quarantined_stages"] == [stage.name]
+    assert invoke("audit", run).exit_code == 0
