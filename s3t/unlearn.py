@@ -95,7 +95,10 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
         live = ledger.stages("live")
         hit = set(cells)
         erased = [r for r in live if any((r.shard, s) in hit for s in r.prefix)]
-        c.executemany("UPDATE stages SET status = 'erased', erased_by = ? WHERE key = ?",
+        # An erased stage keeps only its identity: its file hashes and validation score were
+        # computed from weights that saw the deleted samples.
+        c.executemany("UPDATE stages SET status = 'erased', erased_by = ?, files = '{}', "
+                      "val_score = NULL WHERE key = ?",
                       [(request_id, r.key) for r in erased])
         routes_before = ledger.routes()
         erased_keys = {r.key for r in erased}

@@ -120,6 +120,10 @@ def test_erased_files_are_gone_and_audit_passes(fitted):
         shard = int(key.split("-")[0])
         assert not est.store.path(shard, key).exists()
     assert cert["files_erased"] is True
+    erased = {r.key: r for r in est.ledger.stages("erased")}
+    assert set(cert["erased_stages"]) <= set(erased)
+    assert all(r.files == {} and r.val_score is None for r in erased.values()), \
+        "nothing computed from the erased weights may stay in the ledger"
     report = est.audit()
     assert report.ok, report.violations
 
