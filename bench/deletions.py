@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,28 +43,45 @@ def settings(m: int, n_slices: int, epochs: int, seed: int) -> list[tuple[str, s
     ]
 
 
-def point(est: Any, test: Any, requests: int, latency_ms: float | None) -> dict[str, Any]:
-    """State after ``requests`` deletions: capacity, live shards, accuracy (None if none live)."""
+Evaluate = Callable[[Any], float]  # a fitted S3T -> the quality of what it serves
+
+
+def scorer(data: Any) -> Evaluate:
+    """Test accuracy of what is served on ``data``."""
+    return lambda est: est.score(data)
+
+
+def point(est: Any, evaluate: Evaluate | None, requests: int, latency_ms: float | None,
+          metric: str = "accuracy") -> dict[str, Any]:
+    """State after ``requests`` deletions: capacity, live shards and ``metric`` (None if no
+    shard is live, or if ``evaluate`` is None: not measured at this point)."""
     status = est.status()
     live = status["live_shards"]
     with common.stopwatch() as t:
-        accuracy = est.score(test) if live else None
+        value = evaluate(est) if live and evaluate is not None else None
     return {"requests": requests, "capacity": status["capacity"], "live_shards": live,
-            "accuracy": accuracy, "forget_ms": latency_ms, "score_seconds": t["s"]}
+            metric: value, "forget_ms": latency_ms, "score_seconds": t["s"]}
 
 
-def run_sequence(config: Any, train: Any, test: Any, victims: list[str]) -> dict[str, Any]:
-    """Train, then delete ``victims`` one request at a time until no shard is live."""
+def run_sequence(config: Any, train: Any, evaluate: Evaluate, victims: list[str],
+                 metric: str = "accuracy", measure_at: Sequence[int] | None = None) -> dict[str, Any]:
+    """Train, then delete ``victims`` one request at a time until no shard is live.
+
+    ``measure_at``: the request counts at which to evaluate (default: after every request);
+    capacity and live shards are recorded after every request regardless.
+    """
     import time
 
     from s3t.engine import S3T
 
     est = S3T(config, run_dir=common.tmp_run_dir(config.method)).fit(train, progress=False)
-    history = [point(est, test, 0, None)]
+    history = [point(est, evaluate, 0, None, metric)]
     for i, sid in enumerate(victims, start=1):
         start = time.perf_counter()
         est.forget([sid])
-        history.append(point(est, test, i, (time.perf_counter() - start) * 1000))
+        latency = (time.perf_counter() - start) * 1000
+        measured = measure_at is None or i in measure_at
+        history.append(point(est, evaluate if measured else None, i, latency, metric))
         if history[-1]["live_shards"] == 0:
             break
     dead_at = next((h["requests"] for h in history if h["live_shards"] == 0), None)
@@ -73,19 +91,20 @@ def run_sequence(config: Any, train: Any, test: Any, victims: list[str]) -> dict
             "train_seconds": est.last_train["train_seconds"], "audit_ok": est.audit().ok}
 
 
-def at_checkpoints(runs: list[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
-    """Mean capacity (dead systems count 0) and mean accuracy over the seeds still serving."""
+def at_checkpoints(runs: list[dict[str, Any]], cap: int, metric: str = "accuracy",
+                   checkpoints: Sequence[int] = CHECKPOINTS) -> list[dict[str, Any]]:
+    """Mean capacity (dead systems count 0) and mean ``metric`` over the seeds still serving."""
     rows = []
-    for r in [c for c in CHECKPOINTS if c <= cap]:
-        caps, accs = [], []
+    for r in [c for c in checkpoints if c <= cap]:
+        caps, values = [], []
         for run in runs:
             state = state_after(run["history"], r)
             caps.append(state["capacity"])
-            if state["accuracy"] is not None:
-                accs.append(state["accuracy"])
+            if state[metric] is not None:
+                values.append(state[metric])
         rows.append({"requests": r, "capacity_mean": sum(caps) / len(caps),
-                     "accuracy_mean": sum(accs) / len(accs) if accs else None,
-                     "seeds_serving": len(accs), "seeds": len(runs)})
+                     f"{metric}_mean": sum(values) / len(values) if values else None,
+                     "seeds_serving": len(values), "seeds": len(runs)})
     return rows
 
 
@@ -103,10 +122,11 @@ def theory(m: int, n_slices: int) -> dict[str, float]:
 
     return {"s3t_b1": deletion_rate_s3t(m, n_slices, 1),
             f"s3t_b{n_slices}": deletion_rate_s3t(m, n_slices, n_slices),
-            "sisa": deletion_rate_sisa(m, n_slices)}
+            "sisa": deletion_rate_sisa(m, n_slices), "full": 1.0}
 
 
-def summarize(results: dict[str, dict[str, Any]], m: int, n_slices: int, cap: int) -> dict[str, Any]:
+def summarize(results: dict[str, dict[str, Any]], m: int, n_slices: int, cap: int,
+              metric: str = "accuracy", checkpoints: Sequence[int] = CHECKPOINTS) -> dict[str, Any]:
     """Per setting: requests until retraining (mean over seeds) and checkpoint means."""
     expected = theory(m, n_slices)
     out = {}
@@ -114,43 +134,56 @@ def summarize(results: dict[str, dict[str, Any]], m: int, n_slices: int, cap: in
         runs = res["runs"]
         ends = [r["requests_until_retrain"] for r in runs]
         out[key] = {"label": res["label"],
-                    "accuracy_before": common.summarize([r["history"][0]["accuracy"] for r in runs]),
+                    f"{metric}_before": common.summarize([r["history"][0][metric] for r in runs]),
                     "requests_until_retrain": ends,
                     "requests_until_retrain_mean": (sum(ends) / len(ends)
                                                     if None not in ends else None),
                     "requests_until_first_shard_dies": [r["requests_until_first_shard_dies"]
                                                         for r in runs],
-                    "expected_requests_until_retrain": expected[key],
-                    "checkpoints": at_checkpoints(runs, cap),
+                    "expected_requests_until_retrain": expected.get(key),
+                    "checkpoints": at_checkpoints(runs, cap, metric, checkpoints),
                     "audit_ok": all(r["audit_ok"] for r in runs)}
     return out
 
 
-def plot(results: dict[str, dict[str, Any]], quick: bool) -> None:
-    """Accuracy (top) and capacity (bottom) per request; one line per seed."""
+def plot(results: dict[str, dict[str, Any]], name: str, quick: bool, title: str,
+         metric: str = "accuracy", ylabel: str = "test accuracy (served shards)") -> None:
+    """``metric`` (top, points where measured) and capacity (bottom) per request; a line per seed."""
     plt = common.pyplot()
-    fig, (ax_acc, ax_cap) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True)
-    colors = {"sisa": "tab:red", "s3t_b1": "tab:orange"}
+    fig, (ax_top, ax_cap) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True)
+    colors = {"sisa": "tab:red", "s3t_b1": "tab:orange", "full": "tab:gray"}
     for key, res in results.items():
         color = colors.get(key, "tab:blue")
         for i, run in enumerate(res["runs"]):
             xs = [h["requests"] for h in run["history"]]
-            acc = [h["accuracy"] if h["accuracy"] is not None else float("nan")
-                   for h in run["history"]]
+            measured = [(h["requests"], h[metric]) for h in run["history"] if h[metric] is not None]
             label = res["label"] if i == 0 else None
-            ax_acc.plot(xs, acc, ".-", color=color, alpha=0.75, label=label)
+            if measured:
+                ax_top.plot(*zip(*measured, strict=True), ".-", color=color, alpha=0.75, label=label)
             ax_cap.step(xs, [h["capacity"] for h in run["history"]], where="post", color=color,
                         alpha=0.75, label=label)
             ax_cap.plot(xs[-1], run["history"][-1]["capacity"], "x", color=color)
-    ax_acc.set_ylabel("test accuracy (served shards)")
+    ax_top.set_ylabel(ylabel)
     ax_cap.set_ylabel("capacity (served prefix / L)")
     ax_cap.set_xlabel("deletion requests (uniform random samples); x = no shard live")
-    ax_acc.set_title("WordNet nouns, MiniLM: serving through deletions without retraining")
-    for ax in (ax_acc, ax_cap):
+    ax_top.set_title(title)
+    for ax in (ax_top, ax_cap):
         ax.grid(alpha=0.3)
     ax_cap.set_ylim(-0.03, 1.05)
-    ax_acc.legend(fontsize=8)
-    common.save_plot(fig, NAME, quick)
+    ax_top.legend(fontsize=8)
+    common.save_plot(fig, name, quick)
+
+
+def print_summary(summary: dict[str, Any], metric: str = "accuracy") -> None:
+    for row in summary.values():
+        expected = row["expected_requests_until_retrain"]
+        closed = "" if expected is None else f" (closed form mean {expected:.1f})"
+        print(f"{row['label']}: requests until retrain {row['requests_until_retrain']}{closed}")
+        for c in row["checkpoints"]:
+            value = c[f"{metric}_mean"]
+            shown = "-" if value is None else f"{value:.3f}"
+            print(f"    after {c['requests']:>2}: capacity {c['capacity_mean']:.2f}  {metric} {shown} "
+                  f"({c['seeds_serving']}/{c['seeds']} seeds serving)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         train, test = common.wordnet_split(size["train"], size["test"], seed)
         victims = random.Random(seed).sample(train.ids, min(size["cap"], len(train)))
         for key, label, config in settings(size["shards"], size["slices"], size["epochs"], seed):
-            run = run_sequence(config, train, test, victims)
+            run = run_sequence(config, train, scorer(test), victims)
             run["seed"] = seed
             results.setdefault(key, {"label": label, "runs": []})["runs"].append(run)
             h = run["history"]
@@ -179,15 +212,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"retrain needed after {run['requests_until_retrain']} requests "
                   f"(first shard died at {run['requests_until_first_shard_dies']})", flush=True)
     summary = summarize(results, size["shards"], size["slices"], size["cap"])
-    for row in summary.values():
-        print(f"{row['label']}: requests until retrain {row['requests_until_retrain']} "
-              f"(closed form mean {row['expected_requests_until_retrain']:.1f})")
-        for c in row["checkpoints"]:
-            acc = "-" if c["accuracy_mean"] is None else f"{c['accuracy_mean']:.3f}"
-            print(f"    after {c['requests']:>2}: capacity {c['capacity_mean']:.2f}  accuracy {acc} "
-                  f"({c['seeds_serving']}/{c['seeds']} seeds serving)")
+    print_summary(summary)
     common.write_result(NAME, args.quick, prov, {"results": results, "summary": summary})
-    plot(results, args.quick)
+    plot(results, NAME, args.quick, "WordNet nouns, MiniLM: serving through deletions without retraining")
     return 0
 
 

@@ -11,6 +11,7 @@ from s3t.plan.methods import METHODS
 from s3t.plan.orderings import STRATEGIES
 
 AGGREGATIONS = ("mean", "vote")
+CACHE_DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -44,6 +45,10 @@ class S3TConfig:
     seed: int = 0
     aggregation: str = "mean"
     feature_cache: bool = True
+    # Storage precision of cached features ("float16" halves memory; compute stays float32).
+    feature_cache_dtype: str = "float32"
+    # GiB of cached features kept in RAM; further blocks go to memory-mapped files in the run.
+    feature_cache_memory_gb: float = 4.0
 
     def validate(self, n_layers: int | None = None) -> S3TConfig:
         """Raise ``ValueError`` naming the bad field and what would be valid."""
@@ -69,6 +74,12 @@ class S3TConfig:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.feature_cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"feature_cache_dtype must be one of {', '.join(CACHE_DTYPES)}, "
+                             f"got {self.feature_cache_dtype!r}")
+        if not isinstance(self.feature_cache_memory_gb, (int, float)) or self.feature_cache_memory_gb < 0:
+            raise ValueError(f"feature_cache_memory_gb must be a number >= 0 (0 keeps every block "
+                             f"on disk), got {self.feature_cache_memory_gb!r}")
         if self.target_modules is not None and not self.target_modules:
             raise ValueError("target_modules must name at least one module, e.g. ['query', 'value']")
         if n_layers is not None and self.slices * self.layers_per_slice > n_layers:

@@ -33,7 +33,7 @@ from s3t.plan.prefix_tree import PrefixTree
 from s3t.run import FORMAT, RUN_FILE, NoLiveShardError, Run
 from s3t.serve.ensemble import Ensemble
 from s3t.serve.router import compute_routes, lineage_chain
-from s3t.store import IntegrityError, StageStore, sha256_file
+from s3t.store import FeatureFiles, IntegrityError, StageStore, sha256_file
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
 from s3t.train.stage_trainer import StageWeights, accuracy, apply_chain, train_stage
 from s3t.unlearn import AuditReport, now
@@ -91,8 +91,14 @@ class S3T:
     @property
     def features(self) -> FeatureCache | OnTheFlyFeatures:
         if getattr(self, "_features", None) is None:
-            kind = FeatureCache if self.config.feature_cache else OnTheFlyFeatures
-            self._features = kind(self.backbone, chunk_size=self.config.batch_size)
+            config = self.config
+            if config.feature_cache:
+                self._features = FeatureCache(
+                    self.backbone, chunk_size=config.batch_size, dtype=config.feature_cache_dtype,
+                    memory_bytes=int(config.feature_cache_memory_gb * 2**30),
+                    directory=FeatureFiles(self.run_dir).owner_dir())
+            else:
+                self._features = OnTheFlyFeatures(self.backbone, chunk_size=config.batch_size)
         return self._features
 
     # --- training -----------------------------------------------------------------------------
@@ -235,6 +241,8 @@ class S3T:
                 accepted = current and (parent is None or self.ledger.is_live(parent))
                 if accepted:
                     self.ledger.add_stage(record, now())
+            # Cells a deletion changed meanwhile: their cached features hold deleted inputs.
+            self.features.drop_stale(now_versions)
             if not accepted:
                 self.store.erase(shard, key)
                 discarded.append(key)
@@ -464,10 +472,17 @@ class S3T:
         return Run(Path(self.run_dir), info, self.config, self.ledger, self.store)
 
     def close(self) -> None:
-        """Close the ledger; the run directory stays as it is."""
+        """Close the ledger and drop the feature cache; the run directory stays as it is."""
+        self._close_features()
         if getattr(self, "ledger", None) is not None:
             self.ledger.close()
             self.ledger = None
+
+    def _close_features(self) -> None:
+        features = getattr(self, "_features", None)
+        if isinstance(features, FeatureCache):
+            features.close()
+        self._features = None
 
     def __enter__(self) -> S3T:
         return self
@@ -485,6 +500,7 @@ class S3T:
         if target.exists() and any(target.iterdir()):
             raise FileExistsError(f"{target} exists and is not empty: choose a new directory")
         target.mkdir(parents=True, exist_ok=True)
+        self._close_features()  # it may have spilled under the old directory
         backup = sqlite3.connect(target / Ledger.FILE)
         self.ledger.conn.backup(backup)
         backup.close()

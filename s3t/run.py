@@ -14,7 +14,7 @@ from pathlib import Path
 from s3t.config import S3TConfig
 from s3t.data.ledger import Ledger
 from s3t.plan.methods import Method
-from s3t.store import StageStore
+from s3t.store import FeatureFiles, StageStore
 from s3t.unlearn import AuditReport, ForgetPlan, audit, forget, sweep
 
 RUN_FILE = "s3t.json"
@@ -38,6 +38,10 @@ class Run:
     store: StageStore
 
     @property
+    def features(self) -> FeatureFiles:
+        return FeatureFiles(self.path)
+
+    @property
     def method(self) -> Method:
         return Method(self.config.method, self.config.slices)
 
@@ -59,7 +63,7 @@ class Run:
         run = cls(path, info, config, Ledger.open_existing(path / Ledger.FILE),
                   StageStore(path / "stages"))
         if repair:
-            sweep(run.ledger, run.store)
+            sweep(run.ledger, run.store, run.features)
             if run.ledger.get_meta("scrub_pending"):
                 run.ledger.checkpoint()
         if verify:
@@ -74,10 +78,11 @@ class Run:
         if isinstance(groups, str):
             groups = [groups]
         return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
-                      self.path / "certificates", servable=self.method.servable)
+                      self.path / "certificates", servable=self.method.servable,
+                      features=self.features)
 
     def audit(self) -> AuditReport:
-        return audit(self.ledger, self.store)
+        return audit(self.ledger, self.store, self.features)
 
     def status(self) -> dict:
         records = {r.key: r for r in self.ledger.stages(None)}

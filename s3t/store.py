@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,3 +128,73 @@ class StageStore:
                 if shard_dir.is_dir() and shard_dir.name.isdigit():
                     found += [(int(shard_dir.name), d.name) for d in sorted(shard_dir.iterdir())]
         return found
+
+
+FEATURE_CACHE_DIR = "feature-cache"
+_CELL_BLOCK = re.compile(r"cell-(\d+)-(\d+)-v(\d+)(\.tmp)?")
+
+
+class FeatureFiles:
+    """Feature-cache blocks spilled to disk: ``<run>/feature-cache/<owner>/<block>-v<version>``.
+
+    Each training process (owner ``<pid>-<token>``) spills into its own folder, so one
+    process never removes another's working files, except those of a cell that a deletion
+    changed: they hold a deleted sample's input in derived form and are erased by ``forget``
+    in whatever process runs it, found again by ``sweep`` and reported by ``audit``.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.root = Path(run_dir) / FEATURE_CACHE_DIR
+
+    @staticmethod
+    def block_name(block: Any, version: Any) -> str:
+        if isinstance(block, tuple):
+            return f"cell-{block[0]}-{block[1]}-v{version}"
+        return f"{block}-v{version}"
+
+    def owner_dir(self) -> Path:
+        return self.root / f"{os.getpid()}-{os.urandom(4).hex()}"
+
+    def cell_blocks(self) -> list[tuple[Path, tuple[int, int], int]]:
+        """Every spilled cell block, half-written ones included: (folder, (shard, slice), version)."""
+        found = []
+        for path in sorted(self.root.glob("*/cell-*")):
+            match = _CELL_BLOCK.fullmatch(path.name)
+            if match:
+                found.append((path, (int(match[1]), int(match[2])), int(match[3])))
+        return found
+
+    def stale(self, versions: dict[tuple[int, int], int]) -> list[Path]:
+        """Spilled blocks of the cells in ``versions`` at a version other than the one given."""
+        return [path for path, cell, version in self.cell_blocks()
+                if cell in versions and versions[cell] != version]
+
+    def erase_stale(self, versions: dict[tuple[int, int], int]) -> list[Path]:
+        """Remove :meth:`stale` blocks (durably); return what was removed."""
+        removed = self.stale(versions)
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        for owner in {p.parent for p in removed}:
+            if owner.is_dir():
+                _fsync_dir(owner)
+        return removed
+
+    def erase_orphans(self) -> list[Path]:
+        """Remove the spill folders of processes that no longer run (crashed trainers)."""
+        removed = []
+        for owner in sorted(self.root.glob("*-*")):
+            pid = owner.name.split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(owner, ignore_errors=True)
+                removed.append(owner)
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

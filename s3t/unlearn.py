@@ -21,7 +21,7 @@ from pathlib import Path
 
 from s3t.data.ledger import Ledger, StageRecord, group_hash
 from s3t.serve.router import compute_routes, lineage_chain
-from s3t.store import IntegrityError, StageStore
+from s3t.store import FeatureFiles, IntegrityError, StageStore
 
 
 class ForgetRequestError(ValueError):
@@ -69,7 +69,8 @@ def plan_forget(ledger: Ledger, sample_ids: Sequence[str] | None,
 
 def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
            groups: Sequence[str] | None, n_shards: int, certificates_dir: Path,
-           servable: Callable[[int], bool] = lambda depth: True) -> tuple[ForgetPlan, dict]:
+           servable: Callable[[int], bool] = lambda depth: True,
+           features: FeatureFiles | None = None) -> tuple[ForgetPlan, dict]:
     """Validate, commit durably, then erase; return the plan and the certificate.
 
     The request is planned inside the write transaction, so a concurrent forget cannot slip
@@ -124,10 +125,15 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     # or load finishes any erasure left undone.
     certificate["ledger_scrubbed"] = ledger.checkpoint()
     store.erase_all([(r.shard, r.key) for r in erased])
+    # Spilled feature-cache blocks of the hit cells hold the deleted inputs in derived form.
+    stale_blocks = features.erase_stale(new_version) if features is not None else []
+    certificate["feature_blocks_erased"] = len(stale_blocks)
     if unfinished_erasure:
         certificate["files_erased"] = erase_invalidated(ledger, store)
     else:
         certificate["files_erased"] = not any(store.path(r.shard, r.key).exists() for r in erased)
+    if features is not None and features.stale(new_version):
+        certificate["files_erased"] = False
     certificate["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
     # The certificate's final fields need no fsync of their own: the deletion itself is
     # already durable, and the JSON file below is written and synced.
@@ -160,14 +166,18 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def sweep(ledger: Ledger, store: StageStore) -> list[str]:
-    """Erase stage directories the ledger does not hold live (e.g. after a crash mid-forget)."""
+def sweep(ledger: Ledger, store: StageStore, features: FeatureFiles | None = None) -> list[str]:
+    """Erase stage directories the ledger does not hold live and stale feature-cache blocks
+    (e.g. after a crash mid-forget, or a trainer that spilled a cell a deletion had hit)."""
     live = {(r.shard, r.key) for r in ledger.stages("live")}
     removed = []
     for shard, key in store.on_disk():
         if (shard, key) not in live:
             store.erase(shard, key)
             removed.append(key)
+    if features is not None:
+        stale = features.erase_stale(ledger.slice_versions()) + features.erase_orphans()
+        removed += [str(path) for path in stale]
     return removed
 
 
@@ -192,7 +202,7 @@ def contaminated(record: StageRecord, deleted_by_cell: dict[tuple[int, int], lis
                for dv in deleted_by_cell.get((record.shard, s), []))
 
 
-def audit(ledger: Ledger, store: StageStore) -> AuditReport:
+def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = None) -> AuditReport:
     violations: list[str] = []
     deleted = ledger.deleted_samples()
     deleted_by_cell: dict[tuple[int, int], list[int]] = {}
@@ -233,6 +243,10 @@ def audit(ledger: Ledger, store: StageStore) -> AuditReport:
             state = records[key].status if key in records else "unknown to the ledger"
             violations.append(f"stage files on disk for {key} ({state}): {store.path(shard, key)}")
 
+    blocks = features.cell_blocks() if features is not None else []
+    for path in features.stale(ledger.slice_versions()) if features is not None else []:
+        violations.append(f"feature-cache files of a cell a deletion changed: {path}")
+
     checked = {"stages": len(records), "live_stages": len(live), "deleted_samples": len(deleted),
-               "routes": len(routes), "stage_dirs": len(on_disk)}
+               "routes": len(routes), "stage_dirs": len(on_disk), "feature_cache_blocks": len(blocks)}
     return AuditReport(ok=not violations, violations=violations, checked=checked)

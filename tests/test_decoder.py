@@ -162,6 +162,25 @@ def test_cached_and_uncached_features_train_the_same_stage(tiny_llama):
             torch.testing.assert_close(v, getattr(results[1].weights, part)[k])
 
 
+def test_spilled_features_keep_token_labels_and_train_bitwise_the_same(tiny_llama, tmp_path):
+    cfg = config(tiny_llama, slices=2, budget=1, lora_dropout=0.0)
+    data = toy_instructions(12)
+    results, caches = [], []
+    for directory in (None, tmp_path / "spill"):
+        backbone = AdaptedBackbone(cfg, num_labels=1)
+        features = FeatureCache(backbone, chunk_size=5, memory_bytes=0, directory=directory)
+        features.ensure("all", 0, data.ids, data.texts)
+        caches.append(features)
+        results.append(train_stage(backbone, features, shard=0, prefix=(0,), ancestors=[],
+                                   method=Method("s3t", 2), sample_ids=data.ids,
+                                   labels=data.labels))
+    assert caches[1]._held["all"].path is not None and caches[0]._held["all"].path is None
+    assert torch.equal(caches[0].targets(data.ids[::-1]), caches[1].targets(data.ids[::-1]))
+    for part in ("adapter", "head"):
+        for k, v in getattr(results[0].weights, part).items():
+            assert torch.equal(v, getattr(results[1].weights, part)[k])
+
+
 # --------------------------------------------------------------------------- engine
 
 

@@ -107,6 +107,17 @@ def test_load_fashion_mnist_subset_is_seeded_and_lossless():
         assert label == labels[index]
 
 
+def test_load_fashion_mnist_exclude_keeps_a_public_part_out(tmp_path):
+    root = write_fashion_dir(tmp_path / "fm", n_train=40)
+    public = {f"fmnist-train:{i}" for i in range(0, 40, 3)}
+    private = load_fashion_mnist(root, exclude=public)
+    assert len(private) == 40 - len(public) and not public & set(private.ids)
+    subset = load_fashion_mnist(root, limit=10, seed=1, exclude=public)
+    assert len(subset) == 10 and set(subset.ids) <= set(private.ids)
+    assert subset.ids == sorted(subset.ids)
+    assert Counter(subset.labels) == Counter({k: 1 for k in range(10)})
+
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_parsing_on_written_files(tmp_path, gz):
     root = write_fashion_dir(tmp_path / "fm", gz=gz)

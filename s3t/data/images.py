@@ -12,6 +12,7 @@ import base64
 import binascii
 import gzip
 import io
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -107,12 +108,15 @@ def _idx_file(base: Path, stem: str) -> Path:
 
 
 def load_fashion_mnist(path: str | Path | None = None, split: str = "train",
-                       limit: int | None = None, seed: int = 0) -> Dataset:
+                       limit: int | None = None, seed: int = 0,
+                       exclude: Collection[str] = ()) -> Dataset:
     """Fashion-MNIST (60,000 train / 10,000 test 28x28 grey images, 10 classes).
 
     Ids are ``fmnist-<split>:<index>`` (index in the IDX file), inputs PNG data URIs,
-    ``label_names`` the ten class names whatever the subset. ``limit`` keeps a seeded,
-    class-proportional subset (only that subset is encoded), sorted by id.
+    ``label_names`` the ten class names whatever the subset. ``exclude`` removes ids first
+    (e.g. the public part a backbone was pre-trained on, which a run must never contain);
+    ``limit`` then keeps a seeded, class-proportional subset (only that subset is encoded),
+    sorted by id.
     """
     from s3t.data.loaders import _limit_indices
 
@@ -134,10 +138,12 @@ def load_fashion_mnist(path: str | Path | None = None, split: str = "train",
                          f"(N, H, W) and labels (N,): shapes {images.shape} and {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= len(FASHION_MNIST_LABELS)):
         raise ValueError(f"{labels_file}: labels outside 0..{len(FASHION_MNIST_LABELS) - 1}")
+    excluded = set(exclude)
+    kept = [i for i in range(len(labels)) if f"fmnist-{split}:{i}" not in excluded]
+    keys = Dataset(ids=[f"fmnist-{split}:{i}" for i in kept], texts=[""] * len(kept),
+                   labels=[int(labels[i]) for i in kept], label_names=list(FASHION_MNIST_LABELS))
+    chosen = kept if limit is None else [kept[j] for j in _limit_indices(keys, limit, seed)]
     ids = [f"fmnist-{split}:{i}" for i in range(len(labels))]
-    keys = Dataset(ids=ids, texts=[""] * len(ids), labels=labels.tolist(),
-                   label_names=list(FASHION_MNIST_LABELS))
-    chosen = range(len(ids)) if limit is None else _limit_indices(keys, limit, seed)
     pixels = images.astype(np.uint8, copy=False)
     return Dataset(
         ids=[ids[i] for i in chosen],

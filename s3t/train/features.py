@@ -5,7 +5,9 @@ outputs are the same for every shard, ordering and stage: compute them once per 
 Values are computed cell by cell (samples sorted by id, fixed chunks), so a sample's
 features depend only on its cell's current contents; after a deletion the cell is
 recomputed, and a retrained stage sees exactly what a from-scratch run would.
-The cache holds nothing trained and lives in memory only.
+The cache holds nothing trained. It lives in memory up to a budget and spills further
+blocks to memory-mapped files in the run directory, which deletions erase like stage files;
+it can store float16 to halve its size (compute stays float32).
 
 When the backbone's ``encode`` returns token ``labels`` (causal LMs), each sample's labels are
 kept beside its states and :meth:`FeatureCache.targets` pads them with -100 like the states.
@@ -13,11 +15,18 @@ kept beside its states and :meth:`FeatureCache.targets` pads them with -100 like
 
 from __future__ import annotations
 
+import os
+import shutil
+import weakref
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from s3t.models.adapted import AdaptedBackbone
+from s3t.store import FeatureFiles
 
 Features = dict[int, torch.Tensor]  # layer group -> (tokens, hidden) for one sample
 
@@ -36,6 +45,12 @@ class _Blocks:
         self.drop(block)
         return False
 
+    def drop_stale(self, versions: dict) -> None:
+        """Drop every block held at a version other than ``versions[block]``."""
+        for block, (version, _) in list(self._blocks.items()):
+            if block in versions and versions[block] != version:
+                self.drop(block)
+
     def drop(self, block: Hashable) -> None:
         cached = self._blocks.pop(block, None)
         if cached is not None:
@@ -46,13 +61,43 @@ class _Blocks:
         raise NotImplementedError
 
 
+@dataclass
+class _Held:
+    """One block's features: every sample's tokens concatenated along the first axis."""
+
+    spans: dict[str, tuple[int, int]]  # sample id -> (first token, tokens)
+    states: dict[int, np.ndarray]  # layer group -> (tokens, hidden), in RAM or memory-mapped
+    targets: np.ndarray | None  # token labels (causal LMs), aligned with the states
+    path: Path | None  # where the block was spilled, None when it is in memory
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.states.values())
+
+
 class FeatureCache(_Blocks):
-    def __init__(self, backbone: AdaptedBackbone, chunk_size: int = 64):
+    """Features in memory up to ``memory_bytes``; blocks beyond that are written under
+    ``directory`` (one folder per block and version, see :class:`s3t.store.FeatureFiles`)
+    and memory-mapped. ``dtype`` is the storage precision; compute is always float32.
+
+    A spilled block holds sample inputs in derived form, so it is erased like a stage: the
+    engine drops a hit cell's block, and ``forget`` in any process removes a hit cell's
+    folders (:meth:`s3t.store.FeatureFiles.erase_stale`).
+    """
+
+    def __init__(self, backbone: AdaptedBackbone, chunk_size: int = 64, dtype: str = "float32",
+                 memory_bytes: int | None = None, directory: Path | None = None):
         super().__init__()
         self.backbone = backbone
         self.chunk_size = chunk_size
-        self._samples: dict[str, Features] = {}
-        self._targets: dict[str, torch.Tensor] = {}
+        self.dtype = np.dtype(dtype)
+        self.memory_bytes = memory_bytes
+        self.directory = directory
+        self._held: dict[Hashable, _Held] = {}
+        self._where: dict[str, Hashable] = {}
+        self._in_memory = 0
+        if directory is not None:  # never leave spilled data behind, even without close()
+            self._finalizer = weakref.finalize(self, shutil.rmtree, directory, True)
 
     def ensure(self, block: Hashable, version: Hashable, ids: Sequence[str],
                inputs: Sequence) -> None:
@@ -60,39 +105,100 @@ class FeatureCache(_Blocks):
         if self._current(block, version):
             return
         order = sorted(range(len(ids)), key=lambda i: ids[i])
+        parts: dict[int, list[np.ndarray]] = {}
+        targets: list[np.ndarray] = []
+        spans: dict[str, tuple[int, int]] = {}
+        position = 0
         for start in range(0, len(order), self.chunk_size):
             chunk = order[start:start + self.chunk_size]
             batch = self.backbone.encode([inputs[i] for i in chunk])
-            bounds = self.backbone.boundaries(batch)
+            bounds = {g: h.float().numpy() for g, h in self.backbone.boundaries(batch).items()}
             lengths = batch["attention_mask"].sum(dim=1).tolist()
             for row, i in enumerate(chunk):
                 n = int(lengths[row])
-                self._samples[ids[i]] = {g: h[row, :n].clone() for g, h in bounds.items()}
+                spans[ids[i]] = (position, n)
+                position += n
+                for g, h in bounds.items():
+                    parts.setdefault(g, []).append(h[row, :n].astype(self.dtype))
                 if "labels" in batch:
-                    self._targets[ids[i]] = batch["labels"][row, :n].clone()
+                    targets.append(batch["labels"][row, :n].numpy())
+        held = _Held(spans, {g: np.concatenate(p) for g, p in parts.items()},
+                     np.concatenate(targets) if targets else None, None)
+        if self._spill(held.nbytes):
+            held = self._write(held, FeatureFiles.block_name(block, version))
+        else:
+            self._in_memory += held.nbytes
+        self._held[block] = held
+        self._where.update(dict.fromkeys(spans, block))
         self._blocks[block] = (version, [ids[i] for i in order])
 
+    def _spill(self, nbytes: int) -> bool:
+        return (self.directory is not None and self.memory_bytes is not None
+                and self._in_memory + nbytes > self.memory_bytes)
+
+    def _write(self, held: _Held, name: str) -> _Held:
+        """Write a block's arrays to its folder (atomically) and reopen them memory-mapped."""
+        final = self.directory / name
+        tmp = final.with_name(name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        arrays = {f"g{g}": a for g, a in held.states.items()}
+        if held.targets is not None:
+            arrays["targets"] = held.targets
+        for stem, array in arrays.items():
+            np.save(tmp / f"{stem}.npy", array)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        states = {g: np.load(final / f"g{g}.npy", mmap_mode="r") for g in held.states}
+        targets = None if held.targets is None else np.load(final / "targets.npy", mmap_mode="r")
+        return _Held(held.spans, states, targets, final)
+
+    def drop(self, block: Hashable) -> None:
+        super().drop(block)
+        held = self._held.pop(block, None)
+        if held is None:
+            return
+        if held.path is None:
+            self._in_memory -= held.nbytes
+        else:
+            shutil.rmtree(held.path, ignore_errors=True)
+
     def _discard(self, sid: str) -> None:
-        self._samples.pop(sid, None)
-        self._targets.pop(sid, None)
+        self._where.pop(sid, None)
+
+    def close(self) -> None:
+        """Forget everything held and remove the spill folder."""
+        for block in list(self._held):
+            self.drop(block)
+        if self.directory is not None:
+            self._finalizer()
+
+    def _rows(self, ids: Sequence[str], group: int | None) -> list[np.ndarray]:
+        rows = []
+        for sid in ids:
+            held = self._held[self._where[sid]]
+            first, n = held.spans[sid]
+            source = held.targets if group is None else held.states[group]
+            rows.append(source[first:first + n])
+        return rows
 
     def batch(self, ids: Sequence[str], group: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded hidden states entering ``group`` and their (B, T) mask."""
-        return collate([self._samples[sid][group] for sid in ids])
+        """Padded hidden states entering ``group`` (float32) and their (B, T) mask."""
+        rows = self._rows(ids, group)
+        hidden = np.zeros((len(rows), max(r.shape[0] for r in rows), rows[0].shape[1]), np.float32)
+        mask = torch.zeros(hidden.shape[:2], dtype=torch.long)
+        for i, r in enumerate(rows):
+            hidden[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = 1
+        return torch.from_numpy(hidden), mask
 
     def targets(self, ids: Sequence[str]) -> torch.Tensor:
         """Token labels (B, T) aligned with :meth:`batch`, -100 on padding."""
-        return pad_targets([self._targets[sid] for sid in ids])
+        return pad_targets([torch.from_numpy(np.array(r)) for r in self._rows(ids, None)])
 
-
-def collate(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(r.shape[0] for r in rows)
-    hidden = rows[0].new_zeros((len(rows), width, rows[0].shape[1]))
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        hidden[i, : r.shape[0]] = r
-        mask[i, : r.shape[0]] = 1
-    return hidden, mask
+    @property
+    def bytes_in_memory(self) -> int:
+        return self._in_memory
 
 
 def pad_targets(rows: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,102 @@
+"""Benchmark: instruction tuning SmolLM2-135M-Instruct: S3T against SISA and full LoRA
+(held-out perplexity), and serving through deletions.
+
+Why: the paper's third setting (instruction-tuned Llama models). The data is the built-in
+WordNet instruction set ("What does the word X mean?" -> its gloss), split into a training
+part and a held-out part; perplexity counts response tokens only. Every method fine-tunes
+the same top layers with LoRA on every attention and MLP projection, then receives the same
+uniform random single-sample deletion requests as bench/deletions.py; perplexity of the
+ensemble of live shards (mean of their next-token probabilities) is measured at a few
+request counts (each evaluation runs the 135M model over the held-out set).
+
+Sized for 2 cores: a few hundred short samples, one seed, 4 of the 30 layers adapted, one
+epoch; see BENCHMARKS.md for what that cut.
+
+    .venv/bin/python bench/llm.py [--quick] [--seeds 0]
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import deletions  # noqa: E402
+
+NAME = "llm"
+QUICK = {"train": 48, "test": 16, "epochs": 1, "cap": 4, "shards": 2, "slices": 2,
+         "layers_per_slice": 1, "max_seq_len": 64, "measure_at": [0, 1, 2, 4]}
+FULL = {"train": 400, "test": 60, "epochs": 1, "cap": 20, "shards": 2, "slices": 2,
+        "layers_per_slice": 2, "max_seq_len": 64, "measure_at": [0, 1, 2, 3, 5, 8, 12, 20]}
+TITLE = "WordNet instructions, SmolLM2-135M-Instruct: serving through deletions"
+
+
+def settings(model: str, size: dict[str, Any], seed: int) -> list[tuple[str, str, Any]]:
+    """S3T at B=L, SISA at the same m and L, full LoRA on the same adapted layers."""
+    from s3t.config import S3TConfig
+
+    m, n_slices = size["shards"], size["slices"]
+    kw = {"model": model, "shards": m, "slices": n_slices, "epochs": size["epochs"], "seed": seed,
+          "layers_per_slice": size["layers_per_slice"], "max_seq_len": size["max_seq_len"],
+          "learning_rate": 1e-3, "batch_size": 8}
+    adapted = n_slices * size["layers_per_slice"]
+    return [
+        (f"s3t_b{n_slices}", f"S3T B={n_slices} (m={m}, L={n_slices})",
+         S3TConfig(budget=n_slices, **kw)),
+        ("sisa", f"SISA (m={m}, L={n_slices})", S3TConfig.baseline("sisa", **kw)),
+        ("full", f"full LoRA ({adapted} layers)", S3TConfig.baseline("full", **kw)),
+    ]
+
+
+def perplexity(heldout: Any, log: list[dict[str, Any]]) -> deletions.Evaluate:
+    """Ensemble perplexity on ``heldout``; the whole evaluation (per route too) goes to ``log``."""
+    def evaluate(est: Any) -> float:
+        result = est.evaluate_lm(heldout)
+        log.append(result)
+        return result["perplexity"]
+    return evaluate
+
+
+def main(argv: list[str] | None = None) -> int:
+    from s3t.data.loaders import load_wordnet_instructions, train_test_split
+    from s3t.models.decoder import default_llm_dir
+
+    p = common.parser(__doc__.splitlines()[0])
+    args = p.parse_args(argv)
+    size = dict(QUICK if args.quick else FULL)
+    seeds = common.seeds_for(args, [0], [0])
+    prov = common.provenance(NAME, args.quick, seeds, size)
+    common.print_header(prov)
+    model = str(default_llm_dir())
+
+    results: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        data = load_wordnet_instructions(limit=size["train"] + size["test"], seed=seed)
+        train, heldout = train_test_split(data, size["test"], seed=seed)
+        victims = random.Random(seed).sample(train.ids, min(size["cap"], len(train)))
+        for key, label, config in settings(model, size, seed):
+            log: list[dict[str, Any]] = []
+            run = deletions.run_sequence(config, train, perplexity(heldout, log), victims,
+                                         metric="perplexity", measure_at=size["measure_at"])
+            run["seed"] = seed
+            run["evaluation_at_0"] = log[0]
+            results.setdefault(key, {"label": label, "runs": []})["runs"].append(run)
+            routes = ", ".join(f"{r['perplexity']:.2f}" for r in log[0]["per_route"].values())
+            print(f"seed {seed}  {label:<22} held-out perplexity {log[0]['perplexity']:.3f} "
+                  f"(routes: {routes}; trained in {run['train_seconds']:.0f} s) -> retrain needed "
+                  f"after {run['requests_until_retrain']} requests", flush=True)
+    summary = deletions.summarize(results, size["shards"], size["slices"], size["cap"],
+                                  metric="perplexity", checkpoints=size["measure_at"])
+    deletions.print_summary(summary, metric="perplexity")
+    common.write_result(NAME, args.quick, prov, {"results": results, "summary": summary})
+    deletions.plot(results, NAME, args.quick, TITLE, metric="perplexity",
+                   ylabel="held-out perplexity (live shards' ensemble)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""The feature cache beyond memory: spilled (memory-mapped) blocks and float16 storage.
+
+Spilled blocks hold sample inputs in derived form, so they must train exactly what the
+in-memory cache trains and be erased, audited and swept like stage files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_exactness import assert_same_weights, config
+from tiny import toy_dataset
+
+from s3t.config import S3TConfig
+from s3t.data.ledger import Ledger
+from s3t.engine import S3T
+from s3t.run import Run
+from s3t.store import FEATURE_CACHE_DIR, FeatureFiles
+
+
+def small(model: str, **kw) -> S3TConfig:
+    return config(model, budget=1, epochs=1, lora_dropout=0.0, **kw)
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_bert, tmp_path_factory):
+    """The same run with the cache in memory and with every block spilled to disk."""
+    root = tmp_path_factory.mktemp("spill")
+    data = toy_dataset(36)
+    memory = S3T(small(tiny_bert), run_dir=root / "memory").fit(data, progress=False)
+    disk = S3T(small(tiny_bert, feature_cache_memory_gb=0), run_dir=root / "disk").fit(
+        data, progress=False)
+    return memory, disk, data
+
+
+def test_spilled_blocks_train_bitwise_the_same_weights(pair):
+    memory, disk, _ = pair
+    blocks = FeatureFiles(disk.run_dir).cell_blocks()
+    assert sorted(cell for _, cell, _ in blocks) == [(m, s) for m in range(2) for s in range(3)]
+    assert all(version == 0 for _, _, version in blocks)
+    assert disk.features.bytes_in_memory == 0 < memory.features.bytes_in_memory
+    assert all(isinstance(a, np.memmap) for held in disk.features._held.values()
+               for a in held.states.values())
+    assert not (Path(memory.run_dir) / FEATURE_CACHE_DIR).exists()
+    assert memory._weights.keys() == disk._weights.keys()
+    for key, weights in memory._weights.items():
+        assert_same_weights(weights, disk._weights[key])
+
+
+def test_forget_in_another_process_erases_the_hit_cells_blocks(pair):
+    memory, disk, data = pair
+    victim = data.ids[0]
+    shard, sl, _ = disk.ledger.find_samples([victim])[victim]
+    run = Run.open(disk.run_dir)  # what `s3t forget` uses: no model, no torch
+    _, certificate = run.forget([victim])
+    run.close()
+    assert certificate["feature_blocks_erased"] == 1 and certificate["files_erased"]
+    left = {cell for _, cell, _ in FeatureFiles(disk.run_dir).cell_blocks()}
+    assert (shard, sl) not in left and len(left) == 5
+    assert disk.audit().ok
+    # The engine's own view of that cell goes when it next trains; retraining recomputes
+    # the cell at its new version and gives what the in-memory run gives.
+    memory.forget([victim])
+    memory.retrain(progress=False)
+    disk.retrain(progress=False)
+    assert ((shard, sl), 1) in {(c, v) for _, c, v in FeatureFiles(disk.run_dir).cell_blocks()}
+    assert memory._live_records().keys() == disk._live_records().keys()
+    for key in memory._live_records():
+        assert_same_weights(memory._stage_weights(key), disk._stage_weights(key))
+    assert disk.audit().ok
+
+
+def test_audit_reports_a_stale_block_and_opening_the_run_sweeps_it(pair, tmp_path):
+    _, disk, _ = pair
+    path, (shard, sl), version = FeatureFiles(disk.run_dir).cell_blocks()[0]
+    target = tmp_path / "copy"
+    shutil.copytree(disk.run_dir, target, ignore=shutil.ignore_patterns("*.sqlite*"))
+    copy = sqlite3.connect(target / Ledger.FILE)
+    disk.ledger.conn.backup(copy)
+    copy.close()
+    owner = target / FEATURE_CACHE_DIR / path.parent.name
+    stale = owner / FeatureFiles.block_name((shard, sl), version + 7)
+    shutil.copytree(owner / path.name, stale)
+    report = Run.open(target, verify=False, repair=False).audit()
+    assert not report.ok and any(str(stale) in v for v in report.violations)
+    dead = target / FEATURE_CACHE_DIR / "999999999-dead"
+    shutil.copytree(owner / path.name, dead / path.name)
+    run = Run.open(target)  # repair: sweeps the stale block and the dead process's folder
+    assert not stale.exists() and not dead.exists() and (owner / path.name).exists()
+    assert run.audit().ok
+    run.close()
+
+
+def test_close_removes_the_spill_folder(tiny_bert, tmp_path):
+    est = S3T(small(tiny_bert, slices=2, feature_cache_memory_gb=0), run_dir=tmp_path / "r").fit(
+        toy_dataset(24), progress=False)
+    owner = est.features.directory
+    assert owner.is_dir() and any(owner.iterdir())
+    est.close()
+    assert not owner.exists()
+
+
+def test_float16_storage_halves_the_cache_and_stays_close(tiny_bert, pair, tmp_path):
+    memory, _, data = pair
+    half = S3T(small(tiny_bert, feature_cache_dtype="float16"), run_dir=tmp_path / "h").fit(
+        data, progress=False)
+    assert all(a.dtype == np.float16 for held in half.features._held.values()
+               for a in held.states.values())
+    fresh = S3T(small(tiny_bert), run_dir=tmp_path / "f").fit(data, progress=False)
+    assert half.features.bytes_in_memory * 2 == fresh.features.bytes_in_memory
+    texts = ["red cat", "blue moon", "green tree"]
+    p16, p32 = half.predict(texts).probabilities, fresh.predict(texts).probabilities
+    assert not np.array_equal(p16, p32)  # rounding reached the weights...
+    torch.testing.assert_close(torch.tensor(p16), torch.tensor(p32), rtol=0, atol=2e-2)  # ...a little
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("feature_cache_dtype", "int8", "feature_cache_dtype must be one of float32, float16"),
+    ("feature_cache_memory_gb", -1, "feature_cache_memory_gb must be a number >= 0"),
+])
+def test_cache_settings_are_validated(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        S3TConfig(**{field: value}).validate()
