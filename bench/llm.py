@@ -61,6 +61,31 @@ def perplexity(heldout: Any, log: list[dict[str, Any]]) -> deletions.Evaluate:
     return evaluate
 
 
+def base_perplexity(model_dir: str, heldout: Any, max_len: int) -> float:
+    """Perplexity of the pretrained model itself (no fine-tuning) on the same tokens."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from s3t.models.decoder import DecoderFamily
+
+    family = DecoderFamily()
+    model, tokenizer = family.load(model_dir, num_labels=1)
+    model.eval()
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(heldout), 8):
+            batch = family.encode(tokenizer, heldout.texts[start:start + 8], max_len)
+            logits = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits[:, :-1]
+            targets = batch["labels"][:, 1:]
+            keep = targets != -100
+            nll += float(F.cross_entropy(logits[keep], targets[keep], reduction="sum"))
+            count += int(keep.sum())
+    return math.exp(nll / count)
+
+
 def main(argv: list[str] | None = None) -> int:
     from s3t.data.loaders import load_wordnet_instructions, train_test_split
     from s3t.models.decoder import default_llm_dir
@@ -74,10 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     model = str(default_llm_dir())
 
     results: dict[str, dict[str, Any]] = {}
+    base: dict[int, float] = {}
     for seed in seeds:
         data = load_wordnet_instructions(limit=size["train"] + size["test"], seed=seed)
         train, heldout = train_test_split(data, size["test"], seed=seed)
         victims = random.Random(seed).sample(train.ids, min(size["cap"], len(train)))
+        base[seed] = base_perplexity(model, heldout, size["max_seq_len"])
+        print(f"seed {seed}  pretrained model (no fine-tuning): held-out perplexity "
+              f"{base[seed]:.3f}", flush=True)
         for key, label, config in settings(model, size, seed):
             log: list[dict[str, Any]] = []
             run = deletions.run_sequence(config, train, perplexity(heldout, log), victims,
@@ -92,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = deletions.summarize(results, size["shards"], size["slices"], size["cap"],
                                   metric="perplexity", checkpoints=size["measure_at"])
     deletions.print_summary(summary, metric="perplexity")
-    common.write_result(NAME, args.quick, prov, {"results": results, "summary": summary})
+    common.write_result(NAME, args.quick, prov, {"results": results, "summary": summary,
+                                                 "base_perplexity": base})
     deletions.plot(results, NAME, args.quick, TITLE, metric="perplexity",
                    ylabel="held-out perplexity (live shards' ensemble)")
     return 0

@@ -97,18 +97,20 @@ def accuracy_section(res: Result) -> str:
     return table(["setting", "test accuracy (mean ± std)", "per seed", "stages", "train s"], rows)
 
 
-def deletions_section(res: Result) -> str:
+def deletions_section(res: Result, metric: str = "accuracy", digits: int = 3) -> str:
     s = res["summary"]
     rows = []
     for row in s.values():
         ends = row["requests_until_retrain"]
         shown = ", ".join("> cap" if e is None else str(e) for e in ends)
-        rows.append([row["label"], pm(row["accuracy_before"]), shown,
-                     f"{row['expected_requests_until_retrain']:.1f}",
+        expected = row["expected_requests_until_retrain"]
+        rows.append([row["label"], pm(row[f"{metric}_before"], digits), shown,
+                     "-" if expected is None else f"{expected:.1f}",
                      ", ".join(str(x) for x in row["requests_until_first_shard_dies"]),
                      "ok" if row["audit_ok"] else "FAILED"])
-    out = [table(["method", "accuracy before deletions", "requests until no shard is live (per seed)",
-                  "closed-form mean", "first shard out (per seed)", "audit"], rows)]
+    out = [table(["method", f"{metric} before deletions",
+                  "requests until no shard is live (per seed)", "closed-form mean",
+                  "first shard out (per seed)", "audit"], rows)]
     keys = list(s)
     cps = [c["requests"] for c in s[keys[0]]["checkpoints"]]
     rows = []
@@ -116,13 +118,67 @@ def deletions_section(res: Result) -> str:
         cells = [str(r)]
         for key in keys:
             c = s[key]["checkpoints"][i]
-            acc = "-" if c["accuracy_mean"] is None else f"{c['accuracy_mean']:.3f}"
-            cells.append(f"{c['capacity_mean']:.2f} / {acc} ({c['seeds_serving']}/{c['seeds']})")
+            value = c[f"{metric}_mean"]
+            shown = "-" if value is None else f"{value:.{digits}f}"
+            cells.append(f"{c['capacity_mean']:.2f} / {shown} ({c['seeds_serving']}/{c['seeds']})")
         rows.append(cells)
-    out.append("Capacity / accuracy after r requests (mean over seeds; capacity counts a dead "
-               "system as 0, accuracy averages the seeds still serving, shown in brackets):")
+    out.append(f"Capacity / {metric} after r requests (mean over seeds; capacity counts a dead "
+               f"system as 0, {metric} averages the seeds still serving, shown in brackets):")
     out.append(table(["r"] + [s[k]["label"] for k in keys], rows))
     return "\n\n".join(out)
+
+
+def cache_section(res: Result) -> str:
+    st = res["storage"]
+    rows = []
+    for variant, r in st["summary"].items():
+        rows.append([variant, pm(r["train_seconds"], 1), pm(r["time_ratio_to_memory_fp32"], 2),
+                     pm(r["peak_rss_mib"], 0), pm(r["cache_mib_in_memory"], 1),
+                     pm(r["cache_mib_on_disk"], 1), pm(r["accuracy"]),
+                     f"{r['max_abs_probability_change']:.1e}", pm(r["prediction_agreement"])])
+    deep = res["deep_backbone"]
+    reps = [[i, f"{r['cached']['train_seconds']:.1f}", f"{r['uncached']['train_seconds']:.1f}",
+             f"{r['speedup']:.2f}x", f"{r['cached']['peak_rss_mib']:.0f} / "
+             f"{r['uncached']['peak_rss_mib']:.0f}"] for i, r in enumerate(deep["reps"])]
+    return "\n\n".join([
+        f"Storage variants ({st['config']}; each run a fresh process, variants alternating "
+        "within a seed; probability change and agreement are against `memory_fp32` of the "
+        "same seed):",
+        table(["variant", "train s", "time / memory_fp32", "peak RSS MiB", "cache in RAM MiB",
+               "cache on disk MiB", "test accuracy", "max abs prob. change", "same prediction"],
+              rows),
+        f"Cached against uncached training where the frozen trunk is most of the model "
+        f"({deep['config']}; fresh process per run, alternating order): speed-up "
+        f"{pm(deep['speedup'], 2)}.",
+        table(["rep", "cached s", "uncached s", "speed-up", "peak MiB cached / uncached"], reps),
+    ])
+
+
+def vit_section(res: Result) -> str:
+    backbone = res["provenance"]["size"]["backbone"]
+    recipe = backbone["recipe"]
+    intro = (f"Backbone (`bench/vit_pretrain.py`): ViT, {recipe['layers']} layers, width "
+             f"{recipe['hidden']}, patch {recipe['patch']} ({backbone['parameters']:,} parameters), "
+             f"pre-trained for {recipe['epochs']} epochs on {backbone['public_samples']:,} public "
+             f"training images in {backbone['train_seconds']:.0f} s: test accuracy "
+             f"{backbone['test_accuracy']:.3f} on {backbone['test_samples']:,} test images. "
+             f"A deletion request naming a public id was refused, changing nothing: "
+             f"{res['public_id_forget_refused']}.")
+    return intro + "\n\n" + deletions_section(res)
+
+
+def llm_section(res: Result) -> str:
+    rows = []
+    for r in res["results"].values():
+        for run in r["runs"]:
+            ev = run["evaluation_at_0"]
+            routes = ", ".join(f"{v['perplexity']:.2f}" for v in ev["per_route"].values())
+            rows.append([r["label"], run["seed"], f"{ev['perplexity']:.3f}", routes,
+                         f"{run['train_seconds']:.0f}"])
+    for seed, value in res.get("base_perplexity", {}).items():
+        rows.insert(0, ["pretrained model, no fine-tuning", seed, f"{value:.3f}", "-", "-"])
+    head = table(["method", "seed", "ensemble perplexity", "per-route perplexity", "train s"], rows)
+    return head + "\n\n" + deletions_section(res, "perplexity", 2)
 
 
 def deletion_cost_section(res: Result) -> str:
@@ -300,6 +356,25 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "a single merged model (what plain LoRA fine-tuning serves) and a naive ensemble of m "
      "full forward passes. Issue 5 targets: cached training >= 2x, shared trunk >= 0.5x the "
      "single model.", perf_section),
+    ("cache", "7. Feature-cache storage: memory, memory-mapped spill, float16",
+     "The cache keeps every layer-group boundary of every sample. Blocks beyond "
+     "`feature_cache_memory_gb` are written to memory-mapped files in the run (deletions erase "
+     "a hit cell's files like stage files; audit reports any left); "
+     "`feature_cache_dtype='float16'` halves the storage while compute stays float32. Spilling "
+     "must change no weight; float16 changes weights by rounding, and its effect on accuracy "
+     "is measured here.", cache_section),
+    ("vit", "8. ViT image classification (Fashion-MNIST)",
+     "The paper's vision setting. No pretrained ViT ships offline, so a small ViT is "
+     "pre-trained on a public part of Fashion-MNIST's training split that never enters a run "
+     "(and so is never deletable); every method then fine-tunes with LoRA on a subset of the "
+     "rest and is tested on the test split, then receives the same uniform random "
+     "single-sample deletion requests as section 2.", vit_section),
+    ("llm", "9. LLM instruction tuning (SmolLM2-135M-Instruct)",
+     "The paper's instruction-tuning setting: WordNet instructions (\"What does the word X "
+     "mean?\" -> its gloss), LoRA on every attention and MLP projection of the top layers, "
+     "perplexity on held-out responses (response tokens only) of the ensemble of live shards "
+     "(mean of their next-token probabilities), measured at a few request counts.",
+     llm_section),
 ]
 TARGET_SOURCES = ("accuracy", "deletion_cost", "deletion_rate", "perf")
 

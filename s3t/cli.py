@@ -428,6 +428,14 @@ def train_cmd(
     max_seq_len: Annotated[int | None, typer.Option("--max-seq-len", help="Tokens per sample "
                                                     "(default 64; 128 for instruction data)."
                                                     )] = None,
+    cache_dtype: Annotated[str, typer.Option("--cache-dtype", help="Storage of the frozen-trunk "
+                                             "feature cache: float32 | float16 (half the memory, "
+                                             "weights change by rounding).")] = "float32",
+    cache_memory_gb: Annotated[float, typer.Option("--cache-memory-gb", help="GiB of cached "
+                                                   "features kept in RAM; the rest is spilled to "
+                                                   "memory-mapped files in the run.")] = 4.0,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Run the frozen layers for every "
+                                           "batch instead of caching their outputs.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train S3T on labelled data and write a run directory."""
@@ -456,6 +464,8 @@ def train_cmd(
             lora_dropout=lora_dropout, use_rslora=rslora,
             target_modules=None if target_modules is None else _csv(target_modules),
             learning_rate=learning_rate, batch_size=batch_size, max_seq_len=max_seq_len,
+            feature_cache=not no_cache, feature_cache_dtype=cache_dtype,
+            feature_cache_memory_gb=cache_memory_gb,
         ).validate()
         make_orderings(config.strategy, config.slices, config.budget, prior=config.prior)
         train = load_source(data, limit=limit, seed=seed)
@@ -473,6 +483,7 @@ def train_cmd(
             payload["eval_loss"], payload["eval_perplexity"] = lm["loss"], lm["perplexity"]
         elif evaluation is not None:
             payload["eval_accuracy"] = est.score(evaluation)
+        est.close()
     text = (f"trained {payload['stages_trained']} stages on {len(train)} samples in "
             f"{payload['train_seconds']:.1f} s -> {out}")
     if "eval_accuracy" in payload:

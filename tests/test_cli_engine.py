@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from tiny import toy_dataset
@@ -38,7 +39,8 @@ def trained(tmp_path_factory, tiny_bert):
     run = root / "run"
     result = invoke("train", "--data", train, "--eval", test, "--out", run, "--model", tiny_bert,
                     "--shards", 2, "--slices", 2, "--epochs", 1, "--batch-size", 8, "--lora-r", 4,
-                    "--lora-alpha", 4, "--rslora", "--target-modules", "query,key,value", "--json")
+                    "--lora-alpha", 4, "--rslora", "--target-modules", "query,key,value",
+                    "--cache-dtype", "float16", "--cache-memory-gb", 0, "--json")
     assert result.exit_code == 0, result.output
     return root, run, json.loads(result.stdout)
 
@@ -57,6 +59,10 @@ def test_train_json_reports_what_was_trained(trained):
                                               "target_modules")}
     assert lora == {"lora_r": 4, "lora_alpha": 4, "use_rslora": True,
                     "target_modules": ["query", "key", "value"]}
+    cache = {k: payload["config"][k] for k in ("feature_cache_dtype", "feature_cache_memory_gb")}
+    assert cache == {"feature_cache_dtype": "float16", "feature_cache_memory_gb": 0.0}
+    # the cache spilled every block under the run while training, and train removed it
+    assert list((Path(payload["run_dir"]) / "feature-cache").iterdir()) == []
     from s3t.engine import S3T
 
     est = S3T.load(payload["run_dir"])
