@@ -208,15 +208,18 @@ class S3T:
         discarded: list[str] = []
         total = sum(sum(len(cell_rows[(m, s)]) for s in p) * config.epochs for m, p in todo)
         bar = tqdm(total=total, unit="sample", desc="training stages", disable=not progress)
+        changed: set[tuple[int, int]] = set()  # cells a deletion hit while this ran
         for shard, prefix in todo:
+            ancestor_keys = [self._key(shard, prefix[:k], versions) for k in range(1, len(prefix))]
+            if (changed.intersection((shard, s) for s in prefix)
+                    or any(k in discarded for k in ancestor_keys)):
+                # would see deleted data, or build on a stage that did: never train it
+                discarded.append(self._key(shard, prefix, versions))
+                continue
             for s in prefix:
                 rows = cell_rows[(shard, s)]
                 self.features.ensure((shard, s), versions[(shard, s)], [r[0] for r in rows],
                                      [r[2] for r in rows])
-            ancestor_keys = [self._key(shard, prefix[:k], versions) for k in range(1, len(prefix))]
-            if any(k in discarded for k in ancestor_keys):
-                discarded.append(self._key(shard, prefix, versions))  # built on a stale stage
-                continue
             ancestors = [self._stage_weights(k) for k in ancestor_keys]
             rows = [r for s in prefix for r in cell_rows[(shard, s)]]
             result = train_stage(
@@ -242,6 +245,7 @@ class S3T:
                 if accepted:
                     self.ledger.add_stage(record, now())
             # Cells a deletion changed meanwhile: their cached features hold deleted inputs.
+            changed.update(c for c, v in versions.items() if now_versions[c] != v)
             self.features.drop_stale(now_versions)
             if not accepted:
                 self.store.erase(shard, key)

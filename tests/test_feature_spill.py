@@ -24,7 +24,7 @@ from s3t.store import FEATURE_CACHE_DIR, FeatureFiles
 
 
 def small(model: str, **kw) -> S3TConfig:
-    return config(model, budget=1, epochs=1, lora_dropout=0.0, **kw)
+    return config(model, **{"budget": 1, "epochs": 1, "lora_dropout": 0.0, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,37 @@ def test_float16_storage_halves_the_cache_and_stays_close(tiny_bert, pair, tmp_p
 def test_cache_settings_are_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
         S3TConfig(**{field: value}).validate()
+
+
+def test_deletion_during_a_spilled_retrain_leaves_no_stale_block(tiny_bert, tmp_path, monkeypatch):
+    import s3t.engine as engine_module
+
+    data = toy_dataset(36)
+    est = S3T(small(tiny_bert, budget=3, feature_cache_memory_gb=0), run_dir=tmp_path / "r").fit(
+        data, progress=False)
+    est.forget([data.ids[0], data.ids[1]])
+    real_train = engine_module.train_stage
+    calls: list[str] = []
+
+    def train_then_delete(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        if not calls:  # while the first stage trains, another process deletes from its data
+            other = Run.open(est.run_dir)
+            other.forget([kwargs["sample_ids"][0]])
+            other.close()
+        calls.append(kwargs["sample_ids"][0])
+        return result
+
+    monkeypatch.setattr(engine_module, "train_stage", train_then_delete)
+    summary = est.retrain(progress=False)
+    assert summary["stages_discarded"]
+    # only the stage in flight trained on the changed cell; the rest were skipped untrained
+    assert len(calls) == summary["stages_trained"] + 1
+    files, current = FeatureFiles(est.run_dir), est.ledger.slice_versions()
+    assert files.cell_blocks() and not files.stale(current)
+    # nor does the trainer's own cache still hold the changed cell's old features
+    assert all(current[b] == v for b, (v, _) in est.features._blocks.items() if b in current)
+    assert est.audit().ok
+    monkeypatch.setattr(engine_module, "train_stage", real_train)
+    est.retrain(progress=False)
+    assert est.status()["capacity"] == 1.0 and est.audit().ok
