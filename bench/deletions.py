@@ -91,6 +91,19 @@ def run_sequence(config: Any, train: Any, evaluate: Evaluate, victims: list[str]
             "train_seconds": est.last_train["train_seconds"], "audit_ok": est.audit().ok}
 
 
+def run_settings(results: dict[str, dict[str, Any]], configs: list[tuple[str, str, Any]],
+                 train: Any, evaluate: Evaluate, victims: list[str], seed: int) -> None:
+    """:func:`run_sequence` for each (key, label, config), collected in ``results`` by key."""
+    for key, label, config in configs:
+        run = run_sequence(config, train, evaluate, victims)
+        run["seed"] = seed
+        results.setdefault(key, {"label": label, "runs": []})["runs"].append(run)
+        print(f"seed {seed}  {label:<22} accuracy {run['history'][0]['accuracy']:.3f} "
+              f"(trained in {run['train_seconds']:.0f} s) -> retrain needed after "
+              f"{run['requests_until_retrain']} requests (first shard out after "
+              f"{run['requests_until_first_shard_dies']})", flush=True)
+
+
 def at_checkpoints(runs: list[dict[str, Any]], cap: int, metric: str = "accuracy",
                    checkpoints: Sequence[int] = CHECKPOINTS) -> list[dict[str, Any]]:
     """Mean capacity (dead systems count 0) and mean ``metric`` over the seeds still serving."""
@@ -203,14 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         train, test = common.wordnet_split(size["train"], size["test"], seed)
         victims = random.Random(seed).sample(train.ids, min(size["cap"], len(train)))
-        for key, label, config in settings(size["shards"], size["slices"], size["epochs"], seed):
-            run = run_sequence(config, train, scorer(test), victims)
-            run["seed"] = seed
-            results.setdefault(key, {"label": label, "runs": []})["runs"].append(run)
-            h = run["history"]
-            print(f"seed {seed}  {label:<22} accuracy {h[0]['accuracy']:.3f} -> "
-                  f"retrain needed after {run['requests_until_retrain']} requests "
-                  f"(first shard died at {run['requests_until_first_shard_dies']})", flush=True)
+        configs = settings(size["shards"], size["slices"], size["epochs"], seed)
+        run_settings(results, configs, train, scorer(test), victims, seed)
     summary = summarize(results, size["shards"], size["slices"], size["cap"])
     print_summary(summary)
     common.write_result(NAME, args.quick, prov, {"results": results, "summary": summary})

@@ -30,7 +30,7 @@ import deletions  # noqa: E402
 NAME = "llm"
 QUICK = {"train": 48, "test": 16, "epochs": 1, "cap": 4, "shards": 2, "slices": 2,
          "layers_per_slice": 1, "max_seq_len": 64, "measure_at": [0, 1, 2, 4]}
-FULL = {"train": 400, "test": 60, "epochs": 1, "cap": 20, "shards": 2, "slices": 2,
+FULL = {"train": 400, "test": 48, "epochs": 1, "cap": 20, "shards": 2, "slices": 2,
         "layers_per_slice": 2, "max_seq_len": 64, "measure_at": [0, 1, 2, 3, 5, 8, 12, 20]}
 TITLE = "WordNet instructions, SmolLM2-135M-Instruct: serving through deletions"
 

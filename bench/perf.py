@@ -103,12 +103,13 @@ def throughput(fn, texts: list[str], batch: int, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def serving_setup(shards: int, n_train: int, seed: int):
+def serving_setup(shards: int, n_train: int, seed: int, slices: int = 3):
     from s3t import S3T, S3TConfig
     from s3t.serve.ensemble import Ensemble
 
     train, test = wordnet_split(n_train, 200, seed)
-    config = S3TConfig(shards=shards, slices=3, budget=3, epochs=1, max_seq_len=48, seed=seed)
+    config = S3TConfig(shards=shards, slices=slices, budget=slices, epochs=1, max_seq_len=48,
+                       seed=seed)
     est = S3T(config, run_dir=tmp_run_dir("perf-serve")).fit(train, progress=False)
     est.predict(test.texts[:2])
     single = Ensemble(est.backbone, est.method)
@@ -118,15 +119,17 @@ def serving_setup(shards: int, n_train: int, seed: int):
     return est, test, single, n
 
 
-def bench_serving(shards: int, n_train: int, seconds: float, seed: int, reps: int) -> dict:
-    est, test, single, n = serving_setup(shards, n_train, seed)
+def bench_serving(shards: int, n_train: int, seconds: float, seed: int, reps: int,
+                  slices: int = 3) -> dict:
+    est, test, single, n = serving_setup(shards, n_train, seed, slices)
     texts = test.texts
     paths = {
         "shared_trunk": lambda t: est.predict(t, batch_size=len(t)),
         "single_merged_model": lambda t: single.predict_proba(t, vote=False, n_labels=n),
         "naive_ensemble": lambda t: naive_predict(est, t),
     }
-    result = {"shards": shards, "slices": 3, "budget": 3, "seconds_per_measurement": seconds}
+    result = {"shards": shards, "slices": slices, "budget": slices,
+              "seconds_per_measurement": seconds}
     for batch in (1, 32):
         runs = {name: [] for name in paths}
         for _ in range(reps):  # interleaved so load drifts hit every path alike
@@ -207,6 +210,9 @@ def main() -> None:
         res, _ = bench_serving(m, size["serve_n"], size["serve_seconds"], seed, 1)
         scaling.append({"shards": m, **{k: v["mean"] for k, v in
                                          res["batch_32"]["samples_per_s"].items()}})
+    print("serving m=5 with one adapted layer (L=1), where the 0.5x bound allows it", flush=True)
+    one_layer, _ = bench_serving(5, size["serve_n"], size["serve_seconds"], seed, size["serve_reps"],
+                                 slices=1)
     print("scaling with dataset size (cached training)", flush=True)
     by_n = []
     for n in ([120, 240] if args.quick else [300, 600]):
@@ -214,8 +220,17 @@ def main() -> None:
         by_n.append({"n_train": n, "train_seconds": r["train_seconds"],
                      "peak_rss_mib": r["peak_rss_mib"]})
         print(f"  n={n}: {r['train_seconds']:.1f} s, {r['peak_rss_mib']:.0f} MiB", flush=True)
+    print("scaling with L (cached training, m=1, B=L, one layer per slice)", flush=True)
+    by_slices = []
+    for n_slices in ([2, 3] if args.quick else [1, 2, 3, 4, 6]):
+        r = run_child("train", str(size["train_n"]), "1", str(seed), "1", str(n_slices))
+        by_slices.append({"slices": n_slices, "stages": r["stages"],
+                          "train_seconds": r["train_seconds"], "peak_rss_mib": r["peak_rss_mib"]})
+        print(f"  L={n_slices}: {r['stages']} stages, {r['train_seconds']:.1f} s, "
+              f"{r['peak_rss_mib']:.0f} MiB", flush=True)
     payload = {"training": training, "serving": serving, "forget_ms": forget, "memory": memory,
-               "scaling_shards": scaling, "scaling_n": by_n,
+               "scaling_shards": scaling, "scaling_n": by_n, "scaling_slices": by_slices,
+               "serving_one_adapted_layer": one_layer,
                "targets": targets(training, serving, forget)}
     write_result(NAME, args.quick, prov, payload)
     plot(scaling, args.quick)

@@ -309,6 +309,18 @@ def perf_section(res: Result) -> str:
               table(["train samples", "seconds", "peak MiB"],
                     [[r["n_train"], f"{r['train_seconds']:.1f}", f"{r['peak_rss_mib']:.0f}"]
                      for r in res["scaling_n"]])]
+    if "serving_one_adapted_layer" in res:
+        one = res["serving_one_adapted_layer"]
+        parts.append("The same comparison with one adapted layer (m=5, L=1, where the bound "
+                     "6 / (5 + 5) = 0.6x is above the target): shared / single " + "; ".join(
+                         f"batch {b}: {pm(one[f'batch_{b}']['ratios']['shared_over_single'], 2)}"
+                         for b in (1, 32)) + ".")
+    if "scaling_slices" in res:
+        parts += [f"Scaling with L (cached training, {res['training']['n_train']} samples, m=1, "
+                  "B=L cyclic, one adapted layer per slice, 1 epoch; stages = distinct prefixes):",
+                  table(["L", "stages", "seconds", "peak MiB"],
+                        [[r["slices"], r["stages"], f"{r['train_seconds']:.1f}",
+                          f"{r['peak_rss_mib']:.0f}"] for r in res["scaling_slices"]])]
     return "\n\n".join(parts)
 
 

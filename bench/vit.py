@@ -89,14 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if refused is None:
             refused = public_forget_refused(configs[0][2], train, min(public))
             print(f"deletion request for public id {min(public)} refused: {refused}")
-        for key, label, config in configs:
-            run = deletions.run_sequence(config, train, deletions.scorer(test), victims)
-            run["seed"] = seed
-            results.setdefault(key, {"label": label, "runs": []})["runs"].append(run)
-            h = run["history"]
-            print(f"seed {seed}  {label:<22} accuracy {h[0]['accuracy']:.3f} "
-                  f"(trained in {run['train_seconds']:.0f} s) -> retrain needed after "
-                  f"{run['requests_until_retrain']} requests", flush=True)
+        deletions.run_settings(results, configs, train, deletions.scorer(test), victims, seed)
     summary = deletions.summarize(results, size["shards"], size["slices"], size["cap"])
     deletions.print_summary(summary)
     common.write_result(NAME, args.quick, prov, {"results": results, "summary": summary,
