@@ -160,7 +160,8 @@ def summarize(results: dict[str, dict[str, Any]], m: int, n_slices: int, cap: in
 
 
 def plot(results: dict[str, dict[str, Any]], name: str, quick: bool, title: str,
-         metric: str = "accuracy", ylabel: str = "test accuracy (served shards)") -> None:
+         metric: str = "accuracy", ylabel: str = "test accuracy (served shards)",
+         reference: tuple[float, str] | None = None) -> None:
     """``metric`` (top, points where measured) and capacity (bottom) per request; a line per seed."""
     plt = common.pyplot()
     fig, (ax_top, ax_cap) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True)
@@ -175,7 +176,10 @@ def plot(results: dict[str, dict[str, Any]], name: str, quick: bool, title: str,
                 ax_top.plot(*zip(*measured, strict=True), ".-", color=color, alpha=0.75, label=label)
             ax_cap.step(xs, [h["capacity"] for h in run["history"]], where="post", color=color,
                         alpha=0.75, label=label)
-            ax_cap.plot(xs[-1], run["history"][-1]["capacity"], "x", color=color)
+            if run["history"][-1]["live_shards"] == 0:
+                ax_cap.plot(xs[-1], 0.0, "x", color=color)
+    if reference is not None:
+        ax_top.axhline(reference[0], color="black", linestyle="--", linewidth=1, label=reference[1])
     ax_top.set_ylabel(ylabel)
     ax_cap.set_ylabel("capacity (served prefix / L)")
     ax_cap.set_xlabel("deletion requests (uniform random samples); x = no shard live")

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     common.write_result(NAME, args.quick, prov, {"results": results, "summary": summary,
                                                  "base_perplexity": base})
     deletions.plot(results, NAME, args.quick, TITLE, metric="perplexity",
-                   ylabel="held-out perplexity (live shards' ensemble)")
+                   ylabel="held-out perplexity (live shards' ensemble)",
+                   reference=(float(np.mean(list(base.values()))), "pretrained, no fine-tuning"))
     return 0
 
 
