@@ -125,14 +125,16 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     # or load finishes any erasure left undone.
     certificate["ledger_scrubbed"] = ledger.checkpoint()
     store.erase_all([(r.shard, r.key) for r in erased])
-    # Spilled feature-cache blocks of the hit cells hold the deleted inputs in derived form.
-    stale_blocks = features.erase_stale(new_version) if features is not None else []
+    # Spilled feature-cache blocks of the hit cells hold the deleted inputs in derived form;
+    # after an interrupted request, those of every cell.
+    cells_to_clean = ledger.slice_versions() if unfinished_erasure else new_version
+    stale_blocks = features.erase_stale(cells_to_clean) if features is not None else []
     certificate["feature_blocks_erased"] = len(stale_blocks)
     if unfinished_erasure:
         certificate["files_erased"] = erase_invalidated(ledger, store)
     else:
         certificate["files_erased"] = not any(store.path(r.shard, r.key).exists() for r in erased)
-    if features is not None and features.stale(new_version):
+    if features is not None and features.stale(cells_to_clean):
         certificate["files_erased"] = False
     certificate["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
     # The certificate's final fields need no fsync of their own: the deletion itself is

@@ -160,3 +160,31 @@ def test_deletion_during_a_spilled_retrain_leaves_no_stale_block(tiny_bert, tmp_
     monkeypatch.setattr(engine_module, "train_stage", real_train)
     est.retrain(progress=False)
     assert est.status()["capacity"] == 1.0 and est.audit().ok
+
+
+def test_blocks_left_by_an_interrupted_forget_are_erased_by_the_next(tiny_bert, tmp_path,
+                                                                      monkeypatch):
+    data = toy_dataset(36)
+    est = S3T(small(tiny_bert, feature_cache_memory_gb=0), run_dir=tmp_path / "r").fit(
+        data, progress=False)
+    cells = {sid: row[:2] for sid, row in est.ledger.find_samples(data.ids).items()}
+    first = data.ids[0]
+    second = next(sid for sid in data.ids if cells[sid] != cells[first])
+    real_erase = FeatureFiles.erase_stale
+
+    def failing_erase(self, versions):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(FeatureFiles, "erase_stale", failing_erase)
+    crashing = Run.open(est.run_dir, repair=False)
+    with pytest.raises(OSError):
+        crashing.forget([first])
+    crashing.close()
+    report = est.audit()
+    assert not report.ok and any("feature-cache" in v for v in report.violations)
+    monkeypatch.setattr(FeatureFiles, "erase_stale", real_erase)
+    run = Run.open(est.run_dir, repair=False)  # no sweep: the next request itself cleans up
+    _, certificate = run.forget([second])
+    run.close()
+    assert certificate["files_erased"] and certificate["feature_blocks_erased"] == 2
+    assert est.audit().ok
