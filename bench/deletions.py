@@ -130,12 +130,15 @@ def state_after(history: list[dict[str, Any]], requests: int) -> dict[str, Any]:
 
 
 def theory(m: int, n_slices: int) -> dict[str, float]:
-    """Closed-form expected requests until retraining (uniform deletions), for context."""
-    from s3t.plan.theory import deletion_rate_s3t, deletion_rate_sisa
+    """Closed-form expected requests until retraining (uniform deletions), for context.
+
+    SISA here serves only full-depth checkpoints, so any hit takes its shard out: ``m H_m``
+    (the paper's ``m L H_m`` lets a shard serve the checkpoint before the hit slice)."""
+    from s3t.plan.theory import deletion_rate_s3t, deletion_rate_shard_out
 
     return {"s3t_b1": deletion_rate_s3t(m, n_slices, 1),
             f"s3t_b{n_slices}": deletion_rate_s3t(m, n_slices, n_slices),
-            "sisa": deletion_rate_sisa(m, n_slices), "full": 1.0}
+            "sisa": deletion_rate_shard_out(m), "full": 1.0}
 
 
 def summarize(results: dict[str, dict[str, Any]], m: int, n_slices: int, cap: int,

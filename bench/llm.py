@@ -9,7 +9,7 @@ uniform random single-sample deletion requests as bench/deletions.py; perplexity
 ensemble of live shards (mean of their next-token probabilities) is measured at a few
 request counts (each evaluation runs the 135M model over the held-out set).
 
-Sized for 2 cores: a few hundred short samples, one seed, 4 of the 30 layers adapted, one
+Sized for 2 cores: a few hundred short samples, 4 of the 30 layers adapted, one
 epoch; see BENCHMARKS.md for what that cut.
 
     .venv/bin/python bench/llm.py [--quick] [--seeds 0]
@@ -32,7 +32,7 @@ import deletions  # noqa: E402
 NAME = "llm"
 QUICK = {"train": 48, "test": 16, "epochs": 1, "cap": 4, "shards": 2, "slices": 2,
          "layers_per_slice": 1, "max_seq_len": 64, "measure_at": [0, 1, 2, 4]}
-FULL = {"train": 400, "test": 48, "epochs": 1, "cap": 20, "shards": 2, "slices": 2,
+FULL = {"train": 600, "test": 64, "epochs": 1, "cap": 20, "shards": 2, "slices": 2,
         "layers_per_slice": 2, "max_seq_len": 64, "measure_at": [0, 1, 2, 3, 5, 8, 12, 20]}
 TITLE = "WordNet instructions, SmolLM2-135M-Instruct: serving through deletions"
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     args = p.parse_args(argv)
     size = dict(QUICK if args.quick else FULL)
-    seeds = common.seeds_for(args, [0], [0])
+    seeds = common.seeds_for(args, [0], [0, 1, 2])
     prov = common.provenance(NAME, args.quick, seeds, size)
     common.print_header(prov)
     model = str(default_llm_dir())

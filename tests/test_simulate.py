@@ -15,6 +15,7 @@ from s3t.plan import (
     cyclic_orderings,
     deletion_rate,
     deletion_rate_s3t,
+    deletion_rate_shard_out,
     deletion_rate_sisa,
     distinct_first_slices,
     expected_prefix_length,
@@ -354,3 +355,19 @@ def test_trivial_cases_of_the_paper_formula_are_exact():
             assert retention_s3t(n, k, 0, b) == retention_exact(o, 0)[k] == 1.0
     with pytest.raises(ValueError, match="k must be"):
         retention_s3t(4, 5, 1, 2)
+
+
+def test_shard_out_rate_is_the_coupon_collector_over_shards():
+    rng = np.random.default_rng(0)
+    m, trials = 3, 4000
+    counts = []
+    for _ in range(trials):
+        seen, n = set(), 0
+        while len(seen) < m:
+            seen.add(int(rng.integers(m)))
+            n += 1
+        counts.append(n)
+    assert np.mean(counts) == pytest.approx(deletion_rate_shard_out(m), rel=0.03)
+    assert deletion_rate_shard_out(1) == 1.0 and deletion_rate_shard_out(2) == 3.0
+    with pytest.raises(ValueError, match="m must be >= 1"):
+        deletion_rate_shard_out(0)

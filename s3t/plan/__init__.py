@@ -19,6 +19,7 @@ from s3t.plan.simulate import SimulationResult, simulate, simulate_retention
 from s3t.plan.theory import (
     deletion_rate,
     deletion_rate_s3t,
+    deletion_rate_shard_out,
     deletion_rate_sisa,
     distinct_first_slices,
     expected_prefix_length,
@@ -43,6 +44,7 @@ __all__ = [
     "cyclic_orderings",
     "deletion_rate",
     "deletion_rate_s3t",
+    "deletion_rate_shard_out",
     "deletion_rate_sisa",
     "distinct_first_slices",
     "expected_prefix_length",

@@ -66,8 +66,17 @@ def deletion_rate_s3t(m: int, n_slices: int, b_prime: int) -> float:
 
 
 def deletion_rate_sisa(m: int, n_slices: int) -> float:
-    """SISA's expected requests until every shard was hit once: ``m L H_m``."""
+    """The paper's SISA rate ``m L H_m``: a shard keeps serving the checkpoint before its
+    first hit slice, so it dies when its first slice is hit (the same as S3T with B = 1)."""
     return deletion_rate_s3t(m, n_slices, 1)
+
+
+def deletion_rate_shard_out(m: int) -> float:
+    """Expected requests until every shard was hit once, ``m H_m``: the rate when any hit
+    takes a shard out of service (this project's SISA baseline; full fine-tuning, m = 1)."""
+    if m < 1:
+        raise ValueError(f"m must be >= 1, got {m}")
+    return m * harmonic(m)
 
 
 def distinct_first_slices(orderings: Sequence[Sequence[int]]) -> int:
