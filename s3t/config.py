@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +78,8 @@ class S3TConfig:
         if self.feature_cache_dtype not in CACHE_DTYPES:
             raise ValueError(f"feature_cache_dtype must be one of {', '.join(CACHE_DTYPES)}, "
                              f"got {self.feature_cache_dtype!r}")
-        if not isinstance(self.feature_cache_memory_gb, (int, float)) or self.feature_cache_memory_gb < 0:
+        if (not isinstance(self.feature_cache_memory_gb, (int, float))
+                or not math.isfinite(self.feature_cache_memory_gb) or self.feature_cache_memory_gb < 0):
             raise ValueError(f"feature_cache_memory_gb must be a number >= 0 (0 keeps every block "
                              f"on disk), got {self.feature_cache_memory_gb!r}")
         if self.target_modules is not None and not self.target_modules:

@@ -96,7 +96,7 @@ class S3T:
                 self._features = FeatureCache(
                     self.backbone, chunk_size=config.batch_size, dtype=config.feature_cache_dtype,
                     memory_bytes=int(config.feature_cache_memory_gb * 2**30),
-                    directory=FeatureFiles(self.run_dir).owner_dir())
+                    files=FeatureFiles(self.run_dir), is_current=self._block_is_current)
             else:
                 self._features = OnTheFlyFeatures(self.backbone, chunk_size=config.batch_size)
         return self._features
@@ -216,10 +216,16 @@ class S3T:
                 # would see deleted data, or build on a stage that did: never train it
                 discarded.append(self._key(shard, prefix, versions))
                 continue
-            for s in prefix:
-                rows = cell_rows[(shard, s)]
-                self.features.ensure((shard, s), versions[(shard, s)], [r[0] for r in rows],
-                                     [r[2] for r in rows])
+            cached = all(self.features.ensure((shard, s), versions[(shard, s)],
+                                              [r[0] for r in cell_rows[(shard, s)]],
+                                              [r[2] for r in cell_rows[(shard, s)]])
+                         for s in prefix)
+            if not cached:  # a deletion hit a cell while it was being spilled
+                now_versions = self.ledger.slice_versions()
+                changed.update(c for c, v in versions.items() if now_versions[c] != v)
+                self.features.drop_stale(now_versions)
+                discarded.append(self._key(shard, prefix, versions))
+                continue
             ancestors = [self._stage_weights(k) for k in ancestor_keys]
             rows = [r for s in prefix for r in cell_rows[(shard, s)]]
             result = train_stage(
@@ -260,6 +266,12 @@ class S3T:
         return {"stages_trained": len(stage_seconds), "stages_discarded": discarded,
                 "stage_seconds": stage_seconds,
                 "stages_total": self.tree.count() * config.shards}
+
+    def _block_is_current(self, block: object, version: object) -> bool:
+        """Whether a cell is still at ``version`` in the ledger right now (other blocks: yes)."""
+        if not isinstance(block, tuple):
+            return True
+        return self.ledger.slice_versions().get(block) == version
 
     def _key(self, shard: int, prefix: Sequence[int], versions: dict) -> str:
         return stage_key(shard, prefix, [versions[(shard, s)] for s in prefix])

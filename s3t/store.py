@@ -6,6 +6,7 @@ ledger recorded when the stage was written.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -131,16 +132,20 @@ class StageStore:
 
 
 FEATURE_CACHE_DIR = "feature-cache"
-_CELL_BLOCK = re.compile(r"cell-(\d+)-(\d+)-v(\d+)(\.tmp)?")
+_CELL_BLOCK = re.compile(r"cell-(\d+)-(\d+)-v(\d+)")
+LOCK_FILE = ".lock"
 
 
 class FeatureFiles:
     """Feature-cache blocks spilled to disk: ``<run>/feature-cache/<owner>/<block>-v<version>``.
 
-    Each training process (owner ``<pid>-<token>``) spills into its own folder, so one
-    process never removes another's working files, except those of a cell that a deletion
-    changed: they hold a deleted sample's input in derived form and are erased by ``forget``
-    in whatever process runs it, found again by ``sweep`` and reported by ``audit``.
+    Each training process spills into its own owner folder and holds an exclusive ``flock``
+    on its ``.lock`` file while it lives, so a folder whose lock can be taken belongs to a
+    process that is gone. Blocks of a cell that a deletion changed hold a deleted sample's
+    input in derived form: ``forget`` erases them in whatever process runs it, ``sweep``
+    finds them again and ``audit`` reports them. A block is written as ``<name>.tmp`` and
+    renamed; its writer then re-reads the cell's version and removes it if a deletion came
+    in between, so ``forget`` leaves half-written folders to their writer.
     """
 
     def __init__(self, run_dir: str | Path):
@@ -152,11 +157,16 @@ class FeatureFiles:
             return f"cell-{block[0]}-{block[1]}-v{version}"
         return f"{block}-v{version}"
 
-    def owner_dir(self) -> Path:
-        return self.root / f"{os.getpid()}-{os.urandom(4).hex()}"
+    def claim_owner_dir(self) -> tuple[Path, int]:
+        """A new owner folder for this process, locked; returns it and the lock's descriptor."""
+        owner = self.root / f"{os.getpid()}-{os.urandom(4).hex()}"
+        owner.mkdir(parents=True)
+        fd = os.open(owner / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return owner, fd
 
     def cell_blocks(self) -> list[tuple[Path, tuple[int, int], int]]:
-        """Every spilled cell block, half-written ones included: (folder, (shard, slice), version)."""
+        """Every finished spilled cell block: (folder, (shard, slice), version)."""
         found = []
         for path in sorted(self.root.glob("*/cell-*")):
             match = _CELL_BLOCK.fullmatch(path.name)
@@ -165,9 +175,9 @@ class FeatureFiles:
         return found
 
     def stale(self, versions: dict[tuple[int, int], int]) -> list[Path]:
-        """Spilled blocks of the cells in ``versions`` at a version other than the one given."""
+        """Spilled blocks of the cells in ``versions`` at an older version than the one given."""
         return [path for path, cell, version in self.cell_blocks()
-                if cell in versions and versions[cell] != version]
+                if cell in versions and version < versions[cell]]
 
     def erase_stale(self, versions: dict[tuple[int, int], int]) -> list[Path]:
         """Remove :meth:`stale` blocks (durably); return what was removed."""
@@ -179,22 +189,33 @@ class FeatureFiles:
                 _fsync_dir(owner)
         return removed
 
+    def orphans(self) -> list[Path]:
+        """Owner folders whose process is gone (its lock is free, or it never took one)."""
+        found = []
+        for owner in sorted(self.root.glob("*")):
+            if owner.is_dir() and not _locked(owner / LOCK_FILE):
+                found.append(owner)
+        return found
+
     def erase_orphans(self) -> list[Path]:
-        """Remove the spill folders of processes that no longer run (crashed trainers)."""
-        removed = []
-        for owner in sorted(self.root.glob("*-*")):
-            pid = owner.name.split("-")[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(owner, ignore_errors=True)
-                removed.append(owner)
+        """Remove the spill folders of processes that no longer run (e.g. crashed trainers)."""
+        removed = self.orphans()
+        for owner in removed:
+            shutil.rmtree(owner, ignore_errors=True)
         return removed
 
 
-def _alive(pid: int) -> bool:
+def _locked(lock: Path) -> bool:
+    """Whether a live process holds ``lock`` (flock works across processes and containers
+    sharing this kernel; it cannot see a process on another host sharing the disk)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)
+    return False

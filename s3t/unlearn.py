@@ -248,6 +248,9 @@ def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
     blocks = features.cell_blocks() if features is not None else []
     for path in features.stale(ledger.slice_versions()) if features is not None else []:
         violations.append(f"feature-cache files of a cell a deletion changed: {path}")
+    for owner in features.orphans() if features is not None else []:
+        violations.append(f"feature-cache folder of a process that is gone: {owner} "
+                          "(opening the run with repair removes it)")
 
     checked = {"stages": len(records), "live_stages": len(live), "deleted_samples": len(deleted),
                "routes": len(routes), "stage_dirs": len(on_disk), "feature_cache_blocks": len(blocks)}

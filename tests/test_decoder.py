@@ -38,6 +38,7 @@ from s3t.models.adapted import AdaptedBackbone, model_type_of
 from s3t.models.decoder import LLM_TARGETS, instruction_text, parse_instruction
 from s3t.models.gguf import gguf_architecture, gguf_file
 from s3t.plan.methods import Method
+from s3t.store import FeatureFiles
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
 from s3t.train.stage_trainer import apply_chain, train_stage
 
@@ -166,9 +167,9 @@ def test_spilled_features_keep_token_labels_and_train_bitwise_the_same(tiny_llam
     cfg = config(tiny_llama, slices=2, budget=1, lora_dropout=0.0)
     data = toy_instructions(12)
     results, caches = [], []
-    for directory in (None, tmp_path / "spill"):
+    for files in (None, FeatureFiles(tmp_path)):
         backbone = AdaptedBackbone(cfg, num_labels=1)
-        features = FeatureCache(backbone, chunk_size=5, memory_bytes=0, directory=directory)
+        features = FeatureCache(backbone, chunk_size=5, memory_bytes=0, files=files)
         features.ensure("all", 0, data.ids, data.texts)
         caches.append(features)
         results.append(train_stage(backbone, features, shard=0, prefix=(0,), ancestors=[],

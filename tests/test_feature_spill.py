@@ -6,6 +6,8 @@ in-memory cache trains and be erased, audited and swept like stage files.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -77,23 +79,82 @@ def test_forget_in_another_process_erases_the_hit_cells_blocks(pair):
 
 def test_audit_reports_a_stale_block_and_opening_the_run_sweeps_it(pair, tmp_path):
     _, disk, _ = pair
-    path, (shard, sl), version = FeatureFiles(disk.run_dir).cell_blocks()[0]
+    (kept, _, _), (stale, cell, version) = FeatureFiles(disk.run_dir).cell_blocks()[:2]
     target = tmp_path / "copy"
     shutil.copytree(disk.run_dir, target, ignore=shutil.ignore_patterns("*.sqlite*"))
     copy = sqlite3.connect(target / Ledger.FILE)
     disk.ledger.conn.backup(copy)
     copy.close()
-    owner = target / FEATURE_CACHE_DIR / path.parent.name
-    stale = owner / FeatureFiles.block_name((shard, sl), version + 7)
-    shutil.copytree(owner / path.name, stale)
+    owner = target / FEATURE_CACHE_DIR / kept.parent.name
+    kept, stale = owner / kept.name, owner / stale.name
+    live = os.open(owner / ".lock", os.O_RDWR)  # play the owner: a live trainer holds its lock
+    fcntl.flock(live, fcntl.LOCK_EX)
+    assert Run.open(target, verify=False, repair=False).audit().ok
+    bumped = sqlite3.connect(target / Ledger.FILE)  # as if a deletion changed `cell`
+    with bumped:
+        bumped.execute("UPDATE slices SET version = ? WHERE shard = ? AND slice = ?",
+                       (version + 1, *cell))
+    bumped.close()
+    dead = target / FEATURE_CACHE_DIR / "12345-dead"
+    shutil.copytree(kept, dead / kept.name)
     report = Run.open(target, verify=False, repair=False).audit()
-    assert not report.ok and any(str(stale) in v for v in report.violations)
-    dead = target / FEATURE_CACHE_DIR / "999999999-dead"
-    shutil.copytree(owner / path.name, dead / path.name)
-    run = Run.open(target)  # repair: sweeps the stale block and the dead process's folder
-    assert not stale.exists() and not dead.exists() and (owner / path.name).exists()
-    assert run.audit().ok
+    assert not report.ok
+    assert any(str(stale) in v for v in report.violations)
+    assert any(str(dead) in v for v in report.violations)
+    run = Run.open(target)  # repair: sweeps the stale block and the gone process's folder
+    assert not stale.exists() and not dead.exists() and kept.exists()
     run.close()
+    os.close(live)  # the owner is gone now: its folder goes the next time the run is opened
+    Run.open(target).close()
+    assert not owner.exists()
+
+
+@pytest.mark.parametrize("delete_before_write", [True, False])
+def test_a_deletion_racing_a_spill_leaves_no_stale_block(tiny_bert, tmp_path, monkeypatch,
+                                                         delete_before_write):
+    """Another process deletes from a cell whose features this trainer has computed from
+    its snapshot, just before (or just after) the block reaches the disk."""
+    import s3t.engine as engine_module
+    from s3t.train.features import FeatureCache
+
+    data = toy_dataset(36)
+    est = S3T(small(tiny_bert, feature_cache_memory_gb=0), run_dir=tmp_path / "r").fit(
+        data, progress=False)
+    est.forget([data.ids[0]])
+    files = FeatureFiles(est.run_dir)
+    real_write, real_train = FeatureCache._write, engine_module.train_stage
+    after_forget: list[list] = []
+    while_training: list[list] = []
+
+    def delete(held):
+        other = Run.open(est.run_dir, repair=False)
+        other.forget([next(iter(held.spans))])
+        after_forget.append(files.stale(other.ledger.slice_versions()))
+        other.close()
+
+    def racing_write(self, held, name):
+        if not after_forget and delete_before_write:
+            delete(held)
+        written = real_write(self, held, name)
+        if not after_forget:
+            delete(held)
+        return written
+
+    def watched_train(*args, **kwargs):
+        while_training.append(files.stale(est.ledger.slice_versions()))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(FeatureCache, "_write", racing_write)
+    monkeypatch.setattr(engine_module, "train_stage", watched_train)
+    summary = est.retrain(progress=False)  # must not crash
+    assert summary["stages_discarded"]
+    assert after_forget and not any(after_forget), "forget returned with a stale block on disk"
+    assert not any(while_training), "a stale block stayed on disk while a stage trained"
+    assert not files.stale(est.ledger.slice_versions()) and est.audit().ok
+    monkeypatch.setattr(FeatureCache, "_write", real_write)
+    monkeypatch.setattr(engine_module, "train_stage", real_train)
+    est.retrain(progress=False)
+    assert est.status()["capacity"] == 1.0 and est.audit().ok
 
 
 def test_close_removes_the_spill_folder(tiny_bert, tmp_path):
@@ -122,6 +183,7 @@ def test_float16_storage_halves_the_cache_and_stays_close(tiny_bert, pair, tmp_p
 @pytest.mark.parametrize("field, value, message", [
     ("feature_cache_dtype", "int8", "feature_cache_dtype must be one of float32, float16"),
     ("feature_cache_memory_gb", -1, "feature_cache_memory_gb must be a number >= 0"),
+    ("feature_cache_memory_gb", float("nan"), "feature_cache_memory_gb must be a number >= 0"),
 ])
 def test_cache_settings_are_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -188,3 +250,12 @@ def test_blocks_left_by_an_interrupted_forget_are_erased_by_the_next(tiny_bert, 
     run.close()
     assert certificate["files_erased"] and certificate["feature_blocks_erased"] == 2
     assert est.audit().ok
+
+
+def test_float16_storage_refuses_states_beyond_its_range():
+    from s3t.train.features import FeatureCache
+
+    cache = FeatureCache(None, dtype="float16")
+    assert cache._stored(np.array([[1.5, -7e4 / 2]], np.float32)).dtype == np.float16
+    with pytest.raises(ValueError, match="beyond float16's range.*feature_cache_dtype='float32'"):
+        cache._stored(np.array([[1.0, -7e4]], np.float32))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import weakref
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import torch
 from s3t.models.adapted import AdaptedBackbone
 from s3t.store import FeatureFiles
 
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 Features = dict[int, torch.Tensor]  # layer group -> (tokens, hidden) for one sample
 
 
@@ -76,34 +77,39 @@ class _Held:
 
 
 class FeatureCache(_Blocks):
-    """Features in memory up to ``memory_bytes``; blocks beyond that are written under
-    ``directory`` (one folder per block and version, see :class:`s3t.store.FeatureFiles`)
-    and memory-mapped. ``dtype`` is the storage precision; compute is always float32.
+    """Features in memory up to ``memory_bytes``; blocks beyond that are written to this
+    process's folder of ``files`` (see :class:`s3t.store.FeatureFiles`) and memory-mapped.
+    ``dtype`` is the storage precision; compute is always float32.
 
     A spilled block holds sample inputs in derived form, so it is erased like a stage: the
     engine drops a hit cell's block, and ``forget`` in any process removes a hit cell's
-    folders (:meth:`s3t.store.FeatureFiles.erase_stale`).
+    older folders. ``is_current(block, version)`` is asked right after a block is written:
+    if a deletion changed the block meanwhile, the block is removed at once and
+    :meth:`ensure` returns False.
     """
 
     def __init__(self, backbone: AdaptedBackbone, chunk_size: int = 64, dtype: str = "float32",
-                 memory_bytes: int | None = None, directory: Path | None = None):
+                 memory_bytes: int | None = None, files: FeatureFiles | None = None,
+                 is_current: Callable[[Hashable, Hashable], bool] | None = None):
         super().__init__()
         self.backbone = backbone
         self.chunk_size = chunk_size
         self.dtype = np.dtype(dtype)
         self.memory_bytes = memory_bytes
-        self.directory = directory
+        self.files = files
+        self.is_current = is_current
+        self.directory: Path | None = None  # this process's spill folder, made on first spill
         self._held: dict[Hashable, _Held] = {}
         self._where: dict[str, Hashable] = {}
         self._in_memory = 0
-        if directory is not None:  # never leave spilled data behind, even without close()
-            self._finalizer = weakref.finalize(self, shutil.rmtree, directory, True)
+        self._finalizer: weakref.finalize | None = None
 
     def ensure(self, block: Hashable, version: Hashable, ids: Sequence[str],
-               inputs: Sequence) -> None:
-        """Make sure the samples of ``block`` (a cell, or the eval set) are cached at ``version``."""
+               inputs: Sequence) -> bool:
+        """Make sure the samples of ``block`` (a cell, or the eval set) are cached at
+        ``version``; False if a deletion changed the block while it was being spilled."""
         if self._current(block, version):
-            return
+            return True
         order = sorted(range(len(ids)), key=lambda i: ids[i])
         parts: dict[int, list[np.ndarray]] = {}
         targets: list[np.ndarray] = []
@@ -119,36 +125,51 @@ class FeatureCache(_Blocks):
                 spans[ids[i]] = (position, n)
                 position += n
                 for g, h in bounds.items():
-                    parts.setdefault(g, []).append(h[row, :n].astype(self.dtype))
+                    parts.setdefault(g, []).append(self._stored(h[row, :n]))
                 if "labels" in batch:
                     targets.append(batch["labels"][row, :n].numpy())
         held = _Held(spans, {g: np.concatenate(p) for g, p in parts.items()},
                      np.concatenate(targets) if targets else None, None)
         if self._spill(held.nbytes):
             held = self._write(held, FeatureFiles.block_name(block, version))
+            if self.is_current is not None and not self.is_current(block, version):
+                shutil.rmtree(held.path, ignore_errors=True)
+                return False
         else:
             self._in_memory += held.nbytes
         self._held[block] = held
         self._where.update(dict.fromkeys(spans, block))
         self._blocks[block] = (version, [ids[i] for i in order])
+        return True
+
+    def _stored(self, values: np.ndarray) -> np.ndarray:
+        if self.dtype == np.float16 and values.size and np.abs(values).max() > _FLOAT16_MAX:
+            raise ValueError(f"hidden states reach {np.abs(values).max():.3g}, beyond float16's "
+                             f"range ({_FLOAT16_MAX:.0f}): use feature_cache_dtype='float32'")
+        return values.astype(self.dtype)
 
     def _spill(self, nbytes: int) -> bool:
-        return (self.directory is not None and self.memory_bytes is not None
+        return (self.files is not None and self.memory_bytes is not None
                 and self._in_memory + nbytes > self.memory_bytes)
 
     def _write(self, held: _Held, name: str) -> _Held:
         """Write a block's arrays to its folder (atomically) and reopen them memory-mapped."""
+        if self.directory is None:
+            self.directory, lock = self.files.claim_owner_dir()
+            # never leave spilled data behind, even without close()
+            self._finalizer = weakref.finalize(self, _release, self.directory, lock)
         final = self.directory / name
         tmp = final.with_name(name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         arrays = {f"g{g}": a for g, a in held.states.items()}
         if held.targets is not None:
             arrays["targets"] = held.targets
-        for stem, array in arrays.items():
-            np.save(tmp / f"{stem}.npy", array)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        try:
+            tmp.mkdir()
+            for stem, array in arrays.items():
+                np.save(tmp / f"{stem}.npy", array)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         states = {g: np.load(final / f"g{g}.npy", mmap_mode="r") for g in held.states}
         targets = None if held.targets is None else np.load(final / "targets.npy", mmap_mode="r")
         return _Held(held.spans, states, targets, final)
@@ -170,7 +191,7 @@ class FeatureCache(_Blocks):
         """Forget everything held and remove the spill folder."""
         for block in list(self._held):
             self.drop(block)
-        if self.directory is not None:
+        if self._finalizer is not None:
             self._finalizer()
 
     def _rows(self, ids: Sequence[str], group: int | None) -> list[np.ndarray]:
@@ -201,6 +222,11 @@ class FeatureCache(_Blocks):
         return self._in_memory
 
 
+def _release(directory: Path, lock: int) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    os.close(lock)
+
+
 def pad_targets(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     out = torch.full((len(rows), max(r.shape[0] for r in rows)), -100, dtype=torch.long)
     for i, r in enumerate(rows):
@@ -220,11 +246,11 @@ class OnTheFlyFeatures(_Blocks):
         self._inputs: dict[str, object] = {}
 
     def ensure(self, block: Hashable, version: Hashable, ids: Sequence[str],
-               inputs: Sequence) -> None:
-        if self._current(block, version):
-            return
-        self._inputs.update(zip(ids, inputs, strict=True))
-        self._blocks[block] = (version, list(ids))
+               inputs: Sequence) -> bool:
+        if not self._current(block, version):
+            self._inputs.update(zip(ids, inputs, strict=True))
+            self._blocks[block] = (version, list(ids))
+        return True
 
     def _discard(self, sid: str) -> None:
         self._inputs.pop(sid, None)
