@@ -587,6 +587,7 @@ def retrain_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
         est = S3T.load(run, verify=False)
         summary = est.retrain(progress=not as_json)
         summary["capacity"] = est.status()["capacity"]
+        est.close()
     _emit(as_json, summary, f"retrained {summary['stages_trained']} stages in "
           f"{summary['train_seconds']:.1f} s; capacity {summary['capacity']:.2f}")
 

@@ -259,3 +259,22 @@ def test_float16_storage_refuses_states_beyond_its_range():
     assert cache._stored(np.array([[1.5, -7e4 / 2]], np.float32)).dtype == np.float16
     with pytest.raises(ValueError, match="beyond float16's range.*feature_cache_dtype='float32'"):
         cache._stored(np.array([[1.0, -7e4]], np.float32))
+
+
+def test_a_budget_between_nothing_and_everything_keeps_some_blocks_in_memory(pair, tiny_bert,
+                                                                             tmp_path):
+    memory, _, data = pair
+    block = max(h.nbytes for h in memory.features._held.values())
+    budget = 2.5 * block / 2**30  # room for two blocks of this size
+    mixed = S3T(small(tiny_bert, feature_cache_memory_gb=budget), run_dir=tmp_path / "m").fit(
+        data, progress=False)
+    held = mixed.features._held.values()
+    in_memory = [h for h in held if h.path is None]
+    assert len(in_memory) == 2 and len(held) - len(in_memory) == 4
+    assert mixed.features.bytes_in_memory == sum(h.nbytes for h in in_memory) <= budget * 2**30
+    fresh = S3T(small(tiny_bert), run_dir=tmp_path / "f").fit(data, progress=False)
+    for key, weights in fresh._weights.items():
+        assert_same_weights(weights, mixed._weights[key])
+    dropped = next(cell for cell, h in mixed.features._held.items() if h.path is None)
+    mixed.features.drop(dropped)  # frees its share of the budget
+    assert mixed.features.bytes_in_memory == sum(h.nbytes for h in in_memory[1:])
