@@ -115,43 +115,45 @@ def test_a_deletion_racing_a_spill_leaves_no_stale_block(tiny_bert, tmp_path, mo
     """Another process deletes from a cell whose features this trainer has computed from
     its snapshot, just before (or just after) the block reaches the disk."""
     import s3t.engine as engine_module
-    from s3t.train.features import FeatureCache
+    from s3t.train.features import _SpillWriter
 
     data = toy_dataset(36)
     est = S3T(small(tiny_bert, feature_cache_memory_gb=0), run_dir=tmp_path / "r").fit(
         data, progress=False)
     est.forget([data.ids[0]])
     files = FeatureFiles(est.run_dir)
-    real_write, real_train = FeatureCache._write, engine_module.train_stage
+    real_finish, real_train = _SpillWriter.finish, engine_module.train_stage
     after_forget: list[list] = []
     while_training: list[list] = []
 
-    def delete(held):
+    def delete(writer):  # another process deletes a live sample of the cell being written
+        cell = tuple(int(x) for x in writer.final.name.split("-")[1:3])
         other = Run.open(est.run_dir, repair=False)
-        other.forget([next(iter(held.spans))])
+        rows = other.ledger.find_samples(data.ids).items()
+        other.forget([next(sid for sid, row in rows if row[:2] == cell and row[2] is None)])
         after_forget.append(files.stale(other.ledger.slice_versions()))
         other.close()
 
-    def racing_write(self, held, name):
+    def racing_finish(self):
         if not after_forget and delete_before_write:
-            delete(held)
-        written = real_write(self, held, name)
+            delete(self)
+        arrays = real_finish(self)
         if not after_forget:
-            delete(held)
-        return written
+            delete(self)
+        return arrays
 
     def watched_train(*args, **kwargs):
         while_training.append(files.stale(est.ledger.slice_versions()))
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(FeatureCache, "_write", racing_write)
+    monkeypatch.setattr(_SpillWriter, "finish", racing_finish)
     monkeypatch.setattr(engine_module, "train_stage", watched_train)
     summary = est.retrain(progress=False)  # must not crash
     assert summary["stages_discarded"]
     assert after_forget and not any(after_forget), "forget returned with a stale block on disk"
     assert not any(while_training), "a stale block stayed on disk while a stage trained"
     assert not files.stale(est.ledger.slice_versions()) and est.audit().ok
-    monkeypatch.setattr(FeatureCache, "_write", real_write)
+    monkeypatch.setattr(_SpillWriter, "finish", real_finish)
     monkeypatch.setattr(engine_module, "train_stage", real_train)
     est.retrain(progress=False)
     assert est.status()["capacity"] == 1.0 and est.audit().ok

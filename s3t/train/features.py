@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,31 +112,44 @@ class FeatureCache(_Blocks):
         if self._current(block, version):
             return True
         order = sorted(range(len(ids)), key=lambda i: ids[i])
-        parts: dict[int, list[np.ndarray]] = {}
-        targets: list[np.ndarray] = []
+        parts: dict[str, list[np.ndarray]] = {}  # "g<group>" / "targets" -> rows, in memory
         spans: dict[str, tuple[int, int]] = {}
-        position = 0
-        for start in range(0, len(order), self.chunk_size):
-            chunk = order[start:start + self.chunk_size]
-            batch = self.backbone.encode([inputs[i] for i in chunk])
-            bounds = {g: h.float().numpy() for g, h in self.backbone.boundaries(batch).items()}
-            lengths = batch["attention_mask"].sum(dim=1).tolist()
-            for row, i in enumerate(chunk):
-                n = int(lengths[row])
-                spans[ids[i]] = (position, n)
-                position += n
-                for g, h in bounds.items():
-                    parts.setdefault(g, []).append(self._stored(h[row, :n]))
-                if "labels" in batch:
-                    targets.append(batch["labels"][row, :n].numpy())
-        held = _Held(spans, {g: np.concatenate(p) for g, p in parts.items()},
-                     np.concatenate(targets) if targets else None, None)
-        if self._spill(held.nbytes):
-            held = self._write(held, FeatureFiles.block_name(block, version))
-            if self.is_current is not None and not self.is_current(block, version):
-                shutil.rmtree(held.path, ignore_errors=True)
-                return False
-        else:
+        position, nbytes, writer = 0, 0, None
+        try:
+            for start in range(0, len(order), self.chunk_size):
+                chunk = order[start:start + self.chunk_size]
+                batch = self.backbone.encode([inputs[i] for i in chunk])
+                bounds = {g: h.float().numpy() for g, h in self.backbone.boundaries(batch).items()}
+                lengths = batch["attention_mask"].sum(dim=1).tolist()
+                for row, i in enumerate(chunk):
+                    n = int(lengths[row])
+                    spans[ids[i]] = (position, n)
+                    position += n
+                    for g, h in bounds.items():
+                        values = self._stored(h[row, :n])
+                        nbytes += values.nbytes
+                        parts.setdefault(f"g{g}", []).append(values)
+                    if "labels" in batch:
+                        parts.setdefault("targets", []).append(batch["labels"][row, :n].numpy())
+                if writer is None and self._spill(nbytes):  # from here on, straight to disk
+                    writer = _SpillWriter(self._spill_dir() / FeatureFiles.block_name(block, version))
+                if writer is not None:
+                    for name, rows in parts.items():
+                        writer.add(name, rows)
+                    parts.clear()
+            arrays = (writer.finish() if writer is not None
+                      else {name: np.concatenate(rows) for name, rows in parts.items()})
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        targets = arrays.pop("targets", None)
+        held = _Held(spans, {int(k[1:]): v for k, v in arrays.items()}, targets,
+                     None if writer is None else writer.final)
+        if writer is not None and self.is_current is not None and not self.is_current(block, version):
+            shutil.rmtree(held.path, ignore_errors=True)  # a deletion came in meanwhile
+            return False
+        if writer is None:
             self._in_memory += held.nbytes
         self._held[block] = held
         self._where.update(dict.fromkeys(spans, block))
@@ -152,27 +166,13 @@ class FeatureCache(_Blocks):
         return (self.files is not None and self.memory_bytes is not None
                 and self._in_memory + nbytes > self.memory_bytes)
 
-    def _write(self, held: _Held, name: str) -> _Held:
-        """Write a block's arrays to its folder (atomically) and reopen them memory-mapped."""
+    def _spill_dir(self) -> Path:
+        """This process's locked spill folder, claimed on first use."""
         if self.directory is None:
             self.directory, lock = self.files.claim_owner_dir()
             # never leave spilled data behind, even without close()
             self._finalizer = weakref.finalize(self, _release, self.directory, lock)
-        final = self.directory / name
-        tmp = final.with_name(name + ".tmp")
-        arrays = {f"g{g}": a for g, a in held.states.items()}
-        if held.targets is not None:
-            arrays["targets"] = held.targets
-        try:
-            tmp.mkdir()
-            for stem, array in arrays.items():
-                np.save(tmp / f"{stem}.npy", array)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        states = {g: np.load(final / f"g{g}.npy", mmap_mode="r") for g in held.states}
-        targets = None if held.targets is None else np.load(final / "targets.npy", mmap_mode="r")
-        return _Held(held.spans, states, targets, final)
+        return self.directory
 
     def drop(self, block: Hashable) -> None:
         super().drop(block)
@@ -220,6 +220,43 @@ class FeatureCache(_Blocks):
     @property
     def bytes_in_memory(self) -> int:
         return self._in_memory
+
+
+class _SpillWriter:
+    """Streams a block's rows into raw files in ``<final>.tmp``, then renames the folder to
+    ``final`` and maps the files back: RAM holds at most one chunk of a spilled block."""
+
+    def __init__(self, final: Path):
+        self.final = final
+        self.tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        self._files: dict[str, Any] = {}
+        self._layout: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}
+
+    def add(self, name: str, rows: list[np.ndarray]) -> None:
+        if name not in self._files:
+            self._files[name] = open(self.tmp / f"{name}.bin", "wb")  # noqa: SIM115
+            self._layout[name] = (rows[0].dtype, rows[0].shape[1:], 0)
+        dtype, width, count = self._layout[name]
+        for row in rows:
+            self._files[name].write(np.ascontiguousarray(row).tobytes())
+            count += row.shape[0]
+        self._layout[name] = (dtype, width, count)
+
+    def finish(self) -> dict[str, np.ndarray]:
+        for f in self._files.values():
+            f.close()
+        os.replace(self.tmp, self.final)
+        return {name: np.memmap(self.final / f"{name}.bin", dtype=dtype, mode="r",
+                                shape=(count, *width))
+                for name, (dtype, width, count) in self._layout.items()}
+
+    def abort(self) -> None:
+        for f in self._files.values():
+            f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.final, ignore_errors=True)
 
 
 def _release(directory: Path, lock: int) -> None:
