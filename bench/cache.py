@@ -45,8 +45,11 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def disk_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+def disk_bytes(path: Path | None) -> int:
+    """Bytes under ``path`` (None: nothing was spilled)."""
+    if path is None or not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def child_wordnet(variant: str, n_train: int, n_test: int, epochs: int, seed: int) -> dict:
