@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from test_exactness import (
-    assert_same_weights,
+    assert_served_equal_scratch,
     own_group_lora,
     pick_victims,
-    scratch_chain,
     served,
     stage_by_stage_changes,
 )
@@ -206,18 +205,13 @@ def test_served_weights_equal_scratch_training_after_forget_and_retrain(fitted):
     deleted = set(victims)
     cells = partition(data.ids, data.groups, cfg.shards, cfg.slices, seed=cfg.seed)
     hit = {cells[v] for v in victims}
-    for shard, (prefix, chain) in served(est).items():
+    for shard, (prefix, _) in served(est).items():
         assert not any((shard, s) in hit for s in prefix), "a route serves a deleted slice"
-        for got, want in zip(chain, scratch_chain(cfg, data, deleted, shard, prefix), strict=True):
-            assert_same_weights(got, want)
+    assert_served_equal_scratch(est, cfg, data, deleted)
     before = est.generate("colour of cat?", max_new_tokens=6)
 
     est.retrain(progress=False)
-    routes = served(est)
-    assert all(len(prefix) == cfg.slices for prefix, _ in routes.values())
-    for shard, (prefix, chain) in routes.items():
-        for got, want in zip(chain, scratch_chain(cfg, data, deleted, shard, prefix), strict=True):
-            assert_same_weights(got, want)
+    assert_served_equal_scratch(est, cfg, data, deleted, full_depth=True)
     assert est.audit().ok
     after = est.generate("colour of cat?", max_new_tokens=6)
     assert isinstance(after.text, str) and after.live_shards == cfg.shards

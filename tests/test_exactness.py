@@ -56,6 +56,19 @@ def assert_same_weights(a, b) -> None:
             assert torch.equal(left[k], right[k]), f"{part} tensor {k} differs"
 
 
+def assert_served_equal_scratch(est: S3T, cfg: S3TConfig, data, deleted: set[str],
+                                full_depth: bool = False) -> None:
+    """Every served route's chain is bitwise what scratch training on the retained data gives
+    (``full_depth``: and every route serves all L slices)."""
+    routes = served(est)
+    if full_depth:
+        assert all(len(prefix) == cfg.slices for prefix, _ in routes.values())
+    for shard, (prefix, chain) in routes.items():
+        expected = scratch_chain(cfg, data, deleted, shard, prefix)
+        for got, want in zip(chain, expected, strict=True):
+            assert_same_weights(got, want)
+
+
 def served(est: S3T) -> dict[int, tuple]:
     records = {r.key: r for r in est.ledger.stages(None)}
     out = {}
@@ -88,18 +101,10 @@ def test_served_weights_equal_scratch_training_after_forget_and_retrain(fitted):
     assert cert["samples"] == sorted(victims)
     assert cert["erased_stages"], "forgetting must invalidate the stages that saw the samples"
     deleted = set(victims)
-    for shard, (prefix, chain) in served(est).items():
-        expected = scratch_chain(cfg, data, deleted, shard, prefix)
-        for got, want in zip(chain, expected, strict=True):
-            assert_same_weights(got, want)
+    assert_served_equal_scratch(est, cfg, data, deleted)
 
     est.retrain(progress=False)
-    routes = served(est)
-    assert all(len(prefix) == cfg.slices for prefix, _ in routes.values())
-    for shard, (prefix, chain) in routes.items():
-        expected = scratch_chain(cfg, data, deleted, shard, prefix)
-        for got, want in zip(chain, expected, strict=True):
-            assert_same_weights(got, want)
+    assert_served_equal_scratch(est, cfg, data, deleted, full_depth=True)
     assert est.audit().ok
 
 

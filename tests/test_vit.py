@@ -16,12 +16,10 @@ import pytest
 import torch
 from PIL import Image
 from test_exactness import (
-    assert_same_weights,
+    assert_served_equal_scratch,
     config,
     own_group_lora,
     pick_victims,
-    scratch_chain,
-    served,
     stage_by_stage_changes,
 )
 from tiny import make_tiny_vit
@@ -255,17 +253,11 @@ def test_served_weights_equal_scratch_training_after_forget_and_retrain(fitted):
     report = est.audit()
     assert report.ok, report.violations
     deleted = set(victims)
-    for shard, (prefix, chain) in served(est).items():
-        for got, want in zip(chain, scratch_chain(cfg, data, deleted, shard, prefix), strict=True):
-            assert_same_weights(got, want)
+    assert_served_equal_scratch(est, cfg, data, deleted)
     before = est.predict(data.texts[:4]).probabilities
 
     est.retrain(progress=False)
-    routes = served(est)
-    assert all(len(prefix) == cfg.slices for prefix, _ in routes.values())
-    for shard, (prefix, chain) in routes.items():
-        for got, want in zip(chain, scratch_chain(cfg, data, deleted, shard, prefix), strict=True):
-            assert_same_weights(got, want)
+    assert_served_equal_scratch(est, cfg, data, deleted, full_depth=True)
     assert est.audit().ok
     after = est.predict(data.texts[:4])
     assert after.probabilities.shape == (4, 10) and not np.array_equal(before, after.probabilities)
