@@ -110,9 +110,7 @@ def plot(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], quick: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--slices", type=int, default=3)
+    p = common.add_grid(common.parser(__doc__.splitlines()[0]))
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--test-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
@@ -151,11 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def resolve_size(args: argparse.Namespace) -> dict[str, Any]:
     """The size preset, overridden by explicit flags."""
-    base = dict(QUICK if args.quick else FULL)
+    base = common.size_for(args, QUICK, FULL)
     for flag, key in (("train_size", "train"), ("test_size", "test"), ("epochs", "epochs")):
         if getattr(args, flag) is not None:
             base[key] = getattr(args, flag)
-    base.update(shards=args.shards, slices=args.slices)
     return base
 
 

@@ -186,6 +186,22 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_grid(p: argparse.ArgumentParser, shards: int = 2, slices: int = 3) -> argparse.ArgumentParser:
+    """The --shards/--slices flags of the benchmarks that compare methods on one grid point."""
+    p.add_argument("--shards", type=int, default=shards)
+    p.add_argument("--slices", type=int, default=slices)
+    return p
+
+
+def size_for(args: argparse.Namespace, quick: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
+    """The quick or default size, with --shards/--slices when the benchmark takes them."""
+    size = dict(quick if args.quick else full)
+    for key in ("shards", "slices"):
+        if hasattr(args, key):
+            size[key] = getattr(args, key)
+    return size
+
+
 def seeds_for(args: argparse.Namespace, quick_default: Sequence[int],
               full_default: Sequence[int]) -> list[int]:
     """Seeds from --seeds, else the size's default."""

@@ -280,16 +280,14 @@ def plot(per_seed: list[dict[str, Any]], summary: dict[str, Any], quick: bool) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--slices", type=int, default=3)
+    p = common.add_grid(common.parser(__doc__.splitlines()[0]))
     p.add_argument("--requests", type=int, default=None, help="S3T forget requests per seed")
     p.add_argument("--fresh-child", nargs=2, metavar=("RUN", "ID"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.fresh_child:
         fresh_child(*args.fresh_child)
         return 0
-    size = dict(QUICK if args.quick else FULL, shards=args.shards, slices=args.slices)
+    size = common.size_for(args, QUICK, FULL)
     if args.requests is not None:
         size["requests"] = args.requests
     seeds = common.seeds_for(args, [0], [0])

@@ -207,12 +207,10 @@ def print_summary(summary: dict[str, Any], metric: str = "accuracy") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--slices", type=int, default=3)
+    p = common.add_grid(common.parser(__doc__.splitlines()[0]))
     p.add_argument("--cap", type=int, default=None, help="most requests per run")
     args = p.parse_args(argv)
-    size = dict(QUICK if args.quick else FULL, shards=args.shards, slices=args.slices)
+    size = common.size_for(args, QUICK, FULL)
     if args.cap is not None:
         size["cap"] = args.cap
     seeds = common.seeds_for(args, [0], [0, 1, 2])

@@ -157,11 +157,9 @@ def plot(summary: dict[str, dict[str, Any]], quick: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--slices", type=int, default=3)
+    p = common.add_grid(common.parser(__doc__.splitlines()[0]))
     args = p.parse_args(argv)
-    size = dict(QUICK if args.quick else FULL, shards=args.shards, slices=args.slices)
+    size = common.size_for(args, QUICK, FULL)
     seeds = common.seeds_for(args, [0], [0, 1])
     prov = common.provenance(NAME, args.quick, seeds, size)
     common.print_header(prov)

@@ -64,11 +64,9 @@ def public_forget_refused(config: Any, train: Any, public_id: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     from s3t.data.images import load_fashion_mnist
 
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--slices", type=int, default=3)
+    p = common.add_grid(common.parser(__doc__.splitlines()[0]))
     args = p.parse_args(argv)
-    size = dict(QUICK if args.quick else FULL, shards=args.shards, slices=args.slices)
+    size = common.size_for(args, QUICK, FULL)
     seeds = common.seeds_for(args, [0], [0, 1, 2])
     model_dir = vit_pretrain.ensure(args.quick)
     public = vit_pretrain.read_public_ids(model_dir)
