@@ -76,15 +76,13 @@ def naive_predict(est, texts: list[str]) -> np.ndarray:
     """The naive ensemble: every shard runs the whole network with unmerged adapters."""
     import torch
 
-    from s3t.train.stage_trainer import apply_chain
-
     backbone, family = est.backbone, est.backbone.family
     out = 0
     with torch.no_grad():
         batch = backbone.encode(texts)
         mask = batch["attention_mask"]
-        for _, chain in est._served_chains().values():
-            apply_chain(backbone, chain, est.method)
+        for route in est.served().values():
+            backbone.load_route(route.chain, est.method)
             hidden = family.embed(backbone.model, batch)
             hidden = family.run_layers(backbone.model, hidden, mask, 0, backbone.n_layers)
             out = out + torch.softmax(family.head(backbone.model, hidden, mask), -1).numpy()
@@ -113,8 +111,8 @@ def serving_setup(shards: int, n_train: int, seed: int, slices: int = 3):
     est = S3T(config, run_dir=tmp_run_dir("perf-serve")).fit(train, progress=False)
     est.predict(test.texts[:2])
     single = Ensemble(est.backbone, est.method)
-    first = next(iter(est._served_chains().items()))
-    single.update(dict([first]))
+    shard, route = next(iter(est.served().items()))
+    single.update({shard: (route.stage, list(route.chain))})
     n = len(est.label_names)
     return est, test, single, n
 

@@ -205,7 +205,7 @@ def deletion_cost_section(res: Result) -> str:
         ["S3T forget, warm process (ms)", lat(s["s3t_forget_ms"])],
         ["  of which requests that erased stages (ms)", lat(s["s3t_forget_ms_erasing"])],
         ["  of which requests with nothing left to erase (ms)", lat(s["s3t_forget_ms_no_erase"])],
-        ["  time inside unlearn.forget (certificate duration_ms)", lat(s["s3t_forget_core_ms"])],
+        ["  time inside run.forget (certificate duration_ms)", lat(s["s3t_forget_core_ms"])],
         ["  requests made after every shard was dead", s["s3t_requests_after_all_shards_dead"]],
         ["S3T forget on fresh copies of the run, requests that erased stages (ms)",
          lat(s["s3t_copies_forget_ms_erasing"])],

@@ -124,7 +124,7 @@ def planned_savings(max_slices: int = 6) -> list[dict[str, Any]]:
         for strategy, budget in (("cyclic", n), ("cyclic", 2 * n), ("full", math.factorial(n))):
             if strategy == "cyclic" and budget >= math.factorial(n):
                 continue  # the full budget, listed once
-            tree = PrefixTree.from_orderings(make_orderings(strategy, n, budget))
+            tree = PrefixTree(make_orderings(strategy, n, budget))
             shared, unshared = tree.training_cost(n, sharing=True), tree.training_cost(n, sharing=False)
             rows.append({"L": n, "strategy": strategy, "budget": budget, "stages": tree.count(),
                          "stages_no_sharing": tree.count_without_sharing(),

@@ -6,23 +6,24 @@ The heavy parts (torch, transformers) load on first use, so the planner and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["S3T", "S3TConfig", "NoLiveShardError", "NotARunError", "Prediction"]
+__all__ = ["S3T", "ConfigError", "S3TConfig", "ForgetRequestError", "IntegrityError",
+           "NoLiveShardError", "NotARunError", "Prediction"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from s3t.config import S3TConfig
+    from s3t.config import ConfigError, S3TConfig
     from s3t.engine import S3T, Prediction
-    from s3t.run import NoLiveShardError, NotARunError
+    from s3t.run import ForgetRequestError, IntegrityError, NoLiveShardError, NotARunError
 
 
-def __getattr__(name: str):
-    if name == "S3TConfig":
-        from s3t.config import S3TConfig
+def __getattr__(name: str) -> Any:
+    if name in ("S3TConfig", "ConfigError"):
+        from s3t import config
 
-        return S3TConfig
-    if name in ("NotARunError", "NoLiveShardError"):
+        return getattr(config, name)
+    if name in ("NotARunError", "NoLiveShardError", "IntegrityError", "ForgetRequestError"):
         from s3t import run
 
         return getattr(run, name)

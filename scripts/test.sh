@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the whole test suite plus the linter.
+# Set up (idempotent) and run the whole test suite plus the linter, the import contracts
+# and the type checker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/ruff check .
+.venv/bin/lint-imports            # the layering contracts in pyproject.toml
+.venv/bin/mypy s3t
 .venv/bin/python -m pytest -q "$@"

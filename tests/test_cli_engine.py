@@ -66,7 +66,7 @@ def test_train_json_reports_what_was_trained(trained):
     from s3t.engine import S3T
 
     est = S3T.load(payload["run_dir"])
-    adapter = est._stage_weights(est.ledger.stages("live")[0].key).adapter
+    adapter = est.stage_weights(est.ledger.stages("live")[0].key).adapter
     assert any(".key.lora_A" in k for k in adapter)
     ranks = {v.shape[0] if k.endswith("lora_A") else v.shape[1] for k, v in adapter.items()}
     assert ranks == {4}

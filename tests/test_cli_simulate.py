@@ -148,3 +148,73 @@ def test_module_entry_point_runs_as_a_real_process():
     assert bad.returncode == 2
     assert bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "--budget" in bad.stderr
+
+
+# --- the report behind the command (s3t.plan.report), usable without the CLI ----------------
+
+
+def test_cli_prints_the_planner_report_unchanged():
+    from s3t.plan.report import format_report, simulation_report
+
+    report = simulation_report(5, 4, 2, "cyclic", None, trials=300, seed=1, t=100.0)
+    args = [*BASE, "--budget", "2", "--trials", "300", "--seed", "1"]
+    assert json.loads(_run(*args, "--json").stdout) == json.loads(json.dumps(report))
+    assert _run(*args).stdout == format_report(report) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("strategy", "slices", "budget"), [("cyclic", 4, 4), ("sisa", 4, 1), ("full", 4, 24), ("bms", 3, 3)]
+)
+def test_default_budget_is_what_the_report_uses(strategy, slices, budget):
+    from s3t.plan.report import default_budget, simulation_report
+
+    assert default_budget(strategy, slices) == budget
+    report = simulation_report(2, slices, None, strategy, None, trials=20, seed=0, t=100.0)
+    assert report["budget"] == budget
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [
+        ({"shards": 0}, "shards"),
+        ({"slices": 13}, "slices"),
+        ({"strategy": "nope"}, "strategy"),
+        ({"budget": 25}, "budget"),
+        ({"trials": 0}, "trials"),
+        ({"seed": -1}, "seed"),
+        ({"t": float("inf")}, "t"),
+        ({"prior": [0.5, 0.5]}, "prior"),
+        ({"prior": [0.5, 0.5, 0.5, -0.5]}, "prior"),
+    ],
+)
+def test_report_arguments_are_checked_before_any_work(kwargs, parameter):
+    from s3t.plan.report import SimulationArgumentError, simulation_report
+
+    args = {"shards": 5, "slices": 4, "budget": None, "strategy": "cyclic", "prior": None,
+            "trials": 10, "seed": 0, "t": 100.0, **kwargs}
+    with pytest.raises(SimulationArgumentError) as info:
+        simulation_report(**args)
+    assert info.value.parameter == parameter
+    assert str(info.value) == f"{parameter} {info.value.reason}"
+    assert "--" not in str(info.value)
+
+
+def test_budget_curve_covers_the_structured_strategies_up_to_2l():
+    from s3t.plan.report import budget_curve
+
+    curve = budget_curve(3, 3, None, trials=50, seed=0, t=100.0)
+    assert curve["budgets"] == [1, 2, 3, 4, 5, 6]
+    assert set(curve["curves"]) == {"cyclic", "bms", "random"}
+    assert all(len(c["simulated"]) == 6 == len(c["closed_form"]) for c in curve["curves"].values())
+    assert curve["sisa"] == pytest.approx(deletion_rate_sisa(3, 3))
+
+
+def test_report_module_loads_neither_torch_nor_matplotlib():
+    code = (
+        "import sys; from s3t.plan.report import format_report, simulation_report; "
+        "format_report(simulation_report(3, 3, None, 'cyclic', None, 20, 0, 100.0)); "
+        "print('torch' in sys.modules, 'matplotlib' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]

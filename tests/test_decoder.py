@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from s3t.cli import app
 from s3t.config import S3TConfig
+from s3t.data.instructions import instruction_text, parse_instruction
 from s3t.data.loaders import (
     is_instruction_file,
     load_instructions,
@@ -32,14 +33,16 @@ from s3t.data.loaders import (
     load_wordnet_instructions,
 )
 from s3t.data.partition import partition
-from s3t.engine import S3T, model_fingerprint
+from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone, model_type_of
-from s3t.models.decoder import LLM_TARGETS, instruction_text, parse_instruction
+from s3t.models.decoder import LLM_TARGETS
 from s3t.models.gguf import gguf_architecture, gguf_file
 from s3t.plan.methods import Method
-from s3t.store import FeatureFiles
+from s3t.run import model_fingerprint
+from s3t.run.files import FeatureFiles
+from s3t.serve.ensemble import Ensemble
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
-from s3t.train.stage_trainer import apply_chain, train_stage
+from s3t.train.stage_trainer import train_stage
 
 HAS_WORDNET = Path("/usr/share/wordnet/data.noun").is_file()
 
@@ -162,6 +165,32 @@ def test_cached_and_uncached_features_train_the_same_stage(tiny_llama):
             torch.testing.assert_close(v, getattr(results[1].weights, part)[k])
 
 
+def test_uncached_features_run_the_trunk_in_chunks_of_chunk_size(backbone, monkeypatch):
+    data = toy_instructions(12)
+    whole = OnTheFlyFeatures(backbone, chunk_size=64)
+    whole.ensure("all", 0, data.ids, data.texts)
+    expected, expected_mask = whole.batch(data.ids, 1)
+    rows: list[int] = []
+    boundaries = backbone.boundaries
+
+    def counting(batch, top_group=1):
+        rows.append(int(batch["attention_mask"].shape[0]))
+        return boundaries(batch, top_group=top_group)
+
+    monkeypatch.setattr(backbone, "boundaries", counting)
+    chunked = OnTheFlyFeatures(backbone, chunk_size=5)
+    chunked.ensure("all", 0, data.ids, data.texts)
+    hidden, mask = chunked.batch(data.ids, 1)
+    assert rows == [5, 5, 2], "the frozen trunk must run chunk_size samples at a time"
+    assert torch.equal(mask, expected_mask)
+    torch.testing.assert_close(hidden[mask.bool()], expected[mask.bool()])
+    rows.clear()
+    chunked.batch(data.ids[:5], 1)
+    assert rows == [5], "a batch within chunk_size runs in one piece"
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        OnTheFlyFeatures(backbone, chunk_size=0)
+
+
 def test_spilled_features_keep_token_labels_and_train_bitwise_the_same(tiny_llama, tmp_path):
     cfg = config(tiny_llama, slices=2, budget=1, lora_dropout=0.0)
     data = toy_instructions(12)
@@ -219,7 +248,7 @@ def test_served_weights_equal_scratch_training_after_forget_and_retrain(fitted):
     assert torch.equal(est.backbone.model.model.embed_tokens.weight, embeddings)
     assert est.backbone.model.lm_head.weight is est.backbone.model.model.embed_tokens.weight
     assert all(type(r.layers[-1].mlp.down_proj) is torch.nn.Linear
-               for r in est._ensemble.routes.values()), "served layers are merged dense layers"
+               for r in est.served().values()), "served layers are merged dense layers"
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +287,9 @@ def test_tiny_llama_learns_the_instructions(small):
 
 def test_ensemble_probabilities_are_the_mean_of_the_routes(small):
     est, _ = small
-    ensemble, live = est._lm_ensemble("test")
+    routes = est.served()
+    ensemble, live = Ensemble(est.backbone, est.method), len(routes)
+    ensemble.update({m: (r.stage, list(r.chain)) for m, r in routes.items()})
     backbone, family = est.backbone, est.backbone.family
     rows = [family.prompt_ids(backbone.processor, p) for p in ("colour of cat?", "colour of sun?")]
     batch = family.pad(backbone.processor, rows)
@@ -267,8 +298,8 @@ def test_ensemble_probabilities_are_the_mean_of_the_routes(small):
     mean = ensemble.next_token_probs(batch)
     torch.testing.assert_close(mean, (per_route[0] + per_route[1]) / 2)
     # each route's probabilities equal an independent pass of its chain (unmerged adapters)
-    for shard, (_, chain) in est._served_chains().items():
-        apply_chain(backbone, chain, est.method)
+    for shard, route in routes.items():
+        backbone.load_route(route.chain, est.method)
         with torch.no_grad():
             hidden = family.embed(backbone.model, batch)
             hidden = family.run_layers(backbone.model, hidden, batch["attention_mask"], 0,

@@ -13,9 +13,7 @@ from tiny import make_tiny_bert, toy_dataset
 from s3t.config import S3TConfig
 from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
-from s3t.run import NoLiveShardError, NotARunError
-from s3t.store import IntegrityError
-from s3t.unlearn import ForgetRequestError
+from s3t.run import ForgetRequestError, IntegrityError, NoLiveShardError, NotARunError
 
 
 def config(model: str, **kw) -> S3TConfig:
@@ -84,7 +82,7 @@ def test_tampered_stage_file_is_refused(fitted):
     unverified = S3T.load(est.run_dir, verify=False)
     with pytest.raises(IntegrityError):
         unverified.predict(["red"] * 1) if record.key in est.ledger.routes().values() else \
-            unverified._stage_weights(record.key)
+            unverified.stage_weights(record.key)
     assert not unverified.audit().ok
 
 
@@ -196,12 +194,12 @@ def test_tiny_model_learns_the_toy_task(tiny_bert, tmp_path):
 def test_serving_uses_merged_dense_layers_and_swaps_routes_after_forget(fitted):
     est, data = fitted
     est.predict(["red"])
-    before = dict(est._ensemble.routes)
+    before = dict(est.served())
     assert all(type(r.layers[-1].attention.self.query) is torch.nn.Linear
                for r in before.values()), "served layers must be plain dense Linear layers"
     cert = est.forget([data.ids[0]])
     est.predict(["red"])
-    after = est._ensemble.routes
+    after = est.served()
     for shard, key in cert["routes_after"].items():
         route = after.get(int(shard))
         assert (route.stage if route else None) == key

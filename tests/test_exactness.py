@@ -15,9 +15,9 @@ from s3t.data.partition import partition
 from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
 from s3t.plan.methods import Method
-from s3t.serve.router import lineage_chain
+from s3t.run import lineage_chain
 from s3t.train.features import FeatureCache
-from s3t.train.stage_trainer import apply_chain, train_stage
+from s3t.train.stage_trainer import train_stage
 
 
 def config(model: str, **kw) -> S3TConfig:
@@ -74,7 +74,7 @@ def served(est: S3T) -> dict[int, tuple]:
     out = {}
     for shard, key in est.ledger.routes().items():
         chain = lineage_chain(key, records)
-        out[shard] = (chain[-1].prefix, [est._stage_weights(r.key) for r in chain])
+        out[shard] = (chain[-1].prefix, [est.stage_weights(r.key) for r in chain])
     return out
 
 
@@ -186,13 +186,13 @@ def test_training_is_deterministic(tiny_bert, tmp_path):
     data = toy_dataset(36)
     a = S3T(config(tiny_bert), run_dir=tmp_path / "a").fit(data, progress=False)
     b = S3T(config(tiny_bert), run_dir=tmp_path / "b").fit(data, progress=False)
-    assert a._weights.keys() == b._weights.keys()
-    for key in a._weights:
-        assert_same_weights(a._weights[key], b._weights[key])
+    assert a.live_weights().keys() == b.live_weights().keys()
+    for key in a.live_weights():
+        assert_same_weights(a.live_weights()[key], b.live_weights()[key])
     c = S3T(config(tiny_bert, seed=8), run_dir=tmp_path / "c").fit(data, progress=False)
-    key = next(iter(a._weights))
-    assert not torch.equal(a._weights[key].head["classifier.weight"],
-                           c._weights[key].head["classifier.weight"])
+    key = next(iter(a.live_weights()))
+    assert not torch.equal(a.live_weights()[key].head["classifier.weight"],
+                           c.live_weights()[key].head["classifier.weight"])
 
 
 @pytest.mark.parametrize("method", ["sisa", "full"])
@@ -204,7 +204,7 @@ def test_baselines_go_out_of_service_and_retrain_exactly(tiny_bert, tmp_path, me
     # SISA and full fine-tuning train the whole adapter stack in every stage
     record = est.ledger.stages("live")[0]
     groups = {est.backbone.group_of_layer(est.backbone.layer_index(k))
-              for k in est._stage_weights(record.key).adapter}
+              for k in est.stage_weights(record.key).adapter}
     assert groups == set(range(1, cfg.slices + 1))
 
     victim = pick_victims(est, data)[0] if cfg.shards > 1 else data.ids[0]
@@ -234,7 +234,7 @@ def stage_by_stage_changes(cfg: S3TConfig, data, num_labels: int):
     features.ensure("all", 0, data.ids, data.texts)
     chain = []
     for depth in range(1, cfg.slices + 1):
-        apply_chain(backbone, chain, method)
+        backbone.load_route(chain, method)
         before = {k: v.detach().clone() for k, v in backbone.model.named_parameters()}
         result = train_stage(backbone, features, shard=0, prefix=tuple(range(depth)),
                              ancestors=chain, method=method, sample_ids=data.ids,

@@ -19,10 +19,9 @@ from test_exactness import assert_same_weights, config
 from tiny import toy_dataset
 
 from s3t.config import S3TConfig
-from s3t.data.ledger import Ledger
 from s3t.engine import S3T
-from s3t.run import Run
-from s3t.store import FEATURE_CACHE_DIR, FeatureFiles
+from s3t.run import Ledger, Run
+from s3t.run.files import FEATURE_CACHE_DIR, FeatureFiles
 
 
 def small(model: str, **kw) -> S3TConfig:
@@ -49,9 +48,9 @@ def test_spilled_blocks_train_bitwise_the_same_weights(pair):
     assert all(isinstance(a, np.memmap) for held in disk.features._held.values()
                for a in held.states.values())
     assert not (Path(memory.run_dir) / FEATURE_CACHE_DIR).exists()
-    assert memory._weights.keys() == disk._weights.keys()
-    for key, weights in memory._weights.items():
-        assert_same_weights(weights, disk._weights[key])
+    assert memory.live_weights().keys() == disk.live_weights().keys()
+    for key, weights in memory.live_weights().items():
+        assert_same_weights(weights, disk.live_weights()[key])
 
 
 def test_forget_in_another_process_erases_the_hit_cells_blocks(pair):
@@ -71,9 +70,9 @@ def test_forget_in_another_process_erases_the_hit_cells_blocks(pair):
     memory.retrain(progress=False)
     disk.retrain(progress=False)
     assert ((shard, sl), 1) in {(c, v) for _, c, v in FeatureFiles(disk.run_dir).cell_blocks()}
-    assert memory._live_records().keys() == disk._live_records().keys()
-    for key in memory._live_records():
-        assert_same_weights(memory._stage_weights(key), disk._stage_weights(key))
+    assert memory.run.live_stages().keys() == disk.run.live_stages().keys()
+    for key in memory.run.live_stages():
+        assert_same_weights(memory.stage_weights(key), disk.stage_weights(key))
     assert disk.audit().ok
 
 
@@ -114,7 +113,7 @@ def test_a_deletion_racing_a_spill_leaves_no_stale_block(tiny_bert, tmp_path, mo
                                                          delete_before_write):
     """Another process deletes from a cell whose features this trainer has computed from
     its snapshot, just before (or just after) the block reaches the disk."""
-    import s3t.engine as engine_module
+    import s3t.train.local as local_executor
     from s3t.train.features import _SpillWriter
 
     data = toy_dataset(36)
@@ -122,7 +121,7 @@ def test_a_deletion_racing_a_spill_leaves_no_stale_block(tiny_bert, tmp_path, mo
         data, progress=False)
     est.forget([data.ids[0]])
     files = FeatureFiles(est.run_dir)
-    real_finish, real_train = _SpillWriter.finish, engine_module.train_stage
+    real_finish, real_train = _SpillWriter.finish, local_executor.train_stage
     after_forget: list[list] = []
     while_training: list[list] = []
 
@@ -147,14 +146,14 @@ def test_a_deletion_racing_a_spill_leaves_no_stale_block(tiny_bert, tmp_path, mo
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(_SpillWriter, "finish", racing_finish)
-    monkeypatch.setattr(engine_module, "train_stage", watched_train)
+    monkeypatch.setattr(local_executor, "train_stage", watched_train)
     summary = est.retrain(progress=False)  # must not crash
     assert summary["stages_discarded"]
     assert after_forget and not any(after_forget), "forget returned with a stale block on disk"
     assert not any(while_training), "a stale block stayed on disk while a stage trained"
     assert not files.stale(est.ledger.slice_versions()) and est.audit().ok
     monkeypatch.setattr(_SpillWriter, "finish", real_finish)
-    monkeypatch.setattr(engine_module, "train_stage", real_train)
+    monkeypatch.setattr(local_executor, "train_stage", real_train)
     est.retrain(progress=False)
     assert est.status()["capacity"] == 1.0 and est.audit().ok
 
@@ -193,13 +192,13 @@ def test_cache_settings_are_validated(field, value, message):
 
 
 def test_deletion_during_a_spilled_retrain_leaves_no_stale_block(tiny_bert, tmp_path, monkeypatch):
-    import s3t.engine as engine_module
+    import s3t.train.local as local_executor
 
     data = toy_dataset(36)
     est = S3T(small(tiny_bert, budget=3, feature_cache_memory_gb=0), run_dir=tmp_path / "r").fit(
         data, progress=False)
     est.forget([data.ids[0], data.ids[1]])
-    real_train = engine_module.train_stage
+    real_train = local_executor.train_stage
     calls: list[str] = []
 
     def train_then_delete(*args, **kwargs):
@@ -211,7 +210,7 @@ def test_deletion_during_a_spilled_retrain_leaves_no_stale_block(tiny_bert, tmp_
         calls.append(kwargs["sample_ids"][0])
         return result
 
-    monkeypatch.setattr(engine_module, "train_stage", train_then_delete)
+    monkeypatch.setattr(local_executor, "train_stage", train_then_delete)
     summary = est.retrain(progress=False)
     assert summary["stages_discarded"]
     # only the stage in flight trained on the changed cell; the rest were skipped untrained
@@ -221,7 +220,7 @@ def test_deletion_during_a_spilled_retrain_leaves_no_stale_block(tiny_bert, tmp_
     # nor does the trainer's own cache still hold the changed cell's old features
     assert all(current[b] == v for b, (v, _) in est.features._blocks.items() if b in current)
     assert est.audit().ok
-    monkeypatch.setattr(engine_module, "train_stage", real_train)
+    monkeypatch.setattr(local_executor, "train_stage", real_train)
     est.retrain(progress=False)
     assert est.status()["capacity"] == 1.0 and est.audit().ok
 
@@ -275,8 +274,8 @@ def test_a_budget_between_nothing_and_everything_keeps_some_blocks_in_memory(pai
     assert len(in_memory) == 2 and len(held) - len(in_memory) == 4
     assert mixed.features.bytes_in_memory == sum(h.nbytes for h in in_memory) <= budget * 2**30
     fresh = S3T(small(tiny_bert), run_dir=tmp_path / "f").fit(data, progress=False)
-    for key, weights in fresh._weights.items():
-        assert_same_weights(weights, mixed._weights[key])
+    for key, weights in fresh.live_weights().items():
+        assert_same_weights(weights, mixed.live_weights()[key])
     dropped = next(cell for cell, h in mixed.features._held.items() if h.path is None)
     mixed.features.drop(dropped)  # frees its share of the budget
     assert mixed.features.bytes_in_memory == sum(h.nbytes for h in in_memory[1:])

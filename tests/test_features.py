@@ -15,10 +15,10 @@ def test_cached_and_uncached_training_agree(tiny_bert, tmp_path):
         data, progress=False)
     uncached = S3T(config(tiny_bert, lora_dropout=0.0, feature_cache=False),
                    run_dir=tmp_path / "b").fit(data, progress=False)
-    assert cached._weights.keys() == uncached._weights.keys()
+    assert cached.live_weights().keys() == uncached.live_weights().keys()
     worst = 0.0
-    for key, weights in cached._weights.items():
-        other = uncached._weights[key]
+    for key, weights in cached.live_weights().items():
+        other = uncached.live_weights()[key]
         for part in ("adapter", "head"):
             for name, tensor in getattr(weights, part).items():
                 diff = (tensor - getattr(other, part)[name]).abs().max().item()

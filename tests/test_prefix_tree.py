@@ -20,7 +20,7 @@ from s3t.plan import (
 
 
 def test_full_budget_l4_has_64_stages_per_shard_and_96_without_sharing():
-    tree = PrefixTree.from_orderings(full_orderings(4))
+    tree = PrefixTree(full_orderings(4))
     assert tree.count() == 64  # 4 + 12 + 24 + 24
     assert tree.count_without_sharing() == 96
     assert [sum(1 for s in tree.stages if s.depth == k) for k in range(1, 5)] == [4, 12, 24, 24]
@@ -28,18 +28,18 @@ def test_full_budget_l4_has_64_stages_per_shard_and_96_without_sharing():
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
 def test_full_budget_matches_closed_form(n):
-    assert PrefixTree.from_orderings(full_orderings(n)).count() == stages_full(n)
+    assert PrefixTree(full_orderings(n)).count() == stages_full(n)
     assert stages_full(n) == sum(math.factorial(n) // math.factorial(n - k) for k in range(1, n + 1))
 
 
 def test_cyclic_with_distinct_first_slices_shares_nothing():
     for b in range(1, 6):
-        tree = PrefixTree.from_orderings(cyclic_orderings(5, b))
+        tree = PrefixTree(cyclic_orderings(5, b))
         assert tree.count() == tree.count_without_sharing() == 5 * b
 
 
 def test_shared_prefix_trains_once():
-    tree = PrefixTree.from_orderings([(0, 1, 2), (0, 2, 1)])
+    tree = PrefixTree([(0, 1, 2), (0, 2, 1)])
     assert tree.count() == 5  # (0), (0,1), (0,2), (0,1,2), (0,2,1)
     assert tree.count_without_sharing() == 6
     assert [n.prefix for n in tree.children(())] == [(0,)]
@@ -50,7 +50,7 @@ def test_shared_prefix_trains_once():
 
 
 def test_stage_nodes_carry_parent_depth_and_lineage():
-    tree = PrefixTree.from_orderings([(2, 0, 1), (1, 2, 0)])
+    tree = PrefixTree([(2, 0, 1), (1, 2, 0)])
     first = tree.stages[0]
     assert first == StageNode(prefix=(1,), parent=None, depth=1, slices=frozenset({1}))
     node = next(s for s in tree.stages if s.prefix == (2, 0, 1))
@@ -66,7 +66,7 @@ def test_stage_nodes_carry_parent_depth_and_lineage():
 def test_tree_invariants(n, data):
     b = data.draw(st.integers(1, min(math.factorial(n), 40)))
     orderings = random_orderings(n, b, seed=data.draw(st.integers(0, 1000)))
-    tree = PrefixTree.from_orderings(orderings)
+    tree = PrefixTree(orderings)
     expected = {o[:k] for o in orderings for k in range(1, n + 1)}
     assert {s.prefix for s in tree.stages} == expected
     assert tree.count() == len(expected) <= tree.count_without_sharing() == b * n
@@ -85,10 +85,10 @@ def test_tree_invariants(n, data):
 
 
 def test_training_cost_counts_sample_passes():
-    one = PrefixTree.from_orderings(sisa_orderings(4))
+    one = PrefixTree(sisa_orderings(4))
     assert one.training_cost(100) == pytest.approx(100 * (4 + 1) / 2)  # 25+50+75+100
     assert one.training_cost(100, epochs=3) == pytest.approx(750)
-    full = PrefixTree.from_orderings(full_orderings(3))
+    full = PrefixTree(full_orderings(3))
     # Shared: depths 3*1 + 6*2 + 6*3 = 33 stage-depths, each k*n/L.
     assert full.training_cost(30) == pytest.approx(33 * 30 / 3)
     assert full.training_cost(30, sharing=False) == pytest.approx(6 * 30 * (3 + 1) / 2)
@@ -106,4 +106,4 @@ def test_training_cost_counts_sample_passes():
 )
 def test_invalid_orderings_raise(orderings, match):
     with pytest.raises(ValueError, match=match):
-        PrefixTree.from_orderings(orderings)
+        PrefixTree(orderings)

@@ -11,11 +11,10 @@ import torch
 from test_exactness import config, pick_victims, scratch_chain, served
 from tiny import toy_dataset
 
-import s3t.engine as engine_module
+import s3t.train.local as local_executor
 from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
 from s3t.plan.methods import Method
-from s3t.train.stage_trainer import apply_chain
 
 
 @pytest.fixture
@@ -42,7 +41,7 @@ def test_served_probabilities_equal_a_scratch_trained_ensemble(fitted):
     probs = []
     with torch.no_grad():
         for chain in chains:
-            apply_chain(backbone, chain, method)
+            backbone.load_route(chain, method)
             logits = backbone.top(bounds[len(chain)], batch["attention_mask"], len(chain))
             probs.append(torch.softmax(logits, dim=-1).double().numpy())
     # Serving merges LoRA into dense weights (x(W + sBA) instead of xW + s(xA)B): equal up
@@ -54,7 +53,7 @@ def test_deletion_during_retrain_never_puts_a_contaminated_stage_live(fitted, mo
     est, data, _ = fitted
     est.forget([pick_victims(est, data)[0]])
     other = S3T.load(est.run_dir)
-    real_train = engine_module.train_stage
+    real_train = local_executor.train_stage
     calls = []
 
     def train_then_delete(*args, **kwargs):
@@ -64,12 +63,12 @@ def test_deletion_during_retrain_never_puts_a_contaminated_stage_live(fitted, mo
             other.forget([kwargs["sample_ids"][0]])
         return result
 
-    monkeypatch.setattr(engine_module, "train_stage", train_then_delete)
+    monkeypatch.setattr(local_executor, "train_stage", train_then_delete)
     summary = est.retrain(progress=False)
     assert summary["stages_discarded"], "the stage that saw the deleted sample must be dropped"
     report = est.audit()
     assert report.ok, report.violations
-    monkeypatch.setattr(engine_module, "train_stage", real_train)
+    monkeypatch.setattr(local_executor, "train_stage", real_train)
     est.retrain(progress=False)
     assert est.status()["capacity"] == 1.0 and est.audit().ok
 
@@ -92,13 +91,13 @@ def test_open_reader_blocks_scrub_and_audit_reports_it(fitted):
 def test_damaged_stage_is_quarantined_and_rebuilt_by_retrain(fitted):
     est, _, _ = fitted
     record = est.ledger.stages("live")[0]
-    before = est._stage_weights(record.key)
+    before = est.stage_weights(record.key)
     (est.store.path(record.shard, record.key) / "head.safetensors").write_bytes(b"garbage")
     damaged = S3T.load(est.run_dir, verify=False)
     summary = damaged.retrain(progress=False)
     assert summary["quarantined_stages"] == [record.key]
     assert damaged.audit().ok
-    rebuilt = damaged._stage_weights(record.key)
+    rebuilt = damaged.stage_weights(record.key)
     for k in before.adapter:
         assert torch.equal(before.adapter[k], rebuilt.adapter[k])
 

@@ -262,7 +262,7 @@ def test_served_weights_equal_scratch_training_after_forget_and_retrain(fitted):
     after = est.predict(data.texts[:4])
     assert after.probabilities.shape == (4, 10) and not np.array_equal(before, after.probabilities)
     assert all(type(r.layers[-1].attention.q_proj) is torch.nn.Linear
-               for r in est._ensemble.routes.values()), "served layers are merged dense layers"
+               for r in est.served().values()), "served layers are merged dense layers"
 
 
 def test_tiny_vit_learns_fashion_mnist(tiny_vit, tmp_path):

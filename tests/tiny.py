@@ -114,7 +114,7 @@ def make_tiny_llama(path: Path, layers: int = 4, hidden: int = 32, seed: int = 0
 
 def toy_instructions(n: int = 48, seed: int = 0, groups: bool = False) -> Dataset:
     """Instruction samples ("colour of <thing>?" -> a colour), learnable by a tiny model."""
-    from s3t.models.decoder import instruction_text
+    from s3t.data.instructions import instruction_text
 
     g = torch.Generator().manual_seed(seed)
     things = WORDS[3:]

@@ -14,10 +14,15 @@ import gzip
 import io
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from s3t.data.samples import Dataset
+from s3t.data.subset import limit_indices
+
+if TYPE_CHECKING:  # Pillow loads on first use
+    from PIL.Image import Image
 
 DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -49,7 +54,7 @@ def png_data_uri(pixels: np.ndarray) -> str:
     return to_data_uri(buffer.getvalue())
 
 
-def decode_image(value):  # noqa: ANN001, ANN201 - returns a PIL image
+def decode_image(value: object) -> Image:
     """A data URI (or an already open PIL image) -> PIL image, fully loaded."""
     from PIL import Image, UnidentifiedImageError
 
@@ -118,8 +123,6 @@ def load_fashion_mnist(path: str | Path | None = None, split: str = "train",
     ``limit`` then keeps a seeded, class-proportional subset (only that subset is encoded),
     sorted by id.
     """
-    from s3t.data.loaders import _limit_indices
-
     if split not in _SPLIT_PREFIX:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     base = DEFAULT_FASHION_MNIST if path is None else Path(path)
@@ -142,7 +145,7 @@ def load_fashion_mnist(path: str | Path | None = None, split: str = "train",
     kept = [i for i in range(len(labels)) if f"fmnist-{split}:{i}" not in excluded]
     keys = Dataset(ids=[f"fmnist-{split}:{i}" for i in kept], texts=[""] * len(kept),
                    labels=[int(labels[i]) for i in kept], label_names=list(FASHION_MNIST_LABELS))
-    chosen = kept if limit is None else [kept[j] for j in _limit_indices(keys, limit, seed)]
+    chosen = kept if limit is None else [kept[j] for j in limit_indices(keys, limit, seed)]
     ids = [f"fmnist-{split}:{i}" for i in range(len(labels))]
     pixels = images.astype(np.uint8, copy=False)
     return Dataset(

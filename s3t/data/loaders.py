@@ -2,6 +2,8 @@
 
 Every loader returns stable string ids, because the ledger, the partition and every deletion
 request refer to samples by id; errors name the file and line so the user can fix the data.
+Ids are kept exactly as written, surrounding spaces and commas included (only an empty or
+all-blank id is refused): a deletion request names a sample the way its data file does.
 
 Instruction-tuning data (for causal LMs) is a Dataset whose texts are JSON strings
 ``{"instruction": ..., "response": ...}`` and whose labels are all 0 (the ledger's integer
@@ -15,173 +17,23 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from s3t.data.instructions import instruction_text
 from s3t.data.samples import Dataset
-
-DEFAULT_WORDNET = Path("/usr/share/wordnet")
-
-#: WordNet 3.0 lexicographer files, indexed by ``lex_filenum`` (used when no ``lexnames`` file).
-LEXNAMES: tuple[str, ...] = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
-    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event",
-    "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object",
-    "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process",
-    "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
-    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition",
-    "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
-    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather",
-    "adj.ppl",
-)  # fmt: skip
+from s3t.data.subset import limit_indices
+from s3t.data.wordnet import load_wordnet, load_wordnet_instructions
 
 _INT_RE = re.compile(r"-?\d+")
 
-
-# --------------------------------------------------------------------------- WordNet
-
-
-def _wordnet_dir(path: str | Path | None) -> Path:
-    """Find the directory holding ``data.noun``: the path itself or its ``dict/`` child."""
-    base = DEFAULT_WORDNET if path is None else Path(path)
-    if base.is_file() and base.name == "data.noun":
-        return base.parent
-    for cand in (base, base / "dict"):
-        if (cand / "data.noun").is_file():
-            return cand
-    raise FileNotFoundError(
-        f"WordNet data.noun not found in {base} (nor in {base / 'dict'}): install it with "
-        "`apt-get install wordnet-base` (Debian/Ubuntu) or pass the path of a WordNet "
-        "dict directory"
-    )
-
-
-def _lexnames(wn_dir: Path) -> dict[int, str]:
-    """Read ``lexnames`` if the dictionary ships one, else use the standard WordNet 3.0 list."""
-    f = wn_dir / "lexnames"
-    if f.is_file():
-        names: dict[int, str] = {}
-        for line in f.read_text(encoding="utf-8").splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0].isdigit():
-                names[int(parts[0])] = parts[1]
-        if names:
-            return names
-    return dict(enumerate(LEXNAMES))
-
-
-def _gloss_definition(gloss: str) -> str:
-    """Keep a gloss's definition, dropping the quoted example sentences that follow ``; "``."""
-    gloss = gloss.strip()
-    definition = gloss.split('; "', 1)[0].strip().rstrip(";").strip()
-    return definition or gloss
-
-
-def _parse_data_noun(file: Path, lexnames: dict[int, str]) -> list[tuple[str, str, str]]:
-    """Parse ``data.noun`` into ``(id, text, lexname)`` triples, in file (offset) order."""
-    out: list[tuple[str, str, str]] = []
-    with file.open(encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.startswith("  ") or not line.strip():
-                continue  # license header
-            head, bar, gloss = line.partition("|")
-            parts = head.split()
-            if not bar or len(parts) < 5 or not parts[0].isdigit() or not parts[1].isdigit():
-                raise ValueError(
-                    f"{file}:{lineno}: not a WordNet data line (expected "
-                    "'offset lex_filenum ss_type w_cnt word ... | gloss'); is this data.noun?"
-                )
-            offset, lex_filenum, ss_type = parts[0], int(parts[1]), parts[2]
-            if ss_type != "n":
-                continue
-            if lex_filenum not in lexnames:
-                raise ValueError(f"{file}:{lineno}: unknown lex_filenum {lex_filenum}")
-            lemma = parts[4].replace("_", " ")
-            text = f"{lemma}: {_gloss_definition(gloss)}"
-            out.append((f"wn:{int(offset):08d}", text, lexnames[lex_filenum]))
-    return out
-
-
-def load_wordnet(
-    path: str | Path | None = None, limit: int | None = None, seed: int = 0
-) -> Dataset:
-    """WordNet noun synsets labelled by lexicographer file (``noun.animal``, ...).
-
-    One sample per synset: id ``wn:<offset>``, text ``"<first lemma>: <definition>"``.
-    ``label_names`` are all categories occurring in the whole file, so every ``limit``/``seed``
-    shares one label space. ``limit`` keeps a seeded, class-proportional subset, sorted by id.
-    """
-    wn_dir = _wordnet_dir(path)
-    rows = _parse_data_noun(wn_dir / "data.noun", _lexnames(wn_dir))
-    label_names = sorted({lab for _, _, lab in rows})
-    index = {name: i for i, name in enumerate(label_names)}
-    data = Dataset(
-        ids=[r[0] for r in rows],
-        texts=[r[1] for r in rows],
-        labels=[index[r[2]] for r in rows],
-        label_names=label_names,
-    )
-    if limit is not None:
-        data = data.subset(_limit_indices(data, limit, seed))
-    return data
-
-
-def _limit_indices(data: Dataset, limit: int, seed: int) -> list[int]:
-    """Seeded subset of ``limit`` indices, class-proportional when labelled, sorted by id."""
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    n = len(data)
-    if limit >= n:
-        chosen = list(range(n))
-    elif data.labels is None:
-        rng = np.random.default_rng(seed)
-        chosen = rng.choice(n, size=limit, replace=False).tolist()
-    else:
-        chosen = _stratified(data.labels, limit, seed)
-    return sorted(chosen, key=lambda i: data.ids[i])
-
-
-def _stratified(labels: Sequence[int], limit: int, seed: int) -> list[int]:
-    """Largest-remainder allocation of ``limit`` over classes, then a seeded draw in each."""
-    by_class: dict[int, list[int]] = {}
-    for i, lab in enumerate(labels):
-        by_class.setdefault(lab, []).append(i)
-    classes = sorted(by_class)
-    n = len(labels)
-    exact = [limit * len(by_class[c]) / n for c in classes]
-    quota = [math.floor(x) for x in exact]
-    order = sorted(range(len(classes)), key=lambda k: (-(exact[k] - quota[k]), k))
-    for k in order[: limit - sum(quota)]:
-        quota[k] += 1
-    rng = np.random.default_rng(seed)
-    chosen: list[int] = []
-    for c, q in zip(classes, quota, strict=True):
-        members = by_class[c]
-        chosen.extend(members[j] for j in rng.choice(len(members), size=q, replace=False))
-    return chosen
-
-
-def load_wordnet_instructions(
-    path: str | Path | None = None, limit: int | None = None, seed: int = 0
-) -> Dataset:
-    """WordNet noun glosses as instructions: "What does the word X mean?" -> the gloss.
-
-    One sample per synset, id ``wn-instruct:<offset>``; ``limit`` keeps the same seeded,
-    category-proportional subset as :func:`load_wordnet`.
-    """
-    from s3t.models.decoder import instruction_text
-
-    source = load_wordnet(path, limit=limit, seed=seed)
-    texts = []
-    for text in source.texts:
-        lemma, _, gloss = text.partition(": ")
-        texts.append(instruction_text(f"What does the word {lemma} mean?", gloss))
-    ids = ["wn-instruct:" + sid.removeprefix("wn:") for sid in source.ids]
-    return Dataset(ids=ids, texts=texts, labels=[0] * len(ids))
-
+#: Largest CSV field accepted (the csv module's default, 131,072 characters, is too small for
+#: long documents or images stored as data URIs); a C long on every platform.
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 
 # --------------------------------------------------------------------------- CSV / JSONL
 
@@ -191,24 +43,34 @@ def _where(file: Path, line: int) -> str:
 
 
 def _iter_csv(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
     with file.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
-        if not reader.fieldnames or not any(f.strip() for f in reader.fieldnames):
-            raise ValueError(f"{file} is empty: write a header line `id,text,label` and rows")
-        fields = [(f or "").strip() for f in reader.fieldnames]
-        reader.fieldnames = fields
-        for col in ("id", "text"):
-            if col not in fields:
-                raise ValueError(
-                    f"{_where(file, 1)}: missing `{col}` column (header is {fields}); "
-                    "the file needs columns `id`, `text` and optionally `label`, `group`"
-                )
-        has_label = "label" in fields
-        for row in reader:
-            row = {k: v for k, v in row.items() if k is not None}
-            if not has_label:
-                row.pop("label", None)
-            yield reader.line_num, row
+        try:
+            yield from _csv_rows(file, reader)
+        except csv.Error as exc:  # e.g. a NUL byte, or a field over CSV_FIELD_LIMIT
+            raise ValueError(f"{_where(file, max(reader.line_num, 1))}: malformed CSV ({exc})"
+                             ) from None
+
+
+def _csv_rows(file: Path, reader: csv.DictReader) -> Iterator[tuple[int, dict[str, Any]]]:
+    if not reader.fieldnames or not any(f.strip() for f in reader.fieldnames):
+        raise ValueError(f"{file} is empty: write a header line `id,text,label` and rows")
+    fields = [(f or "").strip() for f in reader.fieldnames]
+    reader.fieldnames = fields
+    for col in ("id", "text"):
+        if col not in fields:
+            raise ValueError(
+                f"{_where(file, 1)}: missing `{col}` column (header is {fields}); "
+                "the file needs columns `id`, `text` and optionally `label`, `group`"
+            )
+    has_label = "label" in fields
+    for row in reader:
+        row = {k: v for k, v in row.items() if k is not None}
+        if not has_label:
+            row.pop("label", None)
+        yield reader.line_num, row
 
 
 def _iter_jsonl(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -234,6 +96,14 @@ def _iter_jsonl(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     f"got {type(obj).__name__}"
                 )
             yield lineno, obj
+
+
+def _sample_id(value: Any, where: str) -> str:
+    """The id exactly as written (no stripping: deletion requests must match it)."""
+    sid = "" if value is None else str(value)
+    if not sid.strip():
+        raise ValueError(f"{where}: empty id; every row needs a unique non-empty `id`")
+    return sid
 
 
 def _label_str(value: Any, where: str) -> str:
@@ -286,9 +156,7 @@ def load_table(path: str | Path, label_names: list[str] | None = None) -> Datase
                 raise ValueError(
                     f"{where}: missing `{col}` column; every row needs `id` and `text`"
                 )
-        sid = "" if row["id"] is None else str(row["id"]).strip()
-        if not sid:
-            raise ValueError(f"{where}: empty id; every row needs a unique non-empty `id`")
+        sid = _sample_id(row["id"], where)
         if sid in first_line:
             raise ValueError(
                 f"{where}: duplicate id {sid!r} (first seen on line {first_line[sid]}); "
@@ -362,8 +230,6 @@ def load_instructions(path: str | Path) -> Dataset:
 
     Texts become JSON strings ``{"instruction", "response"}``; labels are all 0.
     """
-    from s3t.models.decoder import instruction_text
-
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"data file {file} does not exist")
@@ -377,9 +243,7 @@ def load_instructions(path: str | Path) -> Dataset:
             if col not in row:
                 raise ValueError(f"{where}: missing `{col}`; every row needs `id`, "
                                  "`instruction` and `response` (and optionally `group`)")
-        sid = "" if row["id"] is None else str(row["id"]).strip()
-        if not sid:
-            raise ValueError(f"{where}: empty id; every row needs a unique non-empty `id`")
+        sid = _sample_id(row["id"], where)
         if sid in first_line:
             raise ValueError(f"{where}: duplicate id {sid!r} (first seen on line "
                              f"{first_line[sid]}); ids must be unique")
@@ -434,10 +298,10 @@ def load_source(
             return load_wordnet_instructions(rest.partition(":")[2] or None, limit=limit,
                                              seed=seed)
         data = load_instructions(rest)
-        return data if limit is None else data.subset(_limit_indices(data, limit, seed))
+        return data if limit is None else data.subset(limit_indices(data, limit, seed))
     if is_instruction_file(src):
         data = load_instructions(src)
-        return data if limit is None else data.subset(_limit_indices(data, limit, seed))
+        return data if limit is None else data.subset(limit_indices(data, limit, seed))
     if src == "wordnet" or src.startswith("wordnet:"):
         wn_path = src.partition(":")[2] or None
         data = load_wordnet(wn_path, limit=limit, seed=seed)
@@ -460,7 +324,7 @@ def load_source(
     else:
         data = load_table(src, label_names=label_names)
     if limit is not None:
-        data = data.subset(_limit_indices(data, limit, seed))
+        data = data.subset(limit_indices(data, limit, seed))
     return data
 
 

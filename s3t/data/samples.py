@@ -30,7 +30,10 @@ class Dataset:
             raise ValueError("Dataset columns must have the same length")
         if len(set(self.ids)) != n:
             seen: set[str] = set()
-            dup = next(i for i in self.ids if i in seen or seen.add(i))
+            for dup in self.ids:  # the first id that occurs a second time
+                if dup in seen:
+                    break
+                seen.add(dup)
             raise ValueError(f"duplicate sample id {dup!r}: every sample needs a unique id")
 
     def __len__(self) -> int:

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from copy import deepcopy
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from s3t.config import S3TConfig
-from s3t.models.base import BackboneFamily, family_for
+from s3t.config import ConfigError, S3TConfig
+from s3t.models.base import BackboneFamily, CausalLMFamily, family_for
+from s3t.plan.methods import Method
+
+if TYPE_CHECKING:
+    from s3t.models.stage_weights import StageWeights
 
 ADAPTER = "default"
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
@@ -70,7 +76,8 @@ class AdaptedBackbone:
             torch.manual_seed(config.seed)
             self.model, self.processor = self.family.load(self.model_dir, num_labels)
         self.n_layers = len(self.family.layers(self.model))
-        config.validate(n_layers=self.n_layers)
+        config.check_layers(self.n_layers)  # the plan itself is validated by fit
+        self._check_max_seq_len()
         self.n_groups = config.slices
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -105,14 +112,23 @@ class AdaptedBackbone:
         self.initial_head = self.head_state()
         self.set_depth(0)
 
+    def _check_max_seq_len(self) -> None:
+        """Refuse a ``max_seq_len`` beyond the model's position embeddings (when its config
+        says how many it has): a longer text would index past them mid-training."""
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 \
+                and self.config.max_seq_len > limit:
+            raise ConfigError("max_seq_len", (
+                f"max_seq_len={self.config.max_seq_len} exceeds the {limit} positions of the "
+                f"model at {self.model_dir} (its max_position_embeddings): use max_seq_len "
+                f"<= {limit}"))
+
     def _lora_targets(self) -> list[str]:
         """The configured targets (the family's defaults when none are configured)."""
-        translate = getattr(self.family, "lora_targets", None)
-        names = self.config.target_modules
+        names: Sequence[str] | None = self.config.target_modules
         if names is None:
-            names = getattr(self.family, "default_targets", ("query", "value"))
-        names = list(names)
-        return list(translate(names)) if translate is not None else names
+            names = self.family.default_targets
+        return list(self.family.lora_targets(list(names)))
 
     # --- layer geometry -------------------------------------------------------------------
     @property
@@ -138,11 +154,26 @@ class AdaptedBackbone:
     def group_parameters(self, group: int) -> dict[str, nn.Parameter]:
         params: dict[str, nn.Parameter] = {}
         for name, module in self._lora_by_group[group]:
-            params[f"{name}.lora_A"] = module.lora_A[ADAPTER].weight
-            params[f"{name}.lora_B"] = module.lora_B[ADAPTER].weight
+            params[f"{name}.lora_A"] = module.lora_A[ADAPTER].get_parameter("weight")
+            params[f"{name}.lora_B"] = module.lora_B[ADAPTER].get_parameter("weight")
         for name in params:
-            assert self.group_of_layer(self.layer_index(name)) == group, name
+            self._check_group(name, group)
         return params
+
+    def _check_group(self, name: str, group: int) -> None:
+        """Refuse a parameter whose layer index (parsed from its name) is outside ``group``.
+
+        A real check, not an ``assert`` (gone under ``python -O``): training a parameter of
+        another group would leak data into stages that never saw it.
+        """
+        index = self.layer_index(name)
+        found = self.group_of_layer(index)
+        if found != group:
+            raise RuntimeError(
+                f"LoRA parameter {name!r} sits in layer {index}, i.e. layer group {found}, but "
+                f"was collected for layer group {group}: the family's layers() and "
+                "layers_pattern() must name the same stack, bottom first, with layer indices in "
+                "the module names")
 
     def adapter_parameters(self, groups: tuple[int, ...]) -> dict[str, nn.Parameter]:
         params: dict[str, nn.Parameter] = {}
@@ -168,10 +199,10 @@ class AdaptedBackbone:
         with torch.no_grad():
             for g in groups:
                 for _, module in self._lora_by_group[g]:
-                    weight = module.lora_A[ADAPTER].weight
+                    weight = module.lora_A[ADAPTER].get_parameter("weight")
                     bound = 1.0 / math.sqrt(weight.shape[1])  # kaiming_uniform(a=sqrt(5))
                     weight.copy_(torch.rand(weight.shape, generator=generator) * 2 * bound - bound)
-                    module.lora_B[ADAPTER].weight.zero_()
+                    module.lora_B[ADAPTER].get_parameter("weight").zero_()
 
     def set_depth(self, depth: int) -> None:
         """Switch on layer groups ``1..depth`` and off the others (pure pretrained weights)."""
@@ -255,7 +286,17 @@ class AdaptedBackbone:
 
     @property
     def task(self) -> str:
-        return getattr(self.family, "task", "classification")
+        return self.family.task
+
+    @property
+    def lm_family(self) -> CausalLMFamily:
+        """The family as a causal LM (``loss``, ``prompt_ids``, ``stop_ids``, ``pad``);
+        ``TypeError`` when the backbone is not one (e.g. a classifier)."""
+        family = self.family
+        if family.task != "causal_lm" or not isinstance(family, CausalLMFamily):
+            raise TypeError(f"backbone family {family.name!r} (task {family.task!r}) is not a "
+                            "causal language model")
+        return family
 
     def top_hidden(self, hidden: torch.Tensor, mask: torch.Tensor, from_group: int) -> torch.Tensor:
         """Final hidden states from hidden states entering ``from_group``, at the current depth."""
@@ -266,3 +307,14 @@ class AdaptedBackbone:
     def top(self, hidden: torch.Tensor, mask: torch.Tensor, from_group: int) -> torch.Tensor:
         """Logits from hidden states entering ``from_group``, at the current depth."""
         return self.family.head(self.model, self.top_hidden(hidden, mask, from_group), mask)
+
+    def load_route(self, chain: Sequence[StageWeights], method: Method) -> None:
+        """Load a route (root stage first) into the model and switch on the groups it uses.
+
+        Each stage holds the groups it trained; later stages overwrite earlier ones, so an
+        S3T route takes group k from its stage at depth k and a SISA route its last checkpoint.
+        """
+        for weights in chain:
+            self.load_adapter_state(weights.adapter)
+        self.load_head_state(chain[-1].head if chain else self.initial_head)
+        self.set_depth(method.active_groups(len(chain)))

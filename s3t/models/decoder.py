@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from s3t.models.base import quiet_loading, register
+from s3t.data.instructions import parse_instruction
+from s3t.models.base import FamilyDefaults, layer_stack, quiet_loading, register, submodule
 from s3t.models.gguf import gguf_file
 
 IGNORE = -100
@@ -80,29 +80,8 @@ def _cached_gguf_name_maps() -> Iterator[None]:
         gguf.get_tensor_name_map = original
 
 
-def instruction_text(instruction: str, response: str) -> str:
-    """The stored form of an instruction-tuning sample."""
-    return json.dumps({"instruction": instruction, "response": response}, ensure_ascii=False)
-
-
-def parse_instruction(text: Any) -> tuple[str, str]:
-    obj = text
-    if isinstance(text, str):
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:
-            obj = None
-    if not isinstance(obj, Mapping) or not isinstance(obj.get("instruction"), str) \
-            or not isinstance(obj.get("response"), str):
-        raise ValueError(
-            "a causal LM trains on JSON objects {\"instruction\": ..., \"response\": ...}; got "
-            f"{str(text)[:80]!r}: load instruction data (JSONL with id, instruction, response, "
-            "or instruct:wordnet)")
-    return obj["instruction"], obj["response"]
-
-
 @register(("llama", "mistral", "qwen2"))
-class DecoderFamily:
+class DecoderFamily(FamilyDefaults):
     name = "decoder"
     task = "causal_lm"
     default_targets = LLM_TARGETS
@@ -124,7 +103,7 @@ class DecoderFamily:
         return model, tokenizer
 
     def _bind(self, model: nn.Module) -> None:
-        self._rotary = model.model.rotary_emb
+        self._rotary = submodule(model, "model.rotary_emb")
         config = model.config
         layer_types = getattr(config, "layer_types", None)
         sliding = getattr(config, "sliding_window", None)
@@ -135,7 +114,7 @@ class DecoderFamily:
         self._window = sliding
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return model.model.layers
+        return layer_stack(model, "model.layers")
 
     def layers_pattern(self) -> str:
         return "layers"
@@ -221,13 +200,14 @@ class DecoderFamily:
 
     # --- layers ---------------------------------------------------------------------------
     def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model.model.embed_tokens(batch["input_ids"])
+        return submodule(model, "model.embed_tokens")(batch["input_ids"])
 
     def run_layers(self, model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
                    start: int, end: int) -> torch.Tensor:
         return self.apply_layers(self.layers(model)[start:end], hidden, mask)
 
-    def apply_layers(self, layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def apply_layers(self, layers: Iterable[nn.Module], hidden: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
         if self._rotary is None:
             raise RuntimeError("DecoderFamily.load must run before its layers are applied")
         width = hidden.shape[1]
@@ -246,11 +226,12 @@ class DecoderFamily:
 
     # --- head -----------------------------------------------------------------------------
     def head_modules(self, model: nn.Module) -> dict[str, nn.Module]:
-        return {"norm": model.model.norm}
+        return {"norm": submodule(model, "model.norm")}
 
-    def head(self, model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def head(self, model: nn.Module, hidden: torch.Tensor,
+             mask: torch.Tensor | None) -> torch.Tensor:
         """Hidden states -> next-token logits (B, T, vocab)."""
-        return model.lm_head(model.model.norm(hidden))
+        return submodule(model, "lm_head")(submodule(model, "model.norm")(hidden))
 
     def init_head(self, model: nn.Module, generator: torch.Generator) -> None:
         """Nothing to initialise: the norm starts pretrained, ``lm_head`` stays frozen."""

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from s3t.models.base import additive_mask, init_linear_layers, quiet_loading, register
+from s3t.models.base import (
+    FamilyDefaults,
+    additive_mask,
+    init_linear_layers,
+    layer_stack,
+    quiet_loading,
+    register,
+    submodule,
+)
 
 
 @register(("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilroberta"))
-class EncoderFamily:
+class EncoderFamily(FamilyDefaults):
     name = "encoder"
 
     def load(self, path: str, num_labels: int) -> tuple[nn.Module, Any]:
@@ -25,7 +34,7 @@ class EncoderFamily:
         return model, tokenizer
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return model.base_model.encoder.layer
+        return layer_stack(model, "base_model.encoder.layer")
 
     def layers_pattern(self) -> str:
         return "layer"
@@ -38,30 +47,34 @@ class EncoderFamily:
         kwargs = {"input_ids": batch["input_ids"]}
         if "token_type_ids" in batch:
             kwargs["token_type_ids"] = batch["token_type_ids"]
-        return model.base_model.embeddings(**kwargs)
+        return submodule(model, "base_model.embeddings")(**kwargs)
 
     def run_layers(self, model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
                    start: int, end: int) -> torch.Tensor:
         return self.apply_layers(self.layers(model)[start:end], hidden, mask)
 
-    def apply_layers(self, layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def apply_layers(self, layers: Iterable[nn.Module], hidden: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
         extended = additive_mask(mask, hidden.dtype)
         for layer in layers:
             hidden = layer(hidden, extended)
         return hidden
 
     def head_modules(self, model: nn.Module) -> dict[str, nn.Module]:
-        modules = {"classifier": model.classifier}
+        modules = {"classifier": submodule(model, "classifier")}
         pooler = getattr(model.base_model, "pooler", None)
         if pooler is not None:
             modules["pooler"] = pooler
         return modules
 
-    def head(self, model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def head(self, model: nn.Module, hidden: torch.Tensor,
+             mask: torch.Tensor | None) -> torch.Tensor:
+        classifier = submodule(model, "classifier")
         pooler = getattr(model.base_model, "pooler", None)
         if pooler is None:  # RoBERTa-style heads read the first token themselves
-            return model.classifier(hidden)
-        return model.classifier(model.dropout(pooler(hidden)))
+            return classifier(hidden)
+        return classifier(submodule(model, "dropout")(pooler(hidden)))
 
     def init_head(self, model: nn.Module, generator: torch.Generator) -> None:
-        init_linear_layers(model.classifier, generator, getattr(model.config, "initializer_range", 0.02))
+        init_linear_layers(submodule(model, "classifier"), generator,
+                           getattr(model.config, "initializer_range", 0.02))

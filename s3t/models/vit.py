@@ -19,7 +19,7 @@ projections ``q_proj``/``k_proj``/``v_proj`` (old checkpoints with ``encoder.lay
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,14 @@ from torch import nn
 from transformers import AutoImageProcessor, ViTForImageClassification
 
 from s3t.data.images import decode_image
-from s3t.models.base import init_linear_layers, quiet_loading, register
+from s3t.models.base import (
+    FamilyDefaults,
+    init_linear_layers,
+    layer_stack,
+    quiet_loading,
+    register,
+    submodule,
+)
 
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _TARGET_ALIASES = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
@@ -81,7 +88,7 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
 
 
 @register(("vit",))
-class ViTFamily:
+class ViTFamily(FamilyDefaults):
     name = "vit"
 
     def load(self, path: str, num_labels: int) -> tuple[nn.Module, ImagePreprocessor]:
@@ -103,7 +110,7 @@ class ViTFamily:
                                         patch_width, image_processor)
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return model.vit.layers
+        return layer_stack(model, "vit.layers")
 
     def layers_pattern(self) -> str:
         return "layers"
@@ -123,25 +130,29 @@ class ViTFamily:
         return {"pixel_values": pixels, "attention_mask": mask}
 
     def embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        embeddings = model.vit.embeddings
-        dtype = embeddings.patch_embeddings.projection.weight.dtype
+        embeddings = submodule(model, "vit.embeddings")
+        dtype = embeddings.get_parameter("patch_embeddings.projection.weight").dtype
         return embeddings(batch["pixel_values"].to(dtype))
 
     def run_layers(self, model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
                    start: int, end: int) -> torch.Tensor:
         return self.apply_layers(self.layers(model)[start:end], hidden, mask)
 
-    def apply_layers(self, layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def apply_layers(self, layers: Iterable[nn.Module], hidden: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
         # Every token of an image is real (the mask is all ones): no attention mask.
         for layer in layers:
             hidden = layer(hidden)
         return hidden
 
     def head_modules(self, model: nn.Module) -> dict[str, nn.Module]:
-        return {"layernorm": model.vit.layernorm, "classifier": model.classifier}
+        return {"layernorm": submodule(model, "vit.layernorm"),
+                "classifier": submodule(model, "classifier")}
 
-    def head(self, model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return model.classifier(model.vit.layernorm(hidden)[:, 0])
+    def head(self, model: nn.Module, hidden: torch.Tensor,
+             mask: torch.Tensor | None) -> torch.Tensor:
+        return submodule(model, "classifier")(submodule(model, "vit.layernorm")(hidden)[:, 0])
 
     def init_head(self, model: nn.Module, generator: torch.Generator) -> None:
-        init_linear_layers(model.classifier, generator, getattr(model.config, "initializer_range", 0.02))
+        init_linear_layers(submodule(model, "classifier"), generator,
+                           getattr(model.config, "initializer_range", 0.02))

@@ -16,6 +16,8 @@ import numpy as np
 STRATEGIES = ("cyclic", "bms", "random", "full", "sisa")
 
 Ordering = tuple[int, ...]
+#: A deletion prior: one probability per slice, as a sequence or a 1-D array.
+Prior = Sequence[float] | np.ndarray
 
 # Above this many permutations we never enumerate all of them.
 _ENUMERATE_LIMIT = 40320  # 8!
@@ -28,6 +30,16 @@ def check_n_slices(n_slices: int) -> int:
     if n_slices < 1:
         raise ValueError(f"n_slices must be >= 1, got {n_slices}")
     return int(n_slices)
+
+
+def default_budget(strategy: str, slices: int) -> int:
+    """The budget a strategy implies when none is given: 1 for sisa, L! for full, else L
+    (one rotation per slice, which already gives every slice a turn first)."""
+    if strategy == "sisa":
+        return 1
+    if strategy == "full":
+        return math.factorial(slices)
+    return slices
 
 
 def check_budget(budget: int, n_slices: int) -> int:
@@ -43,7 +55,7 @@ def check_budget(budget: int, n_slices: int) -> int:
     return int(budget)
 
 
-def check_prior(prior: Sequence[float] | None, n_slices: int) -> np.ndarray:
+def check_prior(prior: Prior | None, n_slices: int) -> np.ndarray:
     """Validate a deletion prior (one probability per slice); ``None`` means uniform."""
     n_slices = check_n_slices(n_slices)
     if prior is None:
@@ -83,7 +95,7 @@ def _check_t(t: float) -> float:
     return float(t)
 
 
-def prefix_score(ordering: Sequence[int], prior: Sequence[float], t: float = 100.0) -> float:
+def prefix_score(ordering: Sequence[int], prior: Prior, t: float = 100.0) -> float:
     """BMS score ``sum_i i * (1 - sum_{j<=i} p_sigma(j))^t`` (1-based ``i``).
 
     Long prefixes of rarely deleted slices score high, so high-prior slices drift to the end.
@@ -166,7 +178,7 @@ def _weighted_permutation(rng: np.random.Generator, weights: np.ndarray) -> Orde
 
 
 def bms_orderings(
-    prior: Sequence[float], budget: int, t: float = 100.0, seed: int = 0
+    prior: Prior, budget: int, t: float = 100.0, seed: int = 0
 ) -> list[Ordering]:
     """Bipartite-matching selection for a known deletion prior.
 
@@ -204,7 +216,7 @@ def bms_orderings(
     if len(chosen) < budget:
         # Sampling stalls when few unseen orderings remain or weights vanish: fill up with
         # the best-scoring unseen orderings (small L) or in lexicographic order.
-        rest = (o for o in itertools.permutations(range(n)) if o not in seen)
+        rest: Iterator[Ordering] = (o for o in itertools.permutations(range(n)) if o not in seen)
         if math.factorial(n) <= _ENUMERATE_LIMIT:
             rest = iter(sorted(rest, key=lambda o: (-prefix_score(o, p, t), o)))
         chosen.extend(itertools.islice(rest, budget - len(chosen)))
@@ -250,7 +262,7 @@ def make_orderings(
     strategy: str,
     n_slices: int,
     budget: int,
-    prior: Sequence[float] | None = None,
+    prior: Prior | None = None,
     t: float = 100.0,
     seed: int = 0,
 ) -> list[Ordering]:

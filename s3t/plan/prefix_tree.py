@@ -53,10 +53,6 @@ class PrefixTree:
         for node in self.stages:
             self._by_parent.setdefault(node.prefix[:-1], []).append(node)
 
-    @classmethod
-    def from_orderings(cls, orderings: Iterable[Sequence[int]]) -> PrefixTree:
-        """Build the tree of one shard's orderings (all permutations of ``0..L-1``)."""
-        return cls(orderings)
 
     def count(self) -> int:
         """Distinct stages to train, with prefix sharing."""

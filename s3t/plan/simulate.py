@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from s3t.plan.orderings import check_orderings, check_prior
+from s3t.plan.orderings import Prior, check_orderings, check_prior
 
 DEFAULT_CHECKPOINTS = (1, 5, 10, 20, 50, 100)
 
@@ -111,7 +111,7 @@ def simulate(
     n_shards: int,
     n_slices: int,
     orderings: Sequence[Sequence[int]],
-    prior: Sequence[float] | None = None,
+    prior: Prior | None = None,
     trials: int = 2000,
     seed: int = 0,
     checkpoints: Sequence[int] = DEFAULT_CHECKPOINTS,
@@ -179,7 +179,7 @@ def simulate(
 def simulate_retention(
     orderings: Sequence[Sequence[int]],
     r: int,
-    prior: Sequence[float] | None = None,
+    prior: Prior | None = None,
     trials: int = 20000,
     seed: int = 0,
 ) -> np.ndarray:

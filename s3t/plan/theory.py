@@ -32,11 +32,11 @@ value from the exact distribution of ``D``; see ``retention_s3t`` for where they
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from s3t.plan.orderings import check_n_slices, check_orderings, check_prior
+from s3t.plan.orderings import Prior, check_n_slices, check_orderings, check_prior
 
 Ordering = tuple[int, ...]
 
@@ -97,7 +97,7 @@ def stages_full(n_slices: int) -> int:
 
 
 def _first_slice_probs(
-    orderings: Sequence[Sequence[int]], prior: Sequence[float] | None
+    orderings: Sequence[Sequence[int]], prior: Prior | None
 ) -> tuple[int, np.ndarray, bool]:
     n_slices = check_orderings(orderings)
     p = check_prior(prior, n_slices)
@@ -112,7 +112,7 @@ def _check_shards(n_shards: int) -> int:
 
 
 def deletion_rate(
-    n_shards: int, orderings: Sequence[Sequence[int]], prior: Sequence[float] | None = None
+    n_shards: int, orderings: Sequence[Sequence[int]], prior: Prior | None = None
 ) -> float:
     """Exact expected requests until the system must retrain (any prior).
 
@@ -133,7 +133,7 @@ def deletion_rate(
 
 
 def first_shard_death(
-    n_shards: int, orderings: Sequence[Sequence[int]], prior: Sequence[float] | None = None
+    n_shards: int, orderings: Sequence[Sequence[int]], prior: Prior | None = None
 ) -> float:
     """Exact expected requests until the first shard dies (any prior, Poissonised integral)."""
     m = _check_shards(n_shards)
@@ -148,7 +148,7 @@ def first_shard_death(
     return _integrate_tail(tail, scale=m / q.min())
 
 
-def _integrate_tail(tail, scale: float) -> float:
+def _integrate_tail(tail: Callable[[float], float], scale: float) -> float:
     """``int_0^inf tail(x) dx`` for a survival function decaying on the given scale."""
     total = 0.0
     lo, width = 0.0, scale
@@ -214,7 +214,7 @@ def _check_kr(n: int, k: int, r: int) -> None:
         raise ValueError(f"r must be >= 0, got {r}")
 
 
-def hit_set_distribution(prior: Sequence[float], r: int) -> np.ndarray:
+def hit_set_distribution(prior: Prior, r: int) -> np.ndarray:
     """``P[D = S]`` for every set ``S`` of slices (bitmask index) after ``r`` deletions.
 
     ``P[D subset S] = p(S)^r``; Moebius inversion over subsets gives ``P[D = S]``.
@@ -233,7 +233,7 @@ def hit_set_distribution(prior: Sequence[float], r: int) -> np.ndarray:
 
 
 def retention_exact(
-    orderings: Sequence[Sequence[int]], r: int, prior: Sequence[float] | None = None
+    orderings: Sequence[Sequence[int]], r: int, prior: Prior | None = None
 ) -> np.ndarray:
     """Exact ``P[served prefix >= k]`` for ``k = 0..L`` after ``r`` deletions into a shard.
 
@@ -260,7 +260,7 @@ def expected_prefix_length(
     n_shards: int,
     orderings: Sequence[Sequence[int]],
     r: int,
-    prior: Sequence[float] | None = None,
+    prior: Prior | None = None,
 ) -> float:
     """Exact mean served prefix length (slices, averaged over shards) after ``r`` requests.
 

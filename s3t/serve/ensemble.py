@@ -15,16 +15,23 @@ import torch
 from torch import nn
 
 from s3t.models.adapted import AdaptedBackbone, StateDict
+from s3t.models.stage_weights import StageWeights
 from s3t.plan.methods import Method
-from s3t.train.stage_trainer import StageWeights, apply_chain
 
 
 @dataclass(frozen=True)
 class ServedRoute:
+    """One shard's served route, materialised. Read it, never change it."""
+
     stage: str                 # the route's stage key
     active: int                # layer groups switched on
     layers: nn.ModuleList      # merged dense copies of the layers from group ``active`` up
     head: StateDict
+    chain: tuple[StageWeights, ...]  # the weights of the route's stages, root first
+
+    @property
+    def depth(self) -> int:
+        return len(self.chain)
 
 
 class Ensemble:
@@ -41,10 +48,10 @@ class Ensemble:
             if current is not None and current.stage == key:
                 fresh[shard] = current
                 continue
-            apply_chain(self.backbone, chain, self.method)
+            self.backbone.load_route(chain, self.method)
             active = self.method.active_groups(len(chain))
             fresh[shard] = ServedRoute(key, active, self.backbone.merged_top_layers(active),
-                                       self.backbone.head_state())
+                                       self.backbone.head_state(), tuple(chain))
         self.routes = fresh
 
     @torch.no_grad()

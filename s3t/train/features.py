@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from s3t.models.adapted import AdaptedBackbone
-from s3t.store import FeatureFiles
+from s3t.run.files import FeatureFiles
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 Features = dict[int, torch.Tensor]  # layer group -> (tokens, hidden) for one sample
@@ -79,7 +79,7 @@ class _Held:
 
 class FeatureCache(_Blocks):
     """Features in memory up to ``memory_bytes``; blocks beyond that are written to this
-    process's folder of ``files`` (see :class:`s3t.store.FeatureFiles`) and memory-mapped.
+    process's folder of ``files`` (see :class:`s3t.run.files.FeatureFiles`) and memory-mapped.
     ``dtype`` is the storage precision; compute is always float32.
 
     A spilled block holds sample inputs in derived form, so it is erased like a stage: the
@@ -147,7 +147,7 @@ class FeatureCache(_Blocks):
         held = _Held(spans, {int(k[1:]): v for k, v in arrays.items()}, targets,
                      None if writer is None else writer.final)
         if writer is not None and self.is_current is not None and not self.is_current(block, version):
-            shutil.rmtree(held.path, ignore_errors=True)  # a deletion came in meanwhile
+            shutil.rmtree(writer.final, ignore_errors=True)  # a deletion came in meanwhile
             return False
         if writer is None:
             self._in_memory += held.nbytes
@@ -169,6 +169,8 @@ class FeatureCache(_Blocks):
     def _spill_dir(self) -> Path:
         """This process's locked spill folder, claimed on first use."""
         if self.directory is None:
+            if self.files is None:
+                raise RuntimeError("this feature cache has no FeatureFiles to spill to")
             self.directory, lock = self.files.claim_owner_dir()
             # never leave spilled data behind, even without close()
             self._finalizer = weakref.finalize(self, _release, self.directory, lock)
@@ -200,6 +202,9 @@ class FeatureCache(_Blocks):
             held = self._held[self._where[sid]]
             first, n = held.spans[sid]
             source = held.targets if group is None else held.states[group]
+            if source is None:
+                raise ValueError(f"no token labels cached for sample {sid!r}: the backbone's "
+                                 "encode returns no labels (only causal LMs have targets)")
             rows.append(source[first:first + n])
         return rows
 
@@ -275,11 +280,17 @@ class OnTheFlyFeatures(_Blocks):
     """The uncached path, same interface: run the frozen layers for every batch.
 
     Kept as the reference the cache is checked against, and for data too large for memory.
+    The frozen layers run on at most ``chunk_size`` samples at a time (rows of the batch,
+    padded together), which bounds the trunk's peak memory when a caller asks for a batch
+    larger than that; a batch of at most ``chunk_size`` samples runs in one piece.
     """
 
     def __init__(self, backbone: AdaptedBackbone, chunk_size: int = 64):
         super().__init__()
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.backbone = backbone
+        self.chunk_size = chunk_size
         self._inputs: dict[str, object] = {}
 
     def ensure(self, block: Hashable, version: Hashable, ids: Sequence[str],
@@ -294,8 +305,16 @@ class OnTheFlyFeatures(_Blocks):
 
     def batch(self, ids: Sequence[str], group: int) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.backbone.encode([self._inputs[sid] for sid in ids])
-        # run the frozen layers only as far as this group needs
-        return self.backbone.boundaries(encoded, top_group=group)[group], encoded["attention_mask"]
+        mask = encoded["attention_mask"]
+        # run the frozen layers only as far as this group needs, chunk_size rows at a time
+        if len(ids) <= self.chunk_size:
+            return self.backbone.boundaries(encoded, top_group=group)[group], mask
+        states = [
+            self.backbone.boundaries({k: v[start:start + self.chunk_size] for k, v in encoded.items()},
+                                     top_group=group)[group]
+            for start in range(0, len(ids), self.chunk_size)
+        ]
+        return torch.cat(states), mask
 
     def targets(self, ids: Sequence[str]) -> torch.Tensor:
         return self.backbone.encode([self._inputs[sid] for sid in ids])["labels"]

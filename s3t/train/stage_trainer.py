@@ -13,17 +13,31 @@ token labels the feature cache keeps); their integer sample labels are unused, a
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from s3t.config import ConfigError
 from s3t.models.adapted import AdaptedBackbone
+from s3t.models.stage_weights import StageWeights
 from s3t.plan.methods import Method
-from s3t.store import StageWeights
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
+
+
+class TrainingDivergedError(ConfigError):
+    """A stage's loss or weights stopped being finite numbers: nothing of it is kept.
+
+    A ``ConfigError`` on ``learning_rate``, the usual cause (front ends name its option).
+    """
+
+    def __init__(self, shard: int, prefix: Sequence[int], what: str, learning_rate: float) -> None:
+        super().__init__("learning_rate", (
+            f"training diverged in shard {shard}, stage {tuple(prefix)}: {what}; lower "
+            f"learning_rate (now {learning_rate:g})"))
 
 
 @dataclass
@@ -41,18 +55,6 @@ def stage_seed(seed: int, shard: int, prefix: Sequence[int]) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def apply_chain(backbone: AdaptedBackbone, chain: Sequence[StageWeights], method: Method) -> None:
-    """Load a route (root stage first) into the model and switch on the groups it uses.
-
-    Each stage holds the groups it trained; later stages overwrite earlier ones, so an
-    S3T route takes group k from its stage at depth k and a SISA route its last checkpoint.
-    """
-    for weights in chain:
-        backbone.load_adapter_state(weights.adapter)
-    backbone.load_head_state(chain[-1].head if chain else backbone.initial_head)
-    backbone.set_depth(method.active_groups(len(chain)))
-
-
 def train_stage(
     backbone: AdaptedBackbone,
     features: FeatureCache | OnTheFlyFeatures,
@@ -64,7 +66,7 @@ def train_stage(
     sample_ids: Sequence[str],
     labels: Sequence[int],
     val: tuple[Sequence[str], Sequence[int]] | None = None,
-    progress=None,
+    progress: Callable[[int], object] | None = None,
 ) -> StageResult:
     """Train the stage ``prefix`` of ``shard``; ``ancestors`` are the stages of ``prefix[:-1]``."""
     config = backbone.config
@@ -76,7 +78,7 @@ def train_stage(
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout draws from the global generator
 
-    apply_chain(backbone, ancestors, method)
+    backbone.load_route(ancestors, method)
     trained = method.trained_groups(depth)
     active = method.active_groups(depth)
     if method.layerwise or depth == 1:  # SISA/full continue from the previous checkpoint
@@ -90,6 +92,7 @@ def train_stage(
     ids = [sample_ids[i] for i in order]
     y_all = torch.tensor([labels[i] for i in order], dtype=torch.long)
     causal_lm = backbone.task == "causal_lm"
+    lm = backbone.lm_family if causal_lm else None
     last_loss = None
     backbone.model.train()
     for _ in range(config.epochs if ids else 0):
@@ -97,10 +100,9 @@ def train_stage(
         for start in range(0, len(perm), config.batch_size):
             batch = perm[start:start + config.batch_size]
             hidden, mask = features.batch([ids[i] for i in batch], active)
-            if causal_lm:
-                loss = backbone.family.loss(backbone.model,
-                                            backbone.top_hidden(hidden, mask, from_group=active),
-                                            features.targets([ids[i] for i in batch]))
+            if lm is not None:
+                loss = lm.loss(backbone.model, backbone.top_hidden(hidden, mask, from_group=active),
+                               features.targets([ids[i] for i in batch]))
             else:
                 logits = backbone.top(hidden, mask, from_group=active)
                 loss = F.cross_entropy(logits, y_all[batch])
@@ -108,11 +110,17 @@ def train_stage(
             loss.backward()
             optimizer.step()
             last_loss = float(loss.detach())
+            if not math.isfinite(last_loss):
+                raise TrainingDivergedError(shard, prefix, f"the loss is {last_loss}",
+                                            config.learning_rate)
             if progress is not None:
                 progress(len(batch))
     backbone.model.eval()
     for p in params:
         p.requires_grad_(False)
+    if not all(bool(torch.isfinite(p).all()) for p in params):  # e.g. after one huge step
+        raise TrainingDivergedError(shard, prefix, "the trained weights are not finite",
+                                    config.learning_rate)
 
     weights = StageWeights(adapter=backbone.adapter_state(trained), head=backbone.head_state())
     val_score = None

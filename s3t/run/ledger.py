@@ -1,6 +1,11 @@
 """The ledger: the durable record of where every sample lives, what was deleted, which
 stages exist (with file hashes and the slice versions they were trained on) and what is routed.
 
+Every write of stage or sample state is a named operation here (``bump_versions``,
+``scrub_samples``, ``erase_stages``, ``commit_stage``, ``record_deletion``, ``refresh_routes``):
+no SQL about the invariant lives anywhere else. Routing is a pure function of the live stage
+records, so it lives here too (``compute_routes``, ``lineage_chain``).
+
 SQLite in WAL mode with ``synchronous=FULL`` and ``secure_delete``: a committed deletion
 survives a crash, and a deleted sample's text is overwritten rather than left in free pages.
 After each deletion the WAL is checkpointed and truncated so no old page image survives.
@@ -15,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +142,7 @@ class Ledger:
                 busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 if not busy:
                     if self.get_meta("scrub_pending"):
-                        self.conn.execute("DELETE FROM meta WHERE key = 'scrub_pending'")
+                        self.clear_meta("scrub_pending")
                         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                     return True
             self.set_meta("scrub_pending", True)
@@ -152,6 +157,9 @@ class Ledger:
     # --- meta -------------------------------------------------------------------------------
     def set_meta(self, key: str, value: object) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def clear_meta(self, key: str) -> None:
+        self.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     def get_meta(self, key: str) -> object:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -224,14 +232,65 @@ class Ledger:
         return self.conn.execute(
             "SELECT sample_id, label, input FROM eval_samples ORDER BY sample_id").fetchall()
 
-    # --- stages and routes -----------------------------------------------------------------
-    def add_stage(self, record: StageRecord, created_at: str) -> None:
+    # --- the invariant's writes ------------------------------------------------------------
+    # Each runs inside the caller's ``transaction()``, so a deletion or a stage commit is one
+    # all-or-nothing step.
+    def bump_versions(self, cells: Iterable[tuple[int, int]]) -> dict[tuple[int, int], int]:
+        """Give each cell a new content version (a deletion changed it); return the new ones."""
+        versions = self.slice_versions()
+        new = {cell: versions[cell] + 1 for cell in sorted(set(cells))}
+        self.conn.executemany("UPDATE slices SET version = ? WHERE shard = ? AND slice = ?",
+                              [(v, sh, sl) for (sh, sl), v in new.items()])
+        return new
+
+    def scrub_samples(self, deleted: dict[str, int], request_id: str) -> None:
+        """Mark samples deleted at the given slice versions and drop their input and label."""
+        self.conn.executemany(
+            "UPDATE samples SET input = NULL, label = NULL, deleted_version = ?, "
+            "deleted_request = ? WHERE sample_id = ?",
+            [(version, request_id, sid) for sid, version in deleted.items()])
+
+    def erase_stages(self, keys: Iterable[str], reason: str) -> None:
+        """Take stages out of service for good. An erased stage keeps only its identity: its
+        file hashes and validation score were computed from weights that are now gone (they
+        saw a deleted sample, or their files were damaged)."""
+        self.conn.executemany("UPDATE stages SET status = 'erased', erased_by = ?, files = '{}', "
+                              "val_score = NULL WHERE key = ?", [(reason, k) for k in keys])
+
+    def commit_stage(self, record: StageRecord, created_at: str) -> bool:
+        """Put a freshly trained stage live, unless a deletion changed one of its slices while
+        it trained or its parent is no longer live (it would then have seen deleted data or
+        built on a stage that did). Returns whether it went live."""
+        if record.status != "live" or not record.files:
+            raise ValueError(f"stage {record.key}: only a live stage with files can be committed")
+        versions = self.slice_versions()
+        current = all(versions[(record.shard, s)] == v
+                      for s, v in zip(record.prefix, record.versions, strict=True))
+        if not current or (record.parent is not None and not self.is_live(record.parent)):
+            return False
         self.conn.execute(
             "INSERT OR REPLACE INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
             (record.key, record.shard, json.dumps(list(record.prefix)),
              json.dumps(list(record.versions)), record.parent, record.status,
              json.dumps(record.files), record.n_samples, record.val_score, created_at))
+        return True
 
+    def record_deletion(self, request_id: str, created_at: str, certificate: dict) -> None:
+        self.conn.execute("INSERT INTO deletions VALUES (?, ?, ?)",
+                          (request_id, created_at, json.dumps(certificate)))
+
+    def update_certificate(self, request_id: str, certificate: dict) -> None:
+        self.conn.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
+                          (json.dumps(certificate), request_id))
+
+    def refresh_routes(self, n_shards: int,
+                       servable: Callable[[int], bool] = lambda depth: True) -> dict[int, str | None]:
+        """Route every shard to its best live stage; return the routes."""
+        routes = compute_routes(self.stages("live"), n_shards, servable)
+        self.conn.executemany("INSERT OR REPLACE INTO routes VALUES (?, ?)", sorted(routes.items()))
+        return routes
+
+    # --- reads of stages and routes -------------------------------------------------------
     def stages(self, status: str | None = "live") -> list[StageRecord]:
         query = "SELECT key, shard, prefix, versions, parent, status, files, n_samples, val_score " \
                 "FROM stages"
@@ -251,12 +310,51 @@ class Ledger:
     def routes(self) -> dict[int, str | None]:
         return dict(self.conn.execute("SELECT shard, stage FROM routes ORDER BY shard").fetchall())
 
-    def set_routes(self, routes: dict[int, str | None]) -> None:
-        self.conn.executemany("INSERT OR REPLACE INTO routes VALUES (?, ?)", sorted(routes.items()))
-
     def deletion_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM deletions").fetchone()[0]
 
     def certificates(self) -> list[dict]:
         return [json.loads(r[0]) for r in self.conn.execute(
             "SELECT certificate FROM deletions ORDER BY created_at, request_id")]
+
+
+# --- routing: pure functions over stage records ---------------------------------------------
+def best_stage(candidates: Iterable[StageRecord]) -> StageRecord | None:
+    """Deepest surviving stage; ties go to the better validation score, then the key."""
+    ranked = sorted(candidates, key=lambda r: (-r.depth, -(r.val_score or 0.0), r.key))
+    return ranked[0] if ranked else None
+
+
+def compute_routes(live: Iterable[StageRecord], n_shards: int,
+                   servable: Callable[[int], bool] = lambda depth: True) -> dict[int, str | None]:
+    """Each shard's route among its live, servable stages whose every ancestor is live too
+    (``None``: the shard is dead)."""
+    by_key = {r.key: r for r in live}
+
+    def chain_live(record: StageRecord) -> bool:
+        while record.parent is not None:
+            if record.parent not in by_key:
+                return False
+            record = by_key[record.parent]
+        return True
+
+    by_shard: dict[int, list[StageRecord]] = {m: [] for m in range(n_shards)}
+    for record in by_key.values():
+        if servable(record.depth) and chain_live(record):
+            by_shard[record.shard].append(record)
+    routes: dict[int, str | None] = {}
+    for m, records in by_shard.items():
+        best = best_stage(records)
+        routes[m] = None if best is None else best.key
+    return routes
+
+
+def lineage_chain(key: str, records: dict[str, StageRecord]) -> list[StageRecord]:
+    """The stages a route is built from, root first."""
+    chain = []
+    current: str | None = key
+    while current is not None:
+        record = records[current]
+        chain.append(record)
+        current = record.parent
+    return chain[::-1]

@@ -1,7 +1,10 @@
-"""Stage files on disk: safetensors weights plus a JSON card, each checked by sha256.
+"""The run's files on disk, each named by the ledger and erased durably when it says so:
+stage directories (safetensors weights plus a JSON card, each checked by sha256) and the
+feature-cache blocks a trainer spills.
 
-Only safetensors and JSON are ever read back, and never without matching the hash the
-ledger recorded when the stage was written.
+This module moves bytes, never tensors, so the deletion path needs no torch: a stage's
+weights are serialised by ``s3t.models.stage_weights``. A stage's bytes are hashed as they
+are read and only those same bytes are handed on, so what is used is what was checked.
 """
 
 from __future__ import annotations
@@ -12,21 +15,12 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ADAPTER_FILE = "adapter.safetensors"
 HEAD_FILE = "head.safetensors"
 META_FILE = "meta.json"
-
-
-@dataclass
-class StageWeights:
-    """What a stage trains: its layer groups' adapter tensors and its head copy."""
-
-    adapter: dict[str, Any]
-    head: dict[str, Any]
 
 
 class IntegrityError(RuntimeError):
@@ -41,7 +35,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a rename or removal in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -57,51 +51,53 @@ class StageStore:
     def path(self, shard: int, key: str) -> Path:
         return self.root / str(shard) / key
 
-    def write(self, shard: int, key: str, weights: StageWeights, meta: dict) -> dict[str, str]:
-        """Write a stage atomically (temp dir, fsync, rename); return ``{file: sha256}``."""
+    def write(self, shard: int, key: str, blobs: dict[str, bytes], meta: dict) -> dict[str, str]:
+        """Write a stage atomically (temp dir, fsync, rename); return ``{file: sha256}``.
+
+        ``blobs`` maps file names (e.g. ``adapter.safetensors``) to their serialised bytes."""
         final = self.path(shard, key)
         tmp = final.with_name(final.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        from safetensors.torch import save_file  # torch loads only when weights are touched
-
-        save_file({k: v.contiguous() for k, v in weights.adapter.items()}, tmp / ADAPTER_FILE)
-        save_file({k: v.contiguous() for k, v in weights.head.items()}, tmp / HEAD_FILE)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        contents = {**blobs, META_FILE: json.dumps(meta, indent=2, sort_keys=True).encode()}
         hashes = {}
-        for name in (ADAPTER_FILE, HEAD_FILE, META_FILE):
-            with open(tmp / name, "rb") as f:
+        for name, data in contents.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
                 os.fsync(f.fileno())
-            hashes[name] = sha256_file(tmp / name)
-        _fsync_dir(tmp)
+            hashes[name] = hashlib.sha256(data).hexdigest()
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return hashes
 
-    def verify(self, shard: int, key: str, files: dict[str, str]) -> None:
+    def read(self, shard: int, key: str, files: dict[str, str]) -> dict[str, bytes]:
+        """Every file of a stage, each checked against the hash the ledger recorded."""
         where = self.path(shard, key)
+        out = {}
         for name, expected in files.items():
             path = where / name
-            if not path.is_file():
-                raise IntegrityError(f"stage {key}: file {path} is missing; run `s3t retrain`")
-            actual = sha256_file(path)
+            try:
+                data = path.read_bytes()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise IntegrityError(f"stage {key}: file {path} is missing; run `s3t retrain`") from None
+            actual = hashlib.sha256(data).hexdigest()
             if actual != expected:
                 raise IntegrityError(
                     f"stage {key}: {path} has sha256 {actual[:12]}..., the ledger recorded "
                     f"{expected[:12]}...: the file was altered; refusing to use it "
                     "(`s3t retrain RUN` rebuilds it)"
                 )
+            out[name] = data
+        return out
 
-    def read(self, shard: int, key: str, files: dict[str, str]) -> StageWeights:
-        from safetensors.torch import load_file
-
-        self.verify(shard, key, files)
-        where = self.path(shard, key)
-        return StageWeights(adapter=load_file(where / ADAPTER_FILE),
-                            head=load_file(where / HEAD_FILE))
+    def verify(self, shard: int, key: str, files: dict[str, str]) -> None:
+        """Raise :class:`IntegrityError` unless every file matches its recorded hash."""
+        self.read(shard, key, files)
 
     def erase(self, shard: int, key: str, sync: bool = True) -> bool:
         """Remove a stage's files; ``sync`` makes the removal durable now."""
@@ -109,7 +105,7 @@ class StageStore:
         if where.exists():
             shutil.rmtree(where)
             if sync:
-                _fsync_dir(where.parent)
+                fsync_dir(where.parent)
             return True
         return False
 
@@ -119,7 +115,7 @@ class StageStore:
             self.erase(shard, key, sync=False)
         for shard in sorted({shard for shard, _ in stages}):
             if self.path(shard, "").is_dir():
-                _fsync_dir(self.path(shard, ""))
+                fsync_dir(self.path(shard, ""))
 
     def on_disk(self) -> list[tuple[int, str]]:
         """Every stage directory present, as (shard, key)."""
@@ -186,7 +182,7 @@ class FeatureFiles:
             shutil.rmtree(path, ignore_errors=True)
         for owner in {p.parent for p in removed}:
             if owner.is_dir():
-                _fsync_dir(owner)
+                fsync_dir(owner)
         return removed
 
     def orphans(self) -> list[Path]:

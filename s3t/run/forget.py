@@ -1,11 +1,11 @@
-"""Forgetting and auditing: the exactness invariant, enforced and re-checked.
+"""Forgetting: the exactness invariant, enforced.
 
 > No parameter that can be served, and no file kept on disk, was computed from a deleted sample.
 
 ``forget`` validates the whole request before touching anything, commits the deletion,
 the invalidated stages and the new routes in one SQLite transaction (durable before it
-returns), then erases the invalidated stages' files. It never trains. ``audit`` re-derives
-every stage's lineage from the ledger and checks it, the routes and the files on disk.
+returns), then erases the invalidated stages' files. It never trains. ``sweep`` finishes
+an erasure that a crash interrupted.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from s3t.data.ledger import Ledger, StageRecord, group_hash
-from s3t.serve.router import compute_routes, lineage_chain
-from s3t.store import FeatureFiles, IntegrityError, StageStore
+from s3t.run.files import FeatureFiles, StageStore
+from s3t.run.ledger import Ledger, group_hash
 
 
 class ForgetRequestError(ValueError):
@@ -78,35 +78,23 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     """
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
-    with ledger.transaction() as c:
+    with ledger.transaction():
         plan = plan_forget(ledger, sample_ids, groups)
         # Set until this request's files are gone: if it is still set when the next request
         # starts, an erasure was interrupted and the next request finishes it.
         unfinished_erasure = bool(ledger.get_meta("erase_pending"))
         ledger.set_meta("erase_pending", True)
         cells = plan.cells
-        versions = ledger.slice_versions()
-        new_version = {cell: versions[cell] + 1 for cell in cells}
-        c.executemany("UPDATE slices SET version = ? WHERE shard = ? AND slice = ?",
-                      [(v, sh, sl) for (sh, sl), v in new_version.items()])
-        c.executemany(
-            "UPDATE samples SET input = NULL, label = NULL, deleted_version = ?, "
-            "deleted_request = ? WHERE sample_id = ?",
-            [(new_version[cell], request_id, sid) for sid, cell in plan.new.items()])
-        live = ledger.stages("live")
+        new_version = ledger.bump_versions(cells)
+        ledger.scrub_samples({sid: new_version[cell] for sid, cell in plan.new.items()},
+                             request_id)
         hit = set(cells)
-        erased = [r for r in live if any((r.shard, s) in hit for s in r.prefix)]
-        # An erased stage keeps only its identity: its file hashes and validation score were
-        # computed from weights that saw the deleted samples.
-        c.executemany("UPDATE stages SET status = 'erased', erased_by = ?, files = '{}', "
-                      "val_score = NULL WHERE key = ?",
-                      [(request_id, r.key) for r in erased])
+        erased = [r for r in ledger.stages("live") if any((r.shard, s) in hit for s in r.prefix)]
         routes_before = ledger.routes()
+        ledger.erase_stages([r.key for r in erased], reason=request_id)
         erased_keys = {r.key for r in erased}
-        routes_after = compute_routes([r for r in live if r.key not in erased_keys], n_shards,
-                                      servable)
-        ledger.set_routes(routes_after)
-        certificate = {
+        routes_after = ledger.refresh_routes(n_shards, servable)
+        certificate: dict[str, Any] = {
             "request_id": request_id,
             "time": now(),
             "samples": sorted(plan.new),
@@ -119,8 +107,7 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
             "routes_after": {str(k): v for k, v in routes_after.items()},
             "live_shards": sum(v is not None for v in routes_after.values()),
         }
-        c.execute("INSERT INTO deletions VALUES (?, ?, ?)",
-                  (request_id, certificate["time"], json.dumps(certificate)))
+        ledger.record_deletion(request_id, certificate["time"], certificate)
     # Committed: from here on the deletion holds even if the process dies; a later forget
     # or load finishes any erasure left undone.
     certificate["ledger_scrubbed"] = ledger.checkpoint()
@@ -141,11 +128,10 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     # already durable, and the JSON file below is written and synced.
     ledger.conn.execute("PRAGMA synchronous=NORMAL")
     try:
-        with ledger.transaction() as c:
-            c.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
-                      (json.dumps(certificate), request_id))
+        with ledger.transaction():
+            ledger.update_certificate(request_id, certificate)
             if certificate["files_erased"]:
-                c.execute("DELETE FROM meta WHERE key = 'erase_pending'")
+                ledger.clear_meta("erase_pending")
     finally:
         ledger.conn.execute("PRAGMA synchronous=FULL")
     write_json_atomic(certificates_dir / f"{request_id}.json", certificate)
@@ -183,75 +169,3 @@ def sweep(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
     return removed
 
 
-@dataclass
-class AuditReport:
-    ok: bool
-    violations: list[str] = field(default_factory=list)
-    checked: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"ok": self.ok, "violations": self.violations, "checked": self.checked}
-
-
-def contaminated(record: StageRecord, deleted_by_cell: dict[tuple[int, int], list[int]]) -> bool:
-    """Whether a stage's lineage contains a deleted sample.
-
-    Its lineage is every sample present in its cells at the versions it recorded; a sample
-    deleted at version ``v`` was present at every version below ``v``.
-    """
-    return any(dv > version
-               for s, version in zip(record.prefix, record.versions, strict=True)
-               for dv in deleted_by_cell.get((record.shard, s), []))
-
-
-def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = None) -> AuditReport:
-    violations: list[str] = []
-    deleted = ledger.deleted_samples()
-    deleted_by_cell: dict[tuple[int, int], list[int]] = {}
-    for _, shard, sl, dv in deleted:
-        deleted_by_cell.setdefault((shard, sl), []).append(dv)
-    for sid in ledger.leaked_inputs():
-        violations.append(f"deleted sample {sid} still has its input or label in the ledger")
-    if ledger.get_meta("scrub_pending") and not ledger.checkpoint():
-        violations.append("the ledger's write-ahead log may still hold deleted inputs: another "
-                          "process keeps a read transaction open; close it and audit again")
-
-    records = {r.key: r for r in ledger.stages(None)}
-    live = {k: r for k, r in records.items() if r.status == "live"}
-    for record in live.values():
-        if contaminated(record, deleted_by_cell):
-            violations.append(f"live stage {record.key} was trained on a deleted sample")
-        try:
-            store.verify(record.shard, record.key, record.files)
-        except IntegrityError as err:
-            violations.append(str(err))
-
-    routes = ledger.routes()
-    for shard, key in routes.items():
-        if key is None:
-            continue
-        if key not in records:
-            violations.append(f"shard {shard} routes to unknown stage {key}")
-            continue
-        for link in lineage_chain(key, records):
-            if link.status != "live":
-                violations.append(f"shard {shard} serves stage {key}, built on erased {link.key}")
-            elif contaminated(link, deleted_by_cell):
-                violations.append(f"shard {shard} serves {link.key}, trained on a deleted sample")
-
-    on_disk = store.on_disk()
-    for shard, key in on_disk:
-        if key not in live or live[key].shard != shard:
-            state = records[key].status if key in records else "unknown to the ledger"
-            violations.append(f"stage files on disk for {key} ({state}): {store.path(shard, key)}")
-
-    blocks = features.cell_blocks() if features is not None else []
-    for path in features.stale(ledger.slice_versions()) if features is not None else []:
-        violations.append(f"feature-cache files of a cell a deletion changed: {path}")
-    for owner in features.orphans() if features is not None else []:
-        violations.append(f"feature-cache folder of a process that is gone: {owner} "
-                          "(opening the run with repair removes it)")
-
-    checked = {"stages": len(records), "live_stages": len(live), "deleted_samples": len(deleted),
-               "routes": len(routes), "stage_dirs": len(on_disk), "feature_cache_blocks": len(blocks)}
-    return AuditReport(ok=not violations, violations=violations, checked=checked)

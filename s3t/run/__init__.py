@@ -1,0 +1,40 @@
+"""The run's records: ledger, stage files, spilled feature files, and forget, sweep, audit.
+
+Nothing here imports torch or a model: the whole deletion path lives in this package.
+"""
+
+from s3t.run.audit import AuditReport, audit
+from s3t.run.directory import (
+    FORMAT,
+    RUN_FILE,
+    NoLiveShardError,
+    NotARunError,
+    Run,
+    model_fingerprint,
+)
+from s3t.run.files import FeatureFiles, IntegrityError, StageStore
+from s3t.run.forget import ForgetPlan, ForgetRequestError, forget, sweep
+from s3t.run.ledger import Ledger, StageRecord, compute_routes, lineage_chain, stage_key
+
+__all__ = [
+    "FORMAT",
+    "RUN_FILE",
+    "AuditReport",
+    "FeatureFiles",
+    "ForgetPlan",
+    "ForgetRequestError",
+    "IntegrityError",
+    "Ledger",
+    "NoLiveShardError",
+    "NotARunError",
+    "Run",
+    "StageRecord",
+    "StageStore",
+    "audit",
+    "compute_routes",
+    "forget",
+    "lineage_chain",
+    "model_fingerprint",
+    "stage_key",
+    "sweep",
+]

@@ -1,0 +1,205 @@
+"""A run directory without its model: the run card, the ledger, the stage files and the
+spilled feature files, with forget, status, audit and the retrain lock on top.
+
+Forgetting, status and audit need nothing else, so they never load torch or the backbone:
+`s3t forget` in a fresh process costs file and SQLite work only, whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from s3t.config import S3TConfig
+from s3t.plan.methods import Method
+from s3t.plan.prefix_tree import PrefixTree
+from s3t.run.audit import AuditReport, audit, quarantine_damaged
+from s3t.run.files import FeatureFiles, StageStore, sha256_file
+from s3t.run.forget import ForgetPlan, forget, sweep
+from s3t.run.ledger import Ledger, StageRecord, stage_key
+
+RUN_FILE = "s3t.json"
+FORMAT = 1
+
+
+class NotARunError(FileNotFoundError):
+    """The directory does not hold an s3t run."""
+
+
+class NoLiveShardError(RuntimeError):
+    """Every shard has lost its first slice: the model must be retrained before it can serve."""
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over the backbone's weight files: a run refuses a different backbone.
+
+    Hashed once per process and file state (path, inode, size, mtime): a process that opens
+    several runs on one backbone, or reloads one, does not re-read hundreds of megabytes.
+    """
+    root = Path(model_dir)
+    files = (sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
+             or sorted(root.glob("*.gguf")))
+    state = tuple((str(f.resolve()), f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in files)
+    if state not in _FINGERPRINTS:
+        joined = "".join(f"{f.name}:{sha256_file(f)}" for f in files)
+        _FINGERPRINTS[state] = hashlib.sha256(joined.encode()).hexdigest()
+    return _FINGERPRINTS[state]
+
+
+@dataclass
+class Run:
+    """An open run directory. ``info`` is its run card (``s3t.json``): config, label names,
+    task, backbone path and sha256, orderings."""
+
+    path: Path
+    info: dict
+    config: S3TConfig
+    ledger: Ledger
+    store: StageStore
+
+    @property
+    def features(self) -> FeatureFiles:
+        return FeatureFiles(self.path)
+
+    @property
+    def method(self) -> Method:
+        return Method(self.config.method, self.config.slices)
+
+    @cached_property
+    def tree(self) -> PrefixTree:
+        return PrefixTree([tuple(o) for o in self.info["orderings"]])
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.info["label_names"])
+
+    @property
+    def task(self) -> str:
+        return str(self.info.get("task", "classification"))
+
+    # --- creating and opening -----------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, config: S3TConfig, info: dict) -> Run:
+        """Start a new run in ``path`` (which must not hold one): write its card and ledger."""
+        path = Path(path)
+        cls.refuse_existing(path)
+        path.mkdir(parents=True, exist_ok=True)
+        info = {"format": FORMAT, "config": config.to_dict(), **info}
+        ledger = Ledger(path / Ledger.FILE)
+        ledger.set_meta("format", FORMAT)
+        (path / RUN_FILE).write_text(json.dumps(info, indent=2))
+        return cls(path, info, config, ledger, StageStore(path / "stages"))
+
+    @staticmethod
+    def refuse_existing(path: str | Path) -> None:
+        """Raise ``FileExistsError`` if ``path`` already holds a run (never overwrite one)."""
+        path = Path(path)
+        if (path / Ledger.FILE).exists() or (path / RUN_FILE).exists():
+            raise FileExistsError(f"{path} already holds an s3t run: load it with "
+                                  "S3T.load / `s3t status`, or choose another --out")
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = False, repair: bool = True) -> Run:
+        """Open a run; ``repair`` finishes an interrupted forget (stage files the ledger no
+        longer holds live are erased; ``audit`` opens without it, to see the disk as it is);
+        ``verify`` checks every live stage file's sha256 now (reading a stage always does)."""
+        path = Path(path)
+        run_file = path / RUN_FILE
+        if not run_file.is_file() or not (path / Ledger.FILE).is_file():
+            raise NotARunError(f"{path} is not an s3t run directory (no {RUN_FILE} and "
+                               f"{Ledger.FILE}); create one with `s3t train --out {path}`")
+        try:
+            info = json.loads(run_file.read_text())
+            config = S3TConfig.from_dict(info["config"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise NotARunError(f"{run_file} is damaged: {err}") from None
+        run = cls(path, info, config, Ledger.open_existing(path / Ledger.FILE),
+                  StageStore(path / "stages"))
+        if repair:
+            sweep(run.ledger, run.store, run.features)
+            if run.ledger.get_meta("scrub_pending"):
+                run.ledger.checkpoint()
+        if verify:
+            for record in run.ledger.stages("live"):
+                run.store.verify(record.shard, record.key, record.files)
+        return run
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    # --- stages -------------------------------------------------------------------------------
+    def stage_key(self, shard: int, prefix: Sequence[int], versions: dict) -> str:
+        """The key of ``prefix`` in ``shard`` at the given slice versions."""
+        return stage_key(shard, prefix, [versions[(shard, s)] for s in prefix])
+
+    def is_current(self, block: object, version: object) -> bool:
+        """Whether a cell is still at ``version`` in the ledger right now (other blocks: yes)."""
+        if not isinstance(block, tuple):
+            return True
+        return self.ledger.slice_versions().get(block) == version
+
+    def live_stages(self) -> dict[str, StageRecord]:
+        return {r.key: r for r in self.ledger.stages("live")}
+
+    def quarantine_damaged(self) -> list[str]:
+        """Take live stages whose files fail their hash check out of service and erase them."""
+        return quarantine_damaged(self.ledger, self.store, self.config.shards,
+                                  self.method.servable)
+
+    @contextmanager
+    def retrain_lock(self) -> Iterator[None]:
+        """Only one retrain per run directory at a time (deletions may go on meanwhile)."""
+        with open(self.path / ".retrain.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(f"another retrain is running on {self.path}") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # --- the deletion path --------------------------------------------------------------------
+    def forget(self, sample_ids: Sequence[str] | None = None,
+               groups: Sequence[str] | None = None) -> tuple[ForgetPlan, dict]:
+        if isinstance(sample_ids, str):
+            sample_ids = [sample_ids]
+        if isinstance(groups, str):
+            groups = [groups]
+        return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
+                      self.path / "certificates", servable=self.method.servable,
+                      features=self.features)
+
+    def audit(self) -> AuditReport:
+        return audit(self.ledger, self.store, self.features)
+
+    def status(self) -> dict:
+        records = {r.key: r for r in self.ledger.stages(None)}
+        routes = self.ledger.routes()
+        total, deleted = self.ledger.counts()
+        depths = [records[k].depth if k else 0 for k in routes.values()]
+        config = self.config
+        return {
+            "run_dir": str(self.path),
+            "shards": config.shards, "slices": config.slices,
+            "budget": config.budget, "strategy": config.strategy, "method": config.method,
+            "live_shards": sum(k is not None for k in routes.values()),
+            "routes": {str(m): None if k is None else
+                       {"stage": k, "depth": records[k].depth, "prefix": list(records[k].prefix)}
+                       for m, k in routes.items()},
+            "samples": total, "deleted": deleted,
+            "live_stages": sum(r.status == "live" for r in records.values()),
+            "erased_stages": sum(r.status == "erased" for r in records.values()),
+            "capacity": sum(depths) / len(depths) / config.slices if depths else 0.0,
+            "deletion_requests": self.ledger.deletion_count(),
+        }

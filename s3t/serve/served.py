@@ -1,0 +1,163 @@
+"""What a run serves, and serving it: class predictions, generation, LM evaluation.
+
+:class:`ServedModel` keeps the :class:`Ensemble` in step with the ledger's routes (memoised
+on the ledger's change counters, so a request costs no ledger scan unless something, here
+or in another process, committed since the last one) and exposes what is served as a
+read-only mapping of :class:`ServedRoute` (stage key, chain, weights, merged layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import torch
+
+from s3t.models.adapted import AdaptedBackbone
+from s3t.models.stage_weights import WeightBank
+from s3t.run.directory import NoLiveShardError, Run
+from s3t.run.ledger import lineage_chain
+from s3t.serve.ensemble import Ensemble, ServedRoute
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    label_ids: np.ndarray
+    probabilities: np.ndarray      # (n, num_labels), aggregated over live shards
+    live_shards: int
+
+
+@dataclass
+class Generation:
+    text: str                      # the generated answer, special tokens removed
+    token_ids: list[int]           # the generated tokens (the stop token excluded)
+    finished: bool                 # True if the answer ended with an end-of-turn token
+    live_shards: int
+
+
+class ServedModel:
+    """The ensemble of a run's live routes over one loaded backbone."""
+
+    def __init__(self, run: Run, backbone: AdaptedBackbone, bank: WeightBank):
+        self.run = run
+        self.backbone = backbone
+        self.bank = bank
+        self.ensemble = Ensemble(backbone, run.method)
+        self._stamp: tuple[int, int] | None = None
+
+    def routes(self) -> Mapping[int, ServedRoute]:
+        """Each live shard's served route, current with the ledger (read-only)."""
+        stamp = self.run.ledger.change_stamp()
+        if stamp != self._stamp:
+            records = {r.key: r for r in self.run.ledger.stages(None)}
+            self.bank.keep_only(k for k, r in records.items() if r.status == "live")
+            chains = {}
+            for shard, key in sorted(self.run.ledger.routes().items()):
+                if key is not None:
+                    chain = lineage_chain(key, records)
+                    chains[shard] = (key, [self.bank.get(r) for r in chain])
+            self.ensemble.update(chains)
+            self._stamp = stamp
+        return MappingProxyType(self.ensemble.routes)
+
+    def _ready(self, task: str) -> int:
+        if self.run.task != task:
+            if task == "classification":
+                raise ValueError("this run is a causal language model (instruction tuned), not "
+                                 "a classifier: use S3T.generate(prompt) / `s3t generate RUN "
+                                 "--prompt TEXT`, and S3T.evaluate_lm(data) to score it")
+            raise ValueError("generate and evaluate_lm need a causal language model run (a "
+                             "Llama-style --model trained on instruction data); this run is a "
+                             "classifier: use predict")
+        live = len(self.routes())
+        if not live:
+            raise NoLiveShardError(
+                "no shard can serve: every shard has lost its first slice to deletions; "
+                "run `s3t retrain RUN` (or S3T.retrain()) to restore service")
+        self.backbone.model.eval()
+        return live
+
+    def predict(self, inputs: Sequence, batch_size: int = 64) -> Prediction:
+        """Mean of class probabilities over live shards (or majority vote, per config).
+
+        The frozen trunk runs once per batch for all shards; each shard then runs only its
+        top layers, with its route's adapters merged into dense weights.
+        """
+        live = self._ready("classification")
+        labels = self.run.label_names
+        vote = self.run.config.aggregation == "vote"
+        parts = [self.ensemble.predict_proba(list(inputs[i:i + batch_size]), vote=vote,
+                                             n_labels=len(labels))
+                 for i in range(0, len(inputs), batch_size)]
+        out = np.concatenate(parts) if parts else np.zeros((0, len(labels)))
+        ids = out.argmax(axis=1)
+        return Prediction([labels[i] for i in ids], ids, out, live)
+
+    def generate(self, prompt: str, max_new_tokens: int = 32, greedy: bool = True,
+                 temperature: float = 1.0, seed: int = 0) -> Generation:
+        """Answer an instruction: at each step the live shards' next-token probabilities are
+        averaged, then the next token is the most likely one (``greedy``) or drawn, with
+        ``temperature``, from a generator seeded with ``seed``.
+
+        The frozen trunk runs once per step for all shards (no KV cache: each step re-reads
+        the whole sequence). Generation stops at an end-of-turn token or after
+        ``max_new_tokens`` tokens.
+        """
+        if not isinstance(prompt, str):
+            raise ValueError("generate takes one prompt string")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not greedy and not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        live = self._ready("causal_lm")
+        backbone = self.backbone
+        family, tokenizer = backbone.lm_family, backbone.processor
+        tokens = family.prompt_ids(tokenizer, prompt)
+        stops = family.stop_ids(backbone.model, tokenizer)
+        generator = torch.Generator().manual_seed(seed)
+        new: list[int] = []
+        finished = False
+        for _ in range(max_new_tokens):
+            probs = self.ensemble.next_token_probs(family.pad(tokenizer, [tokens + new]))[0]
+            if greedy:
+                token = int(probs.argmax())
+            else:
+                weights = torch.softmax(torch.log(probs) / temperature, dim=-1)
+                token = int(torch.multinomial(weights, 1, generator=generator))
+            if token in stops:
+                finished = True
+                break
+            new.append(token)
+        return Generation(tokenizer.decode(new, skip_special_tokens=True), new, finished, live)
+
+    def evaluate_lm(self, texts: Sequence[str], batch_size: int = 8) -> dict:
+        """Mean token loss and perplexity on held-out instruction data (response tokens only),
+        for the ensemble (mean of the live routes' probabilities) and for each route alone."""
+        live = self._ready("causal_lm")
+        if not texts:
+            raise ValueError("evaluate_lm needs at least one sample")
+        routes = dict(self.ensemble.routes)
+        route_nll = dict.fromkeys(routes, 0.0)
+        nll, count = 0.0, 0
+        for start in range(0, len(texts), batch_size):
+            batch = self.backbone.encode(list(texts[start:start + batch_size]))
+            per_route = self.ensemble.token_log_probs(batch)
+            stacked = torch.stack([per_route[m] for m in routes])
+            mixed = torch.logsumexp(stacked, dim=0) - np.log(len(routes))
+            nll -= float(mixed.sum())
+            count += int(mixed.numel())
+            for m in routes:
+                route_nll[m] -= float(per_route[m].sum())
+        if count == 0:
+            raise ValueError("no response token to score: the responses were all cut away "
+                             "(raise max_seq_len)")
+
+        def summary(total: float) -> dict:
+            return {"loss": total / count, "perplexity": float(np.exp(total / count))}
+
+        return {**summary(nll), "tokens": count, "live_shards": live,
+                "per_route": {m: {"stage": routes[m].stage, **summary(route_nll[m])}
+                              for m in sorted(routes)}}

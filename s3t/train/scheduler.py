@@ -1,0 +1,147 @@
+"""Which stages a run is missing, in which order, and the one place a trained stage is committed.
+
+The scheduler is torch-free bookkeeping over the run's records, so any executor can drive
+it: the local loop in ``train/local.py``, a service's background retrainer, a Ray driver.
+It reads one consistent snapshot of the ledger (slice versions, live stages, cell contents),
+lists the missing stages parents first, and tells the executor which to skip: a stage is
+never trained when a deletion changed one of its cells since the snapshot, or when an
+ancestor was discarded. Committing re-checks the versions inside the ledger's write
+transaction, so a stage that saw a deleted sample never goes live, whatever the executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from s3t.run.directory import Run
+from s3t.run.forget import now
+from s3t.run.ledger import StageRecord
+
+Cell = tuple[int, int]
+EVAL_BLOCK = "eval"
+
+
+@dataclass(frozen=True)
+class CellData:
+    """A cell's retained samples at one version, sorted by id."""
+
+    cell: Cell
+    version: int
+    ids: tuple[str, ...]
+    labels: tuple[int, ...]
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """One stage to train: its identity, its ancestors and the data of its prefix's cells."""
+
+    key: str
+    shard: int
+    prefix: tuple[int, ...]
+    versions: tuple[int, ...]
+    parent: str | None
+    ancestors: tuple[str, ...]          # keys of the stages of prefix[:1], ..., prefix[:-1]
+    cells: tuple[CellData, ...]
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return [sid for c in self.cells for sid in c.ids]
+
+    @property
+    def labels(self) -> list[int]:
+        return [y for c in self.cells for y in c.labels]
+
+    @property
+    def n_samples(self) -> int:
+        return sum(len(c.ids) for c in self.cells)
+
+
+@dataclass
+class Scheduler:
+    """Plans and commits the missing stages of one run (see the module docstring)."""
+
+    run: Run
+    jobs: list[StageJob] = field(default_factory=list)
+    versions: dict[Cell, int] = field(default_factory=dict)
+    changed: set[Cell] = field(default_factory=set)      # cells a deletion hit meanwhile
+    discarded: list[str] = field(default_factory=list)
+
+    def plan(self) -> list[StageJob]:
+        """Snapshot the ledger and list every missing stage of the plan, parents first."""
+        run, ledger = self.run, self.run.ledger
+        with ledger.transaction():  # one consistent snapshot of versions and contents
+            self.versions = ledger.slice_versions()
+            live = {r.key for r in ledger.stages("live")}
+            rows = {cell: ledger.cell_samples(*cell) for cell in self.versions}
+        cells = {cell: CellData(cell, self.versions[cell], tuple(r[0] for r in rs),
+                                tuple(r[1] for r in rs), tuple(r[2] for r in rs))
+                 for cell, rs in rows.items()}
+        self.jobs = []
+        for shard in range(run.config.shards):
+            for node in run.tree.stages:
+                key = run.stage_key(shard, node.prefix, self.versions)
+                if key in live:
+                    continue
+                keys = [run.stage_key(shard, node.prefix[:k], self.versions)
+                        for k in range(1, node.depth)]
+                self.jobs.append(StageJob(
+                    key=key, shard=shard, prefix=node.prefix,
+                    versions=tuple(self.versions[(shard, s)] for s in node.prefix),
+                    parent=keys[-1] if keys else None, ancestors=tuple(keys),
+                    cells=tuple(cells[(shard, s)] for s in node.prefix)))
+        return self.jobs
+
+    def should_skip(self, job: StageJob) -> bool:
+        """Whether ``job`` would see deleted data or build on a stage that did."""
+        if (self.changed.intersection((job.shard, s) for s in job.prefix)
+                or any(k in self.discarded for k in job.ancestors)):
+            self.discard(job)
+            return True
+        return False
+
+    def discard(self, job: StageJob) -> None:
+        self.discarded.append(job.key)
+
+    def note_versions(self) -> dict[Cell, int]:
+        """Re-read the slice versions; remember the cells a deletion changed since the plan."""
+        current = self.run.ledger.slice_versions()
+        self.changed.update(c for c, v in self.versions.items() if current[c] != v)
+        return current
+
+    def commit(self, job: StageJob, files: dict[str, bytes], meta: dict,
+               val_score: float | None) -> bool:
+        """Write a trained stage's files and put it live if its data did not change while it
+        trained; otherwise erase the files. Returns whether it went live."""
+        run = self.run
+        meta = {"key": job.key, "shard": job.shard, "prefix": list(job.prefix),
+                "versions": list(job.versions), "parent": job.parent,
+                "n_samples": job.n_samples, "val_score": val_score, **meta}
+        hashes = run.store.write(job.shard, job.key, files, meta)
+        record = StageRecord(job.key, job.shard, job.prefix, job.versions, job.parent, "live",
+                             hashes, job.n_samples, val_score)
+        with run.ledger.transaction():
+            accepted = run.ledger.commit_stage(record, now())
+        if not accepted:
+            run.store.erase(job.shard, job.key)
+            self.discard(job)
+        return accepted
+
+    def finish(self) -> dict[int, str | None]:
+        """Route every shard to its best live stage."""
+        with self.run.ledger.transaction():
+            return self.run.ledger.refresh_routes(self.run.config.shards,
+                                                  self.run.method.servable)
+
+    def eval_block(self) -> tuple[list[str], list[int], list[str]] | None:
+        """The validation samples (never deletable): ids, labels, inputs."""
+        rows = self.run.ledger.eval_samples()
+        if not rows:
+            return None
+        return [f"eval:{r[0]}" for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+
+def total_work(jobs: Sequence[StageJob], epochs: int) -> int:
+    """Sample passes the jobs need (for progress bars)."""
+    return sum(job.n_samples for job in jobs) * epochs

@@ -1,0 +1,109 @@
+"""The backbone-family contract is declared (typing protocols) and enforced when a family is
+picked; the exact-layer check of the adapted backbone is a real check, not an ``assert``."""
+
+from __future__ import annotations
+
+import pytest
+
+from s3t.config import S3TConfig
+from s3t.models import base
+from s3t.models.adapted import AdaptedBackbone
+from s3t.models.base import (
+    BackboneFamily,
+    CausalLMFamily,
+    ClassifierFamily,
+    FamilyDefaults,
+    family_for,
+    protocol_members,
+)
+from s3t.models.decoder import LLM_TARGETS, DecoderFamily
+from s3t.models.encoder import EncoderFamily
+from s3t.models.vit import ViTFamily
+
+SHARED = {"name", "task", "default_targets", "lora_targets", "load", "layers", "layers_pattern",
+          "encode", "embed", "run_layers", "apply_layers", "head_modules", "head", "init_head"}
+CAUSAL_ONLY = {"loss", "prompt_ids", "stop_ids", "pad"}
+
+
+def test_protocols_declare_the_members_the_engine_calls():
+    assert set(protocol_members(BackboneFamily)) == SHARED
+    assert set(protocol_members(ClassifierFamily)) == SHARED
+    assert set(protocol_members(CausalLMFamily)) == SHARED | CAUSAL_ONLY
+
+
+@pytest.mark.parametrize(("model_type", "cls", "protocol", "task"), [
+    ("bert", EncoderFamily, ClassifierFamily, "classification"),
+    ("roberta", EncoderFamily, ClassifierFamily, "classification"),
+    ("vit", ViTFamily, ClassifierFamily, "classification"),
+    ("llama", DecoderFamily, CausalLMFamily, "causal_lm"),
+    ("mistral", DecoderFamily, CausalLMFamily, "causal_lm"),
+    ("qwen2", DecoderFamily, CausalLMFamily, "causal_lm"),
+])
+def test_each_registered_family_satisfies_its_task_protocol(model_type, cls, protocol, task):
+    family = family_for(model_type)
+    assert type(family) is cls and isinstance(family, FamilyDefaults)
+    assert isinstance(family, BackboneFamily) and isinstance(family, protocol)
+    assert family.task == task and base.TASK_PROTOCOLS[task] is protocol
+    for member in protocol_members(protocol):
+        assert hasattr(family, member), f"{cls.__name__} lacks {member}"
+    assert isinstance(family.name, str) and family.name
+    assert all(isinstance(t, str) for t in family.default_targets)
+    if protocol is ClassifierFamily:
+        assert not isinstance(family, CausalLMFamily)
+
+
+def test_every_registered_model_type_passes_the_check():
+    family_for("bert")  # registers the built-in families
+    for model_type in sorted(base._FAMILIES):
+        base.check_family(family_for(model_type))
+
+
+def test_optional_members_have_shared_defaults():
+    encoder, vit, decoder = EncoderFamily(), ViTFamily(), DecoderFamily()
+    assert encoder.task == vit.task == "classification"
+    assert encoder.default_targets == vit.default_targets == ("query", "value")
+    assert encoder.lora_targets(("query", "dense")) == ["query", "dense"]
+    assert vit.lora_targets(["query", "value"]) == ["q_proj", "v_proj"]
+    assert decoder.default_targets == LLM_TARGETS
+    assert decoder.lora_targets(["key", "gate_proj"]) == ["k_proj", "gate_proj"]
+
+
+class _Incomplete(FamilyDefaults):
+    """A classifier family that forgot most of the interface."""
+
+    name = "incomplete"
+
+    def load(self, path, num_labels):
+        raise NotImplementedError
+
+
+class _HalfLM(EncoderFamily):
+    """Claims to be a causal LM but gives none of the generation members."""
+
+    task = "causal_lm"
+
+
+class _OddTask(EncoderFamily):
+    task = "regression"
+
+
+@pytest.mark.parametrize(("cls", "message"), [
+    (_Incomplete, r"lacks .*layers.*of ClassifierFamily"),
+    (_HalfLM, r"lacks loss, pad, prompt_ids, stop_ids of CausalLMFamily"),
+    (_OddTask, r"task 'regression'; supported: classification, causal_lm"),
+])
+def test_family_for_refuses_a_family_that_breaks_its_contract(cls, message, monkeypatch):
+    family_for("bert")
+    monkeypatch.setitem(base._FAMILIES, "broken", cls)
+    with pytest.raises(TypeError, match=message):
+        family_for("broken")
+
+
+def test_exact_layer_check_is_a_real_error(tiny_bert):
+    cfg = S3TConfig(model=tiny_bert, shards=1, slices=2, budget=1, seed=7)
+    backbone = AdaptedBackbone(cfg, num_labels=2)
+    assert set(backbone.group_parameters(1)) and set(backbone.group_parameters(2))
+    # Corrupt the bookkeeping: a module of layer group 1 filed under group 2.
+    backbone._lora_by_group[2].append(backbone._lora_by_group[1][0])
+    with pytest.raises(RuntimeError, match=r"layer group 1, but was collected for layer group 2"):
+        backbone.group_parameters(2)
