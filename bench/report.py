@@ -330,6 +330,32 @@ def perf_section(res: Result) -> str:
 
 
 Renderer = Callable[[Result], str]
+def faults_section(res: Result) -> str:
+    rows = []
+    for r in res["runs"]:
+        c = r["counts"]
+        for kind in ("forget", "parallel"):
+            rows.append([f"seed {r['seed']} {kind} processes", c[kind]["applied"],
+                         c[kind]["not_applied"], c[kind]["acknowledged"], "", ""])
+        rows.append([f"seed {r['seed']} retrain processes", "", "", "",
+                     c["retrain"]["killed"], c["retrain"]["completed"]])
+    lines = [table(["trials", "applied", "not applied", "acknowledged", "killed", "completed"],
+                   rows), ""]
+    for r in res["runs"]:
+        final = r["final"]
+        lines.append(
+            f"- seed {r['seed']}: {r['trials']} trials; acknowledged deletions lost: "
+            f"**{len(r['acknowledged_lost'])}** (must be 0); audits failed after repair: "
+            f"**{len(r['audits_failed_after_repair'])}** (must be 0); maintenance retrains "
+            f"{r['maintenance_retrains']}; final uninterrupted retrain exit "
+            f"{final['returncode']}, capacity {final['capacity']}, audit violations "
+            f"{len(final['audit_violations'])}; calibration: forget "
+            f"{r['calibration_seconds']['forget']:.2f} s, retrain "
+            f"{r['calibration_seconds']['retrain']:.1f} s (processes were killed uniformly "
+            "within these)")
+    return "\n".join(lines)
+
+
 SECTIONS: list[tuple[str, str, str, Renderer]] = [
     ("accuracy", "1. Accuracy: S3T against SISA and full fine-tuning",
      "Test accuracy on WordNet noun glosses (26 lexicographer categories) with all-MiniLM-L6-v2, "
@@ -392,6 +418,14 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "perplexity on held-out responses (response tokens only) of the ensemble of live shards "
      "(mean of their next-token probabilities), measured at a few request counts.",
      llm_section),
+    ("faults", "10. Reliability: kill -9 at random moments",
+     "Real `s3t forget` and `s3t retrain` processes on one run (MiniLM, WordNet), killed with "
+     "SIGKILL at uniform random times within their usual duration, one at a time or four "
+     "forgets at once; after each trial the run is opened as every command opens it (which "
+     "finishes interrupted erasures) and audited. A deletion acknowledged with a certificate "
+     "must be in the ledger, and no audit may fail. The named fault points in "
+     "`s3t/run/faults.py` reproduce each window deterministically in `tests/test_faults.py`.",
+     faults_section),
 ]
 TARGET_SOURCES = ("accuracy", "deletion_cost", "deletion_rate", "perf")
 

@@ -143,10 +143,6 @@ def simulate_cmd(
 
 # --- training, serving and forgetting --------------------------------------------------------
 
-# Run.retrain_lock's refusal (a plain RuntimeError): another retrain holds the run.
-_RETRAIN_RUNNING = "another retrain is running"
-
-
 @contextmanager
 def _engine_errors(flags: dict[str, str] | None = None, run: Path | None = None) -> Iterator[None]:
     """Engine failures as one ``error: ...`` line: 2 for bad input, 1 for refused state or a
@@ -157,7 +153,7 @@ def _engine_errors(flags: dict[str, str] | None = None, run: Path | None = None)
     Only maps exception types to lines: whatever a command must print before failing (a
     deletion's certificate) it prints itself.
     """
-    from s3t.run import IntegrityError, NoLiveShardError
+    from s3t.run import IntegrityError, NoLiveShardError, RetrainRunningError, UnsafeRunError
 
     def fail(code: int, message: object) -> typer.Exit:
         typer.echo(f"error: {' '.join(str(message).splitlines())}", err=True)
@@ -167,7 +163,7 @@ def _engine_errors(flags: dict[str, str] | None = None, run: Path | None = None)
         yield
     except typer.Exit:
         raise
-    except (IntegrityError, NoLiveShardError) as exc:
+    except (IntegrityError, NoLiveShardError, RetrainRunningError, UnsafeRunError) as exc:
         raise fail(1, exc) from None
     except ConfigError as exc:
         flag = (flags or {}).get(exc.field)
@@ -181,10 +177,6 @@ def _engine_errors(flags: dict[str, str] | None = None, run: Path | None = None)
         raise fail(2, _os_message(message) if isinstance(message, OSError) else message) from None
     except OSError as exc:  # NotADirectoryError, a full disk, an I/O error ...
         raise fail(1, _os_message(exc)) from None
-    except RuntimeError as exc:
-        if _RETRAIN_RUNNING not in str(exc):
-            raise
-        raise fail(1, f"{exc}: wait for it to finish (one retrain per run at a time)") from None
 
 
 def _os_message(exc: OSError) -> str:
@@ -222,45 +214,7 @@ def _permission_message(exc: PermissionError, run: Path | None) -> str:
     return f"permission denied: {exc.filename}" if exc.filename else str(exc)
 
 
-def _check_card(run: Path) -> None:
-    """Refuse a run card (``s3t.json``) whose fields have the wrong types as a damaged run:
-    ``Run.open`` only checks that it parses, and a config of the wrong shape fails much later."""
-    from s3t.run import RUN_FILE, NotARunError
-
-    card = run / RUN_FILE
-    try:
-        info = json.loads(card.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # missing or unparsable: Run.open says so
-    problem = _card_problem(info)
-    if problem is not None:
-        raise NotARunError(f"{card} is damaged: {problem}")
-
-
-def _card_problem(info: Any) -> str | None:
-    if not isinstance(info, dict):
-        return f"expected a JSON object, got {type(info).__name__}"
-    if not isinstance(info.get("config"), dict):
-        return f"`config` must be an object, got {type(info.get('config')).__name__}"
-    try:
-        config = S3TConfig.from_dict(info["config"]).validate()
-    except (TypeError, ValueError) as exc:
-        return f"`config`: {exc}"
-    labels = info.get("label_names")
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        return "`label_names` must be a list of strings"
-    orderings = info.get("orderings")
-    if not isinstance(orderings, list) or not orderings or not all(
-            isinstance(o, list) and sorted(o) == list(range(config.slices)) for o in orderings):
-        return f"`orderings` must be a non-empty list of orderings of 0..{config.slices - 1}"
-    for key in ("task", "model_sha256"):
-        if key in info and not isinstance(info[key], str):
-            return f"`{key}` must be a string, got {type(info[key]).__name__}"
-    return None
-
-
 def _open_run(run: Path, **kwargs: Any) -> Run:
-    _check_card(run)
     return Run.open(run, **kwargs)
 
 
@@ -271,7 +225,6 @@ def _emit(as_json: bool, payload: dict, text: str) -> None:
 def _load(run: Path, **kwargs: Any) -> S3T:
     from s3t.engine import S3T
 
-    _check_card(run)
     return S3T.load(run, **kwargs)
 
 

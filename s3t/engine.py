@@ -29,6 +29,7 @@ from s3t.plan.orderings import make_orderings
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.run import AuditReport, Ledger, Run, StageStore, model_fingerprint
 from s3t.run.directory import RUN_FILE
+from s3t.run.faults import fault_point
 from s3t.serve.ensemble import ServedRoute
 from s3t.serve.served import Generation, Prediction, ServedModel
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
@@ -123,6 +124,27 @@ class S3T:
         Run.refuse_existing(self.run_dir)
         label_names = list(data.label_names) or [str(i) for i in range(max(data.labels) + 1)]
         backbone = AdaptedBackbone(config, num_labels=len(label_names))
+        if backbone.task == "classification" and len(set(data.labels)) < 2:
+            raise ValueError("training data has a single class: a classifier needs samples "
+                             "of at least two labels")
+        run_dir = Path(self.run_dir)
+        existed = run_dir.is_dir()
+        if existed and any(run_dir.iterdir()):
+            raise FileExistsError(f"{run_dir} exists and is not empty (and is not an s3t run): "
+                                  "choose a new or empty directory")
+        try:
+            return self._fit(config, data, eval_data, backbone, label_names, progress)
+        except BaseException:
+            if self.run is not None:  # leave no half-made run behind
+                self.close()
+            if not existed or self._owns_tmp:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            for child in list(run_dir.iterdir()) if run_dir.is_dir() else []:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            raise
+
+    def _fit(self, config: S3TConfig, data: Dataset, eval_data: Dataset | None,
+             backbone: AdaptedBackbone, label_names: list[str], progress: bool) -> S3T:
         if backbone.task == "causal_lm":
             from s3t.data.instructions import parse_instruction
 
@@ -132,21 +154,22 @@ class S3T:
         orderings = make_orderings(config.strategy, config.slices, config.budget,
                                    prior=config.prior, seed=config.seed)
         cells = partition(data.ids, data.groups, config.shards, config.slices, seed=config.seed)
-        run = Run.create(self.run_dir, config, {
+        run = Run.create(cast("str | Path", self.run_dir), config, {
             "label_names": label_names, "task": backbone.task, "model_dir": backbone.model_dir,
             "model_sha256": model_fingerprint(backbone.model_dir),
             "orderings": [list(o) for o in PrefixTree(orderings).orderings]})
+        self._attach(run)
         run.ledger.add_samples(
             ((sid, *cells[sid], grp, label, text) for sid, grp, label, text in
-             zip(data.ids, data.groups, data.labels, data.texts, strict=True)),
+             zip(data.ids, data.groups, cast(list[int], data.labels), data.texts, strict=True)),
             config.shards, config.slices)
         if eval_data is not None:
             run.ledger.add_eval_samples(zip(eval_data.ids, cast(list[int], eval_data.labels),
                                             eval_data.texts, strict=True))
-        self._attach(run)
         self._backbone = backbone
         started = time.perf_counter()
-        self.last_train = self._train_missing(progress)
+        with run.writer_lock():
+            self.last_train = self._train_missing(progress)
         self.last_train["train_seconds"] = time.perf_counter() - started
         return self
 
@@ -159,9 +182,10 @@ class S3T:
         """
         run = self._require_fitted()
         started = time.perf_counter()
-        with run.retrain_lock():
+        with run.writer_lock():
             damaged = run.quarantine_damaged()
             self._weights.drop(damaged)
+            fault_point("retrain:after-quarantine")
             summary = self._train_missing(progress)
         summary["quarantined_stages"] = damaged
         summary["train_seconds"] = time.perf_counter() - started

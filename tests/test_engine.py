@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -127,9 +128,12 @@ def test_forget_is_idempotent(fitted):
     first = est.forget([data.ids[0]])
     second = est.forget([data.ids[0]])
     assert first["samples"] == [data.ids[0]]
-    assert second["samples"] == [] and second["already_deleted"] == [data.ids[0]]
-    assert second["erased_stages"] == []
-    assert est.status()["deleted"] == 1
+    assert second == first, "re-issuing a request returns its original certificate"
+    assert est.status()["deleted"] == 1 and est.status()["deletion_requests"] == 1
+    # a request mixing a deleted and a new sample is a new request
+    third = est.forget([data.ids[0], data.ids[1]])
+    assert third["samples"] == [data.ids[1]] and third["already_deleted"] == [data.ids[0]]
+    assert third["request_id"] != first["request_id"]
 
 
 def test_forget_group_deletes_all_members_and_writes_certificate(fitted):
@@ -205,3 +209,22 @@ def test_serving_uses_merged_dense_layers_and_swaps_routes_after_forget(fitted):
         assert (route.stage if route else None) == key
         if key == cert["routes_before"][shard]:
             assert route is before[int(shard)], "unchanged routes are reused, not rebuilt"
+
+
+def test_a_failed_fit_leaves_no_half_made_run(tiny_bert, tmp_path, monkeypatch):
+    import s3t.train.local as local_executor
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr(local_executor, "train_stage", boom)
+    with pytest.raises(RuntimeError, match="training failed"):
+        S3T(config(tiny_bert), run_dir=tmp_path / "r").fit(toy_dataset(24), progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_single_class_data_is_refused(tiny_bert, tmp_path):
+    data = toy_dataset(24)
+    one = dataclasses.replace(data, labels=[0] * len(data))
+    with pytest.raises(ValueError, match="single class"):
+        S3T(config(tiny_bert), run_dir=tmp_path / "r").fit(one, progress=False)

@@ -9,10 +9,11 @@ from s3t.run.directory import (
     RUN_FILE,
     NoLiveShardError,
     NotARunError,
+    RetrainRunningError,
     Run,
     model_fingerprint,
 )
-from s3t.run.files import FeatureFiles, IntegrityError, StageStore
+from s3t.run.files import FeatureFiles, IntegrityError, StageStore, UnsafeRunError
 from s3t.run.forget import ForgetPlan, ForgetRequestError, forget, sweep
 from s3t.run.ledger import Ledger, StageRecord, compute_routes, lineage_chain, stage_key
 
@@ -27,9 +28,11 @@ __all__ = [
     "Ledger",
     "NoLiveShardError",
     "NotARunError",
+    "RetrainRunningError",
     "Run",
     "StageRecord",
     "StageStore",
+    "UnsafeRunError",
     "audit",
     "compute_routes",
     "forget",

@@ -73,6 +73,13 @@ def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
             state = records[key].status if key in records else "unknown to the ledger"
             violations.append(f"stage files on disk for {key} ({state}): {store.path(shard, key)}")
 
+    for entry in store.unknown():
+        violations.append(f"unknown entry in the stage store: {entry} (s3t did not make it and "
+                          "cannot vouch for it; move it out of the run directory)")
+    for entry in store.leftovers():
+        violations.append(f"half-written or half-erased stage directory: {entry} (opening the "
+                          "run while no retrain runs removes it)")
+
     blocks = features.cell_blocks() if features is not None else []
     for path in features.stale(ledger.slice_versions()) if features is not None else []:
         violations.append(f"feature-cache files of a cell a deletion changed: {path}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,16 +21,28 @@ from s3t.config import S3TConfig
 from s3t.plan.methods import Method
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.run.audit import AuditReport, audit, quarantine_damaged
-from s3t.run.files import FeatureFiles, StageStore, sha256_file
+from s3t.run.files import (
+    FeatureFiles,
+    IntegrityError,
+    StageStore,
+    UnsafeRunError,
+    is_locked,
+    sha256_file,
+)
 from s3t.run.forget import ForgetPlan, forget, sweep
 from s3t.run.ledger import Ledger, StageRecord, stage_key
 
 RUN_FILE = "s3t.json"
+WRITER_LOCK = ".retrain.lock"
 FORMAT = 1
 
 
 class NotARunError(FileNotFoundError):
     """The directory does not hold an s3t run."""
+
+
+class RetrainRunningError(RuntimeError):
+    """Another process is training stages of this run."""
 
 
 class NoLiveShardError(RuntimeError):
@@ -54,6 +67,37 @@ def model_fingerprint(model_dir: str | Path) -> str:
         joined = "".join(f"{f.name}:{sha256_file(f)}" for f in files)
         _FINGERPRINTS[state] = hashlib.sha256(joined.encode()).hexdigest()
     return _FINGERPRINTS[state]
+
+
+def read_card(run_file: Path) -> tuple[dict, S3TConfig]:
+    """The run card and its config, checked field by field: a card of the wrong shape is a
+    damaged run (``NotARunError``), never a traceback much later."""
+    try:
+        info = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise NotARunError(f"{run_file} is damaged: {err}") from None
+    problem = None
+    if not isinstance(info, dict):
+        problem = f"expected a JSON object, got {type(info).__name__}"
+    elif not isinstance(info.get("config"), dict):
+        problem = f"`config` must be an object, got {type(info.get('config')).__name__}"
+    if problem is None:
+        try:
+            config = S3TConfig.from_dict(info["config"]).validate()
+        except (TypeError, ValueError) as err:
+            problem = f"`config`: {err}"
+    if problem is None:
+        labels, orderings = info.get("label_names"), info.get("orderings")
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            problem = "`label_names` must be a list of strings"
+        elif not isinstance(orderings, list) or not orderings or not all(
+                isinstance(o, list) and sorted(o) == list(range(config.slices)) for o in orderings):
+            problem = f"`orderings` must be a non-empty list of orderings of 0..{config.slices - 1}"
+        elif any(not isinstance(info.get(k, ""), str) for k in ("task", "model_sha256")):
+            problem = "`task` and `model_sha256` must be strings"
+    if problem is not None:
+        raise NotARunError(f"{run_file} is damaged: {problem}")
+    return info, config
 
 
 @dataclass
@@ -118,21 +162,57 @@ class Run:
         if not run_file.is_file() or not (path / Ledger.FILE).is_file():
             raise NotARunError(f"{path} is not an s3t run directory (no {RUN_FILE} and "
                                f"{Ledger.FILE}); create one with `s3t train --out {path}`")
+        info, config = read_card(run_file)
+        for name in (Ledger.FILE, "certificates"):
+            if (path / name).is_symlink():
+                raise UnsafeRunError(f"{path / name} is a symbolic link: s3t never writes or "
+                                     "deletes through links in a run directory; replace it "
+                                     "with the real file or directory and retry")
         try:
-            info = json.loads(run_file.read_text())
-            config = S3TConfig.from_dict(info["config"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise NotARunError(f"{run_file} is damaged: {err}") from None
-        run = cls(path, info, config, Ledger.open_existing(path / Ledger.FILE),
-                  StageStore(path / "stages"))
+            ledger = Ledger.open_existing(path / Ledger.FILE)
+            versions = ledger.slice_versions()
+        except (sqlite3.DatabaseError, ValueError) as err:
+            raise NotARunError(f"{path / Ledger.FILE} is damaged or not an s3t ledger ({err}); "
+                               "restore it from a backup (S3T.save makes consistent copies)"
+                               ) from None
+        run = cls(path, info, config, ledger, StageStore(path / "stages"))
+        try:
+            run._check_card(versions)
+            run.store.check_safe()
+            run.features.check_safe()
+        except BaseException:
+            ledger.close()
+            raise
         if repair:
-            sweep(run.ledger, run.store, run.features)
+            sweep(run.ledger, run.store, run.features, writer_active=run.writer_running())
             if run.ledger.get_meta("scrub_pending"):
                 run.ledger.checkpoint()
         if verify:
-            for record in run.ledger.stages("live"):
-                run.store.verify(record.shard, record.key, record.files)
+            run.verify_live()
         return run
+
+    def _check_card(self, versions: dict[tuple[int, int], int]) -> None:
+        """The run card must describe the ledger it sits beside (an edited card would make
+        forget compute routes for shards that do not exist)."""
+        cells = {(self.config.shards, self.config.slices)}
+        found = (max(m for m, _ in versions) + 1, max(s for _, s in versions) + 1) \
+            if versions else None
+        if found not in cells or len(versions) != self.config.shards * self.config.slices:
+            raise NotARunError(
+                f"{self.path / RUN_FILE} says {self.config.shards} shards x "
+                f"{self.config.slices} slices but the ledger holds "
+                f"{'no cells' if found is None else f'{found[0]} x {found[1]}'}: the run card was "
+                "edited or belongs to another run; restore the original s3t.json")
+
+    def verify_live(self) -> None:
+        """Check every live stage's files against their recorded sha256 (a stage that a
+        concurrent forget erased meanwhile is not an error)."""
+        for record in self.ledger.stages("live"):
+            try:
+                self.store.verify(record.shard, record.key, record.files)
+            except IntegrityError:
+                if self.ledger.is_live(record.key):
+                    raise
 
     def close(self) -> None:
         self.ledger.close()
@@ -157,17 +237,25 @@ class Run:
                                   self.method.servable)
 
     @contextmanager
-    def retrain_lock(self) -> Iterator[None]:
-        """Only one retrain per run directory at a time (deletions may go on meanwhile)."""
-        with open(self.path / ".retrain.lock", "w") as handle:
+    def writer_lock(self) -> Iterator[None]:
+        """One writer of stages (fit or retrain) per run directory at a time; deletions may go
+        on meanwhile. While it is held, opening the run never sweeps a stage directory the
+        writer may still commit."""
+        with open(self.path / WRITER_LOCK, "w") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RuntimeError(f"another retrain is running on {self.path}") from None
+                raise RetrainRunningError(
+                    f"another retrain (or training) is running on {self.path}: wait for it to "
+                    "finish; deletions are accepted meanwhile") from None
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def writer_running(self) -> bool:
+        """Whether a live process holds the writer lock."""
+        return is_locked(self.path / WRITER_LOCK)
 
     # --- the deletion path --------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str] | None = None,

@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from s3t.run.faults import fault_point
+
 ADAPTER_FILE = "adapter.safetensors"
 HEAD_FILE = "head.safetensors"
 META_FILE = "meta.json"
@@ -44,12 +46,39 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_STAGE_KEY = re.compile(r"\d+-\d+v\d+(?:_\d+v\d+)*")
+_LEFTOVER = re.compile(r"(\d+-\d+v\d+(?:_\d+v\d+)*)\.(?:tmp|erasing-[0-9a-f-]+)")
+
+
+class UnsafeRunError(RuntimeError):
+    """The run directory holds a symbolic link where s3t writes or deletes: refusing to act."""
+
+
 class StageStore:
+    """Stage directories ``<root>/<shard>/<key>/``. Nothing here follows a symbolic link:
+    :meth:`check_safe` refuses a tree that holds one, and erasure renames a directory
+    aside (atomic: of two concurrent erasers exactly one wins) before removing it."""
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
     def path(self, shard: int, key: str) -> Path:
         return self.root / str(shard) / key
+
+    def check_safe(self) -> None:
+        """Raise :class:`UnsafeRunError` if ``stages/`` or anything in it down to the stage
+        directories is a symbolic link (deleting through one could remove files outside the run)."""
+        links = [self.root] if self.root.is_symlink() else []
+        if not links and self.root.is_dir():
+            for shard_dir in self.root.iterdir():
+                if shard_dir.is_symlink():
+                    links.append(shard_dir)
+                elif shard_dir.is_dir():
+                    links += [d for d in shard_dir.iterdir() if d.is_symlink()]
+        if links:
+            raise UnsafeRunError(
+                f"{links[0]} is a symbolic link: s3t never writes or deletes through links in a "
+                "run directory; replace it with the real directory (or remove it) and retry")
 
     def write(self, shard: int, key: str, blobs: dict[str, bytes], meta: dict) -> dict[str, str]:
         """Write a stage atomically (temp dir, fsync, rename); return ``{file: sha256}``.
@@ -69,8 +98,9 @@ class StageStore:
                 os.fsync(f.fileno())
             hashes[name] = hashlib.sha256(data).hexdigest()
         fsync_dir(tmp)
+        fault_point("store:mid-write")
         if final.exists():
-            shutil.rmtree(final)
+            self.erase(shard, key)
         os.replace(tmp, final)
         fsync_dir(final.parent)
         return hashes
@@ -82,6 +112,8 @@ class StageStore:
         for name, expected in files.items():
             path = where / name
             try:
+                if path.is_symlink():
+                    raise FileNotFoundError(path)
                 data = path.read_bytes()
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 raise IntegrityError(f"stage {key}: file {path} is missing; run `s3t retrain`") from None
@@ -100,31 +132,63 @@ class StageStore:
         self.read(shard, key, files)
 
     def erase(self, shard: int, key: str, sync: bool = True) -> bool:
-        """Remove a stage's files; ``sync`` makes the removal durable now."""
+        """Remove a stage's files; ``sync`` makes the removal durable now. Returns False if
+        there was nothing to remove (e.g. another process erased it first)."""
         where = self.path(shard, key)
-        if where.exists():
-            shutil.rmtree(where)
-            if sync:
-                fsync_dir(where.parent)
-            return True
-        return False
+        aside = where.with_name(f"{where.name}.erasing-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.rename(where, aside)  # atomic; a symlink would be renamed, never followed
+        except FileNotFoundError:
+            return False
+        _remove_tree(aside)
+        if sync:
+            fsync_dir(where.parent)
+        return True
 
     def erase_all(self, stages: list[tuple[int, str]]) -> None:
         """Remove several stages, with one directory sync per shard instead of one per stage."""
-        for shard, key in stages:
+        for n, (shard, key) in enumerate(stages):
             self.erase(shard, key, sync=False)
+            if n == 0 and len(stages) > 1:
+                fault_point("forget:mid-erase")
         for shard in sorted({shard for shard, _ in stages}):
             if self.path(shard, "").is_dir():
                 fsync_dir(self.path(shard, ""))
 
     def on_disk(self) -> list[tuple[int, str]]:
         """Every stage directory present, as (shard, key)."""
+        return [(shard, entry.name) for shard, entry in self._entries()
+                if _STAGE_KEY.fullmatch(entry.name) and entry.is_dir()]
+
+    def leftovers(self) -> list[Path]:
+        """Half-written (``<key>.tmp``) and half-erased (``<key>.erasing-*``) directories."""
+        return [entry for _, entry in self._entries()
+                if _LEFTOVER.fullmatch(entry.name) and entry.is_dir()]
+
+    def unknown(self) -> list[Path]:
+        """Entries s3t did not make (reported by audit, never deleted)."""
+        found = [e for e in self.root.iterdir() if not (e.name.isdigit() and e.is_dir())] \
+            if self.root.is_dir() else []
+        return found + [entry for _, entry in self._entries()
+                        if not (_STAGE_KEY.fullmatch(entry.name) or _LEFTOVER.fullmatch(entry.name))
+                        or not entry.is_dir()]
+
+    def _entries(self) -> list[tuple[int, Path]]:
         found = []
         if self.root.is_dir():
             for shard_dir in sorted(self.root.iterdir()):
-                if shard_dir.is_dir() and shard_dir.name.isdigit():
-                    found += [(int(shard_dir.name), d.name) for d in sorted(shard_dir.iterdir())]
+                if shard_dir.is_dir() and not shard_dir.is_symlink() and shard_dir.name.isdigit():
+                    found += [(int(shard_dir.name), d) for d in sorted(shard_dir.iterdir())]
         return found
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory tree we own, tolerating another process removing it meanwhile."""
+    def ignore_missing(_func: object, _path: str, info: tuple) -> None:
+        if not isinstance(info[1], FileNotFoundError):
+            raise info[1]
+
+    shutil.rmtree(path, onerror=ignore_missing)
 
 
 FEATURE_CACHE_DIR = "feature-cache"
@@ -146,6 +210,16 @@ class FeatureFiles:
 
     def __init__(self, run_dir: str | Path):
         self.root = Path(run_dir) / FEATURE_CACHE_DIR
+
+    def check_safe(self) -> None:
+        """Raise :class:`UnsafeRunError` if the cache folder or an owner folder is a link."""
+        links = [self.root] if self.root.is_symlink() else []
+        if not links and self.root.is_dir():
+            links = [owner for owner in self.root.iterdir() if owner.is_symlink()]
+        if links:
+            raise UnsafeRunError(
+                f"{links[0]} is a symbolic link: s3t never writes or deletes through links in a "
+                "run directory; replace it with the real directory (or remove it) and retry")
 
     @staticmethod
     def block_name(block: Any, version: Any) -> str:
@@ -189,7 +263,7 @@ class FeatureFiles:
         """Owner folders whose process is gone (its lock is free, or it never took one)."""
         found = []
         for owner in sorted(self.root.glob("*")):
-            if owner.is_dir() and not _locked(owner / LOCK_FILE):
+            if owner.is_dir() and not is_locked(owner / LOCK_FILE):
                 found.append(owner)
         return found
 
@@ -201,7 +275,7 @@ class FeatureFiles:
         return removed
 
 
-def _locked(lock: Path) -> bool:
+def is_locked(lock: Path) -> bool:
     """Whether a live process holds ``lock`` (flock works across processes and containers
     sharing this kernel; it cannot see a process on another host sharing the disk)."""
     try:

@@ -4,24 +4,28 @@
 
 ``forget`` validates the whole request before touching anything, commits the deletion,
 the invalidated stages and the new routes in one SQLite transaction (durable before it
-returns), then erases the invalidated stages' files. It never trains. ``sweep`` finishes
-an erasure that a crash interrupted.
+returns), then erases the invalidated stages' files. It never trains. Once committed, the
+caller always gets the certificate: a failure while erasing is recorded in it (and the
+erasure finished by the next open), never raised as if the deletion had not happened.
+``sweep`` finishes an erasure that a crash interrupted; it removes only what the ledger names
+as erased, or what a writer that is gone left half-made.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
+from s3t.run.faults import fault_point
 from s3t.run.files import FeatureFiles, StageStore
-from s3t.run.ledger import Ledger, group_hash
+from s3t.run.ledger import Ledger, StageRecord, group_hash
 
 
 class ForgetRequestError(ValueError):
@@ -43,6 +47,10 @@ class ForgetPlan:
         return sorted(set(self.new.values()))
 
 
+def _shown(items: list[str]) -> str:
+    return ", ".join(items[:20]) + (f" (and {len(items) - 20} more)" if len(items) > 20 else "")
+
+
 def plan_forget(ledger: Ledger, sample_ids: Sequence[str] | None,
                 groups: Sequence[str] | None) -> ForgetPlan:
     """Validate a request completely; raise ``ForgetRequestError`` before any change."""
@@ -52,10 +60,15 @@ def plan_forget(ledger: Ledger, sample_ids: Sequence[str] | None,
         raise ForgetRequestError("empty deletion request: give at least one sample id or group")
     found = ledger.find_samples(ids)
     unknown = sorted(set(ids) - set(found))
+    validation = sorted(set(unknown) & ledger.eval_ids(unknown))
+    if validation:
+        raise ForgetRequestError(
+            f"validation samples cannot be forgotten: {_shown(validation)}. They are never "
+            "deletable because every stage's validation score (which picks routes among equally "
+            "deep stages) was computed on them; to remove one, train a new run without it "
+            "(s3t train --eval FILE without that sample); nothing was deleted")
     if unknown:
-        shown = ", ".join(unknown[:20]) + (f" (and {len(unknown) - 20} more)" if len(unknown) > 20
-                                           else "")
-        raise ForgetRequestError(f"unknown sample ids: {shown}; nothing was deleted")
+        raise ForgetRequestError(f"unknown sample ids: {_shown(unknown)}; nothing was deleted")
     members = ledger.group_members(group_keys)
     empty = sorted(g for g, m in members.items() if not m)
     if empty:
@@ -75,15 +88,26 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
 
     The request is planned inside the write transaction, so a concurrent forget cannot slip
     in between the check and the commit; an invalid request rolls back having changed nothing.
+    A request whose every sample one earlier request already deleted returns that request's
+    certificate unchanged (re-issuing a request is safe).
     """
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
     with ledger.transaction():
         plan = plan_forget(ledger, sample_ids, groups)
+        if not plan.new:
+            original = ledger.deleted_by(plan.already_deleted)
+            if len(original) == 1:
+                certificate = ledger.certificate(original.pop())
+                if certificate is not None:
+                    return plan, certificate
         # Set until this request's files are gone: if it is still set when the next request
         # starts, an erasure was interrupted and the next request finishes it.
         unfinished_erasure = bool(ledger.get_meta("erase_pending"))
         ledger.set_meta("erase_pending", True)
+        # Set in the deletion's own transaction, cleared only by a successful WAL scrub: a
+        # crash before the scrub leaves it for the next open and for audit to see.
+        ledger.set_meta("scrub_pending", True)
         cells = plan.cells
         new_version = ledger.bump_versions(cells)
         ledger.scrub_samples({sid: new_version[cell] for sid, cell in plan.new.items()},
@@ -94,7 +118,7 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
         ledger.erase_stages([r.key for r in erased], reason=request_id)
         erased_keys = {r.key for r in erased}
         routes_after = ledger.refresh_routes(n_shards, servable)
-        certificate: dict[str, Any] = {
+        certificate = {
             "request_id": request_id,
             "time": now(),
             "samples": sorted(plan.new),
@@ -108,10 +132,33 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
             "live_shards": sum(v is not None for v in routes_after.values()),
         }
         ledger.record_deletion(request_id, certificate["time"], certificate)
+        fault_point("forget:before-commit")
     # Committed: from here on the deletion holds even if the process dies; a later forget
-    # or load finishes any erasure left undone.
+    # or open finishes any erasure left undone. Nothing below may turn it into an error.
+    fault_point("forget:after-commit")
+    try:
+        _erase(ledger, store, features, certificate, erased, new_version, unfinished_erasure)
+    except Exception as err:  # recorded for the caller and finished by the next open
+        certificate["files_erased"] = False
+        certificate["erase_error"] = f"{type(err).__name__}: {err}"
+    certificate["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    fault_point("forget:before-certificate")
+    try:
+        _record_certificate(ledger, certificate)
+        write_json_atomic(certificates_dir / f"{request_id}.json", certificate)
+    except Exception as err:  # the ledger row written at commit still holds the deletion
+        certificate["certificate_error"] = f"{type(err).__name__}: {err}"
+    return plan, certificate
+
+
+def _erase(ledger: Ledger, store: StageStore, features: FeatureFiles | None, certificate: dict,
+           erased: list[StageRecord], new_version: dict[tuple[int, int], int],
+           unfinished_erasure: bool) -> None:
+    """Scrub the WAL, erase the invalidated stages' files and the hit cells' spilled features."""
     certificate["ledger_scrubbed"] = ledger.checkpoint()
+    fault_point("forget:after-scrub")
     store.erase_all([(r.shard, r.key) for r in erased])
+    fault_point("forget:after-erase")
     # Spilled feature-cache blocks of the hit cells hold the deleted inputs in derived form;
     # after an interrupted request, those of every cell.
     cells_to_clean = ledger.slice_versions() if unfinished_erasure else new_version
@@ -123,19 +170,19 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
         certificate["files_erased"] = not any(store.path(r.shard, r.key).exists() for r in erased)
     if features is not None and features.stale(cells_to_clean):
         certificate["files_erased"] = False
-    certificate["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+
+
+def _record_certificate(ledger: Ledger, certificate: dict) -> None:
     # The certificate's final fields need no fsync of their own: the deletion itself is
-    # already durable, and the JSON file below is written and synced.
+    # already durable, and the JSON file is written and synced.
     ledger.conn.execute("PRAGMA synchronous=NORMAL")
     try:
         with ledger.transaction():
-            ledger.update_certificate(request_id, certificate)
-            if certificate["files_erased"]:
+            ledger.update_certificate(certificate["request_id"], certificate)
+            if certificate.get("files_erased"):
                 ledger.clear_meta("erase_pending")
     finally:
         ledger.conn.execute("PRAGMA synchronous=FULL")
-    write_json_atomic(certificates_dir / f"{request_id}.json", certificate)
-    return plan, certificate
 
 
 def erase_invalidated(ledger: Ledger, store: StageStore) -> bool:
@@ -151,21 +198,37 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         json.dump(payload, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
+    fault_point("forget:mid-certificate")
     os.replace(tmp, path)
 
 
-def sweep(ledger: Ledger, store: StageStore, features: FeatureFiles | None = None) -> list[str]:
-    """Erase stage directories the ledger does not hold live and stale feature-cache blocks
-    (e.g. after a crash mid-forget, or a trainer that spilled a cell a deletion had hit)."""
-    live = {(r.shard, r.key) for r in ledger.stages("live")}
+def sweep(ledger: Ledger, store: StageStore, features: FeatureFiles | None = None,
+          writer_active: bool = False) -> list[str]:
+    """Finish what crashes left: erase the stage directories of erased stages and stale
+    feature-cache blocks; when no writer (fit or retrain) is running, also half-written or
+    half-erased stage directories and stage directories the ledger never committed.
+    Entries s3t did not make are left alone (``audit`` reports them)."""
+    records = {(r.shard, r.key): r.status for r in ledger.stages(None)}
     removed = []
     for shard, key in store.on_disk():
-        if (shard, key) not in live:
-            store.erase(shard, key)
+        status = records.get((shard, key))
+        ours = status == "erased" or (status is None and not writer_active)
+        if ours and store.erase(shard, key):
             removed.append(key)
+    if not writer_active:
+        for leftover in store.leftovers():
+            _remove_leftover(leftover)
+            removed.append(str(leftover))
     if features is not None:
         stale = features.erase_stale(ledger.slice_versions()) + features.erase_orphans()
         removed += [str(path) for path in stale]
     return removed
 
 
+def _remove_leftover(path: Path) -> None:
+    aside = path.with_name(f"{path.name.split('.')[0]}.erasing-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)

@@ -228,6 +228,26 @@ class Ledger:
         with self.transaction() as c:
             c.executemany("INSERT INTO eval_samples VALUES (?, ?, ?)", rows)
 
+    def eval_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are validation samples."""
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.conn.execute(
+                f"SELECT sample_id FROM eval_samples WHERE sample_id IN ({marks})", chunk))
+        return found
+
+    def deleted_by(self, ids: Sequence[str]) -> set[str]:
+        """The deletion requests that deleted ``ids``."""
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.conn.execute(
+                f"SELECT DISTINCT deleted_request FROM samples WHERE sample_id IN ({marks})", chunk))
+        return found
+
     def eval_samples(self) -> list[tuple[str, int, str]]:
         return self.conn.execute(
             "SELECT sample_id, label, input FROM eval_samples ORDER BY sample_id").fetchall()
@@ -312,6 +332,11 @@ class Ledger:
 
     def deletion_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM deletions").fetchone()[0]
+
+    def certificate(self, request_id: str) -> dict | None:
+        row = self.conn.execute("SELECT certificate FROM deletions WHERE request_id = ?",
+                                (request_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def certificates(self) -> list[dict]:
         return [json.loads(r[0]) for r in self.conn.execute(

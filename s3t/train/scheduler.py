@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from s3t.run.directory import Run
+from s3t.run.faults import fault_point
+from s3t.run.files import IntegrityError
 from s3t.run.forget import now
 from s3t.run.ledger import StageRecord
 
@@ -119,10 +121,17 @@ class Scheduler:
                 "versions": list(job.versions), "parent": job.parent,
                 "n_samples": job.n_samples, "val_score": val_score, **meta}
         hashes = run.store.write(job.shard, job.key, files, meta)
+        fault_point("train:after-stage-write")
         record = StageRecord(job.key, job.shard, job.prefix, job.versions, job.parent, "live",
                              hashes, job.n_samples, val_score)
         with run.ledger.transaction():
-            accepted = run.ledger.commit_stage(record, now())
+            try:  # never live without its files (a sweep or an operator may have removed them)
+                run.store.verify(job.shard, job.key, hashes)
+            except IntegrityError:
+                accepted = False
+            else:
+                accepted = run.ledger.commit_stage(record, now())
+        fault_point("train:after-stage-commit")
         if not accepted:
             run.store.erase(job.shard, job.key)
             self.discard(job)
@@ -130,6 +139,7 @@ class Scheduler:
 
     def finish(self) -> dict[int, str | None]:
         """Route every shard to its best live stage."""
+        fault_point("train:before-routes")
         with self.run.ledger.transaction():
             return self.run.ledger.refresh_routes(self.run.config.shards,
                                                   self.run.method.servable)

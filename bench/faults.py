@@ -1,0 +1,191 @@
+"""Benchmark 10: reliability under kill -9 (a randomised fault campaign).
+
+Why: a deletion is acknowledged only once it is durable, and no crash may leave a run that
+breaks the exactness invariant. Each trial starts real `s3t` processes on one run (MiniLM on
+WordNet nouns) and kills them with SIGKILL at a random moment:
+
+* ``forget``: one `s3t forget` process, killed at a uniform random time within its usual
+  duration (calibrated first);
+* ``parallel``: four `s3t forget` processes at once on different ids, each killed at its own
+  random time (some finish);
+* ``retrain``: one `s3t retrain`, killed at a uniform random time within an uninterrupted
+  retrain's duration.
+
+After every trial the run is opened as any command opens it (which finishes interrupted
+erasures) and audited. Reported: trials, outcomes (applied / not applied), acknowledged
+deletions lost (a process printed a certificate, but the ledger does not hold the deletion:
+must be 0), audits failed after repair (must be 0), and whether a final uninterrupted
+retrain restores full capacity with a passing audit.
+
+    .venv/bin/python bench/faults.py [--quick] [--seeds 0]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import parser, print_header, provenance, seeds_for, tmp_run_dir, write_result
+
+QUICK = {"n_train": 240, "forget_trials": 24, "parallel_trials": 4, "retrain_trials": 3,
+         "epochs": 1, "shards": 2, "slices": 3}
+FULL = {"n_train": 600, "forget_trials": 240, "parallel_trials": 30, "retrain_trials": 30,
+        "epochs": 1, "shards": 2, "slices": 3}
+PARALLEL = 4
+
+
+def s3t_cmd(*args: object) -> list[str]:
+    return [sys.executable, "-m", "s3t.cli", *map(str, args)]
+
+
+def spawn(*args: object) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.Popen(s3t_cmd(*args), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def kill_after(proc: subprocess.Popen, delay: float) -> tuple[bool, str]:
+    """SIGKILL ``proc`` after ``delay`` s unless it ended; return (finished with 0, stdout)."""
+    try:
+        out, _ = proc.communicate(timeout=delay)
+        return proc.returncode == 0, out
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        return False, ""
+
+
+def ledger_state(run: Path) -> tuple[dict[str, str], list[str]]:
+    """Deleted id -> request, and the retained ids, read from the ledger directly."""
+    conn = sqlite3.connect(run / "ledger.sqlite")
+    try:
+        rows = conn.execute("SELECT sample_id, deleted_request FROM samples").fetchall()
+    finally:
+        conn.close()
+    return ({sid: req for sid, req in rows if req is not None},
+            sorted(sid for sid, req in rows if req is None))
+
+
+def reopen_and_audit(run: Path) -> list[str]:
+    from s3t.run import Run
+
+    Run.open(run).close()  # repair: what every command does first
+    opened = Run.open(run, repair=False)
+    try:
+        return opened.audit().violations
+    finally:
+        opened.close()
+
+
+def capacity(run: Path) -> float:
+    from s3t.run import Run
+
+    opened = Run.open(run)
+    try:
+        return opened.status()["capacity"]
+    finally:
+        opened.close()
+
+
+def timed(*args: object) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    done = subprocess.run(s3t_cmd(*args), env=env, capture_output=True, text=True)
+    return time.perf_counter() - start, done
+
+
+def campaign(seed: int, size: dict) -> dict:
+    from s3t import S3T, S3TConfig
+    from s3t.data.loaders import load_wordnet
+
+    rng = random.Random(seed)
+    run = tmp_run_dir("faults")
+    data = load_wordnet(limit=size["n_train"], seed=seed)
+    config = S3TConfig(shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
+                       max_seq_len=32, seed=seed)
+    S3T(config, run_dir=run).fit(data, progress=False).close()
+
+    # calibration: how long an uninterrupted forget and retrain take here
+    _, retained = ledger_state(run)
+    forget_s, done = timed("forget", run, "--ids", retained[0], "--json")
+    assert done.returncode == 0, done.stderr
+    retrain_s, done = timed("retrain", run, "--json")
+    assert done.returncode == 0, done.stderr
+    counts = {"forget": {"applied": 0, "not_applied": 0, "acknowledged": 0},
+              "parallel": {"applied": 0, "not_applied": 0, "acknowledged": 0},
+              "retrain": {"completed": 0, "killed": 0}}
+    lost: list[str] = []
+    audit_failures: list[dict] = []
+    maintenance = 0
+    kinds = (["forget"] * size["forget_trials"] + ["parallel"] * size["parallel_trials"]
+             + ["retrain"] * size["retrain_trials"])
+    rng.shuffle(kinds)
+    for trial, kind in enumerate(kinds):
+        deleted, retained = ledger_state(run)
+        if capacity(run) < 0.5 or len(retained) < PARALLEL:
+            ok, out = kill_after(spawn("retrain", run, "--json"), 3600)
+            maintenance += 1
+        if kind == "retrain":
+            ok, _ = kill_after(spawn("retrain", run, "--json"), rng.uniform(0, retrain_s))
+            counts["retrain"]["completed" if ok else "killed"] += 1
+        else:
+            ids = rng.sample(retained, PARALLEL if kind == "parallel" else 1)
+            procs = [(sid, spawn("forget", run, "--ids", sid, "--json")) for sid in ids]
+            deadline = time.perf_counter()
+            results = []
+            for sid, proc in procs:
+                remaining = deadline + rng.uniform(0, 1.2 * forget_s) - time.perf_counter()
+                results.append((sid, *kill_after(proc, max(remaining, 0.0))))
+            deleted, _ = ledger_state(run)
+            for sid, acknowledged, out in results:
+                applied = sid in deleted
+                counts[kind]["applied" if applied else "not_applied"] += 1
+                if acknowledged:
+                    counts[kind]["acknowledged"] += 1
+                    certificate = json.loads(out)
+                    if deleted.get(sid) != certificate["request_id"]:
+                        lost.append(sid)
+        violations = reopen_and_audit(run)
+        if violations:
+            audit_failures.append({"trial": trial, "kind": kind, "violations": violations[:5]})
+        if (trial + 1) % 20 == 0:
+            print(f"  trial {trial + 1}/{len(kinds)}: lost {len(lost)}, "
+                  f"audits failed {len(audit_failures)}", flush=True)
+    final_s, done = timed("retrain", run, "--json")
+    final = {"returncode": done.returncode, "seconds": final_s,
+             "capacity": capacity(run) if done.returncode == 0 else None,
+             "audit_violations": reopen_and_audit(run)}
+    return {"seed": seed, "trials": len(kinds), "counts": counts,
+            "acknowledged_lost": lost, "audits_failed_after_repair": audit_failures,
+            "maintenance_retrains": maintenance,
+            "calibration_seconds": {"forget": forget_s, "retrain": retrain_s}, "final": final}
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    args = p.parse_args()
+    size = dict(QUICK if args.quick else FULL)
+    seeds = seeds_for(args, [0], [0])
+    prov = provenance("faults", args.quick, seeds, size)
+    print_header(prov)
+    runs = []
+    for seed in seeds:
+        print(f"seed {seed}: {size}", flush=True)
+        runs.append(campaign(seed, size))
+        r = runs[-1]
+        print(f"seed {seed}: {r['trials']} trials, counts {r['counts']}, acknowledged lost "
+              f"{len(r['acknowledged_lost'])}, audits failed {len(r['audits_failed_after_repair'])}, "
+              f"final retrain rc {r['final']['returncode']} capacity {r['final']['capacity']}",
+              flush=True)
+    write_result("faults", args.quick, prov, {"runs": runs})
+
+
+if __name__ == "__main__":
+    main()
