@@ -1,8 +1,7 @@
 """The ``s3t`` command line: one function per subcommand on a plain typer app.
 
-Long on purpose: one typed option declaration per flag of nine subcommands; no logic.
-
-It only parses flags and prints. Planning lives in ``s3t.plan`` (``s3t simulate``'s report in
+It only parses flags and prints (``errors.py``: one-line errors; ``inputs.py``: parsing
+and early checks of what it is given). Planning lives in ``s3t.plan`` (``s3t simulate``'s report in
 ``s3t.plan.report``); the run configuration is documented and checked by ``S3TConfig``, whose
 ``ConfigError`` names a config field that ``CONFIG_FLAGS`` maps back to its flag here.
 """
@@ -11,18 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import sqlite3
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
-from s3t.config import ConfigError, S3TConfig, config_help
+from s3t.cli import inputs
+from s3t.cli.errors import OneLineErrorGroup, engine_errors, fail
+from s3t.config import S3TConfig, config_help
 from s3t.plan import report as plan_report
 from s3t.run import Run
 
@@ -44,29 +39,7 @@ DEMO_FLAGS = {f: CONFIG_FLAGS[f] for f in ("shards", "slices", "budget", "strate
 _DEFAULT = S3TConfig()
 
 
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Turn usage errors into one ``error: ...`` line on stderr (exit 2), not a help box."""
-    try:
-        yield
-    except typer.TyperException as exc:
-        message = " ".join(exc.format_message().split())
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(getattr(exc, "exit_code", 2)) from None
-
-
-class _OneLineErrorGroup(TyperGroup):
-    # Contexts are typed Any: typer >= 0.2x vendors click (typer._click), older ones use click.
-    def make_context(self, *args: Any, **kwargs: Any) -> Any:
-        with _one_line_errors():
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx: Any) -> Any:
-        with _one_line_errors():
-            return super().invoke(ctx)
-
-
-app = typer.Typer(cls=_OneLineErrorGroup, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(cls=OneLineErrorGroup, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="s3t: exact machine unlearning with sequence-aware "
                   "sharded sliced training (S3T).")
 
@@ -76,29 +49,11 @@ def _main() -> None:
     """s3t: exact machine unlearning with sequence-aware sharded sliced training (S3T)."""
 
 
-def _fail(option: str, message: str) -> typer.Exit:
-    typer.echo(f"error: {option}: {message}", err=True)
-    return typer.Exit(2)
-
-
 def _config_opt(field: str, extra: str = "", lead: str = "") -> Any:
     """The option of a config field: flag from ``CONFIG_FLAGS``, help from the field's own
     documentation plus what only the command line adds, so that the two cannot drift apart."""
     help_text = " ".join(part for part in (lead, config_help(field), extra) if part)
     return typer.Option(CONFIG_FLAGS[field], help=help_text)
-
-
-def _parse_prior(text: str | None, n_slices: int) -> list[float] | None:
-    """Only the parsing: the probabilities are checked with the plan (or the config)."""
-    try:
-        return None if text is None else [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise _fail("--prior", f"expected {n_slices} comma-separated probabilities, "
-                    f"got {text!r}") from None
-
-
-def _budget(budget: int | None, strategy: str, slices: int) -> int:
-    return plan_report.default_budget(strategy, slices) if budget is None else budget
 
 
 @app.command("simulate")
@@ -121,98 +76,27 @@ def simulate_cmd(
                     "budget.")] = None,
 ) -> None:
     """Simulate deletions against a plan and compare with the closed forms and SISA."""
-    prior_values = _parse_prior(prior, slices)
+    prior_values = inputs.parse_prior(prior, slices)
     args = (shards, slices, budget, strategy, prior_values, trials, seed, t)
     try:
         plan_report.check_simulation(*args)  # every flag before --plot's folder and any work
         if plot is not None and not plot.parent.is_dir():
-            raise _fail("--plot", f"directory {str(plot.parent)!r} does not exist")
+            raise fail("--plot", f"directory {str(plot.parent)!r} does not exist")
         report = plan_report.simulation_report(*args)
         if plot is not None:
             curve = plan_report.budget_curve(shards, slices, prior_values, trials, seed, t)
             plan_report.plot_budget_curve(plot, curve, shards, slices, uniform=prior is None)
             report["plot"] = str(plot)
     except plan_report.SimulationArgumentError as exc:
-        raise _fail(f"--{exc.parameter}", exc.reason) from None
+        raise fail(f"--{exc.parameter}", exc.reason) from None
     except ValueError as exc:  # a prior under which some shard can never die
-        raise _fail("--prior", str(exc)) from None
+        raise fail("--prior", str(exc)) from None
     except OSError as exc:
-        raise _fail("--plot", f"cannot write {plot}: {exc.strerror or exc}") from None
+        raise fail("--plot", f"cannot write {plot}: {exc.strerror or exc}") from None
     typer.echo(json.dumps(report) if as_json else plan_report.format_report(report))
 
 
 # --- training, serving and forgetting --------------------------------------------------------
-
-@contextmanager
-def _engine_errors(flags: dict[str, str] | None = None, run: Path | None = None) -> Iterator[None]:
-    """Engine failures as one ``error: ...`` line: 2 for bad input, 1 for refused state or a
-    run directory that cannot be read or written; a ``ConfigError`` names the flag ``flags``
-    maps its field to (commands that set the config). ``run``: the run directory the command
-    works in, named by the messages about it.
-
-    Only maps exception types to lines: whatever a command must print before failing (a
-    deletion's certificate) it prints itself.
-    """
-    from s3t.run import IntegrityError, NoLiveShardError, RetrainRunningError, UnsafeRunError
-
-    def fail(code: int, message: object) -> typer.Exit:
-        typer.echo(f"error: {' '.join(str(message).splitlines())}", err=True)
-        return typer.Exit(code)
-
-    try:
-        yield
-    except typer.Exit:
-        raise
-    except (IntegrityError, NoLiveShardError, RetrainRunningError, UnsafeRunError) as exc:
-        raise fail(1, exc) from None
-    except ConfigError as exc:
-        flag = (flags or {}).get(exc.field)
-        raise fail(2, f"{flag}: {exc}" if flag else exc) from None
-    except sqlite3.DatabaseError as exc:  # OperationalError included
-        raise fail(1, _sqlite_message(exc, run)) from None
-    except PermissionError as exc:
-        raise fail(1, _permission_message(exc, run)) from None
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        raise fail(2, _os_message(message) if isinstance(message, OSError) else message) from None
-    except OSError as exc:  # NotADirectoryError, a full disk, an I/O error ...
-        raise fail(1, _os_message(exc)) from None
-
-
-def _os_message(exc: OSError) -> str:
-    """``PATH: reason`` for an errno-style OSError, else its own message."""
-    if exc.strerror and exc.filename is not None:
-        return f"{exc.filename}: {exc.strerror}"
-    return str(exc)
-
-
-def _within(path: str | Path, root: Path) -> bool:
-    path, root = Path(path).resolve(), root.resolve()
-    return path == root or root in path.parents or path in root.parents
-
-
-def _not_writable(run: Path | None, why: str) -> str:
-    where = f"the run directory {run}" if run is not None else "the run directory"
-    return f"{where} is not writable ({why}): fix its permissions or work on a copy"
-
-
-def _sqlite_message(exc: sqlite3.DatabaseError, run: Path | None) -> str:
-    text = str(exc)
-    if any(word in text for word in ("readonly", "read-only", "unable to open")):
-        return _not_writable(run, text)
-    if "locked" in text or "busy" in text:
-        return f"the ledger of {run or 'the run'} is locked by another process ({text}): try again"
-    ledger = f"{run}/ledger.sqlite" if run is not None else "the run's ledger"
-    return (f"{ledger} is damaged or not an SQLite database ({text}): restore the run "
-            "directory from a backup")
-
-
-def _permission_message(exc: PermissionError, run: Path | None) -> str:
-    name = exc.filename if isinstance(exc.filename, (str, Path)) else None
-    if run is not None and (name is None or _within(name, run)):
-        return _not_writable(run, _os_message(exc))
-    return f"permission denied: {exc.filename}" if exc.filename else str(exc)
-
 
 def _open_run(run: Path, **kwargs: Any) -> Run:
     return Run.open(run, **kwargs)
@@ -226,92 +110,6 @@ def _load(run: Path, **kwargs: Any) -> S3T:
     from s3t.engine import S3T
 
     return S3T.load(run, **kwargs)
-
-
-def _csv(text: str | None) -> list[str]:
-    return [x.strip() for x in (text or "").split(",") if x.strip()]
-
-
-def _read_keys(source: str, option: str) -> list[str]:
-    """Sample ids or group keys from a file (``-``: standard input), kept exactly as written:
-    a JSON list of strings if the text starts with ``[``, else one per line (only the line
-    ending is removed; empty lines are skipped)."""
-    try:
-        if source == "-":
-            text = sys.stdin.read()
-        else:
-            with open(source, encoding="utf-8", newline="") as fh:
-                text = fh.read()
-    except OSError as exc:
-        raise _fail(option, f"cannot read {source}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise _fail(option, f"{source} is not UTF-8 text") from None
-    text = text.removeprefix("\ufeff")
-    if text.startswith("["):
-        try:
-            keys = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _fail(option, f"{source} starts with `[` but is not a JSON list ({exc.msg}, "
-                        f"line {exc.lineno})") from None
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise _fail(option, f"{source}: expected a JSON list of strings")
-        return [k for k in keys if k]
-    lines = (line.removesuffix("\r") for line in text.split("\n"))
-    return [line for line in lines if line]
-
-
-def _keys(text: str | None, file: str | None, option: str) -> list[str]:
-    return _csv(text) + (_read_keys(file, option) if file is not None else [])
-
-
-def _check_eval_size(eval_size: float) -> None:
-    if not math.isfinite(eval_size) or eval_size < 0 or (eval_size >= 1
-                                                         and not eval_size.is_integer()):
-        raise _fail("--eval-size", "must be 0 (no split), a fraction in (0, 1) or a whole "
-                    f"number of samples >= 1, got {eval_size:g}")
-
-
-def _check_out(out: Path) -> bool:
-    """``--out`` must be a new or an empty directory; return whether it exists already."""
-    from s3t.run import RUN_FILE, Ledger
-
-    for path in (out, *out.parents):  # the nearest existing one must be a directory
-        if path.exists():
-            if not path.is_dir():
-                raise _fail("--out", f"{path} is a file, not a directory" if path == out else
-                            f"cannot create {out}: {path} is a file, not a directory")
-            break
-    if not out.is_dir():
-        return False
-    if (out / RUN_FILE).exists() or (out / Ledger.FILE).exists():
-        raise _fail("--out", f"{out} already holds an s3t run: see `s3t status {out}`, or choose "
-                    "another --out")
-    if any(out.iterdir()):
-        raise _fail("--out", f"{out} exists and is not empty (and is not an s3t run): choose a "
-                    "new or empty directory")
-    return True
-
-
-def _check_classes(train: Any) -> None:
-    """A classifier needs samples of at least two labels to learn anything."""
-    if train.labels is None or len(set(train.labels)) >= 2:
-        return
-    names = train.label_names
-    only = [names[y] if 0 <= y < len(names) else str(y) for y in set(train.labels)]
-    raise _fail("--data", f"the training data has a single class ({', '.join(only)}): a "
-                "classifier needs samples of at least two labels")
-
-
-def _remove_failed_run(out: Path, existed: bool) -> None:
-    """Remove what a failed ``s3t train`` wrote into ``out`` (new or empty before it)."""
-    if not existed:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for child in list(out.iterdir()) if out.is_dir() else []:
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
@@ -363,9 +161,9 @@ def train_cmd(
     """Train S3T on labelled data and write a run directory."""
     from s3t.data.loaders import is_instruction_source, load_source, train_test_split
 
-    _check_eval_size(eval_size)
-    with _engine_errors(CONFIG_FLAGS, run=out):
-        out_existed = _check_out(out)
+    inputs.check_eval_size(eval_size)
+    with engine_errors(CONFIG_FLAGS, run=out):
+        inputs.check_out(out)
         instructions = is_instruction_source(data)
         if instructions and model is None:
             from s3t.models.decoder import default_llm_dir
@@ -373,12 +171,12 @@ def train_cmd(
             model = default_llm_dir()
         config = S3TConfig.baseline(
             method, model=model, shards=shards, slices=slices,
-            budget=_budget(budget, strategy, slices), strategy=strategy,
-            prior=_parse_prior(prior, slices), epochs=epochs, seed=seed,
+            budget=inputs.budget(budget, strategy, slices), strategy=strategy,
+            prior=inputs.parse_prior(prior, slices), epochs=epochs, seed=seed,
             layers_per_slice=layers_per_slice, lora_r=lora_r,
             lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_r,
             lora_dropout=lora_dropout, use_rslora=rslora,
-            target_modules=None if target_modules is None else _csv(target_modules),
+            target_modules=None if target_modules is None else inputs.csv(target_modules),
             learning_rate=learning_rate, batch_size=batch_size,
             max_seq_len=max_seq_len if max_seq_len is not None else 128 if instructions else 64,
             feature_cache=not no_cache, feature_cache_dtype=cache_dtype,
@@ -394,14 +192,9 @@ def train_cmd(
             size = int(eval_size) if eval_size >= 1 else eval_size
             train, evaluation = train_test_split(train, size, seed=seed)
         if not instructions:
-            _check_classes(train)
-        from s3t.train.stage_trainer import TrainingDivergedError
-
-        try:
-            est = S3T(config, run_dir=out).fit(train, eval_data=evaluation, progress=not as_json)
-        except TrainingDivergedError:
-            _remove_failed_run(out, out_existed)  # nothing in it is usable
-            raise
+            inputs.check_classes(train)
+        # a failed fit removes what it wrote (the run directory was new or empty)
+        est = S3T(config, run_dir=out).fit(train, eval_data=evaluation, progress=not as_json)
         if est.last_train is None:  # fit always records them
             raise RuntimeError("S3T.fit recorded no training statistics")
         payload = {"run_dir": str(out), **est.last_train, "samples": len(train),
@@ -434,8 +227,8 @@ def predict_cmd(
     from s3t.data.loaders import load_source
 
     if (data is None) == (not text):
-        raise _fail("--data/--text", "give exactly one of --data FILE or --text TEXT")
-    with _engine_errors(run=run):
+        raise fail("--data/--text", "give exactly one of --data FILE or --text TEXT")
+    with engine_errors(run=run):
         est = _load(run)
         if text:
             pred = est.predict(text)
@@ -473,10 +266,10 @@ def generate_cmd(
     """Answer an instruction with an instruction-tuned run: the live shards' next-token
     probabilities are averaged at every step."""
     if max_new_tokens < 0:
-        raise _fail("--max-new-tokens", f"must be >= 0, got {max_new_tokens}")
+        raise fail("--max-new-tokens", f"must be >= 0, got {max_new_tokens}")
     if sample and not (math.isfinite(temperature) and temperature > 0):
-        raise _fail("--temperature", f"must be a finite number > 0, got {temperature}")
-    with _engine_errors(run=run):
+        raise fail("--temperature", f"must be a finite number > 0, got {temperature}")
+    with engine_errors(run=run):
         result = _load(run).generate(prompt, max_new_tokens=max_new_tokens, greedy=not sample,
                                      temperature=temperature, seed=seed)
     payload = {"prompt": prompt, "text": result.text, "tokens": len(result.token_ids),
@@ -501,10 +294,10 @@ def forget_cmd(
 ) -> None:
     """Forget samples exactly and print the deletion certificate (no retraining)."""
     if ids_file == "-" and groups_file == "-":
-        raise _fail("--ids-file/--groups-file", "only one of them can read standard input")
-    sample_ids = _keys(ids, ids_file, "--ids-file")
-    group_keys = _keys(groups, groups_file, "--groups-file")
-    with _engine_errors(run=run):
+        raise fail("--ids-file/--groups-file", "only one of them can read standard input")
+    sample_ids = inputs.keys(ids, ids_file, "--ids-file")
+    group_keys = inputs.keys(groups, groups_file, "--groups-file")
+    with engine_errors(run=run):
         try:
             _, certificate = _open_run(run).forget(sample_ids=sample_ids, groups=group_keys)
         except Exception as exc:
@@ -519,7 +312,7 @@ def forget_cmd(
 @app.command("retrain")
 def retrain_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Retrain the stages invalidated by deletions, on the retained data; restore full routes."""
-    with _engine_errors(run=run):
+    with engine_errors(run=run):
         # Not verified at load: retrain itself quarantines and rebuilds damaged stage files,
         # which is the repair the integrity error message points users to.
         est = _load(run, verify=False)
@@ -533,7 +326,7 @@ def retrain_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
 @app.command("status")
 def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Live shards, routes, deletions and capacity of a run."""
-    with _engine_errors(run=run):
+    with engine_errors(run=run):
         status = _open_run(run, verify=True).status()
     lines = [f"run {status['run_dir']}: {status['shards']} shards x {status['slices']} slices, "
              f"budget {status['budget']} ({status['strategy']})",
@@ -550,7 +343,7 @@ def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
 @app.command("audit")
 def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Re-check the exactness invariant from the ledger and the files; exit 0 only if it holds."""
-    with _engine_errors(run=run):
+    with engine_errors(run=run):
         report = _open_run(run, verify=False, repair=False).audit()
     text = "audit passed: " if report.ok else "audit FAILED:\n  " + "\n  ".join(report.violations)
     if report.ok:
@@ -579,8 +372,8 @@ def demo_cmd(
     """S3T end to end on WordNet nouns with MiniLM: train, forget, retrain (about 5 min, 2 cores)."""
     from s3t.demo import run_demo
 
-    with _engine_errors(DEMO_FLAGS):
-        config = S3TConfig(shards=shards, slices=slices, budget=_budget(budget, strategy, slices),
+    with engine_errors(DEMO_FLAGS):
+        config = S3TConfig(shards=shards, slices=slices, budget=inputs.budget(budget, strategy, slices),
                            strategy=strategy, epochs=epochs, seed=seed, max_seq_len=48).validate()
         echo = (lambda _msg: None) if as_json else typer.echo
         result = run_demo(config, n_train=n_train, n_test=n_test, deletions=deletions, out=out,
