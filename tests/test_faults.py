@@ -261,3 +261,32 @@ def test_validation_samples_say_why_they_cannot_be_forgotten(tmp_path, tiny_bert
     result = s3t("forget", run, "--ids", val.ids[0])
     assert result.returncode == 2 and "validation samples cannot be forgotten" in result.stderr
     assert deleted(run) == {}
+
+
+def test_a_crash_before_the_scrub_is_reported_until_the_wal_is_scrubbed(run_dir):
+    """A serving process holds the ledger open; a forget dies after its commit: the deleted
+    text may still be in the write-ahead log, and audit must say so until it is scrubbed."""
+    reader = sqlite3.connect(run_dir / "ledger.sqlite")
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM samples").fetchone()  # an open read snapshot
+    victim = victim_in(run_dir, 0)
+    assert s3t("forget", run_dir, "--ids", victim, fault="forget:after-commit").returncode == \
+        FAULT_EXIT
+    run = Run.open(run_dir)  # repair: erases the stages, cannot scrub past the reader
+    try:
+        assert any("write-ahead log" in v for v in run.audit().violations)
+    finally:
+        run.close()
+    reader.execute("ROLLBACK")
+    reader.close()
+    assert audit_ok(run_dir) == []
+    assert deleted(run_dir) and sqlite_meta(run_dir, "scrub_pending") is None
+
+
+def sqlite_meta(run_dir: Path, key: str) -> str | None:
+    conn = sqlite3.connect(run_dir / "ledger.sqlite")
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+    finally:
+        conn.close()

@@ -15,7 +15,8 @@ from s3t.run.directory import (
 )
 from s3t.run.files import FeatureFiles, IntegrityError, StageStore, UnsafeRunError
 from s3t.run.forget import ForgetPlan, ForgetRequestError, forget, sweep
-from s3t.run.ledger import Ledger, StageRecord, compute_routes, lineage_chain, stage_key
+from s3t.run.ledger import Ledger
+from s3t.run.stages import StageRecord, compute_routes, lineage_chain, stage_key
 
 __all__ = [
     "FORMAT",

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from s3t.run.files import FeatureFiles, IntegrityError, StageStore
-from s3t.run.ledger import Ledger, StageRecord, lineage_chain
+from s3t.run.ledger import Ledger
+from s3t.run.stages import StageRecord, lineage_chain
 
 
 @dataclass
@@ -40,7 +41,7 @@ def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
         deleted_by_cell.setdefault((shard, sl), []).append(dv)
     for sid in ledger.leaked_inputs():
         violations.append(f"deleted sample {sid} still has its input or label in the ledger")
-    if ledger.get_meta("scrub_pending") and not ledger.checkpoint():
+    if ledger.pending_scrubs() and not ledger.scrub():
         violations.append("the ledger's write-ahead log may still hold deleted inputs: another "
                           "process keeps a read transaction open; close it and audit again")
 

@@ -185,8 +185,8 @@ class Run:
             raise
         if repair:
             sweep(run.ledger, run.store, run.features, writer_active=run.writer_running())
-            if run.ledger.get_meta("scrub_pending"):
-                run.ledger.checkpoint()
+            if run.ledger.pending_scrubs():
+                run.ledger.scrub()
         if verify:
             run.verify_live()
         return run

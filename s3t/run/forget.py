@@ -105,9 +105,9 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
         # starts, an erasure was interrupted and the next request finishes it.
         unfinished_erasure = bool(ledger.get_meta("erase_pending"))
         ledger.set_meta("erase_pending", True)
-        # Set in the deletion's own transaction, cleared only by a successful WAL scrub: a
-        # crash before the scrub leaves it for the next open and for audit to see.
-        ledger.set_meta("scrub_pending", True)
+        # Marked in the deletion's own transaction, cleared only after a successful WAL scrub:
+        # a crash before the scrub leaves it for the next open and for audit to see.
+        pending = ledger.mark_scrub_pending(request_id)
         cells = plan.cells
         new_version = ledger.bump_versions(cells)
         ledger.scrub_samples({sid: new_version[cell] for sid, cell in plan.new.items()},
@@ -138,13 +138,15 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     fault_point("forget:after-commit")
     try:
         _erase(ledger, store, features, certificate, erased, new_version, unfinished_erasure)
+        scrubbed = pending if certificate["ledger_scrubbed"] else []
     except Exception as err:  # recorded for the caller and finished by the next open
+        scrubbed = pending if certificate.get("ledger_scrubbed") else []
         certificate["files_erased"] = False
         certificate["erase_error"] = f"{type(err).__name__}: {err}"
     certificate["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
     fault_point("forget:before-certificate")
     try:
-        _record_certificate(ledger, certificate)
+        _record_certificate(ledger, certificate, scrubbed)
         write_json_atomic(certificates_dir / f"{request_id}.json", certificate)
     except Exception as err:  # the ledger row written at commit still holds the deletion
         certificate["certificate_error"] = f"{type(err).__name__}: {err}"
@@ -172,13 +174,14 @@ def _erase(ledger: Ledger, store: StageStore, features: FeatureFiles | None, cer
         certificate["files_erased"] = False
 
 
-def _record_certificate(ledger: Ledger, certificate: dict) -> None:
+def _record_certificate(ledger: Ledger, certificate: dict, scrubbed: list[str]) -> None:
     # The certificate's final fields need no fsync of their own: the deletion itself is
     # already durable, and the JSON file is written and synced.
     ledger.conn.execute("PRAGMA synchronous=NORMAL")
     try:
         with ledger.transaction():
             ledger.update_certificate(certificate["request_id"], certificate)
+            ledger.clear_scrubbed(scrubbed)  # committed before a checkpoint that succeeded
             if certificate.get("files_erased"):
                 ledger.clear_meta("erase_pending")
     finally:

@@ -4,7 +4,7 @@ stages exist (with file hashes and the slice versions they were trained on) and 
 Every write of stage or sample state is a named operation here (``bump_versions``,
 ``scrub_samples``, ``erase_stages``, ``commit_stage``, ``record_deletion``, ``refresh_routes``):
 no SQL about the invariant lives anywhere else. Routing is a pure function of the live stage
-records, so it lives here too (``compute_routes``, ``lineage_chain``).
+records (``s3t.run.routes``).
 
 SQLite in WAL mode with ``synchronous=FULL`` and ``secure_delete``: a committed deletion
 survives a crash, and a deleted sample's text is overwritten rather than left in free pages.
@@ -22,8 +22,9 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+
+from s3t.run.stages import StageRecord, compute_routes, stage_key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,28 +73,6 @@ def group_hash(group: str) -> str:
     return hashlib.sha256(group.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class StageRecord:
-    key: str
-    shard: int
-    prefix: tuple[int, ...]
-    versions: tuple[int, ...]
-    parent: str | None
-    status: str
-    files: dict[str, str]
-    n_samples: int
-    val_score: float | None
-
-    @property
-    def depth(self) -> int:
-        return len(self.prefix)
-
-
-def stage_key(shard: int, prefix: Sequence[int], versions: Sequence[int]) -> str:
-    """Stage identity: shard, slices in order, and each slice's content version."""
-    return f"{shard}-" + "_".join(f"{s}v{v}" for s, v in zip(prefix, versions, strict=True))
-
-
 class Ledger:
     FILE = "ledger.sqlite"
     BUSY_MS = 10_000
@@ -135,20 +114,49 @@ class Ledger:
     def checkpoint(self, attempts: int = 3, busy_ms: int = 200) -> bool:
         """Fold the WAL into the database and truncate it, so no page image of deleted data
         survives. Another connection's open read snapshot can block this: retry briefly and
-        report whether it succeeded; a pending scrub is remembered and retried later."""
+        report whether it succeeded (every frame committed before it is then scrubbed)."""
         self.conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         try:
             for _ in range(attempts):
                 busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 if not busy:
-                    if self.get_meta("scrub_pending"):
-                        self.clear_meta("scrub_pending")
-                        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                     return True
-            self.set_meta("scrub_pending", True)
             return False
         finally:
             self.conn.execute(f"PRAGMA busy_timeout = {self.BUSY_MS}")
+
+    # A deletion marks itself scrub-pending in its own transaction; the mark goes only once a
+    # checkpoint that began after its commit succeeded, so a crash in between leaves it for
+    # the next open and for audit.
+    def pending_scrubs(self) -> list[str]:
+        value = self.get_meta("scrub_pending")
+        if value is None:
+            return []
+        return [str(v) for v in value] if isinstance(value, list) else ["unknown"]
+
+    def mark_scrub_pending(self, request_id: str) -> list[str]:
+        """Inside a deletion's transaction: add it to the pending marks; return them all."""
+        pending = [*self.pending_scrubs(), request_id]
+        self.set_meta("scrub_pending", pending)
+        return pending
+
+    def clear_scrubbed(self, scrubbed: Iterable[str]) -> None:
+        """Inside a transaction: drop the marks a successful checkpoint covered."""
+        left = [r for r in self.pending_scrubs() if r not in set(scrubbed)]
+        if left:
+            self.set_meta("scrub_pending", left)
+        else:
+            self.clear_meta("scrub_pending")
+
+    def scrub(self) -> bool:
+        """Checkpoint and, if it succeeded, clear the marks it covered; True when none is left."""
+        pending = self.pending_scrubs()
+        if not self.checkpoint():
+            return False
+        if pending:
+            with self.transaction():
+                self.clear_scrubbed(pending)
+        return not self.pending_scrubs()
 
     def change_stamp(self) -> tuple[int, int]:
         """Changes by other connections (data_version) and by this one (total_changes)."""
@@ -186,15 +194,8 @@ class Ledger:
 
     def find_samples(self, ids: Sequence[str]) -> dict[str, tuple[int, int, int | None]]:
         """Known ids -> (shard, slice, deleted_version)."""
-        found: dict[str, tuple[int, int, int | None]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start:start + 500])
-            marks = ",".join("?" * len(chunk))
-            for sid, shard, sl, dv in self.conn.execute(
-                    f"SELECT sample_id, shard, slice, deleted_version FROM samples "
-                    f"WHERE sample_id IN ({marks})", chunk):
-                found[sid] = (shard, sl, dv)
-        return found
+        return {sid: (shard, sl, dv) for sid, shard, sl, dv in self._where_in(
+            "SELECT sample_id, shard, slice, deleted_version FROM samples WHERE sample_id", ids)}
 
     def group_members(self, groups: Sequence[str]) -> dict[str, list[str]]:
         members: dict[str, list[str]] = {g: [] for g in groups}
@@ -230,23 +231,19 @@ class Ledger:
 
     def eval_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are validation samples."""
-        found: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start:start + 500])
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self.conn.execute(
-                f"SELECT sample_id FROM eval_samples WHERE sample_id IN ({marks})", chunk))
-        return found
+        return {r[0] for r in self._where_in("SELECT sample_id FROM eval_samples WHERE sample_id",
+                                             ids)}
 
     def deleted_by(self, ids: Sequence[str]) -> set[str]:
         """The deletion requests that deleted ``ids``."""
-        found: set[str] = set()
+        return {r[0] for r in self._where_in(
+            "SELECT deleted_request FROM samples WHERE sample_id", ids)}
+
+    def _where_in(self, query: str, ids: Sequence[str]) -> Iterator[tuple]:
+        """Rows of ``query IN (ids)``, in chunks below SQLite's parameter limit."""
         for start in range(0, len(ids), 500):
             chunk = list(ids[start:start + 500])
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self.conn.execute(
-                f"SELECT DISTINCT deleted_request FROM samples WHERE sample_id IN ({marks})", chunk))
-        return found
+            yield from self.conn.execute(f"{query} IN ({','.join('?' * len(chunk))})", chunk)
 
     def eval_samples(self) -> list[tuple[str, int, str]]:
         return self.conn.execute(
@@ -343,43 +340,4 @@ class Ledger:
             "SELECT certificate FROM deletions ORDER BY created_at, request_id")]
 
 
-# --- routing: pure functions over stage records ---------------------------------------------
-def best_stage(candidates: Iterable[StageRecord]) -> StageRecord | None:
-    """Deepest surviving stage; ties go to the better validation score, then the key."""
-    ranked = sorted(candidates, key=lambda r: (-r.depth, -(r.val_score or 0.0), r.key))
-    return ranked[0] if ranked else None
-
-
-def compute_routes(live: Iterable[StageRecord], n_shards: int,
-                   servable: Callable[[int], bool] = lambda depth: True) -> dict[int, str | None]:
-    """Each shard's route among its live, servable stages whose every ancestor is live too
-    (``None``: the shard is dead)."""
-    by_key = {r.key: r for r in live}
-
-    def chain_live(record: StageRecord) -> bool:
-        while record.parent is not None:
-            if record.parent not in by_key:
-                return False
-            record = by_key[record.parent]
-        return True
-
-    by_shard: dict[int, list[StageRecord]] = {m: [] for m in range(n_shards)}
-    for record in by_key.values():
-        if servable(record.depth) and chain_live(record):
-            by_shard[record.shard].append(record)
-    routes: dict[int, str | None] = {}
-    for m, records in by_shard.items():
-        best = best_stage(records)
-        routes[m] = None if best is None else best.key
-    return routes
-
-
-def lineage_chain(key: str, records: dict[str, StageRecord]) -> list[StageRecord]:
-    """The stages a route is built from, root first."""
-    chain = []
-    current: str | None = key
-    while current is not None:
-        record = records[current]
-        chain.append(record)
-        current = record.parent
-    return chain[::-1]
+__all__ = ["Ledger", "StageRecord", "group_hash", "stage_key"]

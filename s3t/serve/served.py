@@ -18,7 +18,7 @@ import torch
 from s3t.models.adapted import AdaptedBackbone
 from s3t.models.stage_weights import WeightBank
 from s3t.run.directory import NoLiveShardError, Run
-from s3t.run.ledger import lineage_chain
+from s3t.run.stages import lineage_chain
 from s3t.serve.ensemble import Ensemble, ServedRoute
 
 
