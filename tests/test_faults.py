@@ -104,6 +104,9 @@ def test_forget_killed_at_a_fault_point_applies_fully_or_not_at_all(run_dir, poi
     assert certificate["samples"] == [victim]
     if applied:
         assert certificate["request_id"] == deleted(run_dir)[victim], "the original certificate"
+    certificates = run_dir / "certificates"
+    assert (certificates / f"{certificate['request_id']}.json").is_file(), "restored on open"
+    assert not list(certificates.glob("*.tmp*")), "a crashed writer's temporary file is removed"
     assert deleted(run_dir) == {victim: certificate["request_id"]}
     assert audit_ok(run_dir) == []
 

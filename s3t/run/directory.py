@@ -29,7 +29,7 @@ from s3t.run.files import (
     is_locked,
     sha256_file,
 )
-from s3t.run.forget import ForgetPlan, forget, sweep
+from s3t.run.forget import ForgetPlan, forget, restore_certificates, sweep
 from s3t.run.ledger import Ledger, StageRecord, stage_key
 
 RUN_FILE = "s3t.json"
@@ -185,6 +185,7 @@ class Run:
             raise
         if repair:
             sweep(run.ledger, run.store, run.features, writer_active=run.writer_running())
+            restore_certificates(run.ledger, path / "certificates")
             if run.ledger.pending_scrubs():
                 run.ledger.scrub()
         if verify:

@@ -195,8 +195,10 @@ def erase_invalidated(ledger: Ledger, store: StageStore) -> bool:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write, fsync, rename; the temporary name is the writer's own (``.tmp-<pid>-<random>``)
+    so that two writers never share one and a crashed writer's file can be told apart."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=True)
         f.flush()
@@ -226,6 +228,37 @@ def sweep(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
         stale = features.erase_stale(ledger.slice_versions()) + features.erase_orphans()
         removed += [str(path) for path in stale]
     return removed
+
+
+def restore_certificates(ledger: Ledger, certificates_dir: Path) -> list[str]:
+    """Write the certificate file of every deletion the ledger holds but the directory lacks
+    (a crash between the commit and the file), and remove temporary files of writers that
+    are gone. Returns the restored request ids."""
+    if certificates_dir.is_dir():
+        for tmp in certificates_dir.glob("*.tmp*"):
+            pid = tmp.name.rsplit(".tmp-", 1)[-1].split("-")[0]
+            if not pid.isdigit() or not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+    present = {p.stem for p in certificates_dir.glob("*.json")} if certificates_dir.is_dir() \
+        else set()
+    restored = []
+    for request_id in ledger.deletion_ids():
+        if request_id not in present:
+            certificate = ledger.certificate(request_id)
+            if certificate is not None:
+                write_json_atomic(certificates_dir / f"{request_id}.json", certificate)
+                restored.append(request_id)
+    return restored
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_leftover(path: Path) -> None:

@@ -330,6 +330,9 @@ class Ledger:
     def deletion_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM deletions").fetchone()[0]
 
+    def deletion_ids(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT request_id FROM deletions")]
+
     def certificate(self, request_id: str) -> dict | None:
         row = self.conn.execute("SELECT certificate FROM deletions WHERE request_id = ?",
                                 (request_id,)).fetchone()
