@@ -15,7 +15,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 
@@ -133,7 +132,7 @@ class S3T:
             raise FileExistsError(f"{run_dir} exists and is not empty (and is not an s3t run): "
                                   "choose a new or empty directory")
         try:
-            return self._fit(config, data, eval_data, backbone, label_names, progress)
+            return self._fit(run_dir, config, data, eval_data, backbone, label_names, progress)
         except BaseException:
             if self.run is not None:  # leave no half-made run behind
                 self.close()
@@ -143,8 +142,11 @@ class S3T:
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
             raise
 
-    def _fit(self, config: S3TConfig, data: Dataset, eval_data: Dataset | None,
+    def _fit(self, run_dir: Path, config: S3TConfig, data: Dataset, eval_data: Dataset | None,
              backbone: AdaptedBackbone, label_names: list[str], progress: bool) -> S3T:
+        """Create the run and train it (``fit`` has checked the inputs)."""
+        labels = list(data.labels or [])
+        eval_labels = list(eval_data.labels or []) if eval_data is not None else []
         if backbone.task == "causal_lm":
             from s3t.data.instructions import parse_instruction
 
@@ -154,18 +156,18 @@ class S3T:
         orderings = make_orderings(config.strategy, config.slices, config.budget,
                                    prior=config.prior, seed=config.seed)
         cells = partition(data.ids, data.groups, config.shards, config.slices, seed=config.seed)
-        run = Run.create(cast("str | Path", self.run_dir), config, {
+        run = Run.create(run_dir, config, {
             "label_names": label_names, "task": backbone.task, "model_dir": backbone.model_dir,
             "model_sha256": model_fingerprint(backbone.model_dir),
             "orderings": [list(o) for o in PrefixTree(orderings).orderings]})
         self._attach(run)
         run.ledger.add_samples(
             ((sid, *cells[sid], grp, label, text) for sid, grp, label, text in
-             zip(data.ids, data.groups, cast(list[int], data.labels), data.texts, strict=True)),
+             zip(data.ids, data.groups, labels, data.texts, strict=True)),
             config.shards, config.slices)
         if eval_data is not None:
-            run.ledger.add_eval_samples(zip(eval_data.ids, cast(list[int], eval_data.labels),
-                                            eval_data.texts, strict=True))
+            run.ledger.add_eval_samples(zip(eval_data.ids, eval_labels, eval_data.texts,
+                                            strict=True))
         self._backbone = backbone
         started = time.perf_counter()
         with run.writer_lock():
