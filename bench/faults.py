@@ -36,7 +36,7 @@ from common import parser, print_header, provenance, seeds_for, tmp_run_dir, wri
 
 QUICK = {"n_train": 240, "forget_trials": 24, "parallel_trials": 4, "retrain_trials": 3,
          "epochs": 1, "shards": 2, "slices": 3}
-FULL = {"n_train": 600, "forget_trials": 240, "parallel_trials": 30, "retrain_trials": 30,
+FULL = {"n_train": 400, "forget_trials": 160, "parallel_trials": 24, "retrain_trials": 12,
         "epochs": 1, "shards": 2, "slices": 3}
 PARALLEL = 4
 

@@ -17,6 +17,7 @@ import typer
 
 from s3t.cli import inputs
 from s3t.cli.errors import OneLineErrorGroup, engine_errors, fail
+from s3t.cli.serve import serve_cmd
 from s3t.config import S3TConfig, config_help
 from s3t.plan import report as plan_report
 from s3t.run import Run
@@ -351,6 +352,9 @@ def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     _emit(as_json, report.to_dict(), text)
     if not report.ok:
         raise typer.Exit(1)
+
+
+app.command("serve")(serve_cmd)  # the HTTP service: s3t/cli/serve.py, s3t/service
 
 
 @app.command("demo")

@@ -32,6 +32,18 @@ class ForgetRequestError(ValueError):
     """The deletion request is invalid; nothing was changed."""
 
 
+class EmptyRequestError(ForgetRequestError):
+    """The request names no sample and no group."""
+
+
+class UnknownSamplesError(ForgetRequestError):
+    """The request names sample ids or groups the run does not hold."""
+
+
+class ValidationSampleError(ForgetRequestError):
+    """The request names validation samples, which are never deletable."""
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -57,22 +69,22 @@ def plan_forget(ledger: Ledger, sample_ids: Sequence[str] | None,
     ids = [str(i) for i in (sample_ids or [])]
     group_keys = [str(g) for g in (groups or [])]
     if not ids and not group_keys:
-        raise ForgetRequestError("empty deletion request: give at least one sample id or group")
+        raise EmptyRequestError("empty deletion request: give at least one sample id or group")
     found = ledger.find_samples(ids)
     unknown = sorted(set(ids) - set(found))
     validation = sorted(set(unknown) & ledger.eval_ids(unknown))
     if validation:
-        raise ForgetRequestError(
+        raise ValidationSampleError(
             f"validation samples cannot be forgotten: {_shown(validation)}. They are never "
             "deletable because every stage's validation score (which picks routes among equally "
             "deep stages) was computed on them; to remove one, train a new run without it "
             "(s3t train --eval FILE without that sample); nothing was deleted")
     if unknown:
-        raise ForgetRequestError(f"unknown sample ids: {_shown(unknown)}; nothing was deleted")
+        raise UnknownSamplesError(f"unknown sample ids: {_shown(unknown)}; nothing was deleted")
     members = ledger.group_members(group_keys)
     empty = sorted(g for g, m in members.items() if not m)
     if empty:
-        raise ForgetRequestError(f"unknown groups: {', '.join(empty)}; nothing was deleted")
+        raise UnknownSamplesError(f"unknown groups: {', '.join(empty)}; nothing was deleted")
     extra = [sid for m in members.values() for sid in m if sid not in found]
     found.update(ledger.find_samples(extra))
     new = {sid: (sh, sl) for sid, (sh, sl, dv) in found.items() if dv is None}

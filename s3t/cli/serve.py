@@ -1,0 +1,94 @@
+"""``s3t serve RUN``: the HTTP service (``s3t.service``) under uvicorn.
+
+The token comes from ``--token-file`` or else the ``S3T_API_TOKEN`` environment variable;
+without one the server refuses to listen anywhere but a loopback address (and there every
+endpoint is open). The flags are checked and the run opened before the model loads, so a
+mistake is one ``error:`` line, as in every other command.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from s3t.cli.errors import engine_errors, fail
+from s3t.run import Run
+
+TOKEN_ENV = "S3T_API_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # another host name: it may resolve to anything
+        return False
+
+
+def read_token(token_file: Path | None) -> str | None:
+    if token_file is None:
+        token = os.environ.get(TOKEN_ENV)
+        if token is not None and not token.strip():
+            raise fail(TOKEN_ENV, "is set but empty")
+        return None if token is None else token.strip()
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail("--token-file", f"cannot read {token_file}: {exc}") from None
+    if not token or any(c.isspace() for c in token):
+        raise fail("--token-file", f"{token_file} must hold one token (no spaces), got "
+                   f"{'nothing' if not token else 'several words'}")
+    return token
+
+
+def serve_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory (created by `s3t train`).")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. Without a token "
+                    "only a loopback address is allowed.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port (1..65535).")] = 8000,
+    token_file: Annotated[Path | None, typer.Option("--token-file", help="File holding the bearer "
+                          f"token (default: the {TOKEN_ENV} environment variable). Deletions, "
+                          "their listing and audit always need it; predict and generate unless "
+                          "--open-predict.")] = None,
+    open_predict: Annotated[bool, typer.Option("--open-predict", help="Serve predict and generate "
+                            "without the token.")] = False,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Inputs per batched model call "
+                         "(>= 1).")] = 32,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for "
+                           "more requests, in milliseconds (>= 0).")] = 5.0,
+) -> None:
+    """Serve a run over HTTP: predictions, deletions, certificates, audit (OpenAPI at /docs)."""
+    if not 1 <= port <= 65535:
+        raise fail("--port", f"must be in 1..65535, got {port}")
+    if max_batch < 1:
+        raise fail("--max-batch", f"must be >= 1, got {max_batch}")
+    if not max_wait_ms >= 0:
+        raise fail("--max-wait-ms", f"must be >= 0, got {max_wait_ms}")
+    token = read_token(token_file)
+    if token is None and not is_loopback(host):
+        raise fail("--host", f"refusing to serve on {host} without a token: give --token-file "
+                   f"or set {TOKEN_ENV} (without one, only a loopback host such as 127.0.0.1)")
+    with engine_errors(run=run):
+        Run.open(run, repair=False).close()  # not a run, damaged, links: one line, no model load
+    import uvicorn
+
+    from s3t.service import create_app
+
+    app = create_app(run, token=token, open_predict=open_predict, max_batch=max_batch,
+                     max_wait_ms=max_wait_ms)
+    if token is None:
+        typer.echo(f"warning: no token: every endpoint is open to local users of {host}", err=True)
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # s3t's lines beside uvicorn's
+    log_config["loggers"]["s3t"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",
+                                           log_config=log_config, proxy_headers=False,
+                                           server_header=False))
+    server.run()
+    if not server.started:  # the run failed to load (the log above says why)
+        raise typer.Exit(1)

@@ -1,0 +1,23 @@
+"""``s3t serve``: an always-on HTTP service over one run directory.
+
+``create_app(run_dir, ...)`` builds the FastAPI application (``app.py``); the concurrency
+model, and why an acknowledged deletion is never served again, is in ``guard.py``.
+
+| Module | One idea |
+| --- | --- |
+| ``app.py`` | the application: lifespan (load the run once), middleware, error bodies |
+| ``endpoints.py`` | the versioned JSON API (``/v1/...``), health, readiness, metrics |
+| ``guard.py`` | the loaded run behind one lock: every model call, deletion and ledger read |
+| ``batching.py`` | dynamic batching of predictions into one model call |
+| ``auth.py`` | bearer-token authentication (``hmac.compare_digest``) |
+| ``limits.py`` | the request body limit (413) |
+| ``idempotency.py`` | client keys of deletions (``<run>/service/idempotency.sqlite``) |
+| ``metrics.py`` | Prometheus metrics in a registry per app |
+| ``schemas.py``, ``errors.py``, ``state.py`` | bodies; error shape and status codes; what an app holds |
+
+Importing this package loads no model: the run is loaded when the app starts.
+"""
+
+from s3t.service.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,139 @@
+"""The HTTP API, version 1. Which endpoints need the token is decided in ``auth.py``; every
+call that touches the run goes through ``GuardedModel`` (``guard.py``) in a worker thread."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPBearer
+
+from s3t.service.errors import ApiError
+from s3t.service.metrics import CONTENT_TYPE
+from s3t.service.schemas import (
+    DeletionPage,
+    DeletionRequest,
+    ErrorBody,
+    GenerateRequest,
+    GenerateResponse,
+    PredictRequest,
+    PredictResponse,
+)
+from s3t.service.state import Service
+
+# Documents the scheme in the OpenAPI schema; the check itself is BearerAuthMiddleware's.
+bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer TOKEN` (the server's "
+                    "--token-file or S3T_API_TOKEN)")
+ERRORS: dict[int | str, dict] = {code: {"model": ErrorBody} for code in
+                                 (400, 401, 404, 409, 413, 422, 503)}
+router = APIRouter(responses=ERRORS)
+secured = APIRouter(responses=ERRORS, dependencies=[Depends(bearer)])
+
+
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(service_of)]
+
+
+@router.get("/healthz", tags=["operations"])
+async def healthz() -> dict:
+    """The process is up and its run is loaded."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operations"])
+async def readyz(service: ServiceDep, response: Response) -> dict:
+    """200 when at least one live route serves, else 503 (every shard needs a retrain)."""
+    try:
+        routes = await service.run(service.model.live_routes, 1.0)
+    except Exception as err:  # e.g. a damaged stage file: not ready
+        response.status_code = 503
+        return {"ready": False, "live_shards": 0, "reason": f"{type(err).__name__}: {err}"}
+    response.status_code = 200 if routes else 503
+    return {"ready": bool(routes), "live_shards": len(routes), "routes": routes}
+
+
+@router.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+async def metrics(service: ServiceDep) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    await service.refresh_gauges()
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@secured.post("/v1/predict", response_model=PredictResponse, tags=["serving"])
+async def predict(body: PredictRequest, service: ServiceDep) -> dict:
+    """Label inputs with the ensemble of live shards. Concurrent requests are batched into one
+    model call; ``routes`` names the stage that served each shard."""
+    limit = service.settings.max_inputs
+    if len(body.inputs) > limit:
+        raise ApiError(413, f"{len(body.inputs)} inputs in one request; at most {limit}: split "
+                            "them over several requests")
+    return await service.batcher.submit(body.inputs)
+
+
+@secured.post("/v1/generate", response_model=GenerateResponse, tags=["serving"])
+async def generate(body: GenerateRequest, service: ServiceDep) -> dict:
+    """Answer an instruction (causal-LM runs): the live shards' next-token probabilities are
+    averaged at every step."""
+    result, routes = await service.run(service.model.generate, body.prompt, body.max_new_tokens,
+                                       not body.sample, body.temperature, body.seed)
+    return {"text": result.text, "tokens": len(result.token_ids), "finished": result.finished,
+            "routes": routes, "live_shards": result.live_shards}
+
+
+@secured.post("/v1/deletions", tags=["deletions"])
+async def delete(body: DeletionRequest, service: ServiceDep, response: Response) -> dict:
+    """Forget samples and groups exactly. Answers with the certificate once the deletion is
+    durable, its stages' files are erased and they are out of service: a prediction that
+    starts after this response never uses them. With ``request_id`` the request is
+    idempotent."""
+    if not body.sample_ids and not body.groups:
+        raise ApiError(400, "empty deletion request: give at least one sample id or group")
+    outcome = await service.run(service.model.forget, body.sample_ids, body.groups,
+                                body.request_id)
+    if outcome.committed:
+        service.metrics.deletions.inc()
+        await service.refresh_gauges()
+    response.headers["S3T-Replayed"] = "true" if outcome.replayed else "false"
+    return outcome.certificate
+
+
+@secured.get("/v1/deletions/{request_id}", tags=["deletions"])
+async def deletion(request_id: str, service: ServiceDep) -> dict:
+    """A deletion's certificate, by the s3t request id or by the client's ``request_id``."""
+    certificate = await service.run(service.model.certificate, request_id)
+    if certificate is None:
+        raise ApiError(404, f"no deletion with request id or client key {request_id!r}")
+    return certificate
+
+
+@secured.get("/v1/deletions", response_model=DeletionPage, tags=["deletions"])
+async def deletions(service: ServiceDep, offset: Annotated[int, Query(ge=0)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+    """Deletion certificates, oldest first, a page at a time."""
+    total, page = await service.run(service.model.certificates, offset, limit)
+    return {"total": total, "offset": offset, "limit": limit, "certificates": page}
+
+
+@router.get("/v1/status", tags=["operations"])
+async def status(service: ServiceDep) -> dict:
+    """Live shards, routes, deletions and capacity of the run (as ``s3t status``);
+    ``training`` is ``running`` while another process (``s3t retrain``) trains stages."""
+    return await service.run(service.model.status)
+
+
+@secured.get("/v1/audit", tags=["deletions"])
+async def audit(service: ServiceDep) -> dict:
+    """Re-check the exactness invariant (as ``s3t audit``); ``ok`` says whether it holds."""
+    return await service.run(service.model.audit)
+
+
+@secured.post("/v1/retrain", tags=["operations"], status_code=501)
+async def retrain() -> dict:
+    """Not served yet: retrain with the command line."""
+    raise ApiError(501, "retraining is not served over HTTP yet: run `s3t retrain RUN`; it may "
+                        "run while this server serves, which picks up the retrained routes at "
+                        "its next model call")

@@ -1,0 +1,110 @@
+"""What one service instance holds: its settings, the loaded run behind its lock, the
+dynamic batcher of predictions and its metrics; started and stopped by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from s3t.service.batching import Batcher
+from s3t.service.errors import BusyError
+from s3t.service.guard import GuardedModel, Routes
+from s3t.service.idempotency import IdempotencyStore
+from s3t.service.metrics import ServiceMetrics
+
+if TYPE_CHECKING:  # the engine imports torch: loaded when the app starts, not on import
+    from s3t.engine import Prediction
+
+log = logging.getLogger("s3t.service")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    run_dir: Path
+    token: str | None = None
+    open_predict: bool = False
+    max_batch: int = 32          # inputs per batched model call
+    max_wait_ms: float = 5.0     # how long a batch waits for more requests
+    max_inputs: int = 256        # inputs per predict request (else 413)
+    max_body_bytes: int = 1_000_000
+    max_queue: int = 1024        # predict requests waiting (else 503)
+
+    def check(self) -> Settings:
+        if self.token is not None and not self.token.strip():
+            raise ValueError("the API token is empty: give a non-empty token or none")
+        for name in ("max_batch", "max_inputs", "max_body_bytes", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.max_wait_ms >= 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        return self
+
+
+def split_prediction(out: tuple[Prediction, Routes], start: int, stop: int) -> dict:
+    prediction, routes = out
+    return {"labels": prediction.labels[start:stop],
+            "probabilities": prediction.probabilities[start:stop].tolist(),
+            "routes": routes, "live_shards": prediction.live_shards}
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings.check()
+        self.metrics = ServiceMetrics()
+        self._model: GuardedModel | None = None
+        self._batcher: Batcher[tuple[Prediction, Routes], dict] | None = None
+
+    @property
+    def model(self) -> GuardedModel:
+        if self._model is None:
+            raise BusyError("the run is not loaded (the server is starting or stopping)")
+        return self._model
+
+    @property
+    def batcher(self) -> Batcher[tuple[Prediction, Routes], dict]:
+        if self._batcher is None:
+            raise BusyError("the server is not accepting predictions (starting or stopping)")
+        return self._batcher
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` in a worker thread (it takes the model lock there)."""
+        return await asyncio.to_thread(call, *args)
+
+    async def start(self) -> None:
+        """Load the run once (an interrupted erasure is finished here), load the backbone and
+        materialise the live routes, then start taking predictions."""
+        from s3t.engine import S3T
+
+        settings = self.settings
+        engine = await asyncio.to_thread(S3T.load, settings.run_dir)
+        try:
+            model = GuardedModel(engine, IdempotencyStore(settings.run_dir))
+        except BaseException:
+            engine.close()
+            raise
+        self._model = model
+        routes = await self.run(model.warm)
+        self.metrics.observe_status(await self.run(model.status))
+        self._batcher = Batcher(model.predict, split_prediction, max_batch=settings.max_batch,
+                                max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+                                on_batch=self.metrics.batch_inputs.observe)
+        await self._batcher.start()
+        log.info("serving %s: %d live routes %s", settings.run_dir, len(routes), routes)
+
+    async def stop(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.stop()
+            self._batcher = None
+        if self._model is not None:
+            model, self._model = self._model, None
+            await self.run(model.close)
+
+    async def refresh_gauges(self, wait_s: float = 1.0) -> None:
+        status = await self.run(self.model.status_if_free, wait_s)
+        if status is not None:
+            self.metrics.observe_status(status)

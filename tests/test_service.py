@@ -1,0 +1,437 @@
+"""`s3t serve`: the HTTP service on a tiny BERT run (TestClient, and one real server that is
+killed with SIGKILL and restarted)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from tiny import make_tiny_llama, toy_dataset, toy_instructions
+from typer.testing import CliRunner
+
+from s3t.cli import app as cli
+from s3t.config import S3TConfig
+from s3t.data.samples import Dataset
+from s3t.run import Run
+from s3t.service import create_app
+from s3t.service.batching import Batcher
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert) -> Path:
+    from s3t.engine import S3T
+
+    run = tmp_path_factory.mktemp("service") / "run"
+    config = S3TConfig(model=tiny_bert, shards=2, slices=2, budget=2, epochs=1, batch_size=8,
+                       lora_r=4, lora_alpha=4, target_modules=["query", "key", "value"], seed=3)
+    held_out = toy_dataset(12, seed=9)
+    held_out = Dataset([f"e{i}" for i in range(12)], held_out.texts, held_out.labels,
+                       label_names=held_out.label_names)  # validation: never deletable
+    S3T(config, run_dir=run).fit(toy_dataset(48, groups=True), held_out, progress=False).close()
+    return run
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+@contextmanager
+def serving(run: Path, **kwargs):
+    kwargs.setdefault("token", TOKEN)
+    with TestClient(create_app(run, **kwargs)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def served(trained):
+    """A server on the shared run, for tests that delete nothing."""
+    with serving(trained, max_inputs=4, max_body_bytes=4000) as client:
+        yield client
+
+
+def samples_in(run: Path, cell: tuple[int, int], n: int = 1) -> list[str]:
+    """The first ``n`` training samples of a cell (shard, slice)."""
+    ledger = Run.open(run, repair=False).ledger
+    rows = ledger.conn.execute("SELECT sample_id FROM samples WHERE shard = ? AND slice = ? AND "
+                               "deleted_version IS NULL ORDER BY sample_id", cell).fetchall()
+    ledger.close()
+    return [r[0] for r in rows[:n]]
+
+
+def deletion_count(run: Path) -> int:
+    ledger = Run.open(run, repair=False).ledger
+    try:
+        return ledger.deletion_count()
+    finally:
+        ledger.close()
+
+
+# --- serving -----------------------------------------------------------------------------------
+
+def test_predict_returns_labels_probabilities_and_routes(served):
+    texts = ["red cat dog", "blue fish sun", "green tree moon"]
+    response = served.post("/v1/predict", json={"inputs": texts}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["labels"]) == 3 and set(body["labels"]) <= {"red", "green", "blue"}
+    assert all(len(row) == 3 and abs(sum(row) - 1) < 1e-6 for row in body["probabilities"])
+    status = served.get("/v1/status").json()
+    assert body["routes"] == {m: r["stage"] for m, r in status["routes"].items()} != {}
+    assert body["live_shards"] == status["live_shards"] == 2
+    # the token is needed for predictions unless --open-predict
+    assert served.post("/v1/predict", json={"inputs": texts}).status_code == 401
+    wrong = served.post("/v1/predict", json={"inputs": texts}, headers={"Authorization": "Bearer x"})
+    assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
+    assert wrong.headers["www-authenticate"] == "Bearer" and TOKEN not in wrong.text
+
+
+def test_open_predict_and_no_token(trained):
+    with serving(trained, open_predict=True) as client:
+        assert client.post("/v1/predict", json={"inputs": ["red"]}).status_code == 200
+        assert client.get("/v1/audit").status_code == 401
+    with serving(trained, token=None) as client:  # loopback without a token: all open
+        assert client.get("/v1/audit").json()["ok"] is True
+
+
+def test_invalid_requests_are_clear_json_errors(served):
+    for body in ({"inputs": "red cat"}, {"inputs": [1, 2]}, {"inputs": []}, {"text": ["a"]}):
+        response = served.post("/v1/predict", json=body, headers=AUTH)
+        assert response.status_code == 422, body
+        assert response.json()["error"] == "invalid_request"
+        assert response.json()["message"].startswith("invalid request: inputs")
+    malformed = served.post("/v1/predict", content=b'{"inputs": [', headers={
+        **AUTH, "Content-Type": "application/json"})
+    assert malformed.status_code == 422 and "JSON" in malformed.json()["message"]
+    for body in ({"sample_ids": [1]}, {"ids": ["s0001"]}, {"groups": "user1"}):
+        assert served.post("/v1/deletions", json=body, headers=AUTH).status_code == 422, body
+    # a classifier cannot generate: an input the model cannot take
+    response = served.post("/v1/generate", json={"prompt": "hi"}, headers=AUTH)
+    assert response.status_code == 422 and "classifier" in response.json()["message"]
+    assert served.post("/v1/deletions", json={}, headers=AUTH).status_code == 400
+    assert served.post("/v1/retrain", headers=AUTH).status_code == 501
+
+
+def test_too_many_inputs_or_too_large_a_body_is_413(served):
+    response = served.post("/v1/predict", json={"inputs": ["red"] * 5}, headers=AUTH)
+    assert response.status_code == 413 and "at most 4" in response.json()["message"]
+    response = served.post("/v1/predict", json={"inputs": ["red " * 1200]}, headers=AUTH)
+    assert response.status_code == 413 and response.json()["error"] == "too_large"
+
+    def chunks():  # no Content-Length: read up to the limit, then refused
+        for _ in range(10):
+            yield b" " * 1000
+    response = served.post("/v1/predict", content=chunks(), headers={
+        **AUTH, "Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_status_audit_health_readiness_and_metrics(served):
+    assert served.get("/healthz").json() == {"status": "ok"}
+    ready = served.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["live_shards"] == 2
+    status = served.get("/v1/status").json()
+    assert status["training"] == "idle" and status["shards"] == 2
+    assert served.get("/v1/audit").status_code == 401
+    audit = served.get("/v1/audit", headers=AUTH).json()
+    assert audit["ok"] is True and audit["checked"]["live_stages"] == 8
+    assert served.get("/v1/deletions", headers=AUTH).json()["total"] == 0
+    served.post("/v1/predict", json={"inputs": ["red"]}, headers=AUTH)
+    text = served.get("/metrics").text
+    for line in ('s3t_http_requests_total{endpoint="/v1/predict",method="POST",status="200"}',
+                 's3t_http_requests_total{endpoint="/v1/audit",method="GET",status="401"}',
+                 "s3t_deletions_total 0.0", "s3t_live_shards 2.0", "s3t_capacity 1.0",
+                 "s3t_live_stages 8.0", "s3t_predict_batch_inputs_count",
+                 's3t_http_request_duration_seconds_count{endpoint="/v1/predict",method="POST"}'):
+        assert line in text, line
+    assert served.get("/docs").status_code == 200
+    assert "/v1/deletions" in served.get("/openapi.json").json()["paths"]
+
+
+# --- deletions ---------------------------------------------------------------------------------
+
+def test_deletions_need_the_token_and_take_effect_before_the_answer(run_copy):
+    victim = samples_in(run_copy, (0, 0))[0]
+    with serving(run_copy) as client:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
+            response = client.post("/v1/deletions", json={"sample_ids": [victim]}, headers=headers)
+            assert response.status_code == 401
+        assert client.get("/v1/deletions", headers={}).status_code == 401
+        assert deletion_count(run_copy) == 0
+        response = client.post("/v1/deletions", json={"sample_ids": [victim]}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        certificate = response.json()
+        assert certificate["samples"] == [victim] and certificate["files_erased"] is True
+        erased = set(certificate["erased_stages"])
+        assert erased and all(k.startswith("0-") for k in erased)
+        routes = client.post("/v1/predict", json={"inputs": ["red"]}, headers=AUTH).json()["routes"]
+        assert not erased & set(routes.values())
+        rid = certificate["request_id"]
+        assert client.get(f"/v1/deletions/{rid}", headers=AUTH).json() == certificate
+        page = client.get("/v1/deletions?offset=0&limit=10", headers=AUTH).json()
+        assert page["total"] == 1 and page["certificates"] == [certificate]
+        assert client.get("/v1/deletions?limit=0", headers=AUTH).status_code == 422
+        assert client.get("/v1/deletions/nope", headers=AUTH).status_code == 404
+        assert "s3t_deletions_total 1.0" in client.get("/metrics").text
+        assert client.get("/v1/audit", headers=AUTH).json()["ok"] is True
+
+
+def test_idempotent_retry_returns_the_same_certificate_and_409_on_another_body(run_copy):
+    first, other = samples_in(run_copy, (1, 1), 2)
+    with serving(run_copy) as client:
+        body = {"sample_ids": [first], "request_id": "client-key-1"}
+        one = client.post("/v1/deletions", json=body, headers=AUTH)
+        two = client.post("/v1/deletions", json=body, headers=AUTH)
+        assert one.status_code == two.status_code == 200
+        assert one.json() == two.json()
+        assert (one.headers["s3t-replayed"], two.headers["s3t-replayed"]) == ("false", "true")
+        conflict = client.post("/v1/deletions", json={"sample_ids": [other],
+                                                      "request_id": "client-key-1"}, headers=AUTH)
+        assert conflict.status_code == 409 and conflict.json()["error"] == "conflict"
+        assert client.get("/v1/deletions/client-key-1", headers=AUTH).json() == one.json()
+        assert deletion_count(run_copy) == 1
+        assert samples_in(run_copy, (1, 1), 2)[0] == other  # still there
+    keys = run_copy / "service" / "idempotency.sqlite"
+    assert keys.is_file() and b"client-key-1" in keys.read_bytes() + _wal(keys)
+    with serving(run_copy) as client:  # the key survives a restart
+        again = client.post("/v1/deletions", json=body, headers=AUTH)
+        assert again.json() == one.json() and again.headers["s3t-replayed"] == "true"
+
+
+def _wal(path: Path) -> bytes:
+    wal = path.with_name(path.name + "-wal")
+    return wal.read_bytes() if wal.exists() else b""
+
+
+def test_unknown_ids_or_groups_are_404_and_nothing_is_deleted(run_copy):
+    known = samples_in(run_copy, (0, 1))[0]
+    with serving(run_copy) as client:
+        response = client.post("/v1/deletions", json={"sample_ids": [known, "no-such-id"]},
+                               headers=AUTH)
+        assert response.status_code == 404 and "no-such-id" in response.json()["message"]
+        response = client.post("/v1/deletions", json={"groups": ["no-such-group"]}, headers=AUTH)
+        assert response.status_code == 404 and "no-such-group" in response.json()["message"]
+        assert deletion_count(run_copy) == 0 and samples_in(run_copy, (0, 1))[0] == known
+        # a validation sample is refused (never deletable): 422, nothing deleted
+        response = client.post("/v1/deletions", json={"sample_ids": ["e0"]}, headers=AUTH)
+        assert response.status_code == 422 and "validation" in response.json()["message"]
+        assert deletion_count(run_copy) == 0
+        groups = client.post("/v1/deletions", json={"groups": ["user3"]}, headers=AUTH)
+        assert groups.status_code == 200 and groups.json()["groups_sha256"]
+
+
+def test_a_run_without_a_live_shard_is_not_ready_and_predictions_are_503(run_copy):
+    victims = [samples_in(run_copy, cell)[0] for cell in ((0, 0), (0, 1), (1, 0), (1, 1))]
+    with serving(run_copy) as client:
+        for victim in victims:
+            response = client.post("/v1/deletions", json={"sample_ids": [victim]}, headers=AUTH)
+            assert response.status_code == 200
+        assert response.json()["live_shards"] == 0
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        response = client.post("/v1/predict", json={"inputs": ["red"]}, headers=AUTH)
+        assert response.status_code == 503 and "retrain" in response.json()["message"]
+        assert "s3t_live_shards 0.0" in client.get("/metrics").text
+
+
+def test_generate_on_a_causal_lm_run(tmp_path):
+    from s3t.engine import S3T
+
+    model = make_tiny_llama(tmp_path / "tiny-llama")
+    config = S3TConfig(model=model, shards=1, slices=2, budget=1, epochs=1, batch_size=8,
+                       lora_r=2, lora_alpha=4, max_seq_len=48, seed=3)
+    S3T(config, run_dir=tmp_path / "lm").fit(toy_instructions(16), progress=False).close()
+    with serving(tmp_path / "lm") as client:
+        response = client.post("/v1/generate", json={"prompt": "colour of cat?",
+                                                      "max_new_tokens": 3}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert isinstance(body["text"], str) and body["tokens"] <= 3
+        assert list(body["routes"]) == ["0"] and body["live_shards"] == 1
+        bad = client.post("/v1/generate", json={"prompt": "x", "max_new_tokens": -1}, headers=AUTH)
+        assert bad.status_code == 422
+        refused = client.post("/v1/predict", json={"inputs": ["x"]}, headers=AUTH)
+        assert refused.status_code == 422 and "generate" in refused.json()["message"]
+
+
+def test_no_prediction_after_a_deletion_is_acknowledged_uses_an_erased_stage(run_copy):
+    """Predictions race deletions through the service: every prediction that started after a
+    deletion's response reports routes without any stage that deletion erased."""
+    # slice 0 of each shard, then slice 1 of shard 0 (shard 0 dies; shard 1 keeps serving)
+    victims = [samples_in(run_copy, cell)[0] for cell in ((0, 0), (1, 0), (0, 1))]
+    victims.append(samples_in(run_copy, (1, 0), 2)[1])
+    acks: list[tuple[float, set[str]]] = []
+    predictions: list[tuple[float, dict]] = []
+    failures: list[str] = []
+    done = threading.Event()
+    deadline = time.monotonic() + 30
+    with serving(run_copy, max_wait_ms=2) as client:
+
+        def predictor(seed: int) -> None:
+            extra = 0
+            for i in range(80):  # bounded in count and in time
+                if time.monotonic() > deadline or extra >= 3:
+                    break
+                extra += done.is_set()
+                started = time.monotonic()
+                response = client.post("/v1/predict", json={"inputs": [f"red cat {i} {seed}"]},
+                                       headers=AUTH)
+                if response.status_code != 200:
+                    failures.append(response.text)
+                    continue
+                predictions.append((started, response.json()["routes"]))
+
+        def deleter() -> None:
+            try:
+                for victim in victims:
+                    time.sleep(0.05)
+                    response = client.post("/v1/deletions", json={"sample_ids": [victim]},
+                                           headers=AUTH)
+                    if response.status_code != 200:
+                        failures.append(response.text)
+                        continue
+                    acks.append((time.monotonic(), set(response.json()["erased_stages"])))
+            finally:
+                done.set()
+
+        threads = [threading.Thread(target=predictor, args=(k,)) for k in range(3)]
+        threads.append(threading.Thread(target=deleter))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(t.is_alive() for t in threads)
+    assert not failures, failures[:3]
+    assert len(acks) == 4 and sum(bool(erased) for _, erased in acks) == 3
+    after = [(t, routes) for t, routes in predictions if t > acks[0][0]]
+    assert after, "no prediction started after the first deletion was acknowledged"
+    for started, routes in predictions:
+        for acked, erased in acks:
+            if started > acked:
+                assert not erased & set(routes.values()), (routes, erased)
+    assert list(predictions[-1][1]) == ["1"]  # shard 0 lost both slices' first stages
+
+
+def test_batcher_gathers_concurrent_requests_into_one_call():
+    calls: list[list[str]] = []
+
+    def call(items: list[str]) -> list[str]:
+        calls.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad input")
+        return [x.upper() for x in items]
+
+    async def main() -> list:
+        batcher = Batcher(call, lambda out, a, b: out[a:b], max_batch=8, max_wait_ms=50)
+        await batcher.start()
+        try:
+            requests = [["a", "b"], ["c"], ["d", "e", "f"], ["bad"], ["g"]]
+            results = await asyncio.wait_for(asyncio.gather(
+                *(batcher.submit(r) for r in requests), return_exceptions=True), 10)
+            too_big = await asyncio.wait_for(batcher.submit(list("abcdefghij")), 10)
+        finally:
+            await batcher.stop()
+        return [*results, too_big]
+
+    results = asyncio.run(main())
+    assert results[:3] == [["A", "B"], ["C"], ["D", "E", "F"]] and results[4] == ["G"]
+    assert isinstance(results[3], ValueError)  # only the bad request fails
+    assert calls[0] == ["a", "b", "c", "d", "e", "f", "bad", "g"]  # one call for all five
+    assert results[5] == list("ABCDEFGHIJ") and calls[-1] == list("abcdefghij")
+
+
+def test_serve_refuses_a_public_host_without_a_token(trained, tmp_path, monkeypatch):
+    monkeypatch.delenv("S3T_API_TOKEN", raising=False)
+    result = CliRunner().invoke(cli, ["serve", str(trained), "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "without a token" in result.output
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    result = CliRunner().invoke(cli, ["serve", str(trained), "--token-file", str(empty)])
+    assert result.exit_code == 2 and "--token-file" in result.output
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path), "--port", "8"])
+    assert result.exit_code == 2 and "not an s3t run" in result.output
+
+
+# --- a real server, killed and restarted ------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(run: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "S3T_API_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "s3t.cli", "serve", str(run), "--host",
+                                 "127.0.0.1", "--port", str(port)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"server did not start in 90 s: {log.read_text()[-2000:]}")
+
+
+def test_real_server_keeps_an_acknowledged_deletion_across_kill_9(run_copy, tmp_path):
+    port, log = free_port(), tmp_path / "server.log"
+    base = f"http://127.0.0.1:{port}"
+    victim = samples_in(run_copy, (1, 0))[0]
+    proc = start_server(run_copy, port, log)
+    try:
+        predicted = httpx.post(f"{base}/v1/predict", json={"inputs": ["red cat"]}, headers=AUTH,
+                               timeout=30)
+        assert predicted.status_code == 200 and len(predicted.json()["routes"]) == 2
+        deleted = httpx.post(f"{base}/v1/deletions", json={"sample_ids": [victim],
+                             "request_id": "kill-9"}, headers=AUTH, timeout=30)
+        assert deleted.status_code == 200, deleted.text
+        certificate = deleted.json()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    proc = start_server(run_copy, port, log)
+    try:
+        again = httpx.get(f"{base}/v1/deletions/kill-9", headers=AUTH, timeout=30)
+        assert again.status_code == 200
+        assert {k: again.json()[k] for k in ("request_id", "samples", "erased_stages")} == \
+            {k: certificate[k] for k in ("request_id", "samples", "erased_stages")}
+        routes = httpx.post(f"{base}/v1/predict", json={"inputs": ["red cat"]}, headers=AUTH,
+                            timeout=30).json()["routes"]
+        assert not set(certificate["erased_stages"]) & set(routes.values())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert TOKEN not in log.read_text()
+    result = CliRunner().invoke(cli, ["audit", str(run_copy), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ok"] is True
