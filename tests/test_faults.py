@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_cli_engine import invoke, write_csv
-from tiny import toy_dataset
+from tiny import copy_run, toy_dataset
 
 from s3t.engine import S3T
 from s3t.run import Run, UnsafeRunError
@@ -55,9 +55,7 @@ def trained(tmp_path_factory, tiny_bert):
 
 @pytest.fixture
 def run_dir(trained, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(trained, copy)
-    return copy
+    return copy_run(trained, tmp_path)
 
 
 def victim_in(run_dir: Path, shard: int) -> str:

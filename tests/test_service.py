@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from tiny import make_tiny_llama, toy_dataset, toy_instructions
+from tiny import copy_run, make_tiny_llama, toy_dataset, toy_instructions
 from typer.testing import CliRunner
 
 from s3t.cli import app as cli
@@ -49,9 +48,7 @@ def trained(tmp_path_factory, tiny_bert) -> Path:
 
 @pytest.fixture
 def run_copy(trained, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(trained, copy)
-    return copy
+    return copy_run(trained, tmp_path)
 
 
 @contextmanager

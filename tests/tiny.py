@@ -126,3 +126,12 @@ def toy_instructions(n: int = 48, seed: int = 0, groups: bool = False) -> Datase
         texts.append(instruction_text(f"colour of {thing}?", colour))
         grps.append(f"user{i // 4}" if groups else None)
     return Dataset(ids=ids, texts=texts, labels=[0] * n, groups=grps)
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    """A private copy of a module-scoped run directory, for a test that changes it."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
