@@ -329,6 +329,73 @@ def perf_section(res: Result) -> str:
     return "\n\n".join(parts)
 
 
+def service_section(res: Result) -> str:
+    s = res["summary"]
+    size = res["provenance"]["size"]
+
+    def spread(d: dict[str, Any], digits: int = 1) -> str:
+        if not d or not d.get("n"):
+            return "-"
+        return f"{d['median']:.{digits}f} ({d['min']:.{digits}f}-{d['max']:.{digits}f})"
+
+    def lat(d: dict[str, Any]) -> str:
+        if not d.get("n"):
+            return "-"
+        return (f"p50 {d['p50']:.1f}, p90 {d['p90']:.1f}, p99 {d['p99']:.1f}, max {d['max']:.1f} "
+                f"(n={d['n']})")
+
+    rows = []
+    for name, label in (("batching", f"dynamic batching (--max-batch {size['max_batch']})"),
+                        ("no_batching", "no batching (--max-batch 1)")):
+        for clients in size["clients"]:
+            r = s["throughput"][name][str(clients)]
+            rows.append([label, clients, spread(r["throughput_rps"]), spread(r["p50_ms"]),
+                         spread(r["p99_ms"]), spread(r.get("mean_batch_inputs", {}))])
+    throughput = table(["server", "clients", "requests/s", "p50 ms", "p99 ms",
+                        "inputs per model call"], rows)
+    top, bottom = s["clients_top"], s["clients_bottom"]
+    ratio_names = {
+        "over_best_single_client": f"{top} clients batching / faster {bottom}-client setting "
+                                   "(the target's ratio)",
+        "over_single_client_batching": f"{top} clients batching / {bottom} client batching",
+        "over_single_client_no_batching": f"{top} clients batching / {bottom} client no batching",
+        "batching_over_no_batching_at_top": f"{top} clients: batching / no batching"}
+    ratios = table(["ratio (per repetition)", "median (min-max)", "n"],
+                   [[label, spread(s["ratio_top_over_one_client"][k], 2),
+                     s["ratio_top_over_one_client"][k]["n"]] for k, label in ratio_names.items()])
+    during = s["predict_during_deletions"]
+    resp = s["responses"]
+    rows = [
+        [f"HTTP deletion, {size['delete_clients']} clients predicting (ms)", lat(s["deletion_ms"])],
+        ["  of which deletions that erased stages (ms)", lat(s["deletion_ms_erasing"])],
+        ["  of which deletions with nothing to erase (ms)", lat(s["deletion_ms_no_erase"])],
+        ["  time inside forget (certificate duration_ms)", lat(s["deletion_core_ms"])],
+        ["deletions sent / acknowledged / rounds (fresh copy of the run each)",
+         f"{s['deletions_sent']} / {s['deletions_acknowledged']} / {s['deletion_rounds']}"],
+        ["predictions during the deletions: requests/s per round, median (min-max)",
+         spread(during["throughput_rps"])],
+        ["  their p50 / p99 per round, median (ms)",
+         f"{spread(during['latency_ms'].get('p50', {}))} / "
+         f"{spread(during['latency_ms'].get('p99', {}))}"
+         if during["latency_ms"].get("p50") else "-"],
+        ["responses (all phases) by status", ", ".join(
+            f"{k}: {v}" for k, v in sorted(resp["status_counts"].items()))],
+        ["5xx responses (client / server count)",
+         f"{resp['n_5xx']} / {resp['server_counted_5xx']:.0f}"],
+        ["acknowledged deletions missing from the ledger", s["lost_deletions"]],
+        ["`s3t audit` after serving", f"{sum(a['ok'] for a in s['audits'])}/{len(s['audits'])} "
+                                      "passed"],
+        ["servers shut down cleanly on SIGINT (exit codes; uvicorn exits 130 after SIGINT)",
+         f"{sum(s.get('clean_shutdowns', []))}/{len(s['server_exit_codes'])} "
+         f"({', '.join(str(c) for c in s['server_exit_codes'])})"],
+    ]
+    return "\n\n".join([
+        f"Predict throughput and latency, one text per request, {size['duration_s']:g} s per "
+        f"client count after a {size['warmup_s']:g} s warm-up; median (min-max) over "
+        f"{size['reps']} repetitions, each on a freshly started server:", throughput, ratios,
+        table(["quantity", "value"], rows)])
+
+
 Renderer = Callable[[Result], str]
 def faults_section(res: Result) -> str:
     rows = []
@@ -426,8 +493,19 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "must be in the ledger, and no audit may fail. The named fault points in "
      "`s3t/run/faults.py` reproduce each window deterministically in `tests/test_faults.py`.",
      faults_section),
+    ("service", "11. Service: `s3t serve` under concurrent HTTP load",
+     "The real server (`python -m s3t.cli serve RUN --token-file F --max-batch N`, a "
+     "subprocess on a free 127.0.0.1 port) serving a MiniLM run (WordNet nouns, m=5, L=3, 1 "
+     "epoch), loaded by an asyncio httpx client in the benchmark process on the same machine. "
+     "Predict throughput and latency at 1, 8 and 32 concurrent single-text clients with "
+     "dynamic batching and without (server restarted between the two); then single-sample "
+     "deletions of random retained ids, one at a time, while 8 clients predict, in rounds on "
+     "fresh copies of the run that stop before no shard would be live (after that every "
+     "prediction is a 503 by design). Issue targets: 32 clients with batching >= 5x one "
+     "client's throughput; deletion p99 under 20 ms under predict load; no 5xx; no "
+     "acknowledged deletion lost; audit passes.", service_section),
 ]
-TARGET_SOURCES = ("accuracy", "deletion_cost", "deletion_rate", "perf")
+TARGET_SOURCES = ("accuracy", "deletion_cost", "deletion_rate", "perf", "service")
 
 
 def targets_section(loaded: dict[str, tuple[Result | None, bool]]) -> str:
