@@ -9,7 +9,7 @@ read-only mapping of :class:`ServedRoute` (stage key, chain, weights, merged lay
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
@@ -28,6 +28,7 @@ class Prediction:
     label_ids: np.ndarray
     probabilities: np.ndarray      # (n, num_labels), aggregated over live shards
     live_shards: int
+    routes: dict[int, str] = field(default_factory=dict)  # shard -> stage key that served
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Generation:
     token_ids: list[int]           # the generated tokens (the stop token excluded)
     finished: bool                 # True if the answer ended with an end-of-turn token
     live_shards: int
+    routes: dict[int, str] = field(default_factory=dict)  # shard -> stage key that served
 
 
 class ServedModel:
@@ -62,6 +64,11 @@ class ServedModel:
             self.ensemble.update(chains)
             self._stamp = stamp
         return MappingProxyType(self.ensemble.routes)
+
+    def _used(self) -> dict[int, str]:
+        """The routes the call just made used (``_ready`` fixed them; nothing else changes
+        the ensemble while a call runs)."""
+        return {shard: route.stage for shard, route in self.ensemble.routes.items()}
 
     def _ready(self, task: str) -> int:
         if self.run.task != task:
@@ -94,7 +101,7 @@ class ServedModel:
                  for i in range(0, len(inputs), batch_size)]
         out = np.concatenate(parts) if parts else np.zeros((0, len(labels)))
         ids = out.argmax(axis=1)
-        return Prediction([labels[i] for i in ids], ids, out, live)
+        return Prediction([labels[i] for i in ids], ids, out, live, self._used())
 
     def generate(self, prompt: str, max_new_tokens: int = 32, greedy: bool = True,
                  temperature: float = 1.0, seed: int = 0) -> Generation:
@@ -131,7 +138,8 @@ class ServedModel:
                 finished = True
                 break
             new.append(token)
-        return Generation(tokenizer.decode(new, skip_special_tokens=True), new, finished, live)
+        return Generation(tokenizer.decode(new, skip_special_tokens=True), new, finished, live,
+                          self._used())
 
     def evaluate_lm(self, texts: Sequence[str], batch_size: int = 8) -> dict:
         """Mean token loss and perplexity on held-out instruction data (response tokens only),

@@ -1,28 +1,26 @@
-"""The loaded run behind one lock: the service's concurrency model.
+"""The loaded run behind two locks: the service's concurrency model.
 
 Serving in s3t mutates the shared backbone per route (each route's head is loaded into the
-model before it runs; materialising a route switches LoRA layers with ``set_depth``), and
-the engine's ledger is one SQLite connection, inside whose transaction a deletion runs.
-So every use of the :class:`~s3t.engine.S3T` object takes ONE ``threading.Lock``:
+model before it runs; materialising a route switches LoRA layers with ``set_depth``). So
+every model call (one batched ``predict`` for a whole dynamic batch, or one ``generate``)
+takes the MODEL lock, and starts by reading the served routes from the ledger
+(``S3T.served()``, memoised on the ledger's change counters).
 
-- a model call: one batched ``predict`` for a whole dynamic batch, or one ``generate``;
-- a deletion, with what follows its commit: ``S3T.forget`` (validated, committed durably,
-  invalidated stage files erased) and then ``S3T.served()``, which recomputes the served
-  routes from the ledger and materialises them, both under the lock, before the response;
-- ledger reads: status, audit, certificates, readiness and the metrics gauges.
-
+Deletions never wait for a model call. They run on a second, torch-free view of the run
+(:class:`~s3t.run.Run`, its own SQLite connection) under the RECORDS lock, which also
+serialises the idempotency keys and the ledger reads (status, audit, certificates): the
+deletion is validated, committed durably and its invalidated stage files erased, and the
+certificate is sent. Why no prediction that starts after that can use an erased stage: its
+model call begins after the commit, and its first step re-reads the routes from the ledger
+(the commit changed the ledger's ``data_version``, so the memo is stale), dropping the
+erased stages from the weights it holds and materialising the new routes. A call already
+running keeps the routes it started with (it began before the acknowledgement); if it
+needs to read a stage file that the deletion just erased, it starts again. The routes a
+response reports are the ones the call used (``Prediction.routes``, fixed when the call
+read the ledger).
 Each of these runs in a worker thread (``asyncio.to_thread``), so the event loop never
-waits on the lock: health checks and new requests are taken while the model works.
-
-Why a prediction never uses an erased stage once the deletion is acknowledged: the
-deletion's response is sent after it released the lock, its routes already recomputed; a
-model call that starts later takes the lock after that, and the routes it uses are read
-by ``served()`` inside its own locked section. The routes a response reports are the ones
-the call used: ``served()`` is read before and after the call, and the call is repeated
-(a bounded number of times) if another process (``s3t forget``) committed in between.
-Deletions from other processes reach this server through the ledger's change counters at
-the next model call, as in any s3t process. Deletions through this server are serialised
-by the lock as well (and, across processes, by the ledger's write lock).
+waits on a lock. Deletions from other processes reach this server through the same ledger
+counters; across processes they serialise on the ledger's write lock.
 """
 
 from __future__ import annotations
@@ -33,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from s3t.run import IntegrityError, Run
 from s3t.service.errors import BusyError, IdempotencyConflict
 from s3t.service.idempotency import IdempotencyStore, fingerprint
 
@@ -55,7 +54,11 @@ class DeletionOutcome:
 class GuardedModel:
     def __init__(self, model: S3T, keys: IdempotencyStore):
         self.model, self.keys = model, keys
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()          # the model: one call at a time
+        self.records_lock = threading.Lock()  # deletions, keys and ledger reads
+        if model.run is None:
+            raise RuntimeError("the service needs a loaded run")
+        self.records = Run.open(model.run.path, repair=False)
         self.last_routes: Routes = {}
 
     # --- model calls --------------------------------------------------------------------------
@@ -72,32 +75,38 @@ class GuardedModel:
     def predict(self, inputs: list[str]) -> tuple[Prediction, Routes]:
         with self.lock:
             for _ in range(ROUTE_TRIES):
-                before = self._routes()
-                prediction = self.model.predict(inputs)
-                if self._routes() == before:
-                    return prediction, before
-        raise BusyError("the served routes kept changing during the call (deletions from "
-                        "another process): retry")
+                try:
+                    prediction = self.model.predict(inputs)
+                except IntegrityError:  # a deletion erased a stage this call was reading
+                    continue
+                return prediction, self._reported(prediction.routes)
+        raise BusyError("stage files kept disappearing during the call (deletions): retry")
 
     def generate(self, prompt: str, max_new_tokens: int, greedy: bool, temperature: float,
                  seed: int) -> tuple[Generation, Routes]:
         with self.lock:
             for _ in range(ROUTE_TRIES):
-                before = self._routes()
-                result = self.model.generate(prompt, max_new_tokens=max_new_tokens,
-                                             greedy=greedy, temperature=temperature, seed=seed)
-                if self._routes() == before:
-                    return result, before
-        raise BusyError("the served routes kept changing during the call (deletions from "
-                        "another process): retry")
+                try:
+                    result = self.model.generate(prompt, max_new_tokens=max_new_tokens,
+                                                 greedy=greedy, temperature=temperature,
+                                                 seed=seed)
+                except IntegrityError:  # a deletion erased a stage this call was reading
+                    continue
+                return result, self._reported(result.routes)
+        raise BusyError("stage files kept disappearing during the call (deletions): retry")
+
+    def _reported(self, used: dict[int, str]) -> Routes:
+        self.last_routes = {str(shard): stage for shard, stage in used.items()}
+        return dict(self.last_routes)
 
     # --- deletions ----------------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str], groups: Sequence[str],
                client_key: str | None) -> DeletionOutcome:
-        """Delete durably, then take the erased stages out of service, under the lock."""
+        """Delete durably (validated, committed, files erased) without waiting for a model
+        call; the next model call serves without the erased stages (module docstring)."""
         body = fingerprint(sample_ids, groups)
-        with self.lock:
-            ledger = self.model.ledger
+        with self.records_lock:
+            ledger = self.records.ledger
             if client_key is not None:
                 known = self.keys.get(client_key)
                 if known is not None and known.fingerprint != body:
@@ -108,45 +117,40 @@ class GuardedModel:
                 if certificate is not None:
                     return DeletionOutcome(certificate, committed=False, replayed=True)
             before = ledger.deletion_count()
-            certificate = self.model.forget(sample_ids=list(sample_ids) or None,
-                                            groups=list(groups) or None)
+            _, certificate = self.records.forget(sample_ids=list(sample_ids) or None,
+                                                 groups=list(groups) or None)
             committed = ledger.deletion_count() > before
             if client_key is not None:
                 self.keys.put(client_key, body, certificate["request_id"])
-            try:
-                self._routes()
-            except Exception:  # the next model call refreshes again before it serves
-                log.exception("refreshing the served routes after deletion %s failed",
-                              certificate["request_id"])
             return DeletionOutcome(certificate, committed=committed, replayed=False)
 
     def certificate(self, key: str) -> dict | None:
         """A certificate by its s3t request id, or by the client key of its request."""
-        with self.lock:
-            found = self.model.ledger.certificate(key)
+        with self.records_lock:
+            found = self.records.ledger.certificate(key)
             if found is None:
                 record = self.keys.get(key)
                 if record is not None:
-                    found = self.model.ledger.certificate(record.request_id)
+                    found = self.records.ledger.certificate(record.request_id)
             return found
 
     def certificates(self, offset: int, limit: int) -> tuple[int, list[dict]]:
-        with self.lock:
-            every = self.model.ledger.certificates()
+        with self.records_lock:
+            every = self.records.ledger.certificates()
         return len(every), every[offset:offset + limit]
 
     # --- the run's state ----------------------------------------------------------------------
     def status(self) -> dict:
         """The run's status, and ``training``: ``idle`` (this server never trains) or
         ``running`` while another process holds the run's retrain lock."""
-        with self.lock:
-            status = self.model.status()
-            running = self.model.run is not None and self.model.run.writer_running()
+        with self.records_lock:
+            status = self.records.status()
+            running = self.records.writer_running()
         return {**status, "training": "running" if running else "idle"}
 
     def audit(self) -> dict:
-        with self.lock:
-            return self.model.audit().to_dict()
+        with self.records_lock:
+            return self.records.audit().to_dict()
 
     def live_routes(self, wait_s: float) -> Routes:
         """The routes served now; while a model call holds the lock past ``wait_s``, the
@@ -159,14 +163,15 @@ class GuardedModel:
             self.lock.release()
 
     def status_if_free(self, wait_s: float) -> dict | None:
-        if not self.lock.acquire(timeout=wait_s):
+        if not self.records_lock.acquire(timeout=wait_s):
             return None
         try:
-            return self.model.status()
+            return self.records.status()
         finally:
-            self.lock.release()
+            self.records_lock.release()
 
     def close(self) -> None:
-        with self.lock:
+        with self.lock, self.records_lock:
             self.model.close()
+            self.records.close()
             self.keys.close()
