@@ -99,10 +99,6 @@ def simulate_cmd(
 
 # --- training, serving and forgetting --------------------------------------------------------
 
-def _open_run(run: Path, **kwargs: Any) -> Run:
-    return Run.open(run, **kwargs)
-
-
 def _emit(as_json: bool, payload: dict, text: str) -> None:
     typer.echo(json.dumps(payload, default=str) if as_json else text)
 
@@ -300,7 +296,7 @@ def forget_cmd(
     group_keys = inputs.keys(groups, groups_file, "--groups-file")
     with engine_errors(run=run):
         try:
-            _, certificate = _open_run(run).forget(sample_ids=sample_ids, groups=group_keys)
+            _, certificate = Run.open(run).forget(sample_ids=sample_ids, groups=group_keys)
         except Exception as exc:
             # A failure after the deletion was committed carries its certificate: print it.
             partial = getattr(exc, "certificate", None)
@@ -328,7 +324,7 @@ def retrain_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
 def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Live shards, routes, deletions and capacity of a run."""
     with engine_errors(run=run):
-        status = _open_run(run, verify=True).status()
+        status = Run.open(run, verify=True).status()
     lines = [f"run {status['run_dir']}: {status['shards']} shards x {status['slices']} slices, "
              f"budget {status['budget']} ({status['strategy']})",
              f"samples {status['samples']}, deleted {status['deleted']}, "
@@ -345,7 +341,7 @@ def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
 def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Re-check the exactness invariant from the ledger and the files; exit 0 only if it holds."""
     with engine_errors(run=run):
-        report = _open_run(run, verify=False, repair=False).audit()
+        report = Run.open(run, verify=False, repair=False).audit()
     text = "audit passed: " if report.ok else "audit FAILED:\n  " + "\n  ".join(report.violations)
     if report.ok:
         text += ", ".join(f"{k} {v}" for k, v in report.checked.items())

@@ -25,8 +25,8 @@ from s3t.run.files import (
     FeatureFiles,
     IntegrityError,
     StageStore,
-    UnsafeRunError,
     is_locked,
+    refuse_links,
     sha256_file,
 )
 from s3t.run.forget import ForgetPlan, forget, restore_certificates, sweep
@@ -163,11 +163,8 @@ class Run:
             raise NotARunError(f"{path} is not an s3t run directory (no {RUN_FILE} and "
                                f"{Ledger.FILE}); create one with `s3t train --out {path}`")
         info, config = read_card(run_file)
-        for name in (Ledger.FILE, "certificates"):
-            if (path / name).is_symlink():
-                raise UnsafeRunError(f"{path / name} is a symbolic link: s3t never writes or "
-                                     "deletes through links in a run directory; replace it "
-                                     "with the real file or directory and retry")
+        refuse_links([path / name for name in (Ledger.FILE, "certificates")
+                      if (path / name).is_symlink()])
         try:
             ledger = Ledger.open_existing(path / Ledger.FILE)
             versions = ledger.slice_versions()

@@ -54,6 +54,15 @@ class UnsafeRunError(RuntimeError):
     """The run directory holds a symbolic link where s3t writes or deletes: refusing to act."""
 
 
+def refuse_links(paths: list[Path]) -> None:
+    """Raise :class:`UnsafeRunError` naming the first of ``paths`` (symbolic links found where
+    s3t writes or deletes: following one could touch files outside the run)."""
+    if paths:
+        raise UnsafeRunError(
+            f"{paths[0]} is a symbolic link: s3t never writes or deletes through links in a run "
+            "directory; replace it with the real file or directory (or remove it) and retry")
+
+
 class StageStore:
     """Stage directories ``<root>/<shard>/<key>/``. Nothing here follows a symbolic link:
     :meth:`check_safe` refuses a tree that holds one, and erasure renames a directory
@@ -75,10 +84,7 @@ class StageStore:
                     links.append(shard_dir)
                 elif shard_dir.is_dir():
                     links += [d for d in shard_dir.iterdir() if d.is_symlink()]
-        if links:
-            raise UnsafeRunError(
-                f"{links[0]} is a symbolic link: s3t never writes or deletes through links in a "
-                "run directory; replace it with the real directory (or remove it) and retry")
+        refuse_links(links)
 
     def write(self, shard: int, key: str, blobs: dict[str, bytes], meta: dict) -> dict[str, str]:
         """Write a stage atomically (temp dir, fsync, rename); return ``{file: sha256}``.
@@ -135,15 +141,15 @@ class StageStore:
         """Remove a stage's files; ``sync`` makes the removal durable now. Returns False if
         there was nothing to remove (e.g. another process erased it first)."""
         where = self.path(shard, key)
-        aside = where.with_name(f"{where.name}.erasing-{os.getpid()}-{os.urandom(4).hex()}")
-        try:
-            os.rename(where, aside)  # atomic; a symlink would be renamed, never followed
-        except FileNotFoundError:
+        if not _rename_aside_and_remove(where, key):
             return False
-        _remove_tree(aside)
         if sync:
             fsync_dir(where.parent)
         return True
+
+    def erase_leftover(self, path: Path) -> None:
+        """Remove a half-written or half-erased stage directory (see :meth:`leftovers`)."""
+        _rename_aside_and_remove(path, path.name.split(".")[0])
 
     def erase_all(self, stages: list[tuple[int, str]]) -> None:
         """Remove several stages, with one directory sync per shard instead of one per stage."""
@@ -182,6 +188,18 @@ class StageStore:
         return found
 
 
+def _rename_aside_and_remove(path: Path, key: str) -> bool:
+    """Rename ``path`` to a name of this process's own, then remove it: the rename is atomic
+    (of two concurrent erasers exactly one wins) and moves a link, never follows it."""
+    aside = path.with_name(f"{key}.erasing-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    _remove_tree(aside)
+    return True
+
+
 def _remove_tree(path: Path) -> None:
     """Remove a directory tree we own, tolerating another process removing it meanwhile."""
     def ignore_missing(_func: object, _path: str, info: tuple) -> None:
@@ -216,10 +234,7 @@ class FeatureFiles:
         links = [self.root] if self.root.is_symlink() else []
         if not links and self.root.is_dir():
             links = [owner for owner in self.root.iterdir() if owner.is_symlink()]
-        if links:
-            raise UnsafeRunError(
-                f"{links[0]} is a symbolic link: s3t never writes or deletes through links in a "
-                "run directory; replace it with the real directory (or remove it) and retry")
+        refuse_links(links)
 
     @staticmethod
     def block_name(block: Any, version: Any) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -234,7 +233,7 @@ def sweep(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
             removed.append(key)
     if not writer_active:
         for leftover in store.leftovers():
-            _remove_leftover(leftover)
+            store.erase_leftover(leftover)
             removed.append(str(leftover))
     if features is not None:
         stale = features.erase_stale(ledger.slice_versions()) + features.erase_orphans()
@@ -271,12 +270,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _remove_leftover(path: Path) -> None:
-    aside = path.with_name(f"{path.name.split('.')[0]}.erasing-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(aside, ignore_errors=True)
