@@ -36,7 +36,7 @@ from common import parser, print_header, provenance, seeds_for, tmp_run_dir, wri
 
 QUICK = {"n_train": 240, "forget_trials": 24, "parallel_trials": 4, "retrain_trials": 3,
          "epochs": 1, "shards": 2, "slices": 3}
-FULL = {"n_train": 400, "forget_trials": 160, "parallel_trials": 24, "retrain_trials": 12,
+FULL = {"n_train": 400, "forget_trials": 400, "parallel_trials": 60, "retrain_trials": 24,
         "epochs": 1, "shards": 2, "slices": 3}
 PARALLEL = 4
 

@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,9 @@ class Server:
     """One `s3t serve` subprocess on a free loopback port; its log goes to a file."""
 
     def __init__(self, run: Path, token_file: Path, max_batch: int, max_wait_ms: float,
-                 log_path: Path):
+                 log_path: Path, extra_args: Sequence[str] = ()):
         self.run, self.token_file, self.log_path = run, token_file, log_path
+        self.extra_args = list(extra_args)
         self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -107,7 +109,7 @@ class Server:
             self.port = free_port()
             self.args = s3t_cmd("serve", self.run, "--host", HOST, "--port", self.port,
                                 "--token-file", self.token_file, "--max-batch", self.max_batch,
-                                "--max-wait-ms", self.max_wait_ms)
+                                "--max-wait-ms", self.max_wait_ms, *self.extra_args)
             start = time.perf_counter()
             with open(self.log_path, "ab") as log:
                 log.write(f"\n# {' '.join(self.args)}\n".encode())

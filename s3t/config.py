@@ -17,6 +17,7 @@ from s3t.plan.orderings import STRATEGIES, check_prior, default_budget
 
 AGGREGATIONS = ("mean", "vote")
 CACHE_DTYPES = ("float32", "float16")
+EXECUTORS = ("local", "ray")
 
 
 class ConfigError(ValueError):
@@ -116,6 +117,15 @@ class S3TConfig:
     feature_cache_memory_gb: float = dataclasses.field(default=4.0, metadata={"help": (
         "GiB of cached features kept in RAM (a number >= 0); further blocks are spilled "
         "to memory-mapped files in the run, and 0 keeps every block on disk.")})
+    executor: str = dataclasses.field(default="local", metadata={"help": (
+        f"Where stages train, one of {', '.join(EXECUTORS)}: 'local' trains them one after "
+        "another in this process (the reference), 'ray' runs each stage as a Ray task on a "
+        "local Ray instance or a cluster (see ray_address) with bitwise the same weights; "
+        "either way only this process writes the run directory and the ledger.")})
+    ray_address: str | None = dataclasses.field(default=None, metadata={"help": (
+        "With executor 'ray', the cluster to join: 'auto' (one started on this machine) or "
+        "the head node's HOST:PORT; unset (None) starts a local Ray instance for the call, or "
+        "uses the Ray connection this process already has.")})
 
     def __post_init__(self) -> None:
         # 0: the strategy's default number of orderings (a bad slices is left to validate)
@@ -166,6 +176,14 @@ class S3TConfig:
         if self.target_modules is not None and not self.target_modules:
             raise ConfigError("target_modules", "target_modules must name at least one module, "
                               "e.g. ['query', 'value']")
+        if self.executor not in EXECUTORS:
+            raise ConfigError("executor", f"executor must be one of {', '.join(EXECUTORS)}, "
+                              f"got {self.executor!r}")
+        if self.ray_address is not None and (self.executor != "ray" or not isinstance(
+                self.ray_address, str) or not self.ray_address.strip()):
+            raise ConfigError("ray_address", "ray_address must be a non-empty address and is "
+                              f"used only with executor 'ray', got {self.ray_address!r} with "
+                              f"executor {self.executor!r}")
         if n_layers is not None:
             self.check_layers(n_layers)
         return self

@@ -9,11 +9,12 @@ directory is the source of truth; this object only holds what is expensive to re
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -175,12 +176,17 @@ class S3T:
         self.last_train["train_seconds"] = time.perf_counter() - started
         return self
 
-    def retrain(self, progress: bool = True) -> dict:
+    def retrain(self, progress: bool = True,
+                on_event: Callable[[dict], object] | None = None,
+                executor: str | None = None, ray_address: str | None = None) -> dict:
         """Train every stage of the plan that is missing on the current data; restore routes.
 
         Stages whose files are missing or altered are quarantined first and rebuilt. Only one
         retrain runs per run directory at a time; deletions may go on meanwhile (a stage
-        whose data changed while it trained is discarded, never served).
+        whose data changed while it trained is discarded, never served). Each stage serves
+        from its commit on; ``on_event`` receives the scheduler's progress events.
+        ``executor`` and ``ray_address`` override the run's config for this call (an address
+        alone means executor 'ray'); the weights are the same either way.
         """
         run = self._require_fitted()
         started = time.perf_counter()
@@ -188,14 +194,25 @@ class S3T:
             damaged = run.quarantine_damaged()
             self._weights.drop(damaged)
             fault_point("retrain:after-quarantine")
-            summary = self._train_missing(progress)
+            summary = self._train_missing(progress, on_event, executor, ray_address)
         summary["quarantined_stages"] = damaged
         summary["train_seconds"] = time.perf_counter() - started
         return summary
 
-    def _train_missing(self, progress: bool) -> dict:
-        return train_missing(Scheduler(self._require_fitted()), self.backbone, self.features,
-                             self._weights, progress)
+    def _train_missing(self, progress: bool, on_event: Callable[[dict], object] | None = None,
+                       executor: str | None = None, ray_address: str | None = None) -> dict:
+        run = self._require_fitted()
+        where = run.config
+        if executor is not None or ray_address is not None:
+            where = dataclasses.replace(run.config, executor=executor or "ray",
+                                        ray_address=ray_address).validate()
+        scheduler = Scheduler(run, on_event)
+        if where.executor == "ray":  # imports ray only here
+            from s3t.train.ray_executor import train_missing_ray
+
+            return train_missing_ray(scheduler, self._weights, address=where.ray_address,
+                                     progress=progress)
+        return train_missing(scheduler, self.backbone, self.features, self._weights, progress)
 
     # --- serving ------------------------------------------------------------------------------
     @property

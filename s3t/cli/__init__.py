@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from s3t.cli import inputs
+from s3t.cli.certificates import certificates_cmd
 from s3t.cli.errors import OneLineErrorGroup, engine_errors, fail
 from s3t.cli.serve import serve_cmd
+from s3t.cli.verify import verify_cmd
 from s3t.config import S3TConfig, config_help
 from s3t.plan import report as plan_report
 from s3t.run import Run
@@ -35,7 +37,9 @@ CONFIG_FLAGS = {
     "epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--lr",
     "max_seq_len": "--max-seq-len", "seed": "--seed", "feature_cache": "--no-cache",
     "feature_cache_dtype": "--cache-dtype", "feature_cache_memory_gb": "--cache-memory-gb",
+    "executor": "--executor", "ray_address": "--ray-address",
 }
+RETRAIN_FLAGS = {f: CONFIG_FLAGS[f] for f in ("executor", "ray_address")}
 DEMO_FLAGS = {f: CONFIG_FLAGS[f] for f in ("shards", "slices", "budget", "strategy", "epochs", "seed")}
 _DEFAULT = S3TConfig()
 
@@ -112,6 +116,8 @@ def _load(run: Path, **kwargs: Any) -> S3T:
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 RunArg = Annotated[Path, typer.Argument(help="Run directory (created by `s3t train`).")]
 _BUDGET_DEFAULT = "Default: L (1 for sisa, L! for full)."
+_RAY_ADDRESS_EXTRA = ("A cluster is started with `ray start --head` on its head node and "
+                      "`ray start --address HEAD:6379` on each worker (see README).")
 
 
 @app.command("train")
@@ -153,6 +159,8 @@ def train_cmd(
     cache_memory_gb: Annotated[float, _config_opt("feature_cache_memory_gb")]
     = _DEFAULT.feature_cache_memory_gb,
     no_cache: Annotated[bool, _config_opt("feature_cache", lead="Set feature_cache off.")] = False,
+    executor: Annotated[str, _config_opt("executor")] = _DEFAULT.executor,
+    ray_address: Annotated[str | None, _config_opt("ray_address", _RAY_ADDRESS_EXTRA)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train S3T on labelled data and write a run directory."""
@@ -177,7 +185,7 @@ def train_cmd(
             learning_rate=learning_rate, batch_size=batch_size,
             max_seq_len=max_seq_len if max_seq_len is not None else 128 if instructions else 64,
             feature_cache=not no_cache, feature_cache_dtype=cache_dtype,
-            feature_cache_memory_gb=cache_memory_gb,
+            feature_cache_memory_gb=cache_memory_gb, executor=executor, ray_address=ray_address,
         ).validate()  # bad flags fail here, before torch or any data is loaded
         from s3t.engine import S3T
 
@@ -306,16 +314,39 @@ def forget_cmd(
     _emit(as_json, certificate, json.dumps(certificate, indent=2))
 
 
+def _print_event(event: dict) -> None:
+    print(json.dumps(event, default=str), flush=True)
+
+
 @app.command("retrain")
-def retrain_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
-    """Retrain the stages invalidated by deletions, on the retained data; restore full routes."""
-    with engine_errors(run=run):
+def retrain_cmd(
+    run: RunArg, as_json: JsonOpt = False,
+    events: Annotated[bool, typer.Option(
+        "--events", help="Print one JSON line per stage event (plan, stage-start, stage-commit, "
+        "stage-discard, done) on stdout as it happens, for supervisors such as `s3t serve "
+        "--retrain`; the summary follows as the last line.")] = False,
+    executor: Annotated[str | None, typer.Option("--executor", help="Override the run's "
+                        "executor for this retrain: local or ray (same weights).")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="With --executor ray: "
+                           "join this cluster (auto, or the head's HOST:PORT) instead of starting "
+                           "a local Ray instance; alone, it implies --executor ray.")] = None,
+) -> None:
+    """Retrain the stages invalidated by deletions, on the retained data; restore full routes.
+
+    Each stage serves from the moment it is committed, so a server on the same run improves
+    stage by stage while this runs."""
+    with engine_errors(RETRAIN_FLAGS, run=run):
         # Not verified at load: retrain itself quarantines and rebuilds damaged stage files,
         # which is the repair the integrity error message points users to.
         est = _load(run, verify=False)
-        summary = est.retrain(progress=not as_json)
+        summary = est.retrain(progress=not (as_json or events),
+                              on_event=_print_event if events else None,
+                              executor=executor, ray_address=ray_address)
         summary["capacity"] = est.status()["capacity"]
         est.close()
+    if events:
+        _print_event({"event": "summary", **summary})
+        return
     _emit(as_json, summary, f"retrained {summary['stages_trained']} stages in "
           f"{summary['train_seconds']:.1f} s; capacity {summary['capacity']:.2f}")
 
@@ -351,6 +382,8 @@ def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
 
 
 app.command("serve")(serve_cmd)  # the HTTP service: s3t/cli/serve.py, s3t/service
+app.command("verify")(verify_cmd)  # retrain-and-compare: s3t/cli/verify.py, s3t/verify.py
+app.command("certificates")(certificates_cmd)  # the deletion log: s3t/cli/certificates.py
 
 
 @app.command("demo")

@@ -62,6 +62,13 @@ def serve_cmd(
                          "(>= 1).")] = 32,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for "
                            "more requests, in milliseconds (>= 0).")] = 5.0,
+    retrain: Annotated[str, typer.Option("--retrain", help="Background retraining: manual (only "
+                       "POST /v1/retrain), eager (as soon as a deletion invalidated a stage) or "
+                       "capacity:<threshold> (when capacity falls below it, e.g. "
+                       "capacity:0.8). Stages serve as soon as each is retrained.")] = "manual",
+    retrain_delay: Annotated[float, typer.Option("--retrain-delay", help="Seconds without a new "
+                             "deletion before a policy retrain starts, so a burst of deletions "
+                             "is retrained once (>= 0).")] = 0.0,
 ) -> None:
     """Serve a run over HTTP: predictions, deletions, certificates, audit (OpenAPI at /docs)."""
     if not 1 <= port <= 65535:
@@ -70,6 +77,14 @@ def serve_cmd(
         raise fail("--max-batch", f"must be >= 1, got {max_batch}")
     if not max_wait_ms >= 0:
         raise fail("--max-wait-ms", f"must be >= 0, got {max_wait_ms}")
+    from s3t.service.retrainer import RetrainPolicy  # lazily: the web stack loads with it
+
+    try:
+        RetrainPolicy.parse(retrain)
+    except ValueError as exc:
+        raise fail("--retrain", str(exc)) from None
+    if not retrain_delay >= 0:
+        raise fail("--retrain-delay", f"must be >= 0 seconds, got {retrain_delay}")
     token = read_token(token_file)
     if token is None and not is_loopback(host):
         raise fail("--host", f"refusing to serve on {host} without a token: give --token-file "
@@ -81,7 +96,7 @@ def serve_cmd(
     from s3t.service import create_app
 
     app = create_app(run, token=token, open_predict=open_predict, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms)
+                     max_wait_ms=max_wait_ms, retrain=retrain, retrain_delay_s=retrain_delay)
     if token is None:
         typer.echo(f"warning: no token: every endpoint is open to local users of {host}", err=True)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # s3t's lines beside uvicorn's

@@ -1,9 +1,11 @@
-"""The run's records: ledger, stage files, spilled feature files, and forget, sweep, audit.
+"""The run's records: ledger, stage files, spilled feature files, and forget, sweep, audit,
+and the deletion log (a hash chain of certificates).
 
 Nothing here imports torch or a model: the whole deletion path lives in this package.
 """
 
 from s3t.run.audit import AuditReport, audit
+from s3t.run.chain import DeletionLogError
 from s3t.run.directory import (
     FORMAT,
     RUN_FILE,
@@ -22,6 +24,7 @@ __all__ = [
     "FORMAT",
     "RUN_FILE",
     "AuditReport",
+    "DeletionLogError",
     "FeatureFiles",
     "ForgetPlan",
     "ForgetRequestError",

@@ -1,15 +1,35 @@
-"""Auditing: re-derive every stage's lineage from the ledger and check it, the routes and the
-files on disk against the exactness invariant; take damaged stages out of service.
+"""Auditing: re-derive every stage's lineage from the ledger and check it, the routes, the
+files on disk and the deletion log against the exactness invariant; take the live stages it
+cannot vouch for out of service.
+
+No blind spots: every live stage's files are exactly the ones its ledger row records, their
+hashes match, its ``meta.json`` agrees with the row, its key agrees with its slice versions and
+no certificate erased it; every path under ``stages/`` and ``feature-cache/`` belongs to a live
+stage or a current block; the certificate chain is unbroken from the first certificate to the
+ledger's head and every certificate file equals the ledger's copy. Each finding names the
+problem and its fix.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from s3t.run.files import FeatureFiles, IntegrityError, StageStore
+from s3t.run.certificates import file_problems
+from s3t.run.chain import RESTORE, chain_problems
+from s3t.run.files import META_FILE, FeatureFiles, IntegrityError, StageStore, tree_summary
 from s3t.run.ledger import Ledger
-from s3t.run.stages import StageRecord, lineage_chain
+from s3t.run.stages import StageRecord, lineage_chain, stage_key
+
+#: How a live stage that fails a check is taken out of service and rebuilt.
+REBUILD = "`s3t retrain RUN` takes it out of service and rebuilds it"
+#: How routes are recomputed from the live stages.
+REROUTE = "`s3t retrain RUN` recomputes the routes (and rebuilds what is missing)"
+#: How a stray path is dealt with (s3t deletes only what the ledger names).
+REMOVE = ("s3t deletes only what the ledger names, so remove it yourself (move it out of the "
+          "run directory if it is yours)")
 
 
 @dataclass
@@ -33,78 +53,212 @@ def contaminated(record: StageRecord, deleted_by_cell: dict[tuple[int, int], lis
                for dv in deleted_by_cell.get((record.shard, s), []))
 
 
-def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = None) -> AuditReport:
+def _deleted_by_cell(deleted: list[tuple[str, int, int, int]]) -> dict[tuple[int, int], list[int]]:
+    by_cell: dict[tuple[int, int], list[int]] = {}
+    for _, shard, sl, dv in deleted:
+        by_cell.setdefault((shard, sl), []).append(dv)
+    return by_cell
+
+
+def _erased_by_certificate(certificates: list[dict]) -> dict[str, str]:
+    """Stage key -> the deletion request whose certificate lists it as erased."""
+    return {k: str(c.get("request_id")) for c in certificates for k in c.get("erased_stages", [])}
+
+
+def stage_problems(record: StageRecord, store: StageStore, current: dict[tuple[int, int], int],
+                   deleted_by_cell: dict[tuple[int, int], list[int]],
+                   erased_by_certificate: dict[str, str], erased_marks: dict[str, str]) -> list[str]:
+    """Why a live stage cannot be vouched for (empty: it can): its files, its card, its key,
+    its lineage, and what the deletion log says about it."""
+    problems = []
+    key = record.key
+    expected_key = stage_key(record.shard, record.prefix, record.versions)
+    if expected_key != key:
+        problems.append(
+            f"live stage {key}: its ledger row says shard {record.shard}, slices "
+            f"{list(record.prefix)} at versions {list(record.versions)}, which is stage "
+            f"{expected_key}: the row was edited (versions or slices rewritten); {REBUILD}")
+    depth = len(record.prefix)
+    parent = stage_key(record.shard, record.prefix[:-1], record.versions[:-1]) if depth > 1 \
+        else None
+    if record.parent != parent:
+        problems.append(f"live stage {key}: its ledger row names parent {record.parent}, its "
+                        f"slices make it {parent}: the row was edited; {REBUILD}")
+    ahead = [(s, v) for s, v in zip(record.prefix, record.versions, strict=True)
+             if v > current.get((record.shard, s), -1)]
+    if ahead:
+        problems.append(f"live stage {key} records slice versions the ledger never reached "
+                        f"({', '.join(f'slice {s} v{v}' for s, v in ahead)}): the row was "
+                        f"edited; {REBUILD}")
+    if contaminated(record, deleted_by_cell):
+        problems.append(f"live stage {key} was trained on a deleted sample; {REBUILD}")
+    if key in erased_by_certificate:
+        problems.append(f"live stage {key} was erased by deletion request "
+                        f"{erased_by_certificate[key]} (its certificate lists it), yet it is "
+                        "live again: a stage a deletion erased never comes back (its slices "
+                        f"changed); its row and files were restored by hand; {REBUILD}")
+    elif key in erased_marks:
+        problems.append(f"live stage {key} is marked erased by {erased_marks[key]} yet live: "
+                        f"its status was set back by hand; {REBUILD}")
+    try:
+        files = store.read(record.shard, key, record.files)
+    except IntegrityError as err:
+        return [*problems, str(err)]
+    problems += _card_problems(record, files[META_FILE], store.path(record.shard, key))
+    return problems
+
+
+def _card_problems(record: StageRecord, card: bytes, where: Path) -> list[str]:
+    """A stage's ``meta.json`` (written when it was trained, hash-checked) against its row."""
+    try:
+        meta = json.loads(card)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        return [f"live stage {record.key}: {where / META_FILE} is not a JSON object; {REBUILD}"]
+    expected = {"key": record.key, "shard": record.shard, "prefix": list(record.prefix),
+                "versions": list(record.versions), "parent": record.parent,
+                "n_samples": record.n_samples}
+    differs = [f"{name} {meta.get(name, '(absent)')} vs {value}"
+               for name, value in expected.items() if meta.get(name, "(absent)") != value]
+    if not differs:
+        return []
+    return [f"live stage {record.key}: its meta.json disagrees with its ledger row "
+            f"({'; '.join(differs)}; meta.json first): the row or the stage was altered; "
+            f"{REBUILD}"]
+
+
+def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = None,
+          certificates_dir: Path | None = None) -> AuditReport:
     violations: list[str] = []
     deleted = ledger.deleted_samples()
-    deleted_by_cell: dict[tuple[int, int], list[int]] = {}
-    for _, shard, sl, dv in deleted:
-        deleted_by_cell.setdefault((shard, sl), []).append(dv)
+    deleted_by_cell = _deleted_by_cell(deleted)
     for sid in ledger.leaked_inputs():
         violations.append(f"deleted sample {sid} still has its input or label in the ledger")
     if ledger.pending_scrubs() and not ledger.scrub():
         violations.append("the ledger's write-ahead log may still hold deleted inputs: another "
                           "process keeps a read transaction open; close it and audit again")
 
+    certificates = ledger.certificates()
+    erased_by_certificate = _erased_by_certificate(certificates)
+    current = ledger.slice_versions()
     records = {r.key: r for r in ledger.stages(None)}
     live = {k: r for k, r in records.items() if r.status == "live"}
+    untrusted = set()
+    marks = ledger.erased_marks()
     for record in live.values():
-        if contaminated(record, deleted_by_cell):
-            violations.append(f"live stage {record.key} was trained on a deleted sample")
-        try:
-            store.verify(record.shard, record.key, record.files)
-        except IntegrityError as err:
-            violations.append(str(err))
+        problems = stage_problems(record, store, current, deleted_by_cell,
+                                  erased_by_certificate, marks)
+        violations += problems
+        if problems:
+            untrusted.add(record.key)
 
     routes = ledger.routes()
     for shard, key in routes.items():
         if key is None:
             continue
         if key not in records:
-            violations.append(f"shard {shard} routes to unknown stage {key}")
+            violations.append(f"shard {shard} routes to unknown stage {key}; {REROUTE}")
             continue
         for link in lineage_chain(key, records):
             if link.status != "live":
-                violations.append(f"shard {shard} serves stage {key}, built on erased {link.key}")
-            elif contaminated(link, deleted_by_cell):
-                violations.append(f"shard {shard} serves {link.key}, trained on a deleted sample")
+                violations.append(f"shard {shard} serves stage {key}, built on erased {link.key}; "
+                                  f"{REROUTE}")
+            elif link.key in untrusted:
+                violations.append(f"shard {shard} serves stage {key}, built on {link.key}, "
+                                  f"which fails the checks above; {REBUILD}")
 
     on_disk = store.on_disk()
     for shard, key in on_disk:
         if key not in live or live[key].shard != shard:
             state = records[key].status if key in records else "unknown to the ledger"
-            violations.append(f"stage files on disk for {key} ({state}): {store.path(shard, key)}")
-
-    for entry in store.unknown():
-        violations.append(f"unknown entry in the stage store: {entry} (s3t did not make it and "
-                          "cannot vouch for it; move it out of the run directory)")
+            violations.append(f"stage files on disk for {key} ({state}): {store.path(shard, key)} "
+                              "(opening the run while no retrain runs erases them)")
+    for entry in store.strays({(r.shard, r.key): list(r.files) for r in live.values()}):
+        violations.append(_stray_message(entry, records, live))
     for entry in store.leftovers():
         violations.append(f"half-written or half-erased stage directory: {entry} (opening the "
                           "run while no retrain runs removes it)")
 
     blocks = features.cell_blocks() if features is not None else []
-    for path in features.stale(ledger.slice_versions()) if features is not None else []:
-        violations.append(f"feature-cache files of a cell a deletion changed: {path}")
-    for owner in features.orphans() if features is not None else []:
-        violations.append(f"feature-cache folder of a process that is gone: {owner} "
-                          "(opening the run with repair removes it)")
+    if features is not None:
+        for path in features.stale(current):
+            violations.append(f"feature-cache files of a cell a deletion changed: {path} "
+                              "(opening the run removes them)")
+        for owner in features.orphans():
+            violations.append(f"feature-cache folder of a process that is gone: {owner} "
+                              "(opening the run with repair removes it)")
+        for path in features.strays(current):
+            violations.append(f"stray entry {path} in the feature cache: not part of any "
+                              f"current feature block; {REMOVE}")
 
+    violations += _deletion_log_problems(ledger, certificates, certificates_dir)
     checked = {"stages": len(records), "live_stages": len(live), "deleted_samples": len(deleted),
-               "routes": len(routes), "stage_dirs": len(on_disk), "feature_cache_blocks": len(blocks)}
+               "routes": len(routes), "stage_dirs": len(on_disk), "feature_cache_blocks": len(blocks),
+               "certificates": len(certificates)}
     return AuditReport(ok=not violations, violations=violations, checked=checked)
+
+
+def _stray_message(entry: Path, records: dict[str, StageRecord],
+                   live: dict[str, StageRecord]) -> str:
+    """What a stray path under ``stages/`` is, and what to do with it."""
+    details = []
+    if entry.is_dir() and not entry.is_symlink():
+        files, keys = tree_summary(entry)
+        details.append(f"holds {files} file{'s' if files != 1 else ''}")
+        keys = ([entry.name] if entry.name in records else []) + keys
+        if keys:
+            details.append("stage directories " + ", ".join(
+                f"{k} ({records[k].status if k in records else 'unknown to the ledger'})"
+                for k in keys))
+    owner = live.get(entry.parent.name)
+    if owner is not None and entry.parent.parent.name == str(owner.shard):
+        details.append(f"inside the directory of live stage {owner.key}, for which the ledger "
+                       f"records only {', '.join(sorted(owner.files)) or 'no files'}")
+    kind = "file" if entry.is_file() and not entry.is_symlink() else \
+        "link" if entry.is_symlink() else "entry"
+    where = f" ({'; '.join(details)})" if details else ""
+    return f"stray {kind} {entry}: not part of any live stage{where}; {REMOVE}"
+
+
+def _deletion_log_problems(ledger: Ledger, certificates: list[dict],
+                           certificates_dir: Path | None) -> list[str]:
+    """The certificate chain, the certificates against the deleted samples, the group-key
+    secret, and the certificate files."""
+    problems = chain_problems(certificates, ledger.chain_head())
+    if not ledger.has_group_secret():
+        problems.append("the ledger has no group-key secret (table `secrets`): group keys can "
+                        "no longer be matched to samples; restore ledger.sqlite from a backup")
+    counted = ledger.deletion_requests()
+    for certificate in certificates:
+        request_id = str(certificate.get("request_id"))
+        listed = len(certificate.get("samples", []))
+        if counted.get(request_id, 0) != listed:
+            problems.append(f"certificate {request_id} lists {listed} deleted samples but the "
+                            f"ledger records {counted.get(request_id, 0)} deleted by it; {RESTORE}")
+    for request_id in sorted(set(counted) - {str(c.get("request_id")) for c in certificates}):
+        problems.append(f"{counted[request_id]} samples were deleted by request {request_id}, "
+                        f"which has no certificate in the ledger: it was removed; {RESTORE}")
+    if certificates_dir is not None:
+        problems += file_problems(certificates, certificates_dir)
+    return problems
 
 
 def quarantine_damaged(ledger: Ledger, store: StageStore, n_shards: int,
                        servable: Callable[[int], bool] = lambda depth: True) -> list[str]:
-    """Take live stages whose files fail their hash check out of service and erase them;
-    return their keys. Their descendants stop serving too (routes need a live chain)."""
-    damaged = []
-    for record in ledger.stages("live"):
-        try:
-            store.verify(record.shard, record.key, record.files)
-        except IntegrityError:
-            damaged.append(record)
+    """Take every live stage that audit cannot vouch for (:func:`stage_problems`: damaged or
+    missing files, a row or card that was altered, a stage a deletion erased) out of service
+    and erase it; return their keys. Their descendants stop serving too (routes need a live
+    chain)."""
+    deleted_by_cell = _deleted_by_cell(ledger.deleted_samples())
+    erased_by_certificate = _erased_by_certificate(ledger.certificates())
+    current, marks = ledger.slice_versions(), ledger.erased_marks()
+    damaged = [record for record in ledger.stages("live")
+               if stage_problems(record, store, current, deleted_by_cell, erased_by_certificate,
+                                 marks)]
     if damaged:
-        with ledger.transaction():
+        with ledger.transaction():  # a concurrent forget may have erased some meanwhile
+            damaged = [r for r in damaged if ledger.is_live(r.key)]
             ledger.erase_stages([r.key for r in damaged], reason="integrity")
             ledger.refresh_routes(n_shards, servable)
         store.erase_all([(r.shard, r.key) for r in damaged])

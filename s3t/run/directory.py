@@ -21,6 +21,13 @@ from s3t.config import S3TConfig
 from s3t.plan.methods import Method
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.run.audit import AuditReport, audit, quarantine_damaged
+from s3t.run.certificates import (
+    CERTIFICATES_DIR,
+    chain_summary,
+    export,
+    restore_certificates,
+    rewrite_stale_files,
+)
 from s3t.run.files import (
     FeatureFiles,
     IntegrityError,
@@ -29,7 +36,7 @@ from s3t.run.files import (
     refuse_links,
     sha256_file,
 )
-from s3t.run.forget import ForgetPlan, forget, restore_certificates, sweep
+from s3t.run.forget import ForgetPlan, forget, sweep
 from s3t.run.ledger import Ledger, StageRecord, stage_key
 
 RUN_FILE = "s3t.json"
@@ -116,6 +123,10 @@ class Run:
         return FeatureFiles(self.path)
 
     @property
+    def certificates_dir(self) -> Path:
+        return self.path / CERTIFICATES_DIR
+
+    @property
     def method(self) -> Method:
         return Method(self.config.method, self.config.slices)
 
@@ -140,7 +151,7 @@ class Run:
         path.mkdir(parents=True, exist_ok=True)
         info = {"format": FORMAT, "config": config.to_dict(), **info}
         ledger = Ledger(path / Ledger.FILE)
-        ledger.set_meta("format", FORMAT)
+        ledger.initialise(FORMAT)
         (path / RUN_FILE).write_text(json.dumps(info, indent=2))
         return cls(path, info, config, ledger, StageStore(path / "stages"))
 
@@ -163,11 +174,12 @@ class Run:
             raise NotARunError(f"{path} is not an s3t run directory (no {RUN_FILE} and "
                                f"{Ledger.FILE}); create one with `s3t train --out {path}`")
         info, config = read_card(run_file)
-        refuse_links([path / name for name in (Ledger.FILE, "certificates")
+        refuse_links([path / name for name in (Ledger.FILE, CERTIFICATES_DIR)
                       if (path / name).is_symlink()])
         try:
             ledger = Ledger.open_existing(path / Ledger.FILE)
             versions = ledger.slice_versions()
+            upgraded = ledger.is_legacy()
         except (sqlite3.DatabaseError, ValueError) as err:
             raise NotARunError(f"{path / Ledger.FILE} is damaged or not an s3t ledger ({err}); "
                                "restore it from a backup (S3T.save makes consistent copies)"
@@ -177,12 +189,17 @@ class Run:
             run._check_card(versions)
             run.store.check_safe()
             run.features.check_safe()
+            # A run from before the certificate chain and the group-key secret is upgraded
+            # in one transaction (whether or not we repair: it is a format change, not a fix).
+            if upgraded:
+                ledger.upgrade_legacy()
+            rewrite_stale_files(ledger, run.certificates_dir)
         except BaseException:
             ledger.close()
             raise
         if repair:
             sweep(run.ledger, run.store, run.features, writer_active=run.writer_running())
-            restore_certificates(run.ledger, path / "certificates")
+            restore_certificates(run.ledger, run.certificates_dir)
             if run.ledger.pending_scrubs():
                 run.ledger.scrub()
         if verify:
@@ -263,11 +280,21 @@ class Run:
         if isinstance(groups, str):
             groups = [groups]
         return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
-                      self.path / "certificates", servable=self.method.servable,
+                      self.certificates_dir, servable=self.method.servable,
                       features=self.features)
 
     def audit(self) -> AuditReport:
-        return audit(self.ledger, self.store, self.features)
+        return audit(self.ledger, self.store, self.features, self.certificates_dir)
+
+    def certificates(self) -> dict:
+        """The deletion log: every certificate's position, id, counts and sha256; the chain
+        head and whether the chain is intact (``s3t certificates``)."""
+        return chain_summary(self.ledger)
+
+    def export_certificates(self, directory: str | Path) -> dict:
+        """Write every certificate and the chain (``chain.json``) into a new or empty
+        directory, for an auditor; nothing secret is written."""
+        return export(self.ledger, Path(directory))
 
     def status(self) -> dict:
         records = {r.key: r for r in self.ledger.stages(None)}

@@ -23,6 +23,8 @@ from s3t.run.faults import fault_point
 ADAPTER_FILE = "adapter.safetensors"
 HEAD_FILE = "head.safetensors"
 META_FILE = "meta.json"
+#: The files of every stage: its weights (``s3t.models.stage_weights``) and its card.
+STAGE_FILES = (ADAPTER_FILE, HEAD_FILE, META_FILE)
 
 
 class IntegrityError(RuntimeError):
@@ -47,6 +49,7 @@ def fsync_dir(path: Path) -> None:
 
 
 _STAGE_KEY = re.compile(r"\d+-\d+v\d+(?:_\d+v\d+)*")
+_SHARD = re.compile(r"0|[1-9]\d*")
 _LEFTOVER = re.compile(r"(\d+-\d+v\d+(?:_\d+v\d+)*)\.(?:tmp|erasing-[0-9a-f-]+)")
 
 
@@ -113,6 +116,11 @@ class StageStore:
 
     def read(self, shard: int, key: str, files: dict[str, str]) -> dict[str, bytes]:
         """Every file of a stage, each checked against the hash the ledger recorded."""
+        if set(files) != set(STAGE_FILES):
+            raise IntegrityError(
+                f"stage {key}: the ledger records the files {sorted(files) or 'none'}, but a "
+                f"stage has exactly {', '.join(STAGE_FILES)}: its ledger record was altered; "
+                "refusing to use it (`s3t retrain RUN` quarantines and rebuilds it)")
         where = self.path(shard, key)
         out = {}
         for name, expected in files.items():
@@ -171,21 +179,60 @@ class StageStore:
         return [entry for _, entry in self._entries()
                 if _LEFTOVER.fullmatch(entry.name) and entry.is_dir()]
 
-    def unknown(self) -> list[Path]:
-        """Entries s3t did not make (reported by audit, never deleted)."""
-        found = [e for e in self.root.iterdir() if not (e.name.isdigit() and e.is_dir())] \
-            if self.root.is_dir() else []
-        return found + [entry for _, entry in self._entries()
-                        if not (_STAGE_KEY.fullmatch(entry.name) or _LEFTOVER.fullmatch(entry.name))
-                        or not entry.is_dir()]
+    def strays(self, live: dict[tuple[int, str], list[str]]) -> list[Path]:
+        """Everything under the store that is none of: a shard folder ``<root>/<n>`` (``n``
+        written without leading zeros), a stage directory in it (reported by :meth:`on_disk`
+        when not live), a half-made one (:meth:`leftovers`), or a file that the ledger records
+        for the live stage whose directory holds it. ``live`` maps (shard, key) to those file
+        names. Only the topmost path of each stray subtree is listed; links are never followed.
+        """
+        if not self.root.is_dir() or self.root.is_symlink():
+            return []
+        found = [entry for entry in sorted(self.root.iterdir()) if not _is_shard_dir(entry)]
+        for shard, entry in self._entries():
+            named = _STAGE_KEY.fullmatch(entry.name) or _LEFTOVER.fullmatch(entry.name)
+            if not named or entry.is_symlink() or not entry.is_dir():
+                found.append(entry)
+            elif (shard, entry.name) in live:
+                recorded = set(live[(shard, entry.name)])
+                found += [f for f in _listing(entry)
+                          if f.name not in recorded or f.is_symlink() or not f.is_file()]
+        return found
 
     def _entries(self) -> list[tuple[int, Path]]:
         found = []
         if self.root.is_dir():
             for shard_dir in sorted(self.root.iterdir()):
-                if shard_dir.is_dir() and not shard_dir.is_symlink() and shard_dir.name.isdigit():
+                if _is_shard_dir(shard_dir):
                     found += [(int(shard_dir.name), d) for d in sorted(shard_dir.iterdir())]
         return found
+
+
+def _is_shard_dir(path: Path) -> bool:
+    """``<root>/<n>`` exactly as s3t names it (``0``, ``12``; never ``00`` or ``+1``)."""
+    return (_SHARD.fullmatch(path.name) is not None and path.is_dir()
+            and not path.is_symlink())
+
+
+def _listing(path: Path) -> list[Path]:
+    """A folder's entries, sorted; none if another process removed it meanwhile."""
+    try:
+        return sorted(path.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def tree_summary(path: Path) -> tuple[int, list[str]]:
+    """How many files a stray path holds (itself, if a file) and the names of the stage-key
+    directories inside it, without following links: to say what a stray entry is."""
+    if path.is_symlink() or not path.is_dir():
+        return 1, []
+    files, keys = 0, []
+    for folder, dirs, names in os.walk(path):
+        files += len(names)
+        keys += [d for d in dirs if _STAGE_KEY.fullmatch(d)]
+        files += sum(1 for d in dirs if (Path(folder) / d).is_symlink())
+    return files, sorted(set(keys))
 
 
 def _rename_aside_and_remove(path: Path, key: str) -> bool:
@@ -211,6 +258,8 @@ def _remove_tree(path: Path) -> None:
 
 FEATURE_CACHE_DIR = "feature-cache"
 _CELL_BLOCK = re.compile(r"cell-(\d+)-(\d+)-v(\d+)")
+_BLOCK = re.compile(r"(?:cell-(?P<shard>\d+)-(?P<slice>\d+)|[a-z]+)-v(?P<version>\d+)(?:\.tmp)?")
+_BLOCK_ARRAY = re.compile(r"(?:g\d+|targets)\.bin")
 LOCK_FILE = ".lock"
 
 
@@ -273,6 +322,33 @@ class FeatureFiles:
             if owner.is_dir():
                 fsync_dir(owner)
         return removed
+
+    def strays(self, versions: dict[tuple[int, int], int]) -> list[Path]:
+        """Everything under the cache folder that is no part of a block at a version the
+        ledger has seen: files beside the owner folders, anything in an owner folder but its
+        ``.lock`` and blocks (finished or ``.tmp``), anything in a block but its ``*.bin``
+        arrays, and blocks of cells the run does not have or at versions it never reached.
+        Stale blocks (:meth:`stale`) and orphaned folders (:meth:`orphans`) are reported on
+        their own. Links are never followed."""
+        if not self.root.is_dir() or self.root.is_symlink():
+            return []
+        found = []
+        for owner in _listing(self.root):
+            if owner.is_symlink() or not owner.is_dir():
+                found.append(owner)
+                continue
+            for entry in _listing(owner):
+                match = _BLOCK.fullmatch(entry.name)
+                if entry.name == LOCK_FILE and entry.is_file() and not entry.is_symlink():
+                    continue
+                unknown_cell = match is not None and match["shard"] is not None and int(
+                    match["version"]) > versions.get((int(match["shard"]), int(match["slice"])), -1)
+                if match is None or unknown_cell or entry.is_symlink() or not entry.is_dir():
+                    found.append(entry)
+                else:
+                    found += [f for f in _listing(entry) if f.is_symlink()
+                              or not f.is_file() or not _BLOCK_ARRAY.fullmatch(f.name)]
+        return found
 
     def orphans(self) -> list[Path]:
         """Owner folders whose process is gone (its lock is free, or it never took one)."""

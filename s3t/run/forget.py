@@ -13,8 +13,6 @@ as erased, or what a writer that is gone left half-made.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -22,9 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from s3t.run.certificates import write_json_atomic
 from s3t.run.faults import fault_point
 from s3t.run.files import FeatureFiles, StageStore
-from s3t.run.ledger import Ledger, StageRecord, group_hash
+from s3t.run.ledger import Ledger, StageRecord
 
 
 class ForgetRequestError(ValueError):
@@ -134,7 +133,7 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
             "time": now(),
             "samples": sorted(plan.new),
             "already_deleted": plan.already_deleted,
-            "groups_sha256": sorted(group_hash(g) for g in plan.groups),
+            "groups_hmac": sorted(ledger.group_hash(g) for g in plan.groups),
             "cells": [{"shard": sh, "slice": sl, "new_version": new_version[(sh, sl)]}
                       for sh, sl in cells],
             "erased_stages": sorted(erased_keys),
@@ -142,7 +141,7 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
             "routes_after": {str(k): v for k, v in routes_after.items()},
             "live_shards": sum(v is not None for v in routes_after.values()),
         }
-        ledger.record_deletion(request_id, certificate["time"], certificate)
+        ledger.record_deletion(request_id, certificate["time"], certificate)  # links it
         fault_point("forget:before-commit")
     # Committed: from here on the deletion holds even if the process dies; a later forget
     # or open finishes any erasure left undone. Nothing below may turn it into an error.
@@ -205,19 +204,6 @@ def erase_invalidated(ledger: Ledger, store: StageStore) -> bool:
     return all(not store.path(r.shard, r.key).exists() for r in ledger.stages("erased"))
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write, fsync, rename; the temporary name is the writer's own (``.tmp-<pid>-<random>``)
-    so that two writers never share one and a crashed writer's file can be told apart."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    fault_point("forget:mid-certificate")
-    os.replace(tmp, path)
-
-
 def sweep(ledger: Ledger, store: StageStore, features: FeatureFiles | None = None,
           writer_active: bool = False) -> list[str]:
     """Finish what crashes left: erase the stage directories of erased stages and stale
@@ -239,34 +225,3 @@ def sweep(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
         stale = features.erase_stale(ledger.slice_versions()) + features.erase_orphans()
         removed += [str(path) for path in stale]
     return removed
-
-
-def restore_certificates(ledger: Ledger, certificates_dir: Path) -> list[str]:
-    """Write the certificate file of every deletion the ledger holds but the directory lacks
-    (a crash between the commit and the file), and remove temporary files of writers that
-    are gone. Returns the restored request ids."""
-    if certificates_dir.is_dir():
-        for tmp in certificates_dir.glob("*.tmp*"):
-            pid = tmp.name.rsplit(".tmp-", 1)[-1].split("-")[0]
-            if not pid.isdigit() or not _alive(int(pid)):
-                tmp.unlink(missing_ok=True)
-    present = {p.stem for p in certificates_dir.glob("*.json")} if certificates_dir.is_dir() \
-        else set()
-    restored = []
-    for request_id in ledger.deletion_ids():
-        if request_id not in present:
-            certificate = ledger.certificate(request_id)
-            if certificate is not None:
-                write_json_atomic(certificates_dir / f"{request_id}.json", certificate)
-                restored.append(request_id)
-    return restored
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

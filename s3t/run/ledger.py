@@ -4,7 +4,8 @@ stages exist (with file hashes and the slice versions they were trained on) and 
 Every write of stage or sample state is a named operation here (``bump_versions``,
 ``scrub_samples``, ``erase_stages``, ``commit_stage``, ``record_deletion``, ``refresh_routes``):
 no SQL about the invariant lives anywhere else. Routing is a pure function of the live stage
-records (``s3t.run.routes``).
+records (``s3t.run.stages``). Long on purpose: every statement that changes the run's records
+is here, so one file shows every way they can change.
 
 SQLite in WAL mode with ``synchronous=FULL`` and ``secure_delete``: a committed deletion
 survives a crash, and a deleted sample's text is overwritten rather than left in free pages.
@@ -13,17 +14,24 @@ After each deletion the WAL is checkpointed and truncated so no old page image s
 A stage's lineage is derived, not stored: it is every sample of its prefix's cells that was
 present at the slice versions it recorded. A sample deleted at version ``v`` of its slice
 belongs to the lineage of exactly the stages that recorded a version below ``v``.
+
+Deletions form a hash chain (``s3t.run.chain``): ``record_deletion`` links each certificate
+after the head kept in meta ``certificate_chain``, in the deletion's own transaction. Group
+keys are stored as an HMAC with a per-run secret (table ``secrets``), never in clear.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from s3t.run.chain import ChainHead, DeletionLogError, certificate_sha256, is_linked, link
 from s3t.run.stages import StageRecord, compute_routes, stage_key
 
 SCHEMA = """
@@ -32,7 +40,7 @@ CREATE TABLE IF NOT EXISTS samples (
     sample_id TEXT PRIMARY KEY,
     shard INTEGER NOT NULL,
     slice INTEGER NOT NULL,
-    grp TEXT,                   -- sha256 of the group key: keys are never stored in clear
+    grp TEXT,                   -- keyed hash of the group key (keyed_group_hash)
     label INTEGER,              -- NULL once deleted
     input TEXT,                 -- NULL once deleted
     deleted_version INTEGER,    -- the slice version its deletion created
@@ -64,13 +72,31 @@ CREATE TABLE IF NOT EXISTS eval_samples (  -- validation data: never deletable
 CREATE TABLE IF NOT EXISTS deletions (
     request_id TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
-    certificate TEXT NOT NULL
+    certificate TEXT NOT NULL   -- JSON, linked into the chain (meta certificate_chain: head)
+);
+CREATE TABLE IF NOT EXISTS secrets (  -- never copied into certificates, exports or status
+    name TEXT PRIMARY KEY, value TEXT NOT NULL
 );
 """
 
+#: How ``samples.grp`` and certificates' ``groups_hmac`` are computed (meta ``group_hash``).
+GROUP_HASH = "hmac-sha256(run secret, sha256(group key))"
+GROUP_SECRET = "group_key"
+CHAIN_META = "certificate_chain"
 
-def group_hash(group: str) -> str:
-    return hashlib.sha256(group.encode()).hexdigest()
+
+def keyed_group_hash(secret: str, group: str) -> str:
+    """Keyed hash of a group key: HMAC-SHA256 with the run's secret over the key's sha256.
+
+    Without the secret a short key (``user3``) cannot be recovered by hashing guesses. The
+    inner sha256 lets runs from before the secret be upgraded in place: their ledgers stored
+    exactly that sha256, which the upgrade re-keys without knowing the keys."""
+    inner = hashlib.sha256(group.encode()).hexdigest()
+    return _keyed(secret, inner)
+
+
+def _keyed(secret: str, inner: str) -> str:
+    return hmac.new(bytes.fromhex(secret), inner.encode(), hashlib.sha256).hexdigest()
 
 
 class Ledger:
@@ -86,6 +112,7 @@ class Ledger:
         self.conn.execute("PRAGMA secure_delete=ON")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(SCHEMA)
+        self._secret_value: str | None = None
 
     @classmethod
     def open_existing(cls, path: str | Path) -> Ledger:
@@ -96,6 +123,54 @@ class Ledger:
         if ledger.get_meta("format") is None:
             raise ValueError(f"{path} is not an s3t ledger")
         return ledger
+
+    def initialise(self, format_: int) -> None:
+        """Make a new ledger a run's: its format, a fresh group-key secret and an empty
+        certificate chain, in one transaction."""
+        with self.transaction():
+            self.set_meta("format", format_)
+            self.conn.execute("INSERT INTO secrets VALUES (?, ?)",
+                              (GROUP_SECRET, os.urandom(32).hex()))
+            self.set_meta("group_hash", GROUP_HASH)
+            self.set_meta(CHAIN_META, ChainHead(0, None).to_meta())
+
+    def is_legacy(self) -> bool:
+        """A ledger from before the certificate chain and the group-key secret (nothing of
+        either present: a ledger holding part of them was damaged, and is not upgraded)."""
+        return (self.get_meta(CHAIN_META) is None and self.get_meta("group_hash") is None
+                and self._secret() is None
+                and not any(is_linked(c) for c in self.certificates()))
+
+    def upgrade_legacy(self) -> bool:
+        """Upgrade a ledger from before the chain and the secret, all in one transaction:
+        link its certificates in their order (time, then request id) and record the head;
+        create the secret and re-key every sample's group hash (the old sha256 becomes
+        HMAC(secret, sha256)). Certificates issued before keep their plain ``groups_sha256``
+        (they were handed out as they are). Returns whether anything was upgraded."""
+        if not self.is_legacy():
+            return False
+        with self.transaction():
+            if not self.is_legacy():  # another process upgraded it meanwhile
+                return False
+            secret = os.urandom(32).hex()
+            self.conn.execute("INSERT INTO secrets VALUES (?, ?)", (GROUP_SECRET, secret))
+            old = [r[0] for r in self.conn.execute(
+                "SELECT DISTINCT grp FROM samples WHERE grp IS NOT NULL")]
+            self.conn.executemany("UPDATE samples SET grp = ? WHERE grp = ?",
+                                  [(_keyed(secret, g), g) for g in old])
+            self.set_meta("group_hash", GROUP_HASH)
+            head = ChainHead(0, None)
+            certificates = self.certificates()
+            for certificate in certificates:
+                head = link(certificate, head)
+                self.conn.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
+                                  (json.dumps(certificate), certificate["request_id"]))
+            self.set_meta(CHAIN_META, head.to_meta())
+            self.set_meta("legacy_certificates", len(certificates))
+            if certificates:
+                self.set_meta("certificate_files_stale", True)
+        self._secret_value = None
+        return True
 
     def close(self) -> None:
         self.conn.close()
@@ -181,7 +256,7 @@ class Ledger:
             c.executemany(
                 "INSERT INTO samples (sample_id, shard, slice, grp, label, input) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                ((sid, sh, sl, None if g is None else group_hash(g), y, x)
+                ((sid, sh, sl, None if g is None else self.group_hash(g), y, x)
                  for sid, sh, sl, g, y, x in rows))
             c.executemany("INSERT INTO slices VALUES (?, ?, 0)",
                           [(m, s) for m in range(n_shards) for s in range(n_slices)])
@@ -202,8 +277,27 @@ class Ledger:
         for g in groups:
             members[g] = [r[0] for r in self.conn.execute(
                 "SELECT sample_id FROM samples WHERE grp = ? ORDER BY sample_id",
-                (group_hash(g),))]
+                (self.group_hash(g),))]
         return members
+
+    def _secret(self) -> str | None:
+        if self._secret_value is None:
+            row = self.conn.execute("SELECT value FROM secrets WHERE name = ?",
+                                    (GROUP_SECRET,)).fetchone()
+            self._secret_value = None if row is None else str(row[0])
+        return self._secret_value
+
+    def has_group_secret(self) -> bool:
+        return self._secret() is not None
+
+    def group_hash(self, group: str) -> str:
+        """The keyed hash this run stores for a group key (:func:`keyed_group_hash`)."""
+        secret = self._secret()
+        if secret is None:
+            raise DeletionLogError(
+                f"{self.path} has no group-key secret, so group keys cannot be matched to "
+                "samples: the ledger was altered; restore ledger.sqlite from a backup")
+        return keyed_group_hash(secret, group)
 
     def counts(self) -> tuple[int, int]:
         total, deleted = self.conn.execute(
@@ -292,11 +386,28 @@ class Ledger:
              json.dumps(record.files), record.n_samples, record.val_score, created_at))
         return True
 
+    def chain_head(self) -> ChainHead | None:
+        return ChainHead.from_meta(self.get_meta(CHAIN_META))
+
     def record_deletion(self, request_id: str, created_at: str, certificate: dict) -> None:
+        """Append a deletion's certificate to the log: link it after the chain head (this sets
+        its ``sequence`` and ``previous_sha256``) and move the head to it."""
+        head = self.chain_head()
+        if head is None:
+            raise DeletionLogError(
+                f"{self.path} has no certificate chain head: the ledger was altered and a new "
+                "certificate cannot be linked; restore ledger.sqlite from a backup")
+        new_head = link(certificate, head)
         self.conn.execute("INSERT INTO deletions VALUES (?, ?, ?)",
                           (request_id, created_at, json.dumps(certificate)))
+        self.set_meta(CHAIN_META, new_head.to_meta())
 
     def update_certificate(self, request_id: str, certificate: dict) -> None:
+        """Add a certificate's outcome fields (only those: its chained part is fixed)."""
+        committed = self.certificate(request_id)
+        if committed is None or certificate_sha256(committed) != certificate_sha256(certificate):
+            raise ValueError(f"certificate {request_id}: only its outcome fields may change "
+                             "after its deletion committed")
         self.conn.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
                           (json.dumps(certificate), request_id))
 
@@ -320,6 +431,11 @@ class Ledger:
                 for k, sh, p, v, par, st, f, n, vs in self.conn.execute(query + " ORDER BY key",
                                                                          args)]
 
+    def erased_marks(self) -> dict[str, str]:
+        """Stage key -> ``erased_by`` (the request or reason that erased it), where set."""
+        return dict(self.conn.execute(
+            "SELECT key, erased_by FROM stages WHERE erased_by IS NOT NULL").fetchall())
+
     def is_live(self, key: str) -> bool:
         row = self.conn.execute("SELECT status FROM stages WHERE key = ?", (key,)).fetchone()
         return row is not None and row[0] == "live"
@@ -339,8 +455,15 @@ class Ledger:
         return None if row is None else json.loads(row[0])
 
     def certificates(self) -> list[dict]:
+        """Every certificate, oldest first (by time, then request id)."""
         return [json.loads(r[0]) for r in self.conn.execute(
             "SELECT certificate FROM deletions ORDER BY created_at, request_id")]
 
+    def deletion_requests(self) -> dict[str, int]:
+        """Request id -> how many samples the ledger says it deleted."""
+        return dict(self.conn.execute(
+            "SELECT deleted_request, COUNT(*) FROM samples WHERE deleted_request IS NOT NULL "
+            "GROUP BY deleted_request").fetchall())
 
-__all__ = ["Ledger", "StageRecord", "group_hash", "stage_key"]
+
+__all__ = ["GROUP_HASH", "Ledger", "StageRecord", "keyed_group_hash", "stage_key"]

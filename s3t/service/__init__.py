@@ -13,6 +13,7 @@ model, and why an acknowledged deletion is never served again, is in ``guard.py`
 | ``limits.py`` | the request body limit (413) |
 | ``idempotency.py`` | client keys of deletions (``<run>/service/idempotency.sqlite``) |
 | ``metrics.py`` | Prometheus metrics in a registry per app |
+| ``page/`` | the operator's page at ``/`` (static HTML + script that read the JSON API) |
 | ``schemas.py``, ``errors.py``, ``state.py`` | bodies; error shape and status codes; what an app holds |
 
 Importing this package loads no model: the run is loaded when the app starts.

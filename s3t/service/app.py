@@ -28,6 +28,7 @@ from s3t.service.endpoints import router, secured
 from s3t.service.errors import ApiError, IdempotencyConflict, api_error, error_response
 from s3t.service.limits import BodyLimitMiddleware
 from s3t.service.metrics import MetricsMiddleware
+from s3t.service.page import router as page
 from s3t.service.state import Service, Settings
 
 log = logging.getLogger("s3t.service")
@@ -35,18 +36,25 @@ log = logging.getLogger("s3t.service")
 
 def create_app(run_dir: str | Path, *, token: str | None = None, open_predict: bool = False,
                max_batch: int = 32, max_wait_ms: float = 5, max_inputs: int = 256,
-               max_body_bytes: int = 1_000_000) -> FastAPI:
+               max_body_bytes: int = 1_000_000, retrain: str = "manual",
+               retrain_delay_s: float = 0.0, eval_size: int = 256,
+               eval_interval_s: float = 5.0) -> FastAPI:
     """The service of one run directory.
 
     ``token``: the bearer token that deletions, the deletion listing and audit always need,
     and predict and generate unless ``open_predict``; None leaves every endpoint open (the
     command line allows that only on a loopback host). ``max_batch`` inputs or
     ``max_wait_ms`` bound a dynamic batch of predictions; ``max_inputs`` (per predict
-    request) and ``max_body_bytes`` bound a request (413 beyond).
+    request) and ``max_body_bytes`` bound a request (413 beyond). ``retrain``: the background
+    retrain policy, ``manual``, ``eager`` or ``capacity:<threshold>``, after no deletion for
+    ``retrain_delay_s`` (``retrainer.py``). ``eval_size`` validation samples are measured at
+    most every ``eval_interval_s`` after a change, for ``GET /v1/history``.
     """
     service = Service(Settings(Path(run_dir), token=token, open_predict=open_predict,
                                max_batch=max_batch, max_wait_ms=max_wait_ms,
-                               max_inputs=max_inputs, max_body_bytes=max_body_bytes))
+                               max_inputs=max_inputs, max_body_bytes=max_body_bytes,
+                               retrain=retrain, retrain_delay_s=retrain_delay_s,
+                               eval_size=eval_size, eval_interval_s=eval_interval_s))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,6 +75,7 @@ def create_app(run_dir: str | Path, *, token: str | None = None, open_predict: b
     app.state.service = service
     app.include_router(router)
     app.include_router(secured)
+    app.include_router(page)  # the operator's page at /
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(BearerAuthMiddleware, token=token, protected=protected_paths(open_predict))

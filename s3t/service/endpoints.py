@@ -95,7 +95,7 @@ async def delete(body: DeletionRequest, service: ServiceDep, response: Response)
     outcome = await service.run(service.model.forget, body.sample_ids, body.groups,
                                 body.request_id)
     if outcome.committed:
-        service.metrics.deletions.inc()
+        await service.run(service.deleted)
         await service.refresh_gauges()
     response.headers["S3T-Replayed"] = "true" if outcome.replayed else "false"
     return outcome.certificate
@@ -121,8 +121,11 @@ async def deletions(service: ServiceDep, offset: Annotated[int, Query(ge=0)] = 0
 @router.get("/v1/status", tags=["operations"])
 async def status(service: ServiceDep) -> dict:
     """Live shards, routes, deletions and capacity of the run (as ``s3t status``);
-    ``training`` is ``running`` while another process (``s3t retrain``) trains stages."""
-    return await service.run(service.model.status)
+    ``training`` is ``running`` while a retrain (this server's or ``s3t retrain``'s) trains
+    stages; ``retrain`` gives the policy and the current or last job."""
+    status = await service.run(service.model.status)
+    return {**status, "retrain": service.retrainer.describe(),
+            "val_accuracy": service.history.val_accuracy}
 
 
 @secured.get("/v1/audit", tags=["deletions"])
@@ -131,9 +134,33 @@ async def audit(service: ServiceDep) -> dict:
     return await service.run(service.model.audit)
 
 
-@secured.post("/v1/retrain", tags=["operations"], status_code=501)
-async def retrain() -> dict:
-    """Not served yet: retrain with the command line."""
-    raise ApiError(501, "retraining is not served over HTTP yet: run `s3t retrain RUN`; it may "
-                        "run while this server serves, which picks up the retrained routes at "
-                        "its next model call")
+@secured.post("/v1/retrain", tags=["operations"], status_code=202)
+async def retrain(service: ServiceDep) -> dict:
+    """Start a retrain job in the background (or return the one queued or running): it
+    rebuilds the stages deletions invalidated, each serving from its commit on."""
+    job = service.retrainer.request()
+    return {"job": job.to_dict()}
+
+
+@router.get("/v1/jobs", tags=["operations"])
+async def jobs(service: ServiceDep) -> dict:
+    """Recent retrain jobs of this server, newest first."""
+    return {"jobs": [job.to_dict() for job in reversed(service.retrainer.jobs)]}
+
+
+@router.get("/v1/jobs/{job_id}", tags=["operations"])
+async def job(job_id: str, service: ServiceDep) -> dict:
+    """A retrain job: state, stages done of planned, the stage training now, the last route
+    switch."""
+    found = service.retrainer.job(job_id)
+    if found is None:
+        raise ApiError(404, f"no retrain job {job_id!r} on this server (jobs are kept in memory, "
+                            "the last 50): see GET /v1/jobs")
+    return found.to_dict()
+
+
+@router.get("/v1/history", tags=["operations"])
+async def history(service: ServiceDep) -> dict:
+    """Capacity, live shards, deletions and validation accuracy of what is served, one point
+    per event since the server started (oldest first)."""
+    return {"points": service.history.snapshot()}

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from s3t.run import IntegrityError, Run
 from s3t.service.errors import BusyError, IdempotencyConflict
 from s3t.service.idempotency import IdempotencyStore, fingerprint
@@ -95,6 +97,21 @@ class GuardedModel:
                 return result, self._reported(result.routes)
         raise BusyError("stage files kept disappearing during the call (deletions): retry")
 
+    def val_accuracy(self, limit: int) -> float | None:
+        """Accuracy of what is served on (the first ``limit`` of) the validation split, which
+        is never deletable; None for causal LMs, runs without one, or no live route."""
+        if self.model.task == "causal_lm":
+            return None
+        with self.records_lock:
+            rows = self.records.ledger.eval_samples()[:limit]
+        if not rows:
+            return None
+        with self.lock:
+            prediction = self.model.predict([row[2] for row in rows])
+        if prediction.live_shards == 0:
+            return None
+        return float(np.mean(prediction.label_ids == np.asarray([row[1] for row in rows])))
+
     def _reported(self, used: dict[int, str]) -> Routes:
         self.last_routes = {str(shard): stage for shard, stage in used.items()}
         return dict(self.last_routes)
@@ -141,12 +158,18 @@ class GuardedModel:
 
     # --- the run's state ----------------------------------------------------------------------
     def status(self) -> dict:
-        """The run's status, and ``training``: ``idle`` (this server never trains) or
-        ``running`` while another process holds the run's retrain lock."""
+        """The run's status, ``stages_total`` (stages of the full plan) and ``training``:
+        ``running`` while a process (this server's retrainer, or ``s3t retrain``) holds the
+        run's retrain lock, else ``idle``."""
         with self.records_lock:
             status = self.records.status()
             running = self.records.writer_running()
-        return {**status, "training": "running" if running else "idle"}
+        return {**status, "stages_total": self.stages_total,
+                "training": "running" if running else "idle"}
+
+    @property
+    def stages_total(self) -> int:
+        return self.records.tree.count() * self.records.config.shards
 
     def audit(self) -> dict:
         with self.records_lock:

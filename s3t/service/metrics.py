@@ -8,18 +8,25 @@
   requests answered with an earlier certificate are not counted);
 - ``s3t_predict_batch_inputs``: inputs per model call of the dynamic batcher;
 - gauges ``s3t_live_shards``, ``s3t_capacity`` (mean served depth / slices) and
-  ``s3t_live_stages``, refreshed at start, after each deletion and at each scrape.
+  ``s3t_live_stages``, refreshed at start, after each deletion and at each scrape;
+- the background retrainer: ``s3t_retrain_running``, ``s3t_retrain_stages_done`` and
+  ``s3t_retrain_stages_total`` (of the running job), ``s3t_retrain_jobs_total{state}`` (jobs
+  that ended), ``s3t_route_switches_total`` and ``s3t_last_route_switch_timestamp_seconds``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from s3t.service.retrainer import Job
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -43,12 +50,40 @@ class ServiceMetrics:
         self.capacity = Gauge("s3t_capacity", "Mean served route depth over slices (1 = full)",
                               registry=registry)
         self.live_stages = Gauge("s3t_live_stages", "Stages live in the ledger", registry=registry)
+        self.retrain_running = Gauge("s3t_retrain_running", "1 while a retrain job of this "
+                                     "server trains", registry=registry)
+        self.retrain_done = Gauge("s3t_retrain_stages_done", "Stages the running retrain job "
+                                  "committed", registry=registry)
+        self.retrain_total = Gauge("s3t_retrain_stages_total", "Stages the running retrain job "
+                                   "planned", registry=registry)
+        self.retrain_jobs = Counter("s3t_retrain_jobs", "Retrain jobs that ended, by state",
+                                    ["state"], registry=registry)
+        self.route_switches = Counter("s3t_route_switches", "Route switches by retrained "
+                                      "stages", registry=registry)
+        self.last_switch = Gauge("s3t_last_route_switch_timestamp_seconds", "When a retrained "
+                                 "stage last switched a route (unix time)", registry=registry)
 
     def observe_status(self, status: dict) -> None:
         """Set the gauges from a run status (``Run.status()``)."""
         self.live_shards.set(status["live_shards"])
         self.capacity.set(status["capacity"])
         self.live_stages.set(status["live_stages"])
+
+    def observe_retrainer(self, job: Job | None) -> None:
+        running = job is not None and job.state == "running"
+        self.retrain_running.set(1 if running else 0)
+        self.retrain_done.set(job.stages_done if running and job else 0)
+        self.retrain_total.set((job.stages_total or 0) if running and job else 0)
+
+    def observe_job(self, event: str, job: Job) -> None:
+        """A retrainer event (``retrain-start``, ``route-switch``, ``retrain-end``)."""
+        if event == "route-switch":
+            self.route_switches.inc()
+            if job.last_route_switch is not None:
+                self.last_switch.set(job.last_route_switch)
+        elif event == "retrain-end":
+            self.retrain_jobs.labels(job.state).inc()
+        self.observe_retrainer(job if job.active else None)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,5 +1,6 @@
-"""What one service instance holds: its settings, the loaded run behind its lock, the
-dynamic batcher of predictions and its metrics; started and stopped by the app's lifespan."""
+"""What one service instance holds: its settings, the loaded run behind its locks, the
+dynamic batcher of predictions, the background retrainer, the history the operator's page
+plots, and its metrics; started and stopped by the app's lifespan."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from s3t.service.batching import Batcher
 from s3t.service.errors import BusyError
 from s3t.service.guard import GuardedModel, Routes
+from s3t.service.history import History
 from s3t.service.idempotency import IdempotencyStore
 from s3t.service.metrics import ServiceMetrics
+from s3t.service.retrainer import Job, Retrainer, RetrainPolicy
 
 if TYPE_CHECKING:  # the engine imports torch: loaded when the app starts, not on import
     from s3t.engine import Prediction
@@ -33,6 +36,10 @@ class Settings:
     max_inputs: int = 256        # inputs per predict request (else 413)
     max_body_bytes: int = 1_000_000
     max_queue: int = 1024        # predict requests waiting (else 503)
+    retrain: str = "manual"      # manual | eager | capacity:<threshold>
+    retrain_delay_s: float = 0.0
+    eval_size: int = 256         # validation samples measured for the history
+    eval_interval_s: float = 5.0
 
     def check(self) -> Settings:
         if self.token is not None and not self.token.strip():
@@ -42,6 +49,9 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        RetrainPolicy.parse(self.retrain)
+        if not self.retrain_delay_s >= 0:
+            raise ValueError(f"retrain_delay_s must be >= 0, got {self.retrain_delay_s}")
         return self
 
 
@@ -58,6 +68,8 @@ class Service:
         self.metrics = ServiceMetrics()
         self._model: GuardedModel | None = None
         self._batcher: Batcher[tuple[Prediction, Routes], dict] | None = None
+        self._retrainer: Retrainer | None = None
+        self._history: History | None = None
 
     @property
     def model(self) -> GuardedModel:
@@ -70,6 +82,18 @@ class Service:
         if self._batcher is None:
             raise BusyError("the server is not accepting predictions (starting or stopping)")
         return self._batcher
+
+    @property
+    def retrainer(self) -> Retrainer:
+        if self._retrainer is None:
+            raise BusyError("the server is starting or stopping")
+        return self._retrainer
+
+    @property
+    def history(self) -> History:
+        if self._history is None:
+            raise BusyError("the server is starting or stopping")
+        return self._history
 
     async def run(self, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)`` in a worker thread (it takes the model lock there)."""
@@ -94,9 +118,35 @@ class Service:
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
                                 on_batch=self.metrics.batch_inputs.observe)
         await self._batcher.start()
-        log.info("serving %s: %d live routes %s", settings.run_dir, len(routes), routes)
+        self._history = History(model.status, lambda: model.val_accuracy(settings.eval_size),
+                                settings.eval_interval_s)
+        self._history.start()
+        self._retrainer = Retrainer(settings.run_dir, RetrainPolicy.parse(settings.retrain),
+                                    settings.retrain_delay_s, model.status, self._on_retrain,
+                                    log_path=settings.run_dir / "service" / "retrain.log")
+        self._retrainer.start()
+        log.info("serving %s: %d live routes %s; retrain policy %s", settings.run_dir,
+                 len(routes), routes, settings.retrain)
+
+    def _on_retrain(self, event: str, job: Job) -> None:
+        """Retrainer events (its worker thread): history point, metrics."""
+        self.metrics.observe_job(event, job)
+        if self._history is not None:
+            self._history.record(event)
+
+    def deleted(self) -> None:
+        """A deletion was committed through this server."""
+        self.metrics.deletions.inc()
+        self.retrainer.note_deletion()
+        self.history.record("deletion")
 
     async def stop(self) -> None:
+        if self._retrainer is not None:  # first: it may call back into the model
+            retrainer, self._retrainer = self._retrainer, None
+            await asyncio.to_thread(retrainer.stop)
+        if self._history is not None:
+            history, self._history = self._history, None
+            await asyncio.to_thread(history.stop)
         if self._batcher is not None:
             await self._batcher.stop()
             self._batcher = None
@@ -108,3 +158,5 @@ class Service:
         status = await self.run(self.model.status_if_free, wait_s)
         if status is not None:
             self.metrics.observe_status(status)
+        if self._retrainer is not None:
+            self.metrics.observe_retrainer(self._retrainer.current())

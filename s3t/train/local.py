@@ -48,6 +48,7 @@ def train_missing(scheduler: Scheduler, backbone: AdaptedBackbone,
             scheduler.discard(job)
             continue
         ancestors = [bank.get(live[k]) for k in job.ancestors]
+        scheduler.started(job)
         result = train_stage(
             backbone, features, shard=job.shard, prefix=job.prefix, ancestors=ancestors,
             method=run.method, sample_ids=job.sample_ids, labels=job.labels, val=val,

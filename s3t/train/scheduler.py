@@ -3,15 +3,19 @@
 The scheduler is torch-free bookkeeping over the run's records, so any executor can drive
 it: the local loop in ``train/local.py``, a service's background retrainer, a Ray driver.
 It reads one consistent snapshot of the ledger (slice versions, live stages, cell contents),
-lists the missing stages parents first, and tells the executor which to skip: a stage is
-never trained when a deletion changed one of its cells since the snapshot, or when an
-ancestor was discarded. Committing re-checks the versions inside the ledger's write
-transaction, so a stage that saw a deleted sample never goes live, whatever the executor.
+lists the missing stages parents first, most useful first (:func:`prioritise`), and tells the
+executor which to skip: a stage is never trained when a deletion changed one of its cells
+since the snapshot, or when an ancestor was discarded. Committing re-checks the versions
+inside the ledger's write transaction, so a stage that saw a deleted sample never goes live,
+whatever the executor; the same transaction re-routes the shards, so a finished stage
+serves the moment it is committed (a service picks it up at its next model call).
+Executors report progress through ``on_event`` (one dict per event: ``plan``,
+``stage-start``, ``stage-commit``, ``stage-discard``, ``done``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from s3t.run.directory import Run
@@ -59,12 +63,56 @@ class StageJob:
     def n_samples(self) -> int:
         return sum(len(c.ids) for c in self.cells)
 
+    @property
+    def depth(self) -> int:
+        return len(self.prefix)
+
+    def describe(self) -> dict:
+        return {"key": self.key, "shard": self.shard, "prefix": list(self.prefix)}
+
+
+def prioritise(jobs: Sequence[StageJob], live_depth: dict[tuple[int, tuple[int, ...]], bool],
+               leaves: Sequence[tuple[int, ...]], n_slices: int,
+               servable: Callable[[int], bool]) -> list[StageJob]:
+    """Order missing stages so that what restores served quality comes first, parents first.
+
+    Per shard, the *primary chain* is the full-depth ordering with the longest live prefix
+    (ties: plan order); its missing stages restore the shard's route, the others only add
+    fallback orderings for later deletions, so they come last. Primary stages are ordered by
+    the depth of the next servable stage they lead to, then by depth: with layer-wise
+    routes (S3T, every depth serves) that raises the shallowest shards first, round-robin
+    by depth; when only full depth serves (SISA) it finishes one shard's chain at a time.
+    ``live_depth[(shard, prefix)]`` says whether that stage is live now.
+    """
+    def live_prefix(shard: int, leaf: tuple[int, ...]) -> int:
+        k = 0
+        while k < len(leaf) and live_depth.get((shard, leaf[:k + 1]), False):
+            k += 1
+        return k
+
+    primary: dict[int, tuple[int, ...]] = {}
+    for shard in sorted({job.shard for job in jobs}):
+        best = max(range(len(leaves)), key=lambda i: (live_prefix(shard, leaves[i]), -i))
+        primary[shard] = leaves[best]
+
+    def next_servable(depth: int) -> int:
+        return next((d for d in range(depth, n_slices + 1) if servable(d)), n_slices)
+
+    def rank(job: StageJob) -> tuple[int, int, int, int]:
+        on_primary = primary[job.shard][:job.depth] == job.prefix
+        if on_primary:
+            return (0, next_servable(job.depth), job.shard, job.depth)
+        return (1, job.depth, job.shard, 0)
+
+    return sorted(jobs, key=rank)  # stable: plan order within equal ranks
+
 
 @dataclass
 class Scheduler:
     """Plans and commits the missing stages of one run (see the module docstring)."""
 
     run: Run
+    on_event: Callable[[dict], object] | None = None
     jobs: list[StageJob] = field(default_factory=list)
     versions: dict[Cell, int] = field(default_factory=dict)
     changed: set[Cell] = field(default_factory=set)      # cells a deletion hit meanwhile
@@ -75,12 +123,13 @@ class Scheduler:
         run, ledger = self.run, self.run.ledger
         with ledger.transaction():  # one consistent snapshot of versions and contents
             self.versions = ledger.slice_versions()
-            live = {r.key for r in ledger.stages("live")}
+            live_records = ledger.stages("live")
             rows = {cell: ledger.cell_samples(*cell) for cell in self.versions}
         cells = {cell: CellData(cell, self.versions[cell], tuple(r[0] for r in rs),
                                 tuple(r[1] for r in rs), tuple(r[2] for r in rs))
                  for cell, rs in rows.items()}
-        self.jobs = []
+        live = {r.key for r in live_records}
+        jobs = []
         for shard in range(run.config.shards):
             for node in run.tree.stages:
                 key = run.stage_key(shard, node.prefix, self.versions)
@@ -88,12 +137,29 @@ class Scheduler:
                     continue
                 keys = [run.stage_key(shard, node.prefix[:k], self.versions)
                         for k in range(1, node.depth)]
-                self.jobs.append(StageJob(
+                jobs.append(StageJob(
                     key=key, shard=shard, prefix=node.prefix,
                     versions=tuple(self.versions[(shard, s)] for s in node.prefix),
                     parent=keys[-1] if keys else None, ancestors=tuple(keys),
                     cells=tuple(cells[(shard, s)] for s in node.prefix)))
+        live_at = {(r.shard, r.prefix): True for r in live_records}
+        leaves = [node.prefix for node in run.tree.stages if node.depth == run.tree.n_slices]
+        self.jobs = prioritise(jobs, live_at, leaves, run.tree.n_slices, run.method.servable)
+        self._emit("plan", stages=len(self.jobs), stages_total=self.stages_total,
+                   order=[job.key for job in self.jobs])
         return self.jobs
+
+    @property
+    def stages_total(self) -> int:
+        return self.run.tree.count() * self.run.config.shards
+
+    def _emit(self, event: str, **fields: object) -> None:
+        if self.on_event is not None:
+            self.on_event({"event": event, "time": now(), **fields})
+
+    def started(self, job: StageJob) -> None:
+        """An executor began training ``job`` (for progress reports)."""
+        self._emit("stage-start", **job.describe())
 
     def should_skip(self, job: StageJob) -> bool:
         """Whether ``job`` would see deleted data or build on a stage that did."""
@@ -105,6 +171,7 @@ class Scheduler:
 
     def discard(self, job: StageJob) -> None:
         self.discarded.append(job.key)
+        self._emit("stage-discard", **job.describe())
 
     def note_versions(self) -> dict[Cell, int]:
         """Re-read the slice versions; remember the cells a deletion changed since the plan."""
@@ -124,6 +191,7 @@ class Scheduler:
         fault_point("train:after-stage-write")
         record = StageRecord(job.key, job.shard, job.prefix, job.versions, job.parent, "live",
                              hashes, job.n_samples, val_score)
+        routes: dict[int, str | None] = {}
         with run.ledger.transaction():
             try:  # never live without its files (a sweep or an operator may have removed them)
                 run.store.verify(job.shard, job.key, hashes)
@@ -131,18 +199,27 @@ class Scheduler:
                 accepted = False
             else:
                 accepted = run.ledger.commit_stage(record, now())
+            if accepted:  # serves from now on if it is its shard's best route
+                before = run.ledger.routes()
+                routes = run.ledger.refresh_routes(run.config.shards, run.method.servable)
         fault_point("train:after-stage-commit")
         if not accepted:
             run.store.erase(job.shard, job.key)
             self.discard(job)
-        return accepted
+            return False
+        self._emit("stage-commit", **job.describe(), seconds=meta.get("train_seconds"),
+                   route_switched=routes != before,
+                   routes={str(m): k for m, k in routes.items()})
+        return True
 
     def finish(self) -> dict[int, str | None]:
         """Route every shard to its best live stage."""
         fault_point("train:before-routes")
         with self.run.ledger.transaction():
-            return self.run.ledger.refresh_routes(self.run.config.shards,
-                                                  self.run.method.servable)
+            routes = self.run.ledger.refresh_routes(self.run.config.shards,
+                                                    self.run.method.servable)
+        self._emit("done", discarded=list(self.discarded))
+        return routes
 
     def eval_block(self) -> tuple[list[str], list[int], list[str]] | None:
         """The validation samples (never deletable): ids, labels, inputs."""

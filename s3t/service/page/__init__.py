@@ -1,0 +1,56 @@
+"""The operator's page of ``s3t serve``: ``GET /`` and its two assets under ``/page/``.
+
+A plain HTML page and a small script, shipped inside the package (no build step, no CDN:
+it works offline). The script reads the JSON API every few seconds: ``/v1/status`` (shards,
+routes, capacity, the retrain job), ``/v1/jobs``, ``/v1/history`` (capacity and validation
+accuracy over time, capacity against deletions) and, with the token the operator types in,
+``/v1/deletions`` (the deletion log: counts only, never a sample id or text). The page itself
+needs no token: it shows nothing the open endpoints do not already answer.
+
+Every response carries a strict Content-Security-Policy: scripts and styles only from this
+server, no inline script, no eval, no framing.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from s3t.service.errors import ApiError
+
+# The only files served, with their media types: a fixed table, so no path reaches the disk.
+ASSETS = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8"}
+HEADERS = {
+    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; "
+                                "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                                "form-action 'none'; frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+router = APIRouter(include_in_schema=False)
+
+
+@cache
+def asset(name: str) -> bytes:
+    """A file of the page, read once from the installed package."""
+    return resources.files(__name__).joinpath(name).read_bytes()
+
+
+@router.get("/")
+async def index() -> Response:
+    """The operator's page (read-only without a token)."""
+    return Response(asset("index.html"), media_type="text/html; charset=utf-8", headers=HEADERS)
+
+
+@router.get("/page/{name}")
+async def page_asset(name: str) -> Response:
+    """The page's script and style sheet."""
+    if name not in ASSETS:
+        raise ApiError(404, f"no page asset {name!r}: the page's files are "
+                            f"{', '.join(sorted(ASSETS))}")
+    return Response(asset(name), media_type=ASSETS[name], headers=HEADERS)

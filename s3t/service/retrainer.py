@@ -1,0 +1,278 @@
+"""Background retraining: the service's retrain policy, its jobs, and the worker that runs them.
+
+A job is one ``s3t retrain RUN --events`` child process, niced, so training never holds a
+lock of this server and never shares its interpreter or torch threads with the serving
+path: predictions and deletions go on as before while it trains. The child is the run's
+single writer (the run's retrain lock); each stage it trains goes live, and its shard
+re-routes, in the stage's own commit (``Scheduler.commit``), and this server serves it from
+its next model call, which re-reads the routes. A deletion that lands while a stage trains
+makes the version check discard that stage; the policy then starts another job for what is
+still missing. Why a process and not a thread: a crash, a diverging stage or ``kill -9`` of
+the trainer cannot take the service down, and ``kill`` is a safe way to stop training (the
+run is crash-safe at every point; see docs/design.md).
+
+Policies: ``manual`` (only ``POST /v1/retrain``), ``eager`` (as soon as a stage is missing)
+and ``capacity:T`` (when capacity falls below ``T``); ``delay_s`` waits until no deletion
+arrived for that long, so a burst of deletions is retrained once. A failed job is retried by
+the policy after an exponential back-off (10 s doubling up to 5 min); a manual request
+always starts one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger("s3t.service")
+
+POLL_S = 1.0
+BACKOFF_S = (10.0, 300.0)
+KEEP_JOBS = 50
+NICE = 10
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """When the service retrains on its own (module docstring)."""
+
+    mode: str = "manual"
+    threshold: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> RetrainPolicy:
+        text = text.strip().lower()
+        if text in ("manual", "eager"):
+            return cls(text)
+        if text.startswith("capacity:"):
+            try:
+                threshold = float(text.split(":", 1)[1])
+            except ValueError:
+                threshold = float("nan")
+            if not 0 < threshold <= 1:
+                raise ValueError(f"retrain policy {text!r}: the capacity threshold must be a "
+                                 "number in (0, 1], e.g. capacity:0.8")
+            return cls("capacity", threshold)
+        raise ValueError(f"unknown retrain policy {text!r}: use manual, eager or "
+                         "capacity:<threshold> (e.g. capacity:0.8)")
+
+    def __str__(self) -> str:
+        return f"capacity:{self.threshold:g}" if self.mode == "capacity" else self.mode
+
+    def wants(self, status: dict) -> bool:
+        """Whether the run's state calls for a retrain under this policy."""
+        if self.mode == "eager":
+            return status["live_stages"] < status["stages_total"]
+        if self.mode == "capacity":
+            return status["capacity"] < self.threshold
+        return False
+
+
+@dataclass
+class Job:
+    """One retrain, as ``GET /v1/jobs/{id}`` reports it (times in unix seconds)."""
+
+    id: str
+    trigger: str                     # manual | policy
+    state: str = "queued"            # queued | running | succeeded | failed | cancelled
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    stages_done: int = 0             # committed by this job
+    stages_total: int | None = None  # missing when it planned
+    stages_discarded: int = 0        # invalidated by a deletion while it ran
+    current_stage: dict | None = None
+    last_route_switch: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running")
+
+
+class Retrainer:
+    """Starts retrain jobs by policy or request and follows their progress events.
+
+    ``status()`` reads the run's state (``Run.status()`` plus ``stages_total``);
+    ``on_event(name)`` is told ``retrain-start``, ``route-switch`` and ``retrain-end``.
+    """
+
+    def __init__(self, run_dir: Path, policy: RetrainPolicy, delay_s: float,
+                 status: Callable[[], dict], on_event: Callable[[str, Job], object],
+                 log_path: Path | None = None):
+        if not delay_s >= 0:
+            raise ValueError(f"retrain delay must be >= 0 seconds, got {delay_s}")
+        self.run_dir, self.policy, self.delay_s = run_dir, policy, delay_s
+        self._status, self._on_event = status, on_event
+        self.log_path = log_path
+        self.jobs: deque[Job] = deque(maxlen=KEEP_JOBS)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._process: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+        self._last_change = time.monotonic()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._count = 0
+
+    # --- control ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="s3t-retrainer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop following jobs; a running trainer is terminated (the run is crash-safe)."""
+        self._stopping = True
+        self._wake.set()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def request(self) -> Job:
+        """A manual retrain: the active job if there is one, else a new queued job."""
+        with self._lock:
+            job = self.current()
+            if job is None:
+                job = self._new_job("manual")
+        self._wake.set()
+        return job
+
+    def note_deletion(self) -> None:
+        """A deletion was committed: the policy's delay starts again."""
+        self._last_change = time.monotonic()
+        self._wake.set()
+
+    # --- reads --------------------------------------------------------------------------------
+    def current(self) -> Job | None:
+        return next((job for job in self.jobs if job.active), None)
+
+    def last(self) -> Job | None:
+        return self.jobs[-1] if self.jobs else None
+
+    def job(self, job_id: str) -> Job | None:
+        return next((job for job in self.jobs if job.id == job_id), None)
+
+    def describe(self) -> dict:
+        last = self.last()
+        return {"policy": str(self.policy), "delay_s": self.delay_s,
+                "job": None if last is None else last.to_dict()}
+
+    # --- the worker ---------------------------------------------------------------------------
+    def _new_job(self, trigger: str) -> Job:
+        self._count += 1
+        job = Job(id=f"retrain-{int(time.time())}-{self._count}", trigger=trigger)
+        self.jobs.append(job)
+        return job
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+            if self._stopping:
+                break
+            try:
+                job = self._next_job()
+                if job is not None:
+                    self._run(job)
+            except Exception:  # never let the worker die: log, back off, go on
+                log.exception("retrainer")
+                self._retry_at = time.monotonic() + BACKOFF_S[0]
+
+    def _next_job(self) -> Job | None:
+        with self._lock:
+            queued = next((job for job in self.jobs if job.state == "queued"), None)
+        if queued is not None:
+            return queued
+        if self.policy.mode == "manual":
+            return None
+        now = time.monotonic()
+        if now < self._retry_at or now - self._last_change < self.delay_s:
+            return None
+        status = self._status()
+        if status.get("training") == "running" or not self.policy.wants(status):
+            return None  # another process is retraining this run, or nothing to do
+        with self._lock:
+            return self.current() or self._new_job("policy")
+
+    def _run(self, job: Job) -> None:
+        job.state, job.started = "running", time.time()
+        self._on_event("retrain-start", job)
+        command = [sys.executable, "-m", "s3t.cli", "retrain", str(self.run_dir), "--events"]
+        stderr = self._open_log()
+        try:
+            self._process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
+                text=True, preexec_fn=lambda: os.nice(NICE))
+            assert self._process.stdout is not None
+            for line in self._process.stdout:
+                self._follow(job, line)
+            returncode = self._process.wait()
+        finally:
+            stderr.close()
+            self._process = None
+        job.finished, job.current_stage = time.time(), None
+        if self._stopping and returncode != 0:
+            job.state, job.error = "cancelled", "the server stopped while it trained"
+        elif returncode == 0:
+            job.state, self._failures = "succeeded", 0
+        else:
+            job.state, job.error = "failed", self._error_of(returncode)
+            self._failures += 1
+            pause = min(BACKOFF_S[0] * 2 ** (self._failures - 1), BACKOFF_S[1])
+            self._retry_at = time.monotonic() + pause
+            log.warning("retrain job %s failed (%s); the policy retries in %.0f s",
+                        job.id, job.error, pause)
+        self._on_event("retrain-end", job)
+
+    def _follow(self, job: Job, line: str) -> None:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            return  # not an event (a library printing to stdout)
+        kind = event.get("event")
+        if kind == "plan":
+            job.stages_total = event.get("stages")
+        elif kind == "stage-start":
+            job.current_stage = {k: event.get(k) for k in ("key", "shard", "prefix")}
+        elif kind == "stage-commit":
+            job.stages_done += 1
+            job.current_stage = None
+            if event.get("route_switched"):
+                job.last_route_switch = time.time()
+                self._on_event("route-switch", job)
+        elif kind == "stage-discard":
+            job.stages_discarded += 1
+            job.current_stage = None
+
+    def _open_log(self) -> IO[str]:
+        if self.log_path is None:
+            return open(os.devnull, "w")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        return open(self.log_path, "w", encoding="utf-8")
+
+    def _error_of(self, returncode: int) -> str:
+        tail = ""
+        if self.log_path is not None and self.log_path.exists():
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines()
+                     if ln.strip()]
+            tail = lines[-1] if lines else ""
+        return f"s3t retrain exited with {returncode}" + (f": {tail}" if tail else "")

@@ -1,0 +1,153 @@
+"""What a Ray worker runs for one stage: build (once per process) the backbone and a feature
+cache, train the stage, return its weight files as bytes and its metrics.
+
+A worker never sees the run directory and writes nothing: the driver
+(:mod:`s3t.train.ray_executor`) verifies and commits what it returns. Its backbone must be the
+run's (the sha256 of the model files is checked here, on the worker); its feature cache keys each
+cell by a digest of the cell's retained ids and inputs, so a cell that a deletion changed, or a
+cell of another run, is never served from stale features. Runs with one torch thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from s3t.config import S3TConfig
+from s3t.models.stage_weights import StageWeights
+from s3t.plan.methods import Method
+from s3t.train.scheduler import EVAL_BLOCK, StageJob
+
+#: Test hook, read by the driver and sent to the workers in the RunSpec: ``exit-once:MARKER``
+#: makes the first stage attempt that creates file MARKER exit at once (as kill -9 would);
+#: ``pause:KEY:DIR`` makes stage KEY write DIR/started and wait until DIR/resume exists.
+RAY_FAULT_ENV = "S3T_RAY_FAULT"
+_NOT_WEIGHTS = ("executor", "ray_address")  # config fields that do not shape a worker's model
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What every stage task of one call shares (sent once through Ray's object store)."""
+
+    config: dict[str, Any]
+    model: str | None  # the run's model path; None: the default model package on each worker
+    model_sha256: str
+    num_labels: int
+    digests: dict[Hashable, str]  # cell (or the eval block) -> digest of its ids and inputs
+    eval_block: tuple[list[str], list[int], list[str]] | None
+    test_hook: str | None = None  # the driver's RAY_FAULT_ENV, for the crash and race tests
+
+
+def content_digest(ids: Any, inputs: Any) -> str:
+    """A cell's identity for a worker's feature cache: its retained ids and inputs."""
+    return hashlib.sha256(json.dumps([list(ids), list(inputs)]).encode()).hexdigest()
+
+
+@dataclass
+class _Worker:
+    key: str
+    backbone: Any  # AdaptedBackbone
+    features: Any  # FeatureCache | OnTheFlyFeatures
+
+
+_WORKER: _Worker | None = None
+
+
+def _worker(spec: RunSpec) -> _Worker:
+    """This worker process's backbone and feature cache for ``spec``'s config (built once)."""
+    global _WORKER
+    import torch
+
+    from s3t.models.adapted import AdaptedBackbone, default_model_dir
+    from s3t.run.directory import model_fingerprint
+    from s3t.train.features import FeatureCache, OnTheFlyFeatures
+
+    config = {k: v for k, v in spec.config.items() if k not in _NOT_WEIGHTS}
+    key = json.dumps([config, spec.model, spec.model_sha256, spec.num_labels], sort_keys=True)
+    if _WORKER is None or _WORKER.key != key:
+        _WORKER = None
+        model_dir = spec.model or default_model_dir()
+        host = socket.gethostname()
+        if not Path(model_dir).is_dir():
+            raise FileNotFoundError(
+                f"the backbone directory {model_dir} does not exist on Ray node {host}: every "
+                "worker needs the run's backbone at the same path (a shared or copied directory)")
+        found = model_fingerprint(model_dir)
+        if found != spec.model_sha256:
+            raise ValueError(f"the backbone at {model_dir} on Ray node {host} differs from the "
+                             f"run's (sha256 {found[:12]}... != {spec.model_sha256[:12]}...): "
+                             "install the same model at that path on every worker")
+        cfg = S3TConfig.from_dict(config)
+        torch.set_num_threads(1)  # one worker per CPU Ray gives it
+        backbone = AdaptedBackbone(cfg, num_labels=spec.num_labels, model_dir=model_dir)
+        features = (FeatureCache(backbone, chunk_size=cfg.batch_size, dtype=cfg.feature_cache_dtype)
+                    if cfg.feature_cache else OnTheFlyFeatures(backbone, chunk_size=cfg.batch_size))
+        _WORKER = _Worker(key, backbone, features)
+    return _WORKER
+
+
+def run_stage(spec: RunSpec, job: StageJob, *ancestors: dict[str, Any]) -> dict[str, Any]:
+    """Train one stage on a Ray worker: its weight files (bytes) and metrics; writes nothing."""
+    global _WORKER
+    import ray
+
+    from s3t.train.stage_trainer import train_stage
+
+    started = time.time()
+    try:
+        worker = _worker(spec)  # the first task of a process loads the backbone
+        setup_seconds = time.time() - started
+        features = worker.features
+        features.drop_stale(spec.digests)  # cells that changed since: features of deleted samples
+        t0 = time.perf_counter()
+        for c in job.cells:
+            features.ensure(c.cell, spec.digests[c.cell], list(c.ids), list(c.inputs))
+        val = None
+        if spec.eval_block is not None:
+            ids, labels, inputs = spec.eval_block
+            features.ensure(EVAL_BLOCK, spec.digests[EVAL_BLOCK], ids, inputs)
+            val = ids, labels
+        features_seconds = time.perf_counter() - t0
+        config = worker.backbone.config
+        _test_hook(spec.test_hook, job.key)
+        result = train_stage(
+            worker.backbone, features, shard=job.shard, prefix=job.prefix,
+            ancestors=[StageWeights.from_files(a["files"]) for a in ancestors],
+            method=Method(config.method, config.slices), sample_ids=job.sample_ids,
+            labels=job.labels, val=val)
+    except BaseException:
+        _WORKER = None  # e.g. cancelled mid-stage: rebuild rather than trust a half-changed model
+        raise
+    files = result.weights.to_files()
+    return {"key": job.key, "files": files,
+            "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+            "val_score": result.val_score, "final_loss": result.final_loss,
+            "setup_seconds": setup_seconds, "train_seconds": result.seconds,
+            "features_seconds": features_seconds,
+            "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+            "pid": os.getpid(), "started": started, "finished": time.time()}
+
+
+def _test_hook(spec: str | None, key: str) -> None:
+    if not spec:
+        return
+    kind, _, rest = spec.partition(":")
+    if kind == "exit-once":
+        try:
+            os.close(os.open(rest, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os._exit(86)
+    if kind == "pause":
+        target, _, folder = rest.partition(":")
+        if target == key:
+            (Path(folder) / "started").touch()
+            while not (Path(folder) / "resume").exists():
+                time.sleep(0.05)

@@ -1,0 +1,182 @@
+"""The operator's page of `s3t serve` (`GET /`), in a real headless Chromium against a real
+server: the shards table shows the routes `/v1/status` reports, the deletion log (after the
+token is entered) the request ids and sample counts `/v1/deletions` reports, and no sample id
+or text ever reaches the page.
+
+The browser test is skipped only where Chromium or its driver is absent (scripts/setup.sh
+installs both); the test of what the server sends runs everywhere."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from test_service import AUTH, TOKEN, free_port, samples_in, start_server
+from tiny import toy_dataset
+
+from s3t.config import S3TConfig
+from s3t.data.samples import Dataset
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+WAIT_S = 15  # every wait on the page is bounded by this
+DEAD = "no live route: needs a retrain"  # the page's stage cell of a shard without a route
+
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian chromium and chromium-driver (scripts/setup.sh installs them)")
+
+
+def chromium_driver():  # -> selenium.webdriver.Chrome (selenium is imported lazily)
+    """Headless Chromium through the system chromedriver (Selenium Manager never downloads)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # --no-sandbox: Chromium refuses to start as root (CI containers) without it
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1600", "--no-first-run", "--disable-extensions"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(WAIT_S)
+    driver.set_script_timeout(WAIT_S)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_bert) -> Path:
+    """A tiny 2 x 2 run, one ordering per shard (4 stages), with a validation split."""
+    from s3t.engine import S3T
+
+    run = tmp_path_factory.mktemp("page") / "run"
+    config = S3TConfig(model=tiny_bert, shards=2, slices=2, budget=1, epochs=1, batch_size=8,
+                       lora_r=4, lora_alpha=4, target_modules=["query", "key", "value"], seed=3)
+    held_out = toy_dataset(12, seed=9)
+    held_out = Dataset([f"e{i}" for i in range(12)], held_out.texts, held_out.labels,
+                       label_names=held_out.label_names)
+    S3T(config, run_dir=run).fit(toy_dataset(48, groups=True), held_out, progress=False).close()
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(run, tmp_path_factory):
+    """A real `s3t serve` subprocess on a free loopback port; its base URL."""
+    port, log = free_port(), tmp_path_factory.mktemp("page-log") / "server.log"
+    proc = start_server(run, port, log)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium_driver()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# Each table is read in one script call, so a refresh of the page cannot interleave.
+def shard_rows(driver) -> dict[str, list[str]]:
+    """The shards table: shard -> [stage, depth] as the page shows them."""
+    return driver.execute_script(
+        "const out = {}; for (const r of document.querySelectorAll('#shards tbody tr')) "
+        "out[r.dataset.shard] = [r.querySelector('.stage').innerText, "
+        "r.querySelector('.depth').innerText]; return out;")
+
+
+def deletion_rows(driver) -> dict[str, str]:
+    """The deletion log: request id -> samples count as the page shows them."""
+    return driver.execute_script(
+        "const out = {}; for (const r of document.querySelectorAll('#deletions tbody tr')) "
+        "if (r.offsetParent !== null) out[r.dataset.requestId] = "
+        "r.querySelector('.samples').innerText; return out;")
+
+
+def test_page_assets_are_served_open_with_a_strict_policy(server):
+    page = httpx.get(server + "/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe" not in policy
+    for src in re.findall(r'(?:src|href)="([^"]+)"', page.text):
+        if src.startswith("data:"):  # the empty favicon: inline, never fetched
+            continue
+        assert src.startswith("/page/"), f"the page must load nothing from elsewhere: {src}"
+        asset = httpx.get(server + src, timeout=10)
+        assert asset.status_code == 200 and asset.content, src
+    for name in ("__init__.py", "index.py", ""):
+        assert httpx.get(server + "/page/" + name, timeout=10).status_code == 404, name
+
+
+@pytest.mark.browser
+@needs_browser
+def test_page_shows_the_shards_and_after_the_token_the_deletion_log(run, server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # two deletions through the API: one sample, then two samples of another cell
+    victims = [samples_in(run, (0, 0), 1), samples_in(run, (1, 1), 2)]
+    train = toy_dataset(48, groups=True)
+    texts = dict(zip(train.ids, train.texts, strict=True))
+    for ids in victims:
+        response = httpx.post(server + "/v1/deletions", json={"sample_ids": ids}, headers=AUTH,
+                              timeout=30)
+        assert response.status_code == 200, response.text
+    status = httpx.get(server + "/v1/status", timeout=10).json()
+    expected_shards = {m: [r["stage"], str(r["depth"])] if r else [DEAD, "0"]
+                       for m, r in status["routes"].items()}
+    # one shard lost its only ordering's first slice (no route), the other serves depth 1
+    assert sorted(v[1] for v in expected_shards.values()) == ["0", "1"], expected_shards
+    assert status["deletion_requests"] == 2
+    log = httpx.get(server + "/v1/deletions?limit=100", headers=AUTH, timeout=10).json()
+    expected_log = {c["request_id"]: str(len(c["samples"])) for c in log["certificates"]}
+    assert sorted(expected_log.values()) == ["1", "2"]
+
+    wait = WebDriverWait(browser, WAIT_S)
+    browser.get(server + "/")
+    wait.until(lambda d: shard_rows(d) == expected_shards,
+               f"the shards table never showed {expected_shards}")
+    assert browser.find_element(By.ID, "deletion-requests").text == "2"
+    note = browser.find_element(By.ID, "deletions-note").text
+    assert "needs the API token" in note and deletion_rows(browser) == {}
+
+    field = browser.find_element(By.ID, "token")
+    field.send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+    wait.until(lambda d: deletion_rows(d) == expected_log,
+               f"the deletion log never listed {expected_log}")
+    assert TOKEN not in browser.current_url
+    assert browser.execute_script("return sessionStorage.getItem('s3t-token')") == TOKEN
+    assert browser.execute_script("return localStorage.length") == 0
+
+    # only counts: no sample id (the run's ids are s0000..s0047) and no sample text
+    source = browser.page_source
+    assert not re.search(r"\bs00\d\d\b", source), "a sample id reached the page"
+    for ids in victims:
+        for sid in ids:
+            assert texts[sid] not in source
+    assert TOKEN not in source
+    # no script error, no request refused, nothing the Content-Security-Policy blocked
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+    # a wrong token: the log says so and shows nothing
+    browser.find_element(By.ID, "forget-token").click()
+    wait.until(lambda d: deletion_rows(d) == {}, "the log stayed after the token was forgotten")
+    field.send_keys("not-the-token")
+    browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+    wait.until(lambda d: "refused" in d.find_element(By.ID, "deletions-note").text,
+               "a wrong token was not reported")
+    assert deletion_rows(browser) == {}

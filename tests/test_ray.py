@@ -1,0 +1,230 @@
+"""The Ray executor: every stage bitwise the local executor's (S3T, SISA, after forget and
+retrain); a worker killed mid-stage is retried and every stage commits once; a deletion while
+a remote stage trains discards it; a driver killed mid-run leaves a run that retrain completes.
+
+All Ray tests share one local Ray instance (the session fixture ``ray_session`` in
+conftest.py, 2 CPUs) and tiny models; they skip only where ray is not installed. Ray workers
+train with one torch thread, so the local references here do too: CPU kernels may round
+differently with another thread count (on some batch shapes), in either executor.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+from test_exactness import config, pick_victims
+from tiny import copy_run, toy_dataset
+from typer.testing import CliRunner
+
+from s3t.cli import app
+from s3t.config import ConfigError, S3TConfig
+from s3t.engine import S3T
+from s3t.run import Run
+from s3t.run.faults import FAULT_ENV, FAULT_EXIT
+from s3t.train.ray_worker import RAY_FAULT_ENV, RunSpec, run_stage
+from s3t.train.scheduler import Scheduler, StageJob
+
+
+def assert_same_stages(a: S3T, b: S3T) -> None:
+    """Both runs hold the same live stages, every adapter and head tensor bitwise equal."""
+    left, right = a.live_weights(), b.live_weights()
+    assert sorted(left) == sorted(right)
+    for key in left:
+        for part in ("adapter", "head"):
+            x, y = getattr(left[key], part), getattr(right[key], part)
+            assert x.keys() == y.keys()
+            for name in x:
+                assert torch.equal(x[name], y[name]), f"stage {key}: {part} tensor {name} differs"
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Train locally with the torch thread count of a Ray worker (1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert, tmp_path_factory):
+    """A run trained by the local executor (the reference), with its data and config."""
+    data, cfg = toy_dataset(72), config(tiny_bert)
+    path = tmp_path_factory.mktemp("reference") / "run"
+    with one_thread():
+        S3T(cfg, run_dir=path).fit(data, progress=False).close()
+    return path, data, cfg
+
+
+def on_ray(cfg: S3TConfig) -> S3TConfig:
+    return dataclasses.replace(cfg, executor="ray")
+
+
+def test_s3t_stages_equal_the_local_executors_through_forget_and_retrain(
+        reference, ray_session, tmp_path):
+    path, data, cfg = reference
+    local = S3T.load(copy_run(path, tmp_path))
+    remote = S3T(on_ray(cfg), run_dir=tmp_path / "ray").fit(data, progress=False)
+    summary = remote.last_train
+    assert summary["executor"] == "ray"
+    assert summary["stages_trained"] == summary["stages_total"] == 18
+    assert_same_stages(local, remote)
+    rows = summary["stages"]  # what --json reports: node, process and timings per stage
+    assert sorted(r["key"] for r in rows) == sorted(remote.live_weights())
+    assert all(r["status"] == "live" and r["host"] and r["pid"] and r["train_seconds"] >= 0
+               and r["started"] <= r["finished"] <= r["settled"] for r in rows)
+
+    victims = pick_victims(local, data)
+    local.forget(victims)
+    remote.forget(victims)
+    with one_thread():
+        local.retrain(progress=False)
+    again = remote.retrain(progress=False)  # the run's executor: ray
+    assert again["executor"] == "ray" and again["stages_trained"] > 0
+    assert_same_stages(local, remote)
+    assert remote.status()["capacity"] == 1.0
+    assert remote.audit().ok
+
+
+def test_sisa_stages_equal_the_local_executors(tiny_bert, ray_session, tmp_path):
+    data = toy_dataset(72)
+    cfg = config(tiny_bert, method="sisa", budget=1, strategy="sisa")
+    with one_thread():
+        local = S3T(cfg, run_dir=tmp_path / "local").fit(data, progress=False)
+    remote = S3T(on_ray(cfg), run_dir=tmp_path / "ray").fit(data, progress=False)
+    assert remote.last_train["stages_trained"] == 6
+    assert_same_stages(local, remote)
+
+
+def test_a_worker_killed_mid_stage_is_retried_and_every_stage_commits_once(
+        reference, ray_session, tmp_path, monkeypatch):
+    path, data, cfg = reference
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(RAY_FAULT_ENV, f"exit-once:{marker}")
+    remote = S3T(on_ray(cfg), run_dir=tmp_path / "ray").fit(data, progress=False)
+    assert marker.exists(), "the hook never killed a worker"
+    records = remote.ledger.stages(None)
+    keys = [r.key for r in records]
+    assert len(keys) == len(set(keys)) == remote.last_train["stages_total"]
+    assert all(r.status == "live" for r in records)
+    committed = [r["key"] for r in remote.last_train["stages"] if r["status"] == "live"]
+    assert sorted(committed) == sorted(keys)  # the driver committed each stage once
+    assert remote.audit().ok
+    assert_same_stages(S3T.load(path), remote)  # the retried stage trained the same weights
+
+
+def test_a_deletion_while_a_remote_stage_trains_keeps_it_from_going_live(
+        reference, ray_session, tmp_path, monkeypatch):
+    path, data, _ = reference
+    est = S3T.load(copy_run(path, tmp_path))
+    est.forget([pick_victims(est, data)[0]])
+    target = next(job for job in Scheduler(est.run).plan() if len(job.prefix) == 1)
+    victim = target.cells[0].ids[0]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    monkeypatch.setenv(RAY_FAULT_ENV, f"pause:{target.key}:{gate}")
+    errors: list[BaseException] = []
+
+    def delete_while_it_trains() -> None:
+        try:
+            deadline = time.monotonic() + 300
+            while not (gate / "started").exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the paused stage never started")
+                time.sleep(0.05)
+            other = Run.open(est.run_dir)  # another writer of deletions, as a service would be
+            other.forget([victim])
+            other.close()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            (gate / "resume").touch()
+
+    helper = threading.Thread(target=delete_while_it_trains)
+    helper.start()
+    summary = est.retrain(progress=False, executor="ray")
+    helper.join()
+    assert not errors, errors
+    assert target.key in summary["stages_discarded"]
+    record = {r.key: r for r in est.ledger.stages(None)}.get(target.key)
+    assert record is None or record.status != "live"
+    assert not est.store.path(target.shard, target.key).exists()
+    report = est.audit()
+    assert report.ok, report.violations
+
+
+def test_a_driver_killed_mid_run_leaves_a_run_that_retrain_completes(tiny_bert, ray_session,
+                                                                        tmp_path):
+    """`s3t train --executor ray --ray-address ADDR` joins the running cluster and dies after
+    its first commit; `s3t retrain --ray-address ADDR --json` (here in this process, which is
+    connected to that cluster already) finishes the run."""
+    data = toy_dataset(48)
+    source = tmp_path / "train.csv"
+    with source.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "label"])
+        writer.writerows([i, t, data.label_names[y]]
+                         for i, t, y in zip(data.ids, data.texts, data.labels, strict=True))
+    address = ray_session.get_runtime_context().gcs_address
+    run = tmp_path / "run"
+    env = {**os.environ, FAULT_ENV: "train:after-stage-commit"}
+    s3t = [sys.executable, "-m", "s3t.cli"]
+    killed = subprocess.run(
+        [*s3t, "train", "--data", str(source), "--out", str(run), "--model", tiny_bert,
+         "--epochs", "1", "--batch-size", "8", "--executor", "ray", "--ray-address", address,
+         "--json"], env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == FAULT_EXIT, killed.stderr[-2000:]
+    assert len(Run.open(run).ledger.stages("live")) == 1  # one stage committed, then the crash
+
+    done = CliRunner().invoke(app, ["retrain", str(run), "--ray-address", address, "--json"])
+    assert done.exit_code == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["executor"] == "ray" and summary["capacity"] == 1.0
+    assert summary["stages_trained"] == summary["stages_total"] - 1
+    assert all(r["host"] and r["node_id"] for r in summary["stages"])
+    report = Run.open(run, repair=False).audit()
+    assert report.ok, report.violations
+
+
+def test_a_worker_refuses_a_backbone_other_than_the_runs(reference, tmp_path):
+    path, _, cfg = reference
+    spec = RunSpec(config=cfg.to_dict(), model=cfg.model, model_sha256="0" * 64, num_labels=3,
+                   digests={}, eval_block=None)
+    job = StageJob(key="0-0v0", shard=0, prefix=(0,), versions=(0,), parent=None,
+                   ancestors=(), cells=())
+    with pytest.raises(ValueError, match="differs from the run's"):
+        run_stage(spec, job)
+
+
+def test_executor_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        S3TConfig(executor="spark").validate()
+    assert info.value.field == "executor"
+    with pytest.raises(ConfigError) as info:
+        S3TConfig(ray_address="auto").validate()  # an address only means something on Ray
+    assert info.value.field == "ray_address"
+    S3TConfig(executor="ray", ray_address="auto").validate()
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "x.csv"), "--out",
+                                      str(tmp_path / "run"), "--ray-address", "auto"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --ray-address: ray_address must be"), result.stderr
+
+
+def test_the_rest_of_s3t_never_imports_ray():
+    code = ("import sys, s3t.engine, s3t.cli, s3t.train.local, s3t.train.ray_executor; "
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

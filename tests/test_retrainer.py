@@ -1,0 +1,239 @@
+"""Background retraining in `s3t serve`: the retrain policy, the job API, stages serving as
+they are committed, a deletion landing while a stage trains, and bitwise exactness after."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from test_exactness import assert_served_equal_scratch
+from tiny import copy_run, toy_dataset
+from typer.testing import CliRunner
+
+from s3t.cli import app as cli
+from s3t.config import S3TConfig
+from s3t.data.samples import Dataset
+from s3t.engine import S3T
+from s3t.run import Run
+from s3t.service import create_app
+from s3t.service.retrainer import RetrainPolicy
+from s3t.train.scheduler import CellData, StageJob, prioritise
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TRAIN = toy_dataset(48, groups=True)
+WAIT_S = 180  # bound on every wait for a background job (a loaded 2-core machine is slow)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert) -> Path:
+    run = tmp_path_factory.mktemp("retrainer") / "run"
+    config = S3TConfig(model=tiny_bert, shards=2, slices=2, budget=2, epochs=1, batch_size=8,
+                       lora_r=4, lora_alpha=4, target_modules=["query", "key", "value"], seed=3)
+    held_out = toy_dataset(12, seed=9)
+    held_out = Dataset([f"e{i}" for i in range(12)], held_out.texts, held_out.labels,
+                       label_names=held_out.label_names)
+    S3T(config, run_dir=run).fit(TRAIN, held_out, progress=False).close()
+    return run
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    return copy_run(trained, tmp_path)
+
+
+@contextmanager
+def serving(run: Path, **kwargs):
+    kwargs.setdefault("token", TOKEN)
+    with TestClient(create_app(run, **kwargs)) as client:
+        yield client
+
+
+def retained_sample(run: Path, shard: int, slice_: int) -> str:
+    ledger = Run.open(run, repair=False).ledger
+    try:
+        return ledger.cell_samples(shard, slice_)[0][0]
+    finally:
+        ledger.close()
+
+
+def wait_for(client: TestClient, done, what: str, predict: list | None = None) -> dict:
+    """Poll the status until ``done(status)``; meanwhile predict, recording (start time,
+    seconds, routes) of each prediction in ``predict``."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        status = client.get("/v1/status").json()
+        if done(status):
+            return status
+        if predict is not None:
+            started = time.monotonic()
+            response = client.post("/v1/predict", json={"inputs": ["red cat sun"]}, headers=AUTH)
+            assert response.status_code == 200, response.text
+            predict.append((started, time.monotonic() - started, response.json()["routes"],
+                            status["retrain"]["job"]))
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: {client.get('/v1/status').json()}")
+
+
+def job_ended(status: dict) -> bool:
+    job = status["retrain"]["job"]
+    return job is not None and job["state"] in ("succeeded", "failed", "cancelled")
+
+
+# --- pure parts --------------------------------------------------------------------------------
+
+def test_retrain_policy_parses_and_decides():
+    assert str(RetrainPolicy.parse("eager")) == "eager"
+    assert RetrainPolicy.parse(" Capacity:0.8 ") == RetrainPolicy("capacity", 0.8)
+    for bad in ("sometimes", "capacity:", "capacity:1.5", "capacity:0", "capacity:nan"):
+        with pytest.raises(ValueError, match="manual, eager or capacity|threshold"):
+            RetrainPolicy.parse(bad)
+    full = {"live_stages": 8, "stages_total": 8, "capacity": 1.0}
+    hit = {"live_stages": 6, "stages_total": 8, "capacity": 0.75}
+    assert not RetrainPolicy.parse("manual").wants(hit)
+    assert RetrainPolicy.parse("eager").wants(hit) and not RetrainPolicy.parse("eager").wants(full)
+    assert RetrainPolicy.parse("capacity:0.8").wants(hit)
+    assert not RetrainPolicy.parse("capacity:0.7").wants(hit)
+
+
+def job(shard: int, prefix: tuple[int, ...]) -> StageJob:
+    cell = CellData((shard, prefix[0]), 0, (), (), ())
+    key = f"{shard}-" + "_".join(map(str, prefix))
+    ancestors = tuple(f"{shard}-" + "_".join(map(str, prefix[:k])) for k in range(1, len(prefix)))
+    return StageJob(key, shard, prefix, (0,) * len(prefix), ancestors[-1] if ancestors else None,
+                    ancestors, (cell,))
+
+
+LEAVES = [(0, 1, 2), (1, 2, 0)]
+TREE = [(0,), (1,), (0, 1), (1, 2), (0, 1, 2), (1, 2, 0)]
+
+
+def test_prioritise_raises_the_shallowest_shards_first_and_keeps_parents_first():
+    # shard 0 lost everything; shard 1 still serves (0, 1) and misses only the leaf and the
+    # other ordering
+    jobs = [job(0, p) for p in TREE] + [job(1, p) for p in [(1,), (1, 2), (0, 1, 2), (1, 2, 0)]]
+    live = {(1, (0,)): True, (1, (0, 1)): True}
+    order = [(j.shard, j.prefix) for j in prioritise(jobs, live, LEAVES, 3, lambda d: True)]
+    # primary chains first, round-robin by depth: shard 0 to depth 1, 2, then both leaves
+    assert order[:4] == [(0, (0,)), (0, (0, 1)), (0, (0, 1, 2)), (1, (0, 1, 2))]
+    assert set(order[4:]) == {(0, (1,)), (0, (1, 2)), (0, (1, 2, 0)), (1, (1,)), (1, (1, 2)),
+                              (1, (1, 2, 0))}
+    for i, (shard, prefix) in enumerate(order):  # every parent before its child
+        assert all((shard, prefix[:k]) in order[:i] or live.get((shard, prefix[:k]))
+                   for k in range(1, len(prefix)))
+
+
+def test_prioritise_finishes_one_chain_at_a_time_when_only_full_depth_serves():
+    jobs = [job(s, p) for s in (0, 1) for p in [(0,), (0, 1), (0, 1, 2)]]
+    order = [(j.shard, j.prefix) for j in prioritise(jobs, {}, [(0, 1, 2)], 3, lambda d: d == 3)]
+    assert order == [(0, (0,)), (0, (0, 1)), (0, (0, 1, 2)), (1, (0,)), (1, (0, 1)),
+                     (1, (0, 1, 2))]
+
+
+def test_serve_rejects_a_bad_retrain_policy(trained):
+    result = CliRunner().invoke(cli, ["serve", str(trained), "--retrain", "often"])
+    assert result.exit_code == 2 and "--retrain" in result.output and "eager" in result.output
+    result = CliRunner().invoke(cli, ["serve", str(trained), "--retrain-delay", "-1"])
+    assert result.exit_code == 2 and "--retrain-delay" in result.output
+
+
+# --- the service -------------------------------------------------------------------------------
+
+def test_manual_retrain_job_over_http(run_copy):
+    with serving(run_copy, eval_interval_s=0.1) as client:
+        assert client.post("/v1/retrain").status_code == 401
+        victim = retained_sample(run_copy, 1, 0)
+        assert client.post("/v1/deletions", json={"sample_ids": [victim]},
+                           headers=AUTH).status_code == 200
+        time.sleep(1.5)  # manual: nothing starts on its own
+        status = client.get("/v1/status").json()
+        assert status["retrain"]["policy"] == "manual" and status["retrain"]["job"] is None
+        assert status["capacity"] < 1
+        accepted = client.post("/v1/retrain", headers=AUTH)
+        assert accepted.status_code == 202
+        job_id = accepted.json()["job"]["id"]
+        again = client.post("/v1/retrain", headers=AUTH).json()["job"]["id"]
+        assert again == job_id  # one job at a time: the active one is returned
+        status = wait_for(client, job_ended, "the manual job")
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["state"] == "succeeded", job
+        assert job["stages_done"] == job["stages_total"] == 3 and job["last_route_switch"]
+        assert status["capacity"] == 1.0 and status["training"] == "idle"
+        assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [job_id]
+        assert client.get("/v1/jobs/nope").status_code == 404
+        events = [p["event"] for p in client.get("/v1/history").json()["points"]]
+        assert events[0] == "start" and "deletion" in events and "route-switch" in events
+        assert events.index("retrain-start") < events.index("retrain-end")
+        metrics = client.get("/metrics").text
+        assert 's3t_retrain_jobs_total{state="succeeded"} 1.0' in metrics
+        assert "s3t_route_switches_total 2.0" in metrics or "s3t_route_switches_total 3.0" in metrics
+
+
+def test_eager_retrain_restores_capacity_while_predictions_are_served(run_copy, monkeypatch):
+    # every stage waits 2 s between writing its files and committing: predictions made then
+    # must still be answered at once (the trainer is another process holding no server lock)
+    monkeypatch.setenv("S3T_FAULT", "train:after-stage-write=2")
+    victims = [retained_sample(run_copy, 0, 0), retained_sample(run_copy, 1, 1)]
+    predictions: list = []
+    with serving(run_copy, retrain="eager", eval_interval_s=0.1) as client:
+        certificate = client.post("/v1/deletions", json={"sample_ids": victims},
+                                  headers=AUTH).json()
+        erased = set(certificate["erased_stages"])
+        assert erased
+        acknowledged = time.monotonic()
+        status = wait_for(client, lambda s: job_ended(s) and s["capacity"] == 1.0,
+                          "capacity back to 1.0", predict=predictions)
+        assert status["retrain"]["job"]["state"] == "succeeded"
+        assert status["retrain"]["job"]["trigger"] == "policy"
+        history = client.get("/v1/history").json()["points"]
+    during = [p for p in predictions if p[3] and p[3]["state"] == "running" and p[3]["current_stage"]]
+    assert during, "no prediction was made while a stage trained"
+    assert max(seconds for _, seconds, _, _ in during) < 1.0
+    # no prediction after the acknowledgement used an erased stage; some used retrained ones
+    assert all(not erased & set(routes.values()) for started, _, routes, _ in predictions
+               if started > acknowledged)
+    assert any(p["val_accuracy"] is not None for p in history)
+    assert history[-1]["capacity"] == 1.0 or any(p["capacity"] == 1.0 for p in history)
+    est = S3T.load(run_copy)
+    try:  # bitwise: what is served now is what scratch training on the retained data gives
+        assert_served_equal_scratch(est, est.config, TRAIN, set(victims), full_depth=True)
+        assert est.audit().ok
+    finally:
+        est.close()
+
+
+def test_deletion_while_its_stage_trains_discards_it(run_copy, monkeypatch):
+    monkeypatch.setenv("S3T_FAULT", "train:after-stage-write=2")
+    predictions: list = []
+    with serving(run_copy, retrain="eager", eval_interval_s=5) as client:
+        first = retained_sample(run_copy, 0, 0)
+        client.post("/v1/deletions", json={"sample_ids": [first]}, headers=AUTH)
+        status = wait_for(client, lambda s: bool(s["retrain"]["job"] and
+                                                 s["retrain"]["job"]["current_stage"]),
+                          "a stage in training")
+        training = status["retrain"]["job"]["current_stage"]
+        victim = retained_sample(run_copy, training["shard"], training["prefix"][-1])
+        certificate = client.post("/v1/deletions", json={"sample_ids": [victim]},
+                                  headers=AUTH).json()
+        acknowledged = time.monotonic()
+        wait_for(client, lambda s: s["capacity"] == 1.0 and job_ended(s) and
+                 s["training"] == "idle", "the rebuilt routes", predict=predictions)
+        jobs = client.get("/v1/jobs").json()["jobs"]
+    assert victim in certificate["samples"]
+    assert sum(j["stages_discarded"] for j in jobs) >= 1
+    assert all(training["key"] not in routes.values()
+               for started, _, routes, _ in predictions if started > acknowledged)
+    run = Run.open(run_copy, repair=False)
+    try:
+        assert not run.ledger.is_live(training["key"])  # never went live: discarded
+        assert run.audit().ok
+    finally:
+        run.close()
+    est = S3T.load(run_copy)
+    try:
+        assert_served_equal_scratch(est, est.config, TRAIN, {first, victim}, full_depth=True)
+    finally:
+        est.close()
