@@ -15,9 +15,10 @@ forgetting stays a ledger operation. What it costs and what it buys:
   (a child starts when its parent's task finished), plus the measured per-stage overhead,
   each worker's first-touch feature computation per cell and backbone load, and the driver
   committing one stage at a time. It is checked against the measured runs and plotted for
-  W = 1..64 with the measured points; its bound is total work / critical path.
+  W = 1..64 with the measured points, for m = 4, 16, 64 shards of the measured size; its
+  bound is total work / critical path (a shard's longest chain).
 
-    .venv/bin/python bench/distributed.py [--quick] [--workers 1 2]
+    .venv/bin/python bench/distributed.py [--quick] [--workers 1 2] [--model-only]
 """
 
 from __future__ import annotations
@@ -240,48 +241,59 @@ def critical_path(stages: list[Stage]) -> float:
     return max(chain(s) for s in stages)
 
 
-def scaled(stages: list[Stage], shards: int, features: dict[tuple[int, int], float],
-           base_shards: int) -> tuple[list[Stage], dict[tuple[int, int], float]]:
-    """The same data on ``shards`` shards: m/base times the stages, each on base/m of the
-    samples (stage time taken proportional to its samples)."""
-    factor = base_shards / shards
+def replicated(stages: list[Stage], shards: int, features: dict[tuple[int, int], float],
+               base_shards: int) -> tuple[list[Stage], dict[tuple[int, int], float]]:
+    """``shards`` shards of the measured size (the data grows with m): shard s repeats the
+    measured shard s mod m's stages and cells."""
     out, feats = [], {}
     for shard in range(shards):
         for s in stages:
             if s.shard == shard % base_shards:
                 parent = None if s.parent is None else f"{shard}:{s.parent}"
-                out.append(Stage(f"{shard}:{s.key}", shard, s.prefix, parent, s.seconds * factor))
-        for (b, c), sec in features.items():
-            if b == shard % base_shards:
-                feats[(shard, c)] = sec * factor
+                out.append(Stage(f"{shard}:{s.key}", shard, s.prefix, parent, s.seconds))
+        feats.update({(shard, c): sec for (b, c), sec in features.items()
+                      if b == shard % base_shards})
+    out.sort(key=lambda s: (len(s.prefix), s.shard, s.prefix))
     return out, feats
 
 
-def model(est: Any, local_1: dict[str, Any], feats: dict[tuple[int, int], float],
-          over: dict[str, Any], ray_runs: list[dict[str, Any]], shards: int) -> dict[str, Any]:
-    """Fit nothing: every parameter is measured; predictions are compared with the runs."""
-    records = {r.key: r for r in est.ledger.stages(None)}
-    stages = [Stage(k, records[k].shard, records[k].prefix, records[k].parent, sec)
-              for k, sec in local_1["stage_seconds"].items()]
+def parse_key(key: str) -> tuple[int, tuple[int, ...], str | None]:
+    """Shard, prefix and parent key of a stage key such as ``0-2v0_0v1``."""
+    shard, rest = key.split("-", 1)
+    parts = rest.split("_")
+    parent = f"{shard}-" + "_".join(parts[:-1]) if len(parts) > 1 else None
+    return int(shard), tuple(int(part.split("v")[0]) for part in parts), parent
+
+
+def model(result: dict[str, Any]) -> dict[str, Any]:
+    """Fit nothing: every parameter is measured (stage times: the one-thread local run;
+    dispatch and return: the near-empty Ray run; commit, worker start and backbone load: the
+    full Ray task runs; features: one thread per cell); predictions are checked against the
+    measured runs."""
+    runs, shards = result["runs"], result["size"]["shards"]
+    stages = [Stage(k, *parse_key(k), sec) for k, sec in runs["local_1_thread"]["stage_seconds"].items()]
     stages.sort(key=lambda s: (len(s.prefix), s.shard, s.prefix))
-    overhead = over["dispatch_median"] + over["return_median"]
-    commit = over["commit_median"]
-    firsts = [r for r in ray_runs if r["mode"] == "tasks"] or ray_runs
-    setup = statistics.median(max(row["setup_seconds"] for row in r["rows"]) for r in firsts)
+    feats = {tuple(map(int, k.split(","))): v for k, v in result["feature_seconds_per_cell"].items()}
+    near = result["near_empty"]["overheads"]
+    overhead = near["dispatch_median"] + near["return_median"]
+    ray_runs = [r for r in runs.values() if r["executor"] == "ray"]
+    tasks = [r for r in ray_runs if r["mode"] == "tasks"] or ray_runs
+    commit = statistics.median(row["commit_seconds"] for r in tasks for row in r["rows"]
+                               if "commit_seconds" in row)
+    setup = statistics.median(max(row["setup_seconds"] for row in r["rows"]) for r in tasks)
     start = statistics.median(r["first_task_start_seconds"] - max(row["setup_seconds"]
-                              for row in r["rows"]) for r in firsts)
-    t_local = local_model(stages, feats, commit)
-    checks = [{"run": "local, 1 thread", "measured_s": local_1["train_seconds"],
-               "predicted_s": t_local}]
+                              for row in r["rows"]) for r in tasks)
+    checks = [{"run": "local, 1 thread", "measured_s": runs["local_1_thread"]["train_seconds"],
+               "predicted_s": local_model(stages, feats, commit)}]
     for r in ray_runs:
-        predicted = simulate(stages, r["workers"], feats, overhead, commit, setup, start)
         checks.append({"run": f"ray {r['mode']}, W={r['workers']}", "measured_s": r["train_seconds"],
-                       "predicted_s": predicted})
+                       "predicted_s": simulate(stages, r["workers"], feats, overhead, commit,
+                                               setup, start)})
     for c in checks:
         c["error"] = c["predicted_s"] / c["measured_s"] - 1
     curves = {}
-    for m in sorted({shards, 4 * shards, 16 * shards}):
-        st, fe = scaled(stages, m, feats, shards)
+    for m in (shards, 4 * shards, 16 * shards):
+        st, fe = replicated(stages, m, feats, shards)
         base = local_model(st, fe, commit)
         curves[str(m)] = {
             "workers": MODEL_WORKERS,
@@ -289,21 +301,22 @@ def model(est: Any, local_1: dict[str, Any], feats: dict[tuple[int, int], float]
                         for w in MODEL_WORKERS],
             "bound": sum(s.seconds for s in st) / critical_path(st),
             "stages": len(st), "total_work_s": sum(s.seconds for s in st),
-            "critical_path_s": critical_path(st)}
+            "critical_path_s": critical_path(st), "commits_s": len(st) * commit}
     return {"parameters": {"overhead_per_stage_s": overhead, "commit_per_stage_s": commit,
+                           "commit_near_empty_s": near["commit_median"],
                            "worker_setup_s": setup, "worker_start_s": start,
                            "features_total_s": sum(feats.values()), "stages": len(stages),
                            "total_work_s": sum(s.seconds for s in stages),
                            "critical_path_s": critical_path(stages)},
-            "checks": checks, "curves": curves,
-            "driver_commit_limit_stages_per_s": 1 / commit if commit else None}
+            "checks": checks, "curves": curves}
 
 
 def plot(result: dict[str, Any], quick: bool) -> None:
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for m, curve in result["model"]["curves"].items():
-        line, = ax.plot(curve["workers"], curve["speedup"], label=f"predicted, m={m}")
+        line, = ax.plot(curve["workers"], curve["speedup"],
+                        label=f"predicted, m={m} shards of the measured size")
         ax.axhline(curve["bound"], color=line.get_color(), linestyle=":", linewidth=1)
     base = result["runs"]["local_1_thread"]["train_seconds"]
     for run in result["runs"].values():
@@ -325,7 +338,11 @@ def main() -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, nargs="+", default=[2],
                    help="Ray worker counts to measure (each a fresh local Ray instance)")
+    p.add_argument("--model-only", action="store_true",
+                   help="recompute the scaling model and plot from the stored result")
     args = p.parse_args()
+    if args.model_only:
+        return remodel(args.quick)
     size = dict(QUICK if args.quick else FULL, workers=args.workers)
     seed = common.seeds_for(args, [0], [0])[0]
     prov = common.provenance(NAME, args.quick, [seed], size)
@@ -367,16 +384,32 @@ def main() -> int:
                                         "ray": near_ray["train_seconds"] / near_ray["stages"]}}
 
     feats = feature_seconds(ests["local_1"])
-    ray_runs = [r for r in runs.values() if r["executor"] == "ray"]
     result = {"size": size, "runs": runs, "near_empty": near_result,
-              "feature_seconds_per_cell": {f"{a},{b}": v for (a, b), v in feats.items()},
-              "model": model(ests["local_1"], runs["local_1_thread"], feats, over, ray_runs,
-                             size["shards"])}
+              "feature_seconds_per_cell": {f"{a},{b}": v for (a, b), v in feats.items()}}
+    result["model"] = model(result)
+    report_model(result)
+    plot(result, args.quick)
+    common.write_result(NAME, args.quick, prov, result)
+    return 0
+
+
+def report_model(result: dict[str, Any]) -> None:
     for check in result["model"]["checks"]:
         print(f"model {check['run']}: measured {check['measured_s']:.1f} s, predicted "
               f"{check['predicted_s']:.1f} s ({100 * check['error']:+.0f}%)", flush=True)
-    plot(result, args.quick)
-    common.write_result(NAME, args.quick, prov, result)
+
+
+def remodel(quick: bool) -> int:
+    """Recompute the model and the plot from a stored result (no measurement)."""
+    import json
+
+    path = common.result_path(NAME, quick)
+    result = json.loads(path.read_text())
+    result["model"] = model(result)
+    report_model(result)
+    plot(result, quick)
+    path.write_text(json.dumps(result, indent=2, default=common._json_default) + "\n")
+    print(f"# rewrote the model in {path.relative_to(common.REPO_DIR)}")
     return 0
 
 

@@ -40,16 +40,16 @@ NAME = "mia"
 BOOTSTRAP = 2000
 MIN_K = 0.2  # Min-K%: the 20% least likely response tokens
 QUICK = {
-    "minilm": {"train": 240, "heldout": 80, "forget": 60, "handful": 4, "members": 80,
+    "minilm": {"train": 240, "heldout": 80, "forget": 60, "handful": 6, "members": 80,
                "epochs": 4, "learning_rate": 5e-3, "max_seq_len": 48, "layers_per_slice": 1},
     "smollm2": {"train": 32, "heldout": 16, "forget": 8, "handful": 2, "members": 16,
-                "epochs": 2, "learning_rate": 2e-3, "max_seq_len": 48, "layers_per_slice": 1},
+                "epochs": 2, "learning_rate": 2e-3, "max_seq_len": 64, "layers_per_slice": 1},
 }
 FULL = {
-    "minilm": {"train": 1200, "heldout": 300, "forget": 240, "handful": 12, "members": 300,
+    "minilm": {"train": 800, "heldout": 300, "forget": 200, "handful": 25, "members": 300,
                "epochs": 8, "learning_rate": 5e-3, "max_seq_len": 48, "layers_per_slice": 1},
-    "smollm2": {"train": 160, "heldout": 80, "forget": 40, "handful": 6, "members": 80,
-                "epochs": 4, "learning_rate": 2e-3, "max_seq_len": 48, "layers_per_slice": 1},
+    "smollm2": {"train": 160, "heldout": 80, "forget": 40, "handful": 8, "members": 80,
+                "epochs": 8, "learning_rate": 3e-3, "max_seq_len": 64, "layers_per_slice": 2},
 }
 GRID = {"shards": 2, "slices": 2, "budget": 2}
 
@@ -69,7 +69,9 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 def auc_with_interval(pos: np.ndarray, neg: np.ndarray, seed: int,
                       resamples: int = BOOTSTRAP) -> dict[str, Any]:
-    """AUC and its 95% percentile-bootstrap interval (both groups resampled)."""
+    """AUC and its 95% percentile-bootstrap interval (both groups resampled). Samples without
+    a score (a causal LM sample whose response was cut away entirely) are left out."""
+    pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
     rng = np.random.default_rng(seed)
     boots = [auc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))])
              for _ in range(resamples)]
@@ -158,15 +160,20 @@ def run_setting(name: str, seed: int, size: dict[str, Any]) -> dict[str, Any]:
     train_seconds = time.perf_counter() - t0
 
     # a handful of deletions confined to one cell per shard (so every shard keeps a route)
+    hit_cells = {(shard, shard % config.slices) for shard in range(config.shards)}
     handful = []
-    for shard in range(config.shards):
-        cell = [row[0] for row in est.ledger.cell_samples(shard, shard % config.slices)]
-        handful += rng.sample(cell, size["handful"])
+    for cell in sorted(hit_cells):
+        handful += rng.sample([row[0] for row in est.ledger.cell_samples(*cell)], size["handful"])
     rest = [sid for sid in train.ids if sid not in set(handful)]
     forget = rng.sample(rest, size["forget"])
     retained = [sid for sid in rest if sid not in set(forget)]
     members = rng.sample(retained, min(size["members"], len(retained)))
     groups = {"retained": members, "forgotten": forget, "handful": handful}
+    where = {sid: (shard, slice_) for sid, (shard, slice_, _) in est.ledger.find_samples(retained).items()}
+    # negative control after the handful: retained samples of the hit cells, which the routes
+    # still served never saw either (same status as the handful, never deleted)
+    unserved = [sid for sid in retained if where[sid] in hit_cells]
+    groups["unserved"] = rng.sample(unserved, min(size["members"], len(unserved)))
 
     def attack(stage: str, which: list[str]) -> dict[str, Any]:
         held = scores(est, both, heldout.ids)
@@ -187,7 +194,13 @@ def run_setting(name: str, seed: int, size: dict[str, Any]) -> dict[str, Any]:
     result["before"] = attack("before deletions", ["retained", "forgotten", "handful"])
     for sid in handful:
         est.forget([sid])
-    result["after_handful"] = attack("after handful, no retrain", ["retained", "handful"])
+    served_cells = {(int(shard), s) for shard, route in est.status()["routes"].items()
+                    if route is not None for s in route["prefix"]}
+    assert not served_cells & hit_cells, "a served route still holds a cell the handful hit"
+    # positive control after the handful: retained members of the routes still served
+    groups["served_members"] = [sid for sid in members if where[sid] in served_cells]
+    result["after_handful"] = attack("after handful, no retrain",
+                                     ["served_members", "unserved", "handful"])
     certificate = est.forget(forget)
     t0 = time.perf_counter()
     est.retrain(progress=False)
@@ -206,14 +219,15 @@ def plot(results: dict[str, list[dict[str, Any]]], quick: bool) -> None:
     rows = [(setting, stage, group, kind)
             for setting, runs in results.items()
             for stage, groups in (("before", ("retained", "forgotten")),
-                                  ("after_handful", ("retained", "handful")),
+                                  ("after_handful", ("served_members", "unserved", "handful")),
                                   ("after_retrain", ("retained", "forgotten_all")))
             for group in groups for kind in runs[0][stage][group]]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))
     for y, (setting, stage, group, kind) in enumerate(rows):
         for run in results[setting]:
             r = run[stage][group][kind]
-            colour = "tab:red" if group.startswith(("forgotten", "handful")) else "tab:blue"
+            colour = ("tab:red" if group.startswith(("forgotten", "handful"))
+                      else "tab:grey" if group == "unserved" else "tab:blue")
             ax.errorbar(r["auc"], y, xerr=[[r["auc"] - r["low"]], [r["high"] - r["auc"]]],
                         fmt="o", color=colour, capsize=3)
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PYTHON:-.venv/bin/python}
-for bench in deletion_rate accuracy deletions deletion_cost training_cost perf cache vit llm faults service stream distributed; do
+for bench in deletion_rate accuracy deletions deletion_cost training_cost perf cache vit llm faults service stream distributed mia; do
     echo "=== bench/${bench}.py $*"
     start=$(date +%s)
     "$PY" "bench/${bench}.py" "$@"

@@ -15,7 +15,7 @@ Reported per system: time-averaged served accuracy, the fraction of time at leas
 served and at full capacity, retrain jobs, deletion latency p50/p99, errors, acknowledged
 deletions lost, and the audit after the run.
 
-    python bench/stream.py            # the recorded run (about 40 min on 2 cores)
+    python bench/stream.py            # the recorded run (about 25 min on 2 cores)
     python bench/stream.py --quick    # a smoke test (a few minutes)
 """
 
@@ -38,7 +38,7 @@ NAME = "stream"
 QUICK = {"train": 400, "test": 100, "shards": 5, "slices": 3, "budget": 3, "epochs": 1,
          "max_seq_len": 32, "duration_s": 150.0, "rate_per_min": 6.0, "retrain_delay_s": 2.0,
          "eval_every_s": 5.0, "predict_gap_s": 0.2}
-FULL = dict(QUICK, train=2500, test=300, epochs=2, duration_s=900.0, rate_per_min=4.0)
+FULL = dict(QUICK, train=1200, test=300, duration_s=420.0, rate_per_min=4.0)
 SYSTEMS = ("s3t", "sisa")
 REQUEST_TIMEOUT_S = 60.0
 MAX_PREDICTS = 100_000  # the count bound of the prediction loop (time is the other)

@@ -99,6 +99,9 @@ def select(records: dict[str, StageRecord], routes: dict[int, str | None],
 
     ``which``: ``"served"`` (the routes' chains), ``"all"`` (every live stage) or stage keys.
     """
+    if isinstance(which, str) and which not in (SERVED, ALL):
+        raise VerifySelectionError(f"which must be {SERVED!r}, {ALL!r} or a list of stage keys, "
+                                   f"got {which!r}")
     if which == SERVED:
         wanted = [k for k in routes.values() if k is not None]
         if not wanted:

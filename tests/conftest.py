@@ -8,12 +8,39 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import make_tiny_bert  # noqa: E402
+from tiny import copy_run, make_tiny_bert, toy_dataset  # noqa: E402
+
+from s3t.config import S3TConfig  # noqa: E402
+from s3t.data.samples import Dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+SERVICE_TRAIN = toy_dataset(48, groups=True)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_bert) -> Path:
+    """A tiny BERT run (m=2, L=2, B=2, validation samples e0..e11) fitted on SERVICE_TRAIN,
+    shared by the service tests; tests that change it work on ``run_copy``."""
+    from s3t.engine import S3T
+
+    run = tmp_path_factory.mktemp("service") / "run"
+    config = S3TConfig(model=tiny_bert, shards=2, slices=2, budget=2, epochs=1, batch_size=8,
+                       lora_r=4, lora_alpha=4, target_modules=["query", "key", "value"], seed=3)
+    held_out = toy_dataset(12, seed=9)
+    held_out = Dataset([f"e{i}" for i in range(12)], held_out.texts, held_out.labels,
+                       label_names=held_out.label_names)  # validation: never deletable
+    S3T(config, run_dir=run).fit(SERVICE_TRAIN, held_out, progress=False).close()
+    return run
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    return copy_run(trained, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -4,52 +4,22 @@ they are committed, a deletion landing while a stage trains, and bitwise exactne
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import SERVICE_TRAIN as TRAIN
 from fastapi.testclient import TestClient
 from test_exactness import assert_served_equal_scratch
-from tiny import copy_run, toy_dataset
+from test_service import AUTH, serving
 from typer.testing import CliRunner
 
 from s3t.cli import app as cli
-from s3t.config import S3TConfig
-from s3t.data.samples import Dataset
 from s3t.engine import S3T
 from s3t.run import Run
-from s3t.service import create_app
 from s3t.service.retrainer import RetrainPolicy
 from s3t.train.scheduler import CellData, StageJob, prioritise
 
-TOKEN = "s3cret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-TRAIN = toy_dataset(48, groups=True)
 WAIT_S = 180  # bound on every wait for a background job (a loaded 2-core machine is slow)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_bert) -> Path:
-    run = tmp_path_factory.mktemp("retrainer") / "run"
-    config = S3TConfig(model=tiny_bert, shards=2, slices=2, budget=2, epochs=1, batch_size=8,
-                       lora_r=4, lora_alpha=4, target_modules=["query", "key", "value"], seed=3)
-    held_out = toy_dataset(12, seed=9)
-    held_out = Dataset([f"e{i}" for i in range(12)], held_out.texts, held_out.labels,
-                       label_names=held_out.label_names)
-    S3T(config, run_dir=run).fit(TRAIN, held_out, progress=False).close()
-    return run
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
-    return copy_run(trained, tmp_path)
-
-
-@contextmanager
-def serving(run: Path, **kwargs):
-    kwargs.setdefault("token", TOKEN)
-    with TestClient(create_app(run, **kwargs)) as client:
-        yield client
 
 
 def retained_sample(run: Path, shard: int, slice_: int) -> str:
@@ -237,3 +207,46 @@ def test_deletion_while_its_stage_trains_discards_it(run_copy, monkeypatch):
         assert_served_equal_scratch(est, est.config, TRAIN, {first, victim}, full_depth=True)
     finally:
         est.close()
+
+
+def test_a_failed_job_is_reported_and_the_policy_backs_off(tmp_path):
+    from s3t.service.retrainer import Retrainer
+
+    events: list[str] = []
+    status = {"live_stages": 1, "stages_total": 2, "capacity": 0.5, "training": "idle"}
+    retrainer = Retrainer(tmp_path / "missing-run", RetrainPolicy.parse("eager"), 0.0,
+                          lambda: status, lambda event, job: events.append(event),
+                          log_path=tmp_path / "retrain.log")
+    retrainer.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and not (retrainer.last() and
+                                                    not retrainer.last().active):
+            time.sleep(0.1)
+        job = retrainer.last()
+        assert job is not None and job.state == "failed" and job.trigger == "policy"
+        assert "exited with" in job.error and "missing-run" in job.error
+        time.sleep(2.5)  # within the back-off: the policy does not start another job
+        assert len(retrainer.jobs) == 1 and events == ["retrain-start", "retrain-end"]
+        assert retrainer.request() is not job  # a manual request does not wait for it
+    finally:
+        retrainer.stop()
+
+
+def test_stopping_the_server_cancels_the_job_and_leaves_a_clean_run(run_copy, monkeypatch):
+    monkeypatch.setenv("S3T_FAULT", "train:after-stage-write=120")  # written, never committed
+    with serving(run_copy) as client:
+        victim = retained_sample(run_copy, 0, 1)
+        client.post("/v1/deletions", json={"sample_ids": [victim]}, headers=AUTH)
+        job_id = client.post("/v1/retrain", headers=AUTH).json()["job"]["id"]
+        wait_for(client, lambda s: bool(s["retrain"]["job"]["current_stage"]), "a stage")
+        time.sleep(1.0)  # its files are written while it waits at the fault point
+        retrainer = client.app.state.service.retrainer
+    job = retrainer.job(job_id)
+    assert job is not None and job.state == "cancelled" and job.stages_done == 0
+    run = Run.open(run_copy, repair=False)  # as `s3t audit` opens it: nothing repaired here
+    try:
+        report = run.audit()
+        assert report.ok, report.violations
+    finally:
+        run.close()

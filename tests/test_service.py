@@ -18,37 +18,17 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from tiny import copy_run, make_tiny_llama, toy_dataset, toy_instructions
+from tiny import make_tiny_llama, toy_instructions
 from typer.testing import CliRunner
 
 from s3t.cli import app as cli
 from s3t.config import S3TConfig
-from s3t.data.samples import Dataset
 from s3t.run import Run
 from s3t.service import create_app
 from s3t.service.batching import Batcher
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_bert) -> Path:
-    from s3t.engine import S3T
-
-    run = tmp_path_factory.mktemp("service") / "run"
-    config = S3TConfig(model=tiny_bert, shards=2, slices=2, budget=2, epochs=1, batch_size=8,
-                       lora_r=4, lora_alpha=4, target_modules=["query", "key", "value"], seed=3)
-    held_out = toy_dataset(12, seed=9)
-    held_out = Dataset([f"e{i}" for i in range(12)], held_out.texts, held_out.labels,
-                       label_names=held_out.label_names)  # validation: never deletable
-    S3T(config, run_dir=run).fit(toy_dataset(48, groups=True), held_out, progress=False).close()
-    return run
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
-    return copy_run(trained, tmp_path)
 
 
 @contextmanager

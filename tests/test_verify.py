@@ -181,6 +181,8 @@ def test_bad_requests_are_one_line_errors(runs, tmp_path):
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = invoke(tmp_path / "nothing")
     assert result.exit_code != 0 and "not an s3t run" in result.stderr
+    with pytest.raises(VerifySelectionError, match="list of stage keys"):
+        verify_run(run, erased, progress=False)  # one key, not in a list
 
 
 def test_a_run_with_nothing_live_is_refused(runs, tmp_path):

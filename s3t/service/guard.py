@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from s3t.run import IntegrityError, Run
+from s3t.run import IntegrityError, Run, sweep
 from s3t.service.errors import BusyError, IdempotencyConflict
 from s3t.service.idempotency import IdempotencyStore, fingerprint
 
@@ -170,6 +170,14 @@ class GuardedModel:
     @property
     def stages_total(self) -> int:
         return self.records.tree.count() * self.records.config.shards
+
+    def sweep(self) -> list[str]:
+        """Remove what a killed trainer left (half-written stage directories), as opening
+        the run does; nothing while a trainer still holds the run's retrain lock."""
+        run = self.records
+        with self.records_lock:
+            return sweep(run.ledger, run.store, run.features,
+                         writer_active=run.writer_running())
 
     def audit(self) -> dict:
         with self.records_lock:

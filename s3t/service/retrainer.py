@@ -189,12 +189,17 @@ class Retrainer:
             self._wake.clear()
             if self._stopping:
                 break
+            job = None
             try:
                 job = self._next_job()
                 if job is not None:
                     self._run(job)
-            except Exception:  # never let the worker die: log, back off, go on
+            except Exception as err:  # never let the worker die: record, back off, go on
                 log.exception("retrainer")
+                if job is not None and job.active:
+                    job.state, job.finished = "failed", time.time()
+                    job.error = f"{type(err).__name__}: {err}"
+                    self._on_event("retrain-end", job)
                 self._retry_at = time.monotonic() + BACKOFF_S[0]
 
     def _next_job(self) -> Job | None:

@@ -131,6 +131,10 @@ class Service:
     def _on_retrain(self, event: str, job: Job) -> None:
         """Retrainer events (its worker thread): history point, metrics."""
         self.metrics.observe_job(event, job)
+        if event == "retrain-end" and job.state != "succeeded" and self._model is not None:
+            removed = self._model.sweep()  # a killed trainer's half-written stage files
+            if removed:
+                log.info("removed what retrain job %s left unfinished: %s", job.id, removed)
         if self._history is not None:
             self._history.record(event)
 

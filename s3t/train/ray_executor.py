@@ -112,6 +112,7 @@ class _Driver:
         self.pending: dict[Any, StageJob] = {}  # task ref -> its job, until settled
         self.refs: dict[str, Any] = {}  # stage key -> its task ref
         self.waiting: dict[str, list[tuple[StageJob, dict | None]]] = {}  # parent -> finished children
+        self.settled: set[str] = set()  # stage keys committed or discarded in this call
         self.submitted: dict[str, float] = {}  # stage key -> seconds from the start
         self.stages: list[dict[str, Any]] = []
         self.bar: Any = None
@@ -193,7 +194,7 @@ class _Driver:
                         cause = getattr(err, "cause", None)
                         raise (cause if isinstance(cause, Exception) else err) from None
                     parent = job.parent
-                    if parent is not None and self.refs.get(parent) in self.pending:
+                    if parent in self.refs and parent not in self.settled:
                         self.pending.pop(ref)  # settled right after its parent
                         self.waiting.setdefault(parent, []).append((job, outcome))
                         continue
@@ -243,7 +244,8 @@ class _Driver:
             accepted = self.scheduler.commit(job, files, {
                 "seed": self.scheduler.run.config.seed, "final_loss": outcome["final_loss"],
                 "train_seconds": outcome["train_seconds"], "executor": "ray",
-                "host": outcome["host"]}, outcome["val_score"])
+                "host": outcome["host"], "torch_threads": outcome["torch_threads"]},
+                outcome["val_score"])
             outcome = dict(outcome, commit_seconds=time.perf_counter() - t0)
             if accepted:
                 self.bank.put(job.key, weights)
@@ -269,6 +271,7 @@ class _Driver:
             if "commit_seconds" in outcome:
                 row["commit_seconds"] = outcome["commit_seconds"]
         self.stages.append(row)
+        self.settled.add(job.key)
         if self.bar is not None:
             self.bar.update(1)
 

@@ -97,6 +97,7 @@ def run_stage(spec: RunSpec, job: StageJob, *ancestors: dict[str, Any]) -> dict[
     """Train one stage on a Ray worker: its weight files (bytes) and metrics; writes nothing."""
     global _WORKER
     import ray
+    import torch
 
     from s3t.train.stage_trainer import train_stage
 
@@ -130,6 +131,7 @@ def run_stage(spec: RunSpec, job: StageJob, *ancestors: dict[str, Any]) -> dict[
             "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
             "val_score": result.val_score, "final_loss": result.final_loss,
             "setup_seconds": setup_seconds, "train_seconds": result.seconds,
+            "torch_threads": torch.get_num_threads(),
             "features_seconds": features_seconds,
             "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
             "pid": os.getpid(), "started": started, "finished": time.time()}
