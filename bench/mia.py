@@ -222,20 +222,21 @@ def plot(results: dict[str, list[dict[str, Any]]], quick: bool) -> None:
                                   ("after_handful", ("served_members", "unserved", "handful")),
                                   ("after_retrain", ("retained", "forgotten_all")))
             for group in groups for kind in runs[0][stage][group]]
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(9, 0.4 * len(rows) + 1.2))
     for y, (setting, stage, group, kind) in enumerate(rows):
-        for run in results[setting]:
+        for i, run in enumerate(results[setting]):  # seeds side by side
             r = run[stage][group][kind]
             colour = ("tab:red" if group.startswith(("forgotten", "handful"))
                       else "tab:grey" if group == "unserved" else "tab:blue")
-            ax.errorbar(r["auc"], y, xerr=[[r["auc"] - r["low"]], [r["high"] - r["auc"]]],
-                        fmt="o", color=colour, capsize=3)
+            ax.errorbar(r["auc"], y + 0.2 * i, xerr=[[r["auc"] - r["low"]], [r["high"] - r["auc"]]],
+                        fmt="os^"[i % 3], color=colour, capsize=3, markersize=4)
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{s}: {st.replace('_', ' ')}: {g} ({k})" for s, st, g, k in rows],
                        fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("ROC AUC vs never-seen held-out samples (95% bootstrap interval)")
+    ax.set_xlabel("ROC AUC vs never-seen held-out samples (95% bootstrap interval; "
+                  "one marker per seed)")
     ax.set_title("Loss-threshold membership inference on the served model")
     common.save_plot(fig, NAME, quick)
 
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     size = QUICK if args.quick else FULL
     names = [args.only] if args.only else list(size)
-    seeds = common.seeds_for(args, [0], [0])
+    seeds = common.seeds_for(args, [0], [0, 1])
     prov = common.provenance(NAME, args.quick, seeds, {**{n: size[n] for n in names}, **GRID,
                                                        "bootstrap": BOOTSTRAP, "min_k": MIN_K})
     common.print_header(prov)

@@ -442,9 +442,7 @@ def stream_section(res: Result) -> str:
             f"{size['rate_per_min']:g}/min) over {size['duration_s']:.0f} s; {size['train']} "
             f"training samples, m={size['shards']}, L={size['slices']}, S3T B={size['budget']}, "
             f"{size['epochs']} epoch(s) per stage; served accuracy measured every "
-            f"{size['eval_every_s']:g} s on {size['test']} test glosses "
-            f"(![plot](bench/results/{'stream-quick' if res['provenance']['quick'] else 'stream'}"
-            ".png)).")
+            f"{size['eval_every_s']:g} s on {size['test']} test glosses.")
     return head + "\n\n" + table(
         ["system", "time-avg accuracy", "time-avg capacity", "time with a serving shard",
          "time at full capacity", "min live shards", "retrain jobs",
@@ -543,7 +541,7 @@ MIA_ROWS = (("before", "before deletions", ("retained", "forgotten", "handful"))
             ("after_handful", "after the handful, no retrain",
              ("served_members", "unserved", "handful")),
             ("after_retrain", "after forget + retrain", ("retained", "forgotten", "forgotten_all")))
-MIA_GROUPS = {"retained": "retained (members)", "forgotten": "the forgotten few hundred",
+MIA_GROUPS = {"retained": "retained (members)", "forgotten": "the forgotten random set",
               "handful": "the handful", "forgotten_all": "all forgotten (both sets)",
               "served_members": "retained members of the routes still served",
               "unserved": "retained, in the hit cells (not in any served route)"}

@@ -7,6 +7,7 @@ the reference every other executor must match bit for bit.
 
 from __future__ import annotations
 
+import torch
 from tqdm.auto import tqdm
 
 from s3t.models.adapted import AdaptedBackbone
@@ -53,8 +54,10 @@ def train_missing(scheduler: Scheduler, backbone: AdaptedBackbone,
             backbone, features, shard=job.shard, prefix=job.prefix, ancestors=ancestors,
             method=run.method, sample_ids=job.sample_ids, labels=job.labels, val=val,
             progress=bar.update)
+        # Float reductions depend on the thread count: recorded so a check can match it.
         meta = {"seed": config.seed, "final_loss": result.final_loss,
-                "train_seconds": result.seconds}
+                "train_seconds": result.seconds, "executor": "local",
+                "torch_threads": torch.get_num_threads()}
         accepted = scheduler.commit(job, result.weights.to_files(), meta, result.val_score)
         # Cells a deletion changed meanwhile: their cached features hold deleted inputs.
         features.drop_stale(scheduler.note_versions())
