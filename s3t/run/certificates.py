@@ -21,10 +21,13 @@ CHAIN_FILE = "chain.json"
 _TMP = ".tmp-"
 
 
-def write_json_atomic(path: Path, payload: dict, fault: bool = True) -> None:
+def write_json_atomic(path: Path, payload: dict, fault: bool = True,
+                      replace: bool = True) -> bool:
     """Write, fsync, rename; the temporary name is the writer's own (``.tmp-<pid>-<random>``)
     so that two writers never share one and a crashed writer's file can be told apart.
-    ``fault``: pass the ``forget:mid-certificate`` fault point (run files only)."""
+    ``fault``: pass the ``forget:mid-certificate`` fault point (run files only).
+    ``replace=False`` never overwrites an existing file (a restore from a ledger snapshot
+    must not undo a newer write by the deletion's own process); returns whether it wrote."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}{_TMP}{os.getpid()}-{os.urandom(4).hex()}")
     with open(tmp, "w") as f:
@@ -33,7 +36,16 @@ def write_json_atomic(path: Path, payload: dict, fault: bool = True) -> None:
         os.fsync(f.fileno())
     if fault:
         fault_point("forget:mid-certificate")
-    os.replace(tmp, path)
+    if replace:
+        os.replace(tmp, path)
+        return True
+    try:
+        os.link(tmp, path)  # fails if the file exists: create-if-absent, atomically
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 def _writer_gone(tmp: Path) -> bool:
@@ -55,8 +67,8 @@ def restore_certificates(ledger: Ledger, certificates_dir: Path) -> list[str]:
     for request_id in ledger.deletion_ids():
         if request_id not in present:
             certificate = ledger.certificate(request_id)
-            if certificate is not None:
-                write_json_atomic(certificates_dir / f"{request_id}.json", certificate)
+            if certificate is not None and write_json_atomic(
+                    certificates_dir / f"{request_id}.json", certificate, replace=False):
                 restored.append(request_id)
     return restored
 
