@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
-from test_service import AUTH, TOKEN, free_port, samples_in, start_server
+from test_service import AUTH, TOKEN, free_port, samples_in, start_server, stop_server
 from tiny import toy_dataset
 
 from s3t.config import S3TConfig
@@ -71,12 +70,7 @@ def server(run, tmp_path_factory):
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")

@@ -354,6 +354,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 def start_server(run: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "S3T_API_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}
@@ -401,12 +411,7 @@ def test_real_server_keeps_an_acknowledged_deletion_across_kill_9(run_copy, tmp_
                             timeout=30).json()["routes"]
         assert not set(certificate["erased_stages"]) & set(routes.values())
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_server(proc)
     assert TOKEN not in log.read_text()
     result = CliRunner().invoke(cli, ["audit", str(run_copy), "--json"])
     assert result.exit_code == 0, result.output

@@ -96,7 +96,6 @@ async def delete(body: DeletionRequest, service: ServiceDep, response: Response)
                                 body.request_id)
     if outcome.committed:
         await service.run(service.deleted)
-        await service.refresh_gauges()
     response.headers["S3T-Replayed"] = "true" if outcome.replayed else "false"
     return outcome.certificate
 

@@ -45,9 +45,11 @@ class History:
         if self._thread is not None:
             self._thread.join(30)
 
-    def record(self, event: str, val_accuracy: float | None = None) -> dict:
-        """Append a point with the run's status now; a change also schedules a measurement."""
-        status = self._status()
+    def record(self, event: str, val_accuracy: float | None = None,
+               status: dict | None = None) -> dict:
+        """Append a point with the run's status (now, unless given); a change also schedules
+        a measurement."""
+        status = self._status() if status is None else status
         point = {"time": time.time(), "event": event, "capacity": status["capacity"],
                  "live_shards": status["live_shards"],
                  "deletion_requests": status["deletion_requests"],

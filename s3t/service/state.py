@@ -142,7 +142,9 @@ class Service:
         """A deletion was committed through this server."""
         self.metrics.deletions.inc()
         self.retrainer.note_deletion()
-        self.history.record("deletion")
+        status = self.model.status()  # read once: the gauges and the history point
+        self.metrics.observe_status(status)
+        self.history.record("deletion", status=status)
 
     async def stop(self) -> None:
         if self._retrainer is not None:  # first: it may call back into the model
