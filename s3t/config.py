@@ -18,6 +18,11 @@ from s3t.plan.orderings import STRATEGIES, check_prior, default_budget
 AGGREGATIONS = ("mean", "vote")
 CACHE_DTYPES = ("float32", "float16")
 EXECUTORS = ("local", "ray")
+STAGE_STEPS = ("epochs", "equal")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+NO_VALIDATION = ("best_epoch selects each stage's weights on the validation split, but this run "
+                 "has no validation samples: give evaluation data (s3t train --eval-size N or "
+                 "--eval FILE; S3T.fit(data, eval_data)) or turn best_epoch off")
 
 
 class ConfigError(ValueError):
@@ -91,12 +96,36 @@ class S3TConfig:
         "attention and MLP projection for decoder LLMs.")})
     epochs: int = dataclasses.field(default=3, metadata={"help": (
         "Training epochs per stage (integer >= 1); a few suffice because a stage trains only "
-        "small adapters on a frozen pretrained trunk.")})
+        "small adapters on a frozen pretrained trunk (see stage_steps for what an epoch "
+        "means in each stage).")})
+    stage_steps: str = dataclasses.field(default="epochs", metadata={"help": (
+        f"Optimiser steps per stage, one of {', '.join(STAGE_STEPS)}: 'epochs' makes epochs "
+        "passes over the stage's own prefix data, so a depth-1 stage gets about 1/slices of "
+        "the steps of a full-depth one; 'equal' gives every stage epochs x ceil(n x slices / "
+        "(depth x batch_size)) steps, n being the retained samples of the stage's prefix "
+        "(about as many steps as epochs full-shard passes, as more passes over a smaller "
+        "prefix, each pass a fresh permutation). The count is computed from the prefix's own "
+        "data only, never from the rest of the shard: a deletion in a slice outside the "
+        "prefix must not change what the stage would train, since that stage is not "
+        "retrained.")})
+    lr_schedule: str = dataclasses.field(default="constant", metadata={"help": (
+        f"Learning-rate schedule within each stage, one of {', '.join(LR_SCHEDULES)}: after "
+        "the warm-up (warmup_ratio), keep learning_rate, or decay it linearly or along a "
+        "cosine towards 0 at the stage's last step.")})
+    warmup_ratio: float = dataclasses.field(default=0.0, metadata={"help": (
+        "Fraction of each stage's optimiser steps, in [0, 1), over which the learning rate "
+        "rises linearly to learning_rate (the first floor(warmup_ratio x steps) steps, none "
+        "at 0) before lr_schedule applies.")})
+    best_epoch: bool = dataclasses.field(default=False, metadata={"help": (
+        "Evaluate each stage on the validation split after every pass over its data and keep "
+        "the weights of the best pass (ties: the earliest) instead of the last; the run then "
+        "needs validation samples, which become part of every stage's model selection (they "
+        "are never deletable anyway).")})
     batch_size: int = dataclasses.field(default=32, metadata={"help": (
         "Samples per optimisation step (integer >= 1).")})
     learning_rate: float = dataclasses.field(default=2e-3, metadata={"help": (
-        "AdamW learning rate (finite, > 0); high for fine-tuning because only the small "
-        "LoRA adapters and the head are trained.")})
+        "AdamW learning rate (finite, > 0; the peak of lr_schedule); high for fine-tuning "
+        "because only the small LoRA adapters and the head are trained.")})
     weight_decay: float = dataclasses.field(default=0.0, metadata={"help": (
         "AdamW weight decay (finite, >= 0); none by default, the adapters being small.")})
     max_seq_len: int = dataclasses.field(default=64, metadata={"help": (
@@ -167,6 +196,7 @@ class S3TConfig:
         if not _number(self.weight_decay) or self.weight_decay < 0:
             raise ConfigError("weight_decay", f"weight_decay must be a finite number >= 0, "
                               f"got {self.weight_decay}")
+        self._validate_recipe()
         if self.feature_cache_dtype not in CACHE_DTYPES:
             raise ConfigError("feature_cache_dtype", f"feature_cache_dtype must be one of "
                               f"{', '.join(CACHE_DTYPES)}, got {self.feature_cache_dtype!r}")
@@ -213,6 +243,37 @@ class S3TConfig:
         except (TypeError, ValueError) as exc:
             raise ConfigError("prior", str(exc)) from None
 
+    def _validate_recipe(self) -> None:
+        """The per-stage training recipe: step budget, schedule, best-epoch selection."""
+        if self.stage_steps not in STAGE_STEPS:
+            raise ConfigError("stage_steps", f"stage_steps must be one of "
+                              f"{', '.join(STAGE_STEPS)}, got {self.stage_steps!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError("lr_schedule", f"lr_schedule must be one of "
+                              f"{', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not _number(self.warmup_ratio) or not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("warmup_ratio", f"warmup_ratio must be a number in [0, 1), "
+                              f"got {self.warmup_ratio!r}")
+        for name in ("best_epoch", "use_rslora"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"{name} must be True or False, got "
+                                  f"{getattr(self, name)!r}")
+
+    def stage_step_count(self, n_samples: int, depth: int) -> int:
+        """Optimiser steps of a stage of ``depth`` trained on ``n_samples`` retained samples
+        (those of its prefix's slices: the only data a stage's weights may depend on)."""
+        if n_samples <= 0:
+            return 0
+        if self.stage_steps == "equal":  # n x L / depth estimates the shard from the prefix
+            return self.epochs * -(-(n_samples * self.slices) // (depth * self.batch_size))
+        return self.epochs * -(-n_samples // self.batch_size)
+
+    def stage_sample_visits(self, n_samples: int, depth: int) -> int:
+        """Samples a stage's optimiser steps read in all (for progress bars)."""
+        steps = self.stage_step_count(n_samples, depth)
+        per_pass = -(-n_samples // self.batch_size) if n_samples > 0 else 1
+        return (steps // per_pass) * n_samples + (steps % per_pass) * self.batch_size
+
     @property
     def adapted_layers(self) -> int:
         return self.slices * self.layers_per_slice
@@ -244,6 +305,14 @@ class S3TConfig:
 
 def _number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validation_use(config: S3TConfig) -> str:
+    """What a run's validation samples (never deletable) are used for, as status reports it."""
+    if config.best_epoch:
+        return ("model selection: best_epoch keeps each stage's best pass on them, so they "
+                "shape the served weights; also route ties. Never deletable")
+    return "route ties between equally deep stages (not training). Never deletable"
 
 
 def config_help(name: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s3t.config import S3TConfig
+from s3t.config import NO_VALIDATION, ConfigError, S3TConfig
 from s3t.data.partition import partition
 from s3t.data.samples import Dataset
 from s3t.models.adapted import AdaptedBackbone, default_model_dir
@@ -119,6 +119,8 @@ class S3T:
                              f"{config.slices} slices: use fewer shards or slices")
         if eval_data is not None and eval_data.labels is None:
             raise ValueError("eval data has no labels")
+        if config.best_epoch and (eval_data is None or len(eval_data) == 0):
+            raise ConfigError("best_epoch", NO_VALIDATION)
         if self.run_dir is None:
             self.run_dir, self._owns_tmp = Path(tempfile.mkdtemp(prefix="s3t-run-")), True
         Run.refuse_existing(self.run_dir)

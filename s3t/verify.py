@@ -31,7 +31,7 @@ from s3t.models.adapted import AdaptedBackbone, default_model_dir
 from s3t.models.stage_weights import StageWeights
 from s3t.run import FeatureFiles, IntegrityError, Run, StageRecord, lineage_chain, model_fingerprint
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
-from s3t.train.scheduler import CellData, StageJob
+from s3t.train.scheduler import EVAL_BLOCK, CellData, Scheduler, StageJob, total_work
 from s3t.train.stage_trainer import train_stage
 
 SERVED, ALL = "served", "all"
@@ -215,8 +215,14 @@ def _check(run: Run, backbone: AdaptedBackbone, features: FeatureCache | OnTheFl
     """Train each chosen stage (parents first, on retrained ancestors) and compare it."""
     by_key = {r.key: r for r in chosen}
     jobs = {r.key: _job(r, by_key, cells) for r in chosen}
-    work = sum(j.n_samples for j in jobs.values() if j is not None) * run.config.epochs
+    work = total_work([j for j in jobs.values() if j is not None], run.config)
     bar = tqdm(total=work, unit="sample", desc="verifying stages", disable=not progress)
+    val = None
+    if run.config.best_epoch:  # the validation samples pick each stage's kept epoch
+        block = Scheduler(run).eval_block()
+        if block is not None:
+            features.ensure(EVAL_BLOCK, 0, block[0], block[2])
+            val = block[0], block[1]
     rebuilt: dict[str, StageWeights] = {}
     checks: list[StageCheck] = []
     shard_cells: dict[int, set[tuple[int, int]]] = {}
@@ -234,7 +240,7 @@ def _check(run: Run, backbone: AdaptedBackbone, features: FeatureCache | OnTheFl
             result = train_stage(
                 backbone, features, shard=record.shard, prefix=record.prefix,
                 ancestors=[rebuilt[k] for k in job.ancestors], method=run.method,
-                sample_ids=job.sample_ids, labels=job.labels, progress=bar.update)
+                sample_ids=job.sample_ids, labels=job.labels, val=val, progress=bar.update)
             rebuilt[record.key] = result.weights
             check = _compare(run, record, result.weights)
             check.seconds = time.perf_counter() - t0

@@ -88,6 +88,14 @@ def test_cli_defaults_are_the_config_defaults():
     ({"feature_cache_dtype": "int8"}, "feature_cache_dtype"),
     ({"feature_cache_memory_gb": -1}, "feature_cache_memory_gb"),
     ({"target_modules": []}, "target_modules"),
+    ({"stage_steps": "steps"}, "stage_steps"),
+    ({"lr_schedule": "step"}, "lr_schedule"),
+    ({"warmup_ratio": 1.0}, "warmup_ratio"),
+    ({"warmup_ratio": -0.1}, "warmup_ratio"),
+    ({"warmup_ratio": float("nan")}, "warmup_ratio"),
+    ({"warmup_ratio": "0.1"}, "warmup_ratio"),
+    ({"best_epoch": "yes"}, "best_epoch"),
+    ({"use_rslora": 1}, "use_rslora"),
 ])
 def test_invalid_values_raise_a_config_error_naming_the_field(changes, field):
     with pytest.raises(ConfigError) as info:
@@ -95,6 +103,25 @@ def test_invalid_values_raise_a_config_error_naming_the_field(changes, field):
     assert info.value.field == field
     assert isinstance(info.value, ValueError)
     assert field in str(info.value) and "--" not in str(info.value)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"stage_steps": "steps"}, "stage_steps must be one of epochs, equal, got 'steps'"),
+    ({"lr_schedule": "step"}, "lr_schedule must be one of constant, linear, cosine, got 'step'"),
+    ({"warmup_ratio": 1.0}, "warmup_ratio must be a number in [0, 1), got 1.0"),
+    ({"best_epoch": "yes"}, "best_epoch must be True or False, got 'yes'"),
+])
+def test_recipe_errors_say_what_is_valid(changes, message):
+    with pytest.raises(ConfigError) as info:
+        S3TConfig(**changes).validate()
+    assert str(info.value) == message
+
+
+def test_valid_recipes_pass():
+    for schedule in ("constant", "linear", "cosine"):
+        S3TConfig(stage_steps="equal", lr_schedule=schedule, warmup_ratio=0.0,
+                  best_epoch=True, use_rslora=True).validate()
+    S3TConfig(warmup_ratio=0.99).validate()
 
 
 def test_layer_budget_error_names_fields_not_flags():
@@ -148,6 +175,12 @@ def labelled_csv(tmp_path):
     (["--lora-dropout", "1"], "error: --lora-dropout: lora_dropout must be in [0, 1)"),
     (["--target-modules", ","], "error: --target-modules: target_modules must name"),
     (["--seed", "-1"], "error: --seed: seed must be an integer >= 0"),
+    (["--stage-steps", "nope"], "error: --stage-steps: stage_steps must be one of epochs, equal"),
+    (["--lr-schedule", "nope"], "error: --lr-schedule: lr_schedule must be one of constant,"),
+    (["--warmup-ratio", "1"], "error: --warmup-ratio: warmup_ratio must be a number in [0, 1)"),
+    (["--best-epoch"], "error: --best-epoch: best_epoch selects each stage's weights on the "
+                       "validation split, but this run has no validation samples: give "
+                       "evaluation data (s3t train --eval-size N"),
 ])
 def test_train_reports_config_errors_as_its_flags(tmp_path, labelled_csv, args, expected):
     out = tmp_path / "run"

@@ -12,6 +12,7 @@ from tiny import toy_dataset
 
 from s3t.config import S3TConfig
 from s3t.data.partition import partition
+from s3t.data.samples import Dataset
 from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
 from s3t.plan.methods import Method
@@ -27,13 +28,36 @@ def config(model: str, **kw) -> S3TConfig:
     return S3TConfig(**base)
 
 
-def scratch_chain(cfg: S3TConfig, data, deleted: set[str], shard: int, prefix) -> list:
-    """Train ``prefix`` of ``shard`` from scratch on the retained data: an independent path."""
+# Every recipe option on at once (S3TConfig fields); best_epoch needs validation samples. The
+# higher rate makes the tiny model's validation accuracy move, so best_epoch keeps first,
+# middle and last passes (and breaks ties) across the stages rather than always the first.
+ALL_OPTIONS = dict(stage_steps="equal", lr_schedule="cosine", warmup_ratio=0.2, best_epoch=True,
+                   use_rslora=True, learning_rate=0.1)
+RECIPES = {"default": {}, "all-options": ALL_OPTIONS}
+
+
+def validation_set() -> Dataset:
+    """Validation samples v00..v11 (never deletable)."""
+    held_out = toy_dataset(12, seed=9)
+    return Dataset([f"v{i:02d}" for i in range(12)], held_out.texts, held_out.labels,
+                   label_names=held_out.label_names)
+
+
+def scratch_chain(cfg: S3TConfig, data, deleted: set[str], shard: int, prefix,
+                  val_data: Dataset | None = None) -> list:
+    """Train ``prefix`` of ``shard`` from scratch on the retained data: an independent path
+    (``val_data``: the validation samples, in the run's order, for best_epoch)."""
     cells = partition(data.ids, data.groups, cfg.shards, cfg.slices, seed=cfg.seed)
     backbone = AdaptedBackbone(cfg, num_labels=len(data.label_names))
     features = FeatureCache(backbone, chunk_size=cfg.batch_size)
     label = dict(zip(data.ids, data.labels, strict=True))
     text = dict(zip(data.ids, data.texts, strict=True))
+    val = None
+    if val_data is not None:
+        rows = sorted(zip(val_data.ids, val_data.labels, val_data.texts, strict=True))
+        val_ids = [f"eval:{r[0]}" for r in rows]
+        features.ensure("eval", 0, val_ids, [r[2] for r in rows])
+        val = val_ids, [r[1] for r in rows]
     chain = []
     for depth in range(1, len(prefix) + 1):
         ids = []
@@ -43,7 +67,7 @@ def scratch_chain(cfg: S3TConfig, data, deleted: set[str], shard: int, prefix) -
             ids += cell_ids
         result = train_stage(backbone, features, shard=shard, prefix=prefix[:depth],
                              ancestors=chain, method=Method(cfg.method, cfg.slices),
-                             sample_ids=ids, labels=[label[i] for i in ids])
+                             sample_ids=ids, labels=[label[i] for i in ids], val=val)
         chain.append(result.weights)
     return chain
 
@@ -57,14 +81,14 @@ def assert_same_weights(a, b) -> None:
 
 
 def assert_served_equal_scratch(est: S3T, cfg: S3TConfig, data, deleted: set[str],
-                                full_depth: bool = False) -> None:
+                                full_depth: bool = False, val_data: Dataset | None = None) -> None:
     """Every served route's chain is bitwise what scratch training on the retained data gives
     (``full_depth``: and every route serves all L slices)."""
     routes = served(est)
     if full_depth:
         assert all(len(prefix) == cfg.slices for prefix, _ in routes.values())
     for shard, (prefix, chain) in routes.items():
-        expected = scratch_chain(cfg, data, deleted, shard, prefix)
+        expected = scratch_chain(cfg, data, deleted, shard, prefix, val_data)
         for got, want in zip(chain, expected, strict=True):
             assert_same_weights(got, want)
 
@@ -94,17 +118,22 @@ def fitted(tiny_bert, tmp_path):
     return est, data, cfg
 
 
-def test_served_weights_equal_scratch_training_after_forget_and_retrain(fitted):
-    est, data, cfg = fitted
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_served_weights_equal_scratch_training_after_forget_and_retrain(tiny_bert, tmp_path,
+                                                                         recipe):
+    data = toy_dataset(72)
+    cfg = config(tiny_bert, **RECIPES[recipe])
+    val_data = validation_set() if cfg.best_epoch else None
+    est = S3T(cfg, run_dir=tmp_path / "run").fit(data, val_data, progress=False)
     victims = pick_victims(est, data)
     cert = est.forget(victims)
     assert cert["samples"] == sorted(victims)
     assert cert["erased_stages"], "forgetting must invalidate the stages that saw the samples"
     deleted = set(victims)
-    assert_served_equal_scratch(est, cfg, data, deleted)
+    assert_served_equal_scratch(est, cfg, data, deleted, val_data=val_data)
 
     est.retrain(progress=False)
-    assert_served_equal_scratch(est, cfg, data, deleted, full_depth=True)
+    assert_served_equal_scratch(est, cfg, data, deleted, full_depth=True, val_data=val_data)
     assert est.audit().ok
 
 

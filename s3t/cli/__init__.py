@@ -21,7 +21,7 @@ from s3t.cli.errors import OneLineErrorGroup, engine_errors, fail
 from s3t.cli.serve import serve_cmd
 from s3t.cli.simulate import simulate_cmd
 from s3t.cli.verify import verify_cmd
-from s3t.config import S3TConfig, config_help
+from s3t.config import NO_VALIDATION, ConfigError, S3TConfig, config_help
 from s3t.run import Run
 
 if TYPE_CHECKING:  # the engine imports torch: loaded only by the commands that run a model
@@ -34,7 +34,9 @@ CONFIG_FLAGS = {
     "budget": "--budget", "strategy": "--strategy", "prior": "--prior",
     "layers_per_slice": "--layers-per-slice", "lora_r": "--lora-r", "lora_alpha": "--lora-alpha",
     "lora_dropout": "--lora-dropout", "use_rslora": "--rslora", "target_modules": "--target-modules",
-    "epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--lr",
+    "epochs": "--epochs", "stage_steps": "--stage-steps", "lr_schedule": "--lr-schedule",
+    "warmup_ratio": "--warmup-ratio", "best_epoch": "--best-epoch",
+    "batch_size": "--batch-size", "learning_rate": "--lr",
     "max_seq_len": "--max-seq-len", "seed": "--seed", "feature_cache": "--no-cache",
     "feature_cache_dtype": "--cache-dtype", "feature_cache_memory_gb": "--cache-memory-gb",
     "executor": "--executor", "ray_address": "--ray-address",
@@ -115,6 +117,11 @@ def train_cmd(
     rslora: Annotated[bool, _config_opt("use_rslora")] = _DEFAULT.use_rslora,
     target_modules: Annotated[str | None, _config_opt("target_modules", "Comma-separated.")] = None,
     learning_rate: Annotated[float, _config_opt("learning_rate")] = _DEFAULT.learning_rate,
+    stage_steps: Annotated[str, _config_opt("stage_steps")] = _DEFAULT.stage_steps,
+    lr_schedule: Annotated[str, _config_opt("lr_schedule")] = _DEFAULT.lr_schedule,
+    warmup_ratio: Annotated[float, _config_opt("warmup_ratio")] = _DEFAULT.warmup_ratio,
+    best_epoch: Annotated[bool, _config_opt("best_epoch", "Needs --eval or --eval-size.")]
+    = _DEFAULT.best_epoch,
     batch_size: Annotated[int, _config_opt("batch_size")] = _DEFAULT.batch_size,
     max_seq_len: Annotated[int | None, _config_opt("max_seq_len", "Default: 64; 128 for "
                            "instruction data.")] = None,
@@ -145,11 +152,14 @@ def train_cmd(
             lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_r,
             lora_dropout=lora_dropout, use_rslora=rslora,
             target_modules=None if target_modules is None else inputs.csv(target_modules),
-            learning_rate=learning_rate, batch_size=batch_size,
+            learning_rate=learning_rate, batch_size=batch_size, stage_steps=stage_steps,
+            lr_schedule=lr_schedule, warmup_ratio=warmup_ratio, best_epoch=best_epoch,
             max_seq_len=max_seq_len if max_seq_len is not None else 128 if instructions else 64,
             feature_cache=not no_cache, feature_cache_dtype=cache_dtype,
             feature_cache_memory_gb=cache_memory_gb, executor=executor, ray_address=ray_address,
         ).validate()  # bad flags fail here, before torch or any data is loaded
+        if best_epoch and eval_src is None and eval_size <= 0:
+            raise ConfigError("best_epoch", NO_VALIDATION)
         from s3t.engine import S3T
 
         train = load_source(data, limit=limit, seed=seed)
@@ -324,7 +334,8 @@ def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
              f"samples {status['samples']}, deleted {status['deleted']}, "
              f"deletion requests {status['deletion_requests']}",
              f"live shards {status['live_shards']}/{status['shards']}, "
-             f"capacity {status['capacity']:.2f}"]
+             f"capacity {status['capacity']:.2f}",
+             f"validation samples {status['validation_samples']}: {status['validation_use']}"]
     for shard, route in status["routes"].items():
         lines.append(f"  shard {shard}: " + ("dead (retrain required)" if route is None else
                                               f"{route['stage']} (depth {route['depth']})"))

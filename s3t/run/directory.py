@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from s3t.config import S3TConfig
+from s3t.config import S3TConfig, validation_use
 from s3t.plan.methods import Method
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.run.audit import AuditReport, audit, quarantine_damaged
@@ -315,4 +315,6 @@ class Run:
             "erased_stages": sum(r.status == "erased" for r in records.values()),
             "capacity": sum(depths) / len(depths) / config.slices if depths else 0.0,
             "deletion_requests": self.ledger.deletion_count(),
+            "validation_samples": self.ledger.eval_count(),
+            "validation_use": validation_use(config),
         }

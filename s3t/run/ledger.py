@@ -304,6 +304,10 @@ class Ledger:
             "SELECT COUNT(*), COUNT(deleted_version) FROM samples").fetchone()
         return total, deleted
 
+    def eval_count(self) -> int:
+        """How many validation samples the run holds."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM eval_samples").fetchone()[0])
+
     def slice_versions(self) -> dict[tuple[int, int], int]:
         return {(m, s): v for m, s, v in self.conn.execute("SELECT shard, slice, version FROM slices")}
 

@@ -33,7 +33,7 @@ def train_missing(scheduler: Scheduler, backbone: AdaptedBackbone,
         features.ensure(EVAL_BLOCK, 0, block[0], block[2])
         val = block[0], block[1]
     stage_seconds: dict[str, float] = {}
-    bar = tqdm(total=total_work(jobs, config.epochs), unit="sample", desc="training stages",
+    bar = tqdm(total=total_work(jobs, config), unit="sample", desc="training stages",
                disable=not progress)
     for job in jobs:
         if scheduler.should_skip(job):

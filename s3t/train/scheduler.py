@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from s3t.config import S3TConfig
 from s3t.run.directory import Run
 from s3t.run.faults import fault_point
 from s3t.run.files import IntegrityError
@@ -229,6 +230,6 @@ class Scheduler:
         return [f"eval:{r[0]}" for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
 
-def total_work(jobs: Sequence[StageJob], epochs: int) -> int:
-    """Sample passes the jobs need (for progress bars)."""
-    return sum(job.n_samples for job in jobs) * epochs
+def total_work(jobs: Sequence[StageJob], config: S3TConfig) -> int:
+    """Samples the jobs' optimiser steps read in all (for progress bars)."""
+    return sum(config.stage_sample_visits(job.n_samples, job.depth) for job in jobs)

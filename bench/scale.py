@@ -1,0 +1,246 @@
+"""Benchmark 15: accuracy against training-set size, and the training recipe (issue 14).
+
+Why: users choose an unlearning system first by the model it serves. S3T splits the data
+into shards and each shard's layers into slices trained on growing prefixes, so at small
+sizes it gives up accuracy against SISA and full fine-tuning; the paper reports it close to
+full fine-tuning on tens of thousands of samples. This measures where s3t stands as the
+training set grows, for the three methods adapting the same layers, and compares training
+recipes (config fields) by validation accuracy at one size.
+
+Data: WordNet 3.0 noun glosses (26 lexicographer categories). A fixed test split of
+``test`` glosses (seed 0) is set aside once; for each size and seed a class-proportional
+training subset of that size and a disjoint validation split of ``val`` glosses are drawn
+from the rest. The validation split is the run's never-deletable eval data (route ties,
+best-epoch selection); recipes are chosen on it, never on the test split.
+
+Two parts:
+
+* ``scale``: S3T (m=2 and m=5, L=3, B=3), SISA at the same m, full LoRA (3 layers) at each
+  size, with one recipe (``--recipe``). Before any deletion an S3T run with B orderings
+  serves exactly its primary ordering, which is the B=1 run's chain (same stage seeds, same
+  data): at sizes from ``b1_from`` on S3T is trained with B=1 to save two thirds of its
+  training time, and the table says so (section 1's per-seed accuracies of B=1 and B=3 are
+  equal, as they must be).
+* ``sweep``: S3T m=2 at one size under each recipe variant (``RECIPES``), with validation
+  and test accuracy; the default recipe is picked by validation accuracy.
+
+Results are written after every run and ``--resume`` skips runs already in the result file,
+so a long campaign can be continued; ``--max-minutes`` stops starting new runs after that.
+
+    .venv/bin/python bench/scale.py [--quick] [--part scale|sweep] [--recipe NAME]
+        [--sizes 1000 4000] [--seeds 0 1 2] [--resume] [--max-minutes 110]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+NAME = "scale"
+SWEEP_NAME = "recipe"
+QUICK = {"sizes": [240, 480], "test": 200, "val": 64, "large_seeds": 1, "large_from": 480,
+         "b1_from": 10**9, "sweep_size": 240}
+FULL = {"sizes": [1000, 4000, 16000], "test": 2000, "val": 256, "large_seeds": 1,
+        "large_from": 16000, "b1_from": 16000, "sweep_size": 2000}
+
+#: Training recipes: config fields on top of the method's settings. "v1" is the recipe of
+#: BENCHMARKS section 1 before issue 14 (explicit, so it stays reproducible when defaults move).
+RECIPES: dict[str, dict[str, Any]] = {
+    "v1": {"epochs": 3, "learning_rate": 2e-3, "batch_size": 32, "lora_r": 8, "lora_alpha": 16},
+    "equal-steps": {"epochs": 3, "stage_steps": "equal"},
+    "cosine": {"epochs": 3, "lr_schedule": "cosine", "warmup_ratio": 0.1},
+    "best-epoch": {"epochs": 3, "best_epoch": True},
+    "rslora-r16": {"epochs": 3, "lora_r": 16, "lora_alpha": 16, "use_rslora": True},
+    "lr-1e-3": {"epochs": 3, "learning_rate": 1e-3},
+    "batch-16": {"epochs": 3, "batch_size": 16},
+    "epochs-6": {"epochs": 6},
+    "equal-cosine-best": {"epochs": 3, "stage_steps": "equal", "lr_schedule": "cosine",
+                          "warmup_ratio": 0.1, "best_epoch": True},
+}
+
+
+def settings(recipe: dict[str, Any], seed: int, size: int, b1_from: int,
+             only: list[str] | None = None) -> list[tuple[str, str, Any]]:
+    """(key, label, config) per method of the scale part."""
+    from s3t.config import S3TConfig
+
+    b = 1 if size >= b1_from else 3
+    out = []
+    for m in (2, 5):
+        kw = {"shards": m, "slices": 3, "seed": seed, **recipe}
+        out.append((f"s3t_m{m}", f"S3T m={m} L=3 B=3" + (" (trained B=1)" if b == 1 else ""),
+                    S3TConfig(budget=b, **kw)))
+        out.append((f"sisa_m{m}", f"SISA m={m} L=3", S3TConfig.baseline("sisa", **kw)))
+    out.append(("full", "full LoRA (3 layers)",
+                S3TConfig.baseline("full", slices=3, seed=seed, **recipe)))
+    return [s for s in out if only is None or s[0] in only]
+
+
+def splits(size: int, n_test: int, n_val: int, seed: int) -> tuple[Any, Any, Any]:
+    """(train, val, test): the fixed test split, then a seeded subset and validation split."""
+    from s3t.data.loaders import load_wordnet, train_test_split
+    from s3t.data.subset import limit_indices
+
+    pool, test = train_test_split(load_wordnet(), n_test, seed=0)
+    if size + n_val > len(pool):
+        raise SystemExit(f"size {size} + validation {n_val} exceed the {len(pool)} glosses "
+                         "outside the test split")
+    chosen = pool.subset(limit_indices(pool, size + n_val, seed))
+    train, val = train_test_split(chosen, n_val, seed=seed)
+    return train, val, test
+
+
+def run_one(config: Any, train: Any, val: Any, test: Any) -> dict[str, Any]:
+    """Fit one configuration; score it on the validation and the test split."""
+    from s3t.engine import S3T
+
+    est = S3T(config, run_dir=common.tmp_run_dir(config.method)).fit(train, val, progress=False)
+    summary = est.last_train
+    row = {"test_accuracy": est.score(test), "val_accuracy": est.score(val),
+           "train_seconds": summary["train_seconds"], "stages_trained": summary["stages_trained"]}
+    est.close()
+    return row
+
+
+def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean/std over seeds per (recipe, size, setting)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["recipe"], r["size"], r["key"]), []).append(r)
+    return [{"recipe": recipe, "size": size, "key": key, "label": rows[0]["label"],
+             "test_accuracy": common.summarize([r["test_accuracy"] for r in rows]),
+             "val_accuracy": common.summarize([r["val_accuracy"] for r in rows]),
+             "train_seconds": common.summarize([r["train_seconds"] for r in rows]),
+             "stages_trained": rows[0]["stages_trained"]}
+            for (recipe, size, key), rows in sorted(groups.items(), key=lambda kv: kv[0][1])]
+
+
+def targets(summary: list[dict[str, Any]], recipe: str) -> list[dict[str, Any]]:
+    """Issue 14's accuracy targets at the largest measured size of ``recipe``."""
+    rows = {(r["size"], r["key"]): r["test_accuracy"]["mean"] for r in summary
+            if r["recipe"] == recipe}
+    sizes = sorted({s for s, _ in rows})
+    out = []
+    if not sizes:
+        return out
+    top = sizes[-1]
+    acc = {k: v for (s, k), v in rows.items() if s == top}
+    if {"s3t_m2", "full", "sisa_m2"} <= set(acc):
+        out.append({"target": f"at {top}: S3T m=2 within 2 points of full LoRA",
+                    "measured": f"{acc['s3t_m2']:.3f} vs {acc['full']:.3f} "
+                                f"({100 * (acc['s3t_m2'] - acc['full']):+.1f} points)",
+                    "met": acc["s3t_m2"] >= acc["full"] - 0.02})
+        out.append({"target": f"at {top}: S3T m=2 no worse than SISA m=2 minus 1 point",
+                    "measured": f"{acc['s3t_m2']:.3f} vs {acc['sisa_m2']:.3f} "
+                                f"({100 * (acc['s3t_m2'] - acc['sisa_m2']):+.1f} points)",
+                    "met": acc["s3t_m2"] >= acc["sisa_m2"] - 0.01})
+    return out
+
+
+def plot(summary: list[dict[str, Any]], recipe: str, quick: bool) -> None:
+    """Test accuracy against training-set size (log x), one line per setting."""
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    rows = [r for r in summary if r["recipe"] == recipe]
+    for key in dict.fromkeys(r["key"] for r in rows):
+        mine = sorted((r for r in rows if r["key"] == key), key=lambda r: r["size"])
+        xs = [r["size"] for r in mine]
+        ys = [r["test_accuracy"]["mean"] for r in mine]
+        es = [r["test_accuracy"]["std"] for r in mine]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3,
+                    label=mine[0]["label"].replace(" (trained B=1)", ""))
+    ax.set_xscale("log")
+    ax.set_xlabel("training glosses")
+    ax.set_ylabel("test accuracy (2,000 fixed test glosses)" if not quick else "test accuracy")
+    ax.set_title(f"WordNet nouns, MiniLM, recipe {recipe!r}: accuracy against size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    common.save_plot(fig, NAME, quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--part", choices=("scale", "sweep"), default="scale")
+    p.add_argument("--recipe", default="v1", choices=sorted(RECIPES),
+                   help="the recipe of the scale part")
+    p.add_argument("--recipes", nargs="+", default=None,
+                   help="the recipes of the sweep part (default: all)")
+    p.add_argument("--sizes", type=int, nargs="+", default=None)
+    p.add_argument("--settings", nargs="+", default=None,
+                   help="only these settings: s3t_m2 s3t_m5 sisa_m2 sisa_m5 full")
+    p.add_argument("--resume", action="store_true", help="skip runs already in the result file")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no new run after this many minutes")
+    args = p.parse_args(argv)
+    size = common.size_for(args, QUICK, FULL)
+    if args.sizes:
+        size["sizes"] = args.sizes
+    small_seeds = common.seeds_for(args, [0], [0, 1, 2])
+    name = NAME if args.part == "scale" else SWEEP_NAME
+    prov = common.provenance(name, args.quick, small_seeds, size)
+    common.print_header(prov)
+
+    previous = common.load_result(name, args.quick) if args.resume else None
+    runs: list[dict[str, Any]] = list(previous["runs"]) if previous else []
+    done = {(r["recipe"], r["size"], r["seed"], r["key"]) for r in runs}
+    plan = []
+    if args.part == "scale":
+        for n in size["sizes"]:
+            seeds = small_seeds if n < size["large_from"] else small_seeds[:size["large_seeds"]]
+            for seed in seeds:
+                for key, label, config in settings(RECIPES[args.recipe], seed, n, size["b1_from"],
+                                                   args.settings):
+                    plan.append((args.recipe, n, seed, key, label, config))
+    else:
+        from s3t.config import S3TConfig
+
+        for recipe in args.recipes or list(RECIPES):
+            for seed in small_seeds:
+                plan.append((recipe, size["sweep_size"], seed, "s3t_m2", "S3T m=2 L=3 B=1",
+                             S3TConfig(shards=2, slices=3, budget=1, seed=seed, **RECIPES[recipe])))
+
+    started, skipped = time.monotonic(), []
+    data_cache: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+    for recipe, n, seed, key, label, config in plan:
+        if (recipe, n, seed, key) in done:
+            continue
+        if args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes:
+            skipped.append({"recipe": recipe, "size": n, "seed": seed, "key": key})
+            continue
+        if (n, seed) not in data_cache:
+            data_cache.clear()
+            data_cache[(n, seed)] = splits(n, size["test"], size["val"], seed)
+        train, val, test = data_cache[(n, seed)]
+        with common.stopwatch() as t:
+            row = run_one(config, train, val, test)
+        row.update(recipe=recipe, size=n, seed=seed, key=key, label=label,
+                   wall_seconds=t["s"], config=config.to_dict())
+        runs.append(row)
+        print(f"{recipe:<18} n={n:<6} seed {seed}  {label:<30} test {row['test_accuracy']:.3f}  "
+              f"val {row['val_accuracy']:.3f}  train {row['train_seconds']:.0f} s", flush=True)
+        summary = aggregate(runs)
+        common.write_result(name, args.quick, prov, {
+            "runs": runs, "summary": summary, "skipped": skipped,
+            "targets": targets(summary, args.recipe) if args.part == "scale" else []})
+    summary = aggregate(runs)
+    for r in summary:
+        print(f"{r['recipe']:<18} n={r['size']:<6} {r['label']:<30} "
+              f"test {r['test_accuracy']['mean']:.3f} ± {r['test_accuracy']['std']:.3f} "
+              f"(n={r['test_accuracy']['n']})  val {r['val_accuracy']['mean']:.3f}")
+    if skipped:
+        print(f"skipped {len(skipped)} runs (--max-minutes)")
+    if args.part == "scale":
+        for c in targets(summary, args.recipe):
+            print(f"{'MET' if c['met'] else 'NOT MET'}: {c['target']}: {c['measured']}")
+        plot(summary, args.recipe, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
