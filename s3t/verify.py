@@ -16,11 +16,13 @@ has the right hashes but the wrong tensors.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 from s3t.models.adapted import AdaptedBackbone, default_model_dir
 from s3t.models.stage_weights import StageWeights
 from s3t.run import FeatureFiles, IntegrityError, Run, StageRecord, lineage_chain, model_fingerprint
+from s3t.run.files import META_FILE
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
 from s3t.train.scheduler import EVAL_BLOCK, CellData, Scheduler, StageJob, total_work
 from s3t.train.stage_trainer import train_stage
@@ -235,12 +238,13 @@ def _check(run: Run, backbone: AdaptedBackbone, features: FeatureCache | OnTheFl
             if job is None or (record.parent is not None and record.parent not in rebuilt):
                 checks.append(_stale(record, cells))
                 continue
-            for c in job.cells:
-                features.ensure(c.cell, c.version, list(c.ids), list(c.inputs))
-            result = train_stage(
-                backbone, features, shard=record.shard, prefix=record.prefix,
-                ancestors=[rebuilt[k] for k in job.ancestors], method=run.method,
-                sample_ids=job.sample_ids, labels=job.labels, val=val, progress=bar.update)
+            with torch_threads(recorded_threads(run, record)):
+                for c in job.cells:
+                    features.ensure(c.cell, c.version, list(c.ids), list(c.inputs))
+                result = train_stage(
+                    backbone, features, shard=record.shard, prefix=record.prefix,
+                    ancestors=[rebuilt[k] for k in job.ancestors], method=run.method,
+                    sample_ids=job.sample_ids, labels=job.labels, val=val, progress=bar.update)
             rebuilt[record.key] = result.weights
             check = _compare(run, record, result.weights)
             check.seconds = time.perf_counter() - t0
@@ -251,6 +255,32 @@ def _check(run: Run, backbone: AdaptedBackbone, features: FeatureCache | OnTheFl
     finally:
         bar.close()
     return checks
+
+
+def recorded_threads(run: Run, record: StageRecord) -> int | None:
+    """The torch thread count the stage was trained with (its ``meta.json``), or None.
+
+    Float reductions depend on it, so a rebuild with another count can differ in the last
+    bits. Only a hint for reproduction: a wrong value makes the rebuild differ, never pass."""
+    try:
+        meta = json.loads((run.store.path(record.shard, record.key) / META_FILE).read_text())
+        threads = meta.get("torch_threads")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (unchanged for None), then restore the count."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _job(record: StageRecord, chosen: dict[str, StageRecord],

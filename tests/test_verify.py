@@ -226,3 +226,34 @@ def test_every_method_family_and_feature_path_verifies(tiny_bert, tmp_path, fami
     report = verify_run(tmp_path / "run", "all", progress=False)
     assert report.ok, [c.describe() for c in report.stages]
     assert len(report.stages) == len(Run.open(tmp_path / "run", repair=False).live_stages())
+
+
+def test_stages_are_rebuilt_with_the_thread_count_they_were_trained_with(
+        tiny_bert, tmp_path, monkeypatch):
+    """Float reductions depend on torch's thread count: verify trains each stage with the
+    count its meta.json records (here 1, while the verifying process uses 2), then restores."""
+    import torch
+
+    import s3t.verify as verify_module
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        S3T(config(tiny_bert), run_dir=tmp_path / "run").fit(toy_dataset(36), progress=False).close()
+    finally:
+        torch.set_num_threads(before)
+    seen = []
+    real = verify_module.train_stage
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(verify_module, "train_stage", spy)
+    torch.set_num_threads(2)
+    try:
+        report = verify_run(tmp_path / "run", "all", progress=False)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert report.ok and seen and set(seen) == {1}
