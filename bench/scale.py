@@ -24,6 +24,12 @@ Two parts:
 * ``sweep``: S3T m=2 at one size under each recipe variant (``RECIPES``), with validation
   and test accuracy; the default recipe is picked by validation accuracy.
 
+* ``deletions``: at ``deletion_size`` glosses, S3T (m=2, L=3, B=3) and SISA (m=2, L=3) get
+  the same uniform random single-sample requests until 10% of S3T's deletion capacity is used
+  (10% of its expected requests until retraining, ``m L H_{mB'}``, rounded up); test accuracy
+  of what is served after each request (SISA's dead shards do not vote), averaged over the
+  sequence from request 0.
+
 Results are written after every run and ``--resume`` skips runs already in the result file,
 so a long campaign can be continued; ``--max-minutes`` stops starting new runs after that.
 
@@ -45,9 +51,11 @@ import common  # noqa: E402
 NAME = "scale"
 SWEEP_NAME = "recipe"
 QUICK = {"sizes": [240, 480], "test": 200, "val": 64, "large_seeds": 1, "large_from": 480,
-         "b1_from": 10**9, "sweep_size": 240}
+         "b1_from": 10**9, "sweep_size": 240, "deletion_size": 240}
 FULL = {"sizes": [1000, 4000, 16000], "test": 2000, "val": 256, "large_seeds": 1,
-        "large_from": 16000, "b1_from": 16000, "sweep_size": 2000}
+        "large_from": 16000, "b1_from": 16000, "sweep_size": 2000, "deletion_size": 4000}
+DELETIONS_NAME = "scale_deletions"
+CAPACITY_USED = 0.1
 
 #: Training recipes: config fields on top of the method's settings. "v1" is the recipe of
 #: BENCHMARKS section 1 before issue 14 (explicit, so it stays reproducible when defaults move).
@@ -58,6 +66,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "best-epoch": {"epochs": 3, "best_epoch": True},
     "rslora-r16": {"epochs": 3, "lora_r": 16, "lora_alpha": 16, "use_rslora": True},
     "lr-1e-3": {"epochs": 3, "learning_rate": 1e-3},
+    "lr-5e-3": {"epochs": 3, "learning_rate": 5e-3},
+    "equal-cosine": {"epochs": 3, "stage_steps": "equal", "lr_schedule": "cosine",
+                     "warmup_ratio": 0.1},
     "batch-16": {"epochs": 3, "batch_size": 16},
     "epochs-6": {"epochs": 6},
     "equal-cosine-best": {"epochs": 3, "stage_steps": "equal", "lr_schedule": "cosine",
@@ -104,6 +115,37 @@ def run_one(config: Any, train: Any, val: Any, test: Any) -> dict[str, Any]:
     summary = est.last_train
     row = {"test_accuracy": est.score(test), "val_accuracy": est.score(val),
            "train_seconds": summary["train_seconds"], "stages_trained": summary["stages_trained"]}
+    est.close()
+    return row
+
+
+def deletion_requests(m: int, n_slices: int, budget: int) -> int:
+    """Requests that use ``CAPACITY_USED`` of S3T's deletion capacity (expected requests until
+    retraining under uniform deletions, cyclic orderings), rounded up."""
+    import math
+
+    from s3t.plan.theory import deletion_rate_s3t
+
+    return math.ceil(CAPACITY_USED * deletion_rate_s3t(m, n_slices, min(budget, n_slices)))
+
+
+def run_deletions(config: Any, train: Any, val: Any, test: Any, victims: list[str]
+                  ) -> dict[str, Any]:
+    """Fit, then forget ``victims`` one request at a time, scoring what is served after each
+    (None when no shard is live)."""
+    from s3t.engine import S3T
+
+    est = S3T(config, run_dir=common.tmp_run_dir(config.method)).fit(train, val, progress=False)
+    accuracy, capacity = [], []
+    for i in range(len(victims) + 1):
+        if i:
+            est.forget([victims[i - 1]])
+        status = est.status()
+        capacity.append(status["capacity"])
+        accuracy.append(est.score(test) if status["live_shards"] else None)
+    row = {"accuracy": accuracy, "capacity": capacity, "audit_ok": est.audit().ok,
+           "train_seconds": est.last_train["train_seconds"],
+           "mean_accuracy": sum(a or 0.0 for a in accuracy) / len(accuracy)}
     est.close()
     return row
 
@@ -166,7 +208,7 @@ def plot(summary: list[dict[str, Any]], recipe: str, quick: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("scale", "sweep"), default="scale")
+    p.add_argument("--part", choices=("scale", "sweep", "deletions"), default="scale")
     p.add_argument("--recipe", default="v1", choices=sorted(RECIPES),
                    help="the recipe of the scale part")
     p.add_argument("--recipes", nargs="+", default=None,
@@ -182,10 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.sizes:
         size["sizes"] = args.sizes
     small_seeds = common.seeds_for(args, [0], [0, 1, 2])
-    name = NAME if args.part == "scale" else SWEEP_NAME
+    name = {"scale": NAME, "sweep": SWEEP_NAME, "deletions": DELETIONS_NAME}[args.part]
     prov = common.provenance(name, args.quick, small_seeds, size)
     common.print_header(prov)
 
+    if args.part == "deletions":
+        return deletions_main(args, size, small_seeds, prov)
     previous = common.load_result(name, args.quick) if args.resume else None
     runs: list[dict[str, Any]] = list(previous["runs"]) if previous else []
     done = {(r["recipe"], r["size"], r["seed"], r["key"]) for r in runs}
@@ -239,6 +283,39 @@ def main(argv: list[str] | None = None) -> int:
         for c in targets(summary, args.recipe):
             print(f"{'MET' if c['met'] else 'NOT MET'}: {c['target']}: {c['measured']}")
         plot(summary, args.recipe, args.quick)
+    return 0
+
+
+def deletions_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict[str, Any]) -> int:
+    """The deletions part: S3T against SISA over the same request sequence per seed."""
+    import random
+
+    from s3t.config import S3TConfig
+
+    n = size["deletion_size"]
+    n_requests = deletion_requests(2, 3, 3)
+    runs = []
+    for seed in seeds:
+        train, val, test = splits(n, size["test"], size["val"], seed)
+        victims = random.Random(seed).sample(list(train.ids), n_requests)
+        kw = {"shards": 2, "slices": 3, "seed": seed, **RECIPES[args.recipe]}
+        for key, label, config in (("s3t_m2", "S3T m=2 L=3 B=3", S3TConfig(budget=3, **kw)),
+                                   ("sisa_m2", "SISA m=2 L=3", S3TConfig.baseline("sisa", **kw))):
+            row = run_deletions(config, train, val, test, victims)
+            row.update(key=key, label=label, seed=seed, recipe=args.recipe, size=n)
+            runs.append(row)
+            print(f"{args.recipe:<18} n={n} seed {seed}  {label:<18} accuracy per request "
+                  + " ".join("-" if a is None else f"{a:.3f}" for a in row["accuracy"])
+                  + f"  mean {row['mean_accuracy']:.3f}", flush=True)
+    means = {key: common.summarize([r["mean_accuracy"] for r in runs if r["key"] == key])
+             for key in ("s3t_m2", "sisa_m2")}
+    check = {"target": f"at {n}: S3T's accuracy averaged over the first {n_requests} requests "
+                       f"({CAPACITY_USED:.0%} of its deletion capacity) at least SISA's",
+             "measured": f"{means['s3t_m2']['mean']:.3f} vs {means['sisa_m2']['mean']:.3f}",
+             "met": means["s3t_m2"]["mean"] >= means["sisa_m2"]["mean"]}
+    print(f"{'MET' if check['met'] else 'NOT MET'}: {check['target']}: {check['measured']}")
+    common.write_result(DELETIONS_NAME, args.quick, prov, {
+        "runs": runs, "requests": n_requests, "summary": means, "targets": [check]})
     return 0
 
 
