@@ -3,7 +3,8 @@
 Why: `s3t serve` batches concurrent predictions so that the frozen trunk runs once per batch,
 and answers deletions while it serves. Against the real server, started as a subprocess
 (`python -m s3t.cli serve RUN --port P --token-file F --max-batch N`) on a free 127.0.0.1
-port, an asyncio httpx load generator in this process measures
+port, an asyncio load generator in this process (``LoopbackClient``: keep-alive HTTP/1.1 over
+asyncio streams, much cheaper per request than a general client) measures
 
 * predict throughput (requests/s) and latency p50/p99 with 1, 8 and 32 concurrent clients,
   one text per request, each level for a fixed duration after a short discarded warm-up,
@@ -26,7 +27,10 @@ port, an asyncio httpx load generator in this process measures
 The load generator shares the machine with the server (and both with anything else running
 on it): on few cores the client's own CPU use lowers what the server can reach.
 
-    .venv/bin/python bench/service.py [--quick] [--seeds 0]
+    .venv/bin/python bench/service.py [--quick] [--seeds 0] [--server-args "--workers 1"]
+
+The server runs with its defaults (one model call per core at once, one torch thread:
+``s3t serve --workers/--torch-threads``) unless ``--server-args`` says otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import asyncio
 import collections
 import ipaddress
 import json
+import json as _json
 import os
 import random
 import re
@@ -188,21 +193,118 @@ def check_loopback(url: str) -> None:
         raise ValueError(f"the load generator only targets loopback addresses, not {host}")
 
 
-def http_client(base_url: str, token: str, connections: int):  # noqa: ANN201 (httpx.AsyncClient)
-    import httpx
+class ClientError(Exception):
+    """A request that got no complete HTTP response (connection refused, reset, timeout)."""
 
-    check_loopback(base_url)
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
-                             limits=limits, timeout=REQUEST_TIMEOUT_S, trust_env=False)
+
+class Response:
+    def __init__(self, status_code: int, body: bytes):
+        self.status_code, self.body = status_code, body
+
+    def json(self) -> Any:
+        return _json.loads(self.body)
+
+
+class LoopbackClient:
+    """The load generator's HTTP/1.1 client: keep-alive connections over asyncio streams, at
+    most ``connections`` (one per concurrent user), each used by one request at a time.
+
+    Deliberately minimal (a POST with a JSON body; responses with a Content-Length, as the
+    service sends): per request it costs a fraction of a general client's CPU (httpx spent
+    about 1.6-2.8 ms per request at 32 users), CPU the server shares on a small machine.
+    Every setting and both kinds of request (predictions, deletions) use it.
+    """
+
+    def __init__(self, base_url: str, token: str, connections: int,
+                 timeout_s: float = REQUEST_TIMEOUT_S):
+        check_loopback(base_url)
+        host_port = base_url.split("://", 1)[1].split("/", 1)[0]
+        self.host, port = host_port.rsplit(":", 1)
+        self.port = int(port)
+        self.head = (f"Host: {host_port}\r\nAuthorization: Bearer {token}\r\n"
+                     "Content-Type: application/json\r\n").encode()
+        self.limit, self.timeout_s = connections, timeout_s
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.opened = 0
+        self.freed = asyncio.Condition()
+
+    async def __aenter__(self) -> LoopbackClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async with self.freed:
+            while not self.idle and self.opened >= self.limit:
+                await self.freed.wait()
+            if self.idle:
+                return self.idle.pop()
+            self.opened += 1
+        try:
+            return await asyncio.open_connection(self.host, self.port)
+        except BaseException:
+            await self._release(None)
+            raise
+
+    async def _release(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None
+                       ) -> None:
+        async with self.freed:
+            if conn is None:
+                self.opened -= 1
+            else:
+                self.idle.append(conn)
+            self.freed.notify()
+
+    async def post(self, path: str, json: Any) -> Response:  # noqa: A002 (as httpx)
+        body = _json.dumps(json, separators=(",", ":")).encode()
+        request = (f"POST {path} HTTP/1.1\r\n".encode() + self.head
+                   + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        try:
+            conn = await asyncio.wait_for(self._connection(), self.timeout_s)
+        except (OSError, asyncio.TimeoutError) as err:
+            raise ClientError(type(err).__name__) from err
+        reader, writer = conn
+        keep = False
+        try:
+            writer.write(request)
+            response, keep = await asyncio.wait_for(self._read(reader), self.timeout_s)
+            return response
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
+            raise ClientError(type(err).__name__) from err
+        finally:
+            if keep:
+                await self._release(conn)
+            else:
+                writer.close()
+                await self._release(None)
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader) -> tuple[Response, bool]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        if "content-length" not in headers:
+            raise ValueError("response without a Content-Length")
+        body = await reader.readexactly(int(headers["content-length"]))
+        return Response(status, body), headers.get("connection", "").lower() != "close"
+
+
+def http_client(base_url: str, token: str, connections: int) -> LoopbackClient:
+    return LoopbackClient(base_url, token, connections)
 
 
 async def predict_client(http: Any, texts: list[str], first: int, step: int, deadline: float,
                          stop: asyncio.Event, out: list[tuple[float, int, str | None]]) -> None:
     """One client: a single-text predict request after another, until the deadline, the stop
     event or the phase's request cap; records (latency ms, status, error kind)."""
-    import httpx
-
     i = first
     while (time.perf_counter() < deadline and not stop.is_set()
            and len(out) < MAX_REQUESTS_PER_PHASE):
@@ -218,8 +320,8 @@ async def predict_client(http: Any, texts: list[str], first: int, step: int, dea
                     kind = "wrong_number_of_labels"
             else:
                 kind = response.json().get("error", "?")
-        except httpx.HTTPError as err:
-            status, kind = 0, type(err).__name__
+        except ClientError as err:
+            status, kind = 0, str(err)
         out.append(((time.perf_counter() - start) * 1000, status, kind))
 
 
@@ -292,7 +394,7 @@ def throughput_reps(run: Path, token: str, token_file: Path, texts: list[str],
         row: dict[str, Any] = {"rep": rep, "order": order, "settings": {}}
         for name in order:
             server = Server(run, token_file, settings[name], size["max_wait_ms"],
-                            log_dir / f"rep{rep}-{name}.log").start()
+                            log_dir / f"rep{rep}-{name}.log", size["server_args"]).start()
             try:
                 phases = asyncio.run(client_levels(server, token, texts, size))
                 after = server.metrics()
@@ -360,8 +462,6 @@ async def deletion_round(base_url: str, token: str, texts: list[str], ids: list[
 
 
 async def delete_one(http: Any, sid: str) -> dict[str, Any]:
-    import httpx
-
     start = time.perf_counter()
     row: dict[str, Any] = {"sample_id": sid}
     try:
@@ -374,8 +474,8 @@ async def delete_one(http: Any, sid: str) -> dict[str, Any]:
                        live_shards=body["live_shards"], core_ms=body.get("duration_ms"))
         else:
             row["error"] = body.get("error", "?")
-    except httpx.HTTPError as err:
-        row.update(ms=(time.perf_counter() - start) * 1000, status=0, error=type(err).__name__)
+    except ClientError as err:
+        row.update(ms=(time.perf_counter() - start) * 1000, status=0, error=str(err))
     return row
 
 
@@ -401,7 +501,7 @@ def deletion_rounds(pristine: Path, ids: list[str], token: str, token_file: Path
         run = pristine.parent / f"deletions{len(rounds)}"
         shutil.copytree(pristine, run)
         server = Server(run, token_file, size["max_batch"], size["max_wait_ms"],
-                        log_dir / f"deletions{len(rounds)}.log").start()
+                        log_dir / f"deletions{len(rounds)}.log", size["server_args"]).start()
         try:
             deletions, predictions = asyncio.run(deletion_round(
                 server.base_url, token, texts, rng.sample(ids, len(ids)), size["deletions"] - done,
@@ -607,15 +707,18 @@ def report(s: dict[str, Any], checks: list[dict[str, Any]], size: dict[str, Any]
 
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--server-args", default="", help="extra `s3t serve` flags for every server, "
+                   "e.g. \"--workers 1 --torch-threads 2\" (default: the server's defaults)")
     args = p.parse_args(argv)
-    size = dict(QUICK if args.quick else FULL)
+    size = dict(QUICK if args.quick else FULL, server_args=args.server_args.split())
     seeds = common.seeds_for(args, [0], [0])
     prov = common.provenance(NAME, args.quick, seeds, size)
     prov["server_command"] = " ".join(s3t_cmd("serve", "RUN", "--host", HOST, "--port", "PORT",
                                               "--token-file", "TOKEN_FILE", "--max-batch", "N",
-                                              "--max-wait-ms", size["max_wait_ms"]))
-    prov["load_generator"] = (f"asyncio + httpx {__import__('httpx').__version__} in the "
-                              "benchmark process, keep-alive connections, loopback only")
+                                              "--max-wait-ms", size["max_wait_ms"],
+                                              *size["server_args"]))
+    prov["load_generator"] = ("asyncio streams (LoopbackClient: HTTP/1.1 keep-alive, one "
+                              "connection per client) in the benchmark process, loopback only")
     common.print_header(prov)
     print(f"# server: {prov['server_command']}", flush=True)
 

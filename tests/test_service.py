@@ -16,7 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from tiny import make_tiny_llama, toy_instructions
 from typer.testing import CliRunner
@@ -248,9 +250,11 @@ def test_generate_on_a_causal_lm_run(tmp_path):
         assert refused.status_code == 422 and "generate" in refused.json()["message"]
 
 
-def test_no_prediction_after_a_deletion_is_acknowledged_uses_an_erased_stage(run_copy):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_prediction_after_a_deletion_is_acknowledged_uses_an_erased_stage(run_copy, workers):
     """Predictions race deletions through the service: every prediction that started after a
-    deletion's response reports routes without any stage that deletion erased."""
+    deletion's response reports routes without any stage that deletion erased (one model
+    call at a time, and several at once: each call's own routes snapshot)."""
     # slice 0 of each shard, then slice 1 of shard 0 (shard 0 dies; shard 1 keeps serving)
     victims = [samples_in(run_copy, cell)[0] for cell in ((0, 0), (1, 0), (0, 1))]
     victims.append(samples_in(run_copy, (1, 0), 2)[1])
@@ -259,7 +263,7 @@ def test_no_prediction_after_a_deletion_is_acknowledged_uses_an_erased_stage(run
     failures: list[str] = []
     done = threading.Event()
     deadline = time.monotonic() + 30
-    with serving(run_copy, max_wait_ms=2) as client:
+    with serving(run_copy, max_wait_ms=2, workers=workers) as client:
 
         def predictor(seed: int) -> None:
             extra = 0
@@ -332,6 +336,181 @@ def test_batcher_gathers_concurrent_requests_into_one_call():
     assert isinstance(results[3], ValueError)  # only the bad request fails
     assert calls[0] == ["a", "b", "c", "d", "e", "f", "bad", "g"]  # one call for all five
     assert results[5] == list("ABCDEFGHIJ") and calls[-1] == list("abcdefghij")
+
+
+def test_batcher_workers_run_batches_at_the_same_time():
+    """With workers=2 the requests waiting are shared between two calls that run at the same
+    time (each waits at a two-party barrier: one call at a time would break it): four
+    waiting requests make two calls of two, not one of four nor four of one."""
+    barrier = threading.Barrier(2, timeout=5)
+    calls: list[list[str]] = []
+
+    def call(items: list[str]) -> list[str]:
+        calls.append(list(items))
+        barrier.wait()
+        return [x.upper() for x in items]
+
+    async def main(workers: int) -> list:
+        batcher = Batcher(call, lambda out, a, b: out[a:b], max_batch=4, max_wait_ms=20,
+                          workers=workers)
+        await batcher.start()
+        try:
+            return await asyncio.wait_for(asyncio.gather(
+                *(batcher.submit([x]) for x in "abcd"), return_exceptions=True), 20)
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(main(2)) == [["A"], ["B"], ["C"], ["D"]]
+    assert sorted(map(sorted, calls)) == [["a", "b"], ["c", "d"]]
+    barrier.reset()
+    calls.clear()
+    results = asyncio.run(main(1))  # one call for all four: its barrier breaks
+    assert isinstance(results[0], threading.BrokenBarrierError) and calls == [list("abcd")]
+
+
+def test_model_calls_run_concurrently_and_never_mutate_the_backbone(trained):
+    """Two predictions through the guarded model are inside the model at the same time (both
+    reach a two-party barrier in the layers; a model lock would break it), and serving
+    leaves the shared backbone exactly as it was: no head loaded, no adapter switched."""
+    from s3t.engine import S3T
+    from s3t.service.guard import GuardedModel
+    from s3t.service.idempotency import IdempotencyStore
+
+    engine = S3T.load(trained)
+    model = GuardedModel(engine, IdempotencyStore(trained))
+    try:
+        model.warm()
+        backbone = engine.backbone
+        before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+        switches = [m._disable_adapters for g in backbone._lora_by_group.values() for _, m in g]
+        family = backbone.family
+        barrier = threading.Barrier(2, timeout=10)
+        real_apply = family.apply_layers
+        met: list[bool] = []
+
+        def apply_layers(layers, hidden, mask):
+            if not met and threading.current_thread().name.startswith("predict"):
+                barrier.wait()
+                met.append(True)
+            return real_apply(layers, hidden, mask)
+
+        family.apply_layers = apply_layers
+        out: dict[str, object] = {}
+
+        def predict(name: str) -> None:
+            try:
+                out[name] = model.predict(["red cat", "blue fish sun moon"])
+            except Exception as err:  # noqa: BLE001 (reported below)
+                out[name] = err
+
+        threads = [threading.Thread(target=predict, args=(f"predict-{k}",), name=f"predict-{k}")
+                   for k in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        del family.apply_layers
+        assert met and not any(isinstance(v, Exception) for v in out.values()), out
+        (one, routes), (two, _) = out["predict-0"], out["predict-1"]
+        np.testing.assert_allclose(one.probabilities, two.probabilities, atol=1e-6)
+        assert routes == {str(k): v for k, v in one.routes.items()} and len(routes) == 2
+        after = backbone.model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert switches == [m._disable_adapters for g in backbone._lora_by_group.values()
+                            for _, m in g]
+    finally:
+        model.close()
+
+
+def test_a_batch_is_split_by_token_length_and_answers_in_request_order(trained):
+    """Texts of very different lengths run in separate chunks (short ones are not padded to
+    the longest), and each text's probabilities are those it gets alone."""
+    from s3t.engine import S3T
+    from s3t.serve.ensemble import Ensemble, length_chunks
+
+    assert length_chunks([3, 40, 4, 41], 8, overhead=10) == [[0, 2], [1, 3]]
+    assert length_chunks([5] * 6, 8) == [[0, 1, 2, 3, 4, 5]]
+    assert [len(c) for c in length_chunks([5] * 6, 4)] in ([2, 4], [4, 2], [3, 3])
+    engine = S3T.load(trained)
+    try:
+        texts = ["red " * 30, "cat", "blue fish " * 12, "sun", "green tree moon"]
+        sizes: list[int] = []
+        real = Ensemble.predict_proba
+
+        def counted(self, inputs, *args, **kwargs):
+            sizes.append(len(inputs))
+            return real(self, inputs, *args, **kwargs)
+
+        Ensemble.predict_proba = counted
+        try:
+            together = engine.predict(texts)
+        finally:
+            Ensemble.predict_proba = real
+        assert len(sizes) > 1 and sum(sizes) == len(texts)
+        for i, text in enumerate(texts):
+            alone = engine.predict([text])
+            assert alone.labels[0] == together.labels[i]
+            np.testing.assert_allclose(alone.probabilities[0], together.probabilities[i],
+                                       atol=1e-6)
+    finally:
+        engine.close()
+
+
+def test_a_deletion_answers_before_its_gauges_and_history_are_updated(run_copy, monkeypatch):
+    """The status read for the gauges and the history point is not on the deletion's path:
+    the certificate comes back while that work is still blocked; it completes afterwards."""
+    from s3t.service.state import Service
+
+    release = threading.Event()
+    real = Service.after_deletion
+
+    def blocked(self) -> None:
+        release.wait(20)
+        real(self)
+
+    monkeypatch.setattr(Service, "after_deletion", blocked)
+    victim = samples_in(run_copy, (0, 1))[0]
+    with serving(run_copy) as client:
+        started = time.monotonic()
+        response = client.post("/v1/deletions", json={"sample_ids": [victim]}, headers=AUTH)
+        assert response.status_code == 200 and time.monotonic() - started < 15
+        assert "s3t_deletions_total 1.0" in client.get("/metrics").text
+        points = client.get("/v1/history").json()["points"]
+        assert not any(p["event"] == "deletion" for p in points)
+        release.set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            points = client.get("/v1/history").json()["points"]
+            if any(p["event"] == "deletion" for p in points):
+                break
+            time.sleep(0.05)
+        assert [p["deleted"] for p in points if p["event"] == "deletion"] == [1]
+
+
+def test_model_calls_run_on_their_own_nicer_threads_and_deletions_do_not(run_copy, monkeypatch):
+    """Predictions run on the service's model threads, niced, so a deletion (on asyncio's
+    default threads, at the process's priority) gets the CPU first on a busy machine."""
+    from s3t.service.guard import GuardedModel
+
+    seen: dict[str, tuple[str, int]] = {}
+
+    def spy(name: str, real):
+        def wrapped(self, *args):
+            seen[name] = (threading.current_thread().name,
+                          os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return real(self, *args)
+        return wrapped
+
+    monkeypatch.setattr(GuardedModel, "predict", spy("predict", GuardedModel.predict))
+    monkeypatch.setattr(GuardedModel, "forget", spy("forget", GuardedModel.forget))
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with serving(run_copy, workers=2) as client:
+        assert client.post("/v1/predict", json={"inputs": ["red"]}, headers=AUTH).status_code == 200
+        victim = samples_in(run_copy, (1, 1))[0]
+        response = client.post("/v1/deletions", json={"sample_ids": [victim]}, headers=AUTH)
+        assert response.status_code == 200
+    assert seen["predict"][0].startswith("s3t-model") and seen["predict"][1] > base
+    assert not seen["forget"][0].startswith("s3t-model") and seen["forget"][1] == base
 
 
 def test_serve_refuses_a_public_host_without_a_token(trained, tmp_path, monkeypatch):

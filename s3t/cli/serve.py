@@ -31,6 +31,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def read_token(token_file: Path | None) -> str | None:
     if token_file is None:
         token = os.environ.get(TOKEN_ENV)
@@ -62,6 +70,10 @@ def serve_cmd(
                          "(>= 1).")] = 32,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for "
                            "more requests, in milliseconds (>= 0).")] = 5.0,
+    workers: Annotated[int, typer.Option("--workers", help="Model calls (batches) that run at "
+                       "once; 0: one per CPU core.")] = 0,
+    torch_threads: Annotated[int, typer.Option("--torch-threads", help="Torch threads of the "
+                             "server (shared by its model calls; >= 1).")] = 1,
     retrain: Annotated[str, typer.Option("--retrain", help="Background retraining: manual (only "
                        "POST /v1/retrain), eager (as soon as a deletion invalidated a stage) or "
                        "capacity:<threshold> (when capacity falls below it, e.g. "
@@ -77,6 +89,11 @@ def serve_cmd(
         raise fail("--max-batch", f"must be >= 1, got {max_batch}")
     if not max_wait_ms >= 0:
         raise fail("--max-wait-ms", f"must be >= 0, got {max_wait_ms}")
+    if workers < 0:
+        raise fail("--workers", f"must be >= 0, got {workers}")
+    if torch_threads < 1:
+        raise fail("--torch-threads", f"must be >= 1, got {torch_threads}")
+    workers = workers or cpu_cores()
     from s3t.service.retrainer import RetrainPolicy  # lazily: the web stack loads with it
 
     try:
@@ -96,7 +113,8 @@ def serve_cmd(
     from s3t.service import create_app
 
     app = create_app(run, token=token, open_predict=open_predict, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms, retrain=retrain, retrain_delay_s=retrain_delay)
+                     max_wait_ms=max_wait_ms, workers=workers, torch_threads=torch_threads,
+                     retrain=retrain, retrain_delay_s=retrain_delay)
     if token is None:
         typer.echo(f"warning: no token: every endpoint is open to local users of {host}", err=True)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # s3t's lines beside uvicorn's

@@ -4,10 +4,15 @@
 on the ledger's change counters, so a request costs no ledger scan unless something, here
 or in another process, committed since the last one) and exposes what is served as a
 read-only mapping of :class:`ServedRoute` (stage key, chain, weights, merged layers).
+
+Thread-safe: a call takes one snapshot of the routes (refreshing them under a lock if the
+ledger changed) and computes with that snapshot alone, never touching the shared backbone
+(``ensemble.py``), so calls from several threads run at the same time.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,7 +24,7 @@ from s3t.models.adapted import AdaptedBackbone
 from s3t.models.stage_weights import WeightBank
 from s3t.run.directory import NoLiveShardError, Run
 from s3t.run.stages import lineage_chain
-from s3t.serve.ensemble import Ensemble, ServedRoute
+from s3t.serve.ensemble import Ensemble, ServedRoute, length_chunks
 
 
 @dataclass
@@ -49,28 +54,32 @@ class ServedModel:
         self.bank = bank
         self.ensemble = Ensemble(backbone, run.method)
         self._stamp: tuple[int, int] | None = None
+        self._refresh = threading.Lock()  # ledger reads and materialising: one at a time
 
     def routes(self) -> Mapping[int, ServedRoute]:
-        """Each live shard's served route, current with the ledger (read-only)."""
-        stamp = self.run.ledger.change_stamp()
-        if stamp != self._stamp:
-            records = {r.key: r for r in self.run.ledger.stages(None)}
-            self.bank.keep_only(k for k, r in records.items() if r.status == "live")
-            chains = {}
-            for shard, key in sorted(self.run.ledger.routes().items()):
-                if key is not None:
-                    chain = lineage_chain(key, records)
-                    chains[shard] = (key, [self.bank.get(r) for r in chain])
-            self.ensemble.update(chains)
-            self._stamp = stamp
-        return MappingProxyType(self.ensemble.routes)
+        """Each live shard's served route, current with the ledger (read-only): one
+        snapshot, unaffected by later refreshes."""
+        with self._refresh:
+            stamp = self.run.ledger.change_stamp()
+            if stamp != self._stamp:
+                records = {r.key: r for r in self.run.ledger.stages(None)}
+                self.bank.keep_only(k for k, r in records.items() if r.status == "live")
+                chains = {}
+                for shard, key in sorted(self.run.ledger.routes().items()):
+                    if key is not None:
+                        chain = lineage_chain(key, records)
+                        chains[shard] = (key, [self.bank.get(r) for r in chain])
+                self.ensemble.update(chains)
+                self._stamp = stamp
+            return MappingProxyType(self.ensemble.routes)
 
-    def _used(self) -> dict[int, str]:
-        """The routes the call just made used (``_ready`` fixed them; nothing else changes
-        the ensemble while a call runs)."""
-        return {shard: route.stage for shard, route in self.ensemble.routes.items()}
+    @staticmethod
+    def _used(routes: Mapping[int, ServedRoute]) -> dict[int, str]:
+        """The stage each shard's route of a snapshot serves."""
+        return {shard: route.stage for shard, route in routes.items()}
 
-    def _ready(self, task: str) -> int:
+    def _ready(self, task: str) -> Mapping[int, ServedRoute]:
+        """The routes snapshot a call of ``task`` computes with (refreshed if stale)."""
         if self.run.task != task:
             if task == "classification":
                 raise ValueError("this run is a causal language model (instruction tuned), not "
@@ -79,29 +88,37 @@ class ServedModel:
             raise ValueError("generate and evaluate_lm need a causal language model run (a "
                              "Llama-style --model trained on instruction data); this run is a "
                              "classifier: use predict")
-        live = len(self.routes())
-        if not live:
+        routes = self.routes()
+        if not routes:
             raise NoLiveShardError(
                 "no shard can serve: every shard has lost its first slice to deletions; "
                 "run `s3t retrain RUN` (or S3T.retrain()) to restore service")
-        self.backbone.model.eval()
-        return live
+        if self.backbone.model.training:  # the embeddings: dropout off (a no-op when serving)
+            self.backbone.model.eval()
+        return routes
 
     def predict(self, inputs: Sequence, batch_size: int = 64) -> Prediction:
         """Mean of class probabilities over live shards (or majority vote, per config).
 
         The frozen trunk runs once per batch for all shards; each shard then runs only its
-        top layers, with its route's adapters merged into dense weights.
+        top layers, with its route's adapters merged into dense weights. Texts are grouped
+        into batches of similar length (``length_chunks``), so that short texts are not
+        padded to the longest of many.
         """
-        live = self._ready("classification")
+        routes = self._ready("classification")
         labels = self.run.label_names
         vote = self.run.config.aggregation == "vote"
-        parts = [self.ensemble.predict_proba(list(inputs[i:i + batch_size]), vote=vote,
-                                             n_labels=len(labels))
-                 for i in range(0, len(inputs), batch_size)]
-        out = np.concatenate(parts) if parts else np.zeros((0, len(labels)))
+        inputs = list(inputs)
+        lengths = self.ensemble.token_lengths(inputs) if len(inputs) > 1 else None
+        chunks = (length_chunks(lengths, batch_size) if lengths is not None else
+                  [list(range(i, min(i + batch_size, len(inputs))))
+                   for i in range(0, len(inputs), batch_size)])
+        out = np.zeros((len(inputs), len(labels)))
+        for chunk in chunks:
+            out[chunk] = self.ensemble.predict_proba([inputs[i] for i in chunk], vote=vote,
+                                                     n_labels=len(labels), routes=routes)
         ids = out.argmax(axis=1)
-        return Prediction([labels[i] for i in ids], ids, out, live, self._used())
+        return Prediction([labels[i] for i in ids], ids, out, len(routes), self._used(routes))
 
     def generate(self, prompt: str, max_new_tokens: int = 32, greedy: bool = True,
                  temperature: float = 1.0, seed: int = 0) -> Generation:
@@ -119,16 +136,18 @@ class ServedModel:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if not greedy and not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        live = self._ready("causal_lm")
+        routes = self._ready("causal_lm")
         backbone = self.backbone
         family, tokenizer = backbone.lm_family, backbone.processor
-        tokens = family.prompt_ids(tokenizer, prompt)
-        stops = family.stop_ids(backbone.model, tokenizer)
+        with self.ensemble.tokenizer_lock:
+            tokens = family.prompt_ids(tokenizer, prompt)
+            stops = family.stop_ids(backbone.model, tokenizer)
         generator = torch.Generator().manual_seed(seed)
         new: list[int] = []
         finished = False
         for _ in range(max_new_tokens):
-            probs = self.ensemble.next_token_probs(family.pad(tokenizer, [tokens + new]))[0]
+            probs = self.ensemble.next_token_probs(family.pad(tokenizer, [tokens + new]),
+                                                   routes)[0]
             if greedy:
                 token = int(probs.argmax())
             else:
@@ -138,21 +157,22 @@ class ServedModel:
                 finished = True
                 break
             new.append(token)
-        return Generation(tokenizer.decode(new, skip_special_tokens=True), new, finished, live,
-                          self._used())
+        with self.ensemble.tokenizer_lock:
+            text = tokenizer.decode(new, skip_special_tokens=True)
+        return Generation(text, new, finished, len(routes), self._used(routes))
 
     def evaluate_lm(self, texts: Sequence[str], batch_size: int = 8) -> dict:
         """Mean token loss and perplexity on held-out instruction data (response tokens only),
         for the ensemble (mean of the live routes' probabilities) and for each route alone."""
-        live = self._ready("causal_lm")
+        routes = dict(self._ready("causal_lm"))
+        live = len(routes)
         if not texts:
             raise ValueError("evaluate_lm needs at least one sample")
-        routes = dict(self.ensemble.routes)
         route_nll = dict.fromkeys(routes, 0.0)
         nll, count = 0.0, 0
         for start in range(0, len(texts), batch_size):
-            batch = self.backbone.encode(list(texts[start:start + batch_size]))
-            per_route = self.ensemble.token_log_probs(batch)
+            batch = self.ensemble.encode(list(texts[start:start + batch_size]))
+            per_route = self.ensemble.token_log_probs(batch, routes)
             stacked = torch.stack([per_route[m] for m in routes])
             mixed = torch.logsumexp(stacked, dim=0) - np.log(len(routes))
             nll -= float(mixed.sum())

@@ -7,8 +7,8 @@ model, and why an acknowledged deletion is never served again, is in ``guard.py`
 | --- | --- |
 | ``app.py`` | the application: lifespan (load the run once), middleware, error bodies |
 | ``endpoints.py`` | the versioned JSON API (``/v1/...``), health, readiness, metrics |
-| ``guard.py`` | the concurrency model: model calls one at a time; deletions never wait |
-| ``batching.py`` | dynamic batching of predictions into one model call |
+| ``guard.py`` | the concurrency model: model calls run concurrently; deletions never wait |
+| ``batching.py`` | dynamic batching of predictions into model calls, several at once |
 | ``auth.py`` | bearer-token authentication (``hmac.compare_digest``) |
 | ``limits.py`` | the request body limit (413) |
 | ``idempotency.py`` | client keys of deletions (``<run>/service/idempotency.sqlite``) |

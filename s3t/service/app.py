@@ -35,7 +35,8 @@ log = logging.getLogger("s3t.service")
 
 
 def create_app(run_dir: str | Path, *, token: str | None = None, open_predict: bool = False,
-               max_batch: int = 32, max_wait_ms: float = 5, max_inputs: int = 256,
+               max_batch: int = 32, max_wait_ms: float = 5, workers: int = 1,
+               torch_threads: int | None = None, max_inputs: int = 256,
                max_body_bytes: int = 1_000_000, retrain: str = "manual",
                retrain_delay_s: float = 0.0, eval_size: int = 256,
                eval_interval_s: float = 5.0) -> FastAPI:
@@ -44,7 +45,10 @@ def create_app(run_dir: str | Path, *, token: str | None = None, open_predict: b
     ``token``: the bearer token that deletions, the deletion listing and audit always need,
     and predict and generate unless ``open_predict``; None leaves every endpoint open (the
     command line allows that only on a loopback host). ``max_batch`` inputs or
-    ``max_wait_ms`` bound a dynamic batch of predictions; ``max_inputs`` (per predict
+    ``max_wait_ms`` bound a dynamic batch of predictions; ``workers`` batches run at once,
+    with ``torch_threads`` torch threads (process-wide while the app runs; None leaves
+    torch's setting: ``s3t serve`` gives one per call and a call per core, so a call's
+    threads never wait for a core another call or the event loop holds); ``max_inputs`` (per predict
     request) and ``max_body_bytes`` bound a request (413 beyond). ``retrain``: the background
     retrain policy, ``manual``, ``eager`` or ``capacity:<threshold>``, after no deletion for
     ``retrain_delay_s`` (``retrainer.py``). ``eval_size`` validation samples are measured at
@@ -52,6 +56,7 @@ def create_app(run_dir: str | Path, *, token: str | None = None, open_predict: b
     """
     service = Service(Settings(Path(run_dir), token=token, open_predict=open_predict,
                                max_batch=max_batch, max_wait_ms=max_wait_ms,
+                               workers=workers, torch_threads=torch_threads,
                                max_inputs=max_inputs, max_body_bytes=max_body_bytes,
                                retrain=retrain, retrain_delay_s=retrain_delay_s,
                                eval_size=eval_size, eval_interval_s=eval_interval_s))

@@ -78,8 +78,9 @@ async def predict(body: PredictRequest, service: ServiceDep) -> dict:
 async def generate(body: GenerateRequest, service: ServiceDep) -> dict:
     """Answer an instruction (causal-LM runs): the live shards' next-token probabilities are
     averaged at every step."""
-    result, routes = await service.run(service.model.generate, body.prompt, body.max_new_tokens,
-                                       not body.sample, body.temperature, body.seed)
+    result, routes = await service.run_model(service.model.generate, body.prompt,
+                                             body.max_new_tokens, not body.sample,
+                                             body.temperature, body.seed)
     return {"text": result.text, "tokens": len(result.token_ids), "finished": result.finished,
             "routes": routes, "live_shards": result.live_shards}
 
@@ -95,7 +96,7 @@ async def delete(body: DeletionRequest, service: ServiceDep, response: Response)
     outcome = await service.run(service.model.forget, body.sample_ids, body.groups,
                                 body.request_id)
     if outcome.committed:
-        await service.run(service.deleted)
+        service.deleted()  # counters now; gauges and history after the response
     response.headers["S3T-Replayed"] = "true" if outcome.replayed else "false"
     return outcome.certificate
 

@@ -1,23 +1,24 @@
-"""The loaded run behind two locks: the service's concurrency model.
+"""The loaded run behind its locks: the service's concurrency model.
 
-Serving in s3t mutates the shared backbone per route (each route's head is loaded into the
-model before it runs; materialising a route switches LoRA layers with ``set_depth``). So
-every model call (one batched ``predict`` for a whole dynamic batch, or one ``generate``)
-takes the MODEL lock, and starts by reading the served routes from the ledger
-(``S3T.served()``, memoised on the ledger's change counters).
+Model calls (a batched ``predict`` for a whole dynamic batch, ``generate``, the history's
+validation accuracy) run concurrently, in worker threads, without a lock: serving never
+mutates the shared backbone. Each call starts by taking one snapshot of the served routes
+(``S3T.served()``: memoised on the ledger's change counters; when the ledger changed, the
+routes are re-read and the changed ones materialised, one refresh at a time) and then
+computes with that snapshot alone (``s3t/serve/ensemble.py``). A call never waits for
+another call, nor for a retrain (a separate process: ``retrainer.py``).
 
 Deletions never wait for a model call. They run on a second, torch-free view of the run
 (:class:`~s3t.run.Run`, its own SQLite connection) under the RECORDS lock, which also
 serialises the idempotency keys and the ledger reads (status, audit, certificates): the
 deletion is validated, committed durably and its invalidated stage files erased, and the
 certificate is sent. Why no prediction that starts after that can use an erased stage: its
-model call begins after the commit, and its first step re-reads the routes from the ledger
-(the commit changed the ledger's ``data_version``, so the memo is stale), dropping the
-erased stages from the weights it holds and materialising the new routes. A call already
-running keeps the routes it started with (it began before the acknowledgement); if it
-needs to read a stage file that the deletion just erased, it starts again. The routes a
-response reports are the ones the call used (``Prediction.routes``, fixed when the call
-read the ledger).
+model call begins after the commit, and its snapshot is taken after the commit: the commit
+changed the ledger's ``data_version``, so the memo is stale and the snapshot is re-read,
+dropping the erased stages from the weights it holds and materialising the new routes. A
+call already running keeps the snapshot it started with (it began before the
+acknowledgement); if it needs to read a stage file that the deletion just erased, it starts
+again. The routes a response reports are the ones its snapshot held (``Prediction.routes``).
 Each of these runs in a worker thread (``asyncio.to_thread``), so the event loop never
 waits on a lock. Deletions from other processes reach this server through the same ledger
 counters; across processes they serialise on the ledger's write lock.
@@ -26,8 +27,10 @@ counters; across processes they serialise on the ledger's write lock.
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,6 +49,19 @@ Routes = dict[str, str]  # shard -> the stage key serving it
 ROUTE_TRIES = 3
 
 
+MODEL_NICE = 5  # model-call threads yield the CPU to deletions and the event loop
+
+
+def lower_priority(nice: int = MODEL_NICE) -> None:
+    """Make the calling thread ``nice`` steps nicer (Linux: per thread), so that on a busy
+    machine a deletion or the event loop is scheduled before model computation."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except (AttributeError, OSError):  # not Linux, or not allowed: nothing to do
+        pass
+
+
 @dataclass
 class DeletionOutcome:
     certificate: dict
@@ -56,14 +72,31 @@ class DeletionOutcome:
 class GuardedModel:
     def __init__(self, model: S3T, keys: IdempotencyStore):
         self.model, self.keys = model, keys
-        self.lock = threading.Lock()          # the model: one call at a time
         self.records_lock = threading.Lock()  # deletions, keys and ledger reads
+        self._calls = 0                       # model calls running (close waits for them)
+        self._idle = threading.Condition()
+        self._closing = False
+        self._history_niced = False
         if model.run is None:
             raise RuntimeError("the service needs a loaded run")
         self.records = Run.open(model.run.path, repair=False)
         self.last_routes: Routes = {}
 
     # --- model calls --------------------------------------------------------------------------
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        """One model call: counted, so ``close`` waits for those running."""
+        with self._idle:
+            if self._closing:
+                raise BusyError("the server is shutting down")
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._calls -= 1
+                self._idle.notify_all()
+
     def _routes(self) -> Routes:
         routes = {str(shard): route.stage for shard, route in self.model.served().items()}
         self.last_routes = routes
@@ -71,11 +104,11 @@ class GuardedModel:
 
     def warm(self) -> Routes:
         """Load the backbone and materialise the live routes."""
-        with self.lock:
+        with self._call():
             return self._routes()
 
     def predict(self, inputs: list[str]) -> tuple[Prediction, Routes]:
-        with self.lock:
+        with self._call():
             for _ in range(ROUTE_TRIES):
                 try:
                     prediction = self.model.predict(inputs)
@@ -86,7 +119,7 @@ class GuardedModel:
 
     def generate(self, prompt: str, max_new_tokens: int, greedy: bool, temperature: float,
                  seed: int) -> tuple[Generation, Routes]:
-        with self.lock:
+        with self._call():
             for _ in range(ROUTE_TRIES):
                 try:
                     result = self.model.generate(prompt, max_new_tokens=max_new_tokens,
@@ -102,11 +135,14 @@ class GuardedModel:
         is never deletable; None for causal LMs, runs without one, or no live route."""
         if self.model.task == "causal_lm":
             return None
+        if not self._history_niced:  # the history's own thread: a model call, niced as those
+            lower_priority()
+            self._history_niced = True
         with self.records_lock:
             rows = self.records.ledger.eval_samples()[:limit]
         if not rows:
             return None
-        with self.lock:
+        with self._call():
             prediction = self.model.predict([row[2] for row in rows])
         if prediction.live_shards == 0:
             return None
@@ -183,15 +219,11 @@ class GuardedModel:
         with self.records_lock:
             return self.records.audit().to_dict()
 
-    def live_routes(self, wait_s: float) -> Routes:
-        """The routes served now; while a model call holds the lock past ``wait_s``, the
-        routes of the last call (it is serving, so they are what it serves)."""
-        if not self.lock.acquire(timeout=wait_s):
-            return dict(self.last_routes)
-        try:
+    def live_routes(self, wait_s: float = 1.0) -> Routes:
+        """The routes served now (a snapshot, as a model call takes it; ``wait_s`` is kept
+        for callers: reading routes no longer waits for model calls)."""
+        with self._call():
             return self._routes()
-        finally:
-            self.lock.release()
 
     def status_if_free(self, wait_s: float) -> dict | None:
         if not self.records_lock.acquire(timeout=wait_s):
@@ -201,8 +233,12 @@ class GuardedModel:
         finally:
             self.records_lock.release()
 
-    def close(self) -> None:
-        with self.lock, self.records_lock:
+    def close(self, wait_s: float = 60.0) -> None:
+        """Refuse new model calls, wait (up to ``wait_s``) for those running, then close."""
+        with self._idle:
+            self._closing = True
+            self._idle.wait_for(lambda: self._calls == 0, timeout=wait_s)
+        with self.records_lock:
             self.model.close()
             self.records.close()
             self.keys.close()

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from s3t.service.batching import Batcher
 from s3t.service.errors import BusyError
-from s3t.service.guard import GuardedModel, Routes
+from s3t.service.guard import GuardedModel, Routes, lower_priority
 from s3t.service.history import History
 from s3t.service.idempotency import IdempotencyStore
 from s3t.service.metrics import ServiceMetrics
@@ -25,7 +26,6 @@ if TYPE_CHECKING:  # the engine imports torch: loaded when the app starts, not o
 log = logging.getLogger("s3t.service")
 T = TypeVar("T")
 
-
 @dataclass(frozen=True)
 class Settings:
     run_dir: Path
@@ -33,6 +33,8 @@ class Settings:
     open_predict: bool = False
     max_batch: int = 32          # inputs per batched model call
     max_wait_ms: float = 5.0     # how long a batch waits for more requests
+    workers: int = 1             # model calls at once (each its own batch)
+    torch_threads: int | None = None  # torch threads per process (None: leave torch's)
     max_inputs: int = 256        # inputs per predict request (else 413)
     max_body_bytes: int = 1_000_000
     max_queue: int = 1024        # predict requests waiting (else 503)
@@ -44,9 +46,11 @@ class Settings:
     def check(self) -> Settings:
         if self.token is not None and not self.token.strip():
             raise ValueError("the API token is empty: give a non-empty token or none")
-        for name in ("max_batch", "max_inputs", "max_body_bytes", "max_queue"):
+        for name in ("max_batch", "max_inputs", "max_body_bytes", "max_queue", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if not self.max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         RetrainPolicy.parse(self.retrain)
@@ -70,6 +74,9 @@ class Service:
         self._batcher: Batcher[tuple[Prediction, Routes], dict] | None = None
         self._retrainer: Retrainer | None = None
         self._history: History | None = None
+        self._torch_threads: int | None = None  # torch's own setting, restored at stop
+        self._pending: set[asyncio.Task] = set()  # after-deletion work still running
+        self._model_pool: ThreadPoolExecutor | None = None  # threads of the model calls
 
     @property
     def model(self) -> GuardedModel:
@@ -96,8 +103,15 @@ class Service:
         return self._history
 
     async def run(self, call: Callable[..., T], *args: Any) -> T:
-        """``call(*args)`` in a worker thread (it takes the model lock there)."""
+        """``call(*args)`` in a worker thread (it takes its locks there)."""
         return await asyncio.to_thread(call, *args)
+
+    async def run_model(self, call: Callable[..., T], *args: Any) -> T:
+        """A model call (``generate``) on the model calls' own, lower-priority threads."""
+        pool = self._model_pool
+        if pool is None:
+            raise BusyError("the server is starting or stopping")
+        return await asyncio.get_running_loop().run_in_executor(pool, call, *args)
 
     async def start(self) -> None:
         """Load the run once (an interrupted erasure is finished here), load the backbone and
@@ -105,6 +119,11 @@ class Service:
         from s3t.engine import S3T
 
         settings = self.settings
+        if settings.torch_threads is not None:  # before the first model call's thread starts
+            import torch
+
+            self._torch_threads = torch.get_num_threads()
+            torch.set_num_threads(settings.torch_threads)
         engine = await asyncio.to_thread(S3T.load, settings.run_dir)
         try:
             model = GuardedModel(engine, IdempotencyStore(settings.run_dir))
@@ -114,9 +133,14 @@ class Service:
         self._model = model
         routes = await self.run(model.warm)
         self.metrics.observe_status(await self.run(model.status))
+        # Model calls run on threads of their own, niced: deletions (asyncio's default
+        # threads) and the event loop get the CPU first when both want it.
+        self._model_pool = ThreadPoolExecutor(settings.workers + 1, "s3t-model",
+                                              initializer=self._model_thread)
         self._batcher = Batcher(model.predict, split_prediction, max_batch=settings.max_batch,
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
-                                on_batch=self.metrics.batch_inputs.observe)
+                                on_batch=self.metrics.batch_inputs.observe,
+                                workers=settings.workers, executor=self._model_pool)
         await self._batcher.start()
         self._history = History(model.status, lambda: model.val_accuracy(settings.eval_size),
                                 settings.eval_interval_s)
@@ -125,8 +149,18 @@ class Service:
                                     settings.retrain_delay_s, model.status, self._on_retrain,
                                     log_path=settings.run_dir / "service" / "retrain.log")
         self._retrainer.start()
-        log.info("serving %s: %d live routes %s; retrain policy %s", settings.run_dir,
-                 len(routes), routes, settings.retrain)
+        log.info("serving %s: %d live routes %s; retrain policy %s; %d model call(s) at once, "
+                 "%s torch thread(s)", settings.run_dir, len(routes), routes, settings.retrain,
+                 settings.workers, settings.torch_threads or "default")
+
+    def _model_thread(self) -> None:
+        """Set up a model-call thread: niced, and its own torch thread count (OpenMP keeps
+        one per thread: a new thread does not follow ``torch.set_num_threads`` of another)."""
+        lower_priority()
+        if self.settings.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
 
     def _on_retrain(self, event: str, job: Job) -> None:
         """Retrainer events (its worker thread): history point, metrics."""
@@ -139,14 +173,28 @@ class Service:
             self._history.record(event)
 
     def deleted(self) -> None:
-        """A deletion was committed through this server."""
+        """A deletion was committed through this server: counted, and the retrain policy's
+        delay restarts, at once; the gauges and the history point (a status read) follow
+        in the background (``after_deletion``), off the deletion's response path."""
         self.metrics.deletions.inc()
         self.retrainer.note_deletion()
+        task = asyncio.get_running_loop().create_task(self.run(self.after_deletion))
+        self._pending.add(task)
+        task.add_done_callback(self._after_deletion_done)
+
+    def _after_deletion_done(self, task: asyncio.Task) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("gauges and history after a deletion: %s", task.exception())
+
+    def after_deletion(self) -> None:
         status = self.model.status()  # read once: the gauges and the history point
         self.metrics.observe_status(status)
         self.history.record("deletion", status=status)
 
     async def stop(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
         if self._retrainer is not None:  # first: it may call back into the model
             retrainer, self._retrainer = self._retrainer, None
             await asyncio.to_thread(retrainer.stop)
@@ -159,6 +207,14 @@ class Service:
         if self._model is not None:
             model, self._model = self._model, None
             await self.run(model.close)
+        if self._model_pool is not None:
+            pool, self._model_pool = self._model_pool, None
+            pool.shutdown(wait=False)
+        if self._torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self._torch_threads)
+            self._torch_threads = None
 
     async def refresh_gauges(self, wait_s: float = 1.0) -> None:
         status = await self.run(self.model.status_if_free, wait_s)
