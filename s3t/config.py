@@ -16,6 +16,7 @@ from s3t.plan.methods import METHODS
 from s3t.plan.orderings import STRATEGIES, check_prior, default_budget
 
 AGGREGATIONS = ("mean", "vote")
+SERVE_ORDERINGS = ("best", "all")
 CACHE_DTYPES = ("float32", "float16")
 EXECUTORS = ("local", "ray")
 STAGE_STEPS = ("epochs", "equal")
@@ -137,6 +138,15 @@ class S3TConfig:
     aggregation: str = dataclasses.field(default="mean", metadata={"help": (
         f"How the live shards' predictions are combined, one of "
         f"{', '.join(AGGREGATIONS)}: average their probabilities or take a majority vote.")})
+    serve_orderings: str = dataclasses.field(default="best", metadata={"help": (
+        f"Which of a shard's orderings serve, one of {', '.join(SERVE_ORDERINGS)}: 'best' serves "
+        "one route per shard (its deepest live stage; ties go to the validation score, then "
+        "the key); 'all' serves the mean of the class (or next-token) probabilities of every "
+        "live stage at that deepest depth, one per surviving ordering, and the shards are then "
+        "aggregated as with 'best', each weighing the same. 'all' gives more accuracy for "
+        "budget > 1 at budget times the serving cost of the top layers; exactness is "
+        "unchanged, because every served stage is live and never saw a deleted sample. "
+        "Training is the same either way.")})
     feature_cache: bool = dataclasses.field(default=True, metadata={"help": (
         "Whether to compute the frozen layers' outputs once per sample instead of every batch: much "
         "faster at the cost of memory (see feature_cache_memory_gb), same weights in float32.")})
@@ -188,6 +198,11 @@ class S3TConfig:
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError("aggregation", f"aggregation must be one of {', '.join(AGGREGATIONS)}, "
                               f"got {self.aggregation!r}")
+        if self.serve_orderings not in SERVE_ORDERINGS:
+            raise ConfigError("serve_orderings", "serve_orderings must be one of "
+                              f"{', '.join(SERVE_ORDERINGS)} ('best': one route per shard; 'all': "
+                              "the mean of every live ordering's stage at the shard's deepest "
+                              f"depth), got {self.serve_orderings!r}")
         if not _number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("lora_dropout", f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not _number(self.learning_rate) or self.learning_rate <= 0:

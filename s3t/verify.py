@@ -33,6 +33,7 @@ from s3t.models.adapted import AdaptedBackbone, default_model_dir
 from s3t.models.stage_weights import StageWeights
 from s3t.run import FeatureFiles, IntegrityError, Run, StageRecord, lineage_chain, model_fingerprint
 from s3t.run.files import META_FILE
+from s3t.run.stages import served_stages
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
 from s3t.train.scheduler import EVAL_BLOCK, CellData, Scheduler, StageJob, total_work
 from s3t.train.stage_trainer import train_stage
@@ -96,17 +97,19 @@ class VerifyReport:
 # --- what to verify ---------------------------------------------------------------------------
 
 def select(records: dict[str, StageRecord], routes: dict[int, str | None],
-           which: str | Sequence[str]) -> list[StageRecord]:
+           which: str | Sequence[str], serve_orderings: str = "best") -> list[StageRecord]:
     """The stages to check, each with its whole chain (ancestors are retrained, so they are
     compared too), ordered shard by shard and parents first.
 
-    ``which``: ``"served"`` (the routes' chains), ``"all"`` (every live stage) or stage keys.
+    ``which``: ``"served"`` (the chains of every stage served, per ``serve_orderings``),
+    ``"all"`` (every live stage) or stage keys.
     """
     if isinstance(which, str) and which not in (SERVED, ALL):
         raise VerifySelectionError(f"which must be {SERVED!r}, {ALL!r} or a list of stage keys, "
                                    f"got {which!r}")
     if which == SERVED:
-        wanted = [k for k in routes.values() if k is not None]
+        wanted = [k for keys in served_stages(routes, records, serve_orderings).values()
+                  for k in keys]
         if not wanted:
             raise VerifySelectionError("no shard serves a stage (every shard lost its first "
                                        "slice): run `s3t retrain` first, or name stages")
@@ -177,7 +180,8 @@ def _snapshot(run: Run, which: str | Sequence[str]
     ledger = run.ledger
     ledger.conn.execute("BEGIN")
     try:
-        chosen = select({r.key: r for r in ledger.stages(None)}, ledger.routes(), which)
+        chosen = select({r.key: r for r in ledger.stages(None)}, ledger.routes(), which,
+                        run.config.serve_orderings)
         versions = ledger.slice_versions()
         needed = sorted({(r.shard, s) for r in chosen for s in r.prefix})
         cells = {}

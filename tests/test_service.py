@@ -250,20 +250,28 @@ def test_generate_on_a_causal_lm_run(tmp_path):
         assert refused.status_code == 422 and "generate" in refused.json()["message"]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_no_prediction_after_a_deletion_is_acknowledged_uses_an_erased_stage(run_copy, workers):
+@pytest.mark.parametrize(("workers", "orderings"), [(1, "best"), (2, "best"), (2, "all")])
+def test_no_prediction_after_a_deletion_is_acknowledged_uses_an_erased_stage(run_copy, workers,
+                                                                              orderings):
     """Predictions race deletions through the service: every prediction that started after a
     deletion's response reports routes without any stage that deletion erased (one model
-    call at a time, and several at once: each call's own routes snapshot)."""
+    call at a time, and several at once: each call's own routes snapshot), and with
+    serve_orderings 'all' none of the stages it served (``routes_all``) either."""
+    card = json.loads((run_copy / "s3t.json").read_text())
+    card["config"]["serve_orderings"] = orderings  # serving only: the weights are the same
+    (run_copy / "s3t.json").write_text(json.dumps(card, indent=2))
     # slice 0 of each shard, then slice 1 of shard 0 (shard 0 dies; shard 1 keeps serving)
     victims = [samples_in(run_copy, cell)[0] for cell in ((0, 0), (1, 0), (0, 1))]
     victims.append(samples_in(run_copy, (1, 0), 2)[1])
     acks: list[tuple[float, set[str]]] = []
-    predictions: list[tuple[float, dict]] = []
+    predictions: list[tuple[float, set[str], dict]] = []
     failures: list[str] = []
     done = threading.Event()
     deadline = time.monotonic() + 30
     with serving(run_copy, max_wait_ms=2, workers=workers) as client:
+        first = client.post("/v1/predict", json={"inputs": ["red"]}, headers=AUTH).json()
+        per_shard = 2 if orderings == "all" else 1  # m=2, B=2: both orderings at depth 2
+        assert [len(keys) for keys in first["routes_all"].values()] == [per_shard] * 2, first
 
         def predictor(seed: int) -> None:
             extra = 0
@@ -277,7 +285,11 @@ def test_no_prediction_after_a_deletion_is_acknowledged_uses_an_erased_stage(run
                 if response.status_code != 200:
                     failures.append(response.text)
                     continue
-                predictions.append((started, response.json()["routes"]))
+                body = response.json()
+                if body["routes"] != {m: keys[0] for m, keys in body["routes_all"].items()}:
+                    failures.append(f"routes {body['routes']} do not lead routes_all")
+                predictions.append((started, {k for keys in body["routes_all"].values()
+                                              for k in keys}, body["routes"]))
 
         def deleter() -> None:
             try:
@@ -301,13 +313,13 @@ def test_no_prediction_after_a_deletion_is_acknowledged_uses_an_erased_stage(run
         assert not any(t.is_alive() for t in threads)
     assert not failures, failures[:3]
     assert len(acks) == 4 and sum(bool(erased) for _, erased in acks) == 3
-    after = [(t, routes) for t, routes in predictions if t > acks[0][0]]
+    after = [t for t, _, _ in predictions if t > acks[0][0]]
     assert after, "no prediction started after the first deletion was acknowledged"
-    for started, routes in predictions:
+    for started, used, _ in predictions:
         for acked, erased in acks:
             if started > acked:
-                assert not erased & set(routes.values()), (routes, erased)
-    assert list(predictions[-1][1]) == ["1"]  # shard 0 lost both slices' first stages
+                assert not erased & used, (used, erased)
+    assert list(predictions[-1][2]) == ["1"]  # shard 0 lost both slices' first stages
 
 
 def test_batcher_gathers_concurrent_requests_into_one_call():

@@ -39,7 +39,7 @@ CONFIG_FLAGS = {
     "batch_size": "--batch-size", "learning_rate": "--lr",
     "max_seq_len": "--max-seq-len", "seed": "--seed", "feature_cache": "--no-cache",
     "feature_cache_dtype": "--cache-dtype", "feature_cache_memory_gb": "--cache-memory-gb",
-    "executor": "--executor", "ray_address": "--ray-address",
+    "executor": "--executor", "ray_address": "--ray-address", "serve_orderings": "--serve-orderings",
 }
 RETRAIN_FLAGS = {f: CONFIG_FLAGS[f] for f in ("executor", "ray_address")}
 DEMO_FLAGS = {f: CONFIG_FLAGS[f] for f in ("shards", "slices", "budget", "strategy", "epochs", "seed")}
@@ -131,6 +131,7 @@ def train_cmd(
     no_cache: Annotated[bool, _config_opt("feature_cache", lead="Set feature_cache off.")] = False,
     executor: Annotated[str, _config_opt("executor")] = _DEFAULT.executor,
     ray_address: Annotated[str | None, _config_opt("ray_address", _RAY_ADDRESS_EXTRA)] = None,
+    serve_orderings: Annotated[str, _config_opt("serve_orderings")] = _DEFAULT.serve_orderings,
     as_json: JsonOpt = False,
 ) -> None:
     """Train S3T on labelled data and write a run directory."""
@@ -157,6 +158,7 @@ def train_cmd(
             max_seq_len=max_seq_len if max_seq_len is not None else 128 if instructions else 64,
             feature_cache=not no_cache, feature_cache_dtype=cache_dtype,
             feature_cache_memory_gb=cache_memory_gb, executor=executor, ray_address=ray_address,
+            serve_orderings=serve_orderings,
         ).validate()  # bad flags fail here, before torch or any data is loaded
         if best_epoch and eval_src is None and eval_size <= 0:
             raise ConfigError("best_epoch", NO_VALIDATION)
@@ -337,8 +339,10 @@ def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
              f"capacity {status['capacity']:.2f}",
              f"validation samples {status['validation_samples']}: {status['validation_use']}"]
     for shard, route in status["routes"].items():
+        served = f", serving {len(route['served_stages'])} stages" if route and "served_stages" \
+            in route else ""
         lines.append(f"  shard {shard}: " + ("dead (retrain required)" if route is None else
-                                              f"{route['stage']} (depth {route['depth']})"))
+                                              f"{route['stage']} (depth {route['depth']}{served})"))
     _emit(as_json, status, "\n".join(lines))
 
 

@@ -38,6 +38,7 @@ from s3t.run.files import (
 )
 from s3t.run.forget import ForgetPlan, forget, sweep
 from s3t.run.ledger import Ledger, StageRecord, stage_key
+from s3t.run.stages import served_stages
 
 RUN_FILE = "s3t.json"
 WRITER_LOCK = ".retrain.lock"
@@ -302,14 +303,18 @@ class Run:
         total, deleted = self.ledger.counts()
         depths = [records[k].depth if k else 0 for k in routes.values()]
         config = self.config
+        served = served_stages(routes, records, config.serve_orderings)
         return {
             "run_dir": str(self.path),
             "shards": config.shards, "slices": config.slices,
             "budget": config.budget, "strategy": config.strategy, "method": config.method,
             "live_shards": sum(k is not None for k in routes.values()),
             "routes": {str(m): None if k is None else
-                       {"stage": k, "depth": records[k].depth, "prefix": list(records[k].prefix)}
+                       {"stage": k, "depth": records[k].depth, "prefix": list(records[k].prefix),
+                        **({"served_stages": served[m]} if config.serve_orderings == "all"
+                           else {})}
                        for m, k in routes.items()},
+            "serve_orderings": config.serve_orderings,
             "samples": total, "deleted": deleted,
             "live_stages": sum(r.status == "live" for r in records.values()),
             "erased_stages": sum(r.status == "erased" for r in records.values()),

@@ -12,13 +12,19 @@ and each route owns its merged top layers and a copy of its head modules, reache
 ``head_view`` (a shallow copy of the model whose head submodules are the route's). Only
 materialising (``update``) loads weights into the backbone; its caller serialises that.
 Tokenizers are not safe to call from several threads at once: encoding takes a lock.
+
+A shard may serve several stages (``serve_orderings='all'``): its route carries the others
+as ``peers``, materialised the same way, and the shard's output is the mean of its members'
+probabilities before shards are aggregated (each shard weighs the same).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain as chained
 
@@ -43,10 +49,17 @@ class ServedRoute:
     chain: tuple[StageWeights, ...]  # the weights of the route's stages, root first
     # the model with this route's head modules in place of the backbone's (``head_view``)
     head_model: nn.Module | None = field(default=None, repr=False, compare=False)
+    # serve_orderings 'all': the shard's other live stages as deep as this one, served with it
+    peers: tuple[ServedRoute, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def depth(self) -> int:
         return len(self.chain)
+
+    @property
+    def members(self) -> tuple[ServedRoute, ...]:
+        """Every stage the shard serves: this route, then its peers."""
+        return (self, *self.peers)
 
 
 def pretrained_view(layer: nn.Module) -> nn.Module:
@@ -121,24 +134,46 @@ class Ensemble:
                                    for layer in backbone.family.layers(backbone.model))
         self.tokenizer_lock = threading.Lock()
 
-    def update(self, chains: dict[int, tuple[str, list[StageWeights]]]) -> None:
-        """Materialise changed routes; keep unchanged ones; swap the whole set at once.
+    def update(self, chains: Mapping[int, tuple[str, Sequence[StageWeights]]],
+               peers: Mapping[int, Sequence[tuple[str, Sequence[StageWeights]]]] | None = None
+               ) -> None:
+        """Materialise changed routes (``chains``: shard -> route key and chain; ``peers``:
+        shard -> the other stages it serves with its route, serve_orderings 'all'); keep the
+        stages already materialised; swap the whole set at once.
         Loads weights into the backbone: one caller at a time (model calls may run)."""
+        peers = peers or {}
+        known = {member.stage: member for route in self.routes.values()
+                 for member in route.members}
         fresh: dict[int, ServedRoute] = {}
-        backbone = self.backbone
         for shard, (key, chain) in chains.items():
+            wanted = [k for k, _ in peers.get(shard, ())]
             current = self.routes.get(shard)
-            if current is not None and current.stage == key:
+            if current is not None and current.stage == key and \
+                    [p.stage for p in current.peers] == wanted:
                 fresh[shard] = current
                 continue
-            backbone.load_route(chain, self.method)
-            active = self.method.active_groups(len(chain))
-            heads = backbone.family.head_modules(backbone.model)
-            own = {module: copy.deepcopy(module).eval() for module in heads.values()}
-            fresh[shard] = ServedRoute(key, active, backbone.merged_top_layers(active),
-                                       backbone.head_state(), tuple(chain),
-                                       head_view(backbone.model, own))
+            route = self._materialise(key, chain, known)
+            group = tuple(self._materialise(k, c, known) for k, c in peers.get(shard, ()))
+            if group:  # _materialise returns stages alone
+                route = dataclasses.replace(route, peers=group)
+            fresh[shard] = route
         self.routes = fresh
+
+    def _materialise(self, key: str, chain: Sequence[StageWeights],
+                     known: dict[str, ServedRoute]) -> ServedRoute:
+        """Stage ``key`` served alone (no peers): reused if materialised, else built."""
+        if key in known:
+            done = known[key]
+            return done if not done.peers else dataclasses.replace(done, peers=())
+        backbone = self.backbone
+        backbone.load_route(list(chain), self.method)
+        active = self.method.active_groups(len(chain))
+        heads = backbone.family.head_modules(backbone.model)
+        own = {module: copy.deepcopy(module).eval() for module in heads.values()}
+        built = ServedRoute(key, active, backbone.merged_top_layers(active),
+                            backbone.head_state(), tuple(chain), head_view(backbone.model, own))
+        known[key] = built
+        return built
 
     def encode(self, inputs: list) -> dict[str, torch.Tensor]:
         with self.tokenizer_lock:
@@ -173,22 +208,34 @@ class Ensemble:
         model = route.head_model if route.head_model is not None else self.backbone.model
         return self.backbone.family.head(model, hidden, mask)
 
+    @staticmethod
+    def _top_group(served: Sequence[ServedRoute]) -> int:
+        return min(member.active for route in served for member in route.members)
+
     @torch.no_grad()
     def predict_proba(self, inputs: list, vote: bool, n_labels: int,
                       routes: Mapping[int, ServedRoute] | None = None) -> np.ndarray:
-        """Mean class probabilities of ``routes`` (default: those served now, one snapshot)."""
+        """Mean class probabilities of ``routes`` (default: those served now, one snapshot);
+        a shard with peers contributes the mean of its members' probabilities (with
+        ``vote``: that mean's most likely class)."""
         served = list((self.routes if routes is None else routes).values())
         batch = self.encode(inputs)
         mask = batch["attention_mask"]
-        bounds = self.boundaries(batch, top_group=min(r.active for r in served))
+        bounds = self.boundaries(batch, top_group=self._top_group(served))
         family = self.backbone.family
         out = np.zeros((len(inputs), n_labels))
         for route in served:
-            hidden = family.apply_layers(route.layers, bounds[route.active], mask)
-            probs = torch.softmax(self._head(route, hidden, mask), dim=-1)
+            shard: torch.Tensor | None = None
+            for member in route.members:
+                hidden = family.apply_layers(member.layers, bounds[member.active], mask)
+                probs = torch.softmax(self._head(member, hidden, mask), dim=-1).double()
+                shard = probs if shard is None else shard + probs
+            assert shard is not None  # a route is its first member
+            if route.peers:
+                shard = shard / len(route.members)
             if vote:
-                probs = nn.functional.one_hot(probs.argmax(-1), n_labels).double()
-            out += probs.double().numpy()
+                shard = nn.functional.one_hot(shard.argmax(-1), n_labels).double()
+            out += shard.numpy()
         return out / len(served)
 
     # --- causal language models -------------------------------------------------------------
@@ -196,7 +243,8 @@ class Ensemble:
     def route_next_token_probs(self, batch: dict[str, torch.Tensor],
                                routes: Mapping[int, ServedRoute] | None = None
                                ) -> dict[int, torch.Tensor]:
-        """Each live route's next-token distribution (B, vocab) after the batch's last real token.
+        """Each live shard's next-token distribution (B, vocab) after the batch's last real
+        token (a shard with peers: the mean of its members' distributions).
 
         The frozen trunk runs once for all routes; each then runs its merged top layers.
         """
@@ -205,17 +253,20 @@ class Ensemble:
         mask = batch["attention_mask"]
         last = mask.sum(dim=1) - 1
         rows = torch.arange(mask.shape[0])
-        bounds = self.boundaries(batch, top_group=min(r.active for r in routes.values()))
+        bounds = self.boundaries(batch, top_group=self._top_group(list(routes.values())))
         out = {}
         for shard, route in routes.items():
-            hidden = family.apply_layers(route.layers, bounds[route.active], mask)
-            logits = self._head(route, hidden[rows, last], mask)
-            out[shard] = torch.softmax(logits.double(), dim=-1)
+            members = []
+            for member in route.members:
+                hidden = family.apply_layers(member.layers, bounds[member.active], mask)
+                logits = self._head(member, hidden[rows, last], mask)
+                members.append(torch.softmax(logits.double(), dim=-1))
+            out[shard] = members[0] if len(members) == 1 else torch.stack(members).mean(dim=0)
         return out
 
     def next_token_probs(self, batch: dict[str, torch.Tensor],
                          routes: Mapping[int, ServedRoute] | None = None) -> torch.Tensor:
-        """Mean over live routes of their next-token probabilities, (B, vocab)."""
+        """Mean over live shards of their next-token probabilities, (B, vocab)."""
         per_route = self.route_next_token_probs(batch, routes)
         return torch.stack(list(per_route.values())).mean(dim=0)
 
@@ -223,18 +274,23 @@ class Ensemble:
     def token_log_probs(self, batch: dict[str, torch.Tensor],
                         routes: Mapping[int, ServedRoute] | None = None
                         ) -> dict[int, torch.Tensor]:
-        """Each route's log-probability of every supervised next token (``labels`` != -100),
-        as (N,) tensors in the same token order."""
+        """Each shard's log-probability of every supervised next token (``labels`` != -100),
+        as (N,) tensors in the same token order (a shard with peers: the log of the mean of
+        its members' probabilities)."""
         from s3t.models.decoder import supervised
 
         routes = dict(self.routes if routes is None else routes)
         family = self.backbone.family
         mask = batch["attention_mask"]
-        bounds = self.boundaries(batch, top_group=min(r.active for r in routes.values()))
+        bounds = self.boundaries(batch, top_group=self._top_group(list(routes.values())))
         out = {}
         for shard, route in routes.items():
-            hidden = family.apply_layers(route.layers, bounds[route.active], mask)
-            states, tokens = supervised(hidden, batch["labels"])
-            logits = self._head(route, states, None).double()
-            out[shard] = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0]
+            members = []
+            for member in route.members:
+                hidden = family.apply_layers(member.layers, bounds[member.active], mask)
+                states, tokens = supervised(hidden, batch["labels"])
+                logits = self._head(member, states, None).double()
+                members.append(torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0])
+            out[shard] = members[0] if len(members) == 1 else \
+                torch.logsumexp(torch.stack(members), dim=0) - math.log(len(members))
         return out

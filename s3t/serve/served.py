@@ -3,7 +3,9 @@
 :class:`ServedModel` keeps the :class:`Ensemble` in step with the ledger's routes (memoised
 on the ledger's change counters, so a request costs no ledger scan unless something, here
 or in another process, committed since the last one) and exposes what is served as a
-read-only mapping of :class:`ServedRoute` (stage key, chain, weights, merged layers).
+read-only mapping of :class:`ServedRoute` (stage key, chain, weights, merged layers). With
+``serve_orderings='all'`` each shard's route carries, as ``peers``, the shard's other live
+stages at the route's depth (``served_stages``), and the shard serves the mean of them all.
 
 Thread-safe: a call takes one snapshot of the routes (refreshing them under a lock if the
 ledger changed) and computes with that snapshot alone, never touching the shared backbone
@@ -21,9 +23,9 @@ import numpy as np
 import torch
 
 from s3t.models.adapted import AdaptedBackbone
-from s3t.models.stage_weights import WeightBank
+from s3t.models.stage_weights import StageWeights, WeightBank
 from s3t.run.directory import NoLiveShardError, Run
-from s3t.run.stages import lineage_chain
+from s3t.run.stages import StageRecord, lineage_chain, served_stages
 from s3t.serve.ensemble import Ensemble, ServedRoute, length_chunks
 
 
@@ -34,6 +36,8 @@ class Prediction:
     probabilities: np.ndarray      # (n, num_labels), aggregated over live shards
     live_shards: int
     routes: dict[int, str] = field(default_factory=dict)  # shard -> stage key that served
+    # shard -> every stage that served it, the route first (several with serve_orderings 'all')
+    routes_all: dict[int, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Generation:
     finished: bool                 # True if the answer ended with an end-of-turn token
     live_shards: int
     routes: dict[int, str] = field(default_factory=dict)  # shard -> stage key that served
+    routes_all: dict[int, list[str]] = field(default_factory=dict)  # as Prediction's
 
 
 class ServedModel:
@@ -64,19 +69,30 @@ class ServedModel:
             if stamp != self._stamp:
                 records = {r.key: r for r in self.run.ledger.stages(None)}
                 self.bank.keep_only(k for k, r in records.items() if r.status == "live")
-                chains = {}
-                for shard, key in sorted(self.run.ledger.routes().items()):
-                    if key is not None:
-                        chain = lineage_chain(key, records)
-                        chains[shard] = (key, [self.bank.get(r) for r in chain])
-                self.ensemble.update(chains)
+                served = served_stages(self.run.ledger.routes(), records,
+                                       self.run.config.serve_orderings)
+                chains, peers = {}, {}
+                for shard, (key, *others) in sorted(served.items()):
+                    chains[shard] = (key, self._chain(key, records))
+                    if others:
+                        peers[shard] = [(k, self._chain(k, records)) for k in others]
+                self.ensemble.update(chains, peers)
                 self._stamp = stamp
             return MappingProxyType(self.ensemble.routes)
+
+    def _chain(self, key: str, records: dict[str, StageRecord]) -> list[StageWeights]:
+        """The weights of stage ``key``'s chain, root first (hash-checked on first read)."""
+        return [self.bank.get(r) for r in lineage_chain(key, records)]
 
     @staticmethod
     def _used(routes: Mapping[int, ServedRoute]) -> dict[int, str]:
         """The stage each shard's route of a snapshot serves."""
         return {shard: route.stage for shard, route in routes.items()}
+
+    @staticmethod
+    def _used_all(routes: Mapping[int, ServedRoute]) -> dict[int, list[str]]:
+        """Every stage each shard of a snapshot serves, its route first."""
+        return {shard: [m.stage for m in route.members] for shard, route in routes.items()}
 
     def _ready(self, task: str) -> Mapping[int, ServedRoute]:
         """The routes snapshot a call of ``task`` computes with (refreshed if stale)."""
@@ -118,7 +134,8 @@ class ServedModel:
             out[chunk] = self.ensemble.predict_proba([inputs[i] for i in chunk], vote=vote,
                                                      n_labels=len(labels), routes=routes)
         ids = out.argmax(axis=1)
-        return Prediction([labels[i] for i in ids], ids, out, len(routes), self._used(routes))
+        return Prediction([labels[i] for i in ids], ids, out, len(routes), self._used(routes),
+                          self._used_all(routes))
 
     def generate(self, prompt: str, max_new_tokens: int = 32, greedy: bool = True,
                  temperature: float = 1.0, seed: int = 0) -> Generation:
@@ -159,7 +176,8 @@ class ServedModel:
             new.append(token)
         with self.ensemble.tokenizer_lock:
             text = tokenizer.decode(new, skip_special_tokens=True)
-        return Generation(text, new, finished, len(routes), self._used(routes))
+        return Generation(text, new, finished, len(routes), self._used(routes),
+                          self._used_all(routes))
 
     def evaluate_lm(self, texts: Sequence[str], batch_size: int = 8) -> dict:
         """Mean token loss and perplexity on held-out instruction data (response tokens only),
@@ -187,5 +205,7 @@ class ServedModel:
             return {"loss": total / count, "perplexity": float(np.exp(total / count))}
 
         return {**summary(nll), "tokens": count, "live_shards": live,
-                "per_route": {m: {"stage": routes[m].stage, **summary(route_nll[m])}
+                "per_route": {m: {"stage": routes[m].stage,
+                                  "stages": [r.stage for r in routes[m].members],
+                                  **summary(route_nll[m])}
                               for m in sorted(routes)}}

@@ -20,7 +20,7 @@ from s3t.service.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from s3t.service.state import Service
+from s3t.service.state import Service, routes_all
 
 # Documents the scheme in the OpenAPI schema; the check itself is BearerAuthMiddleware's.
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer TOKEN` (the server's "
@@ -82,7 +82,8 @@ async def generate(body: GenerateRequest, service: ServiceDep) -> dict:
                                              body.max_new_tokens, not body.sample,
                                              body.temperature, body.seed)
     return {"text": result.text, "tokens": len(result.token_ids), "finished": result.finished,
-            "routes": routes, "live_shards": result.live_shards}
+            "routes": routes, "routes_all": routes_all(result.routes_all),
+            "live_shards": result.live_shards}
 
 
 @secured.post("/v1/deletions", tags=["deletions"])

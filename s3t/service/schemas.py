@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+ROUTES_ALL = ("Shard -> every stage that served it, its route first: one with the run's "
+              "serve_orderings 'best', every live ordering's stage at the route's depth with "
+              "'all'.")
+
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -24,6 +28,7 @@ class PredictResponse(BaseModel):
     probabilities: list[list[float]] = Field(description="Per input, the ensemble's probability "
                                              "of each label (the run's label order).")
     routes: dict[str, str] = Field(description="Shard -> the stage key that served it.")
+    routes_all: dict[str, list[str]] = Field(description=ROUTES_ALL)
     live_shards: int
 
 
@@ -40,6 +45,7 @@ class GenerateResponse(BaseModel):
     tokens: int
     finished: bool
     routes: dict[str, str]
+    routes_all: dict[str, list[str]] = Field(description=ROUTES_ALL)
     live_shards: int
 
 

@@ -63,7 +63,13 @@ def split_prediction(out: tuple[Prediction, Routes], start: int, stop: int) -> d
     prediction, routes = out
     return {"labels": prediction.labels[start:stop],
             "probabilities": prediction.probabilities[start:stop].tolist(),
-            "routes": routes, "live_shards": prediction.live_shards}
+            "routes": routes, "routes_all": routes_all(prediction.routes_all),
+            "live_shards": prediction.live_shards}
+
+
+def routes_all(used: dict[int, list[str]]) -> dict[str, list[str]]:
+    """Shard -> every stage that served it (the route first), as the API reports it."""
+    return {str(shard): list(keys) for shard, keys in used.items()}
 
 
 class Service:

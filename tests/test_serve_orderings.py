@@ -1,0 +1,226 @@
+"""serve_orderings 'all' (issue 14): each shard serves the mean of every live stage at its
+deepest surviving depth (one per surviving ordering), shards aggregated as before; 'best'
+(one route per shard) is unchanged. Tiny random BERT runs (m=2, L=3, B=3 cyclic)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_exactness import config, pick_victims, scratch_chain
+from tiny import toy_dataset
+from typer.testing import CliRunner
+
+from s3t.cli import app as cli
+from s3t.config import ConfigError, S3TConfig
+from s3t.engine import S3T
+from s3t.run import lineage_chain
+from s3t.run.stages import StageRecord, served_stages
+from s3t.serve.ensemble import Ensemble
+
+DATA = toy_dataset(72)
+TEXTS = toy_dataset(10, seed=5).texts  # every text 4 one-token words: one batch, no padding
+
+
+def set_serve_orderings(run: Path, value: str | None) -> None:
+    """Change a run card's serve_orderings (None: drop the field, as a run from before it)."""
+    card = json.loads((run / "s3t.json").read_text())
+    if value is None:
+        card["config"].pop("serve_orderings", None)
+    else:
+        card["config"]["serve_orderings"] = value
+    (run / "s3t.json").write_text(json.dumps(card, indent=2))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert) -> Path:
+    run = tmp_path_factory.mktemp("orderings") / "run"
+    S3T(config(tiny_bert, epochs=1, serve_orderings="all"), run_dir=run).fit(
+        DATA, progress=False).close()
+    return run
+
+
+@pytest.fixture
+def run_all(trained, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def chain_of(est: S3T, key: str) -> list:
+    records = {r.key: r for r in est.ledger.stages(None)}
+    return [est.stage_weights(r.key) for r in lineage_chain(key, records)]
+
+
+def single_route_probs(est: S3T, shard: int, key: str) -> np.ndarray:
+    """The probabilities of stage ``key`` served alone (an ensemble of one route)."""
+    ensemble = Ensemble(est.backbone, est.method)
+    ensemble.update({shard: (key, chain_of(est, key))})
+    return ensemble.predict_proba(TEXTS, vote=False, n_labels=len(est.label_names))
+
+
+def assert_live_and_deepest(est: S3T, routes_all: dict[int, list[str]]) -> None:
+    records = {r.key: r for r in est.ledger.stages(None)}
+    for shard, keys in routes_all.items():
+        assert keys[0] == est.ledger.routes()[shard], "the route serves first"
+        assert len(set(keys)) == len(keys)
+        depth = records[keys[0]].depth
+        for key in keys:
+            assert all(r.status == "live" for r in lineage_chain(key, records)), key
+            assert records[key].shard == shard and records[key].depth == depth
+        deepest = [r.key for r in records.values() if r.shard == shard and r.depth == depth
+                   and all(x.status == "live" for x in lineage_chain(r.key, records))]
+        assert sorted(deepest) == sorted(keys), "every surviving stage at that depth serves"
+
+
+def test_all_serves_the_mean_of_every_ordering_before_any_deletion(run_all):
+    est = S3T.load(run_all)
+    pred = est.predict(TEXTS)
+    assert set(pred.routes_all) == {0, 1}
+    assert all(len(keys) == 3 for keys in pred.routes_all.values())
+    assert pred.routes == {m: keys[0] for m, keys in pred.routes_all.items()}
+    assert_live_and_deepest(est, pred.routes_all)
+    assert all(r.depth == 3 and len(r.members) == 3 for r in est.served().values())
+    per_shard = [np.mean([single_route_probs(est, m, k) for k in keys], axis=0)
+                 for m, keys in sorted(pred.routes_all.items())]
+    np.testing.assert_allclose(pred.probabilities, np.mean(per_shard, axis=0), rtol=0, atol=1e-12)
+    best = np.mean([single_route_probs(est, m, keys[0])
+                    for m, keys in sorted(pred.routes_all.items())], axis=0)
+    assert not np.allclose(pred.probabilities, best), "the other orderings change the output"
+    status = est.status()
+    assert status["serve_orderings"] == "all"
+    assert [len(r["served_stages"]) for r in status["routes"].values()] == [3, 3]
+    est.close()
+    shown = CliRunner().invoke(cli, ["status", str(run_all)])
+    assert shown.exit_code == 0 and shown.stdout.count("serving 3 stages") == 2, shown.output
+
+
+def test_after_a_deletion_only_surviving_deepest_stages_serve(run_all):
+    est = S3T.load(run_all)
+    est.predict(TEXTS)
+    cert = est.forget([pick_victims(est, DATA)[0]])  # a sample of slice 0 of shard 0
+    erased = set(cert["erased_stages"])
+    pred = est.predict(TEXTS)
+    served = {k for keys in pred.routes_all.values() for k in keys}
+    assert served and not served & erased
+    assert_live_and_deepest(est, pred.routes_all)
+    # cyclic orderings (0,1,2), (1,2,0), (2,0,1): only (1,2) survives at depth 2 in shard 0
+    records = {r.key: r for r in est.ledger.stages(None)}
+    assert [records[k].prefix for k in pred.routes_all[0]] == [(1, 2)]
+    assert len(pred.routes_all[1]) == 3
+    want = (single_route_probs(est, 0, pred.routes_all[0][0])
+            + np.mean([single_route_probs(est, 1, k) for k in pred.routes_all[1]], axis=0)) / 2
+    np.testing.assert_allclose(pred.probabilities, want, rtol=0, atol=1e-12)
+    est.close()
+
+
+def test_best_is_unchanged(run_all):
+    """'best' (and a run card from before the field) serves one route per shard, with bitwise
+    the probabilities of the formula served before: the mean over shards of each route's."""
+    set_serve_orderings(run_all, None)
+    est = S3T.load(run_all)
+    assert est.config.serve_orderings == "best"
+    pred = est.predict(TEXTS)
+    routes = est.served()
+    assert pred.routes_all == {m: [r.stage] for m, r in routes.items()}
+    assert all(r.members == (r,) for r in routes.values())
+    ensemble = est._serving().ensemble
+    batch = ensemble.encode(TEXTS)
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        bounds = ensemble.boundaries(batch, top_group=min(r.active for r in routes.values()))
+        want = np.zeros((len(TEXTS), len(est.label_names)))
+        for route in routes.values():
+            hidden = est.backbone.family.apply_layers(route.layers, bounds[route.active], mask)
+            want += torch.softmax(ensemble._head(route, hidden, mask), -1).double().numpy()
+    assert np.array_equal(pred.probabilities, want / len(routes))
+    assert "served_stages" not in est.status()["routes"]["0"]
+    est.close()
+    set_serve_orderings(run_all, "best")
+    again = S3T.load(run_all)
+    assert np.array_equal(again.predict(TEXTS).probabilities, pred.probabilities)
+    again.close()
+
+
+def test_forget_and_retrain_serves_what_scratch_training_gives(run_all, tiny_bert):
+    est = S3T.load(run_all)
+    victims = pick_victims(est, DATA)
+    est.forget(victims)
+    est.retrain(progress=False)
+    pred = est.predict(TEXTS)
+    assert all(len(keys) == 3 for keys in pred.routes_all.values())
+    records = {r.key: r for r in est.ledger.stages(None)}
+    cfg = est.config
+    reference = Ensemble(est.backbone, est.method)
+    chains = {m: {k: scratch_chain(cfg, DATA, set(victims), m, records[k].prefix) for k in keys}
+              for m, keys in pred.routes_all.items()}
+    reference.update({m: (keys[0], chains[m][keys[0]]) for m, keys in pred.routes_all.items()},
+                     {m: [(k, chains[m][k]) for k in keys[1:]]
+                      for m, keys in pred.routes_all.items()})
+    want = reference.predict_proba(TEXTS, vote=False, n_labels=len(est.label_names))
+    assert np.array_equal(pred.probabilities, want)
+    assert est.audit().ok
+    est.close()
+
+
+def test_vote_takes_each_shards_mean_then_votes(run_all):
+    card = json.loads((run_all / "s3t.json").read_text())
+    card["config"]["aggregation"] = "vote"
+    (run_all / "s3t.json").write_text(json.dumps(card))
+    est = S3T.load(run_all)
+    pred = est.predict(TEXTS)
+    votes = [np.mean([single_route_probs(est, m, k) for k in keys], axis=0).argmax(1)
+             for m, keys in sorted(pred.routes_all.items())]
+    want = np.mean([np.eye(len(est.label_names))[v] for v in votes], axis=0)
+    assert np.array_equal(pred.probabilities, want)
+    est.close()
+
+
+def record(shard: int, prefix: tuple[int, ...], status: str = "live",
+           score: float | None = None) -> StageRecord:
+    key = f"{shard}-" + "_".join(f"{s}v0" for s in prefix)
+    parent = None if len(prefix) == 1 else f"{shard}-" + "_".join(f"{s}v0" for s in prefix[:-1])
+    return StageRecord(key, shard, prefix, (0,) * len(prefix), parent, status, {}, 1, score)
+
+
+def test_served_stages_takes_live_chains_at_the_routes_depth_in_routing_order():
+    stages = [record(0, (0,)), record(0, (0, 1), score=0.5), record(0, (1,)),
+              record(0, (1, 0), score=0.9), record(0, (2,), status="erased"),
+              record(0, (2, 0)),  # live, but built on an erased stage: never served
+              record(0, (0, 1, 2), status="erased"), record(1, (0,)), record(1, (1,))]
+    records = {r.key: r for r in stages}
+    routes = {0: "0-1v0_0v0", 1: "1-0v0", 2: None}
+    assert served_stages(routes, records) == {0: ["0-1v0_0v0"], 1: ["1-0v0"]}
+    assert served_stages(routes, records, "all") == {0: ["0-1v0_0v0", "0-0v0_1v0"],
+                                                     1: ["1-0v0", "1-1v0"]}
+
+
+def test_serve_orderings_is_validated(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        S3TConfig(serve_orderings="every").validate()
+    assert info.value.field == "serve_orderings"
+    assert str(info.value) == ("serve_orderings must be one of best, all ('best': one route per "
+                               "shard; 'all': the mean of every live ordering's stage at the "
+                               "shard's deepest depth), got 'every'")
+    result = CliRunner().invoke(cli, ["train", "--data", "wordnet", "--out", str(tmp_path / "r"),
+                                      "--serve-orderings", "every"])
+    assert result.exit_code == 2
+    assert "--serve-orderings: serve_orderings must be one of best, all" in result.stderr
+
+
+
+def test_verify_checks_every_served_stage_under_all():
+    from s3t.verify import select
+
+    stages = [record(0, (0,)), record(0, (0, 1)), record(0, (1,)), record(0, (1, 0)),
+              record(1, (0,)), record(1, (0, 1)), record(1, (1,)), record(1, (1, 0), "erased")]
+    records = {r.key: r for r in stages}
+    routes: dict[int, str | None] = {0: "0-0v0_1v0", 1: "1-0v0_1v0"}
+    best = [r.key for r in select(records, routes, "served")]
+    assert best == ["0-0v0", "0-0v0_1v0", "1-0v0", "1-0v0_1v0"]
+    every = [r.key for r in select(records, routes, "served", "all")]
+    assert every == ["0-0v0", "0-1v0", "0-0v0_1v0", "0-1v0_0v0", "1-0v0", "1-0v0_1v0"]
