@@ -71,9 +71,12 @@ def serve_cmd(
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for "
                            "more requests, in milliseconds (>= 0).")] = 5.0,
     workers: Annotated[int, typer.Option("--workers", help="Model calls (batches) that run at "
-                       "once; 0: one per CPU core.")] = 0,
-    torch_threads: Annotated[int, typer.Option("--torch-threads", help="Torch threads of the "
-                             "server (shared by its model calls; >= 1).")] = 1,
+                       "once (>= 1; 0: one per CPU core). One by default: on a small machine "
+                       "concurrent calls slow deletions down (BENCHMARKS.md section 11).")] = 1,
+    torch_threads: Annotated[int, typer.Option("--torch-threads", help="Torch threads per model "
+                             "call (>= 1; 0: torch's default, one per CPU core). With several "
+                             "--workers, 1 keeps a busy machine's cores from waiting on each "
+                             "other.")] = 0,
     retrain: Annotated[str, typer.Option("--retrain", help="Background retraining: manual (only "
                        "POST /v1/retrain), eager (as soon as a deletion invalidated a stage) or "
                        "capacity:<threshold> (when capacity falls below it, e.g. "
@@ -91,8 +94,8 @@ def serve_cmd(
         raise fail("--max-wait-ms", f"must be >= 0, got {max_wait_ms}")
     if workers < 0:
         raise fail("--workers", f"must be >= 0, got {workers}")
-    if torch_threads < 1:
-        raise fail("--torch-threads", f"must be >= 1, got {torch_threads}")
+    if torch_threads < 0:
+        raise fail("--torch-threads", f"must be >= 0, got {torch_threads}")
     workers = workers or cpu_cores()
     from s3t.service.retrainer import RetrainPolicy  # lazily: the web stack loads with it
 
@@ -113,7 +116,7 @@ def serve_cmd(
     from s3t.service import create_app
 
     app = create_app(run, token=token, open_predict=open_predict, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms, workers=workers, torch_threads=torch_threads,
+                     max_wait_ms=max_wait_ms, workers=workers, torch_threads=torch_threads or None,
                      retrain=retrain, retrain_delay_s=retrain_delay)
     if token is None:
         typer.echo(f"warning: no token: every endpoint is open to local users of {host}", err=True)
