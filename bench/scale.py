@@ -15,12 +15,12 @@ best-epoch selection); recipes are chosen on it, never on the test split.
 
 Two parts:
 
-* ``scale``: S3T (m=2 and m=5, L=3, B=3), SISA at the same m, full LoRA (3 layers) at each
-  size, with one recipe (``--recipe``). Before any deletion an S3T run with B orderings
-  serves exactly its primary ordering, which is the B=1 run's chain (same stage seeds, same
-  data): at sizes from ``b1_from`` on S3T is trained with B=1 to save two thirds of its
-  training time, and the table says so (section 1's per-seed accuracies of B=1 and B=3 are
-  equal, as they must be).
+* ``scale``: S3T (m=2 and m=5, L=3), SISA at the same m, full LoRA (3 layers) at each size,
+  with one recipe (``--recipe``). S3T is trained with B orderings per shard, B=1 from size
+  ``b1_from`` on (the default runs use B=1 throughout, to fit 2 cores): before any deletion
+  a B=3 run serves, per shard, the full-depth ordering with the best validation score, so
+  B=1 (one fixed ordering) is what B=3 serves at worst-of-three luck, and the table labels
+  which B ran.
 * ``sweep``: S3T m=2 at one size under each recipe variant (``RECIPES``), with validation
   and test accuracy; the default recipe is picked by validation accuracy.
 
@@ -29,6 +29,11 @@ Two parts:
   (10% of its expected requests until retraining, ``m L H_{mB'}``, rounded up); test accuracy
   of what is served after each request (SISA's dead shards do not vote), averaged over the
   sequence from request 0.
+
+* ``orderings``: S3T m=2, L=3, B=3 at ``sweep_size``, trained once per seed, then served
+  with ``serve_orderings='best'`` (one ordering per shard) and ``'all'`` (the mean of every
+  surviving full-depth ordering): validation and test accuracy and the time to predict the
+  test split (side by side, same process).
 
 Results are written after every run and ``--resume`` skips runs already in the result file,
 so a long campaign can be continued; ``--max-minutes`` stops starting new runs after that.
@@ -53,8 +58,9 @@ SWEEP_NAME = "recipe"
 QUICK = {"sizes": [240, 480], "test": 200, "val": 64, "large_seeds": 1, "large_from": 480,
          "b1_from": 10**9, "sweep_size": 240, "deletion_size": 240}
 FULL = {"sizes": [1000, 4000, 16000], "test": 2000, "val": 256, "large_seeds": 1,
-        "large_from": 16000, "b1_from": 16000, "sweep_size": 2000, "deletion_size": 4000}
+        "large_from": 4000, "b1_from": 0, "sweep_size": 2000, "deletion_size": 4000}
 DELETIONS_NAME = "scale_deletions"
+ORDERINGS_NAME = "orderings"
 CAPACITY_USED = 0.1
 
 #: Training recipes: config fields on top of the method's settings. "v1" is the recipe of
@@ -85,8 +91,7 @@ def settings(recipe: dict[str, Any], seed: int, size: int, b1_from: int,
     out = []
     for m in (2, 5):
         kw = {"shards": m, "slices": 3, "seed": seed, **recipe}
-        out.append((f"s3t_m{m}", f"S3T m={m} L=3 B=3" + (" (trained B=1)" if b == 1 else ""),
-                    S3TConfig(budget=b, **kw)))
+        out.append((f"s3t_m{m}", f"S3T m={m} L=3 B={b}", S3TConfig(budget=b, **kw)))
         out.append((f"sisa_m{m}", f"SISA m={m} L=3", S3TConfig.baseline("sisa", **kw)))
     out.append(("full", "full LoRA (3 layers)",
                 S3TConfig.baseline("full", slices=3, seed=seed, **recipe)))
@@ -196,7 +201,7 @@ def plot(summary: list[dict[str, Any]], recipe: str, quick: bool) -> None:
         ys = [r["test_accuracy"]["mean"] for r in mine]
         es = [r["test_accuracy"]["std"] for r in mine]
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3,
-                    label=mine[0]["label"].replace(" (trained B=1)", ""))
+                    label=mine[0]["label"])
     ax.set_xscale("log")
     ax.set_xlabel("training glosses")
     ax.set_ylabel("test accuracy (2,000 fixed test glosses)" if not quick else "test accuracy")
@@ -208,7 +213,8 @@ def plot(summary: list[dict[str, Any]], recipe: str, quick: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("scale", "sweep", "deletions"), default="scale")
+    p.add_argument("--part", choices=("scale", "sweep", "deletions", "orderings"),
+                   default="scale")
     p.add_argument("--recipe", default="v1", choices=sorted(RECIPES),
                    help="the recipe of the scale part")
     p.add_argument("--recipes", nargs="+", default=None,
@@ -224,12 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.sizes:
         size["sizes"] = args.sizes
     small_seeds = common.seeds_for(args, [0], [0, 1, 2])
-    name = {"scale": NAME, "sweep": SWEEP_NAME, "deletions": DELETIONS_NAME}[args.part]
+    name = {"scale": NAME, "sweep": SWEEP_NAME, "deletions": DELETIONS_NAME,
+            "orderings": ORDERINGS_NAME}[args.part]
     prov = common.provenance(name, args.quick, small_seeds, size)
     common.print_header(prov)
 
     if args.part == "deletions":
         return deletions_main(args, size, small_seeds, prov)
+    if args.part == "orderings":
+        return orderings_main(args, size, small_seeds, prov)
     previous = common.load_result(name, args.quick) if args.resume else None
     runs: list[dict[str, Any]] = list(previous["runs"]) if previous else []
     done = {(r["recipe"], r["size"], r["seed"], r["key"]) for r in runs}
@@ -316,6 +325,44 @@ def deletions_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict
     print(f"{'MET' if check['met'] else 'NOT MET'}: {check['target']}: {check['measured']}")
     common.write_result(DELETIONS_NAME, args.quick, prov, {
         "runs": runs, "requests": n_requests, "summary": means, "targets": [check]})
+    return 0
+
+
+def orderings_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict[str, Any]) -> int:
+    """The orderings part: one B=3 run per seed served both ways."""
+    import json
+
+    from s3t.config import S3TConfig
+    from s3t.engine import S3T
+
+    n, runs = size["sweep_size"], []
+    for seed in seeds:
+        train, val, test = splits(n, size["test"], size["val"], seed)
+        config = S3TConfig(shards=2, slices=3, budget=3, seed=seed, **RECIPES[args.recipe])
+        run_dir = common.tmp_run_dir("orderings")
+        est = S3T(config, run_dir=run_dir).fit(train, val, progress=False)
+        train_seconds = est.last_train["train_seconds"]
+        est.close()
+        for mode in ("best", "all"):
+            card = json.loads((run_dir / "s3t.json").read_text())
+            card["config"]["serve_orderings"] = mode
+            (run_dir / "s3t.json").write_text(json.dumps(card, indent=2))
+            est = S3T.load(run_dir)
+            est.predict(list(test.texts[:64]))  # warm: routes materialised
+            with common.stopwatch() as t:
+                test_accuracy = est.score(test)
+            row = {"seed": seed, "size": n, "recipe": args.recipe, "serve_orderings": mode,
+                   "test_accuracy": test_accuracy, "val_accuracy": est.score(val),
+                   "predict_seconds": t["s"], "test_size": len(test),
+                   "train_seconds": train_seconds}
+            est.close()
+            runs.append(row)
+            print(f"seed {seed} serve_orderings={mode:<4} test {test_accuracy:.3f} val "
+                  f"{row['val_accuracy']:.3f}  predict {t['s']:.1f} s for {len(test)}", flush=True)
+    summary = {mode: {k: common.summarize([r[k] for r in runs if r["serve_orderings"] == mode])
+                      for k in ("test_accuracy", "val_accuracy", "predict_seconds")}
+               for mode in ("best", "all")}
+    common.write_result(ORDERINGS_NAME, args.quick, prov, {"runs": runs, "summary": summary})
     return 0
 
 

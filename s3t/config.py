@@ -181,12 +181,8 @@ class S3TConfig:
                 raise ConfigError(name, f"{name} must be an integer >= 1, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("seed", f"seed must be an integer >= 0, got {self.seed!r}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError("strategy", f"strategy must be one of {', '.join(STRATEGIES)}, "
-                              f"got {self.strategy!r}")
-        if self.method not in METHODS:
-            raise ConfigError("method", f"method must be one of {', '.join(METHODS)}, "
-                              f"got {self.method!r}")
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("method", self.method, METHODS)
         if self.method == "sisa" and (self.budget != 1 or self.strategy != "sisa"):
             raise ConfigError("method", "method 'sisa' trains one ordering per shard: use "
                               "budget=1 and strategy='sisa'")
@@ -195,9 +191,7 @@ class S3TConfig:
                               "shards=1, slices=1, budget=1 (adapt more layers with "
                               "layers_per_slice)")
         self._validate_plan()
-        if self.aggregation not in AGGREGATIONS:
-            raise ConfigError("aggregation", f"aggregation must be one of {', '.join(AGGREGATIONS)}, "
-                              f"got {self.aggregation!r}")
+        _check_choice("aggregation", self.aggregation, AGGREGATIONS)
         if self.serve_orderings not in SERVE_ORDERINGS:
             raise ConfigError("serve_orderings", "serve_orderings must be one of "
                               f"{', '.join(SERVE_ORDERINGS)} ('best': one route per shard; 'all': "
@@ -212,18 +206,14 @@ class S3TConfig:
             raise ConfigError("weight_decay", f"weight_decay must be a finite number >= 0, "
                               f"got {self.weight_decay}")
         self._validate_recipe()
-        if self.feature_cache_dtype not in CACHE_DTYPES:
-            raise ConfigError("feature_cache_dtype", f"feature_cache_dtype must be one of "
-                              f"{', '.join(CACHE_DTYPES)}, got {self.feature_cache_dtype!r}")
+        _check_choice("feature_cache_dtype", self.feature_cache_dtype, CACHE_DTYPES)
         if not _number(self.feature_cache_memory_gb) or self.feature_cache_memory_gb < 0:
             raise ConfigError("feature_cache_memory_gb", f"feature_cache_memory_gb must be a number "
                               f">= 0 (0 keeps every block on disk), got {self.feature_cache_memory_gb!r}")
         if self.target_modules is not None and not self.target_modules:
             raise ConfigError("target_modules", "target_modules must name at least one module, "
                               "e.g. ['query', 'value']")
-        if self.executor not in EXECUTORS:
-            raise ConfigError("executor", f"executor must be one of {', '.join(EXECUTORS)}, "
-                              f"got {self.executor!r}")
+        _check_choice("executor", self.executor, EXECUTORS)
         if self.ray_address is not None and (self.executor != "ray" or not isinstance(
                 self.ray_address, str) or not self.ray_address.strip()):
             raise ConfigError("ray_address", "ray_address must be a non-empty address and is "
@@ -260,12 +250,8 @@ class S3TConfig:
 
     def _validate_recipe(self) -> None:
         """The per-stage training recipe: step budget, schedule, best-epoch selection."""
-        if self.stage_steps not in STAGE_STEPS:
-            raise ConfigError("stage_steps", f"stage_steps must be one of "
-                              f"{', '.join(STAGE_STEPS)}, got {self.stage_steps!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError("lr_schedule", f"lr_schedule must be one of "
-                              f"{', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        _check_choice("stage_steps", self.stage_steps, STAGE_STEPS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if not _number(self.warmup_ratio) or not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("warmup_ratio", f"warmup_ratio must be a number in [0, 1), "
                               f"got {self.warmup_ratio!r}")
@@ -316,6 +302,11 @@ class S3TConfig:
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
         return cls(**data)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(name, f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _number(value: Any) -> bool:
