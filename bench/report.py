@@ -419,8 +419,16 @@ def faults_section(res: Result) -> str:
             f"{len(final['audit_violations'])}; calibration: forget "
             f"{r['calibration_seconds']['forget']:.2f} s, retrain "
             f"{r['calibration_seconds']['retrain']:.1f} s (processes were killed uniformly "
-            "within these)")
+            "within these)" + _recalibrated(r["calibration_seconds"]))
     return "\n".join(lines)
+
+
+def _recalibrated(calibration: dict[str, Any]) -> str:
+    times = calibration.get("forget_recalibrated")
+    if not times or len(times) < 2:
+        return ""
+    return (f"; forget re-timed every 25 trials: {min(times):.2f}-{max(times):.2f} s "
+            f"({len(times)} timings)")
 
 
 def stream_section(res: Result) -> str:
