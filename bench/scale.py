@@ -58,7 +58,7 @@ SWEEP_NAME = "recipe"
 QUICK = {"sizes": [240, 480], "test": 200, "val": 64, "large_seeds": 1, "large_from": 480,
          "b1_from": 10**9, "sweep_size": 240, "deletion_size": 240}
 FULL = {"sizes": [1000, 4000, 16000], "test": 2000, "val": 256, "large_seeds": 1,
-        "large_from": 4000, "b1_from": 0, "sweep_size": 2000, "deletion_size": 4000}
+        "large_from": 16000, "b1_from": 0, "sweep_size": 2000, "deletion_size": 4000}
 DELETIONS_NAME = "scale_deletions"
 ORDERINGS_NAME = "orderings"
 CAPACITY_USED = 0.1
@@ -335,8 +335,13 @@ def orderings_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict
     from s3t.config import S3TConfig
     from s3t.engine import S3T
 
-    n, runs = size["sweep_size"], []
+    n = args.sizes[0] if args.sizes else size["sweep_size"]
+    previous = common.load_result(ORDERINGS_NAME, args.quick) if args.resume else None
+    runs: list[dict[str, Any]] = list(previous["runs"]) if previous else []
+    done = {(r["size"], r["seed"]) for r in runs}
     for seed in seeds:
+        if (n, seed) in done:
+            continue
         train, val, test = splits(n, size["test"], size["val"], seed)
         config = S3TConfig(shards=2, slices=3, budget=3, seed=seed, **RECIPES[args.recipe])
         run_dir = common.tmp_run_dir("orderings")
@@ -359,9 +364,11 @@ def orderings_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict
             runs.append(row)
             print(f"seed {seed} serve_orderings={mode:<4} test {test_accuracy:.3f} val "
                   f"{row['val_accuracy']:.3f}  predict {t['s']:.1f} s for {len(test)}", flush=True)
-    summary = {mode: {k: common.summarize([r[k] for r in runs if r["serve_orderings"] == mode])
-                      for k in ("test_accuracy", "val_accuracy", "predict_seconds")}
-               for mode in ("best", "all")}
+    summary = {f"{size_}:{mode}": {
+        k: common.summarize([r[k] for r in runs
+                             if r["serve_orderings"] == mode and r["size"] == size_])
+        for k in ("test_accuracy", "val_accuracy", "predict_seconds")}
+        for size_ in sorted({r["size"] for r in runs}) for mode in ("best", "all")}
     common.write_result(ORDERINGS_NAME, args.quick, prov, {"runs": runs, "summary": summary})
     return 0
 
