@@ -4,6 +4,8 @@ picked; the exact-layer check of the adapted backbone is a real check, not an ``
 from __future__ import annotations
 
 import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
 
 from s3t.config import S3TConfig
 from s3t.models import base
@@ -21,7 +23,8 @@ from s3t.models.encoder import EncoderFamily
 from s3t.models.vit import ViTFamily
 
 SHARED = {"name", "task", "default_targets", "lora_targets", "load", "layers", "layers_pattern",
-          "encode", "embed", "run_layers", "apply_layers", "head_modules", "head", "init_head"}
+          "encode", "embed", "run_layers", "apply_layers", "apply_layers_for_head",
+          "head_modules", "head", "init_head"}
 CAUSAL_ONLY = {"loss", "prompt_ids", "stop_ids", "pad"}
 
 
@@ -66,6 +69,44 @@ def test_optional_members_have_shared_defaults():
     assert vit.lora_targets(["query", "value"]) == ["q_proj", "v_proj"]
     assert decoder.default_targets == LLM_TARGETS
     assert decoder.lora_targets(["key", "gate_proj"]) == ["k_proj", "gate_proj"]
+
+
+def _tiny_classifier(config_cls):
+    config = config_cls(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=64, num_labels=5)
+    config._attn_implementation = "eager"  # as EncoderFamily.load
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+@pytest.mark.parametrize("config_cls", [BertConfig, RobertaConfig])
+def test_encoder_serving_computes_the_first_position_as_the_whole_layer_does(config_cls):
+    """The last layer computed at the first position alone gives that position's hidden state
+    and the head's logits as the whole layers do, with padded rows in the batch."""
+    family, model = EncoderFamily(), _tiny_classifier(config_cls)
+    layers = family.layers(model)
+    hidden = torch.randn(4, 7, 32, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(4, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask[2, 2:] = 0
+    with torch.no_grad():
+        whole = family.apply_layers(layers, hidden, mask)
+        first = family.apply_layers_for_head(layers, hidden, mask)
+        assert first.shape == (4, 1, 32)
+        torch.testing.assert_close(first, whole[:, :1], rtol=0, atol=1e-6)
+        torch.testing.assert_close(family.head(model, first, mask), family.head(model, whole, mask),
+                                   rtol=0, atol=1e-6)
+        # a layer of another shape runs whole (and the first position is kept)
+        odd = torch.nn.ModuleList([_AddOne()])
+        assert torch.equal(family.apply_layers_for_head(odd, hidden, mask), hidden[:, :1] + 1)
+        # the default for other families: every position
+        vit = ViTFamily()
+        assert vit.apply_layers_for_head(odd, hidden, mask).shape == (4, 7, 32)
+
+
+class _AddOne(torch.nn.Module):
+    def forward(self, hidden, mask=None):
+        return hidden + 1
 
 
 class _Incomplete(FamilyDefaults):

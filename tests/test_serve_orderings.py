@@ -135,7 +135,7 @@ def test_best_is_unchanged(run_all):
         bounds = ensemble.boundaries(batch, top_group=min(r.active for r in routes.values()))
         want = np.zeros((len(TEXTS), len(est.label_names)))
         for route in routes.values():
-            hidden = est.backbone.family.apply_layers(route.layers, bounds[route.active], mask)
+            hidden = est.backbone.family.apply_layers_for_head(route.layers, bounds[route.active], mask)
             want += torch.softmax(ensemble._head(route, hidden, mask), -1).double().numpy()
     assert np.array_equal(pred.probabilities, want / len(routes))
     assert "served_stages" not in est.status()["routes"]["0"]

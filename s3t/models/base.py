@@ -57,6 +57,11 @@ class BackboneFamily(Protocol):
                      mask: torch.Tensor) -> torch.Tensor:
         """Run the given layer modules (e.g. merged copies for serving) in order."""
 
+    def apply_layers_for_head(self, layers: nn.ModuleList, hidden: torch.Tensor,
+                              mask: torch.Tensor) -> torch.Tensor:
+        """As ``apply_layers`` where only ``head`` reads the result (serving): positions the
+        head does not read may be left out of the last layer's output."""
+
     def head_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         """Modules trained per stage on top of the layers (classifier, pooler...)."""
 
@@ -109,6 +114,12 @@ class FamilyDefaults:
 
     task: str = "classification"
     default_targets: tuple[str, ...] = ("query", "value")
+    apply_layers: Callable[[Iterable[nn.Module], torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def apply_layers_for_head(self, layers: nn.ModuleList, hidden: torch.Tensor,
+                              mask: torch.Tensor) -> torch.Tensor:
+        """Every position: a family whose head reads fewer may compute fewer."""
+        return self.apply_layers(layers, hidden, mask)
 
     def lora_targets(self, names: Sequence[str]) -> list[str]:
         """Identity: the configured names are already this family's module names."""

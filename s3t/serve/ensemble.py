@@ -227,7 +227,7 @@ class Ensemble:
         for route in served:
             shard: torch.Tensor | None = None
             for member in route.members:
-                hidden = family.apply_layers(member.layers, bounds[member.active], mask)
+                hidden = family.apply_layers_for_head(member.layers, bounds[member.active], mask)
                 probs = torch.softmax(self._head(member, hidden, mask), dim=-1).double()
                 shard = probs if shard is None else shard + probs
             assert shard is not None  # a route is its first member
