@@ -64,8 +64,8 @@ class EncoderFamily(FamilyDefaults):
                               mask: torch.Tensor) -> torch.Tensor:
         """The first position only of the last layer's output, (B, 1, H): the pooler (or a
         RoBERTa-style head) reads nothing else, so the last layer's queries, attention output
-        and feed-forward for the other positions would be computed for nothing. For m shards
-        of L layer groups this skips about m/(m L + trunk) of a prediction's compute."""
+        and feed-forward for the other positions would be computed for nothing (about 5/6 of
+        the layer's compute; docs/design.md)."""
         if not layers:
             return hidden[:, :1]
         extended = additive_mask(mask, hidden.dtype)
