@@ -636,6 +636,21 @@ def orderings_section(res: Result) -> str:
                   "test accuracy", "predict time (test split)"], rows)
 
 
+def first_position_section(res: Result) -> str:
+    rows = []
+    for key in sorted(k for k in res if k.startswith("batch_")):
+        r = res[key]
+        rows.append([key.removeprefix("batch_"), pm(r["samples_per_s"]["first_position"], 1),
+                     pm(r["samples_per_s"]["whole_layer"], 1),
+                     f"{r['speedup']['mean']:.2f}x ({r['speedup']['min']:.2f}-"
+                     f"{r['speedup']['max']:.2f}, n={r['speedup']['n']})"])
+    a = res["agreement"]
+    return (table(["batch", "first position (texts/s)", "whole last layer (texts/s)",
+                   "speed-up (min-max)"], rows)
+            + f"\n\nOutputs: same labels {a['same_labels']}, largest probability difference "
+              f"{a['max_abs_probability_difference']:.1e}.")
+
+
 SECTIONS: list[tuple[str, str, str, Renderer]] = [
     ("accuracy", "1. Accuracy: S3T against SISA and full fine-tuning",
      "Test accuracy on WordNet noun glosses (26 lexicographer categories) with all-MiniLM-L6-v2, "
@@ -775,6 +790,11 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "ordering per shard (`best`, the route) and with the mean of every surviving full-depth "
      "ordering (`all`); accuracy and the time to predict the test split, side by side in one "
      "process.", orderings_section),
+    ("first_position", "19. Serving compute: the last layer at the first position only",
+     "`bench/first_position.py`: the service benchmark's model shape (MiniLM, m=5, L=3), "
+     "predictions with the last layer computed at the first position only (what serving does: "
+     "the pooler reads nothing else) against the whole last layer, interleaved in one process "
+     "on the same texts; throughput per repetition and the ratio.", first_position_section),
 ]
 TARGET_SOURCES = ("accuracy", "deletion_cost", "deletion_rate", "perf", "service", "stream",
                   "scale", "scale_deletions")
