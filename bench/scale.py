@@ -36,7 +36,9 @@ Two parts:
   test split (side by side, same process).
 
 Results are written after every run and ``--resume`` skips runs already in the result file,
-so a long campaign can be continued; ``--max-minutes`` stops starting new runs after that.
+so a long campaign can be continued (and several ``--resume`` processes on disjoint runs
+share the file: each merges what the others wrote before it writes); ``--max-minutes``
+stops starting new runs after that.
 
     .venv/bin/python bench/scale.py [--quick] [--part scale|sweep] [--recipe NAME]
         [--sizes 1000 4000] [--seeds 0 1 2] [--resume] [--max-minutes 110]
@@ -153,6 +155,15 @@ def run_deletions(config: Any, train: Any, val: Any, test: Any, victims: list[st
            "mean_accuracy": sum(a or 0.0 for a in accuracy) / len(accuracy)}
     est.close()
     return row
+
+
+def merged_with_disk(name: str, quick: bool, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` plus the runs another ``--resume`` process wrote to the result file since this
+    one read it (so processes on disjoint settings can share one file)."""
+    on_disk = common.load_result(name, quick)
+    mine = {(r["recipe"], r["size"], r["seed"], r["key"]) for r in runs}
+    return runs + [r for r in (on_disk or {}).get("runs", [])
+                   if (r["recipe"], r["size"], r["seed"], r["key"]) not in mine]
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -277,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(row)
         print(f"{recipe:<18} n={n:<6} seed {seed}  {label:<30} test {row['test_accuracy']:.3f}  "
               f"val {row['val_accuracy']:.3f}  train {row['train_seconds']:.0f} s", flush=True)
+        runs = merged_with_disk(name, args.quick, runs) if args.resume else runs
         summary = aggregate(runs)
         common.write_result(name, args.quick, prov, {
             "runs": runs, "summary": summary, "skipped": skipped,
