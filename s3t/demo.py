@@ -13,7 +13,7 @@ from s3t.data.loaders import load_wordnet, train_test_split
 from s3t.engine import S3T
 
 
-def run_demo(config: S3TConfig, n_train: int = 1000, n_test: int = 300, deletions: int = 12,
+def run_demo(config: S3TConfig, n_train: int = 2000, n_test: int = 300, deletions: int = 12,
              out: str | Path | None = None, plot: str | Path | None = "s3t-demo.png",
              progress: bool = True, echo: Callable[[str], None] = print) -> dict:
     """Train, forget one request at a time, retrain; return the measurements (echoed as they

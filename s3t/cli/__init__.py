@@ -366,13 +366,13 @@ app.command("certificates")(certificates_cmd)  # the deletion log: s3t/cli/certi
 
 @app.command("demo")
 def demo_cmd(
-    n_train: Annotated[int, typer.Option("--train-size", help="Training glosses.")] = 1000,
+    n_train: Annotated[int, typer.Option("--train-size", help="Training glosses.")] = 2000,
     n_test: Annotated[int, typer.Option("--test-size", help="Test glosses.")] = 300,
     shards: Annotated[int, _config_opt("shards")] = _DEFAULT.shards,
     slices: Annotated[int, _config_opt("slices")] = _DEFAULT.slices,
     budget: Annotated[int | None, _config_opt("budget", _BUDGET_DEFAULT)] = None,
     strategy: Annotated[str, _config_opt("strategy")] = _DEFAULT.strategy,
-    epochs: Annotated[int, _config_opt("epochs")] = 2,
+    epochs: Annotated[int, _config_opt("epochs")] = _DEFAULT.epochs,
     deletions: Annotated[int, typer.Option("--deletions", help="Random deletion requests.")] = 12,
     seed: Annotated[int, _config_opt("seed")] = _DEFAULT.seed,
     out: Annotated[Path | None, typer.Option("--out", help="Keep the run here.")] = None,
