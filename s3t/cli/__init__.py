@@ -380,7 +380,7 @@ def demo_cmd(
     = Path("s3t-demo.png"),
     as_json: JsonOpt = False,
 ) -> None:
-    """S3T end to end on WordNet nouns with MiniLM: train, forget, retrain (about 5 min, 2 cores)."""
+    """S3T end to end on WordNet nouns with MiniLM: train, forget, retrain (about 6 min, 2 cores)."""
     from s3t.demo import run_demo
 
     with engine_errors(DEMO_FLAGS):
