@@ -315,19 +315,28 @@ def deletions_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict
 
     n = size["deletion_size"]
     n_requests = deletion_requests(2, 3, 3)
-    runs = []
+    previous = common.load_result(DELETIONS_NAME, args.quick) if args.resume else None
+    runs: list[dict[str, Any]] = list(previous["runs"]) if previous else []
+    done = {(r["size"], r["seed"], r["key"]) for r in runs}
     for seed in seeds:
+        if all((n, seed, key) in done for key in ("s3t_m2", "sisa_m2")):
+            continue
         train, val, test = splits(n, size["test"], size["val"], seed)
         victims = random.Random(seed).sample(list(train.ids), n_requests)
         kw = {"shards": 2, "slices": 3, "seed": seed, **RECIPES[args.recipe]}
         for key, label, config in (("s3t_m2", "S3T m=2 L=3 B=3", S3TConfig(budget=3, **kw)),
                                    ("sisa_m2", "SISA m=2 L=3", S3TConfig.baseline("sisa", **kw))):
+            if (n, seed, key) in done:
+                continue
             row = run_deletions(config, train, val, test, victims)
             row.update(key=key, label=label, seed=seed, recipe=args.recipe, size=n)
             runs.append(row)
             print(f"{args.recipe:<18} n={n} seed {seed}  {label:<18} accuracy per request "
                   + " ".join("-" if a is None else f"{a:.3f}" for a in row["accuracy"])
                   + f"  mean {row['mean_accuracy']:.3f}", flush=True)
+    if args.resume:  # processes beside this one on other seeds: write the union
+        runs = sorted(merged_with_disk(DELETIONS_NAME, args.quick, runs),
+                      key=lambda r: (r["seed"], r["key"]))
     means = {key: common.summarize([r["mean_accuracy"] for r in runs if r["key"] == key])
              for key in ("s3t_m2", "sisa_m2")}
     check = {"target": f"at {n}: S3T's accuracy averaged over the first {n_requests} requests "
