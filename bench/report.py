@@ -779,7 +779,7 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "deletion B=3 serves per shard the best of its three orderings by validation score, so "
      "B=1 is B=3's accuracy at the luck of one fixed ordering. Targets: at the largest "
      "size S3T m=2 within 2 points of full LoRA and no worse "
-     "than SISA m=2 minus 1 point. m=5 ran at 1,000 and 4,000 glosses only. The rows come from several "
+     "than SISA m=2 minus 1 point. m=5 ran with one seed at 4,000 and 16,000. The rows come from several "
      "`--resume` processes sharing the result file (the provenance below is the last one; the "
      "discussion lists them all); S3T B=3 at 2,000 and 16,000 is in section 18.", scale_section),
     ("recipe", "16. Training recipe: options compared on validation accuracy",
