@@ -30,10 +30,10 @@ Two parts:
   of what is served after each request (SISA's dead shards do not vote), averaged over the
   sequence from request 0.
 
-* ``orderings``: S3T m=2, L=3, B=3 at ``sweep_size``, trained once per seed, then served
-  with ``serve_orderings='best'`` (one ordering per shard) and ``'all'`` (the mean of every
-  surviving full-depth ordering): validation and test accuracy and the time to predict the
-  test split (side by side, same process).
+* ``orderings``: S3T m=2, L=3, B=3 at ``sweep_size`` (or each of ``--sizes``), trained once
+  per seed, then served with ``serve_orderings='best'`` (one ordering per shard) and
+  ``'all'`` (the mean of every surviving full-depth ordering): validation and test accuracy
+  and the time to predict the test split (side by side, same process).
 
 Results are written after every run and ``--resume`` skips runs already in the result file,
 so a long campaign can be continued (and several ``--resume`` processes on disjoint runs
@@ -157,6 +157,12 @@ def run_deletions(config: Any, train: Any, val: Any, test: Any, victims: list[st
     return row
 
 
+def resumed_runs(name: str, args: Any) -> list[dict[str, Any]]:
+    """The runs already in the result file with ``--resume``, else none."""
+    previous = common.load_result(name, args.quick) if args.resume else None
+    return list(previous["runs"]) if previous else []
+
+
 def merged_with_disk(name: str, quick: bool, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``runs`` plus the runs another ``--resume`` process wrote to the result file since this
     one read it (so processes on disjoint settings can share one file)."""
@@ -250,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         return deletions_main(args, size, small_seeds, prov)
     if args.part == "orderings":
         return orderings_main(args, size, small_seeds, prov)
-    previous = common.load_result(name, args.quick) if args.resume else None
-    runs: list[dict[str, Any]] = list(previous["runs"]) if previous else []
+    runs = resumed_runs(name, args)
     done = {(r["recipe"], r["size"], r["seed"], r["key"]) for r in runs}
     plan = []
     if args.part == "scale":
@@ -315,8 +320,7 @@ def deletions_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict
 
     n = size["deletion_size"]
     n_requests = deletion_requests(2, 3, 3)
-    previous = common.load_result(DELETIONS_NAME, args.quick) if args.resume else None
-    runs: list[dict[str, Any]] = list(previous["runs"]) if previous else []
+    runs = resumed_runs(DELETIONS_NAME, args)
     done = {(r["size"], r["seed"], r["key"]) for r in runs}
     for seed in seeds:
         if all((n, seed, key) in done for key in ("s3t_m2", "sisa_m2")):
@@ -356,11 +360,9 @@ def orderings_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict
     from s3t.config import S3TConfig
     from s3t.engine import S3T
 
-    n = args.sizes[0] if args.sizes else size["sweep_size"]
-    previous = common.load_result(ORDERINGS_NAME, args.quick) if args.resume else None
-    runs: list[dict[str, Any]] = list(previous["runs"]) if previous else []
+    runs = resumed_runs(ORDERINGS_NAME, args)
     done = {(r["size"], r["seed"]) for r in runs}
-    for seed in seeds:
+    for n, seed in ((n, seed) for n in args.sizes or [size["sweep_size"]] for seed in seeds):
         if (n, seed) in done:
             continue
         train, val, test = splits(n, size["test"], size["val"], seed)
