@@ -163,13 +163,17 @@ def resumed_runs(name: str, args: Any) -> list[dict[str, Any]]:
     return list(previous["runs"]) if previous else []
 
 
+def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a run unique in any part's result file."""
+    return (r["recipe"], r["size"], r["seed"], r.get("key"), r.get("serve_orderings"))
+
+
 def merged_with_disk(name: str, quick: bool, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``runs`` plus the runs another ``--resume`` process wrote to the result file since this
     one read it (so processes on disjoint settings can share one file)."""
     on_disk = common.load_result(name, quick)
-    mine = {(r["recipe"], r["size"], r["seed"], r["key"]) for r in runs}
-    return runs + [r for r in (on_disk or {}).get("runs", [])
-                   if (r["recipe"], r["size"], r["seed"], r["key"]) not in mine]
+    mine = {run_key(r) for r in runs}
+    return runs + [r for r in (on_disk or {}).get("runs", []) if run_key(r) not in mine]
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -387,13 +391,22 @@ def orderings_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict
             runs.append(row)
             print(f"seed {seed} serve_orderings={mode:<4} test {test_accuracy:.3f} val "
                   f"{row['val_accuracy']:.3f}  predict {t['s']:.1f} s for {len(test)}", flush=True)
+        if args.resume:  # processes beside this one on other seeds or sizes: write the union
+            runs = merged_with_disk(ORDERINGS_NAME, args.quick, runs)
+        write_orderings(runs, args.quick, prov)
+    write_orderings(runs, args.quick, prov)
+    return 0
+
+
+def write_orderings(runs: list[dict[str, Any]], quick: bool, prov: dict[str, Any]) -> None:
+    """The orderings result file: every run and the mean per size and serving mode."""
+    runs = sorted(runs, key=lambda r: (r["size"], r["seed"], r["serve_orderings"]))
     summary = {f"{size_}:{mode}": {
         k: common.summarize([r[k] for r in runs
                              if r["serve_orderings"] == mode and r["size"] == size_])
         for k in ("test_accuracy", "val_accuracy", "predict_seconds")}
         for size_ in sorted({r["size"] for r in runs}) for mode in ("best", "all")}
-    common.write_result(ORDERINGS_NAME, args.quick, prov, {"runs": runs, "summary": summary})
-    return 0
+    common.write_result(ORDERINGS_NAME, quick, prov, {"runs": runs, "summary": summary})
 
 
 if __name__ == "__main__":
