@@ -637,8 +637,13 @@ def orderings_section(res: Result) -> str:
     rows = [[r["seed"], r["size"], r["recipe"], r["serve_orderings"], f"{r['val_accuracy']:.3f}",
              f"{r['test_accuracy']:.3f}", f"{r['predict_seconds']:.1f} s / {r['test_size']}"]
             for r in res["runs"]]
-    return table(["seed", "train size", "recipe", "serve_orderings", "val accuracy",
-                  "test accuracy", "predict time (test split)"], rows)
+    parts = [table(["seed", "train size", "recipe", "serve_orderings", "val accuracy",
+                    "test accuracy", "predict time (test split)"], rows)]
+    if res.get("targets"):
+        parts.append(table(["target (issue 14, S3T with serve_orderings 'all')", "measured",
+                            "status"],
+                           [[t["target"], t["measured"], met(t["met"])] for t in res["targets"]]))
+    return "\n\n".join(parts)
 
 
 def first_position_section(res: Result) -> str:
@@ -795,8 +800,10 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
     ("orderings", "18. Serving every surviving ordering (`serve_orderings='all'`)",
      "`bench/scale.py --part orderings`: one S3T run (m=2, L=3, B=3) per seed, served with one "
      "ordering per shard (`best`, the route) and with the mean of every surviving full-depth "
-     "ordering (`all`); accuracy and the time to predict the test split, side by side in one "
-     "process.", orderings_section),
+     "ordering (`all`, the default since issue 14); accuracy and the time to predict the test "
+     "split, side by side in one process. The targets compare `all` with section 15's full "
+     "LoRA and SISA runs of the same sizes and seeds (the same data), and at 4,000 with what "
+     "the recipe before issue 14 served (`best`).", orderings_section),
     ("first_position", "19. Serving compute: the last layer at the first position only",
      "`bench/first_position.py`: the service benchmark's model shape (MiniLM, m=5, L=3), "
      "predictions with the last layer computed at the first position only (what serving does: "
@@ -804,7 +811,7 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "on the same texts; throughput per repetition and the ratio.", first_position_section),
 ]
 TARGET_SOURCES = ("accuracy", "deletion_cost", "deletion_rate", "perf", "service", "stream",
-                  "scale", "scale_deletions")
+                  "scale", "orderings", "scale_deletions")
 
 
 def targets_section(loaded: dict[str, tuple[Result | None, bool]]) -> str:

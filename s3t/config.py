@@ -138,15 +138,16 @@ class S3TConfig:
     aggregation: str = dataclasses.field(default="mean", metadata={"help": (
         f"How the live shards' predictions are combined, one of "
         f"{', '.join(AGGREGATIONS)}: average their probabilities or take a majority vote.")})
-    serve_orderings: str = dataclasses.field(default="best", metadata={"help": (
-        f"Which of a shard's orderings serve, one of {', '.join(SERVE_ORDERINGS)}: 'best' serves "
-        "one route per shard (its deepest live stage; ties go to the validation score, then "
-        "the key); 'all' serves the mean of the class (or next-token) probabilities of every "
-        "live stage at that deepest depth, one per surviving ordering, and the shards are then "
-        "aggregated as with 'best', each weighing the same. 'all' gives more accuracy for "
-        "budget > 1 at budget times the serving cost of the top layers; exactness is "
-        "unchanged, because every served stage is live and never saw a deleted sample. "
-        "Training is the same either way.")})
+    serve_orderings: str = dataclasses.field(default="all", metadata={"help": (
+        f"Which of a shard's orderings serve, one of {', '.join(SERVE_ORDERINGS)}: 'all' serves "
+        "the mean of the class (or next-token) probabilities of every live stage at the "
+        "shard's deepest live depth, one per surviving ordering, and the shards are then "
+        "aggregated, each weighing the same; 'best' serves one route per shard (its deepest "
+        "live stage; ties go to the validation score, then the key). With budget > 1, 'all' "
+        "is more accurate (BENCHMARKS.md section 18) at up to budget times the serving cost "
+        "of the adapted layers (about 2.2x the prediction time for budget 3); 'best' is the "
+        "cheaper choice. The same with budget 1. Exactness is unchanged, because every served "
+        "stage is live and never saw a deleted sample; training is the same either way.")})
     feature_cache: bool = dataclasses.field(default=True, metadata={"help": (
         "Whether to compute the frozen layers' outputs once per sample instead of every batch: much "
         "faster at the cost of memory (see feature_cache_memory_gb), same weights in float32.")})

@@ -1,6 +1,7 @@
 """serve_orderings 'all' (issue 14): each shard serves the mean of every live stage at its
 deepest surviving depth (one per surviving ordering), shards aggregated as before; 'best'
-(one route per shard) is unchanged. Tiny random BERT runs (m=2, L=3, B=3 cyclic)."""
+(one route per shard) is unchanged. 'all' is the default. Tiny random BERT runs (m=2, L=3,
+B=3 cyclic)."""
 
 from __future__ import annotations
 
@@ -39,9 +40,15 @@ def set_serve_orderings(run: Path, value: str | None) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert) -> Path:
     run = tmp_path_factory.mktemp("orderings") / "run"
-    S3T(config(tiny_bert, epochs=1, serve_orderings="all"), run_dir=run).fit(
-        DATA, progress=False).close()
+    S3T(config(tiny_bert, epochs=1), run_dir=run).fit(DATA, progress=False).close()
     return run
+
+
+def test_all_is_the_default_written_to_new_run_cards(run_all):
+    """The default (issue 14: more accurate for B > 1); a card from before the field keeps
+    'best', the value it was served with (test_best_is_unchanged)."""
+    assert S3TConfig().serve_orderings == "all"
+    assert json.loads((run_all / "s3t.json").read_text())["config"]["serve_orderings"] == "all"
 
 
 @pytest.fixture

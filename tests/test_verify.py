@@ -20,6 +20,7 @@ from s3t.data.partition import partition
 from s3t.engine import S3T
 from s3t.run import Run, lineage_chain
 from s3t.run.files import ADAPTER_FILE, HEAD_FILE
+from s3t.run.stages import served_stages
 from s3t.verify import IDENTICAL, STALE, VerifySelectionError, verify_run
 
 
@@ -61,10 +62,12 @@ def tree_digest(run: Path) -> dict[str, str]:
 
 
 def served_chains(run: Path) -> list[str]:
+    """Every stage whose chain is served (per the run's serve_orderings), ancestors included."""
     opened = Run.open(run, repair=False)
     try:
         records = {r.key: r for r in opened.ledger.stages(None)}
-        return sorted({link.key for key in opened.ledger.routes().values() if key is not None
+        served = served_stages(opened.ledger.routes(), records, opened.config.serve_orderings)
+        return sorted({link.key for keys in served.values() for key in keys
                        for link in lineage_chain(key, records)})
     finally:
         opened.close()
@@ -82,8 +85,8 @@ def test_served_stages_are_identical_after_deletions(runs, name):
     for shard in {c.shard for c in report.stages}:
         depths = [c.depth for c in report.stages if c.shard == shard]
         assert depths == sorted(depths)
-    if name == "after":  # the retrain restored full depth: L stages per shard
-        assert len(report.stages) == 2 * 3
+    if name == "after":  # the retrain restored full depth: B orderings x L stages per shard
+        assert len(report.stages) == 2 * 3 * 3
     assert tree_digest(run) == before, "verify must never write the run directory"
 
 
@@ -130,7 +133,7 @@ def test_a_stage_trained_on_a_deleted_sample_is_caught_and_named(runs, tmp_path)
     bad = [x for x in lines[:-1] if not x.endswith(IDENTICAL)]
     assert len(bad) == 1 and bad[0].startswith(key), lines
     assert "DIFFERENT: first differing tensor " in bad[0] and "max abs diff" in bad[0]
-    assert len(lines) - 1 == 2 * 3, "both served chains are checked, ancestors included"
+    assert len(lines) - 1 == len(served_chains(run)), "every served chain is checked"
     assert lines[-1].endswith("1 NOT identical")
 
 

@@ -77,6 +77,11 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return _FINGERPRINTS[state]
 
 
+#: Config fields whose default changed after runs were written: a card without the field was
+#: written, and served, under the old default, so it keeps that value.
+DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best"}
+
+
 def read_card(run_file: Path) -> tuple[dict, S3TConfig]:
     """The run card and its config, checked field by field: a card of the wrong shape is a
     damaged run (``NotARunError``), never a traceback much later."""
@@ -91,7 +96,7 @@ def read_card(run_file: Path) -> tuple[dict, S3TConfig]:
         problem = f"`config` must be an object, got {type(info.get('config')).__name__}"
     if problem is None:
         try:
-            config = S3TConfig.from_dict(info["config"]).validate()
+            config = S3TConfig.from_dict({**DEFAULTS_BEFORE_FIELD, **info["config"]}).validate()
         except (TypeError, ValueError) as err:
             problem = f"`config`: {err}"
     if problem is None:
