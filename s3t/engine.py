@@ -280,6 +280,14 @@ class S3T:
         return [index[data.label_names[y]] for y in data.labels]
 
     # --- forgetting ---------------------------------------------------------------------------
+    def set_serve_orderings(self, value: str) -> S3T:
+        """Serve one ordering per shard (``"best"``) or the mean of every surviving one
+        (``"all"``) from now on, without retraining; written to the run card."""
+        run = self._require_fitted()
+        if run.set_serve_orderings(value):
+            self.config, self._served = run.config, None
+        return self
+
     def forget(self, sample_ids: Sequence[str] | None = None,
                groups: Sequence[str] | None = None) -> dict:
         """Delete samples (or whole groups) exactly; returns the deletion certificate.

@@ -231,3 +231,55 @@ def test_verify_checks_every_served_stage_under_all():
     assert best == ["0-0v0", "0-0v0_1v0", "1-0v0", "1-0v0_1v0"]
     every = [r.key for r in select(records, routes, "served", "all")]
     assert every == ["0-0v0", "0-1v0", "0-0v0_1v0", "0-1v0_0v0", "1-0v0", "1-0v0_1v0"]
+
+
+def stage_digest(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted((run / "stages").rglob("*"))
+            if p.is_file()}
+
+
+def test_configure_switches_serving_without_retraining(run_all):
+    """`s3t configure --serve-orderings` rewrites the card's serving choice only: the stages
+    stay byte for byte, and a reopened run serves the other way."""
+    est = S3T.load(run_all)
+    all_pred = est.predict(TEXTS)
+    est.close()
+    stages = stage_digest(run_all)
+    result = CliRunner().invoke(cli, ["configure", str(run_all), "--serve-orderings", "best",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"run_dir": str(run_all), "serve_orderings": "best",
+                                         "previous": "all", "changed": True}
+    assert json.loads((run_all / "s3t.json").read_text())["config"]["serve_orderings"] == "best"
+    assert not list(run_all.glob("s3t.json.*")), "no temporary card left behind"
+    est = S3T.load(run_all)
+    best_pred = est.predict(TEXTS)
+    assert best_pred.routes_all == {m: [r.stage] for m, r in est.served().items()}
+    # the API switches an open estimator at once, back to what the card said before
+    est.set_serve_orderings("all")
+    assert est.config.serve_orderings == "all"
+    again = est.predict(TEXTS)
+    assert again.routes_all == all_pred.routes_all
+    assert np.array_equal(again.probabilities, all_pred.probabilities)
+    est.close()
+    assert stage_digest(run_all) == stages
+    same = CliRunner().invoke(cli, ["configure", str(run_all), "--serve-orderings", "all"])
+    assert same.exit_code == 0 and "already all; nothing changed" in same.stdout
+
+
+def test_configure_refuses_bad_values_and_a_running_writer(run_all):
+    card = (run_all / "s3t.json").read_bytes()
+    bad = CliRunner().invoke(cli, ["configure", str(run_all), "--serve-orderings", "every"])
+    assert bad.exit_code == 2
+    assert "--serve-orderings: serve_orderings must be one of best, all" in bad.stderr
+    from s3t.run import Run
+
+    holder = Run.open(run_all)
+    try:
+        with holder.writer_lock():  # a retrain in progress
+            busy = CliRunner().invoke(cli, ["configure", str(run_all), "--serve-orderings",
+                                            "best"])
+    finally:
+        holder.close()
+    assert busy.exit_code == 1 and "another retrain (or training) is running" in busy.stderr
+    assert (run_all / "s3t.json").read_bytes() == card, "a refused change changes nothing"

@@ -346,6 +346,30 @@ def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     _emit(as_json, status, "\n".join(lines))
 
 
+@app.command("configure")
+def configure_cmd(
+    run: RunArg,
+    serve_orderings: Annotated[str, _config_opt("serve_orderings", lead=(
+        "What the run serves from now on, without retraining."))],
+    as_json: JsonOpt = False,
+) -> None:
+    """Change how a trained run serves (no retraining): the run card is rewritten
+    atomically; a running `s3t serve` keeps its choice until restarted."""
+    with engine_errors(CONFIG_FLAGS, run=run):
+        opened = Run.open(run)
+        try:
+            before = opened.config.serve_orderings
+            changed = opened.set_serve_orderings(serve_orderings)
+        finally:
+            opened.close()
+    payload = {"run_dir": str(run), "serve_orderings": serve_orderings, "previous": before,
+               "changed": changed}
+    text = (f"{run}: serve_orderings {before} -> {serve_orderings}; a running `s3t serve` "
+            "keeps serving the old way until restarted" if changed
+            else f"{run}: serve_orderings is already {serve_orderings}; nothing changed")
+    _emit(as_json, payload, text)
+
+
 @app.command("audit")
 def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Re-check the exactness invariant from the ledger and the files; exit 0 only if it holds."""

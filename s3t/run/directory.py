@@ -7,9 +7,11 @@ Forgetting, status and audit need nothing else, so they never load torch or the 
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +34,7 @@ from s3t.run.files import (
     FeatureFiles,
     IntegrityError,
     StageStore,
+    fsync_dir,
     is_locked,
     refuse_links,
     sha256_file,
@@ -296,6 +299,28 @@ class Run:
         """The deletion log: every certificate's position, id, counts and sha256; the chain
         head and whether the chain is intact (``s3t certificates``)."""
         return chain_summary(self.ledger)
+
+    def set_serve_orderings(self, value: str) -> bool:
+        """Switch what the run serves between ``"best"`` and ``"all"`` without retraining (a
+        serving choice: every live stage is exact either way); the run card is rewritten
+        atomically under the writer lock. Returns whether it changed. Processes that have the
+        run open (a server) keep their choice until they open it again."""
+        config = dataclasses.replace(self.config, serve_orderings=value).validate()
+        if config == self.config:
+            return False
+        info = {**self.info, "config": config.to_dict()}
+        with self.writer_lock():
+            card, tmp = self.path / RUN_FILE, self.path / f"{RUN_FILE}.{os.getpid()}.tmp"
+            refuse_links([p for p in (card, tmp) if p.is_symlink()])
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(info, indent=2))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, card)
+            fsync_dir(self.path)
+        self.info, self.config = info, config
+        return True
 
     def export_certificates(self, directory: str | Path) -> dict:
         """Write every certificate and the chain (``chain.json``) into a new or empty
