@@ -217,9 +217,9 @@ def targets(runs: list[dict[str, Any]], recipe: str) -> list[dict[str, Any]]:
 
 
 def redraw(recipe: str, quick: bool) -> int:
-    """The scale result's summary and targets recomputed from its runs (its provenance kept),
-    and the plot redrawn with the orderings part's runs: what several ``--resume`` processes
-    and the orderings part wrote, combined without training."""
+    """The scale and orderings results' targets (and the scale summary) recomputed from their
+    runs, provenance kept, and the plot redrawn with the orderings part's runs: what several
+    ``--resume`` processes and the orderings part wrote, combined without training."""
     import json
 
     res = common.load_result(NAME, quick)
@@ -227,7 +227,14 @@ def redraw(recipe: str, quick: bool) -> int:
         raise SystemExit("no scale result yet: run bench/scale.py first")
     res["summary"], res["targets"] = aggregate(res["runs"]), targets(res["runs"], recipe)
     common.result_path(NAME, quick).write_text(json.dumps(res, indent=2) + "\n")
-    for c in res["targets"]:
+    checks = res["targets"]
+    orderings = common.load_result(ORDERINGS_NAME, quick)
+    if orderings is not None:
+        orderings["targets"] = orderings_targets(orderings["runs"], res["runs"])
+        common.result_path(ORDERINGS_NAME, quick).write_text(json.dumps(orderings, indent=2)
+                                                              + "\n")
+        checks = checks + orderings["targets"]
+    for c in checks:
         print(f"{'MET' if c['met'] else 'NOT MET'}: {c['target']}: {c['measured']}")
     plot(res["summary"], recipe, quick)
     return 0
