@@ -796,7 +796,10 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "same glosses receive the same uniform random single-sample requests until 10% of S3T's "
      "deletion capacity (expected requests until retraining) is used; test accuracy of what is "
      "served after every request (SISA's hit shard is out until retrained; no shard serving "
-     "counts 0), averaged over the sequence. Target: S3T at least SISA.", scale_deletions_section),
+     "counts 0), averaged over the sequence. Target: S3T at least SISA. Recipe v1 serves one "
+     "ordering per shard, v2 (the defaults since issue 14) the mean of the surviving ones; "
+     "they train the same weights, so v2 is compared with v1's SISA runs.",
+     scale_deletions_section),
     ("orderings", "18. Serving every surviving ordering (`serve_orderings='all'`)",
      "`bench/scale.py --part orderings`: one S3T run (m=2, L=3, B=3) per seed, served with one "
      "ordering per shard (`best`, the route) and with the mean of every surviving full-depth "
