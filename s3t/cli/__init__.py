@@ -17,6 +17,7 @@ import typer
 
 from s3t.cli import inputs
 from s3t.cli.certificates import certificates_cmd
+from s3t.cli.configure import configure_cmd
 from s3t.cli.errors import OneLineErrorGroup, engine_errors, fail
 from s3t.cli.serve import serve_cmd
 from s3t.cli.simulate import simulate_cmd
@@ -346,30 +347,6 @@ def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     _emit(as_json, status, "\n".join(lines))
 
 
-@app.command("configure")
-def configure_cmd(
-    run: RunArg,
-    serve_orderings: Annotated[str, _config_opt("serve_orderings", lead=(
-        "What the run serves from now on, without retraining."))],
-    as_json: JsonOpt = False,
-) -> None:
-    """Change how a trained run serves (no retraining): the run card is rewritten
-    atomically; a running `s3t serve` keeps its choice until restarted."""
-    with engine_errors(CONFIG_FLAGS, run=run):
-        opened = Run.open(run)
-        try:
-            before = opened.config.serve_orderings
-            changed = opened.set_serve_orderings(serve_orderings)
-        finally:
-            opened.close()
-    payload = {"run_dir": str(run), "serve_orderings": serve_orderings, "previous": before,
-               "changed": changed}
-    text = (f"{run}: serve_orderings {before} -> {serve_orderings}; a running `s3t serve` "
-            "keeps serving the old way until restarted" if changed
-            else f"{run}: serve_orderings is already {serve_orderings}; nothing changed")
-    _emit(as_json, payload, text)
-
-
 @app.command("audit")
 def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Re-check the exactness invariant from the ledger and the files; exit 0 only if it holds."""
@@ -386,6 +363,7 @@ def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
 app.command("serve")(serve_cmd)  # the HTTP service: s3t/cli/serve.py, s3t/service
 app.command("verify")(verify_cmd)  # retrain-and-compare: s3t/cli/verify.py, s3t/verify.py
 app.command("certificates")(certificates_cmd)  # the deletion log: s3t/cli/certificates.py
+app.command("configure")(configure_cmd)  # serving choices of a trained run: s3t/cli/configure.py
 
 
 @app.command("demo")

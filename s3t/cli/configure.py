@@ -1,0 +1,45 @@
+"""``s3t configure RUN``: change how a trained run serves, without retraining.
+
+Only serving choices live here (today ``--serve-orderings``): every live stage is exact
+whichever of them serve, so the run card is rewritten (atomically, under the writer lock) and
+nothing else changes. A running ``s3t serve`` keeps its choice until restarted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from s3t.cli.errors import engine_errors
+from s3t.config import config_help
+from s3t.run import Run
+
+FLAGS = {"serve_orderings": "--serve-orderings"}
+
+
+def configure_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory (created by `s3t train`).")],
+    serve_orderings: Annotated[str, typer.Option(
+        FLAGS["serve_orderings"], help="What the run serves from now on, without retraining. "
+        + config_help("serve_orderings"))],
+    as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on "
+                                          "stdout.")] = False,
+) -> None:
+    """Change how a trained run serves (no retraining); a running `s3t serve` keeps its
+    choice until restarted."""
+    with engine_errors(FLAGS, run=run):
+        opened = Run.open(run)
+        try:
+            before = opened.config.serve_orderings
+            changed = opened.set_serve_orderings(serve_orderings)
+        finally:
+            opened.close()
+    payload = {"run_dir": str(run), "serve_orderings": serve_orderings, "previous": before,
+               "changed": changed}
+    text = (f"{run}: serve_orderings {before} -> {serve_orderings}; a running `s3t serve` "
+            "keeps serving the old way until restarted" if changed
+            else f"{run}: serve_orderings is already {serve_orderings}; nothing changed")
+    typer.echo(json.dumps(payload) if as_json else text)
