@@ -634,10 +634,10 @@ def scale_deletions_section(res: Result) -> str:
 
 
 def orderings_section(res: Result) -> str:
-    rows = [[r["seed"], r["size"], r["recipe"], r["serve_orderings"], f"{r['val_accuracy']:.3f}",
-             f"{r['test_accuracy']:.3f}", f"{r['predict_seconds']:.1f} s / {r['test_size']}"]
-            for r in res["runs"]]
-    parts = [table(["seed", "train size", "recipe", "serve_orderings", "val accuracy",
+    rows = [[r.get("shards", 2), r["seed"], r["size"], r["recipe"], r["serve_orderings"],
+             f"{r['val_accuracy']:.3f}", f"{r['test_accuracy']:.3f}",
+             f"{r['predict_seconds']:.1f} s / {r['test_size']}"] for r in res["runs"]]
+    parts = [table(["m", "seed", "train size", "recipe", "serve_orderings", "val accuracy",
                     "test accuracy", "predict time (test split)"], rows)]
     if res.get("targets"):
         parts.append(table(["target (issue 14, S3T with serve_orderings 'all')", "measured",

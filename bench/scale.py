@@ -168,7 +168,8 @@ def resumed_runs(name: str, args: Any) -> list[dict[str, Any]]:
 
 def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
     """What makes a run unique in any part's result file."""
-    return (r["recipe"], r["size"], r["seed"], r.get("key"), r.get("serve_orderings"))
+    return (r["recipe"], r["size"], r["seed"], r.get("key"), r.get("serve_orderings"),
+            r.get("shards"))
 
 
 def merged_with_disk(name: str, quick: bool, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -255,7 +256,7 @@ def plot(summary: list[dict[str, Any]], recipe: str, quick: bool) -> None:
                     label=mine[0]["label"])
     orderings = common.load_result(ORDERINGS_NAME, quick)
     served_all = {k: v for k, v in (orderings or {}).get("summary", {}).items()
-                  if k.endswith(":all")}
+                  if k.endswith(":all") and not k.startswith("m")}  # m=2 only
     if served_all:
         points = sorted((int(k.split(":")[0]), v["test_accuracy"]) for k, v in served_all.items())
         ax.errorbar([x for x, _ in points], [a["mean"] for _, a in points],
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=None)
     p.add_argument("--settings", nargs="+", default=None,
                    help="only these settings: s3t_m2 s3t_m5 sisa_m2 sisa_m5 full")
+    p.add_argument("--shards", type=int, default=2, help="m of the orderings part")
     p.add_argument("--resume", action="store_true", help="skip runs already in the result file")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="start no new run after this many minutes")
@@ -435,37 +437,33 @@ def write_deletions(runs: list[dict[str, Any]], n: int, n_requests: int, quick: 
 
 def orderings_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict[str, Any]) -> int:
     """The orderings part: one B=3 run per seed served both ways."""
-    import json
-
     from s3t.config import S3TConfig
     from s3t.engine import S3T
 
     runs = resumed_runs(ORDERINGS_NAME, args)
-    done = {(r["size"], r["seed"]) for r in runs}
+    m = args.shards
+    done = {(r["size"], r["seed"], r.get("shards", 2)) for r in runs}
     for n, seed in ((n, seed) for n in args.sizes or [size["sweep_size"]] for seed in seeds):
-        if (n, seed) in done:
+        if (n, seed, m) in done:
             continue
         train, val, test = splits(n, size["test"], size["val"], seed)
-        config = S3TConfig(shards=2, slices=3, budget=3, seed=seed, **RECIPES[args.recipe])
+        config = S3TConfig(shards=m, slices=3, budget=3, seed=seed, **RECIPES[args.recipe])
         run_dir = common.tmp_run_dir("orderings")
         est = S3T(config, run_dir=run_dir).fit(train, val, progress=False)
         train_seconds = est.last_train["train_seconds"]
         est.close()
         for mode in ("best", "all"):
-            card = json.loads((run_dir / "s3t.json").read_text())
-            card["config"]["serve_orderings"] = mode
-            (run_dir / "s3t.json").write_text(json.dumps(card, indent=2))
-            est = S3T.load(run_dir)
+            est = S3T.load(run_dir).set_serve_orderings(mode)
             est.predict(list(test.texts[:64]))  # warm: routes materialised
             with common.stopwatch() as t:
                 test_accuracy = est.score(test)
-            row = {"seed": seed, "size": n, "recipe": args.recipe, "serve_orderings": mode,
-                   "test_accuracy": test_accuracy, "val_accuracy": est.score(val),
-                   "predict_seconds": t["s"], "test_size": len(test),
-                   "train_seconds": train_seconds}
+            row = {"seed": seed, "size": n, "shards": m, "recipe": args.recipe,
+                   "serve_orderings": mode, "test_accuracy": test_accuracy,
+                   "val_accuracy": est.score(val), "predict_seconds": t["s"],
+                   "test_size": len(test), "train_seconds": train_seconds}
             est.close()
             runs.append(row)
-            print(f"seed {seed} serve_orderings={mode:<4} test {test_accuracy:.3f} val "
+            print(f"m={m} seed {seed} serve_orderings={mode:<4} test {test_accuracy:.3f} val "
                   f"{row['val_accuracy']:.3f}  predict {t['s']:.1f} s for {len(test)}", flush=True)
         if args.resume:  # processes beside this one on other seeds or sizes: write the union
             runs = merged_with_disk(ORDERINGS_NAME, args.quick, runs)
@@ -476,12 +474,14 @@ def orderings_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict
 
 def write_orderings(runs: list[dict[str, Any]], quick: bool, prov: dict[str, Any]) -> None:
     """The orderings result file: every run and the mean per size and serving mode."""
-    runs = sorted(runs, key=lambda r: (r["size"], r["seed"], r["serve_orderings"]))
-    summary = {f"{size_}:{mode}": {
-        k: common.summarize([r[k] for r in runs
-                             if r["serve_orderings"] == mode and r["size"] == size_])
+    runs = sorted(runs, key=lambda r: (r.get("shards", 2), r["size"], r["seed"],
+                                       r["serve_orderings"]))
+    summary = {f"{size_}:{mode}" if m == 2 else f"m{m}:{size_}:{mode}": {
+        k: common.summarize([r[k] for r in runs if r["serve_orderings"] == mode
+                             and r["size"] == size_ and r.get("shards", 2) == m])
         for k in ("test_accuracy", "val_accuracy", "predict_seconds")}
-        for size_ in sorted({r["size"] for r in runs}) for mode in ("best", "all")}
+        for m, size_ in sorted({(r.get("shards", 2), r["size"]) for r in runs})
+        for mode in ("best", "all")}
     scale = common.load_result(NAME, quick)
     checks = orderings_targets(runs, scale["runs"] if scale else [])
     for c in checks:
@@ -501,6 +501,7 @@ def orderings_targets(runs: list[dict[str, Any]], scale_runs: list[dict[str, Any
         return sum(vals) / len(vals) if len(vals) == len(seeds) else None
 
     out = []
+    runs = [r for r in runs if r.get("shards", 2) == 2]
     sizes = sorted({r["size"] for r in runs})
     for size in sizes:
         acc = {mode: {r["seed"]: r["test_accuracy"] for r in runs
