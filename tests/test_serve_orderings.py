@@ -283,3 +283,16 @@ def test_configure_refuses_bad_values_and_a_running_writer(run_all):
         holder.close()
     assert busy.exit_code == 1 and "another retrain (or training) is running" in busy.stderr
     assert (run_all / "s3t.json").read_bytes() == card, "a refused change changes nothing"
+
+
+def test_configure_refuses_a_symlinked_run_card(run_all, tmp_path):
+    """A run card that is a symbolic link is never written through: refused, nothing changes."""
+    real = tmp_path / "elsewhere.json"
+    shutil.move(run_all / "s3t.json", real)
+    (run_all / "s3t.json").symlink_to(real)
+    before = real.read_bytes()
+    result = CliRunner().invoke(cli, ["configure", str(run_all), "--serve-orderings", "best"])
+    assert result.exit_code == 1, result.output
+    assert "is a symbolic link" in result.stderr
+    assert real.read_bytes() == before and (run_all / "s3t.json").is_symlink()
+    assert not list(run_all.glob("s3t.json.*")), "no temporary card left behind"
