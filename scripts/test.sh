@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# Unbuffered: if a test ever takes the process down abruptly, the log shows how far it got.
+export PYTHONUNBUFFERED=1
 .venv/bin/ruff check .
 .venv/bin/lint-imports            # the layering contracts in pyproject.toml
 .venv/bin/mypy s3t

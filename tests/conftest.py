@@ -51,6 +51,13 @@ def ray_session():
     here, so test files that do not use Ray never pay for it."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # A shared 2-core CI machine can starve the local raylet for a while; Ray's default health
+    # check then declares the node dead, and the driver (this pytest process) exits on the
+    # spot. Tolerate minutes of silence instead; the tests' models need a small object store.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 2**20,
+             _system_config={"health_check_failure_threshold": 60,
+                             "health_check_timeout_ms": 30_000,
+                             "gcs_rpc_server_reconnect_timeout_s": 600})
     yield ray
     ray.shutdown()
