@@ -16,11 +16,12 @@ best-epoch selection); recipes are chosen on it, never on the test split.
 Two parts:
 
 * ``scale``: S3T (m=2 and m=5, L=3), SISA at the same m, full LoRA (3 layers) at each size,
-  with one recipe (``--recipe``). S3T is trained with B orderings per shard, B=1 from size
-  ``b1_from`` on (the default runs use B=1 throughout, to fit 2 cores): before any deletion
-  a B=3 run serves, per shard, the full-depth ordering with the best validation score, so
-  B=1 (one fixed ordering) is what B=3 serves at worst-of-three luck, and the table labels
-  which B ran.
+  with one recipe (``--recipe``, default ``v2``: the package's defaults). S3T is trained
+  with B=3 orderings per shard (B=1 from size ``b1_from`` on, which the v1 rows of
+  BENCHMARKS section 15 used to fit 2 cores: B=1 is what B=3 serves with 'best' at
+  worst-of-three luck); the table labels which B ran. ``--jobs 2`` runs two fits at a time,
+  each in a worker process with one torch thread, longest first; the result file records
+  the whole run's wall time (``whole_run``).
 * ``sweep``: S3T m=2 at one size under each recipe variant (``RECIPES``), with validation
   and test accuracy; the default recipe is picked by validation accuracy.
 
@@ -41,13 +42,14 @@ share the file: each merges what the others wrote before it writes); ``--max-min
 stops starting new runs after that.
 
     .venv/bin/python bench/scale.py [--quick] [--part scale|sweep] [--recipe NAME]
-        [--sizes 1000 4000] [--seeds 0 1 2] [--resume] [--max-minutes 110]
+        [--sizes 1000 4000] [--seeds 0 1 2] [--resume] [--max-minutes 110] [--jobs 2]
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +62,7 @@ SWEEP_NAME = "recipe"
 QUICK = {"sizes": [240, 480], "test": 200, "val": 64, "large_seeds": 1, "large_from": 480,
          "b1_from": 10**9, "sweep_size": 240, "deletion_size": 240}
 FULL = {"sizes": [1000, 4000, 16000], "test": 2000, "val": 256, "large_seeds": 1,
-        "large_from": 16000, "b1_from": 0, "sweep_size": 2000, "deletion_size": 4000}
+        "large_from": 16000, "b1_from": 10**9, "sweep_size": 2000, "deletion_size": 4000}
 DELETIONS_NAME = "scale_deletions"
 ORDERINGS_NAME = "orderings"
 CAPACITY_USED = 0.1
@@ -115,6 +117,80 @@ def splits(size: int, n_test: int, n_val: int, seed: int) -> tuple[Any, Any, Any
     chosen = pool.subset(limit_indices(pool, size + n_val, seed))
     train, val = train_test_split(chosen, n_val, seed=seed)
     return train, val, test
+
+
+#: Relative training cost per setting (sample passes of its stages, S3T at B=3), for ordering.
+COST = {"s3t": 3.0, "sisa": 2.0, "full": 1.0}
+
+
+def expected_cost(item: tuple[Any, ...]) -> float:
+    """Roughly proportional to a planned run's training time: size x method factor x B."""
+    _, n, _, key, _, config = item
+    return n * COST[key.split("_")[0]] * (config.budget if key.startswith("s3t") else 1)
+
+
+def run_plan(todo: list[tuple[Any, ...]], size: dict[str, Any], jobs: int,
+             max_minutes: float | None, skipped: list[dict[str, Any]]
+             ) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """Run the planned fits, ``jobs`` at a time in worker processes of one torch thread each
+    (``jobs`` 1: here, with this process's threads), yielding (item, row) as each finishes.
+    After ``max_minutes`` no new run starts; those are appended to ``skipped``."""
+    started = time.monotonic()
+
+    def expired() -> bool:
+        return max_minutes is not None and time.monotonic() - started > 60 * max_minutes
+
+    def skip(item: tuple[Any, ...]) -> None:
+        skipped.append(dict(zip(("recipe", "size", "seed", "key"), item[:4], strict=True)))
+
+    if jobs == 1:
+        for item in todo:
+            if expired():
+                skip(item)
+                continue
+            yield item, fit_planned(item, size)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    queue = list(todo)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=one_torch_thread) as pool:
+        running = {}
+        while queue or running:
+            while queue and len(running) < jobs:
+                item = queue.pop(0)
+                if expired():
+                    skip(item)
+                    continue
+                running[pool.submit(fit_planned, item, size)] = item
+            if not running:
+                continue
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield running.pop(future), future.result()
+
+
+def one_torch_thread() -> None:
+    """Worker initialiser: one torch thread, so ``jobs`` workers share the cores evenly."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+_SPLITS: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+
+
+def fit_planned(item: tuple[Any, ...], size: dict[str, Any]) -> dict[str, Any]:
+    """One planned run (in a worker or here), on its size's and seed's splits (cached)."""
+    _, n, seed, _, _, config = item
+    if (n, seed) not in _SPLITS:
+        _SPLITS.clear()
+        _SPLITS[(n, seed)] = splits(n, size["test"], size["val"], seed)
+    with common.stopwatch() as t:
+        row = run_one(config, *_SPLITS[(n, seed)])
+    row["wall_seconds"] = t["s"]
+    return row
 
 
 def run_one(config: Any, train: Any, val: Any, test: Any) -> dict[str, Any]:
@@ -276,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", choices=("scale", "sweep", "deletions", "orderings", "redraw"),
                    default="scale", help="redraw: the scale plot and targets from the result "
                    "files, training nothing")
-    p.add_argument("--recipe", default="v1", choices=sorted(RECIPES),
+    p.add_argument("--recipe", default="v2", choices=sorted(RECIPES),
                    help="the recipe of the scale part")
     p.add_argument("--recipes", nargs="+", default=None,
                    help="the recipes of the sweep part (default: all)")
@@ -287,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="skip runs already in the result file")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="start no new run after this many minutes")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each in a worker process with one torch thread "
+                        "(scale and sweep parts; 2 on a 2-core machine)")
     args = p.parse_args(argv)
     size = common.size_for(args, QUICK, FULL)
     if args.sizes:
@@ -321,30 +400,32 @@ def main(argv: list[str] | None = None) -> int:
                 plan.append((recipe, size["sweep_size"], seed, "s3t_m2", "S3T m=2 L=3 B=1",
                              S3TConfig(shards=2, slices=3, budget=1, seed=seed, **RECIPES[recipe])))
 
+    todo = sorted((item for item in plan if item[:4] not in done), key=expected_cost,
+                  reverse=True)  # longest first: the last runs to finish are the short ones
     started, skipped = time.monotonic(), []
-    data_cache: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
-    for recipe, n, seed, key, label, config in plan:
-        if (recipe, n, seed, key) in done:
-            continue
-        if args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes:
-            skipped.append({"recipe": recipe, "size": n, "seed": seed, "key": key})
-            continue
-        if (n, seed) not in data_cache:
-            data_cache.clear()
-            data_cache[(n, seed)] = splits(n, size["test"], size["val"], seed)
-        train, val, test = data_cache[(n, seed)]
-        with common.stopwatch() as t:
-            row = run_one(config, train, val, test)
+    for item, row in run_plan(todo, size, args.jobs, args.max_minutes, skipped):
+        recipe, n, seed, key, label, config = item
         row.update(recipe=recipe, size=n, seed=seed, key=key, label=label,
-                   wall_seconds=t["s"], config=config.to_dict())
+                   config=config.to_dict())
         runs.append(row)
         print(f"{recipe:<18} n={n:<6} seed {seed}  {label:<30} test {row['test_accuracy']:.3f}  "
-              f"val {row['val_accuracy']:.3f}  train {row['train_seconds']:.0f} s", flush=True)
+              f"val {row['val_accuracy']:.3f}  train {row['train_seconds']:.0f} s  "
+              f"[{(time.monotonic() - started) / 60:.1f} min]", flush=True)
         runs = merged_with_disk(name, args.quick, runs) if args.resume else runs
-        summary = aggregate(runs)
         common.write_result(name, args.quick, prov, {
-            "runs": runs, "summary": summary, "skipped": skipped,
+            "runs": runs, "summary": aggregate(runs), "skipped": skipped,
+            "whole_run": {"jobs": args.jobs, "planned": len(todo), "finished": None,
+                          "minutes_so_far": (time.monotonic() - started) / 60},
             "targets": targets(runs, args.recipe) if args.part == "scale" else []})
+    whole_minutes = (time.monotonic() - started) / 60
+    print(f"whole run: {len(todo) - len(skipped)} of {len(todo)} planned runs in "
+          f"{whole_minutes:.1f} min with {args.jobs} job(s)", flush=True)
+    if todo:
+        res = common.load_result(name, args.quick) or {}
+        res["whole_run"] = {"jobs": args.jobs, "planned": len(todo),
+                            "finished": len(todo) - len(skipped), "minutes": whole_minutes}
+        common.write_result(name, args.quick, prov, {k: v for k, v in res.items()
+                                                     if k != "provenance"})
     summary = aggregate(runs)
     for r in summary:
         print(f"{r['recipe']:<18} n={r['size']:<6} {r['label']:<30} "
