@@ -244,6 +244,41 @@ def test_an_edited_run_card_is_refused(run_dir):
     assert deleted(run_dir) == {}
 
 
+def test_a_card_rewrite_left_by_a_crash_is_swept_and_nothing_else(run_dir, tmp_path):
+    """A writer killed between writing ``s3t.json.<pid>.tmp`` and renaming it leaves the old
+    card in force; opening the run (no writer running) removes the leftover, never a file or
+    a link that merely looks alike."""
+    card = (run_dir / "s3t.json").read_bytes()
+    leftover = run_dir / "s3t.json.4242.tmp"
+    leftover.write_text('{"half": ')
+    notes = run_dir / "s3t.json.notes.tmp"
+    notes.write_text("mine")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    link = run_dir / "s3t.json.77.tmp"
+    link.symlink_to(outside)
+    assert s3t("status", run_dir).returncode == 0
+    assert not leftover.exists()
+    assert notes.read_text() == "mine" and link.is_symlink() and outside.read_text() == "keep"
+    assert (run_dir / "s3t.json").read_bytes() == card
+
+
+def test_a_run_whose_creation_was_interrupted_is_named_as_such(tmp_path, trained):
+    """A ledger without its card (creation killed before the card's rename) is refused by
+    train with a message that says what happened and what to do; nothing is changed."""
+    half = tmp_path / "half"
+    half.mkdir()
+    shutil.copy(trained / "ledger.sqlite", half / "ledger.sqlite")
+    before = (half / "ledger.sqlite").read_bytes()
+    with pytest.raises(FileExistsError, match="creation was interrupted"):
+        Run.refuse_existing(half)
+    train = write_csv(tmp_path / "train.csv", toy_dataset(20))
+    result = invoke("train", "--data", train, "--out", half, "--model", "unused")
+    assert result.exit_code == 2 and "creation was interrupted" in result.stderr
+    assert sorted(p.name for p in half.iterdir()) == ["ledger.sqlite"]
+    assert (half / "ledger.sqlite").read_bytes() == before
+
+
 def test_a_truncated_ledger_gives_one_line(run_dir):
     ledger = run_dir / "ledger.sqlite"
     ledger.write_bytes(ledger.read_bytes()[:1000])

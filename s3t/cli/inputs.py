@@ -70,7 +70,7 @@ def check_eval_size(eval_size: float) -> None:
 
 def check_out(out: Path) -> bool:
     """``--out`` must be a new or an empty directory; return whether it exists already."""
-    from s3t.run import RUN_FILE, Ledger
+    from s3t.run import Run
 
     for path in (out, *out.parents):  # the nearest existing one must be a directory
         if path.exists():
@@ -80,9 +80,10 @@ def check_out(out: Path) -> bool:
             break
     if not out.is_dir():
         return False
-    if (out / RUN_FILE).exists() or (out / Ledger.FILE).exists():
-        raise _fail("--out", f"{out} already holds an s3t run: see `s3t status {out}`, or choose "
-                    "another --out")
+    try:
+        Run.refuse_existing(out)
+    except FileExistsError as err:
+        raise _fail("--out", str(err)) from None
     if any(out.iterdir()):
         raise _fail("--out", f"{out} exists and is not empty (and is not an s3t run): choose a "
                     "new or empty directory")

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +47,24 @@ from s3t.run.stages import served_stages
 RUN_FILE = "s3t.json"
 WRITER_LOCK = ".retrain.lock"
 FORMAT = 1
+
+
+#: A run card being rewritten (``write_card``): swept by ``Run.open`` when no writer runs.
+CARD_LEFTOVER = re.compile(rf"{re.escape(RUN_FILE)}\.\d+\.tmp")
+
+
+def write_card(path: Path, info: dict) -> None:
+    """Write the run card atomically (a temporary file beside it, fsynced, renamed over it):
+    a crash leaves the old card or the new one, never half of one."""
+    card, tmp = path / RUN_FILE, path / f"{RUN_FILE}.{os.getpid()}.tmp"
+    refuse_links([p for p in (card, tmp) if p.is_symlink()])
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(info, indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, card)
+    fsync_dir(path)
 
 
 class NotARunError(FileNotFoundError):
@@ -161,16 +180,22 @@ class Run:
         info = {"format": FORMAT, "config": config.to_dict(), **info}
         ledger = Ledger(path / Ledger.FILE)
         ledger.initialise(FORMAT)
-        (path / RUN_FILE).write_text(json.dumps(info, indent=2))
+        write_card(path, info)
         return cls(path, info, config, ledger, StageStore(path / "stages"))
 
     @staticmethod
     def refuse_existing(path: str | Path) -> None:
         """Raise ``FileExistsError`` if ``path`` already holds a run (never overwrite one)."""
         path = Path(path)
-        if (path / Ledger.FILE).exists() or (path / RUN_FILE).exists():
+        found = [name for name in (RUN_FILE, Ledger.FILE) if (path / name).exists()]
+        if len(found) == 2:
             raise FileExistsError(f"{path} already holds an s3t run: load it with "
                                   "S3T.load / `s3t status`, or choose another --out")
+        if found:
+            raise FileExistsError(f"{path} holds {found[0]} without its "
+                                  f"{({RUN_FILE, Ledger.FILE} - set(found)).pop()}: a run whose "
+                                  "creation was interrupted (nothing was trained); delete the "
+                                  "directory and train again, or choose another --out")
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = False, repair: bool = True) -> Run:
@@ -207,7 +232,12 @@ class Run:
             ledger.close()
             raise
         if repair:
-            sweep(run.ledger, run.store, run.features, writer_active=run.writer_running())
+            writer_active = run.writer_running()
+            sweep(run.ledger, run.store, run.features, writer_active=writer_active)
+            if not writer_active:  # a card rewrite that crashed before its rename
+                for leftover in path.glob(f"{RUN_FILE}.*.tmp"):
+                    if CARD_LEFTOVER.fullmatch(leftover.name) and not leftover.is_symlink():
+                        leftover.unlink(missing_ok=True)
             restore_certificates(run.ledger, run.certificates_dir)
             if run.ledger.pending_scrubs():
                 run.ledger.scrub()
@@ -310,15 +340,7 @@ class Run:
             return False
         info = {**self.info, "config": config.to_dict()}
         with self.writer_lock():
-            card, tmp = self.path / RUN_FILE, self.path / f"{RUN_FILE}.{os.getpid()}.tmp"
-            refuse_links([p for p in (card, tmp) if p.is_symlink()])
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(json.dumps(info, indent=2))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, card)
-            fsync_dir(self.path)
+            write_card(self.path, info)
         self.info, self.config = info, config
         return True
 
