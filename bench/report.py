@@ -597,6 +597,11 @@ def scale_section(res: Result) -> str:
     if res.get("targets"):
         parts.append(table(["target (issue 14)", "measured", "status"],
                            [[t["target"], t["measured"], met(t["met"])] for t in res["targets"]]))
+    whole = res.get("whole_run")
+    if whole and whole.get("minutes") is not None:
+        parts.append(f"Whole run (the last process): {whole['finished']} of {whole['planned']} "
+                     f"planned fits in {whole['minutes']:.1f} min with {whole['jobs']} job(s) "
+                     "at a time, one torch thread each.")
     if res.get("skipped"):
         parts.append(f"Not run (time limit): {len(res['skipped'])} runs: "
                      + ", ".join(f"{s['key']} n={s['size']} seed {s['seed']}"
@@ -780,13 +785,13 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "for each size and seed a class-proportional training subset and a disjoint 256-gloss "
      "validation split (the run's never-deletable eval data). S3T (m=2 and m=5, L=3), SISA "
      "at the same m and full LoRA fine-tuning adapt the same three layers with one recipe. "
-     "S3T runs with the B the table names: B=1 trains a third of B=3's stages, and before any "
-     "deletion B=3 serves per shard the best of its three orderings by validation score, so "
-     "B=1 is B=3's accuracy at the luck of one fixed ordering. Targets: at the largest "
-     "size S3T m=2 within 2 points of full LoRA and no worse "
-     "than SISA m=2 minus 1 point. m=5 ran with one seed at 4,000 and 16,000. The rows come from several "
-     "`--resume` processes sharing the result file (the provenance below is the last one; the "
-     "discussion lists them all); S3T B=3 at 2,000 and 16,000 is in section 18.", scale_section),
+     "Recipe v2 rows are the default run (`bench/scale.py --jobs 2`: the package defaults, S3T "
+     "at B=3 serving the mean of every surviving ordering), one process, timed whole. Recipe v1 "
+     "rows are the earlier runs (explicit 'best' serving, S3T at B=1: B=1 trains a third of "
+     "B=3's stages and is what B=3 serves with 'best' at the luck of one fixed ordering), from "
+     "several `--resume` processes listed in the discussion. Targets: at the largest "
+     "size S3T m=2 within 2 points of full LoRA and no worse than SISA m=2 minus 1 point.",
+     scale_section),
     ("recipe", "16. Training recipe: options compared on validation accuracy",
      "S3T m=2, L=3, B=1 on one training size under each recipe variant "
      "(`RECIPES` in `bench/scale.py`: config fields over the v1 recipe). The default is chosen "
