@@ -598,7 +598,7 @@ def scale_section(res: Result) -> str:
         parts.append(table(["target (issue 14)", "measured", "status"],
                            [[t["target"], t["measured"], met(t["met"])] for t in res["targets"]]))
     whole = res.get("whole_run")
-    if whole and whole.get("minutes") is not None:
+    if whole and whole.get("finished") is not None:
         parts.append(f"Whole run (the last process): {whole['finished']} of {whole['planned']} "
                      f"planned fits in {whole['minutes']:.1f} min with {whole['jobs']} job(s) "
                      "at a time, one torch thread each.")

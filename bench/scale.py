@@ -403,6 +403,16 @@ def main(argv: list[str] | None = None) -> int:
     todo = sorted((item for item in plan if item[:4] not in done), key=expected_cost,
                   reverse=True)  # longest first: the last runs to finish are the short ones
     started, skipped = time.monotonic(), []
+
+    def write(finished: int | None) -> None:
+        """The result file; ``whole_run`` says how far this process got (``finished`` None
+        while it runs)."""
+        common.write_result(name, args.quick, prov, {
+            "runs": runs, "summary": aggregate(runs), "skipped": skipped,
+            "whole_run": {"jobs": args.jobs, "planned": len(todo), "finished": finished,
+                          "minutes": (time.monotonic() - started) / 60},
+            "targets": targets(runs, args.recipe) if args.part == "scale" else []})
+
     for item, row in run_plan(todo, size, args.jobs, args.max_minutes, skipped):
         recipe, n, seed, key, label, config = item
         row.update(recipe=recipe, size=n, seed=seed, key=key, label=label,
@@ -412,20 +422,12 @@ def main(argv: list[str] | None = None) -> int:
               f"val {row['val_accuracy']:.3f}  train {row['train_seconds']:.0f} s  "
               f"[{(time.monotonic() - started) / 60:.1f} min]", flush=True)
         runs = merged_with_disk(name, args.quick, runs) if args.resume else runs
-        common.write_result(name, args.quick, prov, {
-            "runs": runs, "summary": aggregate(runs), "skipped": skipped,
-            "whole_run": {"jobs": args.jobs, "planned": len(todo), "finished": None,
-                          "minutes_so_far": (time.monotonic() - started) / 60},
-            "targets": targets(runs, args.recipe) if args.part == "scale" else []})
-    whole_minutes = (time.monotonic() - started) / 60
-    print(f"whole run: {len(todo) - len(skipped)} of {len(todo)} planned runs in "
-          f"{whole_minutes:.1f} min with {args.jobs} job(s)", flush=True)
+        write(None)
     if todo:
-        res = common.load_result(name, args.quick) or {}
-        res["whole_run"] = {"jobs": args.jobs, "planned": len(todo),
-                            "finished": len(todo) - len(skipped), "minutes": whole_minutes}
-        common.write_result(name, args.quick, prov, {k: v for k, v in res.items()
-                                                     if k != "provenance"})
+        runs = merged_with_disk(name, args.quick, runs) if args.resume else runs
+        write(len(todo) - len(skipped))
+        print(f"whole run: {len(todo) - len(skipped)} of {len(todo)} planned runs in "
+              f"{(time.monotonic() - started) / 60:.1f} min with {args.jobs} job(s)", flush=True)
     summary = aggregate(runs)
     for r in summary:
         print(f"{r['recipe']:<18} n={r['size']:<6} {r['label']:<30} "

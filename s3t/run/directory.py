@@ -67,6 +67,14 @@ def write_card(path: Path, info: dict) -> None:
     fsync_dir(path)
 
 
+def sweep_card_leftovers(path: Path) -> None:
+    """Remove what a ``write_card`` killed before its rename left (only while no writer
+    runs): regular files named like its temporary file, never links or look-alikes."""
+    for leftover in path.glob(f"{RUN_FILE}.*.tmp"):
+        if CARD_LEFTOVER.fullmatch(leftover.name) and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+
+
 class NotARunError(FileNotFoundError):
     """The directory does not hold an s3t run."""
 
@@ -187,13 +195,13 @@ class Run:
     def refuse_existing(path: str | Path) -> None:
         """Raise ``FileExistsError`` if ``path`` already holds a run (never overwrite one)."""
         path = Path(path)
-        found = [name for name in (RUN_FILE, Ledger.FILE) if (path / name).exists()]
-        if len(found) == 2:
+        card, ledger = (path / RUN_FILE).exists(), (path / Ledger.FILE).exists()
+        if card and ledger:
             raise FileExistsError(f"{path} already holds an s3t run: load it with "
                                   "S3T.load / `s3t status`, or choose another --out")
-        if found:
-            raise FileExistsError(f"{path} holds {found[0]} without its "
-                                  f"{({RUN_FILE, Ledger.FILE} - set(found)).pop()}: a run whose "
+        if card or ledger:
+            there, missing = (RUN_FILE, Ledger.FILE) if card else (Ledger.FILE, RUN_FILE)
+            raise FileExistsError(f"{path} holds {there} without its {missing}: a run whose "
                                   "creation was interrupted (nothing was trained); delete the "
                                   "directory and train again, or choose another --out")
 
@@ -234,10 +242,8 @@ class Run:
         if repair:
             writer_active = run.writer_running()
             sweep(run.ledger, run.store, run.features, writer_active=writer_active)
-            if not writer_active:  # a card rewrite that crashed before its rename
-                for leftover in path.glob(f"{RUN_FILE}.*.tmp"):
-                    if CARD_LEFTOVER.fullmatch(leftover.name) and not leftover.is_symlink():
-                        leftover.unlink(missing_ok=True)
+            if not writer_active:
+                sweep_card_leftovers(path)
             restore_certificates(run.ledger, run.certificates_dir)
             if run.ledger.pending_scrubs():
                 run.ledger.scrub()
