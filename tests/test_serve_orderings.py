@@ -296,3 +296,44 @@ def test_configure_refuses_a_symlinked_run_card(run_all, tmp_path):
     assert "is a symbolic link" in result.stderr
     assert real.read_bytes() == before and (run_all / "s3t.json").is_symlink()
     assert not list(run_all.glob("s3t.json.*")), "no temporary card left behind"
+
+
+def test_an_open_run_follows_configure_from_another_process(run_all):
+    """A run already open (a server) serves what `s3t configure` chose from its next call on,
+    and reports it; a card that no longer reads changes nothing until the run is reopened
+    (where it is refused)."""
+    est = S3T.load(run_all)
+    try:
+        before = est.predict(TEXTS)
+        assert any(len(keys) > 1 for keys in before.routes_all.values()), "B=3: 'all' serves more"
+        result = CliRunner().invoke(cli, ["configure", str(run_all), "--serve-orderings", "best"])
+        assert result.exit_code == 0, result.output
+        after = est.predict(TEXTS)
+        assert after.routes_all == {m: [k] for m, k in after.routes.items()}
+        assert est.status()["serve_orderings"] == "best"
+        fresh = S3T.load(run_all)
+        assert np.array_equal(fresh.predict(TEXTS).probabilities, after.probabilities)
+        fresh.close()
+        (run_all / "s3t.json").write_text("{")
+        still = est.predict(TEXTS)
+        assert still.routes_all == after.routes_all and est.status()["serve_orderings"] == "best"
+    finally:
+        est.close()
+
+
+def test_a_running_service_follows_configure(run_all):
+    from fastapi.testclient import TestClient
+
+    from s3t.service import create_app
+
+    with TestClient(create_app(run_all, token=None)) as client:
+        served = client.post("/v1/predict", json={"inputs": TEXTS}).json()
+        assert client.get("/v1/status").json()["serve_orderings"] == "all"
+        assert any(len(keys) > 1 for keys in served["routes_all"].values())
+        result = CliRunner().invoke(cli, ["configure", str(run_all), "--serve-orderings", "best"])
+        assert result.exit_code == 0, result.output
+        served = client.post("/v1/predict", json={"inputs": TEXTS}).json()
+        assert served["routes_all"] == {m: [k] for m, k in served["routes"].items()}
+        status = client.get("/v1/status").json()
+        assert status["serve_orderings"] == "best"
+        assert all("served_stages" not in r for r in status["routes"].values())

@@ -2,7 +2,8 @@
 
 Only serving choices live here (today ``--serve-orderings``): every live stage is exact
 whichever of them serve, so the run card is rewritten (atomically, under the writer lock) and
-nothing else changes. A running ``s3t serve`` keeps its choice until restarted.
+nothing else changes. A running ``s3t serve`` (or any process with the run open) serves the
+new way from its next request on: it follows the card (``Run.follow_card``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def configure_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on "
                                           "stdout.")] = False,
 ) -> None:
-    """Change how a trained run serves (no retraining); a running `s3t serve` keeps its
-    choice until restarted."""
+    """Change how a trained run serves (no retraining); a running `s3t serve` follows from
+    its next request."""
     with engine_errors(FLAGS, run=run):
         opened = Run.open(run)
         try:
@@ -40,6 +41,6 @@ def configure_cmd(
     payload = {"run_dir": str(run), "serve_orderings": serve_orderings, "previous": before,
                "changed": changed}
     text = (f"{run}: serve_orderings {before} -> {serve_orderings}; a running `s3t serve` "
-            "keeps serving the old way until restarted" if changed
+            "serves this way from its next request" if changed
             else f"{run}: serve_orderings is already {serve_orderings}; nothing changed")
     typer.echo(json.dumps(payload) if as_json else text)

@@ -10,9 +10,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
-import json
-import os
-import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +21,14 @@ from s3t.config import S3TConfig, validation_use
 from s3t.plan.methods import Method
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.run.audit import AuditReport, audit, quarantine_damaged
+from s3t.run.card import (
+    RUN_FILE,
+    NotARunError,
+    card_stamp,
+    read_card,
+    sweep_card_leftovers,
+    write_card,
+)
 from s3t.run.certificates import (
     CERTIFICATES_DIR,
     chain_summary,
@@ -35,7 +40,6 @@ from s3t.run.files import (
     FeatureFiles,
     IntegrityError,
     StageStore,
-    fsync_dir,
     is_locked,
     refuse_links,
     sha256_file,
@@ -44,39 +48,8 @@ from s3t.run.forget import ForgetPlan, forget, sweep
 from s3t.run.ledger import Ledger, StageRecord, stage_key
 from s3t.run.stages import served_stages
 
-RUN_FILE = "s3t.json"
 WRITER_LOCK = ".retrain.lock"
 FORMAT = 1
-
-
-#: A run card being rewritten (``write_card``): swept by ``Run.open`` when no writer runs.
-CARD_LEFTOVER = re.compile(rf"{re.escape(RUN_FILE)}\.\d+\.tmp")
-
-
-def write_card(path: Path, info: dict) -> None:
-    """Write the run card atomically (a temporary file beside it, fsynced, renamed over it):
-    a crash leaves the old card or the new one, never half of one."""
-    card, tmp = path / RUN_FILE, path / f"{RUN_FILE}.{os.getpid()}.tmp"
-    refuse_links([p for p in (card, tmp) if p.is_symlink()])
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(info, indent=2))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, card)
-    fsync_dir(path)
-
-
-def sweep_card_leftovers(path: Path) -> None:
-    """Remove what a ``write_card`` killed before its rename left (only while no writer
-    runs): regular files named like its temporary file, never links or look-alikes."""
-    for leftover in path.glob(f"{RUN_FILE}.*.tmp"):
-        if CARD_LEFTOVER.fullmatch(leftover.name) and not leftover.is_symlink():
-            leftover.unlink(missing_ok=True)
-
-
-class NotARunError(FileNotFoundError):
-    """The directory does not hold an s3t run."""
 
 
 class RetrainRunningError(RuntimeError):
@@ -107,42 +80,6 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return _FINGERPRINTS[state]
 
 
-#: Config fields whose default changed after runs were written: a card without the field was
-#: written, and served, under the old default, so it keeps that value.
-DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best"}
-
-
-def read_card(run_file: Path) -> tuple[dict, S3TConfig]:
-    """The run card and its config, checked field by field: a card of the wrong shape is a
-    damaged run (``NotARunError``), never a traceback much later."""
-    try:
-        info = json.loads(run_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise NotARunError(f"{run_file} is damaged: {err}") from None
-    problem = None
-    if not isinstance(info, dict):
-        problem = f"expected a JSON object, got {type(info).__name__}"
-    elif not isinstance(info.get("config"), dict):
-        problem = f"`config` must be an object, got {type(info.get('config')).__name__}"
-    if problem is None:
-        try:
-            config = S3TConfig.from_dict({**DEFAULTS_BEFORE_FIELD, **info["config"]}).validate()
-        except (TypeError, ValueError) as err:
-            problem = f"`config`: {err}"
-    if problem is None:
-        labels, orderings = info.get("label_names"), info.get("orderings")
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            problem = "`label_names` must be a list of strings"
-        elif not isinstance(orderings, list) or not orderings or not all(
-                isinstance(o, list) and sorted(o) == list(range(config.slices)) for o in orderings):
-            problem = f"`orderings` must be a non-empty list of orderings of 0..{config.slices - 1}"
-        elif any(not isinstance(info.get(k, ""), str) for k in ("task", "model_sha256")):
-            problem = "`task` and `model_sha256` must be strings"
-    if problem is not None:
-        raise NotARunError(f"{run_file} is damaged: {problem}")
-    return info, config
-
-
 @dataclass
 class Run:
     """An open run directory. ``info`` is its run card (``s3t.json``): config, label names,
@@ -153,6 +90,8 @@ class Run:
     config: S3TConfig
     ledger: Ledger
     store: StageStore
+    #: the card version ``info`` was read from (``follow_card``)
+    card_version: tuple[int, int, int] | None = dataclasses.field(default=None, compare=False)
 
     @property
     def features(self) -> FeatureFiles:
@@ -189,7 +128,7 @@ class Run:
         ledger = Ledger(path / Ledger.FILE)
         ledger.initialise(FORMAT)
         write_card(path, info)
-        return cls(path, info, config, ledger, StageStore(path / "stages"))
+        return cls(path, info, config, ledger, StageStore(path / "stages"), card_stamp(path))
 
     @staticmethod
     def refuse_existing(path: str | Path) -> None:
@@ -215,6 +154,7 @@ class Run:
         if not run_file.is_file() or not (path / Ledger.FILE).is_file():
             raise NotARunError(f"{path} is not an s3t run directory (no {RUN_FILE} and "
                                f"{Ledger.FILE}); create one with `s3t train --out {path}`")
+        version = card_stamp(path)  # before reading: a rewrite in between is read again later
         info, config = read_card(run_file)
         refuse_links([path / name for name in (Ledger.FILE, CERTIFICATES_DIR)
                       if (path / name).is_symlink()])
@@ -226,7 +166,7 @@ class Run:
             raise NotARunError(f"{path / Ledger.FILE} is damaged or not an s3t ledger ({err}); "
                                "restore it from a backup (S3T.save makes consistent copies)"
                                ) from None
-        run = cls(path, info, config, ledger, StageStore(path / "stages"))
+        run = cls(path, info, config, ledger, StageStore(path / "stages"), version)
         try:
             run._check_card(versions)
             run.store.check_safe()
@@ -340,14 +280,34 @@ class Run:
         """Switch what the run serves between ``"best"`` and ``"all"`` without retraining (a
         serving choice: every live stage is exact either way); the run card is rewritten
         atomically under the writer lock. Returns whether it changed. Processes that have the
-        run open (a server) keep their choice until they open it again."""
+        run open (a server) follow at their next read of the routes (``follow_card``)."""
         config = dataclasses.replace(self.config, serve_orderings=value).validate()
         if config == self.config:
             return False
         info = {**self.info, "config": config.to_dict()}
         with self.writer_lock():
             write_card(self.path, info)
-        self.info, self.config = info, config
+        self.info, self.config, self.card_version = info, config, card_stamp(self.path)
+        return True
+
+    def follow_card(self) -> bool:
+        """Adopt a serving choice another process wrote to the card since this one read it
+        (``s3t configure`` while ``s3t serve`` runs); returns whether it changed. One stat
+        when nothing changed. Only serving choices are taken: the rest of the card is fixed
+        for the run's life and checked when the run is opened, and a card that no longer
+        reads is refused then, so until then this process keeps serving as it was."""
+        version = card_stamp(self.path)
+        if version is None or version == self.card_version:
+            return False
+        self.card_version = version
+        try:
+            _, card = read_card(self.path / RUN_FILE)
+        except NotARunError:
+            return False
+        if card.serve_orderings == self.config.serve_orderings:
+            return False
+        config = dataclasses.replace(self.config, serve_orderings=card.serve_orderings)
+        self.info, self.config = {**self.info, "config": config.to_dict()}, config
         return True
 
     def export_certificates(self, directory: str | Path) -> dict:
@@ -356,6 +316,7 @@ class Run:
         return export(self.ledger, Path(directory))
 
     def status(self) -> dict:
+        self.follow_card()
         records = {r.key: r for r in self.ledger.stages(None)}
         routes = self.ledger.routes()
         total, deleted = self.ledger.counts()

@@ -1,8 +1,9 @@
 """What a run serves, and serving it: class predictions, generation, LM evaluation.
 
 :class:`ServedModel` keeps the :class:`Ensemble` in step with the ledger's routes (memoised
-on the ledger's change counters, so a request costs no ledger scan unless something, here
-or in another process, committed since the last one) and exposes what is served as a
+on the ledger's change counters and the run card's version, so a request costs no ledger
+scan unless something, here or in another process, committed or reconfigured since the last
+one) and exposes what is served as a
 read-only mapping of :class:`ServedRoute` (stage key, chain, weights, merged layers). With
 ``serve_orderings='all'`` each shard's route carries, as ``peers``, the shard's other live
 stages at the route's depth (``served_stages``), and the shard serves the mean of them all.
@@ -65,8 +66,9 @@ class ServedModel:
         """Each live shard's served route, current with the ledger (read-only): one
         snapshot, unaffected by later refreshes."""
         with self._refresh:
+            card_changed = self.run.follow_card()  # `s3t configure` from another process
             stamp = self.run.ledger.change_stamp()
-            if stamp != self._stamp:
+            if card_changed or stamp != self._stamp:
                 records = {r.key: r for r in self.run.ledger.stages(None)}
                 self.bank.keep_only(k for k, r in records.items() if r.status == "live")
                 served = served_stages(self.run.ledger.routes(), records,

@@ -1,0 +1,95 @@
+"""The run card (``s3t.json``): a run's config, label names, task, backbone and orderings.
+
+Written atomically; read and checked field by field (a card of the wrong shape is a damaged
+run, never a traceback later). Only serving choices may change after a run is created
+(``Run.set_serve_orderings``); a process that has the run open follows such a change at its
+next read of the routes (``card_stamp``), so a running server picks up ``s3t configure``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from s3t.config import S3TConfig
+from s3t.run.files import fsync_dir, refuse_links
+
+RUN_FILE = "s3t.json"
+
+
+#: A run card being rewritten (``write_card``): swept by ``Run.open`` when no writer runs.
+CARD_LEFTOVER = re.compile(rf"{re.escape(RUN_FILE)}\.\d+\.tmp")
+
+
+def write_card(path: Path, info: dict) -> None:
+    """Write the run card atomically (a temporary file beside it, fsynced, renamed over it):
+    a crash leaves the old card or the new one, never half of one."""
+    card, tmp = path / RUN_FILE, path / f"{RUN_FILE}.{os.getpid()}.tmp"
+    refuse_links([p for p in (card, tmp) if p.is_symlink()])
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(info, indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, card)
+    fsync_dir(path)
+
+
+def sweep_card_leftovers(path: Path) -> None:
+    """Remove what a ``write_card`` killed before its rename left (only while no writer
+    runs): regular files named like its temporary file, never links or look-alikes."""
+    for leftover in path.glob(f"{RUN_FILE}.*.tmp"):
+        if CARD_LEFTOVER.fullmatch(leftover.name) and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+
+
+def card_stamp(path: Path) -> tuple[int, int, int] | None:
+    """Which version of the card is on disk (a rewrite renames a new file over it, so its
+    inode changes); None when it cannot be read."""
+    try:
+        st = (path / RUN_FILE).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class NotARunError(FileNotFoundError):
+    """The directory does not hold an s3t run."""
+
+
+#: Config fields whose default changed after runs were written: a card without the field was
+#: written, and served, under the old default, so it keeps that value.
+DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best"}
+
+
+def read_card(run_file: Path) -> tuple[dict, S3TConfig]:
+    """The run card and its config, checked field by field: a card of the wrong shape is a
+    damaged run (``NotARunError``), never a traceback much later."""
+    try:
+        info = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise NotARunError(f"{run_file} is damaged: {err}") from None
+    problem = None
+    if not isinstance(info, dict):
+        problem = f"expected a JSON object, got {type(info).__name__}"
+    elif not isinstance(info.get("config"), dict):
+        problem = f"`config` must be an object, got {type(info.get('config')).__name__}"
+    if problem is None:
+        try:
+            config = S3TConfig.from_dict({**DEFAULTS_BEFORE_FIELD, **info["config"]}).validate()
+        except (TypeError, ValueError) as err:
+            problem = f"`config`: {err}"
+    if problem is None:
+        labels, orderings = info.get("label_names"), info.get("orderings")
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            problem = "`label_names` must be a list of strings"
+        elif not isinstance(orderings, list) or not orderings or not all(
+                isinstance(o, list) and sorted(o) == list(range(config.slices)) for o in orderings):
+            problem = f"`orderings` must be a non-empty list of orderings of 0..{config.slices - 1}"
+        elif any(not isinstance(info.get(k, ""), str) for k in ("task", "model_sha256")):
+            problem = "`task` and `model_sha256` must be strings"
+    if problem is not None:
+        raise NotARunError(f"{run_file} is damaged: {problem}")
+    return info, config
