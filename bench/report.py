@@ -597,11 +597,15 @@ def scale_section(res: Result) -> str:
     if res.get("targets"):
         parts.append(table(["target (issue 14)", "measured", "status"],
                            [[t["target"], t["measured"], met(t["met"])] for t in res["targets"]]))
-    whole = res.get("whole_run")
-    if whole and whole.get("finished") is not None:
-        parts.append(f"Whole run (the last process): {whole['finished']} of {whole['planned']} "
-                     f"planned fits in {whole['minutes']:.1f} min with {whole['jobs']} job(s) "
-                     "at a time, one torch thread each.")
+    campaigns = [c for c in res.get("campaigns", []) if c.get("finished") is not None]
+    if campaigns:
+        parts.append("Processes that trained these rows, each timed whole:\n\n" + "\n".join(
+                         f"- `{c['command']}` ({c['timestamp'][:10]}, sizes "
+                         f"{', '.join(map(str, c['sizes']))}): {c['finished']} of {c['planned']} "
+                         f"planned fits in {c['minutes']:.1f} min, "
+                         + (f"{c['jobs']} at a time, one torch thread each" if c["jobs"] > 1
+                            else "one at a time")
+                         for c in campaigns))
     if res.get("skipped"):
         parts.append(f"Not run (time limit): {len(res['skipped'])} runs: "
                      + ", ".join(f"{s['key']} n={s['size']} seed {s['seed']}"

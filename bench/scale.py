@@ -21,7 +21,8 @@ Two parts:
   BENCHMARKS section 15 used to fit 2 cores: B=1 is what B=3 serves with 'best' at
   worst-of-three luck); the table labels which B ran. ``--jobs 2`` runs two fits at a time,
   each in a worker process with one torch thread, longest first; the result file records
-  the whole run's wall time (``whole_run``).
+  each process's wall time (``campaigns``: one entry per process that trained, with its
+  command, so a campaign of several ``--resume`` processes keeps every command).
 * ``sweep``: S3T m=2 at one size under each recipe variant (``RECIPES``), with validation
   and test accuracy; the default recipe is picked by validation accuracy.
 
@@ -242,6 +243,20 @@ def resumed_runs(name: str, args: Any) -> list[dict[str, Any]]:
     return list(previous["runs"]) if previous else []
 
 
+def earlier_campaigns(name: str, args: Any) -> list[dict[str, Any]]:
+    """The processes that trained the runs in the result file (``--resume``; none without:
+    the file is replaced); a file from before ``campaigns`` had one, its ``whole_run``."""
+    previous = common.load_result(name, args.quick) if args.resume else None
+    if not previous:
+        return []
+    if "campaigns" in previous:
+        return list(previous["campaigns"])
+    prov, whole = previous["provenance"], previous.get("whole_run")
+    return [{"command": prov["command"], "timestamp": prov["timestamp"],
+             "git": prov["git"].get("commit"), "sizes": prov["size"]["sizes"], **whole}
+            ] if whole else []
+
+
 def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
     """What makes a run unique in any part's result file."""
     return (r["recipe"], r["size"], r["seed"], r.get("key"), r.get("serve_orderings"),
@@ -405,12 +420,17 @@ def main(argv: list[str] | None = None) -> int:
     started, skipped = time.monotonic(), []
 
     def write(finished: int | None) -> None:
-        """The result file; ``whole_run`` says how far this process got (``finished`` None
-        while it runs)."""
+        """The result file; this process's campaign entry says how far it got (``finished``
+        None while it runs)."""
+        mine = {"command": prov["command"], "timestamp": prov["timestamp"],
+                "git": prov["git"].get("commit"), "sizes": size["sizes"],
+                "settings": args.settings, "jobs": args.jobs, "planned": len(todo),
+                "finished": finished, "minutes": (time.monotonic() - started) / 60}
+        others = [c for c in earlier_campaigns(name, args)  # re-read: concurrent processes
+                  if (c["command"], c["timestamp"]) != (mine["command"], mine["timestamp"])]
         common.write_result(name, args.quick, prov, {
             "runs": runs, "summary": aggregate(runs), "skipped": skipped,
-            "whole_run": {"jobs": args.jobs, "planned": len(todo), "finished": finished,
-                          "minutes": (time.monotonic() - started) / 60},
+            "campaigns": others + [mine],
             "targets": targets(runs, args.recipe) if args.part == "scale" else []})
 
     for item, row in run_plan(todo, size, args.jobs, args.max_minutes, skipped):
