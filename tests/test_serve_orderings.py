@@ -337,3 +337,26 @@ def test_a_running_service_follows_configure(run_all):
         status = client.get("/v1/status").json()
         assert status["serve_orderings"] == "best"
         assert all("served_stages" not in r for r in status["routes"].values())
+
+
+def test_an_open_run_never_follows_a_card_that_is_not_a_regular_file(run_all, tmp_path):
+    """A card swapped for a link or a pipe while the run is open is not read (a pipe would
+    block every model call): serving goes on as it was."""
+    import os
+
+    est = S3T.load(run_all)
+    try:
+        before = est.predict(TEXTS)
+        real = tmp_path / "elsewhere.json"
+        card = json.loads((run_all / "s3t.json").read_text())
+        card["config"]["serve_orderings"] = "best"
+        real.write_text(json.dumps(card))
+        (run_all / "s3t.json").unlink()
+        (run_all / "s3t.json").symlink_to(real)
+        assert est.predict(TEXTS).routes_all == before.routes_all
+        (run_all / "s3t.json").unlink()
+        os.mkfifo(run_all / "s3t.json")
+        assert est.predict(TEXTS).routes_all == before.routes_all
+        assert est.status()["serve_orderings"] == "all"
+    finally:
+        est.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 
 from s3t.config import S3TConfig
@@ -47,12 +48,12 @@ def sweep_card_leftovers(path: Path) -> None:
 
 def card_stamp(path: Path) -> tuple[int, int, int] | None:
     """Which version of the card is on disk (a rewrite renames a new file over it, so its
-    inode changes); None when it cannot be read."""
+    inode changes); None unless it is a regular file (a link, a pipe: never followed)."""
     try:
-        st = (path / RUN_FILE).stat()
+        st = (path / RUN_FILE).lstat()
     except OSError:
         return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
+    return (st.st_ino, st.st_mtime_ns, st.st_size) if stat.S_ISREG(st.st_mode) else None
 
 
 class NotARunError(FileNotFoundError):
