@@ -243,20 +243,6 @@ def resumed_runs(name: str, args: Any) -> list[dict[str, Any]]:
     return list(previous["runs"]) if previous else []
 
 
-def earlier_campaigns(name: str, args: Any) -> list[dict[str, Any]]:
-    """The processes that trained the runs in the result file (``--resume``; none without:
-    the file is replaced); a file from before ``campaigns`` had one, its ``whole_run``."""
-    previous = common.load_result(name, args.quick) if args.resume else None
-    if not previous:
-        return []
-    if "campaigns" in previous:
-        return list(previous["campaigns"])
-    prov, whole = previous["provenance"], previous.get("whole_run")
-    return [{"command": prov["command"], "timestamp": prov["timestamp"],
-             "git": prov["git"].get("commit"), "sizes": prov["size"]["sizes"], **whole}
-            ] if whole else []
-
-
 def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
     """What makes a run unique in any part's result file."""
     return (r["recipe"], r["size"], r["seed"], r.get("key"), r.get("serve_orderings"),
@@ -266,9 +252,12 @@ def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
 def merged_with_disk(name: str, quick: bool, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``runs`` plus the runs another ``--resume`` process wrote to the result file since this
     one read it (so processes on disjoint settings can share one file)."""
-    on_disk = common.load_result(name, quick)
+    return merged(runs, common.load_result(name, quick) or {})
+
+
+def merged(runs: list[dict[str, Any]], on_disk: dict[str, Any]) -> list[dict[str, Any]]:
     mine = {run_key(r) for r in runs}
-    return runs + [r for r in (on_disk or {}).get("runs", []) if run_key(r) not in mine]
+    return runs + [r for r in on_disk.get("runs", []) if run_key(r) not in mine]
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -420,13 +409,17 @@ def main(argv: list[str] | None = None) -> int:
     started, skipped = time.monotonic(), []
 
     def write(finished: int | None) -> None:
-        """The result file; this process's campaign entry says how far it got (``finished``
-        None while it runs)."""
+        """The result file, with what other ``--resume`` processes wrote to it meanwhile (runs
+        and campaigns: one read); this process's campaign entry says how far it got
+        (``finished`` None while it runs)."""
+        nonlocal runs
+        on_disk = (common.load_result(name, args.quick) or {}) if args.resume else {}
+        runs = merged(runs, on_disk)
         mine = {"command": prov["command"], "timestamp": prov["timestamp"],
                 "git": prov["git"].get("commit"), "sizes": size["sizes"],
                 "settings": args.settings, "jobs": args.jobs, "planned": len(todo),
                 "finished": finished, "minutes": (time.monotonic() - started) / 60}
-        others = [c for c in earlier_campaigns(name, args)  # re-read: concurrent processes
+        others = [c for c in on_disk.get("campaigns", [])
                   if (c["command"], c["timestamp"]) != (mine["command"], mine["timestamp"])]
         common.write_result(name, args.quick, prov, {
             "runs": runs, "summary": aggregate(runs), "skipped": skipped,
@@ -441,10 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{recipe:<18} n={n:<6} seed {seed}  {label:<30} test {row['test_accuracy']:.3f}  "
               f"val {row['val_accuracy']:.3f}  train {row['train_seconds']:.0f} s  "
               f"[{(time.monotonic() - started) / 60:.1f} min]", flush=True)
-        runs = merged_with_disk(name, args.quick, runs) if args.resume else runs
         write(None)
     if todo:
-        runs = merged_with_disk(name, args.quick, runs) if args.resume else runs
         write(len(todo) - len(skipped))
         print(f"whole run: {len(todo) - len(skipped)} of {len(todo)} planned runs in "
               f"{(time.monotonic() - started) / 60:.1f} min with {args.jobs} job(s)", flush=True)
