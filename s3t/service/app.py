@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from s3t.service.auth import BearerAuthMiddleware, protected_paths
-from s3t.service.endpoints import router, secured
+from s3t.service.endpoints import generation, router, secured, serves_generation
 from s3t.service.errors import ApiError, IdempotencyConflict, api_error, error_response
 from s3t.service.limits import BodyLimitMiddleware
 from s3t.service.metrics import MetricsMiddleware
@@ -80,12 +80,14 @@ def create_app(run_dir: str | Path, *, token: str | None = None, open_predict: b
     app.state.service = service
     app.include_router(router)
     app.include_router(secured)
+    app.include_router(generation, include_in_schema=serves_generation(Path(run_dir)))
     app.include_router(page)  # the operator's page at /
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(BearerAuthMiddleware, token=token, protected=protected_paths(open_predict))
     app.add_middleware(MetricsMiddleware, metrics=service.metrics,
-                       paths=[route.path for route in (*router.routes, *secured.routes)
+                       paths=[route.path for route in (*router.routes, *secured.routes,
+                                                        *generation.routes)
                               if isinstance(route, APIRoute)])
     return app
 

@@ -32,10 +32,10 @@ def token_matches(authorization: str | None, token: str) -> bool:
 
 
 def protected_paths(open_predict: bool) -> Callable[[str], bool]:
-    """The paths that need the token: deletions, audit and retrain always; predict and
-    generate unless ``open_predict``. Health, readiness, status, metrics and docs are open."""
+    """The paths that need the token: deletions, audit and retrain always; predict, generate
+    and labels unless ``open_predict``. Health, readiness, status, metrics and docs are open."""
     always = ("/v1/deletions", "/v1/audit", "/v1/retrain")
-    model = () if open_predict else ("/v1/predict", "/v1/generate")
+    model = () if open_predict else ("/v1/predict", "/v1/generate", "/v1/labels")
 
     def protected(path: str) -> bool:
         path = path.rstrip("/") or "/"

@@ -3,22 +3,38 @@ call that touches the run goes through ``GuardedModel`` (``guard.py``) in a work
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPBearer
 
+from s3t.contract import RECORDS, json_schema
+from s3t.run import NotARunError
+from s3t.run.card import RUN_FILE, read_card
 from s3t.service.errors import ApiError
 from s3t.service.metrics import CONTENT_TYPE
 from s3t.service.schemas import (
+    AuditReport,
+    Certificate,
     DeletionPage,
     DeletionRequest,
     ErrorBody,
     GenerateRequest,
     GenerateResponse,
+    Health,
+    History,
+    Job,
+    JobList,
+    JsonSchema,
+    Labels,
     PredictRequest,
     PredictResponse,
+    Readiness,
+    RetrainAccepted,
+    SchemaList,
+    Status,
 )
 from s3t.service.state import Service, routes_all
 
@@ -29,6 +45,20 @@ ERRORS: dict[int | str, dict] = {code: {"model": ErrorBody} for code in
                                  (400, 401, 404, 409, 413, 422, 503)}
 router = APIRouter(responses=ERRORS)
 secured = APIRouter(responses=ERRORS, dependencies=[Depends(bearer)])
+# Causal-LM runs only: the app lists it in its schema only for them (``serves_generation``).
+generation = APIRouter(responses=ERRORS, dependencies=[Depends(bearer)])
+# Every answer is one of the contract's records (s3t/contract.py), sent with the fields the
+# code gave it (no nulls added for fields it left out).
+
+
+def serves_generation(run_dir: Path) -> bool:
+    """Whether the run is a causal LM (``/v1/generate`` is then part of its API); a run
+    whose card cannot be read fails at start-up, which says why."""
+    try:
+        info, _ = read_card(Path(run_dir) / RUN_FILE)
+    except (NotARunError, OSError):
+        return True
+    return info.get("task") == "causal_lm"
 
 
 def service_of(request: Request) -> Service:
@@ -38,13 +68,14 @@ def service_of(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(service_of)]
 
 
-@router.get("/healthz", tags=["operations"])
+@router.get("/healthz", tags=["operations"], response_model=Health)
 async def healthz() -> dict:
     """The process is up and its run is loaded."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["operations"])
+@router.get("/readyz", tags=["operations"], response_model=Readiness,
+            response_model_exclude_unset=True, responses={503: {"model": Readiness}})
 async def readyz(service: ServiceDep, response: Response) -> dict:
     """200 when at least one live route serves, else 503 (every shard needs a retrain)."""
     try:
@@ -74,7 +105,15 @@ async def predict(body: PredictRequest, service: ServiceDep) -> dict:
     return await service.batcher.submit(body.inputs)
 
 
-@secured.post("/v1/generate", response_model=GenerateResponse, tags=["serving"])
+@secured.get("/v1/labels", response_model=Labels, tags=["serving"])
+async def labels(service: ServiceDep) -> dict:
+    """Which label each probability of a prediction belongs to: ``probabilities[i][j]`` is
+    the probability of ``labels[j]``."""
+    engine = service.model.model
+    return {"task": engine.task, "labels": list(engine.label_names)}
+
+
+@generation.post("/v1/generate", response_model=GenerateResponse, tags=["serving"])
 async def generate(body: GenerateRequest, service: ServiceDep) -> dict:
     """Answer an instruction (causal-LM runs): the live shards' next-token probabilities are
     averaged at every step."""
@@ -86,7 +125,8 @@ async def generate(body: GenerateRequest, service: ServiceDep) -> dict:
             "live_shards": result.live_shards}
 
 
-@secured.post("/v1/deletions", tags=["deletions"])
+@secured.post("/v1/deletions", tags=["deletions"], response_model=Certificate,
+               response_model_exclude_unset=True)
 async def delete(body: DeletionRequest, service: ServiceDep, response: Response) -> dict:
     """Forget samples and groups exactly. Answers with the certificate once the deletion is
     durable, its stages' files are erased and they are out of service: a prediction that
@@ -102,7 +142,8 @@ async def delete(body: DeletionRequest, service: ServiceDep, response: Response)
     return outcome.certificate
 
 
-@secured.get("/v1/deletions/{request_id}", tags=["deletions"])
+@secured.get("/v1/deletions/{request_id}", tags=["deletions"], response_model=Certificate,
+              response_model_exclude_unset=True)
 async def deletion(request_id: str, service: ServiceDep) -> dict:
     """A deletion's certificate, by the s3t request id or by the client's ``request_id``."""
     certificate = await service.run(service.model.certificate, request_id)
@@ -111,7 +152,8 @@ async def deletion(request_id: str, service: ServiceDep) -> dict:
     return certificate
 
 
-@secured.get("/v1/deletions", response_model=DeletionPage, tags=["deletions"])
+@secured.get("/v1/deletions", response_model=DeletionPage, tags=["deletions"],
+              response_model_exclude_unset=True)
 async def deletions(service: ServiceDep, offset: Annotated[int, Query(ge=0)] = 0,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
     """Deletion certificates, oldest first, a page at a time."""
@@ -119,7 +161,8 @@ async def deletions(service: ServiceDep, offset: Annotated[int, Query(ge=0)] = 0
     return {"total": total, "offset": offset, "limit": limit, "certificates": page}
 
 
-@router.get("/v1/status", tags=["operations"])
+@router.get("/v1/status", tags=["operations"], response_model=Status,
+            response_model_exclude_unset=True)
 async def status(service: ServiceDep) -> dict:
     """Live shards, routes, deletions and capacity of the run (as ``s3t status``);
     ``training`` is ``running`` while a retrain (this server's or ``s3t retrain``'s) trains
@@ -129,27 +172,28 @@ async def status(service: ServiceDep) -> dict:
             "val_accuracy": service.history.val_accuracy}
 
 
-@secured.get("/v1/audit", tags=["deletions"])
+@secured.get("/v1/audit", tags=["deletions"], response_model=AuditReport)
 async def audit(service: ServiceDep) -> dict:
     """Re-check the exactness invariant (as ``s3t audit``); ``ok`` says whether it holds."""
     return await service.run(service.model.audit)
 
 
-@secured.post("/v1/retrain", tags=["operations"], status_code=202)
+@secured.post("/v1/retrain", tags=["operations"], status_code=202,
+               response_model=RetrainAccepted)
 async def retrain(service: ServiceDep) -> dict:
     """Start a retrain job in the background (or return the one queued or running): it
     rebuilds the stages deletions invalidated, each serving from its commit on."""
     job = service.retrainer.request()
-    return {"job": job.to_dict()}
+    return {"job": job.model_dump()}
 
 
-@router.get("/v1/jobs", tags=["operations"])
+@router.get("/v1/jobs", tags=["operations"], response_model=JobList)
 async def jobs(service: ServiceDep) -> dict:
     """Recent retrain jobs of this server, newest first."""
-    return {"jobs": [job.to_dict() for job in reversed(service.retrainer.jobs)]}
+    return {"jobs": [job.model_dump() for job in reversed(service.retrainer.jobs)]}
 
 
-@router.get("/v1/jobs/{job_id}", tags=["operations"])
+@router.get("/v1/jobs/{job_id}", tags=["operations"], response_model=Job)
 async def job(job_id: str, service: ServiceDep) -> dict:
     """A retrain job: state, stages done of planned, the stage training now, the last route
     switch."""
@@ -157,11 +201,26 @@ async def job(job_id: str, service: ServiceDep) -> dict:
     if found is None:
         raise ApiError(404, f"no retrain job {job_id!r} on this server (jobs are kept in memory, "
                             "the last 50): see GET /v1/jobs")
-    return found.to_dict()
+    return found.model_dump()
 
 
-@router.get("/v1/history", tags=["operations"])
+@router.get("/v1/history", tags=["operations"], response_model=History)
 async def history(service: ServiceDep) -> dict:
     """Capacity, live shards, deletions and validation accuracy of what is served, one point
     per event since the server started (oldest first)."""
     return {"points": service.history.snapshot()}
+
+
+@router.get("/v1/schemas", tags=["contract"], response_model=SchemaList)
+async def schemas() -> dict:
+    """The names of the published records (``docs/schemas/<name>.json``)."""
+    return {"names": list(RECORDS)}
+
+
+@router.get("/v1/schemas/{name}", tags=["contract"], response_model=JsonSchema,
+            response_model_exclude_unset=True)
+async def schema(name: str) -> dict:
+    """The JSON Schema of a record that crosses the API (certificate, status, job, ...)."""
+    if name not in RECORDS:
+        raise ApiError(404, f"no record named {name!r}: one of {', '.join(RECORDS)}")
+    return json_schema(name)

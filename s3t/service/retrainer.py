@@ -20,7 +20,6 @@ always starts one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -29,9 +28,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from pydantic import ValidationError
+
+from s3t.contract import Job, JobEvent
 
 log = logging.getLogger("s3t.service")
 
@@ -75,31 +78,6 @@ class RetrainPolicy:
         if self.mode == "capacity":
             return status["capacity"] < self.threshold
         return False
-
-
-@dataclass
-class Job:
-    """One retrain, as ``GET /v1/jobs/{id}`` reports it (times in unix seconds)."""
-
-    id: str
-    trigger: str                     # manual | policy
-    state: str = "queued"            # queued | running | succeeded | failed | cancelled
-    created: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    stages_done: int = 0             # committed by this job
-    stages_total: int | None = None  # missing when it planned
-    stages_discarded: int = 0        # invalidated by a deletion while it ran
-    current_stage: dict | None = None
-    last_route_switch: float | None = None
-    error: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("queued", "running")
 
 
 class Retrainer:
@@ -174,7 +152,7 @@ class Retrainer:
     def describe(self) -> dict:
         last = self.last()
         return {"policy": str(self.policy), "delay_s": self.delay_s,
-                "job": None if last is None else last.to_dict()}
+                "job": None if last is None else last.model_dump()}
 
     # --- the worker ---------------------------------------------------------------------------
     def _new_job(self, trigger: str) -> Job:
@@ -250,21 +228,20 @@ class Retrainer:
 
     def _follow(self, job: Job, line: str) -> None:
         try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
+            event = JobEvent.model_validate_json(line)
+        except ValidationError:
             return  # not an event (a library printing to stdout)
-        kind = event.get("event")
-        if kind == "plan":
-            job.stages_total = event.get("stages")
-        elif kind == "stage-start":
-            job.current_stage = {k: event.get(k) for k in ("key", "shard", "prefix")}
-        elif kind == "stage-commit":
+        if event.event == "plan":
+            job.stages_total = event.stages
+        elif event.event == "stage-start":
+            job.current_stage = event.stage()
+        elif event.event == "stage-commit":
             job.stages_done += 1
             job.current_stage = None
-            if event.get("route_switched"):
+            if event.route_switched:
                 job.last_route_switch = time.time()
                 self._on_event("route-switch", job)
-        elif kind == "stage-discard":
+        elif event.event == "stage-discard":
             job.stages_discarded += 1
             job.current_stage = None
 

@@ -1,0 +1,323 @@
+"""The records that cross the HTTP boundary, typed once: what ``s3t serve`` takes and answers,
+what ``s3t.client`` returns, and the retrain child's event stream.
+
+Pydantic models, importing nothing of s3t and no web stack, so a client needs only pydantic
+and httpx. The service declares them as the responses of its endpoints (``/openapi.json``);
+their JSON Schemas are served at ``GET /v1/schemas/{name}`` and kept in ``docs/schemas/``
+(``python -m s3t.contract docs/schemas`` rewrites them; a test checks the files are current).
+
+Requests are strict (a number where a string is expected is an error, never coerced) and
+refuse unknown fields, so a misspelt field (``ids`` for ``sample_ids``) is an error rather
+than an empty request. Answers keep fields they do not declare (``extra="allow"``): a newer
+server may add some, and an older client still reads the rest. Fields a server may leave
+out are optional here; the service sends only the fields it has (``exclude_unset``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ROUTES_ALL = ("Shard -> every stage that served it, its route first: one with the run's "
+              "serve_orderings 'best', every live ordering's stage at the route's depth with "
+              "'all'.")
+
+
+class Request(BaseModel):
+    """A request body: strict, no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Record(BaseModel):
+    """An answer: fields it does not declare are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+class PredictRequest(Request):
+    inputs: list[str] = Field(min_length=1, description="Texts (or image data URIs for an image "
+                              "run) to label; at most the server's max_inputs (else 413).")
+
+
+class PredictResponse(Record):
+    labels: list[str] = Field(description="Per input, the most probable label.")
+    probabilities: list[list[float]] = Field(description="Per input, the ensemble's probability "
+                                             "of each label, in the order of GET /v1/labels.")
+    routes: dict[str, str] = Field(description="Shard -> the stage key that served it.")
+    routes_all: dict[str, list[str]] = Field(description=ROUTES_ALL)
+    live_shards: int
+
+
+class GenerateRequest(Request):
+    prompt: str
+    max_new_tokens: int = Field(32, ge=0, le=4096)
+    sample: bool = Field(False, description="Draw tokens instead of taking the most likely one.")
+    temperature: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)
+    seed: int = Field(0, ge=0, description="Seed of the draws (with sample).")
+
+
+class GenerateResponse(Record):
+    text: str
+    tokens: int
+    finished: bool
+    routes: dict[str, str]
+    routes_all: dict[str, list[str]] = Field(description=ROUTES_ALL)
+    live_shards: int
+
+
+class Labels(Record):
+    """Which label each probability of a prediction belongs to."""
+
+    task: str = Field(description="classification, or causal_lm (which has no labels).")
+    labels: list[str] = Field(description="The run's labels: probabilities[i][j] is the "
+                              "probability of labels[j].")
+
+
+# --- deletions ----------------------------------------------------------------------------------
+
+class DeletionRequest(Request):
+    sample_ids: list[str] = Field(default_factory=list, description="Sample ids to forget.")
+    groups: list[str] = Field(default_factory=list, description="Group keys whose every sample "
+                              "is forgotten.")
+    request_id: str | None = Field(None, min_length=1, max_length=200, description=(
+        "A client key making the request idempotent: re-sending it with the same ids and "
+        "groups returns the same certificate; with others, 409."))
+
+
+class CellVersion(Record):
+    shard: int
+    slice: int
+    new_version: int = Field(description="The cell's content version after the deletion.")
+
+
+class Certificate(Record):
+    """The receipt of one deletion request: what was deleted, which stages were erased, the
+    routes before and after, its place in the hash chain, and its outcome."""
+
+    request_id: str = Field(description="The s3t request id (the certificate's file name).")
+    time: str = Field(description="When the deletion committed (ISO 8601, UTC).")
+    samples: list[str] = Field(description="Sample ids this request deleted.")
+    already_deleted: list[str] = Field(default_factory=list, description="Named sample ids an "
+                                       "earlier request had deleted.")
+    groups_hmac: list[str] | None = Field(None, description="HMAC-SHA256 of each group key "
+                                          "(keyed with the run's secret).")
+    groups_sha256: list[str] | None = Field(None, description="Certificates issued before "
+                                            "keyed hashing: sha256 of each group key.")
+    cells: list[CellVersion] = Field(default_factory=list)
+    erased_stages: list[str] = Field(description="Stage keys taken out of service and erased.")
+    routes_before: dict[str, str | None]
+    routes_after: dict[str, str | None]
+    live_shards: int = Field(description="Shards serving after the deletion.")
+    sequence: int | None = Field(None, description="Position in the certificate hash chain.")
+    previous_sha256: str | None = Field(None, description="sha256 of the certificate before it.")
+    duration_ms: float | None = None
+    files_erased: bool | None = None
+    ledger_scrubbed: bool | None = None
+    feature_blocks_erased: int | None = None
+    erase_error: str | None = Field(None, description="Why erasing failed after the commit (the "
+                                    "next open of the run finishes it).")
+    certificate_error: str | None = None
+
+
+class DeletionPage(Record):
+    total: int
+    offset: int
+    limit: int
+    certificates: list[Certificate]
+
+
+class AuditReport(Record):
+    ok: bool = Field(description="Whether the exactness invariant holds.")
+    violations: list[str] = Field(description="Each finding, with its fix.")
+    checked: dict[str, int] = Field(description="What was checked, counted.")
+
+
+# --- the run's state ----------------------------------------------------------------------------
+
+class StageRef(Record):
+    key: str | None = None
+    shard: int | None = None
+    prefix: list[int] | None = None
+
+
+class ServedRoute(Record):
+    stage: str | None = None
+    depth: int
+    prefix: list[int] | None = None
+    served_stages: list[str] | None = None
+
+
+class Job(Record):
+    """One retrain job of a server (times in unix seconds)."""
+
+    id: str
+    trigger: str = Field(description="manual | policy")
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] = "queued"
+    created: float = Field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    stages_done: int = Field(0, description="Stages committed by this job.")
+    stages_total: int | None = Field(None, description="Stages missing when it planned.")
+    stages_discarded: int = Field(0, description="Stages a deletion invalidated while it ran.")
+    current_stage: StageRef | None = None
+    last_route_switch: float | None = None
+    error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running")
+
+
+class JobEvent(Record):
+    """One line of ``s3t retrain --events``: plan, stage-start, stage-commit, stage-discard,
+    done, then summary."""
+
+    event: str
+    time: str | None = None
+    key: str | None = None
+    shard: int | None = None
+    prefix: list[int] | None = None
+    stages: int | None = Field(None, description="plan: stages to train.")
+    stages_total: int | None = None
+    order: list[str] | None = None
+    seconds: float | None = None
+    route_switched: bool | None = None
+    routes: dict[str, str | None] | None = None
+    discarded: list[str] | None = None
+
+    def stage(self) -> StageRef:
+        return StageRef(key=self.key, shard=self.shard, prefix=self.prefix)
+
+
+class RetrainState(Record):
+    policy: str = Field(description="manual | eager | capacity:<threshold>")
+    delay_s: float
+    job: Job | None = Field(description="The current or last job.")
+
+
+class Status(Record):
+    run_dir: str | None = None
+    shards: int
+    slices: int
+    budget: int
+    strategy: str
+    method: str
+    live_shards: int
+    routes: dict[str, ServedRoute | None] = Field(description="Shard -> its route (None: the "
+                                                  "shard serves nothing).")
+    serve_orderings: str | None = None
+    samples: int
+    deleted: int
+    live_stages: int
+    erased_stages: int
+    capacity: float = Field(description="Mean served depth over shards, as a fraction of full.")
+    deletion_requests: int
+    validation_samples: int | None = None
+    validation_use: str | None = None
+    stages_total: int | None = None
+    training: Literal["idle", "running"] | None = None
+    retrain: RetrainState | None = None
+    val_accuracy: float | None = None
+
+
+class JobList(Record):
+    jobs: list[Job] = Field(description="Newest first.")
+
+
+class RetrainAccepted(Record):
+    job: Job
+
+
+class HistoryPoint(Record):
+    time: float
+    event: str
+    capacity: float
+    live_shards: int
+    deletion_requests: int
+    deleted: int
+    val_accuracy: float | None = None
+
+
+class History(Record):
+    points: list[HistoryPoint] = Field(description="Oldest first.")
+
+
+class Health(Record):
+    status: Literal["ok"]
+
+
+class Readiness(Record):
+    ready: bool
+    live_shards: int
+    routes: dict[str, str] | None = None
+    reason: str | None = None
+
+
+class Issue(Record):
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorBody(Record):
+    error: str = Field(description="The kind of error (bad_request, unauthorized, not_found, "
+                       "conflict, too_large, invalid_request, unavailable, internal_error).")
+    message: str = Field(description="What is wrong and what to do.")
+    detail: list[Issue] | None = Field(None, description="Invalid requests: what is wrong where.")
+
+
+class JsonSchema(Record):
+    title: str
+    type: str | None = None
+    description: str | None = None
+    properties: dict[str, Any] | None = None
+    required: list[str] | None = None
+    defs: dict[str, Any] | None = Field(None, alias="$defs")
+
+
+class SchemaList(Record):
+    names: list[str]
+
+
+#: The published records, by the name ``GET /v1/schemas/{name}`` and ``docs/schemas`` use.
+RECORDS: dict[str, type[BaseModel]] = {
+    "certificate": Certificate, "deletion-request": DeletionRequest, "status": Status,
+    "audit-report": AuditReport, "job": Job, "job-event": JobEvent,
+    "history-point": HistoryPoint, "error": ErrorBody, "predict-request": PredictRequest,
+    "predict-response": PredictResponse, "labels": Labels,
+}
+
+
+def json_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of a published record (requests as sent, answers as received)."""
+    model = RECORDS[name]
+    return model.model_json_schema(mode="validation" if issubclass(model, Request)
+                                   else "serialization")
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    """Write every published record's JSON Schema as ``<name>.json``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in RECORDS:
+        path = directory / f"{name}.json"
+        path.write_text(schema_text(name), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def schema_text(name: str) -> str:
+    return json.dumps(json_schema(name), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    for written in write_schemas(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas")):
+        print(written)
