@@ -58,10 +58,10 @@ class PredictResponse(Record):
 
 class GenerateRequest(Request):
     prompt: str
-    max_new_tokens: int = Field(32, ge=0, le=4096)
-    sample: bool = Field(False, description="Draw tokens instead of taking the most likely one.")
-    temperature: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)
-    seed: int = Field(0, ge=0, description="Seed of the draws (with sample).")
+    max_new_tokens: int = Field(default=32, ge=0, le=4096)
+    sample: bool = Field(default=False, description="Draw tokens instead of taking the most likely one.")
+    temperature: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
+    seed: int = Field(default=0, ge=0, description="Seed of the draws (with sample).")
 
 
 class GenerateResponse(Record):
@@ -87,7 +87,7 @@ class DeletionRequest(Request):
     sample_ids: list[str] = Field(default_factory=list, description="Sample ids to forget.")
     groups: list[str] = Field(default_factory=list, description="Group keys whose every sample "
                               "is forgotten.")
-    request_id: str | None = Field(None, min_length=1, max_length=200, description=(
+    request_id: str | None = Field(default=None, min_length=1, max_length=200, description=(
         "A client key making the request idempotent: re-sending it with the same ids and "
         "groups returns the same certificate; with others, 409."))
 
@@ -107,22 +107,22 @@ class Certificate(Record):
     samples: list[str] = Field(description="Sample ids this request deleted.")
     already_deleted: list[str] = Field(default_factory=list, description="Named sample ids an "
                                        "earlier request had deleted.")
-    groups_hmac: list[str] | None = Field(None, description="HMAC-SHA256 of each group key "
+    groups_hmac: list[str] | None = Field(default=None, description="HMAC-SHA256 of each group key "
                                           "(keyed with the run's secret).")
-    groups_sha256: list[str] | None = Field(None, description="Certificates issued before "
+    groups_sha256: list[str] | None = Field(default=None, description="Certificates issued before "
                                             "keyed hashing: sha256 of each group key.")
     cells: list[CellVersion] = Field(default_factory=list)
     erased_stages: list[str] = Field(description="Stage keys taken out of service and erased.")
     routes_before: dict[str, str | None]
     routes_after: dict[str, str | None]
     live_shards: int = Field(description="Shards serving after the deletion.")
-    sequence: int | None = Field(None, description="Position in the certificate hash chain.")
-    previous_sha256: str | None = Field(None, description="sha256 of the certificate before it.")
+    sequence: int | None = Field(default=None, description="Position in the certificate hash chain.")
+    previous_sha256: str | None = Field(default=None, description="sha256 of the certificate before it.")
     duration_ms: float | None = None
     files_erased: bool | None = None
     ledger_scrubbed: bool | None = None
     feature_blocks_erased: int | None = None
-    erase_error: str | None = Field(None, description="Why erasing failed after the commit (the "
+    erase_error: str | None = Field(default=None, description="Why erasing failed after the commit (the "
                                     "next open of the run finishes it).")
     certificate_error: str | None = None
 
@@ -164,9 +164,9 @@ class Job(Record):
     created: float = Field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
-    stages_done: int = Field(0, description="Stages committed by this job.")
-    stages_total: int | None = Field(None, description="Stages missing when it planned.")
-    stages_discarded: int = Field(0, description="Stages a deletion invalidated while it ran.")
+    stages_done: int = Field(default=0, description="Stages committed by this job.")
+    stages_total: int | None = Field(default=None, description="Stages missing when it planned.")
+    stages_discarded: int = Field(default=0, description="Stages a deletion invalidated while it ran.")
     current_stage: StageRef | None = None
     last_route_switch: float | None = None
     error: str | None = None
@@ -185,7 +185,7 @@ class JobEvent(Record):
     key: str | None = None
     shard: int | None = None
     prefix: list[int] | None = None
-    stages: int | None = Field(None, description="plan: stages to train.")
+    stages: int | None = Field(default=None, description="plan: stages to train.")
     stages_total: int | None = None
     order: list[str] | None = None
     seconds: float | None = None
@@ -271,7 +271,7 @@ class ErrorBody(Record):
     error: str = Field(description="The kind of error (bad_request, unauthorized, not_found, "
                        "conflict, too_large, invalid_request, unavailable, internal_error).")
     message: str = Field(description="What is wrong and what to do.")
-    detail: list[Issue] | None = Field(None, description="Invalid requests: what is wrong where.")
+    detail: list[Issue] | None = Field(default=None, description="Invalid requests: what is wrong where.")
 
 
 class JsonSchema(Record):
@@ -280,7 +280,7 @@ class JsonSchema(Record):
     description: str | None = None
     properties: dict[str, Any] | None = None
     required: list[str] | None = None
-    defs: dict[str, Any] | None = Field(None, alias="$defs")
+    defs: dict[str, Any] | None = Field(default=None, alias="$defs")
 
 
 class SchemaList(Record):
