@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from tiny import copy_run
 
-from s3t.contract import RECORDS, json_schema, schema_text
+from s3t.contract import RECORDS, AuditReport, Certificate, Status, json_schema, schema_text
 from s3t.service import create_app
 
 TOKEN = "contract-token"
@@ -77,6 +77,29 @@ def test_the_published_schemas_are_the_code_s():
     for name in RECORDS:
         assert (SCHEMAS / f"{name}.json").read_text() == schema_text(name), (
             f"docs/schemas/{name}.json is stale: python -m s3t.contract docs/schemas")
+
+
+def test_the_command_line_prints_the_same_records(trained, tmp_path):
+    """`s3t forget|status|audit --json` print the records the API answers with."""
+    from typer.testing import CliRunner
+
+    from s3t.cli import app as cli
+    from s3t.run import Run
+
+    run = copy_run(trained, tmp_path)
+    ledger = Run.open(run, repair=False).ledger
+    victim = ledger.conn.execute("SELECT sample_id FROM samples ORDER BY sample_id").fetchone()[0]
+    ledger.close()
+    printed = {}
+    for name, args in (("forget", ["--ids", victim]), ("status", []), ("audit", [])):
+        result = CliRunner().invoke(cli, [name, str(run), *args, "--json"])
+        assert result.exit_code == 0, result.output
+        printed[name] = json.loads(result.stdout)
+    certificate = Certificate.model_validate(printed["forget"])
+    assert certificate.samples == [victim] and certificate.model_extra == {}
+    status = Status.model_validate(printed["status"])
+    assert status.deleted == 1 and status.model_extra == {}
+    assert AuditReport.model_validate(printed["audit"]).ok
 
 
 @pytest.fixture(scope="module")
