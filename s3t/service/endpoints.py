@@ -1,5 +1,7 @@
 """The HTTP API, version 1. Which endpoints need the token is decided in ``auth.py``; every
-call that touches the run goes through ``GuardedModel`` (``guard.py``) in a worker thread."""
+call that touches the run goes through ``GuardedModel`` (``guard.py``) in a worker thread.
+Every answer is declared as one of the contract's records (``s3t/contract.py``) and sent
+with the fields the code gave it (``response_model_exclude_unset``: no nulls added)."""
 
 from __future__ import annotations
 
@@ -47,8 +49,6 @@ router = APIRouter(responses=ERRORS)
 secured = APIRouter(responses=ERRORS, dependencies=[Depends(bearer)])
 # Causal-LM runs only: the app lists it in its schema only for them (``serves_generation``).
 generation = APIRouter(responses=ERRORS, dependencies=[Depends(bearer)])
-# Every answer is one of the contract's records (s3t/contract.py), sent with the fields the
-# code gave it (no nulls added for fields it left out).
 
 
 def serves_generation(run_dir: Path) -> bool:
