@@ -88,7 +88,7 @@ def actor_submit(workers: int, shards: int) -> Any:
 
     actors = [ShardWorker.options(runtime_env={"env_vars": WORKER_ENV}).remote()
               for _ in range(min(workers, shards))]
-    return lambda shared, job, ancestors: actors[job.shard % len(actors)].train.remote(
+    return lambda shared, job, ancestors, threads: actors[job.shard % len(actors)].train.remote(
         shared, job, *ancestors)
 
 

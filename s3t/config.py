@@ -167,6 +167,14 @@ class S3TConfig:
         "the head node's HOST:PORT; unset (None) starts a local Ray instance for the call, or "
         "uses the Ray connection this process already has.")})
 
+    torch_threads: int = dataclasses.field(default=1, metadata={"help": (
+        "Torch threads that compute each stage (integer >= 1), fixed when the run is created: "
+        "float sums round differently with another count, so every executor uses this one "
+        "(each Ray task asks for that many CPUs) and the same run gives the same bits locally "
+        "and on Ray. 1, the default, suits Ray (one stage per CPU) and small adapters; more "
+        "threads speed up one local stage on an idle machine (BENCHMARKS.md, bench/threads.py). "
+        "0 appears only in runs created before this field: the process's own count.")})
+
     def __post_init__(self) -> None:
         # 0: the strategy's default number of orderings (a bad slices is left to validate)
         if self.budget == 0 and isinstance(self.slices, int) and self.slices >= 1:
@@ -180,6 +188,10 @@ class S3TConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(name, f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.torch_threads, bool) or not isinstance(self.torch_threads, int) or \
+                self.torch_threads < 0:
+            raise ConfigError("torch_threads", "torch_threads must be an integer >= 1, got "
+                              f"{self.torch_threads!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("seed", f"seed must be an integer >= 0, got {self.seed!r}")
         _check_choice("strategy", self.strategy, STRATEGIES)

@@ -34,6 +34,7 @@ from s3t.serve.ensemble import ServedRoute
 from s3t.serve.served import Generation, Prediction, ServedModel
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
 from s3t.train.local import train_missing
+from s3t.train.numeric import check_env, numeric_env
 from s3t.train.scheduler import Scheduler
 
 __all__ = ["S3T", "Generation", "Prediction", "model_fingerprint"]
@@ -209,12 +210,14 @@ class S3T:
             where = dataclasses.replace(run.config, executor=executor or "ray",
                                         ray_address=ray_address).validate()
         scheduler = Scheduler(run, on_event)
-        if where.executor == "ray":  # imports ray only here
+        check_env(run.numeric)  # before anything is planned or trained: say what cannot match
+        if where.executor == "ray":  # imports ray only here; each task applies the environment
             from s3t.train.ray_executor import train_missing_ray
 
             return train_missing_ray(scheduler, self._weights, address=where.ray_address,
                                      progress=progress)
-        return train_missing(scheduler, self.backbone, self.features, self._weights, progress)
+        with numeric_env(run.numeric):
+            return train_missing(scheduler, self.backbone, self.features, self._weights, progress)
 
     # --- serving ------------------------------------------------------------------------------
     @property

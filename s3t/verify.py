@@ -35,6 +35,7 @@ from s3t.run import FeatureFiles, IntegrityError, Run, StageRecord, lineage_chai
 from s3t.run.files import META_FILE
 from s3t.run.stages import served_stages
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
+from s3t.train.numeric import check_env, numeric_env
 from s3t.train.scheduler import EVAL_BLOCK, CellData, Scheduler, StageJob, total_work
 from s3t.train.stage_trainer import train_stage
 
@@ -82,6 +83,7 @@ class VerifyReport:
     model_sha256: str
     stages: list[StageCheck] = field(default_factory=list)
     seconds: float = 0.0
+    environment: dict = field(default_factory=dict)  # the numeric environment rebuilt in
 
     @property
     def ok(self) -> bool:
@@ -91,6 +93,7 @@ class VerifyReport:
         return {"ok": self.ok, "run_dir": self.run_dir, "selection": self.selection,
                 "model_sha256": self.model_sha256, "seconds": self.seconds,
                 "identical": sum(s.identical for s in self.stages),
+                "environment": self.environment,
                 "stages": [asdict(s) for s in self.stages]}
 
 
@@ -154,16 +157,18 @@ def verify_run(path: str | Path, which: str | Sequence[str] = SERVED, progress: 
     try:
         selection = which if isinstance(which, str) else ",".join(which)
         chosen, cells = _snapshot(run, which)
+        check_env(run.numeric)  # refuse before any work when this process cannot match it
         backbone = _backbone(run)
         report = VerifyReport(str(run.path), selection, run.info["model_sha256"])
         tmp = Path(tempfile.mkdtemp(prefix="s3t-verify-", dir=workdir))
         try:
-            features = _features(run, backbone, tmp)
-            try:
-                report.stages = _check(run, backbone, features, chosen, cells, progress)
-            finally:
-                if isinstance(features, FeatureCache):
-                    features.close()
+            with numeric_env(run.numeric) as report.environment:
+                features = _features(run, backbone, tmp)
+                try:
+                    report.stages = _check(run, backbone, features, chosen, cells, progress)
+                finally:
+                    if isinstance(features, FeatureCache):
+                        features.close()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     finally:
@@ -242,7 +247,8 @@ def _check(run: Run, backbone: AdaptedBackbone, features: FeatureCache | OnTheFl
             if job is None or (record.parent is not None and record.parent not in rebuilt):
                 checks.append(_stale(record, cells))
                 continue
-            with torch_threads(recorded_threads(run, record)):
+            # A card without a numeric environment: each stage at the count it recorded.
+            with torch_threads(recorded_threads(run, record) if run.numeric.legacy else None):
                 for c in job.cells:
                     features.ensure(c.cell, c.version, list(c.ids), list(c.inputs))
                 result = train_stage(

@@ -3,9 +3,10 @@ retrain); a worker killed mid-stage is retried and every stage commits once; a d
 a remote stage trains discards it; a driver killed mid-run leaves a run that retrain completes.
 
 All Ray tests share one local Ray instance (the session fixture ``ray_session`` in
-conftest.py, 2 CPUs) and tiny models; they skip only where ray is not installed. Ray workers
-train with one torch thread, so the local references here do too: CPU kernels may round
-differently with another thread count (on some batch shapes), in either executor.
+conftest.py, 2 CPUs) and tiny models; they skip only where ray is not installed. Both
+executors compute in the run card's numeric environment (``torch_threads``, deterministic
+kernels), so the local references here are trained with default settings, whatever thread
+count or variables this process has.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ from s3t.config import ConfigError, S3TConfig
 from s3t.engine import S3T
 from s3t.run import Run
 from s3t.run.faults import FAULT_ENV, FAULT_EXIT
+from s3t.run.files import ADAPTER_FILE, HEAD_FILE
+from s3t.train.numeric import NumericEnvError
 from s3t.train.ray_worker import RAY_FAULT_ENV, RunSpec, run_stage
 from s3t.train.scheduler import Scheduler, StageJob
+from s3t.verify import verify_run
 
 
 def assert_same_stages(a: S3T, b: S3T) -> None:
@@ -64,9 +68,17 @@ def reference(tiny_bert, tmp_path_factory):
     """A run trained by the local executor (the reference), with its data and config."""
     data, cfg = toy_dataset(72), config(tiny_bert)
     path = tmp_path_factory.mktemp("reference") / "run"
-    with one_thread():
-        S3T(cfg, run_dir=path).fit(data, progress=False).close()
+    S3T(cfg, run_dir=path).fit(data, progress=False).close()  # default settings
     return path, data, cfg
+
+
+def stage_files(est: S3T) -> dict[str, bytes]:
+    """Every live stage's weight files, as bytes (``<key>/<file>`` -> bytes)."""
+    out = {}
+    for record in est.ledger.stages("live"):
+        for name in (ADAPTER_FILE, HEAD_FILE):
+            out[f"{record.key}/{name}"] = (est.store.path(record.shard, record.key) / name).read_bytes()
+    return out
 
 
 def on_ray(cfg: S3TConfig) -> S3TConfig:
@@ -82,6 +94,7 @@ def test_s3t_stages_equal_the_local_executors_through_forget_and_retrain(
     assert summary["executor"] == "ray"
     assert summary["stages_trained"] == summary["stages_total"] == 18
     assert_same_stages(local, remote)
+    assert stage_files(local) == stage_files(remote)  # byte-identical weight files
     rows = summary["stages"]  # what --json reports: node, process and timings per stage
     assert sorted(r["key"] for r in rows) == sorted(remote.live_weights())
     assert all(r["status"] == "live" and r["host"] and r["pid"] and r["train_seconds"] >= 0
@@ -93,20 +106,85 @@ def test_s3t_stages_equal_the_local_executors_through_forget_and_retrain(
     victims = pick_victims(local, data)
     local.forget(victims)
     remote.forget(victims)
-    with one_thread():
-        local.retrain(progress=False)
+    local.retrain(progress=False)
     again = remote.retrain(progress=False)  # the run's executor: ray
     assert again["executor"] == "ray" and again["stages_trained"] > 0
     assert_same_stages(local, remote)
+    assert stage_files(local) == stage_files(remote)
     assert remote.status()["capacity"] == 1.0
     assert remote.audit().ok
+
+
+def test_a_local_run_retrained_on_ray_verifies_bitwise(reference, ray_session, tmp_path):
+    path, data, _ = reference
+    est = S3T.load(copy_run(path, tmp_path))
+    est.forget(pick_victims(est, data))
+    summary = est.retrain(progress=False, executor="ray")
+    assert summary["stages_trained"] > 0
+    est.close()
+    report = verify_run(tmp_path / "run", "all", progress=False)
+    assert report.ok, [c.describe() for c in report.stages if not c.identical]
+    env = report.to_dict()["environment"]
+    assert env["torch_threads"] == 1 and env["deterministic"] and not env["legacy_card"]
+
+
+def test_both_executors_use_the_thread_count_of_the_run_card(reference, ray_session, tmp_path):
+    """A run created with 2 torch threads trains with 2 in this process and in each Ray task
+    (which asks for 2 CPUs): the same bytes, through a forget and a retrain. The count
+    matters: at 1 thread (the reference) some retrained stage rounds differently (the odd
+    batch shapes after a deletion show it), so the equality is not a thread-blind model's."""
+    path, data, cfg = reference
+    two = dataclasses.replace(cfg, torch_threads=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # this process's own count is not what training uses
+    try:
+        local = S3T(two, run_dir=tmp_path / "local").fit(data, progress=False)
+        local.forget(pick_victims(local, data))
+        local.retrain(progress=False)
+    finally:
+        torch.set_num_threads(before)
+    remote = S3T(on_ray(two), run_dir=tmp_path / "ray").fit(data, progress=False)
+    remote.forget(pick_victims(remote, data))
+    remote.retrain(progress=False)
+    assert stage_files(local) == stage_files(remote)
+    for est in (local, remote):
+        for record in est.ledger.stages("live"):
+            meta = json.loads((est.store.path(record.shard, record.key) / "meta.json").read_text())
+            assert meta["torch_threads"] == 2
+    one = S3T.load(copy_run(path, tmp_path / "one"))
+    one.forget(pick_victims(one, data))
+    one.retrain(progress=False)
+    ones = stage_files(one)
+    differ = [k for k, v in stage_files(local).items() if ones[k] != v]
+    assert differ, "the tiny run rounds the same with 1 and 2 threads: the test shows nothing"
+
+
+def test_a_process_with_other_library_versions_is_refused_before_training(reference, tmp_path):
+    path, data, _ = reference
+    run = copy_run(path, tmp_path)
+    card = json.loads((run / "s3t.json").read_text())
+    card["numeric"]["versions"]["torch"] = "0.0.1"
+    (run / "s3t.json").write_text(json.dumps(card))
+    est = S3T.load(run)
+    est.forget(pick_victims(est, data))
+    live = len(est.ledger.stages("live"))
+    with pytest.raises(NumericEnvError, match=r"torch .* \(the run's: 0.0.1\).*install torch==0.0.1"):
+        est.retrain(progress=False)
+    with pytest.raises(NumericEnvError, match="install torch==0.0.1"):
+        verify_run(run, progress=False)
+    spec = RunSpec(config={}, model=None, model_sha256="0", num_labels=3, digests={},
+                   eval_block=None, numeric=card["numeric"])
+    job = StageJob(key="0-0v0", shard=0, prefix=(0,), versions=(0,), parent=None,
+                   ancestors=(), cells=())
+    with pytest.raises(NumericEnvError, match="Ray node"):  # a worker refuses before loading
+        run_stage(spec, job)
+    assert len(est.ledger.stages("live")) == live  # nothing trained
 
 
 def test_sisa_stages_equal_the_local_executors(tiny_bert, ray_session, tmp_path):
     data = toy_dataset(72)
     cfg = config(tiny_bert, method="sisa", budget=1, strategy="sisa")
-    with one_thread():
-        local = S3T(cfg, run_dir=tmp_path / "local").fit(data, progress=False)
+    local = S3T(cfg, run_dir=tmp_path / "local").fit(data, progress=False)
     remote = S3T(on_ray(cfg), run_dir=tmp_path / "ray").fit(data, progress=False)
     assert remote.last_train["stages_trained"] == 6
     assert_same_stages(local, remote)

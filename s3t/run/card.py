@@ -1,4 +1,5 @@
-"""The run card (``s3t.json``): a run's config, label names, task, backbone and orderings.
+"""The run card (``s3t.json``): a run's config, label names, task, backbone, orderings and
+numeric environment (``numeric``, see ``run/numeric.py``).
 
 Written atomically; read and checked field by field (a card of the wrong shape is a damaged
 run, never a traceback later). Only serving choices may change after a run is created
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from s3t.config import S3TConfig
 from s3t.run.files import fsync_dir, refuse_links
+from s3t.run.numeric import LEGACY, NumericEnv
 
 RUN_FILE = "s3t.json"
 
@@ -62,7 +64,8 @@ class NotARunError(FileNotFoundError):
 
 #: Config fields whose default changed after runs were written: a card without the field was
 #: written, and served, under the old default, so it keeps that value.
-DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best"}
+#: ``torch_threads`` 0: the process's own count, as such runs trained (``run/numeric.py``).
+DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best", "torch_threads": 0}
 
 
 def read_card(run_file: Path) -> tuple[dict, S3TConfig]:
@@ -91,6 +94,21 @@ def read_card(run_file: Path) -> tuple[dict, S3TConfig]:
             problem = f"`orderings` must be a non-empty list of orderings of 0..{config.slices - 1}"
         elif any(not isinstance(info.get(k, ""), str) for k in ("task", "model_sha256")):
             problem = "`task` and `model_sha256` must be strings"
+    if problem is None and "numeric" in info:
+        try:
+            env = NumericEnv.from_dict(info["numeric"])
+        except ValueError as err:
+            problem = str(err)
+        else:
+            if env.torch_threads != config.torch_threads:
+                problem = (f"`numeric.torch_threads` ({env.torch_threads}) disagrees with "
+                           f"`config.torch_threads` ({config.torch_threads})")
     if problem is not None:
         raise NotARunError(f"{run_file} is damaged: {problem}")
     return info, config
+
+
+def card_numeric(info: dict) -> NumericEnv:
+    """The run's numeric environment (a card read by ``read_card``); :data:`LEGACY` for a
+    card written before the field."""
+    return NumericEnv.from_dict(info["numeric"]) if "numeric" in info else LEGACY

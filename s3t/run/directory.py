@@ -24,6 +24,7 @@ from s3t.run.audit import AuditReport, audit, quarantine_damaged
 from s3t.run.card import (
     RUN_FILE,
     NotARunError,
+    card_numeric,
     card_stamp,
     read_card,
     sweep_card_leftovers,
@@ -46,6 +47,7 @@ from s3t.run.files import (
 )
 from s3t.run.forget import ForgetPlan, forget, sweep
 from s3t.run.ledger import Ledger, StageRecord, stage_key
+from s3t.run.numeric import NumericEnv, new_env
 from s3t.run.stages import served_stages
 
 WRITER_LOCK = ".retrain.lock"
@@ -105,6 +107,11 @@ class Run:
     def method(self) -> Method:
         return Method(self.config.method, self.config.slices)
 
+    @property
+    def numeric(self) -> NumericEnv:
+        """What every process computing this run's stages must apply (``run/numeric.py``)."""
+        return card_numeric(self.info)
+
     @cached_property
     def tree(self) -> PrefixTree:
         return PrefixTree([tuple(o) for o in self.info["orderings"]])
@@ -125,6 +132,8 @@ class Run:
         cls.refuse_existing(path)
         path.mkdir(parents=True, exist_ok=True)
         info = {"format": FORMAT, "config": config.to_dict(), **info}
+        if config.torch_threads >= 1:  # 0: the process's own count (no environment fixed)
+            info.setdefault("numeric", new_env(config.torch_threads).to_dict())
         ledger = Ledger(path / Ledger.FILE)
         ledger.initialise(FORMAT)
         write_card(path, info)

@@ -1,8 +1,9 @@
 """The Ray executor: train a run's missing stages as Ray tasks, on this machine or a cluster.
 
-Each stage is one Ray task (one CPU, one torch thread). Its arguments are the stage's job
-(its cells' retained samples), what every task of the call shares (config, backbone path and
-sha256, validation samples; put in Ray's object store once) and its ancestors' weights: the
+Each stage is one Ray task (as many CPUs as the run's ``torch_threads``, with as many torch
+threads: the run's numeric environment, so its bits are the local executor's). Its arguments
+are the stage's job (its cells' retained samples), what every task of the call shares (config,
+backbone path and sha256, validation samples; put in Ray's object store once) and its ancestors' weights: the
 result of an ancestor's task when it trains in this call, so Ray runs a shard's chain in order
 and shards and sibling orderings in parallel, or the hash-checked bytes of an ancestor already
 live. What a worker does with them is :mod:`s3t.train.ray_worker`; it never sees the run
@@ -40,26 +41,33 @@ from s3t.train.scheduler import EVAL_BLOCK, Scheduler, StageJob
 
 MAX_RETRIES = 3  # attempts Ray makes again when a worker process or node dies mid-stage
 POLL_SECONDS = 0.5  # how often the driver looks for deletions while it waits for results
-#: The stage tasks' environment: one torch thread per task (the CPU Ray gives it), no hub.
+#: The stage tasks' environment: no hub; ``worker_env`` sets the run's thread count.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
               "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
-Submit = Callable[[Any, StageJob, list[Any]], Any]  # (shared ref, job, ancestor refs) -> ref
+#: (shared ref, job, ancestor refs, torch threads of the run) -> ref
+Submit = Callable[[Any, StageJob, list[Any], int], Any]
 
 
 _REMOTE: Any = None
 
 
-def submit_task(shared: Any, job: StageJob, ancestors: list[Any]) -> Any:
-    """Submit ``job`` as one Ray task (the default way stages reach the cluster)."""
+def submit_task(shared: Any, job: StageJob, ancestors: list[Any], threads: int = 1) -> Any:
+    """Submit ``job`` as one Ray task asking for ``threads`` CPUs, computing with that many
+    torch threads (the default way stages reach the cluster)."""
     global _REMOTE
     import ray
 
     if _REMOTE is None:
         _REMOTE = ray.remote(run_stage)
-    return _REMOTE.options(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False,
-                           runtime_env={"env_vars": WORKER_ENV}, name=f"s3t stage {job.key}"
-                           ).remote(shared, job, *ancestors)
+    return _REMOTE.options(num_cpus=threads, max_retries=MAX_RETRIES, retry_exceptions=False,
+                           runtime_env={"env_vars": worker_env(threads)},
+                           name=f"s3t stage {job.key}").remote(shared, job, *ancestors)
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """The stage tasks' environment variables for ``threads`` torch threads."""
+    return {**WORKER_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 @contextmanager
@@ -124,7 +132,9 @@ class _Driver:
         scheduler = self.scheduler
         run = scheduler.run
         jobs = scheduler.plan()
-        shared = ray.put(self._spec(jobs))
+        spec = self._spec(jobs)
+        shared = ray.put(spec)
+        threads = spec.env.torch_threads or 1
         live = run.live_stages()
         held: dict[str, Any] = {}  # live ancestors' bytes, read (hash-checked) and put once
         try:
@@ -143,7 +153,7 @@ class _Driver:
                     else:  # neither live nor trained in this call: nothing to build on
                         break
                 else:
-                    ref = self.submit(shared, job, ancestors)
+                    ref = self.submit(shared, job, ancestors, threads)
                     scheduler.started(job)  # queued on the cluster (progress events)
                     self.refs[job.key], self.pending[ref] = ref, job
                     self.submitted[job.key] = time.time() - self.start
@@ -170,7 +180,8 @@ class _Driver:
         return RunSpec(config=run.config.to_dict(), model=run.config.model,
                        model_sha256=run.info["model_sha256"], num_labels=len(run.label_names),
                        digests=digests, eval_block=block,
-                       test_hook=os.environ.get(RAY_FAULT_ENV))
+                       test_hook=os.environ.get(RAY_FAULT_ENV),
+                       numeric=None if run.numeric.legacy else run.numeric.to_dict())
 
     def _wait_all(self) -> None:
         import ray

@@ -5,11 +5,13 @@ A worker never sees the run directory and writes nothing: the driver
 (:mod:`s3t.train.ray_executor`) verifies and commits what it returns. Its backbone must be the
 run's (the sha256 of the model files is checked here, on the worker); its feature cache keys each
 cell by a digest of the cell's retained ids and inputs, so a cell that a deletion changed, or a
-cell of another run, is never served from stale features. Runs with one torch thread.
+cell of another run, is never served from stale features. Runs in the run's numeric environment
+(its torch thread count, deterministic kernels; another library version is refused).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,6 +25,7 @@ from typing import Any
 from s3t.config import S3TConfig
 from s3t.models.stage_weights import StageWeights
 from s3t.plan.methods import Method
+from s3t.run.numeric import LEGACY, NumericEnv
 from s3t.train.scheduler import EVAL_BLOCK, StageJob
 
 #: Test hook, read by the driver and sent to the workers in the RunSpec: ``exit-once:MARKER``
@@ -43,6 +46,13 @@ class RunSpec:
     digests: dict[Hashable, str]  # cell (or the eval block) -> digest of its ids and inputs
     eval_block: tuple[list[str], list[int], list[str]] | None
     test_hook: str | None = None  # the driver's RAY_FAULT_ENV, for the crash and race tests
+    numeric: dict | None = None  # the run's numeric environment (None: a card without one)
+
+    @property
+    def env(self) -> NumericEnv:
+        """The environment a task computes in; a legacy card's tasks keep one thread."""
+        env = LEGACY if self.numeric is None else NumericEnv.from_dict(self.numeric)
+        return dataclasses.replace(env, torch_threads=1) if env.legacy else env
 
 
 def content_digest(ids: Any, inputs: Any) -> str:
@@ -63,8 +73,6 @@ _WORKER: _Worker | None = None
 def _worker(spec: RunSpec) -> _Worker:
     """This worker process's backbone and feature cache for ``spec``'s config (built once)."""
     global _WORKER
-    import torch
-
     from s3t.models.adapted import AdaptedBackbone, default_model_dir
     from s3t.run.directory import model_fingerprint
     from s3t.train.features import FeatureCache, OnTheFlyFeatures
@@ -85,7 +93,6 @@ def _worker(spec: RunSpec) -> _Worker:
                              f"run's (sha256 {found[:12]}... != {spec.model_sha256[:12]}...): "
                              "install the same model at that path on every worker")
         cfg = S3TConfig.from_dict(config)
-        torch.set_num_threads(1)  # one worker per CPU Ray gives it
         backbone = AdaptedBackbone(cfg, num_labels=spec.num_labels, model_dir=model_dir)
         features = (FeatureCache(backbone, chunk_size=cfg.batch_size, dtype=cfg.feature_cache_dtype)
                     if cfg.feature_cache else OnTheFlyFeatures(backbone, chunk_size=cfg.batch_size))
@@ -94,14 +101,24 @@ def _worker(spec: RunSpec) -> _Worker:
 
 
 def run_stage(spec: RunSpec, job: StageJob, *ancestors: dict[str, Any]) -> dict[str, Any]:
-    """Train one stage on a Ray worker: its weight files (bytes) and metrics; writes nothing."""
+    """Train one stage on a Ray worker, in the run's numeric environment: its weight files
+    (bytes) and metrics; writes nothing."""
+
+    from s3t.train.numeric import numeric_env
+
+    started = time.time()
+    with numeric_env(spec.env, where=f"Ray node {socket.gethostname()}"):  # refuses first
+        return _run_stage(spec, job, ancestors, started)
+
+
+def _run_stage(spec: RunSpec, job: StageJob, ancestors: tuple[dict[str, Any], ...],
+               started: float) -> dict[str, Any]:
     global _WORKER
     import ray
     import torch
 
     from s3t.train.stage_trainer import train_stage
 
-    started = time.time()
     try:
         worker = _worker(spec)  # the first task of a process loads the backbone
         setup_seconds = time.time() - started
