@@ -167,6 +167,16 @@ class Job(Record):
     stages_done: int = Field(default=0, description="Stages committed by this job.")
     stages_total: int | None = Field(default=None, description="Stages missing when it planned.")
     stages_discarded: int = Field(default=0, description="Stages a deletion invalidated while it ran.")
+    stages_cancelled: int = Field(default=0, description=(
+        "Of those, stages stopped mid-training because a deletion changed their data."))
+    replans: int = Field(default=0, description=(
+        "Deletions that re-planned the running job (the stages on the new versions joined it)."))
+    phase: Literal["restoring", "fallback"] | None = Field(default=None, description=(
+        "restoring: stages of the shards' primary chains (what restores serving depth) are left; "
+        "fallback: only other orderings, for later deletions."))
+    eta_full_capacity_s: float | None = Field(default=None, description=(
+        "Estimated seconds until every shard serves at full depth, from this job's measured "
+        "stage times; null before its first stage commits."))
     current_stage: StageRef | None = None
     last_route_switch: float | None = None
     error: str | None = None
@@ -178,6 +188,7 @@ class Job(Record):
 
 class JobEvent(Record):
     """One line of ``s3t retrain --events``: plan, stage-start, stage-commit, stage-discard,
+    stage-cancel (a deletion stopped it mid-training), replan (a deletion re-planned the job),
     done, then summary."""
 
     event: str
@@ -192,6 +203,14 @@ class JobEvent(Record):
     route_switched: bool | None = None
     routes: dict[str, str | None] | None = None
     discarded: list[str] | None = None
+    cancelled: list[str] | None = None
+    replans: int | None = None
+    primary: list[str] | None = Field(default=None, description=(
+        "plan, replan: the planned stages on the shards' primary chains."))
+    dropped: list[str] | None = Field(default=None, description=(
+        "replan: planned stages never started that the deletion made obsolete."))
+    phase: Literal["restoring", "fallback"] | None = None
+    eta_full_capacity_s: float | None = None
 
     def stage(self) -> StageRef:
         return StageRef(key=self.key, shard=self.shard, prefix=self.prefix)

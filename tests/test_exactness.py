@@ -17,7 +17,9 @@ from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
 from s3t.plan.methods import Method
 from s3t.run import lineage_chain
+from s3t.run.numeric import new_env
 from s3t.train.features import FeatureCache
+from s3t.train.numeric import numeric_env
 from s3t.train.stage_trainer import train_stage
 
 
@@ -46,7 +48,14 @@ def validation_set() -> Dataset:
 def scratch_chain(cfg: S3TConfig, data, deleted: set[str], shard: int, prefix,
                   val_data: Dataset | None = None) -> list:
     """Train ``prefix`` of ``shard`` from scratch on the retained data: an independent path
-    (``val_data``: the validation samples, in the run's order, for best_epoch)."""
+    (``val_data``: the validation samples, in the run's order, for best_epoch), in the numeric
+    environment a run with ``cfg`` records (its torch threads, deterministic kernels)."""
+    with numeric_env(new_env(cfg.torch_threads)):
+        return _scratch_chain(cfg, data, deleted, shard, prefix, val_data)
+
+
+def _scratch_chain(cfg: S3TConfig, data, deleted: set[str], shard: int, prefix,
+                   val_data: Dataset | None) -> list:
     cells = partition(data.ids, data.groups, cfg.shards, cfg.slices, seed=cfg.seed)
     backbone = AdaptedBackbone(cfg, num_labels=len(data.label_names))
     features = FeatureCache(backbone, chunk_size=cfg.batch_size)

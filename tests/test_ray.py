@@ -258,6 +258,10 @@ def test_a_deletion_while_a_remote_stage_trains_keeps_it_from_going_live(
     helper.join()
     assert not errors, errors
     assert target.key in summary["stages_discarded"]
+    assert target.key in summary["stages_cancelled"]  # stopped, not finished and discarded
+    assert summary["replans"] == 1  # the stages on the new versions joined this call
+    assert len(est.ledger.stages("live")) == summary["stages_total"]
+    assert est.status()["capacity"] == 1.0
     record = {r.key: r for r in est.ledger.stages(None)}.get(target.key)
     assert record is None or record.status != "live"
     assert not est.store.path(target.shard, target.key).exists()

@@ -231,8 +231,15 @@ class Retrainer:
             event = JobEvent.model_validate_json(line)
         except ValidationError:
             return  # not an event (a library printing to stdout)
+        if event.phase is not None:
+            job.phase = event.phase
+        if "eta_full_capacity_s" in event.model_fields_set:
+            job.eta_full_capacity_s = event.eta_full_capacity_s
         if event.event == "plan":
             job.stages_total = event.stages
+        elif event.event == "replan":  # what is left now, on the new versions, joins this job
+            job.replans += 1
+            job.stages_total = job.stages_done + (event.stages or 0)
         elif event.event == "stage-start":
             job.current_stage = event.stage()
         elif event.event == "stage-commit":
@@ -241,8 +248,9 @@ class Retrainer:
             if event.route_switched:
                 job.last_route_switch = time.time()
                 self._on_event("route-switch", job)
-        elif event.event == "stage-discard":
+        elif event.event in ("stage-discard", "stage-cancel"):
             job.stages_discarded += 1
+            job.stages_cancelled += event.event == "stage-cancel"
             job.current_stage = None
 
     def _open_log(self) -> IO[str]:

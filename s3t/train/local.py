@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from s3t.models.adapted import AdaptedBackbone
 from s3t.models.stage_weights import WeightBank
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
-from s3t.train.scheduler import EVAL_BLOCK, Scheduler, total_work
+from s3t.train.scheduler import EVAL_BLOCK, Scheduler, StageCancelled, total_work
 from s3t.train.stage_trainer import train_stage
 
 
@@ -35,9 +35,7 @@ def train_missing(scheduler: Scheduler, backbone: AdaptedBackbone,
     stage_seconds: dict[str, float] = {}
     bar = tqdm(total=total_work(jobs, config), unit="sample", desc="training stages",
                disable=not progress)
-    for job in jobs:
-        if scheduler.should_skip(job):
-            continue
+    while (job := scheduler.next_job()) is not None:  # re-plans when a deletion landed
         cached = all(features.ensure(c.cell, c.version, list(c.ids), list(c.inputs))
                      for c in job.cells)
         if not cached:  # a deletion hit a cell while it was being spilled
@@ -50,10 +48,15 @@ def train_missing(scheduler: Scheduler, backbone: AdaptedBackbone,
             continue
         ancestors = [bank.get(live[k]) for k in job.ancestors]
         scheduler.started(job)
-        result = train_stage(
-            backbone, features, shard=job.shard, prefix=job.prefix, ancestors=ancestors,
-            method=run.method, sample_ids=job.sample_ids, labels=job.labels, val=val,
-            progress=bar.update)
+        try:
+            result = train_stage(
+                backbone, features, shard=job.shard, prefix=job.prefix, ancestors=ancestors,
+                method=run.method, sample_ids=job.sample_ids, labels=job.labels, val=val,
+                progress=bar.update, should_stop=lambda job=job: scheduler.doomed(job))
+        except StageCancelled:  # a deletion changed its data: never finished, never written
+            scheduler.cancel(job)
+            features.drop_stale(scheduler.note_versions())
+            continue
         # Float reductions depend on the thread count: recorded so a check can match it.
         meta = {"seed": config.seed, "final_loss": result.final_loss,
                 "train_seconds": result.seconds, "executor": "local",
@@ -67,5 +70,6 @@ def train_missing(scheduler: Scheduler, backbone: AdaptedBackbone,
     bar.close()
     scheduler.finish()
     return {"stages_trained": len(stage_seconds), "stages_discarded": scheduler.discarded,
+            "stages_cancelled": scheduler.cancelled, "replans": scheduler.replans,
             "stage_seconds": stage_seconds,
             "stages_total": run.tree.count() * config.shards}

@@ -123,6 +123,8 @@ class _Driver:
         self.settled: set[str] = set()  # stage keys committed or discarded in this call
         self.submitted: dict[str, float] = {}  # stage key -> seconds from the start
         self.stages: list[dict[str, Any]] = []
+        self.held: dict[str, Any] = {}  # live ancestors' bytes, read (hash-checked), put once
+        self.failed: set[str] = set()  # stage keys discarded in this call
         self.bar: Any = None
         self.start = time.time()
 
@@ -131,34 +133,8 @@ class _Driver:
 
         scheduler = self.scheduler
         run = scheduler.run
-        jobs = scheduler.plan()
-        spec = self._spec(jobs)
-        shared = ray.put(spec)
-        threads = spec.env.torch_threads or 1
-        live = run.live_stages()
-        held: dict[str, Any] = {}  # live ancestors' bytes, read (hash-checked) and put once
+        self._submit(scheduler.plan())
         try:
-            for job in jobs:
-                if scheduler.should_skip(job):
-                    continue
-                ancestors = []
-                for k in job.ancestors:
-                    if k in self.refs:
-                        ancestors.append(self.refs[k])
-                    elif k in live:
-                        if k not in held:
-                            record = live[k]
-                            held[k] = ray.put({"files": run.store.read(record.shard, k, record.files)})
-                        ancestors.append(held[k])
-                    else:  # neither live nor trained in this call: nothing to build on
-                        break
-                else:
-                    ref = self.submit(shared, job, ancestors, threads)
-                    scheduler.started(job)  # queued on the cluster (progress events)
-                    self.refs[job.key], self.pending[ref] = ref, job
-                    self.submitted[job.key] = time.time() - self.start
-                    continue
-                scheduler.discard(job)
             self._wait_all()
         finally:
             for ref in self.pending:  # an error or an interrupt: stop what is still queued
@@ -166,9 +142,44 @@ class _Driver:
         scheduler.finish()
         trained = [s for s in self.stages if s["status"] == "live"]
         return {"executor": "ray", "stages_trained": len(trained),
-                "stages_discarded": scheduler.discarded,
+                "stages_discarded": scheduler.discarded, "stages_cancelled": scheduler.cancelled,
+                "replans": scheduler.replans,
                 "stage_seconds": {s["key"]: s["train_seconds"] for s in trained},
                 "stages_total": run.tree.count() * run.config.shards, "stages": self.stages}
+
+    def _submit(self, jobs: list[StageJob]) -> None:
+        """Submit the (re)plan's stages not yet submitted in this call, parents first; each
+        builds on its ancestors' tasks in this call or on their live files."""
+        import ray
+
+        scheduler, run = self.scheduler, self.scheduler.run
+        spec = self._spec(jobs)
+        shared, threads = ray.put(spec), spec.env.torch_threads or 1
+        live = run.live_stages()
+        for job in jobs:
+            if job.key in self.refs or scheduler.should_skip(job):
+                continue
+            ancestors = []
+            for k in job.ancestors:
+                if k in self.refs and k not in self.failed:
+                    ancestors.append(self.refs[k])
+                elif k in live:
+                    if k not in self.held:
+                        record = live[k]
+                        self.held[k] = ray.put({"files": run.store.read(record.shard, k,
+                                                                        record.files)})
+                    ancestors.append(self.held[k])
+                else:  # neither live nor trained in this call: nothing to build on
+                    break
+            else:
+                ref = self.submit(shared, job, ancestors, threads)
+                scheduler.started(job)  # queued on the cluster (progress events)
+                self.refs[job.key], self.pending[ref] = ref, job
+                self.submitted[job.key] = time.time() - self.start
+                continue
+            scheduler.discard(job)
+        # what the job's phase and estimate follow: the stages not settled yet
+        scheduler.queue = [j for j in jobs if j.key not in self.settled]
 
     def _spec(self, jobs: list[StageJob]) -> RunSpec:
         run = self.scheduler.run
@@ -214,14 +225,21 @@ class _Driver:
             self.bar.close()
 
     def _drop_changed(self) -> None:
-        """A deletion changed some cells: cancel the stages that would have trained on them."""
-        before = len(self.scheduler.changed)
+        """A deletion changed some cells: cancel the stages that would have trained on them,
+        then re-plan and submit the stages on the new versions in this same call."""
         self.scheduler.note_versions()
-        if len(self.scheduler.changed) == before:
+        if not self.scheduler.changed:
             return
         for ref, job in list(self.pending.items()):
+            if ref in self.pending and self.scheduler.stale(job):
+                self.scheduler.cancel(job)
+                self._cancel(ref, job, discard=False)
+        for ref, job in list(self.pending.items()):  # built on a cancelled stage
             if ref in self.pending and self.scheduler.should_skip(job):
                 self._cancel(ref, job, discard=False)
+        self._submit(self.scheduler.replan())
+        self.bar.total = len(self.settled) + len(self.pending)
+        self.bar.refresh()
 
     def _cancel(self, ref: Any, job: StageJob, discard: bool = True) -> None:
         """Stop ``job`` and every pending descendant of it; each is discarded."""
@@ -283,6 +301,9 @@ class _Driver:
                 row["commit_seconds"] = outcome["commit_seconds"]
         self.stages.append(row)
         self.settled.add(job.key)
+        if status != "live":
+            self.failed.add(job.key)
+        self.scheduler.queue = [j for j in self.scheduler.queue if j.key != job.key]
         if self.bar is not None:
             self.bar.update(1)
 

@@ -15,6 +15,7 @@ Executors report progress through ``on_event`` (one dict per event: ``plan``,
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from s3t.run.ledger import StageRecord
 
 Cell = tuple[int, int]
 EVAL_BLOCK = "eval"
+POLL_SECONDS = 0.2  # how often a training stage re-reads the slice versions (one SQLite read)
 
 
 @dataclass(frozen=True)
@@ -85,16 +87,7 @@ def prioritise(jobs: Sequence[StageJob], live_depth: dict[tuple[int, tuple[int, 
     by depth; when only full depth serves (SISA) it finishes one shard's chain at a time.
     ``live_depth[(shard, prefix)]`` says whether that stage is live now.
     """
-    def live_prefix(shard: int, leaf: tuple[int, ...]) -> int:
-        k = 0
-        while k < len(leaf) and live_depth.get((shard, leaf[:k + 1]), False):
-            k += 1
-        return k
-
-    primary: dict[int, tuple[int, ...]] = {}
-    for shard in sorted({job.shard for job in jobs}):
-        best = max(range(len(leaves)), key=lambda i: (live_prefix(shard, leaves[i]), -i))
-        primary[shard] = leaves[best]
+    primary = primary_chains(jobs, live_depth, leaves)
 
     def next_servable(depth: int) -> int:
         return next((d for d in range(depth, n_slices + 1) if servable(d)), n_slices)
@@ -108,6 +101,28 @@ def prioritise(jobs: Sequence[StageJob], live_depth: dict[tuple[int, tuple[int, 
     return sorted(jobs, key=rank)  # stable: plan order within equal ranks
 
 
+def primary_chains(jobs: Sequence[StageJob], live_depth: dict[tuple[int, tuple[int, ...]], bool],
+                   leaves: Sequence[tuple[int, ...]]) -> dict[int, tuple[int, ...]]:
+    """Per shard of ``jobs``, the full-depth ordering with the longest live prefix (ties:
+    plan order): the chain whose missing stages restore the shard's serving depth."""
+    def live_prefix(shard: int, leaf: tuple[int, ...]) -> int:
+        k = 0
+        while k < len(leaf) and live_depth.get((shard, leaf[:k + 1]), False):
+            k += 1
+        return k
+
+    primary: dict[int, tuple[int, ...]] = {}
+    for shard in sorted({job.shard for job in jobs}):
+        best = max(range(len(leaves)), key=lambda i: (live_prefix(shard, leaves[i]), -i))
+        primary[shard] = leaves[best]
+    return primary
+
+
+class StageCancelled(Exception):
+    """A deletion changed the data of the stage being trained: it stops at once (its
+    result could never go live)."""
+
+
 @dataclass
 class Scheduler:
     """Plans and commits the missing stages of one run (see the module docstring)."""
@@ -115,11 +130,83 @@ class Scheduler:
     run: Run
     on_event: Callable[[dict], object] | None = None
     jobs: list[StageJob] = field(default_factory=list)
-    versions: dict[Cell, int] = field(default_factory=dict)
-    changed: set[Cell] = field(default_factory=set)      # cells a deletion hit meanwhile
+    versions: dict[Cell, int] = field(default_factory=dict)   # at the last (re)plan
+    current: dict[Cell, int] = field(default_factory=dict)    # as last read
+    changed: set[Cell] = field(default_factory=set)      # cells a deletion hit since the plan
     discarded: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)   # stopped mid-training by a deletion
+    committed: list[str] = field(default_factory=list)
+    primary: set[str] = field(default_factory=set)       # keys on the shards' primary chains
+    queue: list[StageJob] = field(default_factory=list)  # planned, not yet handed out
+    replans: int = 0
+    running: StageJob | None = None  # handed to the executor by ``started``
+    _measured: list[tuple[int, float]] = field(default_factory=list)  # (sample visits, s)
+    _polled: float = 0.0
+    _dead: set[str] = field(default_factory=set)  # discarded since the last plan
 
-    def plan(self) -> list[StageJob]:
+    def next_job(self) -> StageJob | None:
+        """The next stage to train, in priority order; re-plans first when a deletion landed
+        since the plan (the stages on the new versions join this job, the doomed ones are
+        dropped). None when nothing is left."""
+        self.note_versions()
+        if self.changed:
+            self.replan()
+        while self.queue:
+            job = self.queue.pop(0)
+            if not self.should_skip(job):
+                return job
+        return None
+
+    def replan(self) -> list[StageJob]:
+        """Plan again from a fresh snapshot: what is missing on the current versions, in
+        priority order (stages handed out earlier and still running keep their keys)."""
+        queued = [j.key for j in self.queue]
+        self.replans += 1
+        self.plan(event="replan", dropped=queued)
+        return self.jobs
+
+    def doomed(self, job: StageJob) -> bool:
+        """Whether a deletion changed ``job``'s cells (the ledger is read at most every
+        ``POLL_SECONDS``): the executor then cancels it (``StageCancelled``)."""
+        if time.monotonic() - self._polled >= POLL_SECONDS:
+            self.note_versions()
+        return self.stale(job)
+
+    def cancel(self, job: StageJob) -> None:
+        """``job`` was stopped mid-training because a deletion changed its data."""
+        self._settled(job)
+        self.cancelled.append(job.key)
+        self.discarded.append(job.key)
+        self._dead.add(job.key)
+        self._emit("stage-cancel", **job.describe())
+
+    def _settled(self, job: StageJob) -> None:
+        if self.running is not None and self.running.key == job.key:
+            self.running = None
+
+    def stale(self, job: StageJob) -> bool:
+        return any(self.current.get((job.shard, s), v) != v
+                   for s, v in zip(job.prefix, job.versions, strict=True))
+
+    def phase(self) -> str:
+        """``restoring`` while a primary-chain stage (one that restores serving depth) waits,
+        then ``fallback`` (orderings only later deletions need)."""
+        waiting = self.queue if self.running is None else [self.running, *self.queue]
+        return "restoring" if any(j.key in self.primary for j in waiting) else "fallback"
+
+    def eta_full_capacity(self) -> float | None:
+        """Seconds until every shard serves at full depth, from this job's measured stage
+        times (seconds per sample visit) and the primary stages still queued; None before
+        the first measurement."""
+        if not self._measured:
+            return None
+        visits, seconds = map(sum, zip(*self._measured, strict=True))
+        waiting = self.queue if self.running is None else [self.running, *self.queue]
+        left = sum(self.run.config.stage_sample_visits(j.n_samples, j.depth)
+                   for j in waiting if j.key in self.primary)
+        return round(seconds / max(visits, 1) * left, 3)
+
+    def plan(self, event: str = "plan", dropped: Sequence[str] = ()) -> list[StageJob]:
         """Snapshot the ledger and list every missing stage of the plan, parents first."""
         run, ledger = self.run, self.run.ledger
         with ledger.transaction():  # one consistent snapshot of versions and contents
@@ -146,8 +233,15 @@ class Scheduler:
         live_at = {(r.shard, r.prefix): True for r in live_records}
         leaves = [node.prefix for node in run.tree.stages if node.depth == run.tree.n_slices]
         self.jobs = prioritise(jobs, live_at, leaves, run.tree.n_slices, run.method.servable)
-        self._emit("plan", stages=len(self.jobs), stages_total=self.stages_total,
-                   order=[job.key for job in self.jobs])
+        chains = primary_chains(jobs, live_at, leaves)
+        self.primary = {j.key for j in self.jobs if chains[j.shard][:j.depth] == j.prefix}
+        self.queue, self.current, self.changed = list(self.jobs), dict(self.versions), set()
+        self._dead = set()
+        kept = {j.key for j in self.jobs}
+        self._emit(event, stages=len(self.jobs), stages_total=self.stages_total,
+                   dropped=[k for k in dropped if k not in kept],  # planned, never started
+                   order=[job.key for job in self.jobs],
+                   primary=[job.key for job in self.jobs if job.key in self.primary])
         return self.jobs
 
     @property
@@ -156,28 +250,33 @@ class Scheduler:
 
     def _emit(self, event: str, **fields: object) -> None:
         if self.on_event is not None:
-            self.on_event({"event": event, "time": now(), **fields})
+            self.on_event({"event": event, "time": now(), "phase": self.phase(),
+                           "eta_full_capacity_s": self.eta_full_capacity(), **fields})
 
     def started(self, job: StageJob) -> None:
         """An executor began training ``job`` (for progress reports)."""
+        self.running = job
         self._emit("stage-start", **job.describe())
 
     def should_skip(self, job: StageJob) -> bool:
         """Whether ``job`` would see deleted data or build on a stage that did."""
-        if (self.changed.intersection((job.shard, s) for s in job.prefix)
-                or any(k in self.discarded for k in job.ancestors)):
+        if self.stale(job) or any(k in self._dead for k in job.ancestors):
             self.discard(job)
             return True
         return False
 
     def discard(self, job: StageJob) -> None:
+        self._settled(job)
         self.discarded.append(job.key)
+        self._dead.add(job.key)
         self._emit("stage-discard", **job.describe())
 
     def note_versions(self) -> dict[Cell, int]:
         """Re-read the slice versions; remember the cells a deletion changed since the plan."""
         current = self.run.ledger.slice_versions()
+        self._polled = time.monotonic()
         self.changed.update(c for c, v in self.versions.items() if current[c] != v)
+        self.current = dict(current)
         return current
 
     def commit(self, job: StageJob, files: dict[str, bytes], meta: dict,
@@ -208,7 +307,13 @@ class Scheduler:
             run.store.erase(job.shard, job.key)
             self.discard(job)
             return False
-        self._emit("stage-commit", **job.describe(), seconds=meta.get("train_seconds"),
+        self.committed.append(job.key)
+        self._settled(job)
+        seconds = meta.get("train_seconds")
+        if isinstance(seconds, (int, float)):
+            self._measured.append((self.run.config.stage_sample_visits(job.n_samples, job.depth),
+                                   float(seconds)))
+        self._emit("stage-commit", **job.describe(), seconds=seconds,
                    route_switched=routes != before,
                    routes={str(m): k for m, k in routes.items()})
         return True
@@ -219,7 +324,8 @@ class Scheduler:
         with self.run.ledger.transaction():
             routes = self.run.ledger.refresh_routes(self.run.config.shards,
                                                     self.run.method.servable)
-        self._emit("done", discarded=list(self.discarded))
+        self._emit("done", discarded=list(self.discarded), cancelled=list(self.cancelled),
+                   replans=self.replans)
         return routes
 
     def eval_block(self) -> tuple[list[str], list[int], list[str]] | None:

@@ -32,6 +32,7 @@ from s3t.models.adapted import AdaptedBackbone
 from s3t.models.stage_weights import StageWeights
 from s3t.plan.methods import Method
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
+from s3t.train.scheduler import StageCancelled
 
 
 class TrainingDivergedError(ConfigError):
@@ -73,8 +74,12 @@ def train_stage(
     labels: Sequence[int],
     val: tuple[Sequence[str], Sequence[int]] | None = None,
     progress: Callable[[int], object] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> StageResult:
-    """Train the stage ``prefix`` of ``shard``; ``ancestors`` are the stages of ``prefix[:-1]``."""
+    """Train the stage ``prefix`` of ``shard``; ``ancestors`` are the stages of ``prefix[:-1]``.
+
+    ``should_stop`` is asked after every optimiser step; True raises ``StageCancelled`` (a
+    deletion doomed the stage: the scheduler stops it rather than finish and discard it)."""
     config = backbone.config
     depth = len(prefix)
     if len(ancestors) != depth - 1:
@@ -134,6 +139,11 @@ def train_stage(
                                             config.learning_rate)
             if progress is not None:
                 progress(len(batch))
+            if should_stop is not None and should_stop():
+                backbone.model.eval()
+                for p in params:
+                    p.requires_grad_(False)
+                raise StageCancelled(f"stage {shard}:{list(prefix)} cancelled by a deletion")
         if config.best_epoch and val is not None:
             score = val_score(backbone, features, val, active, config.batch_size)
             if best is None or score > best[0]:
