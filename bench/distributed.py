@@ -63,8 +63,8 @@ def local_run(cfg: Any, data: Any, threads: int | None, tag: str) -> tuple[Any, 
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    try:
-        est, wall = fit(cfg, data, tag)
+    try:  # the run card's torch_threads is what training uses (its numeric environment)
+        est, wall = fit(dataclasses.replace(cfg, torch_threads=threads or before), data, tag)
     finally:
         torch.set_num_threads(before)
     train = est.last_train
