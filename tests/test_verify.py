@@ -96,6 +96,9 @@ def test_cli_verify_passes_with_json(runs):
     payload = json.loads(result.stdout)
     assert payload["ok"] is True and payload["selection"] == "served"
     assert payload["identical"] == len(payload["stages"]) > 0
+    env = payload["environment"]  # the numeric environment the stages were rebuilt in
+    assert (env["torch_threads"], env["deterministic"], env["device"]) == (1, True, "cpu")
+    assert env["versions"]["torch"] and env["legacy_card"] is False
 
 
 def swap_in_contaminated_stage(runs, tmp_path: Path) -> tuple[Path, str]:
@@ -134,7 +137,7 @@ def test_a_stage_trained_on_a_deleted_sample_is_caught_and_named(runs, tmp_path)
     assert len(bad) == 1 and bad[0].startswith(key), lines
     assert "DIFFERENT: first differing tensor " in bad[0] and "max abs diff" in bad[0]
     assert len(lines) - 1 == len(served_chains(run)), "every served chain is checked"
-    assert lines[-1].endswith("1 NOT identical")
+    assert "1 NOT identical (1 torch thread(s), cpu, deterministic True)" in lines[-1]
 
 
 def test_a_live_stage_on_replaced_slice_versions_is_stale(runs, tmp_path):

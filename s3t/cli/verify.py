@@ -49,7 +49,9 @@ def verify_cmd(
             typer.echo(f"{check.key:<{width}}  depth {check.depth}  {check.describe()}")
         same = sum(s.identical for s in report.stages)
         verdict = "all identical" if report.ok else f"{len(report.stages) - same} NOT identical"
+        env = report.environment
         typer.echo(f"verified {len(report.stages)} stages ({report.selection}) in "
-                   f"{report.seconds:.1f} s: {verdict}")
+                   f"{report.seconds:.1f} s: {verdict} ({env.get('torch_threads')} torch "
+                   f"thread(s), {env.get('device')}, deterministic {env.get('deterministic')})")
     if not report.ok:
         raise typer.Exit(1)

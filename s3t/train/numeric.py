@@ -19,8 +19,9 @@ import torch
 from s3t.run.numeric import CUBLAS_WORKSPACE, NumericEnv, installed_versions, mismatch
 
 
-class NumericEnvError(RuntimeError):
-    """This process cannot compute the run's bits (see the message for the fix)."""
+class NumericEnvError(ValueError):
+    """This process cannot compute the run's bits (see the message for the fix); a
+    ``ValueError`` so front ends print it as one line, like another backbone's refusal."""
 
 
 def check_env(env: NumericEnv, where: str = "this process") -> None:
