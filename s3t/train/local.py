@@ -7,6 +7,8 @@ the reference every other executor must match bit for bit.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from tqdm.auto import tqdm
 
@@ -52,7 +54,7 @@ def train_missing(scheduler: Scheduler, backbone: AdaptedBackbone,
             result = train_stage(
                 backbone, features, shard=job.shard, prefix=job.prefix, ancestors=ancestors,
                 method=run.method, sample_ids=job.sample_ids, labels=job.labels, val=val,
-                progress=bar.update, should_stop=lambda job=job: scheduler.doomed(job))
+                progress=bar.update, should_stop=partial(scheduler.doomed, job))
         except StageCancelled:  # a deletion changed its data: never finished, never written
             scheduler.cancel(job)
             features.drop_stale(scheduler.note_versions())
