@@ -107,12 +107,14 @@ def main() -> None:
                                f"threads{threads}")
         r = runs[threads]
         print(f"{threads} thread(s): fit {r['fit_seconds']:.1f} s, {r['stages']} stages, "
-              f"trunk features {r['features_seconds']:.1f} s, LoRA steps {r['lora_seconds']:.1f} s")
-    r = runs[1]["retrain"]
-    print(f"retrain after one deletion: {r['stages_trained']} stages in {r['wall_seconds']:.1f} s; "
-          f"trunk features {r['features_seconds']:.1f} s, LoRA steps {r['lora_seconds']:.1f} s "
-          f"(the same stages' LoRA steps the first time: "
-          f"{r['first_time_lora_seconds_of_those_stages']:.1f} s)")
+              f"trunk features {r['features_seconds']:.1f} s, LoRA steps {r['lora_seconds']:.1f} s",
+              flush=True)
+        if "retrain" in r:
+            x = r["retrain"]
+            print(f"retrain after one deletion: {x['stages_trained']} stages in "
+                  f"{x['wall_seconds']:.1f} s; trunk features {x['features_seconds']:.1f} s, LoRA "
+                  f"steps {x['lora_seconds']:.1f} s (the same stages' LoRA steps the first time: "
+                  f"{x['first_time_lora_seconds_of_those_stages']:.1f} s)", flush=True)
     common.write_result(NAME, args.quick, prov, {"runs": runs})
 
 
