@@ -12,9 +12,9 @@ import pytest
 from test_exactness import assert_served_equal_scratch, config
 from tiny import toy_dataset
 
+from s3t.contract import Job
 from s3t.engine import S3T
 from s3t.run import Run
-from s3t.contract import Job
 from s3t.service.retrainer import Retrainer
 from s3t.train import scheduler
 from s3t.train.scheduler import Scheduler
