@@ -171,8 +171,8 @@ class S3TConfig:
         "Torch threads that compute each stage (integer >= 1), fixed when the run is created: "
         "float sums round differently with another count, so every executor uses this one "
         "(each Ray task asks for that many CPUs) and the same run gives the same bits locally "
-        "and on Ray. 1, the default, suits Ray (one stage per CPU) and small adapters; more "
-        "threads speed up one local stage on an idle machine (BENCHMARKS.md, bench/threads.py). "
+        "and on Ray. 1, the default, suits Ray (one stage per CPU) and busy machines; more "
+        "threads may speed up one local stage on an idle many-core machine (bench/threads.py). "
         "0 appears only in runs created before this field: the process's own count.")})
 
     def __post_init__(self) -> None:
