@@ -36,7 +36,7 @@ CONFIG_FLAGS = {
     "layers_per_slice": "--layers-per-slice", "lora_r": "--lora-r", "lora_alpha": "--lora-alpha",
     "lora_dropout": "--lora-dropout", "use_rslora": "--rslora", "target_modules": "--target-modules",
     "epochs": "--epochs", "stage_steps": "--stage-steps", "lr_schedule": "--lr-schedule",
-    "warmup_ratio": "--warmup-ratio", "best_epoch": "--best-epoch",
+    "warmup_ratio": "--warmup-ratio", "best_epoch": "--best-epoch", "torch_threads": "--torch-threads",
     "batch_size": "--batch-size", "learning_rate": "--lr",
     "max_seq_len": "--max-seq-len", "seed": "--seed", "feature_cache": "--no-cache",
     "feature_cache_dtype": "--cache-dtype", "feature_cache_memory_gb": "--cache-memory-gb",
@@ -133,6 +133,7 @@ def train_cmd(
     executor: Annotated[str, _config_opt("executor")] = _DEFAULT.executor,
     ray_address: Annotated[str | None, _config_opt("ray_address", _RAY_ADDRESS_EXTRA)] = None,
     serve_orderings: Annotated[str, _config_opt("serve_orderings")] = _DEFAULT.serve_orderings,
+    torch_threads: Annotated[int, _config_opt("torch_threads")] = _DEFAULT.torch_threads,
     as_json: JsonOpt = False,
 ) -> None:
     """Train S3T on labelled data and write a run directory."""
@@ -159,7 +160,7 @@ def train_cmd(
             max_seq_len=max_seq_len if max_seq_len is not None else 128 if instructions else 64,
             feature_cache=not no_cache, feature_cache_dtype=cache_dtype,
             feature_cache_memory_gb=cache_memory_gb, executor=executor, ray_address=ray_address,
-            serve_orderings=serve_orderings,
+            serve_orderings=serve_orderings, torch_threads=torch_threads,
         ).validate()  # bad flags fail here, before torch or any data is loaded
         if best_epoch and eval_src is None and eval_size <= 0:
             raise ConfigError("best_epoch", NO_VALIDATION)
