@@ -150,8 +150,10 @@ def predict(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: flo
         deficit = float(dist @ ((n - depth) * wait + lost))
         served = max(0.0, 1.0 - failures * deficit / n)
         fallback_load = rate * float(hit_sets(0.0) @ fallback)
-        keeps_up = busy + fallback_load < 1.0
-        trainer = min(1.0, busy + fallback_load)
+        full = regime is orders
+        keeps_up = full and busy + fallback_load < 1.0
+        # primary chains only: the fallbacks that cannot keep up take whatever time is left
+        trainer = min(1.0, busy + fallback_load) if full else 1.0
         result = Prediction(up, served, trainer, trainer * DAY, service, keeps_up)
         if keeps_up or len(regime) == 1:
             break
