@@ -230,3 +230,43 @@ def test_trained_run_records_placement_refuses_undeletable_and_stays_exact(tiny_
         ex.partition = original
     assert est.audit().ok
     est.close()
+
+
+def test_forget_refuses_undeletable_samples_and_changes_nothing(tmp_path) -> None:
+    """At the ledger: by id or through a group, a deletable=false sample is refused."""
+    from s3t.run.forget import UndeletableSampleError, plan_forget
+    from s3t.run.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.initialise(1)
+    ledger.add_samples([("a", 0, 0, "u1", 0, "x"), ("b", 0, 0, "u1", 1, "y"),
+                        ("c", 0, 1, None, 0, "z")], 1, 2)
+    ledger.add_placement([("a", None, False), ("b", 0.5, True), ("c", 2.0, True)])
+    for ids, groups in ((["a"], None), (["c", "a"], None), (None, ["u1"])):
+        with pytest.raises(UndeletableSampleError, match=r"deletable=false cannot be forgotten: a\."):
+            plan_forget(ledger, ids, groups)
+    assert plan_forget(ledger, ["b", "c"], None).new == {"b": (0, 0), "c": (0, 1)}
+    assert ledger.undeletable(["a", "b", "c", "zz"]) == ["a"]
+    ledger.close()
+
+
+def test_simulate_command_compares_placements() -> None:
+    from typer.testing import CliRunner
+
+    from s3t.cli import app
+
+    runner = CliRunner()
+    args = ["simulate", "--shards", "2", "--slices", "3", "--trials", "200", "--placement",
+            "prior", "--skew", "zipf:1.1", "--users", "300", "--deletions", "40"]
+    out = runner.invoke(app, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.stdout)["placement"]
+    assert res["skew"] == 1.1 and res["users"] == 300 and res["stages_cut"] > 0.3
+    text = runner.invoke(app, args).output
+    assert "stages invalidated per deletion: uniform" in text and "cut" in text
+    for extra, message in ((["--skew", "zipf:-2"], "--skew: skew must be"),
+                           (["--window", "0"], "--window: window must be >= 1"),
+                           (["--deletions", "301"], "--deletions: deletions (301) cannot exceed"),
+                           (["--placement", "smart"], "--placement: must be uniform or prior")):
+        out = runner.invoke(app, [*args, *extra])
+        assert out.exit_code == 2 and out.output.startswith(f"error: {message}"), out.output
