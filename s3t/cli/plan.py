@@ -123,7 +123,8 @@ def _text(report: dict) -> str:
     lines = [
         f"recommended: --shards {best['shards']} --slices {best['slices']} --budget "
         f"{best['budget']} --strategy {best['strategy']}"
-        + (" --placement prior" if report["workload"]["placement"] == "prior" else ""),
+        + (" --placement prior" if report["workload"]["placement"] == "prior"
+           and best["slices"] > 1 else ""),
         f"  capacity (shards at full depth) {best['capacity']:.3f}, served depth "
         f"{best['served_depth_fraction']:.3f}, trainer busy {best['trainer_busy']:.0%} "
         f"({per_day:.1f} h of retraining per day), first training "

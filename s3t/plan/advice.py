@@ -8,7 +8,8 @@ to be optimistic, by ``stream_sim.simulate_stream`` instead. The choice, in orde
 1. plans whose predicted capacity (fraction of shards at full depth) reaches ``target``;
    among them the fewest shards (each shard's model learns from more data), then the
    highest served depth, then the least retrain compute;
-2. if none does: the highest capacity (ties within 0.005: served depth, then fewer shards).
+2. if none does: the highest capacity (within 2 points, about the model's precision, the
+   higher served depth wins, then fewer shards).
 
 Capacity comes first because partial depths are weaker than their share of the layers
 suggests at small sizes (BENCHMARKS.md sections 15 and 17); served depth breaks ties.
@@ -29,7 +30,7 @@ from s3t.plan.prefix_tree import PrefixTree
 from s3t.plan.stream_sim import simulate_stream
 
 SATURATED = 0.8     # trainer busy fraction above which a candidate is simulated
-TIE = 0.005
+TIE = 0.02            # capacities closer than this are a tie (the model is not finer)
 
 
 @dataclass
