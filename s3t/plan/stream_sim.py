@@ -81,7 +81,7 @@ def simulate_stream(n_shards: int, orderings: Sequence[Sequence[int]], cell_seco
     job_end = math.inf
     next_arrival = rng.exponential(1.0 / rate)
     seen = 0
-    start = None
+    start: float | None = None
     area_full = area_depth = busy = 0.0
     full_now = float(n_shards)
     depth_now = float(n_shards * n_slices)
