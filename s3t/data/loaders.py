@@ -14,6 +14,7 @@ label column is unused for language models): :func:`load_instructions`,
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -290,16 +291,14 @@ def is_instruction_source(src: str) -> bool:
 
 def _remap_labels(data: Dataset, label_names: list[str]) -> Dataset:
     """Re-express ``data``'s labels as indices into ``label_names`` (a caller's label space)."""
-    extra = {"priors": data.priors, "deletable": data.deletable}
     if data.labels is None or list(label_names) == data.label_names:
-        return Dataset(data.ids, data.texts, data.labels, data.groups, list(label_names), **extra)
+        return dataclasses.replace(data, label_names=list(label_names))
     index = {str(name): i for i, name in enumerate(label_names)}
     missing = sorted({data.label_names[lab] for lab in data.labels} - set(index))
     if missing:
         raise ValueError(f"labels {missing} are not in the given label_names {list(label_names)}")
     labels = [index[data.label_names[lab]] for lab in data.labels]
-    return Dataset(data.ids, data.texts, labels, data.groups, [str(n) for n in label_names],
-                   **extra)
+    return dataclasses.replace(data, labels=labels, label_names=[str(n) for n in label_names])
 
 
 def load_source(

@@ -80,7 +80,7 @@ def slice_prior_for(work: Workload, n_slices: int) -> list[float] | None:
 def candidates(work: Workload, shards: Sequence[int], max_slices: int,
                max_budget: int | None) -> list[tuple[int, int, int]]:
     """(m, L, B) with at least one sample per cell; B up to L (more adds fallbacks only)."""
-    out = []
+    out: list[tuple[int, int, int]] = []
     for m in shards:
         for n_slices in range(1, max_slices + 1):
             if work.samples < m * n_slices:

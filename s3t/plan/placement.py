@@ -51,8 +51,9 @@ def _fill(units: Sequence[int], sizes: Sequence[int], cells: Sequence[int],
         heapq.heappush(heap, (size + int(sizes[u]), cell))
 
 
-def place_units(sizes: Sequence[int], priors: Sequence[float] | None, n_shards: int,
-                n_slices: int, seed: int = 0, rule: str = "prior") -> list[tuple[int, int]]:
+def place_units(sizes: Sequence[int], priors: Sequence[float] | np.ndarray | None,
+                n_shards: int, n_slices: int, seed: int = 0,
+                rule: str = "prior") -> list[tuple[int, int]]:
     """The ``(shard, slice)`` of each unit, given in a canonical order (callers sort them).
 
     ``uniform``: units shuffled with ``seed``, placed largest first into the smallest cell.
@@ -90,7 +91,7 @@ def place_units(sizes: Sequence[int], priors: Sequence[float] | None, n_shards: 
     return out
 
 
-def slice_prior(cells: Sequence[tuple[int, int]], priors: Sequence[float],
+def slice_prior(cells: Sequence[tuple[int, int]], priors: Sequence[float] | np.ndarray,
                 n_slices: int) -> list[float]:
     """Deletion mass of each slice index over all shards (unit priors summed), normalised;
     uniform when no unit can be deleted. It is what ``bms`` orders the slices by."""
@@ -123,10 +124,11 @@ def place_samples(ids: Sequence[str], groups: Sequence[str | None],
     for i, (sid, group) in enumerate(zip(ids, groups, strict=True)):
         units.setdefault((0, group) if group is not None else (1, sid), []).append(i)
     keys = sorted(units)
-    unit_priors = []
+    unit_priors: list[float] = []
     for key in keys:
         members = [i for i in units[key] if deletable is None or deletable[i]]
-        values = [priors[i] for i in members if priors is not None and priors[i] is not None]
+        values = [float(v) for v in (priors[i] for i in members if priors is not None)
+                  if v is not None]
         unit_priors.append(0.0 if not members else max(values) if values else fill)
     sizes = [len(units[k]) for k in keys]
     cells = place_units(sizes, unit_priors, n_shards, n_slices, seed, "prior")
