@@ -14,6 +14,7 @@ from typing import Any
 
 from s3t.plan.methods import METHODS
 from s3t.plan.orderings import STRATEGIES, check_prior, default_budget
+from s3t.plan.placement import PLACEMENTS
 
 AGGREGATIONS = ("mean", "vote")
 SERVE_ORDERINGS = ("best", "all")
@@ -76,6 +77,13 @@ class S3TConfig:
     prior: list[float] | None = dataclasses.field(default=None, metadata={"help": (
         "Deletion probability per slice (one per slice, each >= 0, summing to 1) that "
         "'bms' uses to put rarely deleted slices first; unset (None) means uniform.")})
+    placement: str = dataclasses.field(default="uniform", metadata={"help": (
+        f"How samples are placed in cells, one of {', '.join(PLACEMENTS)}: 'uniform' spreads "
+        "them at random (seeded, cells balanced, a group kept in one cell); 'prior' sorts them "
+        "by their deletion_prior (a data column; deletable=false counts as 0) into one band "
+        "per slice, so every shard's first slices hold the data least likely to be deleted and "
+        "its last slice the likeliest, and 'bms' orderings then put that slice late. Fixed "
+        "at training and recorded in the ledger: exactness is unchanged.")})
     layers_per_slice: int = dataclasses.field(default=1, metadata={"help": (
         "Transformer layers adapted per slice (integer >= 1): the top slices x "
         "layers_per_slice layers are trained, the layers below stay frozen.")})
@@ -204,6 +212,10 @@ class S3TConfig:
                               "shards=1, slices=1, budget=1 (adapt more layers with "
                               "layers_per_slice)")
         self._validate_plan()
+        _check_choice("placement", self.placement, PLACEMENTS)
+        if self.placement == "prior" and self.prior is not None:
+            raise ConfigError("prior", "placement 'prior' computes the slice prior from the "
+                              "samples' deletion_prior: leave prior unset")
         _check_choice("aggregation", self.aggregation, AGGREGATIONS)
         if self.serve_orderings not in SERVE_ORDERINGS:
             raise ConfigError("serve_orderings", "serve_orderings must be one of "

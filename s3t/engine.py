@@ -26,6 +26,7 @@ from s3t.models.adapted import AdaptedBackbone, default_model_dir
 from s3t.models.stage_weights import StageWeights, WeightBank
 from s3t.plan.methods import Method
 from s3t.plan.orderings import make_orderings
+from s3t.plan.placement import place_samples
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.run import AuditReport, Ledger, Run, StageStore, model_fingerprint
 from s3t.run.directory import RUN_FILE
@@ -157,18 +158,27 @@ class S3T:
             for texts in (data.texts, eval_data.texts if eval_data is not None else []):
                 for text in texts:
                     parse_instruction(text)
+        prior, placed = config.prior, {}
+        if config.placement == "prior":  # cells by deletion likelihood; bms orders by it
+            cells, prior = place_samples(data.ids, data.groups, data.priors, data.deletable,
+                                         config.shards, config.slices, seed=config.seed)
+            placed = {"placement": {"rule": "prior", "slice_prior": prior}}
+        else:
+            cells = partition(data.ids, data.groups, config.shards, config.slices, seed=config.seed)
         orderings = make_orderings(config.strategy, config.slices, config.budget,
-                                   prior=config.prior, seed=config.seed)
-        cells = partition(data.ids, data.groups, config.shards, config.slices, seed=config.seed)
+                                   prior=prior, seed=config.seed)
         run = Run.create(run_dir, config, {
             "label_names": label_names, "task": backbone.task, "model_dir": backbone.model_dir,
             "model_sha256": model_fingerprint(backbone.model_dir),
-            "orderings": [list(o) for o in PrefixTree(orderings).orderings]})
+            "orderings": [list(o) for o in PrefixTree(orderings).orderings], **placed})
         self._attach(run)
         run.ledger.add_samples(
             ((sid, *cells[sid], grp, label, text) for sid, grp, label, text in
              zip(data.ids, data.groups, labels, data.texts, strict=True)),
             config.shards, config.slices)
+        if data.priors is not None or data.deletable is not None:
+            run.ledger.add_placement(zip(data.ids, data.priors or [None] * len(data),
+                                         data.deletable or [True] * len(data), strict=True))
         if eval_data is not None:
             run.ledger.add_eval_samples(zip(eval_data.ids, eval_labels, eval_data.texts,
                                             strict=True))

@@ -19,6 +19,7 @@ from s3t.cli import inputs
 from s3t.cli.certificates import certificates_cmd
 from s3t.cli.configure import configure_cmd
 from s3t.cli.errors import OneLineErrorGroup, engine_errors, fail
+from s3t.cli.plan import plan_cmd
 from s3t.cli.serve import serve_cmd
 from s3t.cli.simulate import simulate_cmd
 from s3t.cli.verify import verify_cmd
@@ -37,15 +38,13 @@ CONFIG_FLAGS = {
     "lora_dropout": "--lora-dropout", "use_rslora": "--rslora", "target_modules": "--target-modules",
     "epochs": "--epochs", "stage_steps": "--stage-steps", "lr_schedule": "--lr-schedule",
     "warmup_ratio": "--warmup-ratio", "best_epoch": "--best-epoch", "torch_threads": "--torch-threads",
-    "batch_size": "--batch-size", "learning_rate": "--lr",
+    "batch_size": "--batch-size", "learning_rate": "--lr", "placement": "--placement",
     "max_seq_len": "--max-seq-len", "seed": "--seed", "feature_cache": "--no-cache",
     "feature_cache_dtype": "--cache-dtype", "feature_cache_memory_gb": "--cache-memory-gb",
-    "executor": "--executor", "ray_address": "--ray-address", "serve_orderings": "--serve-orderings",
-}
+    "executor": "--executor", "ray_address": "--ray-address", "serve_orderings": "--serve-orderings"}
 RETRAIN_FLAGS = {f: CONFIG_FLAGS[f] for f in ("executor", "ray_address")}
 DEMO_FLAGS = {f: CONFIG_FLAGS[f] for f in ("shards", "slices", "budget", "strategy", "epochs", "seed")}
 _DEFAULT = S3TConfig()
-
 
 app = typer.Typer(cls=OneLineErrorGroup, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="s3t: exact machine unlearning with sequence-aware "
@@ -58,6 +57,7 @@ def _main() -> None:
 
 
 app.command("simulate")(simulate_cmd)  # planning only: s3t/cli/simulate.py
+app.command("plan")(plan_cmd)  # m, L, B and retrain policy for a deletion rate: s3t/cli/plan.py
 
 
 def _config_opt(field: str, extra: str = "", lead: str = "") -> Any:
@@ -134,7 +134,7 @@ def train_cmd(
     ray_address: Annotated[str | None, _config_opt("ray_address", _RAY_ADDRESS_EXTRA)] = None,
     serve_orderings: Annotated[str, _config_opt("serve_orderings")] = _DEFAULT.serve_orderings,
     torch_threads: Annotated[int, _config_opt("torch_threads")] = _DEFAULT.torch_threads,
-    as_json: JsonOpt = False,
+    placement: Annotated[str, _config_opt("placement")] = _DEFAULT.placement, as_json: JsonOpt = False,
 ) -> None:
     """Train S3T on labelled data and write a run directory."""
     from s3t.data.loaders import is_instruction_source, load_source, train_test_split
@@ -160,7 +160,7 @@ def train_cmd(
             max_seq_len=max_seq_len if max_seq_len is not None else 128 if instructions else 64,
             feature_cache=not no_cache, feature_cache_dtype=cache_dtype,
             feature_cache_memory_gb=cache_memory_gb, executor=executor, ray_address=ray_address,
-            serve_orderings=serve_orderings, torch_threads=torch_threads,
+            serve_orderings=serve_orderings, torch_threads=torch_threads, placement=placement,
         ).validate()  # bad flags fail here, before torch or any data is loaded
         if best_epoch and eval_src is None and eval_size <= 0:
             raise ConfigError("best_epoch", NO_VALIDATION)

@@ -14,6 +14,7 @@ label column is unused for language models): :func:`load_instructions`,
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from s3t.data.deletability import placement_columns, placement_fields
 from s3t.data.instructions import instruction_text
 from s3t.data.samples import Dataset
 from s3t.data.subset import limit_indices
@@ -125,7 +127,9 @@ def _sort_label_names(names: set[str]) -> list[str]:
 def load_table(path: str | Path, label_names: list[str] | None = None) -> Dataset:
     """Read a CSV or JSON-lines file with columns ``id``, ``text``, ``label`` and ``group``.
 
-    ``label`` and ``group`` are optional: without ``label`` the dataset is unlabelled
+    ``label``, ``group``, ``deletion_prior`` and ``deletable`` are optional (the last two
+    guide placement by prior: a likelihood >= 0, and false for data that is never deletable;
+    a group's rate may be given on each of its rows). Without ``label`` the dataset is unlabelled
     (``labels=None``, for prediction). Pass ``label_names`` to map labels into an existing
     label space (e.g. an eval file scored by a model trained on another file).
     """
@@ -149,6 +153,9 @@ def load_table(path: str | Path, label_names: list[str] | None = None) -> Datase
     groups: list[str | None] = []
     first_line: dict[str, int] = {}
     labelled: bool | None = None
+    priors: list[float | None] = []
+    deletable: list[bool] = []
+    placed = False
     for lineno, row in rows:
         where = _where(file, lineno)
         for col in ("id", "text"):
@@ -178,6 +185,10 @@ def load_table(path: str | Path, label_names: list[str] | None = None) -> Datase
             raw_labels.append(_label_str(row["label"], where))
         group = row.get("group")
         groups.append(None if group is None or str(group).strip() == "" else str(group).strip())
+        placed = placed or "deletion_prior" in row or "deletable" in row
+        prior, may_delete = placement_fields(row, where)
+        priors.append(prior)
+        deletable.append(may_delete)
         first_line[sid] = lineno
         ids.append(sid)
         texts.append(text)
@@ -206,6 +217,7 @@ def load_table(path: str | Path, label_names: list[str] | None = None) -> Datase
         labels=labels,
         groups=groups,
         label_names=[str(n) for n in label_names] if label_names is not None else [],
+        **placement_columns(priors, deletable, placed),
     )
 
 
@@ -237,6 +249,9 @@ def load_instructions(path: str | Path) -> Dataset:
     texts: list[str] = []
     groups: list[str | None] = []
     first_line: dict[str, int] = {}
+    priors: list[float | None] = []
+    deletable: list[bool] = []
+    placed = False
     for lineno, row in _iter_jsonl(file):
         where = _where(file, lineno)
         for col in ("id", "instruction", "response"):
@@ -251,6 +266,10 @@ def load_instructions(path: str | Path) -> Dataset:
             if not isinstance(row[col], str) or not row[col].strip():
                 raise ValueError(f"{where}: `{col}` of id {sid!r} must be a non-empty string")
         group = row.get("group")
+        placed = placed or "deletion_prior" in row or "deletable" in row
+        prior, may_delete = placement_fields(row, where)
+        priors.append(prior)
+        deletable.append(may_delete)
         first_line[sid] = lineno
         ids.append(sid)
         texts.append(instruction_text(row["instruction"], row["response"]))
@@ -258,7 +277,8 @@ def load_instructions(path: str | Path) -> Dataset:
     if not ids:
         raise ValueError(f"{file} is empty (no data rows): add rows with `id`, `instruction` "
                          "and `response`")
-    return Dataset(ids=ids, texts=texts, labels=[0] * len(ids), groups=groups)
+    return Dataset(ids=ids, texts=texts, labels=[0] * len(ids), groups=groups,
+                   **placement_columns(priors, deletable, placed))
 
 
 def is_instruction_source(src: str) -> bool:
@@ -272,13 +292,13 @@ def is_instruction_source(src: str) -> bool:
 def _remap_labels(data: Dataset, label_names: list[str]) -> Dataset:
     """Re-express ``data``'s labels as indices into ``label_names`` (a caller's label space)."""
     if data.labels is None or list(label_names) == data.label_names:
-        return Dataset(data.ids, data.texts, data.labels, data.groups, list(label_names))
+        return dataclasses.replace(data, label_names=list(label_names))
     index = {str(name): i for i, name in enumerate(label_names)}
     missing = sorted({data.label_names[lab] for lab in data.labels} - set(index))
     if missing:
         raise ValueError(f"labels {missing} are not in the given label_names {list(label_names)}")
     labels = [index[data.label_names[lab]] for lab in data.labels]
-    return Dataset(data.ids, data.texts, labels, data.groups, [str(n) for n in label_names])
+    return dataclasses.replace(data, labels=labels, label_names=[str(n) for n in label_names])
 
 
 def load_source(

@@ -42,6 +42,10 @@ class ValidationSampleError(ForgetRequestError):
     """The request names validation samples, which are never deletable."""
 
 
+class UndeletableSampleError(ForgetRequestError):
+    """The request names samples the training data marked ``deletable=false``."""
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -86,6 +90,14 @@ def plan_forget(ledger: Ledger, sample_ids: Sequence[str] | None,
     extra = [sid for m in members.values() for sid in m if sid not in found]
     found.update(ledger.find_samples(extra))
     new = {sid: (sh, sl) for sid, (sh, sl, dv) in found.items() if dv is None}
+    kept = ledger.undeletable(list(new))
+    if kept:
+        raise UndeletableSampleError(
+            f"samples marked deletable=false cannot be forgotten: {_shown(kept)}. The training "
+            "data declared them never deleted (licensed, public or consented-forever data), so "
+            "placement by prior put them in the first slices that every deeper stage builds "
+            "on; to remove one, train a new run with it marked deletable (or without it); "
+            "nothing was deleted")
     already = sorted(sid for sid, (_, _, dv) in found.items() if dv is not None)
     return ForgetPlan(new=new, already_deleted=already, groups=group_keys)
 

@@ -66,6 +66,9 @@ CREATE TABLE IF NOT EXISTS stages (
     erased_by TEXT
 );
 CREATE TABLE IF NOT EXISTS routes (shard INTEGER PRIMARY KEY, stage TEXT);
+CREATE TABLE IF NOT EXISTS placement (  -- per sample, when the data gave them: fixed at training
+    sample_id TEXT PRIMARY KEY, prior REAL, deletable INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS eval_samples (  -- validation data: never deletable
     sample_id TEXT PRIMARY KEY, label INTEGER NOT NULL, input TEXT NOT NULL
 );
@@ -260,6 +263,17 @@ class Ledger:
                  for sid, sh, sl, g, y, x in rows))
             c.executemany("INSERT INTO slices VALUES (?, ?, 0)",
                           [(m, s) for m in range(n_shards) for s in range(n_slices)])
+
+    def add_placement(self, rows: Iterable[tuple[str, float | None, bool]]) -> None:
+        """Rows of (sample_id, deletion prior or None, deletable) the data gave at training."""
+        with self.transaction() as c:
+            c.executemany("INSERT INTO placement VALUES (?, ?, ?)",
+                          ((sid, p, int(bool(d))) for sid, p, d in rows))
+
+    def undeletable(self, ids: Sequence[str]) -> list[str]:
+        """Which of ``ids`` the data marked ``deletable=false``, sorted."""
+        return sorted(r[0] for r in self._where_in(
+            "SELECT sample_id FROM placement WHERE deletable = 0 AND sample_id", ids))
 
     def cell_samples(self, shard: int, slice_: int) -> list[tuple[str, int, str]]:
         """Retained samples of a cell as (id, label, input), sorted by id."""

@@ -1,0 +1,209 @@
+"""``s3t plan``: choose m, L, B and a retrain policy for a data size, deletion rate and
+training speed (pure, no torch).
+
+Every candidate plan (shards, slices, budget) is scored by ``capacity.predict`` (the
+queueing model); where it says the trainer is nearly saturated, where that model is known
+to be optimistic, by ``stream_sim.simulate_stream`` instead. The choice, in order:
+
+1. plans whose predicted capacity (fraction of shards at full depth) reaches ``target``;
+   among them the fewest shards (each shard's model learns from more data), then the
+   highest served depth, then the least retrain compute;
+2. if none does: the highest capacity (within 2 points, about the model's precision, the
+   higher served depth wins, then fewer shards).
+
+Capacity comes first because partial depths are weaker than their share of the layers
+suggests at small sizes (BENCHMARKS.md sections 15 and 17); served depth breaks ties.
+``L = 1, B = 1`` is SISA: it is recommended, with the reason, where no S3T plan does better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from s3t.plan.capacity import DAY, predict
+from s3t.plan.orderings import make_orderings
+from s3t.plan.prefix_tree import PrefixTree
+from s3t.plan.stream_sim import simulate_stream
+
+SATURATED = 0.8     # trainer busy fraction above which a candidate is simulated
+TIE = 0.02            # capacities closer than this are a tie (the model is not finer)
+
+
+@dataclass
+class Workload:
+    """What ``s3t plan`` is told: data, deletion stream and training speed."""
+
+    samples: int
+    rate_per_day: float
+    throughput: float                 # samples x epochs per second
+    epochs: int = 3
+    stage_overhead: float = 0.0       # seconds per stage beyond its samples
+    skew: float = 0.0                 # Zipf exponent over users; 0 = uniform
+    users: int | None = None          # groups deleted as a whole (default: one per sample)
+    placement: str = "uniform"
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the bad quantity and what would be valid."""
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"samples must be an integer >= 1, got {self.samples!r}")
+        for name in ("rate_per_day", "throughput", "stage_overhead", "skew"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.throughput <= 0:
+            raise ValueError(f"throughput must be > 0 samples x epochs per second, got "
+                             f"{self.throughput}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.users is not None and not 1 <= self.users <= self.samples:
+            raise ValueError(f"users must be in [1, samples={self.samples}], got {self.users}")
+        if self.placement not in ("uniform", "prior"):
+            raise ValueError(f"placement must be uniform or prior, got {self.placement!r}")
+
+
+def slice_prior_for(work: Workload, n_slices: int) -> list[float] | None:
+    """Expected deletion mass per slice: uniform placement spreads users evenly; placement by
+    prior puts the users sorted by likelihood into equal bands, the likeliest in the last."""
+    if work.placement == "uniform" or work.skew == 0 or n_slices == 1:
+        return None
+    users = work.users or work.samples
+    w = np.sort(np.arange(1, users + 1, dtype=float) ** -work.skew)
+    bands = np.array_split(w, n_slices)
+    mass = np.array([b.sum() for b in bands])
+    return [float(x) for x in mass / mass.sum()]
+
+
+def candidates(work: Workload, shards: Sequence[int], max_slices: int,
+               max_budget: int | None) -> list[tuple[int, int, int]]:
+    """(m, L, B) with at least one sample per cell; B up to L (more adds fallbacks only)."""
+    out: list[tuple[int, int, int]] = []
+    for m in shards:
+        for n_slices in range(1, max_slices + 1):
+            if work.samples < m * n_slices:
+                continue
+            top = min(math.factorial(n_slices), n_slices, max_budget or n_slices)
+            out.extend((m, n_slices, b) for b in range(1, top + 1))
+    return out
+
+
+def evaluate(work: Workload, m: int, n_slices: int, budget: int, seed: int = 0) -> dict:
+    """Predictions for one plan under ``work``; see the module doc for the method."""
+    prior = slice_prior_for(work, n_slices)
+    strategy = "sisa" if budget == 1 else ("bms" if prior is not None else "cyclic")
+    orderings = make_orderings(strategy, n_slices, budget, prior=prior, seed=seed)
+    cell = work.samples / (m * n_slices) * work.epochs / work.throughput
+    rate = work.rate_per_day / DAY
+    pred = predict(m, orderings, cell, rate, prior, work.stage_overhead).to_dict()
+    pred["method"] = "queueing model"
+    if rate > 0 and pred["trainer_busy"] > SATURATED:
+        sim = simulate_stream(m, orderings, cell, rate, prior, deletions=1500, warmup=100,
+                              seed=seed, stage_overhead=work.stage_overhead)
+        pred.update(capacity=sim["capacity"], served_depth_fraction=sim["served_depth_fraction"],
+                    trainer_busy=sim["busy_fraction"],
+                    retrain_seconds_per_day=sim["busy_fraction"] * DAY,
+                    method="simulation (trainer nearly saturated)")
+    tree = PrefixTree(orderings)
+    train = m * sum(st.depth * cell + work.stage_overhead for st in tree.stages)
+    return {"shards": m, "slices": n_slices, "budget": budget, "strategy": strategy,
+            "orderings": [list(o) for o in orderings], "slice_prior": prior,
+            "training_seconds": train, **pred}
+
+
+def _pick(rows: list[dict], target: float) -> dict:
+    feasible = [r for r in rows if r["capacity"] >= target]
+    if feasible:
+        return min(feasible, key=lambda r: (r["shards"], -r["served_depth_fraction"],
+                                            r["retrain_seconds_per_day"], r["training_seconds"]))
+    best = max(r["capacity"] for r in rows)
+    close = [r for r in rows if r["capacity"] >= best - TIE]
+    return min(close, key=lambda r: (-r["served_depth_fraction"], r["shards"],
+                                     r["retrain_seconds_per_day"]))
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min" \
+        if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def recommend(work: Workload, shards: Sequence[int] = tuple(range(1, 9)), max_slices: int = 4,
+              max_budget: int | None = None, target: float = 0.95) -> dict:
+    """Score every candidate plan and pick one (module doc); explain the choice."""
+    work.check()
+    if not shards or any(m < 1 for m in shards):
+        raise ValueError(f"shards must be integers >= 1, got {list(shards)}")
+    if not 1 <= max_slices <= 8:
+        raise ValueError(f"max_slices must be in [1, 8], got {max_slices}")
+    if not (math.isfinite(target) and 0 < target <= 1):
+        raise ValueError(f"target must be a fraction in (0, 1], got {target}")
+    plans = candidates(work, sorted(set(shards)), max_slices, max_budget)
+    if not plans:
+        raise ValueError(f"{work.samples} samples cannot fill any plan: need at least "
+                         f"{min(shards)} shards x 1 slice")
+    rows = [evaluate(work, *plan) for plan in plans]
+    best = _pick(rows, target)
+    sisa = _pick([r for r in rows if r["slices"] == 1 and r["budget"] == 1], target)
+    s3t_rows = [r for r in rows if (r["slices"], r["budget"]) != (1, 1)]
+    best_s3t = _pick(s3t_rows, target) if s3t_rows else None
+    rate = work.rate_per_day
+    gap = DAY / rate * best["shards"] if rate > 0 else math.inf
+    is_sisa = best["slices"] == 1 and best["budget"] == 1
+    if is_sisa and best_s3t is not None:
+        why = (f"S3T cannot win here: each shard is hit every {_hours(gap)} on average; the "
+               f"best S3T plan (m={best_s3t['shards']}, L={best_s3t['slices']}, "
+               f"B={best_s3t['budget']}) needs {_hours(best_s3t['rebuild_seconds'])} to rebuild "
+               f"a shard's chain to full depth (trainer busy {best_s3t['trainer_busy']:.0%}) "
+               f"and keeps {best_s3t['capacity']:.0%} of shards at full depth, while SISA "
+               f"(L=1, B=1) rebuilds a shard in one stage of {_hours(best['rebuild_seconds'])} "
+               f"and keeps {best['capacity']:.0%}")
+    elif is_sisa:
+        why = "only L=1, B=1 (SISA) was allowed (--max-slices 1)"
+    else:
+        why = (f"S3T keeps {best['capacity']:.0%} of shards at full depth and serves "
+               f"{best['served_depth_fraction']:.1%} of full depth on average; SISA "
+               f"(m={sisa['shards']}, L=1, B=1) would keep {sisa['capacity']:.0%} and serve "
+               f"{sisa['served_depth_fraction']:.1%}")
+    saturated = best["trainer_busy"] >= 0.95
+    policy = ("eager: `s3t serve --retrain eager` (rebuild as soon as a deletion lands; primary "
+              "chains first)")
+    if saturated:
+        policy += ("; the trainer is saturated at this rate: no plan keeps up, so add trainers "
+                   "(--executor ray) or raise throughput")
+    return {"workload": {**work.__dict__}, "target": target, "recommended": best, "why": why,
+            "retrain_policy": policy, "sisa": sisa, "best_s3t": best_s3t,
+            "meets_target": best["capacity"] >= target, "candidates": rows}
+
+
+_UNITS = {"s": 86400.0, "sec": 86400.0, "min": 1440.0, "h": 24.0, "hour": 24.0, "d": 1.0,
+          "day": 1.0, "week": 1 / 7}
+
+
+def parse_rate(text: str) -> float:
+    """``"10/day"``, ``"2.5/h"``, ``"1/min"``, ``"0.1/s"`` -> deletions per day."""
+    count, slash, unit = text.strip().partition("/")
+    try:
+        value = float(count)
+    except ValueError:
+        value = math.nan
+    if not slash or unit.strip() not in _UNITS or not math.isfinite(value) or value < 0:
+        raise ValueError(f"expected a rate like 10/day, 2/h, 1/min or 0.1/s (a number >= 0 per "
+                         f"{', '.join(_UNITS)}), got {text!r}")
+    return value * _UNITS[unit.strip()]
+
+
+def fit_throughput(visits: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
+    """Throughput (samples x epochs per second) and per-stage overhead (seconds) from stage
+    timings: least squares of ``seconds = overhead + visits / throughput``; with too little
+    spread in the stages' sizes, or a negative fit, no overhead and the ratio of sums."""
+    v = np.asarray(visits, dtype=float)
+    s = np.asarray(seconds, dtype=float)
+    if v.size == 0 or v.shape != s.shape or np.any(v <= 0) or np.any(s <= 0):
+        raise ValueError("need at least one stage with samples and a positive training time")
+    if v.size >= 3 and np.ptp(v) > 0.2 * v.mean():
+        slope, overhead = np.polyfit(v, s, 1)
+        if slope > 0 and overhead >= 0:
+            return float(1.0 / slope), float(overhead)
+    return float(v.sum() / s.sum()), 0.0
