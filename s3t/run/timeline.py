@@ -13,6 +13,7 @@ their commit times and the certificates.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from datetime import datetime
 
 from s3t.run.stages import StageRecord, compute_routes
@@ -39,7 +40,7 @@ def timeline(stages: Sequence[StageRecord], created: Mapping[str, str],
         events.append((unix_time(certificate["time"]), 1, f"{number:012d}", certificate))
     events.sort(key=lambda e: e[:3])
 
-    def point(at: float, event: str, routes: Mapping[object, str | None]) -> dict:
+    def point(at: float, event: str, routes: Mapping[Any, str | None]) -> dict:
         depths = [records[k].depth if k in records else 0 for k in routes.values() if k]
         return {"time": at, "event": event,
                 "capacity": sum(depths) / n_shards / slices if n_shards and slices else 0.0,
