@@ -753,7 +753,7 @@ def fairness(args: Any) -> int:
     if args.reuse_run:
         run = common.tmp_run_dir("service-fair")
         shutil.copytree(args.reuse_run, run)
-        _, _, test = common.wordnet_split(size["train"], size["test"], 0)
+        _, test = common.wordnet_split(size["train"], size["test"], 0)
         texts = list(test.texts)
     else:
         from s3t.config import S3TConfig

@@ -13,8 +13,8 @@ their commit times and the certificates.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 from datetime import datetime
+from typing import Any
 
 from s3t.run.stages import StageRecord, compute_routes
 
