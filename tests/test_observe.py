@@ -260,3 +260,30 @@ def test_a_real_server_writes_json_log_lines(run_copy, tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(subprocess.call([sys.executable, "-m", "pytest", __file__]))
+
+
+def test_timeline_replays_routing_from_commit_times_and_certificates():
+    from s3t.run.stages import StageRecord
+    from s3t.run.timeline import timeline
+
+    def stage(key: str, shard: int, prefix: tuple[int, ...], status: str = "live",
+              parent: str | None = None) -> StageRecord:
+        return StageRecord(key, shard, prefix, (0,) * len(prefix), parent, status, {}, 1, None)
+
+    t = "2026-12-06T10:00:0{}+00:00".format
+    stages = [stage("a", 0, (0,), "erased"), stage("ab", 0, (0, 1), "erased", "a"),
+              stage("b", 1, (1,)), stage("q", 1, (1, 0), "erased", "b"),  # q: quarantined
+              stage("a2", 0, (0,))]
+    created = {"a": t(1), "ab": t(2), "b": t(3), "q": t(4), "a2": t(6)}
+    certificate = {"request_id": "r1", "time": t(5), "samples": ["s1", "s2"],
+                   "erased_stages": ["a", "ab"], "routes_after": {"0": None, "1": "b"}}
+    points = timeline(stages, created, [certificate], n_shards=2, slices=2)
+    assert [(p["event"], p["capacity"], p["live_shards"], p["deletion_requests"], p["deleted"])
+            for p in points] == [
+        ("stage-commit", 0.25, 1, 0, 0), ("stage-commit", 0.5, 1, 0, 0),
+        ("stage-commit", 0.75, 2, 0, 0),  # q was erased later for damage: never counted
+        ("deletion", 0.25, 1, 1, 2), ("stage-commit", 0.5, 2, 1, 2)]
+    assert points[0]["time"] < points[-1]["time"]
+    only_full = timeline(stages, created, [certificate], 2, 2, servable=lambda depth: depth == 2)
+    # a deletion's point is its certificate's routes_after, as recorded (not replayed)
+    assert [p["capacity"] for p in only_full] == [0.0, 0.5, 0.5, 0.25, 0.0]
