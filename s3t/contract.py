@@ -189,6 +189,14 @@ class Job(Record):
         return self.state in ("queued", "running")
 
 
+class JobLog(Record):
+    """What a retrain job's child process reported (``GET /v1/jobs/{id}/log``)."""
+
+    id: str
+    lines: list[str] = Field(description="The last 2,000 lines, oldest first: `TIME event "
+                             "JSON` (its events) or `TIME stderr TEXT` (warnings, errors).")
+
+
 class JobEvent(Record):
     """One line of ``s3t retrain --events``: plan, stage-start, stage-commit, stage-discard,
     stage-cancel (a deletion stopped it mid-training), replan (a deletion re-planned the job),

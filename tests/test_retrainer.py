@@ -146,7 +146,7 @@ def test_manual_retrain_job_over_http(run_copy, caplog):
         assert [p["deletion_requests"] for p in points[8:]] == [1] * 4
         # the child's events: in the server log, at /v1/jobs/{id}/log (token) and in the file
         assert client.get(f"/v1/jobs/{job_id}/log").status_code == 401
-        text = client.get(f"/v1/jobs/{job_id}/log", headers=AUTH).text
+        text = "\n".join(client.get(f"/v1/jobs/{job_id}/log", headers=AUTH).json()["lines"])
         assert text.count(" event ") >= 6 and text.count('"stage-commit"') == 3
         assert client.get("/v1/jobs/nope/log", headers=AUTH).status_code == 404
         logged = [r for r in caplog.records if r.name == "s3t.retrain"

@@ -31,6 +31,7 @@ from s3t.service.schemas import (
     History,
     Job,
     JobList,
+    JobLog,
     JsonSchema,
     Labels,
     PredictRequest,
@@ -242,13 +243,12 @@ async def schema(name: str) -> dict:
     return json_schema(name)
 
 
-@secured.get("/v1/jobs/{job_id}/log", tags=["operations"], response_class=PlainTextResponse)
-async def job_log(job_id: str, service: ServiceDep) -> Response:
+@secured.get("/v1/jobs/{job_id}/log", tags=["operations"], response_model=JobLog)
+async def job_log(job_id: str, service: ServiceDep) -> dict:
     """What a retrain job's child process reported, one line each (the last 2,000): its
     events (JSON) and whatever it wrote on stderr (warnings, errors), with the time."""
     found = service.retrainer.job(job_id)
     if found is None:
         raise ApiError(404, f"no retrain job {job_id!r} on this server (jobs are kept in memory, "
                             "the last 50): see GET /v1/jobs")
-    lines = service.retrainer.log_of(job_id)
-    return PlainTextResponse("".join(line + "\n" for line in lines))
+    return {"id": job_id, "lines": service.retrainer.log_of(job_id)}
