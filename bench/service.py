@@ -708,11 +708,95 @@ def report(s: dict[str, Any], checks: list[dict[str, Any]], size: dict[str, Any]
         print(f"{'MET' if c['met'] else 'NOT MET'}: {c['target']}: {c['measured']}")
 
 
+# --------------------------------------------------------------------------- fair serving
+
+FAIR = {"train": 200, "test": 256, "shards": 2, "slices": 2, "epochs": 1, "max_seq_len": 32,
+        "alone": 10, "reps": 3, "large": 256, "max_batch": 32, "max_wait_ms": 5.0}
+
+
+async def fair_phase(base_url: str, token: str, texts: list[str], size: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """1-text latency alone, then while a ``large``-text request is in flight (1-text
+    requests one after another until it is answered), ``reps`` times."""
+    async with http_client(base_url, token, 2) as http:
+        async def one(text: str) -> float:
+            start = time.perf_counter()
+            response = await http.post("/v1/predict", json={"inputs": [text]})
+            assert response.status_code == 200, response.body[:200]
+            return (time.perf_counter() - start) * 1000
+
+        for text in texts[:3]:  # warm-up
+            await one(text)
+        alone = [await one(texts[i]) for i in range(size["alone"])]
+        beside, large_ms = [], []
+        for rep in range(size["reps"]):
+            start = time.perf_counter()
+            large = asyncio.ensure_future(http.post("/v1/predict",
+                                                    json={"inputs": texts[:size["large"]]}))
+            await asyncio.sleep(0.05)  # the large request is in the queue first
+            i = rep
+            while not large.done() and len(beside) < 1000:
+                beside.append(await one(texts[i % len(texts)]))
+                i += 1
+            assert (await large).status_code == 200
+            large_ms.append((time.perf_counter() - start) * 1000)
+    return {"alone_ms": common.latency_summary(alone),
+            "beside_large_ms": common.latency_summary(beside), "beside_large": beside,
+            "large_request_ms": large_ms}
+
+
+def fairness(args: Any) -> int:
+    """``--fairness``: 1-text prediction latency next to a 256-text request (issue 25)."""
+    size = dict(FAIR)
+    prov = common.provenance(NAME + "-fairness", False, [0], size)
+    common.print_header(prov)
+    if args.reuse_run:
+        run = common.tmp_run_dir("service-fair")
+        shutil.copytree(args.reuse_run, run)
+        _, test = common.wordnet_split(size["train"], size["test"], 0)
+        texts = list(test.texts)
+    else:
+        from s3t.config import S3TConfig
+        from s3t.engine import S3T
+
+        train, test = common.wordnet_split(size["train"], size["test"], 0)
+        run = common.tmp_run_dir("service-fair")
+        config = S3TConfig(shards=size["shards"], slices=size["slices"], budget=1,
+                           epochs=size["epochs"], max_seq_len=size["max_seq_len"], seed=0)
+        S3T(config, run_dir=run).fit(train, progress=False).close()
+        texts = list(test.texts)
+        if args.keep_run:
+            shutil.copytree(run, args.keep_run)
+    token = secrets.token_urlsafe(24)
+    token_file = run.parent / "token.txt"
+    token_file.write_text(token + "\n")
+    server = Server(run, token_file, size["max_batch"], size["max_wait_ms"],
+                    run.parent / "server.log", args.server_args.split()).start()
+    try:
+        result = asyncio.run(fair_phase(server.base_url, token, texts, size))
+    finally:
+        server.stop()
+    a, b = result["alone_ms"], result["beside_large_ms"]
+    print(f"1-text alone: p50 {a['p50']:.0f} ms (n={a['n']}); next to a {size['large']}-text "
+          f"request: p50 {b['p50']:.0f} ms, max {b['max']:.0f} ms (n={b['n']}); the large "
+          f"request: {', '.join(f'{ms:.0f}' for ms in result['large_request_ms'])} ms")
+    common.write_result(NAME + "-fairness" + args.tag, False, prov, result)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--server-args", default="", help="extra `s3t serve` flags for every server, "
                    "e.g. \"--workers 1 --torch-threads 2\" (default: the server's defaults)")
+    p.add_argument("--fairness", action="store_true", help="only measure 1-text latency next "
+                   "to a 256-text request (fair serving, issue 25)")
+    p.add_argument("--reuse-run", type=Path, help="with --fairness: serve a copy of this run "
+                   "instead of training one")
+    p.add_argument("--keep-run", type=Path, help="with --fairness: keep a copy of the run")
+    p.add_argument("--tag", default="", help="with --fairness: suffix of the result file")
     args = p.parse_args(argv)
+    if args.fairness:
+        return fairness(args)
     size = dict(QUICK if args.quick else FULL, server_args=args.server_args.split())
     seeds = common.seeds_for(args, [0], [0])
     prov = common.provenance(NAME, args.quick, seeds, size)

@@ -180,10 +180,21 @@ class Job(Record):
     current_stage: StageRef | None = None
     last_route_switch: float | None = None
     error: str | None = None
+    request_id: str | None = Field(default=None, description="The X-Request-ID of the request "
+                                   "that triggered it (POST /v1/retrain, or the deletion the "
+                                   "policy followed).")
 
     @property
     def active(self) -> bool:
         return self.state in ("queued", "running")
+
+
+class JobLog(Record):
+    """What a retrain job's child process reported (``GET /v1/jobs/{id}/log``)."""
+
+    id: str
+    lines: list[str] = Field(description="The last 2,000 lines, oldest first: `TIME event "
+                             "JSON` (its events) or `TIME stderr TEXT` (warnings, errors).")
 
 
 class JobEvent(Record):
@@ -265,8 +276,18 @@ class HistoryPoint(Record):
     val_accuracy: float | None = None
 
 
+class Evaluation(Record):
+    time: float
+    val_accuracy: float = Field(description="Accuracy of what this server served on (at most "
+                                "eval_size of) the validation split.")
+
+
 class History(Record):
-    points: list[HistoryPoint] = Field(description="Oldest first.")
+    points: list[HistoryPoint] = Field(description="After each stage commit and deletion, "
+                                       "derived from the run's ledger (every server on the run "
+                                       "reports the same); oldest first.")
+    evaluations: list[Evaluation] = Field(default_factory=list, description="This server's "
+                                          "measurements (kept in memory); oldest first.")
 
 
 class Health(Record):

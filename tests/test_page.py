@@ -30,7 +30,7 @@ needs_browser = pytest.mark.skipif(
     reason="needs Debian chromium and chromium-driver (scripts/setup.sh installs them)")
 
 
-def chromium_driver():  # -> selenium.webdriver.Chrome (selenium is imported lazily)
+def chromium_driver(extra_args: tuple[str, ...] | list[str] = ()):  # -> webdriver.Chrome
     """Headless Chromium through the system chromedriver (Selenium Manager never downloads)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
     from selenium.webdriver.chrome.service import Service
@@ -39,7 +39,8 @@ def chromium_driver():  # -> selenium.webdriver.Chrome (selenium is imported laz
     options.binary_location = CHROMIUM
     # --no-sandbox: Chromium refuses to start as root (CI containers) without it
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1600", "--no-first-run", "--disable-extensions"):
+                "--window-size=1280,1600", "--no-first-run", "--disable-extensions",
+                *extra_args):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(WAIT_S)

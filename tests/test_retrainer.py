@@ -3,6 +3,7 @@ they are committed, a deletion landing while a stage trains, and bitwise exactne
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from s3t.cli import app as cli
 from s3t.engine import S3T
 from s3t.run import Run
+from s3t.service.logs import RequestIdFilter
 from s3t.service.retrainer import RetrainPolicy
 from s3t.train.scheduler import CellData, StageJob, prioritise
 
@@ -112,7 +114,9 @@ def test_serve_rejects_a_bad_retrain_policy(trained):
 
 # --- the service -------------------------------------------------------------------------------
 
-def test_manual_retrain_job_over_http(run_copy):
+def test_manual_retrain_job_over_http(run_copy, caplog):
+    caplog.set_level(logging.INFO, logger="s3t")
+    caplog.handler.addFilter(RequestIdFilter())  # as the server's log handler does
     with serving(run_copy, eval_interval_s=0.1) as client:
         assert client.post("/v1/retrain").status_code == 401
         victim = retained_sample(run_copy, 1, 0)
@@ -122,7 +126,7 @@ def test_manual_retrain_job_over_http(run_copy):
         status = client.get("/v1/status").json()
         assert status["retrain"]["policy"] == "manual" and status["retrain"]["job"] is None
         assert status["capacity"] < 1
-        accepted = client.post("/v1/retrain", headers=AUTH)
+        accepted = client.post("/v1/retrain", headers={**AUTH, "X-Request-ID": "retrain-call-1"})
         assert accepted.status_code == 202
         job_id = accepted.json()["job"]["id"]
         again = client.post("/v1/retrain", headers=AUTH).json()["job"]["id"]
@@ -134,9 +138,25 @@ def test_manual_retrain_job_over_http(run_copy):
         assert status["capacity"] == 1.0 and status["training"] == "idle"
         assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [job_id]
         assert client.get("/v1/jobs/nope").status_code == 404
-        events = [p["event"] for p in client.get("/v1/history").json()["points"]]
-        assert events[0] == "start" and "deletion" in events and "route-switch" in events
-        assert events.index("retrain-start") < events.index("retrain-end")
+        points = client.get("/v1/history").json()["points"]  # from the ledger
+        events = [p["event"] for p in points]
+        assert events[:8] == ["stage-commit"] * 8 and points[7]["capacity"] == 1.0  # training
+        assert events[8:] == ["deletion"] + ["stage-commit"] * 3
+        assert points[8]["capacity"] < 1 and points[-1]["capacity"] == 1.0
+        assert [p["deletion_requests"] for p in points[8:]] == [1] * 4
+        # the child's events: in the server log, at /v1/jobs/{id}/log (token) and in the file
+        assert client.get(f"/v1/jobs/{job_id}/log").status_code == 401
+        text = "\n".join(client.get(f"/v1/jobs/{job_id}/log", headers=AUTH).json()["lines"])
+        assert text.count(" event ") >= 6 and text.count('"stage-commit"') == 3
+        assert client.get("/v1/jobs/nope/log", headers=AUTH).status_code == 404
+        logged = [r for r in caplog.records if r.name == "s3t.retrain"
+                  and getattr(r, "job_id", None) == job_id]
+        assert sum(getattr(r, "event", None) == "stage-commit" for r in logged) == 3
+        assert any("succeeded" in r.getMessage() for r in logged)
+        assert {getattr(r, "request_id", None) for r in logged} == {"retrain-call-1"}
+        assert client.get(f"/v1/jobs/{job_id}").json()["request_id"] == "retrain-call-1"
+        on_disk = (run_copy / "service" / "retrain.log").read_text()
+        assert on_disk.count(f"{job_id} ") >= 6 and '"stage-commit"' in on_disk
         metrics = client.get("/metrics").text
         assert 's3t_retrain_jobs_total{state="succeeded"} 1.0' in metrics
         assert "s3t_route_switches_total 2.0" in metrics or "s3t_route_switches_total 3.0" in metrics
@@ -150,7 +170,7 @@ def test_eager_retrain_restores_capacity_while_predictions_are_served(run_copy, 
     predictions: list = []
     with serving(run_copy, retrain="eager", eval_interval_s=0.1) as client:
         certificate = client.post("/v1/deletions", json={"sample_ids": victims},
-                                  headers=AUTH).json()
+                                  headers={**AUTH, "X-Request-ID": "forget-2-samples"}).json()
         erased = set(certificate["erased_stages"])
         assert erased
         acknowledged = time.monotonic()
@@ -158,15 +178,17 @@ def test_eager_retrain_restores_capacity_while_predictions_are_served(run_copy, 
                           "capacity back to 1.0", predict=predictions)
         assert status["retrain"]["job"]["state"] == "succeeded"
         assert status["retrain"]["job"]["trigger"] == "policy"
-        history = client.get("/v1/history").json()["points"]
+        history = client.get("/v1/history").json()
     during = [p for p in predictions if p[3] and p[3]["state"] == "running" and p[3]["current_stage"]]
     assert during, "no prediction was made while a stage trained"
     assert max(seconds for _, seconds, _, _ in during) < 1.0
     # no prediction after the acknowledgement used an erased stage; some used retrained ones
     assert all(not erased & set(routes.values()) for started, _, routes, _ in predictions
                if started > acknowledged)
-    assert any(p["val_accuracy"] is not None for p in history)
-    assert history[-1]["capacity"] == 1.0 or any(p["capacity"] == 1.0 for p in history)
+    assert status["retrain"]["job"]["request_id"] == "forget-2-samples"  # the job it triggered
+    assert history["evaluations"] and all(0 <= e["val_accuracy"] <= 1
+                                          for e in history["evaluations"])
+    assert history["points"][-1]["capacity"] == 1.0
     est = S3T.load(run_copy)
     try:  # bitwise: what is served now is what scratch training on the retained data gives
         assert_served_equal_scratch(est, est.config, TRAIN, set(victims), full_depth=True)

@@ -347,7 +347,74 @@ def test_batcher_gathers_concurrent_requests_into_one_call():
     assert results[:3] == [["A", "B"], ["C"], ["D", "E", "F"]] and results[4] == ["G"]
     assert isinstance(results[3], ValueError)  # only the bad request fails
     assert calls[0] == ["a", "b", "c", "d", "e", "f", "bad", "g"]  # one call for all five
-    assert results[5] == list("ABCDEFGHIJ") and calls[-1] == list("abcdefghij")
+    # a request larger than a batch is served in batch-sized chunks, joined in order
+    assert results[5] == list("ABCDEFGHIJ") and calls[-2:] == [list("abcdefgh"), ["i", "j"]]
+
+
+def test_a_small_request_is_served_between_the_chunks_of_a_large_one():
+    """Fair serving, deterministically: a fake model records the batches it is called with;
+    the first call waits until a 1-text request has been submitted after a 256-text one.
+    The small request is answered in the very next call, long before the large one's last
+    chunk, and the large one gets every one of its inputs back in order."""
+    calls: list[list[str]] = []
+    first_call = threading.Event()
+    small_queued = threading.Event()
+
+    def call(items: list[str]) -> list[str]:
+        calls.append(list(items))
+        first_call.set()
+        small_queued.wait(10)
+        return [x.upper() for x in items]
+
+    async def main() -> tuple[list[str], list[str]]:
+        batcher = Batcher(call, lambda out, a, b: out[a:b], max_batch=32, max_wait_ms=0)
+        await batcher.start()
+        try:
+            large = asyncio.ensure_future(batcher.submit([f"big{i}" for i in range(256)]))
+            while not first_call.is_set():
+                await asyncio.sleep(0.01)
+            small = asyncio.ensure_future(batcher.submit(["small"]))
+            await asyncio.sleep(0.05)  # queued (the model is still busy with the first chunk)
+            small_queued.set()
+            return await asyncio.wait_for(asyncio.gather(large, small), 30)
+        finally:
+            await batcher.stop()
+
+    large, small = asyncio.run(main())
+    assert small == ["SMALL"] and large == [f"BIG{i}" for i in range(256)]
+    assert all(len(c) <= 32 for c in calls) and sum(map(len, calls)) == 257
+    served_small = next(k for k, c in enumerate(calls) if "small" in c)
+    last_large = max(k for k, c in enumerate(calls) if any(x.startswith("big") for x in c))
+    assert served_small == 1 < last_large == len(calls) - 1, calls
+
+
+def test_a_stream_of_small_requests_does_not_starve_a_large_one():
+    """Small requests keep arriving and would fill every batch; the large request still gets
+    room in at least every other call."""
+    calls: list[list[str]] = []
+
+    def call(items: list[str]) -> list[str]:
+        calls.append(list(items))
+        time.sleep(0.01)
+        return items
+
+    async def main() -> None:
+        batcher = Batcher(call, lambda out, a, b: out[a:b], max_batch=4, max_wait_ms=0)
+        await batcher.start()
+        try:
+            large = asyncio.ensure_future(batcher.submit([f"big{i}" for i in range(12)]))
+            smalls = []
+            while not large.done() and len(smalls) < 400:
+                smalls.append(asyncio.ensure_future(batcher.submit(["s"] * 4)))
+                await asyncio.sleep(0.002)
+            await asyncio.wait_for(asyncio.gather(large, *smalls), 30)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+    with_large = [k for k, c in enumerate(calls) if any(x.startswith("big") for x in c)]
+    assert len(with_large) >= 3
+    assert all(b - a <= 2 for a, b in zip(with_large, with_large[1:], strict=False)), calls
 
 
 def test_batcher_workers_run_batches_at_the_same_time():
@@ -468,37 +535,6 @@ def test_a_batch_is_split_by_token_length_and_answers_in_request_order(trained):
         engine.close()
 
 
-def test_a_deletion_answers_before_its_gauges_and_history_are_updated(run_copy, monkeypatch):
-    """The status read for the gauges and the history point is not on the deletion's path:
-    the certificate comes back while that work is still blocked; it completes afterwards."""
-    from s3t.service.state import Service
-
-    release = threading.Event()
-    real = Service.after_deletion
-
-    def blocked(self) -> None:
-        release.wait(20)
-        real(self)
-
-    monkeypatch.setattr(Service, "after_deletion", blocked)
-    victim = samples_in(run_copy, (0, 1))[0]
-    with serving(run_copy) as client:
-        started = time.monotonic()
-        response = client.post("/v1/deletions", json={"sample_ids": [victim]}, headers=AUTH)
-        assert response.status_code == 200 and time.monotonic() - started < 15
-        assert "s3t_deletions_total 1.0" in client.get("/metrics").text
-        points = client.get("/v1/history").json()["points"]
-        assert not any(p["event"] == "deletion" for p in points)
-        release.set()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            points = client.get("/v1/history").json()["points"]
-            if any(p["event"] == "deletion" for p in points):
-                break
-            time.sleep(0.05)
-        assert [p["deleted"] for p in points if p["event"] == "deletion"] == [1]
-
-
 def test_model_calls_run_on_their_own_nicer_threads_and_deletions_do_not(run_copy, monkeypatch):
     """Predictions run on the service's model threads, niced, so a deletion (on asyncio's
     default threads, at the process's priority) gets the CPU first on a busy machine."""
@@ -562,12 +598,12 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
-def start_server(run: Path, port: int, log: Path) -> subprocess.Popen:
+def start_server(run: Path, port: int, log: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "S3T_API_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "s3t.cli", "serve", str(run), "--host",
-                                 "127.0.0.1", "--port", str(port)], env=env, stdout=out,
+                                 "127.0.0.1", "--port", str(port), *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

@@ -8,9 +8,10 @@ mistake is one ``error:`` line, as in every other command.
 
 from __future__ import annotations
 
-import copy
+import errno
 import ipaddress
 import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -55,6 +56,24 @@ def read_token(token_file: Path | None) -> str | None:
     return token
 
 
+def bind_port(host: str, port: int) -> socket.socket:
+    """Bind the listening socket now, before the model loads, so a busy port is one line at
+    once (and the socket is handed to uvicorn: no other process can take it in between)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise fail("--port", f"{host}:{port} is already in use (another server?): stop it "
+                       "or choose another --port") from None
+        raise fail("--host", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory (created by `s3t train`).")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on. Without a token "
@@ -84,6 +103,11 @@ def serve_cmd(
     retrain_delay: Annotated[float, typer.Option("--retrain-delay", help="Seconds without a new "
                              "deletion before a policy retrain starts, so a burst of deletions "
                              "is retrained once (>= 0).")] = 0.0,
+    log_format: Annotated[str, typer.Option("--log-format", help="Server log lines: text, or "
+                          "json (one object per line); each carries its request's "
+                          "X-Request-ID.")] = "text",
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or "
+                         "error.")] = "info",
 ) -> None:
     """Serve a run over HTTP: predictions, deletions, certificates, audit (OpenAPI at /docs)."""
     if not 1 <= port <= 65535:
@@ -105,12 +129,19 @@ def serve_cmd(
         raise fail("--retrain", str(exc)) from None
     if not retrain_delay >= 0:
         raise fail("--retrain-delay", f"must be >= 0 seconds, got {retrain_delay}")
+    from s3t.service.logs import FORMATS, LEVELS, log_config
+
+    if log_format not in FORMATS:
+        raise fail("--log-format", f"must be text or json, got {log_format!r}")
+    if log_level.lower() not in LEVELS:
+        raise fail("--log-level", f"must be one of {', '.join(LEVELS)}, got {log_level!r}")
     token = read_token(token_file)
     if token is None and not is_loopback(host):
         raise fail("--host", f"refusing to serve on {host} without a token: give --token-file "
                    f"or set {TOKEN_ENV} (without one, only a loopback host such as 127.0.0.1)")
     with engine_errors(run=run):
         Run.open(run, repair=False).close()  # not a run, damaged, links: one line, no model load
+    sock = bind_port(host, port)
     import uvicorn
 
     from s3t.service import create_app
@@ -120,11 +151,13 @@ def serve_cmd(
                      retrain=retrain, retrain_delay_s=retrain_delay)
     if token is None:
         typer.echo(f"warning: no token: every endpoint is open to local users of {host}", err=True)
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # s3t's lines beside uvicorn's
-    log_config["loggers"]["s3t"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",
-                                           log_config=log_config, proxy_headers=False,
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(),
+                                           log_config=log_config(log_format, log_level),
+                                           access_log=False, proxy_headers=False,
                                            server_header=False))
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     if not server.started:  # the run failed to load (the log above says why)
         raise typer.Exit(1)

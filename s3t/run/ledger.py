@@ -449,6 +449,10 @@ class Ledger:
                 for k, sh, p, v, par, st, f, n, vs in self.conn.execute(query + " ORDER BY key",
                                                                          args)]
 
+    def stage_times(self) -> dict[str, str]:
+        """Stage key -> when it was committed (ISO 8601), every status."""
+        return dict(self.conn.execute("SELECT key, created_at FROM stages").fetchall())
+
     def erased_marks(self) -> dict[str, str]:
         """Stage key -> ``erased_by`` (the request or reason that erased it), where set."""
         return dict(self.conn.execute(

@@ -8,11 +8,14 @@ model, and why an acknowledged deletion is never served again, is in ``guard.py`
 | ``app.py`` | the application: lifespan (load the run once), middleware, error bodies |
 | ``endpoints.py`` | the versioned JSON API (``/v1/...``), health, readiness, metrics |
 | ``guard.py`` | the concurrency model: model calls run concurrently; deletions never wait |
-| ``batching.py`` | dynamic batching of predictions into model calls, several at once |
+| ``batching.py`` | fair dynamic batching of predictions into model calls (large requests in chunks) |
 | ``auth.py`` | bearer-token authentication (``hmac.compare_digest``) |
 | ``limits.py`` | the request body limit (413) |
 | ``idempotency.py`` | client keys of deletions (``<run>/service/idempotency.sqlite``) |
-| ``metrics.py`` | Prometheus metrics in a registry per app |
+| ``metrics.py`` | Prometheus metrics in a registry per app; the run's counters from its ledger |
+| ``logs.py`` | request ids (``X-Request-ID``) in every log line; text or JSON lines |
+| ``docs.py`` | ``/docs`` and ``/redoc`` from assets installed with the package (offline) |
+| ``history.py``, ``retrainer.py`` | the history the page plots; background retrain jobs and their logs |
 | ``page/`` | the operator's page at ``/`` (static HTML + script that read the JSON API) |
 | ``schemas.py``, ``errors.py``, ``state.py`` | bodies; error shape and status codes; what an app holds |
 

@@ -3,9 +3,10 @@
 The run is loaded once, by the app's lifespan (``S3T.load``: an interrupted erasure is
 finished there, every live stage file is hash-checked, the backbone is loaded and the live
 routes are materialised before the first request). The endpoints are in ``endpoints.py``,
-the concurrency model in ``guard.py``. Middleware, outermost first: metrics (every request
-counted and timed), bearer authentication (before anything is read), the body limit (413
-before parsing). OpenAPI is at ``/docs`` and ``/openapi.json``.
+the concurrency model in ``guard.py``. Middleware, outermost first: the request id and the
+access log line (``logs.py``), metrics (every request counted and timed), bearer
+authentication (before anything is read), the body limit (413 before parsing). OpenAPI is at
+``/openapi.json``, ``/docs`` and ``/redoc`` (``docs.py``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from s3t.service.auth import BearerAuthMiddleware, protected_paths
+from s3t.service.docs import router as docs
 from s3t.service.endpoints import generation, router, secured, serves_generation
 from s3t.service.errors import ApiError, IdempotencyConflict, api_error, error_response
 from s3t.service.limits import BodyLimitMiddleware
+from s3t.service.logs import RequestIdMiddleware
 from s3t.service.metrics import MetricsMiddleware
 from s3t.service.page import router as page
 from s3t.service.state import Service, Settings
@@ -73,7 +76,8 @@ def create_app(run_dir: str | Path, *, token: str | None = None, open_predict: b
         finally:
             await service.stop()
 
-    app = FastAPI(title="s3t", version="1", lifespan=lifespan, description=(
+    app = FastAPI(title="s3t", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description=(
         "Exact machine unlearning of a fine-tuned transformer (S3T): predictions from the live "
         "shards' routes, deletions that take effect before they are acknowledged, certificates "
         "and audit."))
@@ -82,6 +86,7 @@ def create_app(run_dir: str | Path, *, token: str | None = None, open_predict: b
     app.include_router(secured)
     app.include_router(generation, include_in_schema=serves_generation(Path(run_dir)))
     app.include_router(page)  # the operator's page at /
+    app.include_router(docs)  # /docs and /redoc, from installed files (offline)
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(BearerAuthMiddleware, token=token, protected=protected_paths(open_predict))
@@ -89,6 +94,7 @@ def create_app(run_dir: str | Path, *, token: str | None = None, open_predict: b
                        paths=[route.path for route in (*router.routes, *secured.routes,
                                                         *generation.routes)
                               if isinstance(route, APIRoute)])
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response and log line has it
     return app
 
 

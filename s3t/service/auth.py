@@ -33,12 +33,15 @@ def token_matches(authorization: str | None, token: str) -> bool:
 
 def protected_paths(open_predict: bool) -> Callable[[str], bool]:
     """The paths that need the token: deletions, audit and retrain always; predict, generate
-    and labels unless ``open_predict``. Health, readiness, status, metrics and docs are open."""
+    and labels unless ``open_predict``; a retrain job's log (``/v1/jobs/{id}/log``). Health,
+    readiness, status, metrics and docs are open."""
     always = ("/v1/deletions", "/v1/audit", "/v1/retrain")
     model = () if open_predict else ("/v1/predict", "/v1/generate", "/v1/labels")
 
     def protected(path: str) -> bool:
         path = path.rstrip("/") or "/"
+        if path.startswith("/v1/jobs/") and path.endswith("/log"):  # a job's child output
+            return True
         return any(path == p or path.startswith(p + "/") for p in (*always, *model))
 
     return protected

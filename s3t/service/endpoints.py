@@ -5,6 +5,7 @@ with the fields the code gave it (``response_model_exclude_unset``: no nulls add
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from s3t.contract import RECORDS, json_schema
 from s3t.run import NotARunError
 from s3t.run.card import RUN_FILE, read_card
 from s3t.service.errors import ApiError
+from s3t.service.logs import request_id as current_request_id
 from s3t.service.metrics import CONTENT_TYPE
 from s3t.service.schemas import (
     AuditReport,
@@ -29,6 +31,7 @@ from s3t.service.schemas import (
     History,
     Job,
     JobList,
+    JobLog,
     JsonSchema,
     Labels,
     PredictRequest,
@@ -39,6 +42,8 @@ from s3t.service.schemas import (
     Status,
 )
 from s3t.service.state import Service, routes_all
+
+log = logging.getLogger("s3t.service")
 
 # Documents the scheme in the OpenAPI schema; the check itself is BearerAuthMiddleware's.
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer TOKEN` (the server's "
@@ -90,8 +95,7 @@ async def readyz(service: ServiceDep, response: Response) -> dict:
 @router.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
 async def metrics(service: ServiceDep) -> Response:
     """Prometheus metrics (text exposition format)."""
-    await service.refresh_gauges()
-    return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+    return Response(await service.render_metrics(), media_type=CONTENT_TYPE)
 
 
 @secured.post("/v1/predict", response_model=PredictResponse, tags=["serving"])
@@ -102,7 +106,7 @@ async def predict(body: PredictRequest, service: ServiceDep) -> dict:
     if len(body.inputs) > limit:
         raise ApiError(413, f"{len(body.inputs)} inputs in one request; at most {limit}: split "
                             "them over several requests")
-    return await service.batcher.submit(body.inputs)
+    return await service.predict(body.inputs)
 
 
 @secured.get("/v1/labels", response_model=Labels, tags=["serving"])
@@ -117,7 +121,8 @@ async def labels(service: ServiceDep) -> dict:
 async def generate(body: GenerateRequest, service: ServiceDep) -> dict:
     """Answer an instruction (causal-LM runs): the live shards' next-token probabilities are
     averaged at every step."""
-    result, routes = await service.run_model(service.model.generate, body.prompt,
+    generate = service.metrics.timed("generate", service.model.generate)
+    result, routes = await service.run_model(generate, body.prompt,
                                              body.max_new_tokens, not body.sample,
                                              body.temperature, body.seed)
     return {"text": result.text, "tokens": len(result.token_ids), "finished": result.finished,
@@ -136,8 +141,19 @@ async def delete(body: DeletionRequest, service: ServiceDep, response: Response)
         raise ApiError(400, "empty deletion request: give at least one sample id or group")
     outcome = await service.run(service.model.forget, body.sample_ids, body.groups,
                                 body.request_id)
+    certificate = outcome.certificate
+    log.info("deletion %s %s: %d sample(s), %d stage(s) erased, %s live shard(s), %s ms",
+             certificate.get("request_id"), "committed" if outcome.committed else
+             "answered with its certificate", len(certificate.get("samples", ())),
+             len(certificate.get("erased_stages", ())), certificate.get("live_shards"),
+             certificate.get("duration_ms"), extra={
+                 "deletion": certificate.get("request_id"), "committed": outcome.committed,
+                 "replayed": outcome.replayed, "client_key": body.request_id,
+                 "samples": len(certificate.get("samples", ())),
+                 "erased_stages": len(certificate.get("erased_stages", ())),
+                 "files_erased": certificate.get("files_erased")})
     if outcome.committed:
-        service.deleted()  # counters now; gauges and history after the response
+        service.deleted(current_request_id.get())
     response.headers["S3T-Replayed"] = "true" if outcome.replayed else "false"
     return outcome.certificate
 
@@ -206,9 +222,10 @@ async def job(job_id: str, service: ServiceDep) -> dict:
 
 @router.get("/v1/history", tags=["operations"], response_model=History)
 async def history(service: ServiceDep) -> dict:
-    """Capacity, live shards, deletions and validation accuracy of what is served, one point
-    per event since the server started (oldest first)."""
-    return {"points": service.history.snapshot()}
+    """``points``: capacity, live shards and deletions after each stage commit and deletion,
+    derived from the run's ledger (every server on the run reports the same); ``evaluations``:
+    the validation accuracy of what this server served, as it measured it. Oldest first."""
+    return await service.run(service.history.snapshot)  # reads the ledger: off the loop
 
 
 @router.get("/v1/schemas", tags=["contract"], response_model=SchemaList)
@@ -224,3 +241,14 @@ async def schema(name: str) -> dict:
     if name not in RECORDS:
         raise ApiError(404, f"no record named {name!r}: one of {', '.join(RECORDS)}")
     return json_schema(name)
+
+
+@secured.get("/v1/jobs/{job_id}/log", tags=["operations"], response_model=JobLog)
+async def job_log(job_id: str, service: ServiceDep) -> dict:
+    """What a retrain job's child process reported, one line each (the last 2,000): its
+    events (JSON) and whatever it wrote on stderr (warnings, errors), with the time."""
+    found = service.retrainer.job(job_id)
+    if found is None:
+        raise ApiError(404, f"no retrain job {job_id!r} on this server (jobs are kept in memory, "
+                            "the last 50): see GET /v1/jobs")
+    return {"id": job_id, "lines": service.retrainer.log_of(job_id)}

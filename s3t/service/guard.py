@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from s3t.run import IntegrityError, Run, sweep
+from s3t.run.timeline import timeline
 from s3t.service.errors import BusyError, IdempotencyConflict
 from s3t.service.idempotency import IdempotencyStore, fingerprint
 
@@ -81,6 +82,7 @@ class GuardedModel:
             raise RuntimeError("the service needs a loaded run")
         self.records = Run.open(model.run.path, repair=False)
         self.last_routes: Routes = {}
+        self._timeline: tuple[object, list[dict]] | None = None  # (ledger stamp, points)
 
     # --- model calls --------------------------------------------------------------------------
     @contextmanager
@@ -224,6 +226,40 @@ class GuardedModel:
         for callers: reading routes no longer waits for model calls)."""
         with self._call():
             return self._routes()
+
+    def ledger_metrics(self, wait_s: float = 1.0) -> dict | None:
+        """The run's counters and gauges for ``/metrics`` (``metrics.LEDGER_METRICS``), read
+        from the ledger, so every server on the run reports the same; None if the records
+        are busy for ``wait_s``."""
+        if not self.records_lock.acquire(timeout=wait_s):
+            return None
+        try:
+            ledger = self.records.ledger
+            status = self.records.status()
+            stages = ledger.stages(None)
+            requests = ledger.deletion_count()
+        finally:
+            self.records_lock.release()
+        return {"s3t_deletions": requests, "s3t_deleted_samples": status["deleted"],
+                "s3t_stages_trained": len(stages),
+                "s3t_stages_retrained": sum(any(v > 0 for v in r.versions) for r in stages),
+                "s3t_stages_erased": sum(r.status == "erased" for r in stages),
+                "s3t_live_shards": status["live_shards"], "s3t_capacity": status["capacity"],
+                "s3t_live_stages": status["live_stages"]}
+
+    def timeline(self) -> list[dict]:
+        """The run's history from its ledger (``run/timeline.py``), re-derived only when
+        the ledger changed."""
+        with self.records_lock:
+            run = self.records
+            stamp = run.ledger.change_stamp()
+            if self._timeline is not None and self._timeline[0] == stamp:
+                return self._timeline[1]
+            points = timeline(run.ledger.stages(None), run.ledger.stage_times(),
+                              run.ledger.certificates(), run.config.shards, run.config.slices,
+                              run.method.servable)
+            self._timeline = (stamp, points)
+            return points
 
     def status_if_free(self, wait_s: float) -> dict | None:
         if not self.records_lock.acquire(timeout=wait_s):

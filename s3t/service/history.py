@@ -1,12 +1,13 @@
-"""The run's recent history as the operator's page plots it: capacity, live shards,
-deletions and validation accuracy of what is served, one point per event.
+"""The run's recent history as the operator's page plots it (``GET /v1/history``).
 
-Points are recorded at start, after each deletion and at each retrain event, with the
-run's status at that moment; ``val_accuracy`` is measured on (at most ``eval_size`` of) the
-validation split, which is never deletable, by a model call through the service's model
-lock. Measuring costs a model call, so after a change it is measured once, by a worker,
-no more often than every ``eval_interval_s`` (an ``evaluation`` point); other points carry
-``val_accuracy: null``. Kept in memory, bounded: it restarts with the server.
+``points``: capacity, live shards and deletions after each stage commit and each deletion,
+derived from the run's ledger (``s3t/run/timeline.py``), so every server on one run, and a
+restarted one, reports the same points. ``evaluations``: the validation accuracy of what
+this server served, measured by this server: on (at most ``eval_size`` of) the validation
+split, which is never deletable, by a model call, once after a change (a deletion or a
+retrain event) and no more often than every ``eval_interval_s``. Measurements are kept in
+memory only, bounded, and restart with the server: an accuracy is computed from served
+weights, which a deletion may erase, so it is never written to disk.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ KEEP_POINTS = 5000
 
 
 class History:
-    def __init__(self, status: Callable[[], dict], evaluate: Callable[[], float | None],
+    def __init__(self, points: Callable[[], list[dict]], evaluate: Callable[[], float | None],
                  eval_interval_s: float = 5.0):
-        self._status, self._evaluate = status, evaluate
+        self._points, self._evaluate = points, evaluate
         self.eval_interval_s = eval_interval_s
-        self.points: deque[dict] = deque(maxlen=KEEP_POINTS)
+        self.evaluations: deque[dict] = deque(maxlen=KEEP_POINTS)
         self._lock = threading.Lock()
         self._dirty = threading.Event()
         self._stopping = False
@@ -35,7 +36,7 @@ class History:
         self.val_accuracy: float | None = None
 
     def start(self) -> None:
-        self.record("start")
+        self.changed()
         self._thread = threading.Thread(target=self._loop, name="s3t-history", daemon=True)
         self._thread.start()
 
@@ -45,24 +46,16 @@ class History:
         if self._thread is not None:
             self._thread.join(30)
 
-    def record(self, event: str, val_accuracy: float | None = None,
-               status: dict | None = None) -> dict:
-        """Append a point with the run's status (now, unless given); a change also schedules
-        a measurement."""
-        status = self._status() if status is None else status
-        point = {"time": time.time(), "event": event, "capacity": status["capacity"],
-                 "live_shards": status["live_shards"],
-                 "deletion_requests": status["deletion_requests"],
-                 "deleted": status["deleted"], "val_accuracy": val_accuracy}
-        with self._lock:
-            self.points.append(point)
-        if event != "evaluation":
-            self._dirty.set()
-        return point
+    def changed(self) -> None:
+        """What is served may have changed: measure it (soon, at most every interval)."""
+        self._dirty.set()
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> dict:
+        """``points`` from the ledger (the last ``KEEP_POINTS``) and this server's
+        ``evaluations``, oldest first."""
         with self._lock:
-            return list(self.points)
+            evaluations = list(self.evaluations)
+        return {"points": self._points()[-KEEP_POINTS:], "evaluations": evaluations}
 
     def _loop(self) -> None:
         last = 0.0
@@ -83,4 +76,5 @@ class History:
                 continue
             if accuracy is not None:
                 self.val_accuracy = accuracy
-                self.record("evaluation", accuracy)
+                with self._lock:
+                    self.evaluations.append({"time": time.time(), "val_accuracy": accuracy})

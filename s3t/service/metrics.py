@@ -1,34 +1,109 @@
 """Prometheus metrics of one service instance, in its own ``CollectorRegistry``.
 
-- ``s3t_http_requests_total{method, endpoint, status}`` and
-  ``s3t_http_request_duration_seconds{method, endpoint}``: every HTTP request, labelled by
-  its route template (``/v1/deletions/{request_id}``, never the raw path, so the label set
-  stays small; unmatched paths are ``other``);
-- ``s3t_deletions_total``: deletion requests this server committed (idempotent replays and
-  requests answered with an earlier certificate are not counted);
-- ``s3t_predict_batch_inputs``: inputs per model call of the dynamic batcher;
+From the run's ledger, read at each scrape (``LedgerCollector``), so every server on one run
+reports the same values, whoever made the change (this server, another replica, ``s3t
+forget`` or ``s3t retrain``):
+
+- counters ``s3t_deletions_total`` (deletion requests committed: certificates),
+  ``s3t_deleted_samples_total``, ``s3t_stages_trained_total`` (stages ever committed),
+  ``s3t_stages_retrained_total`` (committed after a deletion changed one of their slices)
+  and ``s3t_stages_erased_total``;
 - gauges ``s3t_live_shards``, ``s3t_capacity`` (mean served depth / slices) and
-  ``s3t_live_stages``, refreshed at start, after each deletion and at each scrape;
-- the background retrainer: ``s3t_retrain_running``, ``s3t_retrain_stages_done`` and
+  ``s3t_live_stages``.
+
+Of this process:
+
+- ``s3t_http_requests_total{method, endpoint, status}``,
+  ``s3t_http_request_duration_seconds{method, endpoint}`` and ``s3t_http_requests_in_flight``:
+  every HTTP request, labelled by its route template (``/v1/deletions/{request_id}``, never
+  the raw path, so the label set stays small; unmatched paths are ``other``);
+- ``s3t_model_call_seconds{call}`` (``predict``: one batched call; ``generate``;
+  ``evaluate``: the history's validation accuracy), ``s3t_predict_batch_inputs`` (inputs per
+  batched call) and ``s3t_predict_queue_requests`` (predict requests waiting);
+- this server's retrain jobs: ``s3t_retrain_running``, ``s3t_retrain_stages_done`` and
   ``s3t_retrain_stages_total`` (of the running job), ``s3t_retrain_jobs_total{state}`` (jobs
-  that ended), ``s3t_route_switches_total`` and ``s3t_last_route_switch_timestamp_seconds``.
+  that ended), ``s3t_route_switches_total`` and ``s3t_last_route_switch_timestamp_seconds``;
+- ``s3t_build_info{version, torch_version, python_version}`` and the process collector's
+  ``process_*`` (CPU seconds, resident memory, open files, start time).
 """
 
 from __future__ import annotations
 
+import logging
+import platform
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata
+from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from s3t.service.retrainer import Job
 
+T = TypeVar("T")
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+log = logging.getLogger("s3t.service")
+
+#: What ``LedgerCollector`` reports: name -> (kind, help).
+LEDGER_METRICS = {
+    "s3t_deletions": ("counter", "Deletion requests committed on this run (the ledger's "
+                                 "certificates, by any process)"),
+    "s3t_deleted_samples": ("counter", "Samples deleted from this run (the ledger)"),
+    "s3t_stages_trained": ("counter", "Stages committed on this run, training and retraining "
+                                      "(the ledger)"),
+    "s3t_stages_retrained": ("counter", "Stages committed after a deletion changed one of "
+                                        "their slices (the ledger)"),
+    "s3t_stages_erased": ("counter", "Stages taken out of service for good (the ledger)"),
+    "s3t_live_shards": ("gauge", "Shards with a live route"),
+    "s3t_capacity": ("gauge", "Mean served route depth over slices (1 = full)"),
+    "s3t_live_stages": ("gauge", "Stages live in the ledger"),
+}
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class LedgerCollector(Collector):
+    """The run's counters and gauges, read from its ledger at each scrape (``read``: a dict
+    with every name of ``LEDGER_METRICS``, or None when the ledger cannot be read now: the
+    last values read are reported then)."""
+
+    def __init__(self, read: Callable[[], dict | None]):
+        self.read = read
+        self.last: dict | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            values = self.read()
+        except Exception as err:  # a scrape never fails for it: the last values stand
+            log.warning("metrics: the ledger could not be read: %s", err)
+            values = None
+        if values is not None:
+            self.last = values
+        if self.last is None:
+            return
+        for name, (kind, text) in LEDGER_METRICS.items():
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, text, value=self.last[name])
 
 
 class ServiceMetrics:
@@ -41,15 +116,17 @@ class ServiceMetrics:
                                  "HTTP request latency by endpoint", ["method", "endpoint"],
                                  registry=registry, buckets=(.001, .0025, .005, .01, .025, .05,
                                                              .1, .25, .5, 1, 2.5, 5, 10, 30))
-        self.deletions = Counter("s3t_deletions", "Deletion requests committed by this server",
-                                 registry=registry)
+        self.in_flight = Gauge("s3t_http_requests_in_flight", "HTTP requests being handled",
+                               registry=registry)
+        self.model_calls = Histogram("s3t_model_call_seconds", "Model call latency, by call",
+                                     ["call"], registry=registry,
+                                     buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30,
+                                              60))
+        self.queue = Gauge("s3t_predict_queue_requests", "Predict requests waiting for a model "
+                           "call", registry=registry)
         self.batch_inputs = Histogram("s3t_predict_batch_inputs", "Inputs per batched model call",
                                       registry=registry,
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
-        self.live_shards = Gauge("s3t_live_shards", "Shards with a live route", registry=registry)
-        self.capacity = Gauge("s3t_capacity", "Mean served route depth over slices (1 = full)",
-                              registry=registry)
-        self.live_stages = Gauge("s3t_live_stages", "Stages live in the ledger", registry=registry)
         self.retrain_running = Gauge("s3t_retrain_running", "1 while a retrain job of this "
                                      "server trains", registry=registry)
         self.retrain_done = Gauge("s3t_retrain_stages_done", "Stages the running retrain job "
@@ -63,11 +140,29 @@ class ServiceMetrics:
         self.last_switch = Gauge("s3t_last_route_switch_timestamp_seconds", "When a retrained "
                                  "stage last switched a route (unix time)", registry=registry)
 
-    def observe_status(self, status: dict) -> None:
-        """Set the gauges from a run status (``Run.status()``)."""
-        self.live_shards.set(status["live_shards"])
-        self.capacity.set(status["capacity"])
-        self.live_stages.set(status["live_stages"])
+        ProcessCollector(registry=registry)
+        Info("s3t_build", "Versions of this server", registry=registry).info({
+            "version": package_version("s3t"), "torch_version": package_version("torch"),
+            "python_version": platform.python_version()})
+
+    def watch(self, ledger: Callable[[], dict | None], waiting: Callable[[], float]) -> None:
+        """Read the ledger's counters (``ledger``) and the predict queue (``waiting``) at
+        each scrape."""
+        self.registry.register(LedgerCollector(ledger))
+        self.queue.set_function(waiting)
+
+    def timed(self, call: str, function: Callable[..., T]) -> Callable[..., T]:
+        """``function``, its latency observed as a model call named ``call``."""
+        histogram = self.model_calls.labels(call)
+
+        def timed_call(*args: object) -> T:
+            started = time.perf_counter()
+            try:
+                return function(*args)
+            finally:
+                histogram.observe(time.perf_counter() - started)
+
+        return timed_call
 
     def observe_retrainer(self, job: Job | None) -> None:
         running = job is not None and job.state == "running"
@@ -117,9 +212,11 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_and_record)
         finally:
+            self.metrics.in_flight.dec()
             endpoint, method = self.endpoint(scope), scope["method"]
             self.metrics.requests.labels(method, endpoint, str(status)).inc()
             self.metrics.latency.labels(method, endpoint).observe(time.perf_counter() - started)

@@ -16,6 +16,14 @@ and ``capacity:T`` (when capacity falls below ``T``); ``delay_s`` waits until no
 arrived for that long, so a burst of deletions is retrained once. A failed job is retried by
 the policy after an exponential back-off (10 s doubling up to 5 min); a manual request
 always starts one.
+
+What a job's child reports reaches the operator three ways: each event (one JSON line on
+its stdout) and each line it writes on stderr (warnings, errors, a traceback) is logged by
+the server (``s3t.retrain``, with the job id and the request id of the request that
+triggered the job), kept with the job (the last ``KEEP_LOG_LINES``, ``GET
+/v1/jobs/{id}/log``) and appended to ``RUN/service/retrain.log`` (started afresh once it
+passes ``MAX_LOG_BYTES``). (That file used to hold the child's stderr alone, which is empty
+when training goes well: the events went to the server's parser only.)
 """
 
 from __future__ import annotations
@@ -35,13 +43,17 @@ from typing import IO
 from pydantic import ValidationError
 
 from s3t.contract import Job, JobEvent
+from s3t.service.logs import request_id
 
 log = logging.getLogger("s3t.service")
+child_log = logging.getLogger("s3t.retrain")
 
 POLL_S = 1.0
 BACKOFF_S = (10.0, 300.0)
 KEEP_JOBS = 50
 NICE = 10
+KEEP_LOG_LINES = 2000
+MAX_LOG_BYTES = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,7 @@ class Retrainer:
         self._status, self._on_event = status, on_event
         self.log_path = log_path
         self.jobs: deque[Job] = deque(maxlen=KEEP_JOBS)
+        self._logs: dict[str, deque[str]] = {}  # job id -> its child's last output lines
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -105,6 +118,8 @@ class Retrainer:
         self._failures = 0
         self._retry_at = 0.0
         self._count = 0
+        self._last_request: str | None = None  # of the last deletion through this server
+        self._log_lock = threading.Lock()
 
     # --- control ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,13 +145,15 @@ class Retrainer:
         with self._lock:
             job = self.current()
             if job is None:
-                job = self._new_job("manual")
+                job = self._new_job("manual", request_id.get())
         self._wake.set()
         return job
 
-    def note_deletion(self) -> None:
-        """A deletion was committed: the policy's delay starts again."""
+    def note_deletion(self, request: str | None = None) -> None:
+        """A deletion was committed (by the request ``request``): the policy's delay starts
+        again; a job the policy starts next keeps that request id."""
         self._last_change = time.monotonic()
+        self._last_request = request
         self._wake.set()
 
     # --- reads --------------------------------------------------------------------------------
@@ -154,11 +171,21 @@ class Retrainer:
         return {"policy": str(self.policy), "delay_s": self.delay_s,
                 "job": None if last is None else last.model_dump()}
 
+    def log_of(self, job_id: str) -> list[str]:
+        """The last lines its child process wrote (events and stderr), oldest first."""
+        with self._log_lock:
+            return list(self._logs.get(job_id, ()))
+
     # --- the worker ---------------------------------------------------------------------------
-    def _new_job(self, trigger: str) -> Job:
+    def _new_job(self, trigger: str, request: str | None = None) -> Job:
         self._count += 1
-        job = Job(id=f"retrain-{int(time.time())}-{self._count}", trigger=trigger)
+        job = Job(id=f"retrain-{int(time.time())}-{self._count}", trigger=trigger,
+                  request_id=request)
         self.jobs.append(job)
+        with self._log_lock:  # the logs of the jobs still kept, and this one's
+            kept = {j.id for j in self.jobs}
+            self._logs = {k: v for k, v in self._logs.items() if k in kept}
+            self._logs[job.id] = deque(maxlen=KEEP_LOG_LINES)
         return job
 
     def _loop(self) -> None:
@@ -194,43 +221,92 @@ class Retrainer:
         if status.get("training") == "running" or not self.policy.wants(status):
             return None  # another process is retraining this run, or nothing to do
         with self._lock:
-            return self.current() or self._new_job("policy")
+            return self.current() or self._new_job("policy", self._last_request)
 
     def _run(self, job: Job) -> None:
+        token = request_id.set(job.request_id)  # this thread's log lines: the job's request
+        try:
+            self._run_job(job)
+        finally:
+            request_id.reset(token)
+
+    def _run_job(self, job: Job) -> None:
         job.state, job.started = "running", time.time()
+        child_log.info("retrain job %s started (%s)", job.id, job.trigger,
+                       extra={"job_id": job.id})
         self._on_event("retrain-start", job)
         command = [sys.executable, "-m", "s3t.cli", "retrain", str(self.run_dir), "--events"]
-        stderr = self._open_log()
+        file = self._open_log()
+        stderr_tail: list[str] = []
         try:
             self._process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
-                text=True, preexec_fn=lambda: os.nice(NICE))
-            assert self._process.stdout is not None
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                text=True, errors="replace", preexec_fn=lambda: os.nice(NICE))
+            assert self._process.stdout is not None and self._process.stderr is not None
+            reader = threading.Thread(target=self._read_stderr, name="s3t-retrain-stderr",
+                                      args=(job, self._process.stderr, file, stderr_tail),
+                                      daemon=True)
+            reader.start()
             for line in self._process.stdout:
+                self._note(job, file, "event", line)
                 self._follow(job, line)
             returncode = self._process.wait()
+            reader.join(10)
         finally:
-            stderr.close()
             self._process = None
+            file.close()
         job.finished, job.current_stage = time.time(), None
         if self._stopping and returncode != 0:
             job.state, job.error = "cancelled", "the server stopped while it trained"
         elif returncode == 0:
             job.state, self._failures = "succeeded", 0
         else:
-            job.state, job.error = "failed", self._error_of(returncode)
+            job.state = "failed"
+            job.error = f"s3t retrain exited with {returncode}" + (
+                f": {stderr_tail[-1]}" if stderr_tail else "")
             self._failures += 1
             pause = min(BACKOFF_S[0] * 2 ** (self._failures - 1), BACKOFF_S[1])
             self._retry_at = time.monotonic() + pause
             log.warning("retrain job %s failed (%s); the policy retries in %.0f s",
-                        job.id, job.error, pause)
+                        job.id, job.error, pause, extra={"job_id": job.id})
+        child_log.info("retrain job %s %s: %d stage(s) committed, %d discarded, in %.1f s",
+                       job.id, job.state, job.stages_done, job.stages_discarded,
+                       job.finished - (job.started or job.finished), extra={"job_id": job.id})
         self._on_event("retrain-end", job)
+
+    def _read_stderr(self, job: Job, stream: IO[str], file: IO[str], tail: list[str]) -> None:
+        token = request_id.set(job.request_id)
+        try:
+            for line in stream:
+                if line.strip():
+                    tail[:] = [*tail[-4:], line.strip()]
+                    self._note(job, file, "stderr", line)
+                    child_log.warning("retrain job %s: %s", job.id, line.rstrip(),
+                                      extra={"job_id": job.id})
+        finally:
+            request_id.reset(token)
+
+    def _note(self, job: Job, file: IO[str], stream: str, line: str) -> None:
+        """Keep one line of the child's output with the job and in the log file."""
+        text = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {stream} {line.rstrip()}"
+        with self._log_lock:
+            self._logs.setdefault(job.id, deque(maxlen=KEEP_LOG_LINES)).append(text)
+            try:
+                file.write(f"{job.id} {text}\n")
+                file.flush()
+            except (OSError, ValueError):  # a full disk, or closed: the job goes on
+                pass
 
     def _follow(self, job: Job, line: str) -> None:
         try:
             event = JobEvent.model_validate_json(line)
         except ValidationError:
             return  # not an event (a library printing to stdout)
+        fields = event.model_dump(include={"key", "shard", "prefix", "seconds", "route_switched",
+                                           "stages"}, exclude_none=True)
+        child_log.info("retrain job %s: %s%s", job.id, event.event,
+                       f" {event.key}" if event.key else "",
+                       extra={"job_id": job.id, "event": event.event, **fields})
         if event.phase is not None:
             job.phase = event.phase
         if "eta_full_capacity_s" in event.model_fields_set:
@@ -256,13 +332,11 @@ class Retrainer:
     def _open_log(self) -> IO[str]:
         if self.log_path is None:
             return open(os.devnull, "w")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        return open(self.log_path, "w", encoding="utf-8")
-
-    def _error_of(self, returncode: int) -> str:
-        tail = ""
-        if self.log_path is not None and self.log_path.exists():
-            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines()
-                     if ln.strip()]
-            tail = lines[-1] if lines else ""
-        return f"s3t retrain exited with {returncode}" + (f": {tail}" if tail else "")
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = self.log_path.exists() and self.log_path.stat().st_size > MAX_LOG_BYTES
+            return open(self.log_path, "w" if fresh else "a", encoding="utf-8")
+        except OSError as err:
+            log.warning("cannot write %s (%s): the job's output goes to the server log only",
+                        self.log_path, err)
+            return open(os.devnull, "w")

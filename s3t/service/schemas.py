@@ -17,6 +17,7 @@ from s3t.contract import (
     History,
     Job,
     JobList,
+    JobLog,
     JsonSchema,
     Labels,
     PredictRequest,
@@ -30,5 +31,5 @@ from s3t.contract import (
 
 __all__ = ["ROUTES_ALL", "AuditReport", "Certificate", "DeletionPage", "DeletionRequest",
            "ErrorBody", "GenerateRequest", "GenerateResponse", "Health", "History", "Job",
-           "JobList", "JsonSchema", "Labels", "PredictRequest", "PredictResponse", "Readiness",
+           "JobList", "JobLog", "JsonSchema", "Labels", "PredictRequest", "PredictResponse", "Readiness",
            "Request", "RetrainAccepted", "SchemaList", "Status"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from s3t.service.batching import Batcher
 from s3t.service.errors import BusyError
-from s3t.service.guard import GuardedModel, Routes, lower_priority
+from s3t.service.guard import ROUTE_TRIES, GuardedModel, Routes, lower_priority
 from s3t.service.history import History
 from s3t.service.idempotency import IdempotencyStore
 from s3t.service.metrics import ServiceMetrics
@@ -67,6 +67,24 @@ def split_prediction(out: tuple[Prediction, Routes], start: int, stop: int) -> d
             "live_shards": prediction.live_shards}
 
 
+class RoutesChanged(BusyError):
+    """The chunks of one prediction request were served by different routes (a deletion or
+    a retrained stage came in between): the request is served again."""
+
+
+def join_predictions(parts: list[dict]) -> dict:
+    """One request's answer from its chunks' (``batching.py``), all served by the same
+    routes."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if any(p["routes"] != first["routes"] or p["routes_all"] != first["routes_all"]
+           for p in parts[1:]):
+        raise RoutesChanged("the routes changed while the request was served: retry")
+    return {**first, "labels": [x for p in parts for x in p["labels"]],
+            "probabilities": [x for p in parts for x in p["probabilities"]]}
+
+
 def routes_all(used: dict[int, list[str]]) -> dict[str, list[str]]:
     """Shard -> every stage that served it (the route first), as the API reports it."""
     return {str(shard): list(keys) for shard, keys in used.items()}
@@ -81,7 +99,6 @@ class Service:
         self._retrainer: Retrainer | None = None
         self._history: History | None = None
         self._torch_threads: int | None = None  # torch's own setting, restored at stop
-        self._pending: set[asyncio.Task] = set()  # after-deletion work still running
         self._model_pool: ThreadPoolExecutor | None = None  # threads of the model calls
 
     @property
@@ -138,17 +155,20 @@ class Service:
             raise
         self._model = model
         routes = await self.run(model.warm)
-        self.metrics.observe_status(await self.run(model.status))
+        self.metrics.watch(model.ledger_metrics,
+                           lambda: 0 if self._batcher is None else self._batcher.waiting)
         # Model calls run on threads of their own, niced: deletions (asyncio's default
         # threads) and the event loop get the CPU first when both want it.
         self._model_pool = ThreadPoolExecutor(settings.workers + 1, "s3t-model",
                                               initializer=self._model_thread)
-        self._batcher = Batcher(model.predict, split_prediction, max_batch=settings.max_batch,
-                                max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+        self._batcher = Batcher(self.metrics.timed("predict", model.predict), split_prediction,
+                                max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+                                max_queue=settings.max_queue, join=join_predictions,
                                 on_batch=self.metrics.batch_inputs.observe,
                                 workers=settings.workers, executor=self._model_pool)
         await self._batcher.start()
-        self._history = History(model.status, lambda: model.val_accuracy(settings.eval_size),
+        evaluate = self.metrics.timed("evaluate", model.val_accuracy)
+        self._history = History(model.timeline, lambda: evaluate(settings.eval_size),
                                 settings.eval_interval_s)
         self._history.start()
         self._retrainer = Retrainer(settings.run_dir, RetrainPolicy.parse(settings.retrain),
@@ -176,31 +196,26 @@ class Service:
             if removed:
                 log.info("removed what retrain job %s left unfinished: %s", job.id, removed)
         if self._history is not None:
-            self._history.record(event)
+            self._history.changed()
 
-    def deleted(self) -> None:
-        """A deletion was committed through this server: counted, and the retrain policy's
-        delay restarts, at once; the gauges and the history point (a status read) follow
-        in the background (``after_deletion``), off the deletion's response path."""
-        self.metrics.deletions.inc()
-        self.retrainer.note_deletion()
-        task = asyncio.get_running_loop().create_task(self.run(self.after_deletion))
-        self._pending.add(task)
-        task.add_done_callback(self._after_deletion_done)
+    def deleted(self, request_id: str | None = None) -> None:
+        """A deletion was committed through this server: the retrain policy's delay restarts
+        (a job it starts keeps ``request_id``) and what is served is measured again. Its
+        counters and history point come from the ledger (``/metrics``, ``/v1/history``)."""
+        self.retrainer.note_deletion(request_id)
+        self.history.changed()
 
-    def _after_deletion_done(self, task: asyncio.Task) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("gauges and history after a deletion: %s", task.exception())
-
-    def after_deletion(self) -> None:
-        status = self.model.status()  # read once: the gauges and the history point
-        self.metrics.observe_status(status)
-        self.history.record("deletion", status=status)
+    async def predict(self, inputs: list[str]) -> dict:
+        """A prediction through the batcher, served again if its chunks saw different
+        routes (``RoutesChanged``)."""
+        for _ in range(ROUTE_TRIES):
+            try:
+                return await self.batcher.submit(inputs)
+            except RoutesChanged:
+                continue
+        raise BusyError("the routes kept changing while the request was served: retry")
 
     async def stop(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
         if self._retrainer is not None:  # first: it may call back into the model
             retrainer, self._retrainer = self._retrainer, None
             await asyncio.to_thread(retrainer.stop)
@@ -222,9 +237,8 @@ class Service:
             torch.set_num_threads(self._torch_threads)
             self._torch_threads = None
 
-    async def refresh_gauges(self, wait_s: float = 1.0) -> None:
-        status = await self.run(self.model.status_if_free, wait_s)
-        if status is not None:
-            self.metrics.observe_status(status)
+    async def render_metrics(self) -> bytes:
+        """The metrics text; the ledger is read in a worker thread (``LedgerCollector``)."""
         if self._retrainer is not None:
             self.metrics.observe_retrainer(self._retrainer.current())
+        return await self.run(self.metrics.render)

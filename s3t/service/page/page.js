@@ -219,17 +219,19 @@
       return;
     }
     const points = reply.body.points;
-    const measured = points.filter((p) => typeof p.val_accuracy === "number");
-    $("history-note").textContent = `${points.length} points since the server started` +
+    // Validation accuracy: this server's measurements (older servers put them in points).
+    const measured = (Array.isArray(reply.body.evaluations) ? reply.body.evaluations : points)
+      .filter((p) => typeof p.val_accuracy === "number");
+    $("history-note").textContent = `${points.length} points from the run's ledger` +
       (measured.length ? `; validation accuracy measured ${measured.length} times` : "");
     plot(byDeletions, [{ points: points.map((p) => [p.deletion_requests, p.capacity]),
       cls: "capacity" }], (x) => String(x), "deletion requests", true);
-    const t0 = points.length ? points[0].time : 0;
+    const t0 = Math.min(...points.map((p) => p.time), ...measured.map((p) => p.time));
     const minutes = (x) => ((x - t0) / 60).toFixed(1);
     plot(byTime, [
       { points: points.map((p) => [p.time, p.capacity]), cls: "capacity" },
       { points: measured.map((p) => [p.time, p.val_accuracy]), cls: "accuracy" },
-    ], minutes, "minutes since the server started", false);
+    ], minutes, "minutes since the first point", false);
   }
 
   // --- the deletion log (needs the token) ---------------------------------------------------
