@@ -12,13 +12,9 @@ and see the same samples within a seed; seeds vary the data subset, split and in
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
 
 NAME = "accuracy"
 QUICK = {"train": 150, "test": 100, "epochs": 1}
@@ -44,7 +40,7 @@ def run_one(config: Any, train: Any, test: Any) -> dict[str, Any]:
     """Fit one configuration and score it on the test set."""
     from s3t.engine import S3T
 
-    est = S3T(config, run_dir=common.tmp_run_dir(config.method)).fit(train, progress=False)
+    est = S3T(config, run_dir=harness.tmp_run_dir(config.method)).fit(train, progress=False)
     accuracy = est.score(test)
     summary = est.last_train
     return {"accuracy": accuracy, "train_seconds": summary["train_seconds"],
@@ -64,8 +60,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for key in dict.fromkeys(r["key"] for r in runs):
         mine = [r for r in runs if r["key"] == key]
         out[key] = {"label": mine[0]["label"],
-                    "accuracy": common.summarize([r["accuracy"] for r in mine]),
-                    "train_seconds": common.summarize([r["train_seconds"] for r in mine]),
+                    "accuracy": harness.summarize([r["accuracy"] for r in mine]),
+                    "train_seconds": harness.summarize([r["train_seconds"] for r in mine]),
                     "stages_trained": mine[0]["stages_trained"]}
     return out
 
@@ -91,7 +87,7 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def plot(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], quick: bool,
          majority: float | None = None) -> None:
     """Bar per setting (mean, std error bar) with each seed's accuracy as a dot."""
-    plt = common.pyplot()
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     keys = list(summary)
     means = [summary[k]["accuracy"]["mean"] for k in keys]
@@ -107,26 +103,26 @@ def plot(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], quick: 
     ax.set_ylabel("test accuracy")
     ax.set_title(f"WordNet nouns, MiniLM: accuracy over {len(runs) // len(keys)} seed(s)")
     ax.grid(axis="y", alpha=0.3)
-    common.save_plot(fig, NAME, quick)
+    harness.save_plot(fig, NAME, quick)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.add_grid(common.parser(__doc__.splitlines()[0]))
+    p = harness.add_grid(harness.parser(__doc__.splitlines()[0]))
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--test-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     args = p.parse_args(argv)
     size = resolve_size(args)
-    seeds = common.seeds_for(args, [0], [0, 1, 2])
-    prov = common.provenance(NAME, args.quick, seeds, size)
-    common.print_header(prov)
+    seeds = harness.seeds_for(args, [0], [0, 1, 2])
+    prov = harness.provenance(NAME, args.quick, seeds, size)
+    harness.print_header(prov)
 
     runs, baselines = [], []
     for seed in seeds:
-        train, test = common.wordnet_split(size["train"], size["test"], seed)
+        train, test = harness.wordnet_split(size["train"], size["test"], seed)
         baselines.append(majority_baseline(train, test))
         for key, label, config in settings(size["shards"], size["slices"], size["epochs"], seed):
-            with common.stopwatch() as t:
+            with harness.stopwatch() as t:
                 row = run_one(config, train, test)
             row.update(key=key, label=label, seed=seed, wall_seconds=t["s"],
                        config=config.to_dict())
@@ -138,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     for key, row in summary.items():
         a = row["accuracy"]
         print(f"{row['label']:<24} {a['mean']:.3f} +- {a['std']:.3f} (n={a['n']})  [{key}]")
-    majority = common.summarize(baselines)
+    majority = harness.summarize(baselines)
     print(f"{'majority-class baseline':<24} {majority['mean']:.3f} +- {majority['std']:.3f}")
     for c in checks:
         print(f"{'MET' if c['met'] else 'NOT MET'}: {c['target']}: {c['measured']}")
-    common.write_result(NAME, args.quick, prov, {"runs": runs, "summary": summary, "targets": checks,
+    harness.write_result(NAME, args.quick, prov, {"runs": runs, "summary": summary, "targets": checks,
                                                  "majority_baseline": majority})
     plot(summary, runs, args.quick, majority["mean"])
     return 0
@@ -150,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def resolve_size(args: argparse.Namespace) -> dict[str, Any]:
     """The size preset, overridden by explicit flags."""
-    base = common.size_for(args, QUICK, FULL)
+    base = harness.size_for(args, QUICK, FULL)
     for flag, key in (("train_size", "train"), ("test_size", "test"), ("epochs", "epochs")):
         if getattr(args, flag) is not None:
             base[key] = getattr(args, flag)

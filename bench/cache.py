@@ -20,15 +20,12 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
 
 NAME = "cache"
 QUICK = {"train": 150, "test": 100, "epochs": 1, "llm_train": 12, "llm_reps": 1}
@@ -56,9 +53,9 @@ def child_wordnet(variant: str, n_train: int, n_test: int, epochs: int, seed: in
     """Train MiniLM on WordNet with one storage variant; time, memory, cache size, accuracy."""
     from s3t import S3T, S3TConfig
 
-    train, test = common.wordnet_split(n_train, n_test, seed)
+    train, test = harness.wordnet_split(n_train, n_test, seed)
     config = S3TConfig(shards=2, slices=3, budget=3, epochs=epochs, seed=seed, **VARIANTS[variant])
-    est = S3T(config, run_dir=common.tmp_run_dir("cache")).fit(train, progress=False)
+    est = S3T(config, run_dir=harness.tmp_run_dir("cache")).fit(train, progress=False)
     spilled = disk_bytes(est.features.directory)
     probs = est.predict(test.texts).probabilities
     labels = np.array([est.label_names.index(test.label_names[y]) for y in test.labels])
@@ -76,13 +73,14 @@ def child_llm(cache: bool, n_train: int, seed: int) -> dict:
     data = load_wordnet_instructions(limit=n_train, seed=seed)
     config = S3TConfig(model=str(default_llm_dir()), shards=1, slices=3, budget=3, epochs=2,
                        batch_size=8, max_seq_len=64, seed=seed, feature_cache=cache)
-    est = S3T(config, run_dir=common.tmp_run_dir("cache-llm")).fit(data, progress=False)
+    est = S3T(config, run_dir=harness.tmp_run_dir("cache-llm")).fit(data, progress=False)
     return {"train_seconds": est.last_train["train_seconds"], "peak_rss_mib": peak_rss_mib(),
             "stages": est.last_train["stages_trained"]}
 
 
 def run_child(*args: Any) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], check=True,
+    out = subprocess.run(harness.bench_cmd("cache", "--child", *args), check=True,
+                         cwd=harness.REPO_DIR, env=harness.child_env(),
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -106,16 +104,16 @@ def storage(size: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
         agree = [float((np.array(r["probabilities"]).argmax(1) == base[r["seed"]].argmax(1)).mean())
                  for r in rows]
         summary[variant] = {
-            "train_seconds": common.summarize([r["train_seconds"] for r in rows]),
-            "time_ratio_to_memory_fp32": common.summarize(
+            "train_seconds": harness.summarize([r["train_seconds"] for r in rows]),
+            "time_ratio_to_memory_fp32": harness.summarize(
                 [r["train_seconds"] / b["train_seconds"] for r, b in zip(rows, runs["memory_fp32"],
                                                                          strict=True)]),
-            "peak_rss_mib": common.summarize([r["peak_rss_mib"] for r in rows]),
-            "cache_mib_in_memory": common.summarize([r["cache_bytes_in_memory"] / 2**20 for r in rows]),
-            "cache_mib_on_disk": common.summarize([r["cache_bytes_on_disk"] / 2**20 for r in rows]),
-            "accuracy": common.summarize([r["accuracy"] for r in rows]),
+            "peak_rss_mib": harness.summarize([r["peak_rss_mib"] for r in rows]),
+            "cache_mib_in_memory": harness.summarize([r["cache_bytes_in_memory"] / 2**20 for r in rows]),
+            "cache_mib_on_disk": harness.summarize([r["cache_bytes_on_disk"] / 2**20 for r in rows]),
+            "accuracy": harness.summarize([r["accuracy"] for r in rows]),
             "max_abs_probability_change": max(diffs),
-            "prediction_agreement": common.summarize(agree),
+            "prediction_agreement": harness.summarize(agree),
         }
     for rows in runs.values():
         for r in rows:
@@ -136,12 +134,12 @@ def deep_backbone(size: dict[str, Any], seed: int) -> dict[str, Any]:
                      "speedup": pair[False]["train_seconds"] / pair[True]["train_seconds"]})
     return {"config": f"SmolLM2-135M-Instruct, WordNet instructions ({size['llm_train']} samples), "
                       "m=1, L=3, B=3 (3 of 30 layers adapted), 2 epochs, 64 tokens",
-            "reps": rows, "speedup": common.summarize([r["speedup"] for r in rows])}
+            "reps": rows, "speedup": harness.summarize([r["speedup"] for r in rows])}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--child", nargs="+", help=common.argparse.SUPPRESS)
+    p = harness.parser(__doc__.splitlines()[0])
+    p.add_argument("--child", nargs="+", help=harness.argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         kind, *rest = args.child
@@ -152,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     size = QUICK if args.quick else FULL
-    seeds = common.seeds_for(args, [0], [0, 1, 2])
-    prov = common.provenance(NAME, args.quick, seeds, size)
-    common.print_header(prov)
+    seeds = harness.seeds_for(args, [0], [0, 1, 2])
+    prov = harness.provenance(NAME, args.quick, seeds, size)
+    harness.print_header(prov)
     print("storage variants (MiniLM, WordNet)", flush=True)
     stored = storage(size, seeds)
     for variant, row in stored["summary"].items():
@@ -164,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print("cached vs uncached training on a deep backbone", flush=True)
     deep = deep_backbone(size, seeds[0])
     print(f"SmolLM2 speed-up {deep['speedup']['mean']:.2f}x", flush=True)
-    common.write_result(NAME, args.quick, prov, {"storage": stored, "deep_backbone": deep})
+    harness.write_result(NAME, args.quick, prov, {"storage": stored, "deep_backbone": deep})
     return 0
 
 

@@ -26,14 +26,11 @@ import json
 import random
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
 
 NAME = "deletion_cost"
 QUICK = {"train": 160, "epochs": 1, "requests": 120, "copies": 5, "fresh": 2, "sisa_shards": 1,
@@ -107,7 +104,8 @@ def fresh_forgets(run: Path, ids: list[str]) -> list[dict[str, Any]]:
     out = []
     for sid in ids:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--fresh-child", str(run), sid],
+        proc = subprocess.run(harness.bench_cmd("deletion_cost", "--fresh-child", run, sid),
+                              cwd=harness.REPO_DIR, env=harness.child_env(),
                               capture_output=True, text=True, check=True)
         wall = time.perf_counter() - start
         row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -157,10 +155,10 @@ def sisa_victims(est: Any, n_shards: int, n_slices: int, rng: random.Random) -> 
 
 def measure(size: dict[str, Any], seed: int) -> dict[str, Any]:
     """All four measurements for one seed."""
-    train, _ = common.wordnet_split(size["train"], 50, seed)
+    train, _ = harness.wordnet_split(size["train"], 50, seed)
     rng = random.Random(seed)
 
-    run = common.tmp_run_dir("cost-s3t")
+    run = harness.tmp_run_dir("cost-s3t")
     est = fit(s3t_config(size, seed), train, run)
     est.ledger.close()
     fresh_run, pristine = run.parent / "fresh", run.parent / "pristine"
@@ -173,7 +171,7 @@ def measure(size: dict[str, Any], seed: int) -> dict[str, Any]:
     fresh = fresh_forgets(fresh_run, rng.sample(train.ids, size["fresh"]))
     print(f"seed {seed}: {len(fresh)} fresh-process forgets done", flush=True)
 
-    sisa = fit(s3t_config(size, seed, "sisa"), train, common.tmp_run_dir("cost-sisa"))
+    sisa = fit(s3t_config(size, seed, "sisa"), train, harness.tmp_run_dir("cost-sisa"))
     sisa_rows = []
     for shard, sl, sid in sisa_victims(sisa, size["sisa_shards"], size["slices"], rng):
         row = time_to_exact(sisa, sid)
@@ -182,7 +180,7 @@ def measure(size: dict[str, Any], seed: int) -> dict[str, Any]:
         print(f"seed {seed}: SISA deletion in shard {shard} slice {sl}: {row['total_s']:.1f} s "
               f"({row['stages_trained']} stages retrained)", flush=True)
 
-    full = fit(s3t_config(size, seed, "full"), train, common.tmp_run_dir("cost-full"))
+    full = fit(s3t_config(size, seed, "full"), train, harness.tmp_run_dir("cost-full"))
     full_rows = [time_to_exact(full, sid) for sid in rng.sample(train.ids, size["full"])]
     print(f"seed {seed}: full retrain {[round(r['total_s'], 1) for r in full_rows]} s", flush=True)
     return {"seed": seed, "s3t_train_seconds": est.last_train["train_seconds"], "warm": warm,
@@ -197,24 +195,24 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     sisa = [r for s in per_seed for r in s["sisa"]]
     full = [r for s in per_seed for r in s["full"]]
     out: dict[str, Any] = {
-        "s3t_forget_ms": common.latency_summary([r["ms"] for r in warm]),
-        "s3t_forget_ms_erasing": common.latency_summary([r["ms"] for r in warm if r["erased"]]),
-        "s3t_forget_ms_no_erase": common.latency_summary([r["ms"] for r in warm if not r["erased"]]),
-        "s3t_forget_core_ms": common.latency_summary([r["core_ms"] for r in warm]),
-        "s3t_copies_forget_ms_erasing": common.latency_summary([r["ms"] for r in copies if r["erased"]]),
-        "s3t_copies_forget_ms_all": common.latency_summary([r["ms"] for r in copies]),
+        "s3t_forget_ms": harness.latency_summary([r["ms"] for r in warm]),
+        "s3t_forget_ms_erasing": harness.latency_summary([r["ms"] for r in warm if r["erased"]]),
+        "s3t_forget_ms_no_erase": harness.latency_summary([r["ms"] for r in warm if not r["erased"]]),
+        "s3t_forget_core_ms": harness.latency_summary([r["core_ms"] for r in warm]),
+        "s3t_copies_forget_ms_erasing": harness.latency_summary([r["ms"] for r in copies if r["erased"]]),
+        "s3t_copies_forget_ms_all": harness.latency_summary([r["ms"] for r in copies]),
         "s3t_requests_after_all_shards_dead": sum(r["live_shards"] == 0 for r in warm),
-        "fresh_load_forget_ms": common.latency_summary([r["load_forget_ms"] for r in fresh]),
-        "fresh_load_ms": common.latency_summary([r["load_ms"] for r in fresh]),
-        "fresh_forget_ms": common.latency_summary([r["forget_ms"] for r in fresh]),
-        "fresh_import_s": common.summarize([r["import_s"] for r in fresh]),
-        "fresh_process_wall_s": common.summarize([r["process_wall_s"] for r in fresh]),
-        "sisa_time_to_exact_s": common.summarize([r["total_s"] for r in sisa]),
+        "fresh_load_forget_ms": harness.latency_summary([r["load_forget_ms"] for r in fresh]),
+        "fresh_load_ms": harness.latency_summary([r["load_ms"] for r in fresh]),
+        "fresh_forget_ms": harness.latency_summary([r["forget_ms"] for r in fresh]),
+        "fresh_import_s": harness.summarize([r["import_s"] for r in fresh]),
+        "fresh_process_wall_s": harness.summarize([r["process_wall_s"] for r in fresh]),
+        "sisa_time_to_exact_s": harness.summarize([r["total_s"] for r in sisa]),
         "sisa_time_to_exact_by_slice": {
-            str(sl): common.summarize([r["total_s"] for r in sisa if r["slice"] == sl])
+            str(sl): harness.summarize([r["total_s"] for r in sisa if r["slice"] == sl])
             for sl in sorted({r["slice"] for r in sisa})},
-        "sisa_forget_ms": common.latency_summary([r["forget_ms"] for r in sisa]),
-        "full_time_to_exact_s": common.summarize([r["total_s"] for r in full]),
+        "sisa_forget_ms": harness.latency_summary([r["forget_ms"] for r in sisa]),
+        "full_time_to_exact_s": harness.summarize([r["total_s"] for r in full]),
         "all_restored": all(r["live_shards_after"] == r["shards"] for r in sisa + full),
     }
     p99 = out["s3t_forget_ms"]["p99"] / 1000
@@ -248,7 +246,7 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 def plot(per_seed: list[dict[str, Any]], summary: dict[str, Any], quick: bool) -> None:
     """Left: forget latency per request. Right: time to an exact model, log scale."""
-    plt = common.pyplot()
+    plt = harness.pyplot()
     fig, (ax_lat, ax_cmp) = plt.subplots(1, 2, figsize=(11, 4.2))
     for s in per_seed:
         xs = range(1, len(s["warm"]) + 1)
@@ -276,33 +274,33 @@ def plot(per_seed: list[dict[str, Any]], summary: dict[str, Any], quick: bool) -
     ax_cmp.set_xlabel("seconds until an exact model serves (log)")
     ax_cmp.grid(axis="x", alpha=0.3)
     fig.suptitle("Cost of a deletion (WordNet nouns, MiniLM)")
-    common.save_plot(fig, NAME, quick)
+    harness.save_plot(fig, NAME, quick)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.add_grid(common.parser(__doc__.splitlines()[0]))
+    p = harness.add_grid(harness.parser(__doc__.splitlines()[0]))
     p.add_argument("--requests", type=int, default=None, help="S3T forget requests per seed")
     p.add_argument("--fresh-child", nargs=2, metavar=("RUN", "ID"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.fresh_child:
         fresh_child(*args.fresh_child)
         return 0
-    size = common.size_for(args, QUICK, FULL)
+    size = harness.size_for(args, QUICK, FULL)
     if args.requests is not None:
         size["requests"] = args.requests
-    seeds = common.seeds_for(args, [0], [0])
-    prov = common.provenance(NAME, args.quick, seeds, size)
-    prov["machine"]["fsync_ms"] = common.fsync_latency_ms()
-    common.print_header(prov)
+    seeds = harness.seeds_for(args, [0], [0])
+    prov = harness.provenance(NAME, args.quick, seeds, size)
+    prov["machine"]["fsync_ms"] = harness.fsync_latency_ms()
+    harness.print_header(prov)
     print(f"# fsync of 4 KiB: p50 {prov['machine']['fsync_ms']['p50']:.2f} ms, "
           f"p99 {prov['machine']['fsync_ms']['p99']:.2f} ms")
 
     per_seed = [measure(size, seed) for seed in seeds]
-    prov["machine"]["fsync_ms_end"] = common.fsync_latency_ms()
+    prov["machine"]["fsync_ms_end"] = harness.fsync_latency_ms()
     summary = summarize(per_seed)
     checks = targets(summary)
     report(summary, checks)
-    common.write_result(NAME, args.quick, prov, {"per_seed": per_seed, "summary": summary,
+    harness.write_result(NAME, args.quick, prov, {"per_seed": per_seed, "summary": summary,
                                                  "targets": checks})
     plot(per_seed, summary, args.quick)
     return 0

@@ -14,13 +14,9 @@ No torch is needed.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
 
 NAME = "deletion_rate"
 QUICK = {"trials": 5000, "grid_shards": [2, 5], "grid_slices": [3, 4]}
@@ -90,7 +86,7 @@ def targets(rows: list[dict[str, Any]], paper: list[dict[str, Any]]) -> list[dic
 
 def plot(rows: list[dict[str, Any]], quick: bool) -> None:
     """Left: m=5, L=4 rate against budget. Right: relative error of every plan."""
-    plt = common.pyplot()
+    plt = harness.pyplot()
     fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2))
     ex = [r for r in rows if r["m"] == PAPER["m"] and r["L"] == PAPER["L"] and r["strategy"] == "cyclic"]
     bs = [r["budget"] for r in ex]
@@ -118,19 +114,19 @@ def plot(rows: list[dict[str, Any]], quick: bool) -> None:
     ax_err.set_title("every plan simulated")
     ax_err.legend(fontsize=8)
     ax_err.grid(alpha=0.3)
-    common.save_plot(fig, NAME, quick)
+    harness.save_plot(fig, NAME, quick)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = harness.parser(__doc__.splitlines()[0]).parse_args(argv)
     size = dict(QUICK if args.quick else FULL)
-    seeds = common.seeds_for(args, [0], [0])
-    prov = common.provenance(NAME, args.quick, seeds, size)
-    common.print_header(prov)
+    seeds = harness.seeds_for(args, [0], [0])
+    prov = harness.provenance(NAME, args.quick, seeds, size)
+    harness.print_header(prov)
     rows = []
     plans = {(PAPER["m"], PAPER["L"], False)} | {(m, n, True) for m in size["grid_shards"]
                                                  for n in size["grid_slices"]}
-    with common.stopwatch() as t:
+    with harness.stopwatch() as t:
         for seed in seeds:
             for m, n, grid in sorted(plans, key=lambda p: (p[0], p[1], not p[2])):
                 if grid is False and (m, n, True) in plans:
@@ -145,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = targets(rows, paper)
     for c in checks:
         print(f"{'MET' if c['met'] else 'NOT MET'}: {c['target']}: {c['measured']}")
-    common.write_result(NAME, args.quick, prov, {"rows": rows, "paper": paper, "targets": checks,
+    harness.write_result(NAME, args.quick, prov, {"rows": rows, "paper": paper, "targets": checks,
                                                  "seconds": t["s"]})
     plot(rows, args.quick)
     return 0

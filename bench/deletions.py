@@ -15,14 +15,10 @@ the cap.
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
 
 NAME = "deletions"
 QUICK = {"train": 150, "test": 100, "epochs": 1, "cap": 30}
@@ -58,7 +54,7 @@ def point(est: Any, evaluate: Evaluate | None, requests: int, latency_ms: float 
     shard is live, or if ``evaluate`` is None: not measured at this point)."""
     status = est.status()
     live = status["live_shards"]
-    with common.stopwatch() as t:
+    with harness.stopwatch() as t:
         value = evaluate(est) if live and evaluate is not None else None
     return {"requests": requests, "capacity": status["capacity"], "live_shards": live,
             metric: value, "forget_ms": latency_ms, "score_seconds": t["s"]}
@@ -75,7 +71,7 @@ def run_sequence(config: Any, train: Any, evaluate: Evaluate, victims: list[str]
 
     from s3t.engine import S3T
 
-    est = S3T(config, run_dir=common.tmp_run_dir(config.method)).fit(train, progress=False)
+    est = S3T(config, run_dir=harness.tmp_run_dir(config.method)).fit(train, progress=False)
     history = [point(est, evaluate, 0, None, metric)]
     for i, sid in enumerate(victims, start=1):
         start = time.perf_counter()
@@ -151,7 +147,7 @@ def summarize(results: dict[str, dict[str, Any]], m: int, n_slices: int, cap: in
         runs = res["runs"]
         ends = [r["requests_until_retrain"] for r in runs]
         out[key] = {"label": res["label"],
-                    f"{metric}_before": common.summarize([r["history"][0][metric] for r in runs]),
+                    f"{metric}_before": harness.summarize([r["history"][0][metric] for r in runs]),
                     "requests_until_retrain": ends,
                     "requests_until_retrain_mean": (sum(ends) / len(ends)
                                                     if None not in ends else None),
@@ -167,7 +163,7 @@ def plot(results: dict[str, dict[str, Any]], name: str, quick: bool, title: str,
          metric: str = "accuracy", ylabel: str = "test accuracy (served shards)",
          reference: tuple[float, str] | None = None) -> None:
     """``metric`` (top, points where measured) and capacity (bottom) per request; a line per seed."""
-    plt = common.pyplot()
+    plt = harness.pyplot()
     fig, (ax_top, ax_cap) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True)
     colors = {"sisa": "tab:red", "s3t_b1": "tab:orange", "full": "tab:gray"}
     for key, res in results.items():
@@ -192,7 +188,7 @@ def plot(results: dict[str, dict[str, Any]], name: str, quick: bool, title: str,
         ax.grid(alpha=0.3)
     ax_cap.set_ylim(-0.03, 1.05)
     ax_top.legend(fontsize=8)
-    common.save_plot(fig, name, quick)
+    harness.save_plot(fig, name, quick)
 
 
 def print_summary(summary: dict[str, Any], metric: str = "accuracy") -> None:
@@ -208,25 +204,25 @@ def print_summary(summary: dict[str, Any], metric: str = "accuracy") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.add_grid(common.parser(__doc__.splitlines()[0]))
+    p = harness.add_grid(harness.parser(__doc__.splitlines()[0]))
     p.add_argument("--cap", type=int, default=None, help="most requests per run")
     args = p.parse_args(argv)
-    size = common.size_for(args, QUICK, FULL)
+    size = harness.size_for(args, QUICK, FULL)
     if args.cap is not None:
         size["cap"] = args.cap
-    seeds = common.seeds_for(args, [0], [0, 1, 2])
-    prov = common.provenance(NAME, args.quick, seeds, size)
-    common.print_header(prov)
+    seeds = harness.seeds_for(args, [0], [0, 1, 2])
+    prov = harness.provenance(NAME, args.quick, seeds, size)
+    harness.print_header(prov)
 
     results: dict[str, dict[str, Any]] = {}
     for seed in seeds:
-        train, test = common.wordnet_split(size["train"], size["test"], seed)
+        train, test = harness.wordnet_split(size["train"], size["test"], seed)
         victims = random.Random(seed).sample(train.ids, min(size["cap"], len(train)))
         configs = settings(size["shards"], size["slices"], size["epochs"], seed)
         run_settings(results, configs, train, scorer(test), victims, seed)
     summary = summarize(results, size["shards"], size["slices"], size["cap"])
     print_summary(summary)
-    common.write_result(NAME, args.quick, prov, {"results": results, "summary": summary})
+    harness.write_result(NAME, args.quick, prov, {"results": results, "summary": summary})
     plot(results, NAME, args.quick, "WordNet nouns, MiniLM: serving through deletions without retraining")
     return 0
 

@@ -27,14 +27,10 @@ import dataclasses
 import heapq
 import logging
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
 
 NAME = "distributed"
 QUICK = {"train": 360, "near_empty_per_cell": 2, "epochs": 1, "shards": 4, "slices": 3, "budget": 3}
@@ -53,7 +49,7 @@ def fit(cfg: Any, data: Any, tag: str) -> tuple[Any, float]:
     from s3t.engine import S3T
 
     started = time.perf_counter()
-    est = S3T(cfg, run_dir=common.tmp_run_dir(tag)).fit(data, progress=False)
+    est = S3T(cfg, run_dir=harness.tmp_run_dir(tag)).fit(data, progress=False)
     return est, time.perf_counter() - started
 
 
@@ -154,8 +150,8 @@ def overheads(rows: list[dict[str, Any]]) -> dict[str, Any]:
                      if ready(b) <= a["finished"]]
     back = [r["settled"] - r["finished"] - r.get("commit_seconds", 0.0) for r in rows]
     commit = [r.get("commit_seconds", 0.0) for r in rows]
-    return {"dispatch_s": common.summarize(dispatch), "return_s": common.summarize(back),
-            "commit_s": common.summarize(commit),
+    return {"dispatch_s": harness.summarize(dispatch), "return_s": harness.summarize(back),
+            "commit_s": harness.summarize(commit),
             "dispatch_median": statistics.median(dispatch) if dispatch else 0.0,
             "return_median": statistics.median(back), "commit_median": statistics.median(commit),
             "bytes_per_stage": statistics.median(r["bytes"] for r in rows)}
@@ -312,7 +308,7 @@ def model(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], quick: bool) -> None:
-    plt = common.pyplot()
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for m, curve in result["model"]["curves"].items():
         line, = ax.plot(curve["workers"], curve["speedup"],
@@ -331,11 +327,11 @@ def plot(result: dict[str, Any], quick: bool) -> None:
     ax.set_title("Ray executor: predicted and measured speed-up (dotted: work / critical path)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    common.save_plot(fig, NAME, quick)
+    harness.save_plot(fig, NAME, quick)
 
 
 def main() -> int:
-    p = common.parser(__doc__.splitlines()[0])
+    p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, nargs="+", default=[2],
                    help="Ray worker counts to measure (each a fresh local Ray instance)")
     p.add_argument("--model-only", action="store_true",
@@ -344,9 +340,9 @@ def main() -> int:
     if args.model_only:
         return remodel(args.quick)
     size = dict(QUICK if args.quick else FULL, workers=args.workers)
-    seed = common.seeds_for(args, [0], [0])[0]
-    prov = common.provenance(NAME, args.quick, [seed], size)
-    common.print_header(prov)
+    seed = harness.seeds_for(args, [0], [0])[0]
+    prov = harness.provenance(NAME, args.quick, [seed], size)
+    harness.print_header(prov)
     from s3t.data.loaders import load_wordnet
 
     data = load_wordnet(limit=size["train"], seed=seed)
@@ -389,7 +385,7 @@ def main() -> int:
     result["model"] = model(result)
     report_model(result)
     plot(result, args.quick)
-    common.write_result(NAME, args.quick, prov, result)
+    harness.write_result(NAME, args.quick, prov, result)
     return 0
 
 
@@ -403,13 +399,13 @@ def remodel(quick: bool) -> int:
     """Recompute the model and the plot from a stored result (no measurement)."""
     import json
 
-    path = common.result_path(NAME, quick)
+    path = harness.result_path(NAME, quick)
     result = json.loads(path.read_text())
     result["model"] = model(result)
     report_model(result)
     plot(result, quick)
-    path.write_text(json.dumps(result, indent=2, default=common._json_default) + "\n")
-    print(f"# rewrote the model in {path.relative_to(common.REPO_DIR)}")
+    path.write_text(json.dumps(result, indent=2, default=harness._json_default) + "\n")
+    print(f"# rewrote the model in {harness.shown(path)}")
     return 0
 
 

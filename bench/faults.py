@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import parser, print_header, provenance, seeds_for, tmp_run_dir, write_result
+from bench.harness import parser, print_header, provenance, seeds_for, tmp_run_dir, write_result
 
 QUICK = {"n_train": 240, "forget_trials": 24, "parallel_trials": 4, "retrain_trials": 3,
          "epochs": 1, "shards": 2, "slices": 3}

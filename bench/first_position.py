@@ -13,16 +13,12 @@ probabilities within 1e-6.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from perf import serving_setup, throughput  # noqa: E402
+from bench import harness
+from bench.perf import serving_setup, throughput
 
 NAME = "first_position"
 QUICK = {"shards": 5, "slices": 3, "train": 150, "seconds": 1.0, "reps": 2, "batches": [1, 32]}
@@ -30,11 +26,11 @@ FULL = dict(QUICK, train=300, seconds=4.0, reps=5)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = harness.parser(__doc__.splitlines()[0]).parse_args(argv)
     size = dict(QUICK if args.quick else FULL)
-    seed = common.seeds_for(args, [0], [0])[0]
-    prov = common.provenance(NAME, args.quick, [seed], size)
-    common.print_header(prov)
+    seed = harness.seeds_for(args, [0], [0])[0]
+    prov = harness.provenance(NAME, args.quick, [seed], size)
+    harness.print_header(prov)
 
     est, test, _, _ = serving_setup(size["shards"], size["train"], seed, size["slices"])
     family = est.backbone.family
@@ -63,13 +59,13 @@ def main(argv: list[str] | None = None) -> int:
             runs["whole_layer"].append(throughput(whole, texts, batch, size["seconds"]))
             runs["first_position"].append(throughput(first, texts, batch, size["seconds"]))
         speedup = [f / w for f, w in zip(runs["first_position"], runs["whole_layer"], strict=True)]
-        result[f"batch_{batch}"] = {"samples_per_s": {k: common.summarize(v) for k, v in runs.items()},
-                                    "speedup": common.summarize(speedup)}
+        result[f"batch_{batch}"] = {"samples_per_s": {k: harness.summarize(v) for k, v in runs.items()},
+                                    "speedup": harness.summarize(speedup)}
         print(f"batch {batch}: first position {np.mean(runs['first_position']):.1f}/s, whole "
               f"layer {np.mean(runs['whole_layer']):.1f}/s, speed-up {np.mean(speedup):.2f}x "
               f"({min(speedup):.2f}-{max(speedup):.2f})", flush=True)
     est.close()
-    common.write_result(NAME, args.quick, prov, result)
+    harness.write_result(NAME, args.quick, prov, result)
     return 0 if agreement["same_labels"] and agreement["max_abs_probability_difference"] < 1e-6 \
         else 1
 

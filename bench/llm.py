@@ -18,16 +18,11 @@ epoch; see BENCHMARKS.md for what that cut.
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-import deletions  # noqa: E402
+from bench import deletions, harness
 
 NAME = "llm"
 QUICK = {"train": 48, "test": 16, "epochs": 1, "cap": 4, "shards": 2, "slices": 2,
@@ -92,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     from s3t.data.loaders import load_wordnet_instructions, train_test_split
     from s3t.models.decoder import default_llm_dir
 
-    p = common.parser(__doc__.splitlines()[0])
+    p = harness.parser(__doc__.splitlines()[0])
     args = p.parse_args(argv)
     size = dict(QUICK if args.quick else FULL)
-    seeds = common.seeds_for(args, [0], [0, 1, 2])
-    prov = common.provenance(NAME, args.quick, seeds, size)
-    common.print_header(prov)
+    seeds = harness.seeds_for(args, [0], [0, 1, 2])
+    prov = harness.provenance(NAME, args.quick, seeds, size)
+    harness.print_header(prov)
     model = str(default_llm_dir())
 
     results: dict[str, dict[str, Any]] = {}
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = deletions.summarize(results, size["shards"], size["slices"], size["cap"],
                                   metric="perplexity", checkpoints=size["measure_at"])
     deletions.print_summary(summary, metric="perplexity")
-    common.write_result(NAME, args.quick, prov, {"results": results, "summary": summary,
+    harness.write_result(NAME, args.quick, prov, {"results": results, "summary": summary,
                                                  "base_perplexity": base})
     deletions.plot(results, NAME, args.quick, TITLE, metric="perplexity",
                    ylabel="held-out perplexity (live shards' ensemble)",

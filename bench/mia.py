@@ -26,15 +26,11 @@ fits its training data and the attack has something to find.
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
 
 NAME = "mia"
 BOOTSTRAP = 2000
@@ -156,7 +152,7 @@ def run_setting(name: str, seed: int, size: dict[str, Any]) -> dict[str, Any]:
     scores = classifier_scores if name == "minilm" else lm_scores
     rng = random.Random(seed)
     t0 = time.perf_counter()
-    est = S3T(config, run_dir=common.tmp_run_dir(f"mia-{name}")).fit(train, progress=False)
+    est = S3T(config, run_dir=harness.tmp_run_dir(f"mia-{name}")).fit(train, progress=False)
     train_seconds = time.perf_counter() - t0
 
     # a handful of deletions confined to one cell per shard (so every shard keeps a route)
@@ -215,7 +211,7 @@ def run_setting(name: str, seed: int, size: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(results: dict[str, list[dict[str, Any]]], quick: bool) -> None:
-    plt = common.pyplot()
+    plt = harness.pyplot()
     rows = [(setting, stage, group, kind)
             for setting, runs in results.items()
             for stage, groups in (("before", ("retained", "forgotten")),
@@ -238,24 +234,24 @@ def plot(results: dict[str, list[dict[str, Any]]], quick: bool) -> None:
     ax.set_xlabel("ROC AUC vs never-seen held-out samples (95% bootstrap interval; "
                   "one marker per seed)")
     ax.set_title("Loss-threshold membership inference on the served model")
-    common.save_plot(fig, NAME, quick)
+    harness.save_plot(fig, NAME, quick)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
+    p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--only", choices=["minilm", "smollm2"], default=None)
     args = p.parse_args(argv)
     size = QUICK if args.quick else FULL
     names = [args.only] if args.only else list(size)
-    seeds = common.seeds_for(args, [0], [0, 1])
-    prov = common.provenance(NAME, args.quick, seeds, {**{n: size[n] for n in names}, **GRID,
+    seeds = harness.seeds_for(args, [0], [0, 1])
+    prov = harness.provenance(NAME, args.quick, seeds, {**{n: size[n] for n in names}, **GRID,
                                                        "bootstrap": BOOTSTRAP, "min_k": MIN_K})
-    common.print_header(prov)
+    harness.print_header(prov)
     results: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         for seed in seeds:
             results.setdefault(name, []).append(run_setting(name, seed, size[name]))
-    common.write_result(NAME, args.quick, prov, {"results": results})
+    harness.write_result(NAME, args.quick, prov, {"results": results})
     plot(results, args.quick)
     return 0
 

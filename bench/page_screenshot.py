@@ -21,15 +21,13 @@ import argparse
 import random
 import secrets
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from service import Server  # noqa: E402  (bench/service.py: one `s3t serve` subprocess)
+from bench import harness
+from bench.harness import Server
+from s3t.run.card import RUN_FILE as CARD  # the run card: every run has one
 
 WAIT_S = 30          # every wait on the page
 RETRAIN_WAIT_S = 900  # the retrain job
@@ -42,27 +40,30 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deletions", type=int, default=4,
                    help="deletion requests before the retrain (one more after it)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "operator-page.png")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the PNG to write (default: operator-page.png in the results directory)")
     args = p.parse_args(argv)
     if args.deletions < 1:
         p.error("--deletions must be at least 1")
-    if args.run is not None and not (args.run / "run.json").is_file():
-        p.error(f"{args.run} is not an s3t run (no run.json): train one with `s3t train`")
+    if args.run is not None and not (args.run / CARD).is_file():
+        p.error(f"{args.run} is not an s3t run (no {CARD}): train one with `s3t train`")
+    if args.out is None:
+        args.out = harness.result_path("operator-page", False, ".png")
     return args
 
 
 def the_run(args: argparse.Namespace) -> Path:
     """A run this script may change: a copy of RUN, or a freshly trained small one."""
-    target = common.tmp_run_dir("page")
+    target = harness.tmp_run_dir("page")
     if args.run is not None:
         shutil.copytree(args.run, target)
         return target
     from s3t.config import S3TConfig
     from s3t.engine import S3T
 
-    train, validation = common.wordnet_split(240, 80, args.seed)
+    train, validation = harness.wordnet_split(240, 80, args.seed)
     config = S3TConfig(shards=3, slices=3, epochs=1, max_seq_len=32, seed=args.seed)
-    with common.stopwatch() as t:
+    with harness.stopwatch() as t:
         S3T(config, run_dir=target).fit(train, validation, progress=False).close()
     print(f"trained 3 x 3 on {len(train)} samples in {t['s']:.1f} s", flush=True)
     return target
@@ -143,7 +144,7 @@ def exercise(base: str, token: str, ids: list[str], deletions: int, rng: random.
 def photograph(base: str, token: str, out: Path) -> dict[str, Any]:
     """Load the page, enter the token, wait for the full deletion log; a full-page PNG."""
     import httpx
-    from selenium.webdriver.common.by import By
+    from selenium.webdriver.harness.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     total = httpx.get(f"{base}/v1/deletions?limit=1", headers={

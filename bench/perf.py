@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.harness import (
+    REPO_DIR,
+    bench_cmd,
+    child_env,
     latency_summary,
     parser,
     print_header,
@@ -51,7 +51,7 @@ def child_train(n_train: int, cache: bool, seed: int, shards: int, slices: int) 
 
 
 def run_child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
+    out = subprocess.run(bench_cmd("perf", "--child", *args), check=True, cwd=REPO_DIR, env=child_env(),
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -98,7 +98,8 @@ def accuracy_section(res: Result) -> str:
 
 
 def deletions_section(res: Result, metric: str = "accuracy", digits: int = 3) -> str:
-    import deletions  # the closed forms as they are now (older results stored the paper's SISA rate)
+    # the closed forms as they are now (older results stored the paper's SISA rate)
+    from bench import deletions
 
     s = res["summary"]
     size = res["provenance"]["size"]

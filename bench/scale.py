@@ -48,15 +48,11 @@ stops starting new runs after that.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
 
 NAME = "scale"
 SWEEP_NAME = "recipe"
@@ -188,7 +184,7 @@ def fit_planned(item: tuple[Any, ...], size: dict[str, Any]) -> dict[str, Any]:
     if (n, seed) not in _SPLITS:
         _SPLITS.clear()
         _SPLITS[(n, seed)] = splits(n, size["test"], size["val"], seed)
-    with common.stopwatch() as t:
+    with harness.stopwatch() as t:
         row = run_one(config, *_SPLITS[(n, seed)])
     row["wall_seconds"] = t["s"]
     return row
@@ -198,7 +194,7 @@ def run_one(config: Any, train: Any, val: Any, test: Any) -> dict[str, Any]:
     """Fit one configuration; score it on the validation and the test split."""
     from s3t.engine import S3T
 
-    est = S3T(config, run_dir=common.tmp_run_dir(config.method)).fit(train, val, progress=False)
+    est = S3T(config, run_dir=harness.tmp_run_dir(config.method)).fit(train, val, progress=False)
     summary = est.last_train
     row = {"test_accuracy": est.score(test), "val_accuracy": est.score(val),
            "train_seconds": summary["train_seconds"], "stages_trained": summary["stages_trained"]}
@@ -222,7 +218,7 @@ def run_deletions(config: Any, train: Any, val: Any, test: Any, victims: list[st
     (None when no shard is live)."""
     from s3t.engine import S3T
 
-    est = S3T(config, run_dir=common.tmp_run_dir(config.method)).fit(train, val, progress=False)
+    est = S3T(config, run_dir=harness.tmp_run_dir(config.method)).fit(train, val, progress=False)
     accuracy, capacity = [], []
     for i in range(len(victims) + 1):
         if i:
@@ -239,7 +235,7 @@ def run_deletions(config: Any, train: Any, val: Any, test: Any, victims: list[st
 
 def resumed_runs(name: str, args: Any) -> list[dict[str, Any]]:
     """The runs already in the result file with ``--resume``, else none."""
-    previous = common.load_result(name, args.quick) if args.resume else None
+    previous = harness.load_result(name, args.quick) if args.resume else None
     return list(previous["runs"]) if previous else []
 
 
@@ -252,7 +248,7 @@ def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
 def merged_with_disk(name: str, quick: bool, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``runs`` plus the runs another ``--resume`` process wrote to the result file since this
     one read it (so processes on disjoint settings can share one file)."""
-    return merged(runs, common.load_result(name, quick) or {})
+    return merged(runs, harness.load_result(name, quick) or {})
 
 
 def merged(runs: list[dict[str, Any]], on_disk: dict[str, Any]) -> list[dict[str, Any]]:
@@ -266,9 +262,9 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in runs:
         groups.setdefault((r["recipe"], r["size"], r["key"]), []).append(r)
     return [{"recipe": recipe, "size": size, "key": key, "label": rows[0]["label"],
-             "test_accuracy": common.summarize([r["test_accuracy"] for r in rows]),
-             "val_accuracy": common.summarize([r["val_accuracy"] for r in rows]),
-             "train_seconds": common.summarize([r["train_seconds"] for r in rows]),
+             "test_accuracy": harness.summarize([r["test_accuracy"] for r in rows]),
+             "val_accuracy": harness.summarize([r["val_accuracy"] for r in rows]),
+             "train_seconds": harness.summarize([r["train_seconds"] for r in rows]),
              "stages_trained": rows[0]["stages_trained"]}
             for (recipe, size, key), rows in sorted(groups.items(), key=lambda kv: kv[0][1])]
 
@@ -303,16 +299,16 @@ def redraw(recipe: str, quick: bool) -> int:
     ``--resume`` processes and the orderings part wrote, combined without training."""
     import json
 
-    res = common.load_result(NAME, quick)
+    res = harness.load_result(NAME, quick)
     if res is None:
         raise SystemExit("no scale result yet: run bench/scale.py first")
     res["summary"], res["targets"] = aggregate(res["runs"]), targets(res["runs"], recipe)
-    common.result_path(NAME, quick).write_text(json.dumps(res, indent=2) + "\n")
+    harness.result_path(NAME, quick).write_text(json.dumps(res, indent=2) + "\n")
     checks = res["targets"]
-    orderings = common.load_result(ORDERINGS_NAME, quick)
+    orderings = harness.load_result(ORDERINGS_NAME, quick)
     if orderings is not None:
         orderings["targets"] = orderings_targets(orderings["runs"], res["runs"])
-        common.result_path(ORDERINGS_NAME, quick).write_text(json.dumps(orderings, indent=2)
+        harness.result_path(ORDERINGS_NAME, quick).write_text(json.dumps(orderings, indent=2)
                                                               + "\n")
         checks = checks + orderings["targets"]
     for c in checks:
@@ -324,7 +320,7 @@ def redraw(recipe: str, quick: bool) -> int:
 def plot(summary: list[dict[str, Any]], recipe: str, quick: bool) -> None:
     """Test accuracy against training-set size (log x), one line per setting, and S3T B=3
     serving every ordering (the default) where the orderings part measured it."""
-    plt = common.pyplot()
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     rows = [r for r in summary if r["recipe"] == recipe]
     for key in dict.fromkeys(r["key"] for r in rows):
@@ -334,7 +330,7 @@ def plot(summary: list[dict[str, Any]], recipe: str, quick: bool) -> None:
         es = [r["test_accuracy"]["std"] for r in mine]
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3,
                     label=mine[0]["label"])
-    orderings = common.load_result(ORDERINGS_NAME, quick)
+    orderings = harness.load_result(ORDERINGS_NAME, quick)
     served_all = {k: v for k, v in (orderings or {}).get("summary", {}).items()
                   if k.endswith(":all") and not k.startswith("m")}  # m=2 only
     if served_all:
@@ -348,11 +344,11 @@ def plot(summary: list[dict[str, Any]], recipe: str, quick: bool) -> None:
     ax.set_title(f"WordNet nouns, MiniLM, recipe {recipe!r}: accuracy against size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    common.save_plot(fig, NAME, quick)
+    harness.save_plot(fig, NAME, quick)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
+    p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--part", choices=("scale", "sweep", "deletions", "orderings", "redraw"),
                    default="scale", help="redraw: the scale plot and targets from the result "
                    "files, training nothing")
@@ -371,14 +367,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs at a time, each in a worker process with one torch thread "
                         "(scale and sweep parts; 2 on a 2-core machine)")
     args = p.parse_args(argv)
-    size = common.size_for(args, QUICK, FULL)
+    size = harness.size_for(args, QUICK, FULL)
     if args.sizes:
         size["sizes"] = args.sizes
-    small_seeds = common.seeds_for(args, [0], [0, 1, 2])
+    small_seeds = harness.seeds_for(args, [0], [0, 1, 2])
     name = {"scale": NAME, "sweep": SWEEP_NAME, "deletions": DELETIONS_NAME,
             "orderings": ORDERINGS_NAME, "redraw": NAME}[args.part]
-    prov = common.provenance(name, args.quick, small_seeds, size)
-    common.print_header(prov)
+    prov = harness.provenance(name, args.quick, small_seeds, size)
+    harness.print_header(prov)
 
     if args.part == "redraw":
         return redraw(args.recipe, args.quick)
@@ -413,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         and campaigns: one read); this process's campaign entry says how far it got
         (``finished`` None while it runs)."""
         nonlocal runs
-        on_disk = (common.load_result(name, args.quick) or {}) if args.resume else {}
+        on_disk = (harness.load_result(name, args.quick) or {}) if args.resume else {}
         runs = merged(runs, on_disk)
         mine = {"command": prov["command"], "timestamp": prov["timestamp"],
                 "git": prov["git"].get("commit"), "sizes": size["sizes"],
@@ -421,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                 "finished": finished, "minutes": (time.monotonic() - started) / 60}
         others = [c for c in on_disk.get("campaigns", [])
                   if (c["command"], c["timestamp"]) != (mine["command"], mine["timestamp"])]
-        common.write_result(name, args.quick, prov, {
+        harness.write_result(name, args.quick, prov, {
             "runs": runs, "summary": aggregate(runs), "skipped": skipped,
             "campaigns": others + [mine],
             "targets": targets(runs, args.recipe) if args.part == "scale" else []})
@@ -512,8 +508,8 @@ def write_deletions(runs: list[dict[str, Any]], n: int, n_requests: int, quick: 
         seeds = sorted(set(s3t) & set(sisa))
         if not seeds:
             continue
-        means = {"s3t_m2": common.summarize([s3t[s] for s in seeds]),
-                 "sisa_m2": common.summarize([sisa[s] for s in seeds])}
+        means = {"s3t_m2": harness.summarize([s3t[s] for s in seeds]),
+                 "sisa_m2": harness.summarize([sisa[s] for s in seeds])}
         summary[recipe] = means
         serving = RECIPES[recipe].get("serve_orderings", "all")
         checks.append({
@@ -525,7 +521,7 @@ def write_deletions(runs: list[dict[str, Any]], n: int, n_requests: int, quick: 
             "met": means["s3t_m2"]["mean"] >= means["sisa_m2"]["mean"]})
     for c in checks if echo else []:
         print(f"{'MET' if c['met'] else 'NOT MET'}: {c['target']}: {c['measured']}")
-    common.write_result(DELETIONS_NAME, quick, prov, {
+    harness.write_result(DELETIONS_NAME, quick, prov, {
         "runs": runs, "requests": n_requests, "summary": summary, "targets": checks})
 
 
@@ -542,14 +538,14 @@ def orderings_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict
             continue
         train, val, test = splits(n, size["test"], size["val"], seed)
         config = S3TConfig(shards=m, slices=3, budget=3, seed=seed, **RECIPES[args.recipe])
-        run_dir = common.tmp_run_dir("orderings")
+        run_dir = harness.tmp_run_dir("orderings")
         est = S3T(config, run_dir=run_dir).fit(train, val, progress=False)
         train_seconds = est.last_train["train_seconds"]
         est.close()
         for mode in ("best", "all"):
             est = S3T.load(run_dir).set_serve_orderings(mode)
             est.predict(list(test.texts[:64]))  # warm: routes materialised
-            with common.stopwatch() as t:
+            with harness.stopwatch() as t:
                 test_accuracy = est.score(test)
             row = {"seed": seed, "size": n, "shards": m, "recipe": args.recipe,
                    "serve_orderings": mode, "test_accuracy": test_accuracy,
@@ -571,16 +567,16 @@ def write_orderings(runs: list[dict[str, Any]], quick: bool, prov: dict[str, Any
     runs = sorted(runs, key=lambda r: (r.get("shards", 2), r["size"], r["seed"],
                                        r["serve_orderings"]))
     summary = {f"{size_}:{mode}" if m == 2 else f"m{m}:{size_}:{mode}": {
-        k: common.summarize([r[k] for r in runs if r["serve_orderings"] == mode
+        k: harness.summarize([r[k] for r in runs if r["serve_orderings"] == mode
                              and r["size"] == size_ and r.get("shards", 2) == m])
         for k in ("test_accuracy", "val_accuracy", "predict_seconds")}
         for m, size_ in sorted({(r.get("shards", 2), r["size"]) for r in runs})
         for mode in ("best", "all")}
-    scale = common.load_result(NAME, quick)
+    scale = harness.load_result(NAME, quick)
     checks = orderings_targets(runs, scale["runs"] if scale else [])
     for c in checks:
         print(f"{'MET' if c['met'] else 'NOT MET'}: {c['target']}: {c['measured']}")
-    common.write_result(ORDERINGS_NAME, quick, prov,
+    harness.write_result(ORDERINGS_NAME, quick, prov,
                         {"runs": runs, "summary": summary, "targets": checks})
 
 

@@ -37,268 +37,33 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
-import json
-import json as _json
-import os
 import random
-import re
 import secrets
 import shutil
-import signal
-import socket
-import sqlite3
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
+from bench.harness import (
+    HOST,
+    REQUEST_TIMEOUT_S,
+    ClientError,
+    Server,
+    audit,
+    http_client,
+    lost_deletions,
+    s3t_cmd,
+)
 
 NAME = "service"
-HOST = "127.0.0.1"  # loopback only: the load never leaves this machine
 QUICK = {"train": 300, "test": 100, "shards": 5, "slices": 3, "epochs": 1, "max_seq_len": 32,
          "clients": [1, 8, 32], "duration_s": 3.0, "warmup_s": 1.0, "reps": 2, "max_batch": 32,
          "max_wait_ms": 5.0, "deletions": 20, "delete_clients": 8, "delete_gap_ms": [0, 20]}
 FULL = dict(QUICK, train=1500, test=300, duration_s=15.0, warmup_s=3.0, reps=3, deletions=100)
-REQUEST_TIMEOUT_S = 60.0      # one HTTP request
 MAX_REQUESTS_PER_PHASE = 200_000  # the count bound of every load phase (time is the other)
 MAX_ROUND_S = 900.0           # one deletion round, predict load included
-STARTUP_TIMEOUT_S = 600.0     # the server loads the run and the backbone before it is ready
-
-
-# --------------------------------------------------------------------------- the server
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def s3t_cmd(*args: object) -> list[str]:
-    return [sys.executable, "-m", "s3t.cli", *map(str, args)]
-
-
-def child_env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH")
-    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                PYTHONPATH=str(common.REPO_DIR) + (os.pathsep + path if path else ""))
-
-
-class Server:
-    """One `s3t serve` subprocess on a free loopback port; its log goes to a file."""
-
-    def __init__(self, run: Path, token_file: Path, max_batch: int, max_wait_ms: float,
-                 log_path: Path, extra_args: Sequence[str] = ()):
-        self.run, self.token_file, self.log_path = run, token_file, log_path
-        self.extra_args = list(extra_args)
-        self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self.startup_s = 0.0
-        self.args: list[str] = []
-        self.clean_shutdown = False
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self, tries: int = 3) -> Server:
-        for attempt in range(tries):  # another process may take the port between probe and bind
-            self.port = free_port()
-            self.args = s3t_cmd("serve", self.run, "--host", HOST, "--port", self.port,
-                                "--token-file", self.token_file, "--max-batch", self.max_batch,
-                                "--max-wait-ms", self.max_wait_ms, *self.extra_args)
-            start = time.perf_counter()
-            with open(self.log_path, "ab") as log:
-                log.write(f"\n# {' '.join(self.args)}\n".encode())
-                log.flush()
-                self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env=child_env(),
-                                             cwd=common.REPO_DIR)
-            if self._wait_ready(start + STARTUP_TIMEOUT_S):
-                self.startup_s = time.perf_counter() - start
-                return self
-            rc = self.stop()
-            if attempt == tries - 1 or "address already in use" not in self.log_tail().lower():
-                raise RuntimeError(f"s3t serve did not become ready (exit {rc}); log tail:\n"
-                                   + self.log_tail())
-        raise AssertionError("unreachable")
-
-    def _wait_ready(self, deadline: float) -> bool:
-        import httpx
-
-        assert self.proc is not None
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                if httpx.get(self.base_url + "/readyz", timeout=2.0).status_code == 200:
-                    return True
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        return False
-
-    def metrics(self) -> dict[str, float]:
-        """The server's own counts: 5xx responses and the predict batch-size histogram."""
-        import httpx
-
-        text = httpx.get(self.base_url + "/metrics", timeout=10.0).text
-        out = {"server_5xx": 0.0, "batch_inputs_sum": 0.0, "batch_calls": 0.0}
-        for line in text.splitlines():
-            if line.startswith("s3t_http_requests_total{") and re.search(r'status="5\d\d"', line):
-                out["server_5xx"] += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("s3t_predict_batch_inputs_sum "):
-                out["batch_inputs_sum"] = float(line.split()[1])
-            elif line.startswith("s3t_predict_batch_inputs_count "):
-                out["batch_calls"] = float(line.split()[1])
-        return out
-
-    def stop(self) -> int | None:
-        """SIGINT (uvicorn's graceful shutdown; it then exits 130), SIGKILL after 60 s; the
-        exit status. ``clean_shutdown`` says whether the log reports a finished shutdown."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.clean_shutdown = "Application shutdown complete" in self.log_tail(20000)
-        return proc.returncode
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-# --------------------------------------------------------------------------- load generator
-
-
-def check_loopback(url: str) -> None:
-    host = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
-    if not ipaddress.ip_address(host).is_loopback:
-        raise ValueError(f"the load generator only targets loopback addresses, not {host}")
-
-
-class ClientError(Exception):
-    """A request that got no complete HTTP response (connection refused, reset, timeout)."""
-
-
-class Response:
-    def __init__(self, status_code: int, body: bytes):
-        self.status_code, self.body = status_code, body
-
-    def json(self) -> Any:
-        return _json.loads(self.body)
-
-
-class LoopbackClient:
-    """The load generator's HTTP/1.1 client: keep-alive connections over asyncio streams, at
-    most ``connections`` (one per concurrent user), each used by one request at a time.
-
-    Deliberately minimal (a POST with a JSON body; responses with a Content-Length, as the
-    service sends): per request it costs a fraction of a general client's CPU (httpx spent
-    about 1.6-2.8 ms per request at 32 users), CPU the server shares on a small machine.
-    Every setting and both kinds of request (predictions, deletions) use it.
-    """
-
-    def __init__(self, base_url: str, token: str, connections: int,
-                 timeout_s: float = REQUEST_TIMEOUT_S):
-        check_loopback(base_url)
-        host_port = base_url.split("://", 1)[1].split("/", 1)[0]
-        self.host, port = host_port.rsplit(":", 1)
-        self.port = int(port)
-        self.head = (f"Host: {host_port}\r\nAuthorization: Bearer {token}\r\n"
-                     "Content-Type: application/json\r\n").encode()
-        self.limit, self.timeout_s = connections, timeout_s
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self.opened = 0
-        self.freed = asyncio.Condition()
-
-    async def __aenter__(self) -> LoopbackClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for _, writer in self.idle:
-            writer.close()
-        self.idle.clear()
-
-    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        async with self.freed:
-            while not self.idle and self.opened >= self.limit:
-                await self.freed.wait()
-            if self.idle:
-                return self.idle.pop()
-            self.opened += 1
-        try:
-            return await asyncio.open_connection(self.host, self.port)
-        except BaseException:
-            await self._release(None)
-            raise
-
-    async def _release(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None
-                       ) -> None:
-        async with self.freed:
-            if conn is None:
-                self.opened -= 1
-            else:
-                self.idle.append(conn)
-            self.freed.notify()
-
-    async def post(self, path: str, json: Any) -> Response:  # noqa: A002 (as httpx)
-        body = _json.dumps(json, separators=(",", ":")).encode()
-        request = (f"POST {path} HTTP/1.1\r\n".encode() + self.head
-                   + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        try:
-            conn = await asyncio.wait_for(self._connection(), self.timeout_s)
-        except (OSError, asyncio.TimeoutError) as err:
-            raise ClientError(type(err).__name__) from err
-        reader, writer = conn
-        keep = False
-        try:
-            writer.write(request)
-            response, keep = await asyncio.wait_for(self._read(reader), self.timeout_s)
-            return response
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
-            raise ClientError(type(err).__name__) from err
-        finally:
-            if keep:
-                await self._release(conn)
-            else:
-                writer.close()
-                await self._release(None)
-
-    @staticmethod
-    async def _read(reader: asyncio.StreamReader) -> tuple[Response, bool]:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip()
-        if "content-length" not in headers:
-            raise ValueError("response without a Content-Length")
-        body = await reader.readexactly(int(headers["content-length"]))
-        return Response(status, body), headers.get("connection", "").lower() != "close"
-
-
-def http_client(base_url: str, token: str, connections: int) -> LoopbackClient:
-    return LoopbackClient(base_url, token, connections)
 
 
 async def predict_client(http: Any, texts: list[str], first: int, step: int, deadline: float,
@@ -346,7 +111,7 @@ def summarize_records(records: list[tuple[float, int, str | None]], clients: int
     kinds = collections.Counter(f"{status} {kind}" for _, status, kind in records if kind)
     return {"clients": clients, "elapsed_s": elapsed, "requests": len(records), "ok": len(ok),
             "throughput_rps": len(ok) / elapsed if elapsed > 0 else 0.0,
-            "latency_ms": common.latency_summary(ok), "status_counts": dict(statuses),
+            "latency_ms": harness.latency_summary(ok), "status_counts": dict(statuses),
             "errors": dict(kinds), "n_5xx": sum(500 <= s < 600 for _, s, _ in records),
             "failed": len(records) - len(ok)}
 
@@ -359,32 +124,19 @@ def train_run(size: dict[str, Any], seed: int) -> tuple[Path, list[str], list[st
     from s3t.config import S3TConfig
     from s3t.engine import S3T
 
-    train, test = common.wordnet_split(size["train"], size["test"], seed)
-    run = common.tmp_run_dir("service")
+    train, test = harness.wordnet_split(size["train"], size["test"], seed)
+    run = harness.tmp_run_dir("service")
     config = S3TConfig(shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
                        max_seq_len=size["max_seq_len"], seed=seed,
                        # one route per shard, as section 11 was measured: the batching ratio is
                        # the point here; serving every ordering costs ~2.2x (section 18)
                        serve_orderings="best")
-    with common.stopwatch() as t:
+    with harness.stopwatch() as t:
         est = S3T(config, run_dir=run).fit(train, progress=False)
     est.close()
     print(f"trained m={size['shards']} L={size['slices']} on {len(train)} samples in "
           f"{t['s']:.1f} s", flush=True)
     return run, list(train.ids), list(test.texts)
-
-
-def audit(run: Path) -> dict[str, Any]:
-    """`s3t audit RUN --json` (with the server stopped)."""
-    done = subprocess.run(s3t_cmd("audit", run, "--json"), capture_output=True, text=True,
-                          env=child_env(), cwd=common.REPO_DIR, timeout=600)
-    try:
-        report = json.loads(done.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        report = {}
-    return {"run": run.name, "returncode": done.returncode, "ok": done.returncode == 0
-            and bool(report.get("ok")), "violations": report.get("violations", [])[:5],
-            "stderr": done.stderr[-500:] if done.returncode else ""}
 
 
 def throughput_reps(run: Path, token: str, token_file: Path, texts: list[str],
@@ -433,7 +185,7 @@ async def client_levels(server: Server, token: str, texts: list[str],
         calls = after["batch_calls"] - before["batch_calls"]
         phase["mean_batch_inputs"] = ((after["batch_inputs_sum"] - before["batch_inputs_sum"])
                                       / calls if calls else None)
-        phase["load_average_after"] = common.load_average()
+        phase["load_average_after"] = harness.load_average()
         phase["warmup"] = {k: warm[k] for k in ("requests", "ok", "status_counts", "n_5xx")}
         phases.append(phase)
     return phases
@@ -482,19 +234,6 @@ async def delete_one(http: Any, sid: str) -> dict[str, Any]:
     return row
 
 
-def lost_deletions(run: Path, deletions: list[dict[str, Any]]) -> list[str]:
-    """Acknowledged deletions the ledger does not hold (read directly, server stopped)."""
-    conn = sqlite3.connect(run / "ledger.sqlite")
-    try:
-        deleted = dict(conn.execute("SELECT sample_id, deleted_request FROM samples "
-                                    "WHERE deleted_request IS NOT NULL").fetchall())
-        requests = {r for (r,) in conn.execute("SELECT request_id FROM deletions")}
-    finally:
-        conn.close()
-    return [d["sample_id"] for d in deletions if d["status"] == 200
-            and (deleted.get(d["sample_id"]) != d["request_id"] or d["request_id"] not in requests)]
-
-
 def deletion_rounds(pristine: Path, ids: list[str], token: str, token_file: Path,
                     texts: list[str], size: dict[str, Any], rng: random.Random,
                     log_dir: Path) -> list[dict[str, Any]]:
@@ -514,14 +253,14 @@ def deletion_rounds(pristine: Path, ids: list[str], token: str, token_file: Path
             rc = server.stop()
         row = {"round": len(rounds), "startup_s": server.startup_s, "exit_code": rc,
                "clean_shutdown": server.clean_shutdown,
-               "load_average_after": common.load_average(),
+               "load_average_after": harness.load_average(),
                "deletions": deletions, "predictions": predictions, "server_5xx": server_5xx,
                "lost": lost_deletions(run, deletions), "audit": audit(run)}
         rounds.append(row)
         done += len(deletions)
         ms = [d["ms"] for d in deletions if d["status"] == 200]
         print(f"deletion round {row['round']}: {len(deletions)} deletions, p50 "
-              f"{common.percentile(ms, 50) if ms else float('nan'):.1f} ms, max "
+              f"{harness.percentile(ms, 50) if ms else float('nan'):.1f} ms, max "
               f"{max(ms, default=float('nan')):.1f} ms, live shards after "
               f"{deletions[-1].get('live_shards') if deletions else '-'}; predictions "
               f"{predictions['throughput_rps']:.1f} req/s ({predictions['failed']} failed); lost "
@@ -592,17 +331,17 @@ def summarize(reps: list[dict[str, Any]], rounds: list[dict[str, Any]],
     return {
         "throughput": table, "ratio_top_over_one_client": ratios,
         "clients_top": top, "clients_bottom": bottom,
-        "deletion_ms": common.latency_summary([d["ms"] for d in acked]),
-        "deletion_ms_erasing": common.latency_summary([d["ms"] for d in acked if d["erased"]]),
-        "deletion_ms_no_erase": common.latency_summary([d["ms"] for d in acked if not d["erased"]]),
-        "deletion_core_ms": common.latency_summary([d["core_ms"] for d in acked
+        "deletion_ms": harness.latency_summary([d["ms"] for d in acked]),
+        "deletion_ms_erasing": harness.latency_summary([d["ms"] for d in acked if d["erased"]]),
+        "deletion_ms_no_erase": harness.latency_summary([d["ms"] for d in acked if not d["erased"]]),
+        "deletion_core_ms": harness.latency_summary([d["core_ms"] for d in acked
                                                      if d.get("core_ms") is not None]),
         "deletion_rounds": len(rounds),
         "deletions_sent": len(deletions), "deletions_acknowledged": len(acked),
         "predict_during_deletions": {
             "requests": sum(p["requests"] for p in during), "ok": sum(p["ok"] for p in during),
             "throughput_rps": spread([p["throughput_rps"] for p in during]),
-            "latency_ms": common.latency_summary([]) if not during else {
+            "latency_ms": harness.latency_summary([]) if not during else {
                 "p50": spread([p["latency_ms"].get("p50") for p in during if p["ok"]]),
                 "p99": spread([p["latency_ms"].get("p99") for p in during if p["ok"]])}},
         "responses": {"total": sum(statuses.values()), "status_counts": dict(statuses),
@@ -647,7 +386,7 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
 
 def plot(summary: dict[str, Any], rounds: list[dict[str, Any]], size: dict[str, Any],
          quick: bool) -> None:
-    plt = common.pyplot()
+    plt = harness.pyplot()
     fig, (ax_t, ax_d) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, label in (("batching", f"--max-batch {size['max_batch']}"),
                         ("no_batching", "--max-batch 1")):
@@ -680,7 +419,7 @@ def plot(summary: dict[str, Any], rounds: list[dict[str, Any]], size: dict[str, 
     ax_d.legend(fontsize=8)
     ax_d.grid(alpha=0.3)
     fig.suptitle("s3t serve under load (WordNet nouns, MiniLM, loopback HTTP)")
-    common.save_plot(fig, NAME, quick)
+    harness.save_plot(fig, NAME, quick)
 
 
 def report(s: dict[str, Any], checks: list[dict[str, Any]], size: dict[str, Any]) -> None:
@@ -785,7 +524,7 @@ def fairness(args: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
+    p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--server-args", default="", help="extra `s3t serve` flags for every server, "
                    "e.g. \"--workers 1 --torch-threads 2\" (default: the server's defaults)")
     p.add_argument("--fairness", action="store_true", help="only measure 1-text latency next "
@@ -798,15 +537,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.fairness:
         return fairness(args)
     size = dict(QUICK if args.quick else FULL, server_args=args.server_args.split())
-    seeds = common.seeds_for(args, [0], [0])
-    prov = common.provenance(NAME, args.quick, seeds, size)
+    seeds = harness.seeds_for(args, [0], [0])
+    prov = harness.provenance(NAME, args.quick, seeds, size)
     prov["server_command"] = " ".join(s3t_cmd("serve", "RUN", "--host", HOST, "--port", "PORT",
                                               "--token-file", "TOKEN_FILE", "--max-batch", "N",
                                               "--max-wait-ms", size["max_wait_ms"],
                                               *size["server_args"]))
     prov["load_generator"] = ("asyncio streams (LoopbackClient: HTTP/1.1 keep-alive, one "
                               "connection per client) in the benchmark process, loopback only")
-    common.print_header(prov)
+    harness.print_header(prov)
     print(f"# server: {prov['server_command']}", flush=True)
 
     seed = seeds[0]
@@ -831,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["predict_during_deletions_clients"] = size["delete_clients"]
     checks = targets(summary)
     report(summary, checks, size)
-    common.write_result(NAME, args.quick, prov, {"seed": seed, "throughput_reps": reps,
+    harness.write_result(NAME, args.quick, prov, {"seed": seed, "throughput_reps": reps,
                                                  "deletion_rounds": rounds, "summary": summary,
                                                  "targets": checks})
     plot(summary, rounds, size, args.quick)

@@ -15,8 +15,9 @@ Reported per system: time-averaged served accuracy, the fraction of time at leas
 served and at full capacity, retrain jobs, deletion latency p50/p99, errors, acknowledged
 deletions lost, and the audit after the run.
 
-    python bench/stream.py            # the recorded run (about 25 min on 2 cores)
-    python bench/stream.py --quick    # a smoke test (a few minutes)
+    python -m bench stream            # the recorded run (about 25 min on 2 cores)
+    python -m bench stream --quick    # a small size (a few minutes)
+    python -m bench stream --smoke    # runs end to end in seconds (measures nothing)
 """
 
 from __future__ import annotations
@@ -24,21 +25,22 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from service import HOST, Server, audit, http_client, lost_deletions, s3t_cmd  # noqa: E402
+from bench import harness
+from bench.harness import HOST, ClientError, Server, audit, http_client, lost_deletions, s3t_cmd
 
 NAME = "stream"
 QUICK = {"train": 400, "test": 100, "shards": 5, "slices": 3, "budget": 3, "epochs": 1,
          "max_seq_len": 32, "duration_s": 150.0, "rate_per_min": 6.0, "retrain_delay_s": 2.0,
          "eval_every_s": 5.0, "predict_gap_s": 0.2}
 FULL = dict(QUICK, train=1200, test=300, duration_s=420.0, rate_per_min=4.0)
+#: Checks that the stream runs end to end (a few deletions, a retrain may not finish).
+SMOKE = dict(QUICK, train=40, test=16, shards=2, slices=2, budget=2, max_seq_len=16,
+             duration_s=14.0, rate_per_min=60.0, retrain_delay_s=1.0, eval_every_s=2.0,
+             predict_gap_s=0.5)
 SYSTEMS = ("s3t", "sisa")
 REQUEST_TIMEOUT_S = 60.0
 MAX_PREDICTS = 100_000  # the count bound of the prediction loop (time is the other)
@@ -52,8 +54,8 @@ def train_run(system: str, size: dict[str, Any], seed: int, train: Any) -> tuple
         "method": "sisa", "strategy": "sisa", "budget": 1}
     config = S3TConfig(shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
                        max_seq_len=size["max_seq_len"], seed=seed, **grid)
-    run = common.tmp_run_dir(f"stream-{system}")
-    with common.stopwatch() as t:
+    run = harness.tmp_run_dir(f"stream-{system}")
+    with harness.stopwatch() as t:
         S3T(config, run_dir=run).fit(train, progress=False).close()
     print(f"{system}: trained m={size['shards']} L={size['slices']} on {len(train)} samples in "
           f"{t['s']:.1f} s", flush=True)
@@ -75,8 +77,6 @@ def deletion_stream(ids: list[str], size: dict[str, Any], rng: random.Random) ->
 
 async def run_stream(server: Server, token: str, stream: list[tuple], texts: list[str],
                      labels: list[str], size: dict[str, Any]) -> dict[str, Any]:
-    import httpx
-
     start = time.monotonic()
     deadline = start + size["duration_s"]
     out: dict[str, Any] = {"deletions": [], "samples": [], "predicts": {"ok": 0, "unavailable": 0,
@@ -97,7 +97,7 @@ async def run_stream(server: Server, token: str, stream: list[tuple], texts: lis
                         row.update(request_id=body["request_id"],
                                    erased=len(body["erased_stages"]),
                                    live_shards=body["live_shards"])
-                except httpx.HTTPError as err:
+                except ClientError as err:
                     row.update(status=0, error=type(err).__name__,
                                ms=(time.perf_counter() - began) * 1000)
                 out["deletions"].append(row)
@@ -110,7 +110,7 @@ async def run_stream(server: Server, token: str, stream: list[tuple], texts: lis
                     response = await http.post("/v1/predict",
                                                json={"inputs": [texts[i % len(texts)]]})
                     kind = {200: "ok", 503: "unavailable"}.get(response.status_code, "errors")
-                except httpx.HTTPError:
+                except ClientError:
                     kind = "errors"
                 out["predicts"][kind] += 1
                 await asyncio.sleep(size["predict_gap_s"])
@@ -170,7 +170,7 @@ def summarize(result: dict[str, Any], size: dict[str, Any]) -> dict[str, Any]:
         "measurements": len(samples),
         "deletions_acknowledged": len(ok),
         "deletion_errors": sum(d["status"] != 200 for d in deletions),
-        "deletion_ms": common.latency_summary(ok) if ok else {},
+        "deletion_ms": harness.latency_summary(ok) if ok else {},
         "retrain_jobs": {state: sum(j["state"] == state for j in jobs)
                          for state in ("succeeded", "failed", "cancelled", "running")},
         "stages_retrained": sum(j["stages_done"] for j in jobs),
@@ -228,7 +228,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(results: dict[str, dict[str, Any]], quick: bool) -> None:
-    plt = common.pyplot()
+    plt = harness.pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for system, style in zip(SYSTEMS, ("-", "--"), strict=True):
         samples = results[system]["samples"]
@@ -248,21 +248,21 @@ def plot(results: dict[str, dict[str, Any]], quick: bool) -> None:
     bottom.legend(loc="lower left", fontsize=8)
     top.set_title("One Poisson deletion stream, eager background retraining")
     fig.tight_layout()
-    common.save_plot(fig, NAME, quick)
+    harness.save_plot(fig, NAME, quick)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
+    p = harness.parser(__doc__.splitlines()[0])
     args = p.parse_args(argv)
-    size = dict(QUICK if args.quick else FULL)
-    seeds = common.seeds_for(args, [0], [0])
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
+    seeds = harness.seeds_for(args, [0], [0])
     seed = seeds[0]
-    prov = common.provenance(NAME, args.quick, seeds, size)
+    prov = harness.provenance(NAME, args.quick, seeds, size)
     prov["server_command"] = " ".join(s3t_cmd(
         "serve", "RUN", "--host", HOST, "--port", "PORT", "--token-file", "TOKEN_FILE",
         "--retrain", "eager", "--retrain-delay", size["retrain_delay_s"]))
-    common.print_header(prov)
-    train, test = common.wordnet_split(size["train"], size["test"], seed)
+    harness.print_header(prov)
+    train, test = harness.wordnet_split(size["train"], size["test"], seed)
     texts = list(test.texts)
     labels = [test.label_names[y] for y in test.labels]
     stream = deletion_stream(list(train.ids), size, random.Random(seed))
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = targets(results)
     for c in checks:
         print(f"{'MET' if c['met'] else 'NOT MET'}: {c['target']}: {c['measured']}")
-    common.write_result(NAME, args.quick, prov, {"seed": seed, "stream": stream,
+    harness.write_result(NAME, args.quick, prov, {"seed": seed, "stream": stream,
                                                  "results": results, "targets": checks})
     plot(results, args.quick)
     return 0

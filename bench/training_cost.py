@@ -23,13 +23,9 @@ accounts for that.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
 
 NAME = "training_cost"
 QUICK = {"train": 96, "epochs": 1}
@@ -60,7 +56,7 @@ def measure(config: Any, train: Any) -> dict[str, Any]:
     """Fit once; read what was trained (stage sizes and seconds) from the ledger."""
     from s3t.engine import S3T
 
-    est = S3T(config, run_dir=common.tmp_run_dir(config.method)).fit(train, progress=False)
+    est = S3T(config, run_dir=harness.tmp_run_dir(config.method)).fit(train, progress=False)
     summary = est.last_train
     seconds = summary["stage_seconds"]
     stages = [r for r in est.ledger.stages(None) if r.key in seconds]
@@ -112,7 +108,7 @@ def summary_row(label: str, kind: str, rows: list[dict[str, Any]], epochs: int) 
     return {"label": label, "kind": kind, "stages": rows[0]["stages"],
             "sample_passes": passes, "sample_passes_per_epoch": passes / epochs,
             "layer_passes": rows[0]["layer_passes"],
-            "train_seconds": common.summarize([r["train_seconds"] for r in rows])}
+            "train_seconds": harness.summarize([r["train_seconds"] for r in rows])}
 
 
 def planned_savings(max_slices: int = 6) -> list[dict[str, Any]]:
@@ -134,7 +130,7 @@ def planned_savings(max_slices: int = 6) -> list[dict[str, Any]]:
 
 def plot(summary: dict[str, dict[str, Any]], quick: bool) -> None:
     """Wall time and sample-passes per method; derived bars hatched."""
-    plt = common.pyplot()
+    plt = harness.pyplot()
     fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2))
     keys = list(summary)
     labels = [summary[k]["label"].replace(", ", ",\n") for k in keys]
@@ -153,19 +149,19 @@ def plot(summary: dict[str, dict[str, Any]], quick: bool) -> None:
         ax.grid(axis="y", alpha=0.3)
     ax_t.set_title("hatched: derived from measured stage seconds")
     ax_p.set_title("hatched: PrefixTree.training_cost(sharing=False)")
-    common.save_plot(fig, NAME, quick)
+    harness.save_plot(fig, NAME, quick)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.add_grid(common.parser(__doc__.splitlines()[0]))
+    p = harness.add_grid(harness.parser(__doc__.splitlines()[0]))
     args = p.parse_args(argv)
-    size = common.size_for(args, QUICK, FULL)
-    seeds = common.seeds_for(args, [0], [0, 1])
-    prov = common.provenance(NAME, args.quick, seeds, size)
-    common.print_header(prov)
+    size = harness.size_for(args, QUICK, FULL)
+    seeds = harness.seeds_for(args, [0], [0, 1])
+    prov = harness.provenance(NAME, args.quick, seeds, size)
+    harness.print_header(prov)
     runs = []
     for seed in seeds:
-        train, _ = common.wordnet_split(size["train"], 50, seed)
+        train, _ = harness.wordnet_split(size["train"], 50, seed)
         for key, label, config in settings(size["shards"], size["slices"], size["epochs"], seed):
             row = measure(config, train)
             row.update(key=key, label=label, seed=seed)
@@ -179,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['label']:<40} {t['mean']:7.1f} s  {row['sample_passes_per_epoch']:>8.0f} passes/epoch  "
               f"{row['layer_passes']:>8.0f} layer-passes  [{row['kind']}]")
     planned = planned_savings()
-    common.write_result(NAME, args.quick, prov, {"runs": runs, "summary": summary,
+    harness.write_result(NAME, args.quick, prov, {"runs": runs, "summary": summary,
                                                  "planned_savings": planned})
     plot(summary, args.quick)
     return 0

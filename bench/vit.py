@@ -14,15 +14,9 @@ the same uniform random single-sample deletion requests as bench/deletions.py.
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-import deletions  # noqa: E402
-import vit_pretrain  # noqa: E402
+from bench import deletions, harness, vit_pretrain
 
 NAME = "vit"
 QUICK = {"train": 300, "test": 300, "epochs": 1, "cap": 15}
@@ -50,7 +44,7 @@ def public_forget_refused(config: Any, train: Any, public_id: str) -> bool:
     from s3t.engine import S3T
 
     small = train.subset(list(range(min(len(train), 40))))
-    est = S3T(config, run_dir=common.tmp_run_dir("public")).fit(small, progress=False)
+    est = S3T(config, run_dir=harness.tmp_run_dir("public")).fit(small, progress=False)
     before = est.status()
     try:
         est.forget([public_id])
@@ -64,16 +58,16 @@ def public_forget_refused(config: Any, train: Any, public_id: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     from s3t.data.images import load_fashion_mnist
 
-    p = common.add_grid(common.parser(__doc__.splitlines()[0]))
+    p = harness.add_grid(harness.parser(__doc__.splitlines()[0]))
     args = p.parse_args(argv)
-    size = common.size_for(args, QUICK, FULL)
-    seeds = common.seeds_for(args, [0], [0, 1, 2])
+    size = harness.size_for(args, QUICK, FULL)
+    seeds = harness.seeds_for(args, [0], [0, 1, 2])
     model_dir = vit_pretrain.ensure(args.quick)
     public = vit_pretrain.read_public_ids(model_dir)
     size["backbone"] = {k: v for k, v in vit_pretrain.load_recipe(model_dir).items()
                         if k != "epoch_losses"}
-    prov = common.provenance(NAME, args.quick, seeds, size)
-    common.print_header(prov)
+    prov = harness.provenance(NAME, args.quick, seeds, size)
+    harness.print_header(prov)
 
     results: dict[str, dict[str, Any]] = {}
     refused = None
@@ -90,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         deletions.run_settings(results, configs, train, deletions.scorer(test), victims, seed)
     summary = deletions.summarize(results, size["shards"], size["slices"], size["cap"])
     deletions.print_summary(summary)
-    common.write_result(NAME, args.quick, prov, {"results": results, "summary": summary,
+    harness.write_result(NAME, args.quick, prov, {"results": results, "summary": summary,
                                                  "public_id_forget_refused": refused})
     deletions.plot(results, NAME, args.quick, TITLE)
     return 0

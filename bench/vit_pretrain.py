@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
 
 NAME = "vit_pretrain"
 #: The recipe: any change here gives a new model (the directory records it).
@@ -138,20 +135,20 @@ def ensure(quick: bool, out: Path | None = None, force: bool = False) -> Path:
     out = out or default_dir(quick)
     built = load_recipe(out)
     if force or built is None or built.get("recipe") != size:
-        prov = common.provenance(NAME, quick, [size["split_seed"]], size)
-        common.print_header(prov)
+        prov = harness.provenance(NAME, quick, [size["split_seed"]], size)
+        harness.print_header(prov)
         numbers = build(size, out)
         print(f"pre-trained on {numbers['public_samples']} public images in "
               f"{numbers['train_seconds']:.0f} s: test accuracy {numbers['test_accuracy']:.3f} "
               f"({numbers['test_samples']} test images); saved to {out}")
-        common.write_result(NAME, quick, prov, {**numbers, "model_dir": str(out)})
+        harness.write_result(NAME, quick, prov, {**numbers, "model_dir": str(out)})
     else:
         print(f"# backbone: {out} (pre-trained earlier with this recipe; --force rebuilds)")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
+    p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None, help="model directory to write")
     p.add_argument("--force", action="store_true", help="rebuild even if the recipe matches")
     args = p.parse_args(argv)

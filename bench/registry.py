@@ -1,0 +1,80 @@
+"""Every benchmark once: its module, the BENCHMARKS.md sections it produces, its purpose,
+the result files it writes and the arguments of its smoke size.
+
+A benchmark not listed here is not run by ``python -m bench --smoke all`` nor by
+tests/test_bench_smoke.py, which also fails when a bench/ module with a ``main`` is missing
+here, or when a section number disagrees with BENCHMARKS.md's headings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: ``python -m bench NAME`` runs ``bench.NAME.main(args)``."""
+
+    name: str
+    sections: tuple[int, ...]  # BENCHMARKS.md "## N." headings its results fill (() if none)
+    purpose: str               # one line
+    results: tuple[str, ...]   # result kinds it writes: bench/results/<kind>[-quick].json
+    smoke: tuple[str, ...] | None  # its arguments at the smoke size (seconds; None: missing)
+
+    @property
+    def module(self) -> str:
+        return f"bench.{self.name}"
+
+
+SMOKE = ("--smoke", "--seeds", "0")
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("accuracy", (1,), "test accuracy of S3T against SISA and full LoRA fine-tuning",
+              ("accuracy",), SMOKE),
+    Benchmark("deletions", (2,), "served accuracy and capacity through deletion requests",
+              ("deletions",), SMOKE),
+    Benchmark("deletion_cost", (3,), "cost of a deletion until an exact model serves",
+              ("deletion_cost",), SMOKE),
+    Benchmark("deletion_rate", (4,), "simulated deletion rate against the closed forms",
+              ("deletion_rate",), SMOKE),
+    Benchmark("training_cost", (5,), "training cost: prefix sharing, SISA, full",
+              ("training_cost",), SMOKE),
+    Benchmark("perf", (6,), "feature cache, shared-trunk serving, forget latency, memory",
+              ("perf",), SMOKE),
+    Benchmark("cache", (7,), "feature-cache storage: memory, memory-mapped spill, float16",
+              ("cache",), SMOKE),
+    Benchmark("vit_pretrain", (8,), "pre-train the small ViT backbone of the ViT benchmark",
+              ("vit_pretrain",), SMOKE),
+    Benchmark("vit", (8,), "ViT image classification on Fashion-MNIST through deletions",
+              ("vit",), SMOKE),
+    Benchmark("llm", (9,), "LLM instruction tuning (SmolLM2) through deletions",
+              ("llm",), SMOKE),
+    Benchmark("faults", (10,), "kill -9 of s3t forget/retrain at random moments",
+              ("faults",), SMOKE),
+    Benchmark("service", (11,), "`s3t serve` under concurrent HTTP load",
+              ("service",), SMOKE),
+    Benchmark("stream", (12,), "a Poisson deletion stream through the server, S3T against SISA",
+              ("stream",), SMOKE),
+    Benchmark("distributed", (13,), "stage training on Ray against the local executor",
+              ("distributed",), SMOKE),
+    Benchmark("mia", (14,), "membership inference: forgotten samples look never seen",
+              ("mia",), SMOKE),
+    Benchmark("scale", (15, 16, 17, 18),
+              "accuracy against training-set size; recipes; deletions; serve_orderings",
+              ("scale", "recipe", "scale_deletions", "orderings"), SMOKE),
+    Benchmark("first_position", (19,), "serving compute: last layer at the first position only",
+              ("first_position",), SMOKE),
+    Benchmark("page_screenshot", (), "the operator page of `s3t serve` in headless Chromium "
+              "(README)", ("operator-page.png",), SMOKE),
+)
+
+BY_NAME = {b.name: b for b in BENCHMARKS}
+
+
+def get(name: str) -> Benchmark:
+    """The benchmark called ``name``, or a one-line error listing the names."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise SystemExit(f"no benchmark {name!r}: choose one of {', '.join(BY_NAME)} "
+                         "(python -m bench --list)") from None
