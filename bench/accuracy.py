@@ -20,13 +20,14 @@ NAME = "accuracy"
 QUICK = {"train": 150, "test": 100, "epochs": 1}
 #: FULL trains with the default recipe (S3TConfig: 3 epochs, serve_orderings="all").
 FULL = {"train": 600, "test": 300, "epochs": 3}
+SMOKE = {"train": 40, "test": 20, "epochs": 1}
 
 
 def settings(m: int, n_slices: int, epochs: int, seed: int) -> list[tuple[str, str, Any]]:
     """(key, label, config): S3T at B=1 and B=L, SISA at the same m and L, full fine-tuning."""
     from s3t.config import S3TConfig
 
-    common_kw = {"shards": m, "slices": n_slices, "epochs": epochs, "seed": seed}
+    common_kw = {"model": harness.backbone(), "shards": m, "slices": n_slices, "epochs": epochs, "seed": seed}
     return [
         ("s3t_b1", f"S3T m={m} L={n_slices} B=1", S3TConfig(budget=1, **common_kw)),
         (f"s3t_b{n_slices}", f"S3T m={m} L={n_slices} B={n_slices}",
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def resolve_size(args: argparse.Namespace) -> dict[str, Any]:
     """The size preset, overridden by explicit flags."""
-    base = harness.size_for(args, QUICK, FULL)
+    base = harness.size_for(args, QUICK, FULL, SMOKE)
     for flag, key in (("train_size", "train"), ("test_size", "test"), ("epochs", "epochs")):
         if getattr(args, flag) is not None:
             base[key] = getattr(args, flag)

@@ -30,6 +30,7 @@ from bench import harness
 NAME = "cache"
 QUICK = {"train": 150, "test": 100, "epochs": 1, "llm_train": 12, "llm_reps": 1}
 FULL = {"train": 600, "test": 300, "epochs": 2, "llm_train": 32, "llm_reps": 2}
+SMOKE = {"train": 40, "test": 20, "epochs": 1, "llm_train": 4, "llm_reps": 1}
 VARIANTS = {  # name -> S3TConfig fields
     "memory_fp32": {},
     "spilled_fp32": {"feature_cache_memory_gb": 0.0},
@@ -54,7 +55,8 @@ def child_wordnet(variant: str, n_train: int, n_test: int, epochs: int, seed: in
     from s3t import S3T, S3TConfig
 
     train, test = harness.wordnet_split(n_train, n_test, seed)
-    config = S3TConfig(shards=2, slices=3, budget=3, epochs=epochs, seed=seed, **VARIANTS[variant])
+    config = S3TConfig(model=harness.backbone(),
+                       shards=2, slices=3, budget=3, epochs=epochs, seed=seed, **VARIANTS[variant])
     est = S3T(config, run_dir=harness.tmp_run_dir("cache")).fit(train, progress=False)
     spilled = disk_bytes(est.features.directory)
     probs = est.predict(test.texts).probabilities
@@ -68,10 +70,9 @@ def child_llm(cache: bool, n_train: int, seed: int) -> dict:
     """SmolLM2, 3 of 30 layers adapted: cached or uncached training time."""
     from s3t import S3T, S3TConfig
     from s3t.data.loaders import load_wordnet_instructions
-    from s3t.models.decoder import default_llm_dir
 
     data = load_wordnet_instructions(limit=n_train, seed=seed)
-    config = S3TConfig(model=str(default_llm_dir()), shards=1, slices=3, budget=3, epochs=2,
+    config = S3TConfig(model=harness.backbone("llm"), shards=1, slices=3, budget=3, epochs=2,
                        batch_size=8, max_seq_len=64, seed=seed, feature_cache=cache)
     est = S3T(config, run_dir=harness.tmp_run_dir("cache-llm")).fit(data, progress=False)
     return {"train_seconds": est.last_train["train_seconds"], "peak_rss_mib": peak_rss_mib(),
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             result = child_llm(bool(int(rest[0])), int(rest[1]), int(rest[2]))
         print(json.dumps(result))
         return 0
-    size = QUICK if args.quick else FULL
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
     seeds = harness.seeds_for(args, [0], [0, 1, 2])
     prov = harness.provenance(NAME, args.quick, seeds, size)
     harness.print_header(prov)

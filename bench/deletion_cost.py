@@ -37,12 +37,15 @@ QUICK = {"train": 160, "epochs": 1, "requests": 120, "copies": 5, "fresh": 2, "s
          "full": 1}
 FULL = {"train": 1200, "epochs": 2, "requests": 1000, "copies": 20, "fresh": 10, "sisa_shards": 2,
         "full": 2}
+SMOKE = {"train": 40, "epochs": 1, "requests": 10, "copies": 1, "fresh": 1, "sisa_shards": 1,
+         "full": 1}
 
 
 def s3t_config(size: dict[str, Any], seed: int, method: str = "s3t") -> Any:
     from s3t.config import S3TConfig
 
-    kw = {"shards": size["shards"], "slices": size["slices"], "epochs": size["epochs"], "seed": seed}
+    kw = {"model": harness.backbone(),
+          "shards": size["shards"], "slices": size["slices"], "epochs": size["epochs"], "seed": seed}
     if method == "s3t":
         return S3TConfig(budget=size["slices"], **kw)
     return S3TConfig.baseline(method, **kw)
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh_child:
         fresh_child(*args.fresh_child)
         return 0
-    size = harness.size_for(args, QUICK, FULL)
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
     if args.requests is not None:
         size["requests"] = args.requests
     seeds = harness.seeds_for(args, [0], [0])

@@ -21,6 +21,7 @@ from bench import harness
 NAME = "deletion_rate"
 QUICK = {"trials": 5000, "grid_shards": [2, 5], "grid_slices": [3, 4]}
 FULL = {"trials": 20000, "grid_shards": [2, 5, 10], "grid_slices": [3, 4, 6]}
+SMOKE = {"trials": 300, "grid_shards": [2, 5], "grid_slices": [3, 4]}
 PAPER = {"m": 5, "L": 4, "values": {"sisa": 45.7, "2": 58.6, "4": 72.0}}
 TOLERANCE = 0.03
 
@@ -119,7 +120,7 @@ def plot(rows: list[dict[str, Any]], quick: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = harness.parser(__doc__.splitlines()[0]).parse_args(argv)
-    size = dict(QUICK if args.quick else FULL)
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
     seeds = harness.seeds_for(args, [0], [0])
     prov = harness.provenance(NAME, args.quick, seeds, size)
     harness.print_header(prov)

@@ -24,6 +24,7 @@ NAME = "deletions"
 QUICK = {"train": 150, "test": 100, "epochs": 1, "cap": 30}
 #: FULL trains with the default recipe (S3TConfig: 3 epochs, serve_orderings="all").
 FULL = {"train": 600, "test": 300, "epochs": 3, "cap": 40}
+SMOKE = {"train": 40, "test": 20, "epochs": 1, "cap": 3}
 CHECKPOINTS = (0, 1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 60)
 
 
@@ -31,7 +32,7 @@ def settings(m: int, n_slices: int, epochs: int, seed: int) -> list[tuple[str, s
     """S3T at B=1 and B=L, SISA at the same m and L."""
     from s3t.config import S3TConfig
 
-    kw = {"shards": m, "slices": n_slices, "epochs": epochs, "seed": seed}
+    kw = {"model": harness.backbone(), "shards": m, "slices": n_slices, "epochs": epochs, "seed": seed}
     return [
         ("s3t_b1", f"S3T B=1 (m={m}, L={n_slices})", S3TConfig(budget=1, **kw)),
         (f"s3t_b{n_slices}", f"S3T B={n_slices} (m={m}, L={n_slices})",
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p = harness.add_grid(harness.parser(__doc__.splitlines()[0]))
     p.add_argument("--cap", type=int, default=None, help="most requests per run")
     args = p.parse_args(argv)
-    size = harness.size_for(args, QUICK, FULL)
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
     if args.cap is not None:
         size["cap"] = args.cap
     seeds = harness.seeds_for(args, [0], [0, 1, 2])

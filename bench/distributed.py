@@ -34,6 +34,7 @@ from bench import harness
 
 NAME = "distributed"
 QUICK = {"train": 360, "near_empty_per_cell": 2, "epochs": 1, "shards": 4, "slices": 3, "budget": 3}
+SMOKE = {"train": 24, "near_empty_per_cell": 1, "epochs": 1, "shards": 2, "slices": 2, "budget": 2}
 FULL = {"train": 2400, "near_empty_per_cell": 3, "epochs": 1, "shards": 4, "slices": 3, "budget": 3}
 MODEL_WORKERS = list(range(1, 65))
 
@@ -41,7 +42,8 @@ MODEL_WORKERS = list(range(1, 65))
 def config(size: dict[str, Any], seed: int, **kw: Any) -> Any:
     from s3t.config import S3TConfig
 
-    return S3TConfig(shards=size["shards"], slices=size["slices"], budget=size["budget"],
+    return S3TConfig(model=harness.backbone(),
+                     shards=size["shards"], slices=size["slices"], budget=size["budget"],
                      epochs=size["epochs"], seed=seed, max_seq_len=48, **kw)
 
 
@@ -339,7 +341,7 @@ def main() -> int:
     args = p.parse_args()
     if args.model_only:
         return remodel(args.quick)
-    size = dict(QUICK if args.quick else FULL, workers=args.workers)
+    size = dict(harness.size_for(args, QUICK, FULL, SMOKE), workers=args.workers)
     seed = harness.seeds_for(args, [0], [0])[0]
     prov = harness.provenance(NAME, args.quick, [seed], size)
     harness.print_header(prov)

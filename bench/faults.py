@@ -33,12 +33,15 @@ import sys
 import time
 from pathlib import Path
 
-from bench.harness import parser, print_header, provenance, seeds_for, tmp_run_dir, write_result
+from bench import harness
+from bench.harness import parser, print_header, provenance, seeds_for, size_for, tmp_run_dir, write_result
 
 QUICK = {"n_train": 240, "forget_trials": 24, "parallel_trials": 4, "retrain_trials": 3,
          "epochs": 1, "shards": 2, "slices": 3}
 FULL = {"n_train": 400, "forget_trials": 400, "parallel_trials": 60, "retrain_trials": 24,
         "epochs": 1, "shards": 2, "slices": 3}
+SMOKE = {"n_train": 40, "forget_trials": 2, "parallel_trials": 1, "retrain_trials": 1,
+         "epochs": 1, "shards": 2, "slices": 2}
 PARALLEL = 4
 RECALIBRATE = 25  # trials between two timings of an uninterrupted forget
 
@@ -110,7 +113,8 @@ def campaign(seed: int, size: dict) -> dict:
     rng = random.Random(seed)
     run = tmp_run_dir("faults")
     data = load_wordnet(limit=size["n_train"], seed=seed)
-    config = S3TConfig(shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
+    config = S3TConfig(model=harness.backbone(),
+                       shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
                        max_seq_len=32, seed=seed)
     S3T(config, run_dir=run).fit(data, progress=False).close()
 
@@ -180,10 +184,10 @@ def campaign(seed: int, size: dict) -> dict:
                                     "forget_recalibrated": calibrations}, "final": final}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    args = p.parse_args()
-    size = dict(QUICK if args.quick else FULL)
+    args = p.parse_args(argv)
+    size = size_for(args, QUICK, FULL, SMOKE)
     seeds = seeds_for(args, [0], [0])
     prov = provenance("faults", args.quick, seeds, size)
     print_header(prov)
@@ -197,7 +201,8 @@ def main() -> None:
               f"final retrain rc {r['final']['returncode']} capacity {r['final']['capacity']}",
               flush=True)
     write_result("faults", args.quick, prov, {"runs": runs})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -23,11 +23,12 @@ from bench.perf import serving_setup, throughput
 NAME = "first_position"
 QUICK = {"shards": 5, "slices": 3, "train": 150, "seconds": 1.0, "reps": 2, "batches": [1, 32]}
 FULL = dict(QUICK, train=300, seconds=4.0, reps=5)
+SMOKE = dict(QUICK, shards=2, train=40, seconds=0.3, reps=1, batches=[1, 8])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = harness.parser(__doc__.splitlines()[0]).parse_args(argv)
-    size = dict(QUICK if args.quick else FULL)
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
     seed = harness.seeds_for(args, [0], [0])[0]
     prov = harness.provenance(NAME, args.quick, [seed], size)
     harness.print_header(prov)

@@ -683,3 +683,51 @@ def lost_deletions(run: Path, deletions: list[dict[str, Any]]) -> list[str]:
         conn.close()
     return [d["sample_id"] for d in deletions if d["status"] == 200
             and (deleted.get(d["sample_id"]) != d["request_id"] or d["request_id"] not in requests)]
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+def backbone(kind: str = "encoder") -> str | None:
+    """The model a benchmark fine-tunes: MiniLM (``None``: the package default) for
+    ``"encoder"``, SmolLM2-135M-Instruct for ``"llm"``. At the smoke size, a tiny randomly
+    initialised model of the same architecture and tokenizer instead (built once per results
+    directory): a smoke run checks that the benchmark works, not what it measures."""
+    from s3t.models.adapted import default_model_dir
+    from s3t.models.decoder import default_llm_dir
+
+    if kind not in ("encoder", "llm"):
+        raise ValueError(f"kind must be 'encoder' or 'llm', got {kind!r}")
+    source = str(default_model_dir() if kind == "encoder" else default_llm_dir())
+    if not smoke_active():
+        return None if kind == "encoder" else source
+    target = results_dir() / f"tiny-{kind}"
+    if not (target / "config.json").is_file():
+        _build_tiny(source, target, layers=6 if kind == "encoder" else 4)
+    return str(target)
+
+
+def _build_tiny(source: str, target: Path, layers: int) -> None:
+    """``source``'s tokenizer and architecture at width 32 with random weights."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from s3t.models.gguf import gguf_file
+
+    gguf = gguf_file(source)  # SmolLM2 ships as GGUF: read its config and tokenizer from it
+    kw = {"gguf_file": gguf} if gguf else {}
+    config = AutoConfig.from_pretrained(source, **kw)
+    config.update({"hidden_size": 32, "num_hidden_layers": layers, "num_attention_heads": 2,
+                   "intermediate_size": 64})
+    if hasattr(config, "num_key_value_heads"):
+        config.num_key_value_heads = 1
+    if getattr(config, "head_dim", None) is not None:
+        config.head_dim = 16
+    torch.manual_seed(0)
+    causal = any("CausalLM" in a for a in (config.architectures or []))
+    model = (AutoModelForCausalLM if causal else AutoModel).from_config(config)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    AutoTokenizer.from_pretrained(source, **kw).save_pretrained(tmp)
+    model.save_pretrained(tmp)
+    tmp.rename(target)

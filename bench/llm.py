@@ -29,6 +29,7 @@ QUICK = {"train": 48, "test": 16, "epochs": 1, "cap": 4, "shards": 2, "slices": 
          "layers_per_slice": 1, "max_seq_len": 64, "measure_at": [0, 1, 2, 4]}
 FULL = {"train": 600, "test": 64, "epochs": 1, "cap": 20, "shards": 2, "slices": 2,
         "layers_per_slice": 2, "max_seq_len": 64, "measure_at": [0, 1, 2, 3, 5, 8, 12, 20]}
+SMOKE = dict(QUICK, train=8, test=4, cap=2, max_seq_len=32, measure_at=[0, 1, 2])
 TITLE = "WordNet instructions, SmolLM2-135M-Instruct: serving through deletions"
 
 
@@ -85,15 +86,14 @@ def base_perplexity(model_dir: str, heldout: Any, max_len: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     from s3t.data.loaders import load_wordnet_instructions, train_test_split
-    from s3t.models.decoder import default_llm_dir
 
     p = harness.parser(__doc__.splitlines()[0])
     args = p.parse_args(argv)
-    size = dict(QUICK if args.quick else FULL)
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
     seeds = harness.seeds_for(args, [0], [0, 1, 2])
     prov = harness.provenance(NAME, args.quick, seeds, size)
     harness.print_header(prov)
-    model = str(default_llm_dir())
+    model = harness.backbone("llm")
 
     results: dict[str, dict[str, Any]] = {}
     base: dict[int, float] = {}

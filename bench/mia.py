@@ -47,6 +47,12 @@ FULL = {
     "smollm2": {"train": 160, "heldout": 80, "forget": 40, "handful": 8, "members": 80,
                 "epochs": 8, "learning_rate": 3e-3, "max_seq_len": 64, "layers_per_slice": 2},
 }
+SMOKE = {
+    "minilm": dict(QUICK["minilm"], train=24, heldout=12, forget=6, handful=2, members=12,
+                   epochs=1),
+    "smollm2": dict(QUICK["smollm2"], train=8, heldout=4, forget=2, handful=2, members=4,
+                    epochs=1, max_seq_len=32),
+}
 GRID = {"shards": 2, "slices": 2, "budget": 2}
 
 
@@ -128,12 +134,11 @@ def settings(name: str, seed: int, size: dict[str, Any]) -> tuple[Any, Any, Any]
           "max_seq_len": size["max_seq_len"], "layers_per_slice": size["layers_per_slice"]}
     if name == "minilm":
         data = load_wordnet(limit=size["train"] + size["heldout"], seed=seed)
-        config = S3TConfig(batch_size=32, **kw)
+        config = S3TConfig(model=harness.backbone(), batch_size=32, **kw)
     else:
-        from s3t.models.decoder import default_llm_dir
 
         data = load_wordnet_instructions(limit=size["train"] + size["heldout"], seed=seed)
-        config = S3TConfig(model=str(default_llm_dir()), batch_size=8, **kw)
+        config = S3TConfig(model=harness.backbone("llm"), batch_size=8, **kw)
     train, heldout = train_test_split(data, size["heldout"], seed=seed)
     return config, train, heldout
 
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--only", choices=["minilm", "smollm2"], default=None)
     args = p.parse_args(argv)
-    size = QUICK if args.quick else FULL
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
     names = [args.only] if args.only else list(size)
     seeds = harness.seeds_for(args, [0], [0, 1])
     prov = harness.provenance(NAME, args.quick, seeds, {**{n: size[n] for n in names}, **GRID,

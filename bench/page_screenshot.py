@@ -18,6 +18,7 @@ as the validation split); with RUN it serves a copy (the given run is never chan
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import secrets
 import shutil
@@ -40,9 +41,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deletions", type=int, default=4,
                    help="deletion requests before the retrain (one more after it)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true",
+                   help="a tiny run (40 nouns, 2 x 2) and one deletion: checks that it works")
     p.add_argument("--out", type=Path, default=None,
                    help="the PNG to write (default: operator-page.png in the results directory)")
     args = p.parse_args(argv)
+    if args.smoke:
+        os.environ[harness.SMOKE_ENV] = "1"
+        args.deletions = 1
     if args.deletions < 1:
         p.error("--deletions must be at least 1")
     if args.run is not None and not (args.run / CARD).is_file():
@@ -61,11 +67,13 @@ def the_run(args: argparse.Namespace) -> Path:
     from s3t.config import S3TConfig
     from s3t.engine import S3T
 
-    train, validation = harness.wordnet_split(240, 80, args.seed)
-    config = S3TConfig(shards=3, slices=3, epochs=1, max_seq_len=32, seed=args.seed)
+    n, n_val, grid = (40, 16, 2) if args.smoke else (240, 80, 3)
+    train, validation = harness.wordnet_split(n, n_val, args.seed)
+    config = S3TConfig(model=harness.backbone(),
+                       shards=grid, slices=grid, epochs=1, max_seq_len=32, seed=args.seed)
     with harness.stopwatch() as t:
         S3T(config, run_dir=target).fit(train, validation, progress=False).close()
-    print(f"trained 3 x 3 on {len(train)} samples in {t['s']:.1f} s", flush=True)
+    print(f"trained {grid} x {grid} on {len(train)} samples in {t['s']:.1f} s", flush=True)
     return target
 
 
@@ -144,7 +152,7 @@ def exercise(base: str, token: str, ids: list[str], deletions: int, rng: random.
 def photograph(base: str, token: str, out: Path) -> dict[str, Any]:
     """Load the page, enter the token, wait for the full deletion log; a full-page PNG."""
     import httpx
-    from selenium.webdriver.harness.by import By
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     total = httpx.get(f"{base}/v1/deletions?limit=1", headers={

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from bench import harness
 from bench.harness import (
     REPO_DIR,
     bench_cmd,
@@ -25,6 +26,7 @@ from bench.harness import (
     pyplot,
     save_plot,
     seeds_for,
+    size_for,
     summarize,
     tmp_run_dir,
     wordnet_split,
@@ -43,7 +45,8 @@ def child_train(n_train: int, cache: bool, seed: int, shards: int, slices: int) 
     from s3t import S3T, S3TConfig
 
     train, _ = wordnet_split(n_train, 50, seed)
-    config = S3TConfig(shards=shards, slices=slices, budget=slices, epochs=1, max_seq_len=48,
+    config = S3TConfig(model=harness.backbone(),
+                       shards=shards, slices=slices, budget=slices, epochs=1, max_seq_len=48,
                        seed=seed, feature_cache=cache)
     est = S3T(config, run_dir=tmp_run_dir("perf-train")).fit(train, progress=False)
     return {"train_seconds": est.last_train["train_seconds"], "peak_rss_mib": peak_rss_mib(),
@@ -106,7 +109,8 @@ def serving_setup(shards: int, n_train: int, seed: int, slices: int = 3):
     from s3t.serve.ensemble import Ensemble
 
     train, test = wordnet_split(n_train, 200, seed)
-    config = S3TConfig(shards=shards, slices=slices, budget=slices, epochs=1, max_seq_len=48,
+    config = S3TConfig(model=harness.backbone(),
+                       shards=shards, slices=slices, budget=slices, epochs=1, max_seq_len=48,
                        seed=seed)
     est = S3T(config, run_dir=tmp_run_dir("perf-serve")).fit(train, progress=False)
     est.predict(test.texts[:2])
@@ -183,10 +187,13 @@ def main() -> None:
 
     seeds = seeds_for(args, [0], [0])
     seed = seeds[0]
+    smoke = {"train_n": 24, "train_reps": 1, "serve_n": 40, "serve_seconds": 0.2, "serve_reps": 1,
+             "forget_n": 5, "scaling_shards": [1, 2], "scaling_n": [16, 24], "scaling_slices": [2]}
     size = ({"train_n": 240, "train_reps": 1, "serve_n": 150, "serve_seconds": 1.0, "serve_reps": 1,
              "forget_n": 200, "scaling_shards": [1, 5]} if args.quick else
             {"train_n": 600, "train_reps": 2, "serve_n": 300, "serve_seconds": 3.0, "serve_reps": 3,
              "forget_n": 1000, "scaling_shards": [1, 3, 5, 8]})
+    size = size_for(args, size, size, smoke)
     prov = provenance(NAME, args.quick, seeds, size)
     print_header(prov)
 
@@ -213,14 +220,14 @@ def main() -> None:
                                  slices=1)
     print("scaling with dataset size (cached training)", flush=True)
     by_n = []
-    for n in ([120, 240] if args.quick else [300, 600]):
+    for n in size.get("scaling_n", [120, 240] if args.quick else [300, 600]):
         r = run_child("train", str(n), "1", str(seed), "1", "3")
         by_n.append({"n_train": n, "train_seconds": r["train_seconds"],
                      "peak_rss_mib": r["peak_rss_mib"]})
         print(f"  n={n}: {r['train_seconds']:.1f} s, {r['peak_rss_mib']:.0f} MiB", flush=True)
     print("scaling with L (cached training, m=1, B=L, one layer per slice)", flush=True)
     by_slices = []
-    for n_slices in ([2, 3] if args.quick else [1, 2, 3, 4, 6]):
+    for n_slices in size.get("scaling_slices", [2, 3] if args.quick else [1, 2, 3, 4, 6]):
         r = run_child("train", str(size["train_n"]), "1", str(seed), "1", str(n_slices))
         by_slices.append({"slices": n_slices, "stages": r["stages"],
                           "train_seconds": r["train_seconds"], "peak_rss_mib": r["peak_rss_mib"]})

@@ -56,16 +56,17 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("stream", (12,), "a Poisson deletion stream through the server, S3T against SISA",
               ("stream",), SMOKE),
     Benchmark("distributed", (13,), "stage training on Ray against the local executor",
-              ("distributed",), SMOKE),
+              ("distributed",), (*SMOKE, "--workers", "2")),
     Benchmark("mia", (14,), "membership inference: forgotten samples look never seen",
               ("mia",), SMOKE),
     Benchmark("scale", (15, 16, 17, 18),
               "accuracy against training-set size; recipes; deletions; serve_orderings",
-              ("scale", "recipe", "scale_deletions", "orderings"), SMOKE),
+              ("scale", "recipe", "scale_deletions", "orderings"),
+              (*SMOKE, "--settings", "s3t_m2", "sisa_m2", "full")),
     Benchmark("first_position", (19,), "serving compute: last layer at the first position only",
               ("first_position",), SMOKE),
     Benchmark("page_screenshot", (), "the operator page of `s3t serve` in headless Chromium "
-              "(README)", ("operator-page.png",), SMOKE),
+              "(README)", ("operator-page.png",), ("--smoke",)),
 )
 
 BY_NAME = {b.name: b for b in BENCHMARKS}

@@ -60,6 +60,8 @@ QUICK = {"sizes": [240, 480], "test": 200, "val": 64, "large_seeds": 1, "large_f
          "b1_from": 10**9, "sweep_size": 240, "deletion_size": 240}
 FULL = {"sizes": [1000, 4000, 16000], "test": 2000, "val": 256, "large_seeds": 1,
         "large_from": 16000, "b1_from": 10**9, "sweep_size": 2000, "deletion_size": 4000}
+SMOKE = {"sizes": [40], "test": 20, "val": 16, "large_seeds": 1, "large_from": 40,
+         "b1_from": 10**9, "sweep_size": 40, "deletion_size": 40}
 DELETIONS_NAME = "scale_deletions"
 ORDERINGS_NAME = "orderings"
 CAPACITY_USED = 0.1
@@ -94,11 +96,11 @@ def settings(recipe: dict[str, Any], seed: int, size: int, b1_from: int,
     b = 1 if size >= b1_from else 3
     out = []
     for m in (2, 5):
-        kw = {"shards": m, "slices": 3, "seed": seed, **recipe}
+        kw = {"model": harness.backbone(), "shards": m, "slices": 3, "seed": seed, **recipe}
         out.append((f"s3t_m{m}", f"S3T m={m} L=3 B={b}", S3TConfig(budget=b, **kw)))
         out.append((f"sisa_m{m}", f"SISA m={m} L=3", S3TConfig.baseline("sisa", **kw)))
     out.append(("full", "full LoRA (3 layers)",
-                S3TConfig.baseline("full", slices=3, seed=seed, **recipe)))
+                S3TConfig.baseline("full", model=harness.backbone(), slices=3, seed=seed, **recipe)))
     return [s for s in out if only is None or s[0] in only]
 
 
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs at a time, each in a worker process with one torch thread "
                         "(scale and sweep parts; 2 on a 2-core machine)")
     args = p.parse_args(argv)
-    size = harness.size_for(args, QUICK, FULL)
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
     if args.sizes:
         size["sizes"] = args.sizes
     small_seeds = harness.seeds_for(args, [0], [0, 1, 2])
@@ -398,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in args.recipes or [r for r in RECIPES if r != "v2"]:  # B=1: v2 is v1
             for seed in small_seeds:
                 plan.append((recipe, size["sweep_size"], seed, "s3t_m2", "S3T m=2 L=3 B=1",
-                             S3TConfig(shards=2, slices=3, budget=1, seed=seed, **RECIPES[recipe])))
+                             S3TConfig(model=harness.backbone(),
+                                       shards=2, slices=3, budget=1, seed=seed, **RECIPES[recipe])))
 
     todo = sorted((item for item in plan if item[:4] not in done), key=expected_cost,
                   reverse=True)  # longest first: the last runs to finish are the short ones
@@ -471,7 +474,8 @@ def deletions_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict
             if train is None:
                 train, val, test = splits(n, size["test"], size["val"], seed)
                 victims = random.Random(seed).sample(list(train.ids), n_requests)
-                kw = {"shards": 2, "slices": 3, "seed": seed, **RECIPES[args.recipe]}
+                kw = {"model": harness.backbone(),
+                      "shards": 2, "slices": 3, "seed": seed, **RECIPES[args.recipe]}
             label, config = (("S3T m=2 L=3 B=3", S3TConfig(budget=3, **kw)) if key == "s3t_m2"
                              else ("SISA m=2 L=3", S3TConfig.baseline("sisa", **kw)))
             row = run_deletions(config, train, val, test, victims)
@@ -537,7 +541,8 @@ def orderings_main(args: Any, size: dict[str, Any], seeds: list[int], prov: dict
         if (n, seed, m) in done:
             continue
         train, val, test = splits(n, size["test"], size["val"], seed)
-        config = S3TConfig(shards=m, slices=3, budget=3, seed=seed, **RECIPES[args.recipe])
+        config = S3TConfig(model=harness.backbone(),
+                           shards=m, slices=3, budget=3, seed=seed, **RECIPES[args.recipe])
         run_dir = harness.tmp_run_dir("orderings")
         est = S3T(config, run_dir=run_dir).fit(train, val, progress=False)
         train_seconds = est.last_train["train_seconds"]

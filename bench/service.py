@@ -61,6 +61,8 @@ NAME = "service"
 QUICK = {"train": 300, "test": 100, "shards": 5, "slices": 3, "epochs": 1, "max_seq_len": 32,
          "clients": [1, 8, 32], "duration_s": 3.0, "warmup_s": 1.0, "reps": 2, "max_batch": 32,
          "max_wait_ms": 5.0, "deletions": 20, "delete_clients": 8, "delete_gap_ms": [0, 20]}
+SMOKE = dict(QUICK, train=40, test=16, shards=2, slices=2, max_seq_len=16, clients=[1, 2],
+             duration_s=1.0, warmup_s=0.5, reps=1, deletions=3, delete_clients=2)
 FULL = dict(QUICK, train=1500, test=300, duration_s=15.0, warmup_s=3.0, reps=3, deletions=100)
 MAX_REQUESTS_PER_PHASE = 200_000  # the count bound of every load phase (time is the other)
 MAX_ROUND_S = 900.0           # one deletion round, predict load included
@@ -126,7 +128,8 @@ def train_run(size: dict[str, Any], seed: int) -> tuple[Path, list[str], list[st
 
     train, test = harness.wordnet_split(size["train"], size["test"], seed)
     run = harness.tmp_run_dir("service")
-    config = S3TConfig(shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
+    config = S3TConfig(model=harness.backbone(),
+                       shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
                        max_seq_len=size["max_seq_len"], seed=seed,
                        # one route per shard, as section 11 was measured: the batching ratio is
                        # the point here; serving every ordering costs ~2.2x (section 18)
@@ -479,27 +482,27 @@ async def fair_phase(base_url: str, token: str, texts: list[str], size: dict[str
                 i += 1
             assert (await large).status_code == 200
             large_ms.append((time.perf_counter() - start) * 1000)
-    return {"alone_ms": common.latency_summary(alone),
-            "beside_large_ms": common.latency_summary(beside), "beside_large": beside,
+    return {"alone_ms": harness.latency_summary(alone),
+            "beside_large_ms": harness.latency_summary(beside), "beside_large": beside,
             "large_request_ms": large_ms}
 
 
 def fairness(args: Any) -> int:
     """``--fairness``: 1-text prediction latency next to a 256-text request (issue 25)."""
     size = dict(FAIR)
-    prov = common.provenance(NAME + "-fairness", False, [0], size)
-    common.print_header(prov)
+    prov = harness.provenance(NAME + "-fairness", False, [0], size)
+    harness.print_header(prov)
     if args.reuse_run:
-        run = common.tmp_run_dir("service-fair")
+        run = harness.tmp_run_dir("service-fair")
         shutil.copytree(args.reuse_run, run)
-        _, test = common.wordnet_split(size["train"], size["test"], 0)
+        _, test = harness.wordnet_split(size["train"], size["test"], 0)
         texts = list(test.texts)
     else:
         from s3t.config import S3TConfig
         from s3t.engine import S3T
 
-        train, test = common.wordnet_split(size["train"], size["test"], 0)
-        run = common.tmp_run_dir("service-fair")
+        train, test = harness.wordnet_split(size["train"], size["test"], 0)
+        run = harness.tmp_run_dir("service-fair")
         config = S3TConfig(shards=size["shards"], slices=size["slices"], budget=1,
                            epochs=size["epochs"], max_seq_len=size["max_seq_len"], seed=0)
         S3T(config, run_dir=run).fit(train, progress=False).close()
@@ -519,7 +522,7 @@ def fairness(args: Any) -> int:
     print(f"1-text alone: p50 {a['p50']:.0f} ms (n={a['n']}); next to a {size['large']}-text "
           f"request: p50 {b['p50']:.0f} ms, max {b['max']:.0f} ms (n={b['n']}); the large "
           f"request: {', '.join(f'{ms:.0f}' for ms in result['large_request_ms'])} ms")
-    common.write_result(NAME + "-fairness" + args.tag, False, prov, result)
+    harness.write_result(NAME + "-fairness" + args.tag, False, prov, result)
     return 0
 
 
@@ -536,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.fairness:
         return fairness(args)
-    size = dict(QUICK if args.quick else FULL, server_args=args.server_args.split())
+    size = dict(harness.size_for(args, QUICK, FULL, SMOKE),
+                server_args=args.server_args.split())
     seeds = harness.seeds_for(args, [0], [0])
     prov = harness.provenance(NAME, args.quick, seeds, size)
     prov["server_command"] = " ".join(s3t_cmd("serve", "RUN", "--host", HOST, "--port", "PORT",

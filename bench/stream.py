@@ -52,7 +52,8 @@ def train_run(system: str, size: dict[str, Any], seed: int, train: Any) -> tuple
 
     grid: dict[str, Any] = {"budget": size["budget"]} if system == "s3t" else {
         "method": "sisa", "strategy": "sisa", "budget": 1}
-    config = S3TConfig(shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
+    config = S3TConfig(model=harness.backbone(),
+                       shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
                        max_seq_len=size["max_seq_len"], seed=seed, **grid)
     run = harness.tmp_run_dir(f"stream-{system}")
     with harness.stopwatch() as t:

@@ -30,13 +30,14 @@ from bench import harness
 NAME = "training_cost"
 QUICK = {"train": 96, "epochs": 1}
 FULL = {"train": 600, "epochs": 2}
+SMOKE = {"train": 24, "epochs": 1}
 
 
 def settings(m: int, n_slices: int, epochs: int, seed: int) -> list[tuple[str, str, Any]]:
     """(key, label, config) of every measured method."""
     from s3t.config import S3TConfig
 
-    kw = {"shards": m, "slices": n_slices, "epochs": epochs, "seed": seed}
+    kw = {"model": harness.backbone(), "shards": m, "slices": n_slices, "epochs": epochs, "seed": seed}
     full_budget = math.factorial(n_slices)
     return [
         (f"s3t_cyclic_b{n_slices}", f"S3T cyclic B={n_slices}", S3TConfig(budget=n_slices, **kw)),
@@ -155,7 +156,7 @@ def plot(summary: dict[str, dict[str, Any]], quick: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = harness.add_grid(harness.parser(__doc__.splitlines()[0]))
     args = p.parse_args(argv)
-    size = harness.size_for(args, QUICK, FULL)
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
     seeds = harness.seeds_for(args, [0], [0, 1])
     prov = harness.provenance(NAME, args.quick, seeds, size)
     harness.print_header(prov)

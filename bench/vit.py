@@ -21,6 +21,7 @@ from bench import deletions, harness, vit_pretrain
 NAME = "vit"
 QUICK = {"train": 300, "test": 300, "epochs": 1, "cap": 15}
 FULL = {"train": 5000, "test": 2000, "epochs": 3, "cap": 40}
+SMOKE = {"train": 40, "test": 20, "epochs": 1, "cap": 3}
 TITLE = "Fashion-MNIST, small pre-trained ViT: serving through deletions without retraining"
 
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = harness.add_grid(harness.parser(__doc__.splitlines()[0]))
     args = p.parse_args(argv)
-    size = harness.size_for(args, QUICK, FULL)
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
     seeds = harness.seeds_for(args, [0], [0, 1, 2])
     model_dir = vit_pretrain.ensure(args.quick)
     public = vit_pretrain.read_public_ids(model_dir)

@@ -30,10 +30,14 @@ NAME = "vit_pretrain"
 QUICK = {"public": 3000, "epochs": 3, "hidden": 64, "layers": 6, "heads": 4, "patch": 4,
          "batch": 128, "lr": 2e-3, "test": 2000, "split_seed": 0}
 FULL = dict(QUICK, public=15000, epochs=15, test=10000)
+#: A backbone that only has to load and run (built in the results directory).
+SMOKE = dict(QUICK, public=200, epochs=1, hidden=32, layers=3, heads=2, batch=64, test=100)
 RECIPE_FILE = "pretraining.json"
 
 
 def default_dir(quick: bool) -> Path:
+    if harness.smoke_active():
+        return harness.results_dir() / "vit-backbone-smoke"
     base = os.environ.get("S3T_VIT_DIR") or Path.home() / ".cache" / "s3t" / "vit-fmnist-public"
     return Path(f"{base}-quick") if quick else Path(base)
 
@@ -131,7 +135,7 @@ def load_recipe(model_dir: str | Path) -> dict[str, Any] | None:
 
 def ensure(quick: bool, out: Path | None = None, force: bool = False) -> Path:
     """The pre-trained model directory for this size, building it if missing or stale."""
-    size = QUICK if quick else FULL
+    size = SMOKE if harness.smoke_active() else QUICK if quick else FULL
     out = out or default_dir(quick)
     built = load_recipe(out)
     if force or built is None or built.get("recipe") != size:
