@@ -54,11 +54,27 @@ def smoke(names: list[str], results_dir: Path) -> int:
     return 0 if all(s["ok"] for s in summary.values()) else 1
 
 
+def run_all(args: list[str]) -> int:
+    """Every benchmark in section order, one after another (never in parallel: they time the
+    machine), each with ``args``; then the report. Stops at the first failure."""
+    for bench in sorted(BENCHMARKS, key=lambda b: b.sections or (99,)):
+        print(f"=== python -m bench {bench.name} {' '.join(args)}", flush=True)
+        start = time.perf_counter()
+        rc = run(bench, list(args))
+        print(f"=== {bench.name} took {time.perf_counter() - start:.0f} s (exit {rc})", flush=True)
+        if rc:
+            return rc
+    from bench import report
+
+    return report.main([])
+
+
 def list_benchmarks() -> str:
     rows = [f"{'name':<16} {'section':<12} purpose"]
     for b in BENCHMARKS:
         sections = ", ".join(map(str, b.sections)) or "-"
         rows.append(f"{b.name:<16} {sections:<12} {b.purpose}")
+    rows.append(f"{'all':<16} {'-':<12} every benchmark in section order, then the report")
     rows.append(f"{'report':<16} {'-':<12} regenerate BENCHMARKS.md from bench/results/")
     return "\n".join(rows)
 
@@ -71,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="run at the smoke size: 'all' or benchmark names")
     p.add_argument("--results-dir", type=Path, default=None,
                    help="write results here instead of bench/results (smoke: a temp dir)")
-    p.add_argument("name", nargs="?", help="the benchmark to run (or 'report')")
+    p.add_argument("name", nargs="?", help="the benchmark to run, 'all', or 'report'")
     p.add_argument("args", nargs=argparse.REMAINDER, help="its own arguments")
     args = p.parse_args(argv)
     if args.list:
@@ -93,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench import report
 
         return report.main(args.args)
+    if args.name == "all":
+        return run_all(args.args)
     return run(get(args.name), args.args)
 
 

@@ -6,7 +6,7 @@ to full fine-tuning; the issue asks for within 2 points of full and no worse tha
 the same number of shards. All methods adapt the same layers with the same LoRA settings
 and see the same samples within a seed; seeds vary the data subset, split and init.
 
-    .venv/bin/python bench/accuracy.py [--quick] [--seeds 0 1 2]
+    python -m bench accuracy [--quick] [--seeds 0 1 2]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ The second part measures cached against uncached training where the frozen trunk
 of the model (SmolLM2-135M, 3 of its 30 layers adapted), next to bench/perf.py's MiniLM
 configuration (3 of 6 adapted), where the arithmetic caps the gain near 1.5x.
 
-    .venv/bin/python bench/cache.py [--quick] [--seeds 0 1 2]
+    python -m bench cache [--quick] [--seeds 0 1 2]
 """
 
 from __future__ import annotations

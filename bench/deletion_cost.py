@@ -16,7 +16,7 @@ before the deleted sample's slice and full fine-tuning must retrain everything. 
   deletions hitting different slices (the cost depends on the slice's position);
 * full fine-tuning's = ``forget`` + ``retrain()`` of the whole model.
 
-    .venv/bin/python bench/deletion_cost.py [--quick] [--seeds 0]
+    python -m bench deletion_cost [--quick] [--seeds 0]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ with a Monte Carlo simulation of the actual serving rule (longest intact prefix 
 The paper's worked example, m=5 and L=4 (SISA 45.7, B=2 58.6, B=4 72.0), is reproduced.
 No torch is needed.
 
-    .venv/bin/python bench/deletion_rate.py [--quick] [--seeds 0]
+    python -m bench deletion_rate [--quick] [--seeds 0]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ shards counting 0), the live shards and the test accuracy of what is served (SIS
 its untouched shards). A run stops when no shard is live (the system must retrain) or at
 the cap.
 
-    .venv/bin/python bench/deletions.py [--quick] [--seeds 0 1 2]
+    python -m bench deletions [--quick] [--seeds 0 1 2]
 """
 
 from __future__ import annotations

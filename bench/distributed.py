@@ -18,7 +18,7 @@ forgetting stays a ledger operation. What it costs and what it buys:
   W = 1..64 with the measured points, for m = 4, 16, 64 shards of the measured size; its
   bound is total work / critical path (a shard's longest chain).
 
-    .venv/bin/python bench/distributed.py [--quick] [--workers 1 2] [--model-only]
+    python -m bench distributed [--quick] [--workers 1 2] [--model-only]
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ deletions lost (a process printed a certificate, but the ledger does not hold th
 must be 0), audits failed after repair (must be 0), and whether a final uninterrupted
 retrain restores full capacity with a passing audit.
 
-    .venv/bin/python bench/faults.py [--quick] [--seeds 0]
+    python -m bench faults [--quick] [--seeds 0]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ paths interleaved in every repetition (the whole-layer path is the family's plai
 ``apply_layers``), at batch 1 and batch 32, and checks that both give the same labels and
 probabilities within 1e-6.
 
-    .venv/bin/python bench/first_position.py [--quick] [--seeds 0]
+    python -m bench first_position [--quick] [--seeds 0]
 """
 
 from __future__ import annotations

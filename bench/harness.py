@@ -214,7 +214,9 @@ def smoke_active() -> bool:
 
 def parser(description: str) -> argparse.ArgumentParser:
     """The flags every benchmark takes: --quick, --smoke and --seeds."""
-    p = BenchParser(description=description)
+    runner = len(sys.argv) > 1 and Path(sys.argv[0]).resolve() == BENCH_DIR / "__main__.py"
+    p = BenchParser(prog=f"python -m bench {sys.argv[1]}" if runner else None,
+                    description=description)
     p.add_argument("--quick", action="store_true",
                    help="small size (< 2 min on 2 cores); writes <name>-quick.json")
     p.add_argument("--smoke", action="store_true",

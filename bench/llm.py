@@ -12,7 +12,7 @@ request counts (each evaluation runs the 135M model over the held-out set).
 Sized for 2 cores: a few hundred short samples, 4 of the 30 layers adapted, one
 epoch; see BENCHMARKS.md for what that cut.
 
-    .venv/bin/python bench/llm.py [--quick] [--seeds 0]
+    python -m bench llm [--quick] [--seeds 0]
 """
 
 from __future__ import annotations

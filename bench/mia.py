@@ -20,7 +20,7 @@ retrain, attack again. The held-out part is never trained on.
 Sized for 2 shared cores: see the size dicts; more epochs than elsewhere, so that the model
 fits its training data and the attack has something to find.
 
-    .venv/bin/python bench/mia.py [--quick] [--seeds 0] [--only minilm|smollm2]
+    python -m bench mia [--quick] [--seeds 0] [--only minilm|smollm2]
 """
 
 from __future__ import annotations

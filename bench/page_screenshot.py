@@ -12,7 +12,7 @@ full-page screenshot to bench/results/operator-page.png.
 Without RUN it trains a small WordNet/MiniLM run (240 nouns, 3 shards x 3 slices, 80 more
 as the validation split); with RUN it serves a copy (the given run is never changed).
 
-    .venv/bin/python bench/page_screenshot.py [RUN] [--deletions 4] [--out PATH]
+    python -m bench page_screenshot [RUN] [--deletions 4] [--out PATH]
 """
 
 from __future__ import annotations
@@ -41,11 +41,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deletions", type=int, default=4,
                    help="deletion requests before the retrain (one more after it)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="as the other benchmarks take it: the first one is --seed")
+    p.add_argument("--quick", action="store_true",
+                   help="accepted with the other benchmarks' flags; this run is small already")
     p.add_argument("--smoke", action="store_true",
                    help="a tiny run (40 nouns, 2 x 2) and one deletion: checks that it works")
     p.add_argument("--out", type=Path, default=None,
                    help="the PNG to write (default: operator-page.png in the results directory)")
     args = p.parse_args(argv)
+    if args.seeds:
+        args.seed = args.seeds[0]
     if args.smoke:
         os.environ[harness.SMOKE_ENV] = "1"
         args.deletions = 1

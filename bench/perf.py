@@ -2,7 +2,7 @@
 peak memory, and how they scale. Every comparison is a ratio measured side by side in one
 run, repeated, with its spread.
 
-    python bench/perf.py [--quick]
+    python -m bench perf [--quick]
 """
 
 from __future__ import annotations

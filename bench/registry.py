@@ -27,18 +27,20 @@ class Benchmark:
 
 
 SMOKE = ("--smoke", "--seeds", "0")
+#: Benchmarks on a shards x slices grid: two slices at the smoke size (fewer stages).
+GRID_SMOKE = (*SMOKE, "--slices", "2")
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("accuracy", (1,), "test accuracy of S3T against SISA and full LoRA fine-tuning",
-              ("accuracy",), SMOKE),
+              ("accuracy",), GRID_SMOKE),
     Benchmark("deletions", (2,), "served accuracy and capacity through deletion requests",
-              ("deletions",), SMOKE),
+              ("deletions",), GRID_SMOKE),
     Benchmark("deletion_cost", (3,), "cost of a deletion until an exact model serves",
-              ("deletion_cost",), SMOKE),
+              ("deletion_cost",), GRID_SMOKE),
     Benchmark("deletion_rate", (4,), "simulated deletion rate against the closed forms",
               ("deletion_rate",), SMOKE),
     Benchmark("training_cost", (5,), "training cost: prefix sharing, SISA, full",
-              ("training_cost",), SMOKE),
+              ("training_cost",), GRID_SMOKE),
     Benchmark("perf", (6,), "feature cache, shared-trunk serving, forget latency, memory",
               ("perf",), SMOKE),
     Benchmark("cache", (7,), "feature-cache storage: memory, memory-mapped spill, float16",
@@ -46,7 +48,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("vit_pretrain", (8,), "pre-train the small ViT backbone of the ViT benchmark",
               ("vit_pretrain",), SMOKE),
     Benchmark("vit", (8,), "ViT image classification on Fashion-MNIST through deletions",
-              ("vit",), SMOKE),
+              ("vit",), GRID_SMOKE),
     Benchmark("llm", (9,), "LLM instruction tuning (SmolLM2) through deletions",
               ("llm",), SMOKE),
     Benchmark("faults", (10,), "kill -9 of s3t forget/retrain at random moments",

@@ -172,7 +172,7 @@ def cache_section(res: Result) -> str:
 def vit_section(res: Result) -> str:
     backbone = res["provenance"]["size"]["backbone"]
     recipe = backbone["recipe"]
-    intro = (f"Backbone (`bench/vit_pretrain.py`): ViT, {recipe['layers']} layers, width "
+    intro = (f"Backbone (`python -m bench vit_pretrain`): ViT, {recipe['layers']} layers, width "
              f"{recipe['hidden']}, patch {recipe['patch']} ({backbone['parameters']:,} parameters), "
              f"pre-trained for {recipe['epochs']} epochs on {backbone['public_samples']:,} public "
              f"training images in {backbone['train_seconds']:.0f} s: test accuracy "
@@ -799,7 +799,7 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "for each size and seed a class-proportional training subset and a disjoint 256-gloss "
      "validation split (the run's never-deletable eval data). S3T (m=2 and m=5, L=3), SISA "
      "at the same m and full LoRA fine-tuning adapt the same three layers with one recipe. "
-     "Recipe v2 rows are the default run (`bench/scale.py --jobs 2`: the package defaults, S3T "
+     "Recipe v2 rows are the default run (`python -m bench scale --jobs 2`: the package defaults, S3T "
      "at B=3 serving the mean of every surviving ordering), one process, timed whole. Recipe v1 "
      "rows are the earlier runs (explicit 'best' serving, S3T at B=1: B=1 trains a third of "
      "B=3's stages and is what B=3 serves with 'best' at the luck of one fixed ordering), from "
@@ -811,7 +811,7 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "(`RECIPES` in `bench/scale.py`: config fields over the v1 recipe). The default is chosen "
      "by validation accuracy; test accuracy is reported, never used to choose.", recipe_section),
     ("scale_deletions", "17. Accuracy while deletions arrive, at a realistic size",
-     "`bench/scale.py --part deletions`: S3T (m=2, L=3, B=3) and SISA (m=2, L=3) trained on the "
+     "`python -m bench scale --part deletions`: S3T (m=2, L=3, B=3) and SISA (m=2, L=3) trained on the "
      "same glosses receive the same uniform random single-sample requests until 10% of S3T's "
      "deletion capacity (expected requests until retraining) is used; test accuracy of what is "
      "served after every request (SISA's hit shard is out until retrained; no shard serving "
@@ -820,14 +820,14 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "they train the same weights, so v2 is compared with v1's SISA runs.",
      scale_deletions_section),
     ("orderings", "18. Serving every surviving ordering (`serve_orderings='all'`)",
-     "`bench/scale.py --part orderings`: one S3T run (m=2, L=3, B=3) per seed, served with one "
+     "`python -m bench scale --part orderings`: one S3T run (m=2, L=3, B=3) per seed, served with one "
      "ordering per shard (`best`, the route) and with the mean of every surviving full-depth "
      "ordering (`all`, the default since issue 14); accuracy and the time to predict the test "
      "split, side by side in one process. The targets compare `all` with section 15's full "
      "LoRA and SISA runs of the same sizes and seeds (the same data), and at 4,000 with what "
      "the recipe before issue 14 served (`best`).", orderings_section),
     ("first_position", "19. Serving compute: the last layer at the first position only",
-     "`bench/first_position.py`: the service benchmark's model shape (MiniLM, m=5, L=3), "
+     "`python -m bench first_position`: the service benchmark's model shape (MiniLM, m=5, L=3), "
      "predictions with the last layer computed at the first position only (what serving does: "
      "the pooler reads nothing else) against the whole last layer, interleaved in one process "
      "on the same texts; throughput per repetition and the ratio.", first_position_section),

@@ -1,16 +1,10 @@
 #!/usr/bin/env bash
-# Run the benchmarks one after another (never in parallel: they time the machine), then
-# regenerate BENCHMARKS.md (bench/vit.py pre-trains its backbone on first use). Default size
-# takes about three hours on 2 cores; pass --quick
-# for the small smoke-test size (a few minutes). Extra flags go to every benchmark.
+# Run every benchmark (python -m bench --list) one after another, never in parallel (they time
+# the machine), then regenerate BENCHMARKS.md: `python -m bench all`. Default size takes many
+# hours on 2 cores (bench/scale.py alone several); pass --quick for the small size. Extra flags
+# go to every benchmark. `python -m bench --smoke all` checks that each one runs (minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PYTHON:-.venv/bin/python}
-for bench in deletion_rate accuracy deletions deletion_cost training_cost perf cache vit llm faults service stream distributed mia; do
-    echo "=== bench/${bench}.py $*"
-    start=$(date +%s)
-    "$PY" "bench/${bench}.py" "$@"
-    echo "=== bench/${bench}.py took $(( $(date +%s) - start )) s"
-done
-"$PY" bench/report.py
+"$PY" -m bench all "$@"

@@ -42,7 +42,7 @@ so a long campaign can be continued (and several ``--resume`` processes on disjo
 share the file: each merges what the others wrote before it writes); ``--max-minutes``
 stops starting new runs after that.
 
-    .venv/bin/python bench/scale.py [--quick] [--part scale|sweep] [--recipe NAME]
+    python -m bench scale [--quick] [--part scale|sweep] [--recipe NAME]
         [--sizes 1000 4000] [--seeds 0 1 2] [--resume] [--max-minutes 110] [--jobs 2]
 """
 

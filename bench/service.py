@@ -27,7 +27,7 @@ asyncio streams, much cheaper per request than a general client) measures
 The load generator shares the machine with the server (and both with anything else running
 on it): on few cores the client's own CPU use lowers what the server can reach.
 
-    .venv/bin/python bench/service.py [--quick] [--seeds 0] [--server-args "--workers 1"]
+    python -m bench service [--quick] [--seeds 0] [--server-args "--workers 1"]
 
 The server runs with its defaults (one model call per core at once, one torch thread:
 ``s3t serve --workers/--torch-threads``) unless ``--server-args`` says otherwise.

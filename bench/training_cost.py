@@ -17,7 +17,7 @@ Sample-passes ignore that an S3T stage of depth ``p`` runs ``p`` adapted layer g
 SISA and full run all ``L``: the "layer-passes" column (sample-passes times groups run)
 accounts for that.
 
-    .venv/bin/python bench/training_cost.py [--quick] [--seeds 0 1]
+    python -m bench training_cost [--quick] [--seeds 0 1]
 """
 
 from __future__ import annotations

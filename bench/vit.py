@@ -8,7 +8,7 @@ of the *rest* of the training split (the public ids are excluded, and the benchm
 that a deletion request for a public id is refused), tests on the test split, then receives
 the same uniform random single-sample deletion requests as bench/deletions.py.
 
-    .venv/bin/python bench/vit.py [--quick] [--seeds 0 1 2]
+    python -m bench vit [--quick] [--seeds 0 1 2]
 """
 
 from __future__ import annotations

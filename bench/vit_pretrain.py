@@ -12,7 +12,7 @@ The model directory is a plain Hugging Face ``ViTForImageClassification`` (safet
 It is written outside the repository (default ``~/.cache/s3t/vit-fmnist-public``; override
 with S3T_VIT_DIR or --out) and reused while its recipe is unchanged.
 
-    .venv/bin/python bench/vit_pretrain.py [--quick] [--force]
+    python -m bench vit_pretrain [--quick] [--force]
 """
 
 from __future__ import annotations

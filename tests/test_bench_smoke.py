@@ -1,0 +1,107 @@
+"""Every registered benchmark runs at its smoke size, and the report reads what it wrote.
+
+One subprocess (``python -m bench --smoke all --results-dir TMP``) runs them all, one after
+another, so torch is imported once; each benchmark is then its own test case, parametrised
+by the registry: a benchmark without smoke arguments, one that fails, or one whose result
+lacks a key the report reads (bench/results.py) fails here, not months later when someone
+reruns it. The registry itself is checked against bench/ and BENCHMARKS.md's headings.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import report, results
+from bench.registry import BENCHMARKS, Benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_BENCHMARKS = {"__init__", "__main__", "harness", "registry", "results", "report"}
+SMOKE_TIMEOUT_S = 1800  # all of them; a hung benchmark fails instead of blocking the suite
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The results of one ``python -m bench --smoke all`` run (never bench/results)."""
+    out = tmp_path_factory.mktemp("bench-smoke")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               BENCH_KEEP_RUNS="0")
+    env.pop("S3T_BENCH_SMOKE", None)
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "all", "--results-dir",
+                           str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=SMOKE_TIMEOUT_S)
+    (out / "smoke.log").write_text(done.stdout + done.stderr)
+    return out
+
+
+def _log_tail(smoke_dir: Path, name: str) -> str:
+    log = (smoke_dir / "smoke.log").read_text()
+    start = log.rfind(f"=== smoke {name} ")
+    return log[start:][-4000:] if start >= 0 else log[-4000:]
+
+
+@pytest.mark.parametrize("bench", BENCHMARKS, ids=lambda b: b.name)
+def test_benchmark_runs_at_smoke_size(bench: Benchmark, smoke_dir: Path) -> None:
+    assert bench.smoke is not None, f"{bench.name} has no smoke arguments in bench/registry.py"
+    summary = json.loads((smoke_dir / "smoke-summary.json").read_text())
+    assert bench.name in summary, f"{bench.name} did not run:\n{_log_tail(smoke_dir, bench.name)}"
+    outcome = summary[bench.name]
+    assert outcome["ok"], f"{bench.name}: {outcome['error']}\n{_log_tail(smoke_dir, bench.name)}"
+    for kind in bench.results:
+        if kind.endswith(".png"):
+            assert (smoke_dir / kind).is_file(), f"{bench.name} wrote no {kind}"
+            continue
+        if kind not in report.RENDERERS or kind not in _kinds_written_at_smoke(bench):
+            continue
+        found = results.load(kind, smoke_dir, tag="smoke")  # checks the schema
+        assert found is not None, f"{bench.name} wrote no {kind}-smoke.json"
+        assert found.data["provenance"]["smoke"] is True
+        assert report.render_section(kind, found.data).strip()
+    assert not list((ROOT / "bench" / "results").glob("*-smoke*")), "smoke wrote into the repo"
+
+
+def _kinds_written_at_smoke(bench: Benchmark) -> tuple[str, ...]:
+    """scale's smoke arguments run its default part only (the other parts' kinds are
+    checked on the stored results by test_stored_results_match_their_schemas)."""
+    return bench.results[:1] if bench.name == "scale" else bench.results
+
+
+def test_registry_lists_every_benchmark_module() -> None:
+    modules = {p.stem for p in (ROOT / "bench").glob("*.py")} - NOT_BENCHMARKS
+    with_main = {m for m in modules if any(
+        isinstance(node, ast.FunctionDef) and node.name == "main"
+        for node in ast.parse((ROOT / "bench" / f"{m}.py").read_text()).body)}
+    assert with_main == {b.name for b in BENCHMARKS}
+
+
+def test_sections_match_benchmarks_md_headings() -> None:
+    headings = dict(re.findall(r"^## (\d+)\. (.+)$", (ROOT / "BENCHMARKS.md").read_text(), re.M))
+    registered = [s for b in BENCHMARKS for s in b.sections]
+    assert sorted(set(registered)) == sorted(int(n) for n in headings)
+    titles = {title.split(".", 1)[0]: title.split(". ", 1)[1] for _, title, *_ in report.SECTIONS}
+    for number, heading in headings.items():
+        assert heading.startswith(titles[number]), (number, heading, titles[number])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "bench" / "results").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_stored_results_match_their_schemas(path: Path) -> None:
+    kind = path.stem.removesuffix("-quick")
+    results.read(kind, path)
+
+
+def test_schema_names_the_missing_key(tmp_path: Path) -> None:
+    good = json.loads((ROOT / "bench" / "results" / "first_position.json").read_text())
+    del good["agreement"]["same_labels"]
+    bad = tmp_path / "first_position.json"
+    bad.write_text(json.dumps(good))
+    with pytest.raises(results.ResultError, match=r"first_position\.json: missing key "
+                                                  r"'agreement\.same_labels'"):
+        results.load("first_position", tmp_path)
