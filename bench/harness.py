@@ -203,8 +203,17 @@ class BenchParser(argparse.ArgumentParser):
         parsed = super().parse_args(args, namespace)
         if getattr(parsed, "smoke", False):
             parsed.quick = True
-            os.environ[SMOKE_ENV] = "1"
+            start_smoke()
         return parsed
+
+
+def start_smoke() -> None:
+    """Mark this process (and its children) as a smoke run; its results go to a fresh temp
+    directory unless one was named: smoke results never land in bench/results."""
+    os.environ[SMOKE_ENV] = "1"
+    if not os.environ.get(RESULTS_ENV):
+        os.environ[RESULTS_ENV] = tempfile.mkdtemp(prefix="s3t-bench-smoke-")
+        print(f"# smoke results in {os.environ[RESULTS_ENV]}", flush=True)
 
 
 def smoke_active() -> bool:

@@ -29,7 +29,7 @@ QUICK = {"train": 48, "test": 16, "epochs": 1, "cap": 4, "shards": 2, "slices": 
          "layers_per_slice": 1, "max_seq_len": 64, "measure_at": [0, 1, 2, 4]}
 FULL = {"train": 600, "test": 64, "epochs": 1, "cap": 20, "shards": 2, "slices": 2,
         "layers_per_slice": 2, "max_seq_len": 64, "measure_at": [0, 1, 2, 3, 5, 8, 12, 20]}
-SMOKE = dict(QUICK, train=8, test=4, cap=2, max_seq_len=32, measure_at=[0, 1, 2])
+SMOKE = dict(QUICK, train=8, test=4, cap=2, measure_at=[0, 1, 2])
 TITLE = "WordNet instructions, SmolLM2-135M-Instruct: serving through deletions"
 
 

@@ -51,7 +51,7 @@ SMOKE = {
     "minilm": dict(QUICK["minilm"], train=24, heldout=12, forget=6, handful=2, members=12,
                    epochs=1),
     "smollm2": dict(QUICK["smollm2"], train=8, heldout=4, forget=2, handful=2, members=4,
-                    epochs=1, max_seq_len=32),
+                    epochs=1),
 }
 GRID = {"shards": 2, "slices": 2, "budget": 2}
 

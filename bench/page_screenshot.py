@@ -18,7 +18,6 @@ as the validation split); with RUN it serves a copy (the given run is never chan
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import secrets
 import shutil
@@ -53,7 +52,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.seeds:
         args.seed = args.seeds[0]
     if args.smoke:
-        os.environ[harness.SMOKE_ENV] = "1"
+        harness.start_smoke()
         args.deletions = 1
     if args.deletions < 1:
         p.error("--deletions must be at least 1")

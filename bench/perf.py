@@ -188,7 +188,8 @@ def main() -> None:
     seeds = seeds_for(args, [0], [0])
     seed = seeds[0]
     smoke = {"train_n": 24, "train_reps": 1, "serve_n": 40, "serve_seconds": 0.2, "serve_reps": 1,
-             "forget_n": 5, "scaling_shards": [1, 2], "scaling_n": [16, 24], "scaling_slices": [2]}
+             "forget_n": 5, "scaling_shards": [1, 2], "scaling_n": [16, 24], "scaling_slices": [2],
+             "serve_shards": 2}
     size = ({"train_n": 240, "train_reps": 1, "serve_n": 150, "serve_seconds": 1.0, "serve_reps": 1,
              "forget_n": 200, "scaling_shards": [1, 5]} if args.quick else
             {"train_n": 600, "train_reps": 2, "serve_n": 300, "serve_seconds": 3.0, "serve_reps": 3,
@@ -200,13 +201,15 @@ def main() -> None:
     print("training: cached vs uncached", flush=True)
     training = bench_training(size["train_n"], size["train_reps"], seed)
     print("serving: shared trunk vs single merged model vs naive ensemble", flush=True)
-    serving, est = bench_serving(5, size["serve_n"], size["serve_seconds"], seed, size["serve_reps"])
+    serve_m = size.get("serve_shards", 5)
+    serving, est = bench_serving(serve_m, size["serve_n"], size["serve_seconds"], seed,
+                                 size["serve_reps"])
     print("forget latency with the run in memory", flush=True)
     forget = bench_forget(est, size["forget_n"], seed)
     print(f"  forget p50 {forget['p50']:.2f} ms, p99 {forget['p99']:.2f} ms", flush=True)
     memory = {"training_peak_rss_mib": training["reps"][0]["cached"]["peak_rss_mib"],
               "training_uncached_peak_rss_mib": training["reps"][0]["uncached"]["peak_rss_mib"],
-              "serving_peak_rss_mib": run_child("serve", "5", str(size["serve_n"]),
+              "serving_peak_rss_mib": run_child("serve", str(serve_m), str(size["serve_n"]),
                                                 str(seed))["peak_rss_mib"]}
     print(f"  peak memory: {memory}", flush=True)
     print("scaling with m (serving, batch 32)", flush=True)
@@ -216,8 +219,8 @@ def main() -> None:
         scaling.append({"shards": m, **{k: v["mean"] for k, v in
                                          res["batch_32"]["samples_per_s"].items()}})
     print("serving m=5 with one adapted layer (L=1), where the 0.5x bound allows it", flush=True)
-    one_layer, _ = bench_serving(5, size["serve_n"], size["serve_seconds"], seed, size["serve_reps"],
-                                 slices=1)
+    one_layer, _ = bench_serving(serve_m, size["serve_n"], size["serve_seconds"], seed,
+                                 size["serve_reps"], slices=1)
     print("scaling with dataset size (cached training)", flush=True)
     by_n = []
     for n in size.get("scaling_n", [120, 240] if args.quick else [300, 600]):
