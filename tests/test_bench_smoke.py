@@ -25,6 +25,8 @@ from bench.registry import BENCHMARKS, Benchmark
 ROOT = Path(__file__).resolve().parents[1]
 NOT_BENCHMARKS = {"__init__", "__main__", "harness", "registry", "results", "report"}
 SMOKE_TIMEOUT_S = 1800  # all of them; a hung benchmark fails instead of blocking the suite
+#: ``BENCH_SMOKE_ONLY="stream service"`` runs only those (while working on them); the others skip.
+ONLY = os.environ.get("BENCH_SMOKE_ONLY", "").split()
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,8 @@ def smoke_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                BENCH_KEEP_RUNS="0")
     env.pop("S3T_BENCH_SMOKE", None)
-    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "all", "--results-dir",
-                           str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", *(ONLY or ["all"]),
+                           "--results-dir", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=SMOKE_TIMEOUT_S)
     (out / "smoke.log").write_text(done.stdout + done.stderr)
     return out
@@ -50,6 +52,8 @@ def _log_tail(smoke_dir: Path, name: str) -> str:
 @pytest.mark.parametrize("bench", BENCHMARKS, ids=lambda b: b.name)
 def test_benchmark_runs_at_smoke_size(bench: Benchmark, smoke_dir: Path) -> None:
     assert bench.smoke is not None, f"{bench.name} has no smoke arguments in bench/registry.py"
+    if ONLY and bench.name not in ONLY:
+        pytest.skip(f"BENCH_SMOKE_ONLY={' '.join(ONLY)}")
     summary = json.loads((smoke_dir / "smoke-summary.json").read_text())
     assert bench.name in summary, f"{bench.name} did not run:\n{_log_tail(smoke_dir, bench.name)}"
     outcome = summary[bench.name]
@@ -105,3 +109,12 @@ def test_schema_names_the_missing_key(tmp_path: Path) -> None:
     with pytest.raises(results.ResultError, match=r"first_position\.json: missing key "
                                                   r"'agreement\.same_labels'"):
         results.load("first_position", tmp_path)
+
+
+def test_list_shows_each_benchmark_with_its_sections() -> None:
+    from bench.__main__ import list_benchmarks
+
+    lines = {line.split()[0]: line for line in list_benchmarks().splitlines()[1:]}
+    for bench in BENCHMARKS:
+        shown = lines[bench.name].split(None, 1)[1]
+        assert shown.startswith(", ".join(map(str, bench.sections)) or "-"), lines[bench.name]
