@@ -332,13 +332,13 @@ def plot(result: dict[str, Any], quick: bool) -> None:
     harness.save_plot(fig, NAME, quick)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, nargs="+", default=[2],
                    help="Ray worker counts to measure (each a fresh local Ray instance)")
     p.add_argument("--model-only", action="store_true",
                    help="recompute the scaling model and plot from the stored result")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.model_only:
         return remodel(args.quick)
     size = dict(harness.size_for(args, QUICK, FULL, SMOKE), workers=args.workers)

@@ -168,10 +168,10 @@ def bench_forget(est, n: int, seed: int) -> dict:
     return latency_summary(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--child", nargs="+", help=argparse_hidden())
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.child:
         kind, *rest = args.child
         if kind == "train":
@@ -183,7 +183,7 @@ def main() -> None:
             est, test, single, labels = serving_setup(int(shards), int(n), int(seed))
             est.predict(test.texts[:32])
             print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
-        return
+        return 0
 
     seeds = seeds_for(args, [0], [0])
     seed = seeds[0]
@@ -242,6 +242,7 @@ def main() -> None:
                "targets": targets(training, serving, forget)}
     write_result(NAME, args.quick, prov, payload)
     plot(scaling, args.quick)
+    return 0
 
 
 def targets(training: dict, serving: dict, forget: dict) -> list[dict]:
@@ -284,4 +285,4 @@ def plot(scaling: list[dict], quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
