@@ -631,24 +631,33 @@ class LoopbackClient:
         return await self._send(f"GET {path} HTTP/1.1\r\n".encode() + self.head + b"\r\n")
 
     async def _send(self, request: bytes) -> Response:
-        try:
-            conn = await asyncio.wait_for(self._connection(), self.timeout_s)
-        except (OSError, asyncio.TimeoutError) as err:
-            raise ClientError(type(err).__name__) from err
-        reader, writer = conn
-        keep = False
-        try:
-            writer.write(request)
-            response, keep = await asyncio.wait_for(self._read(reader), self.timeout_s)
-            return response
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
-            raise ClientError(type(err).__name__) from err
-        finally:
-            if keep:
-                await self._release(conn)
-            else:
-                writer.close()
-                await self._release(None)
+        """One request. A kept-alive connection the server closed while it sat idle (uvicorn
+        closes them after 5 s) answers nothing at all: the request never reached the server,
+        so it is sent once more on a new connection, as general clients do."""
+        for attempt in range(2):
+            try:
+                conn = await asyncio.wait_for(self._connection(), self.timeout_s)
+            except (OSError, asyncio.TimeoutError) as err:
+                raise ClientError(type(err).__name__) from err
+            reader, writer = conn
+            keep = False
+            try:
+                writer.write(request)
+                response, keep = await asyncio.wait_for(self._read(reader), self.timeout_s)
+                return response
+            except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as err:
+                if attempt == 0 and not getattr(err, "partial", b""):
+                    continue  # closed before any byte of an answer: a stale connection
+                raise ClientError(type(err).__name__) from err
+            except (OSError, asyncio.TimeoutError, ValueError) as err:
+                raise ClientError(type(err).__name__) from err
+            finally:
+                if keep:
+                    await self._release(conn)
+                else:
+                    writer.close()
+                    await self._release(None)
+        raise AssertionError("unreachable")
 
     @staticmethod
     async def _read(reader: asyncio.StreamReader) -> tuple[Response, bool]:
