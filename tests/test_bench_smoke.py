@@ -60,7 +60,8 @@ def test_benchmark_runs_at_smoke_size(bench: Benchmark, smoke_dir: Path) -> None
     assert outcome["ok"], f"{bench.name}: {outcome['error']}\n{_log_tail(smoke_dir, bench.name)}"
     for kind in bench.results:
         if kind.endswith(".png"):
-            assert (smoke_dir / kind).is_file(), f"{bench.name} wrote no {kind}"
+            png = kind.removesuffix(".png") + "-smoke.png"
+            assert (smoke_dir / png).is_file(), f"{bench.name} wrote no {png}"
             continue
         if kind not in report.RENDERERS or kind not in _kinds_written_at_smoke(bench):
             continue
