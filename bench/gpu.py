@@ -14,7 +14,7 @@ where a GPU is lent:
    has no device placement yet), so this part records ``device: cpu`` on the card and checks
    that a GPU machine gives the same verified bits as any other.
 
-    .venv/bin/python bench/gpu.py [--out result.json]
+    python -m bench gpu [--out result.json]
 
 Exits non-zero if a check fails; prints one JSON object. Runs in about a minute.
 """
@@ -23,13 +23,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # tiny.py: tiny random models and toy data
+
+
+def _tiny():  # noqa: ANN202 (the tests' tiny.py module: tiny random models and toy data)
+    """tests/tiny.py, loaded from its file (tests/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny", ROOT / "tests" / "tiny.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def cuda_checks() -> dict:
@@ -64,7 +73,8 @@ def cuda_checks() -> dict:
 
 
 def tiny_flow(workdir: Path) -> dict:
-    from tiny import make_tiny_bert, toy_dataset
+    tiny = _tiny()
+    make_tiny_bert, toy_dataset = tiny.make_tiny_bert, tiny.toy_dataset
 
     from s3t.config import S3TConfig
     from s3t.engine import S3T
@@ -96,10 +106,12 @@ def tiny_flow(workdir: Path) -> dict:
             "verify_environment": report.environment}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the result here")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="accepted for the smoke runner: "
+                        "the check is small already (without CUDA it records that)")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="s3t-gpu-") as tmp:
         result = {"cuda": cuda_checks(), "tiny_run": tiny_flow(Path(tmp))}
     text = json.dumps(result, indent=2, default=str)

@@ -67,6 +67,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               (*SMOKE, "--settings", "s3t_m2", "sisa_m2", "full")),
     Benchmark("first_position", (19,), "serving compute: last layer at the first position only",
               ("first_position",), SMOKE),
+    Benchmark("threads", (), "torch threads per stage; a retrain's time split (issue 27)",
+              ("threads",), SMOKE),
+    Benchmark("gpu", (), "prepared check for a GPU machine: CUDA numeric environment, tiny "
+              "run verified", (), ("--smoke",)),
     Benchmark("page_screenshot", (), "the operator page of `s3t serve` in headless Chromium "
               "(README)", ("operator-page.png",), ("--smoke",)),
 )

@@ -145,6 +145,9 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "first_position": ("agreement.same_labels", "agreement.max_abs_probability_difference",
                        "batch_*.samples_per_s.first_position",
                        "batch_*.samples_per_s.whole_layer", "batch_*.speedup.mean"),
+    # not in BENCHMARKS.md yet (docs/design.md quotes it): the keys its printout reads
+    "threads": _each("runs.*", "torch_threads", "fit_seconds", "stages", "features_seconds",
+                     "lora_seconds"),
 }
 #: Result files that carry no provenance block (written by another benchmark's process).
 NO_PROVENANCE = frozenset({"vit_pretrain"})

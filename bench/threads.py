@@ -8,24 +8,21 @@ the 1-thread run, split into trunk-feature time (the hit cells recomputed) and L
 against what training those same stages cost the first time (issue 27 item 2's question:
 what would reusing retained samples' trunk features save?).
 
-    .venv/bin/python bench/threads.py [--quick] [--threads 2]
+    python -m bench threads [--quick] [--threads 2]
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import harness
 
 NAME = "threads"
 QUICK = {"train": 240, "test": 10, "shards": 2, "slices": 3, "budget": 3, "epochs": 1}
 FULL = {"train": 1200, "test": 10, "shards": 2, "slices": 3, "budget": 3, "epochs": 2}
+SMOKE = {"train": 24, "test": 4, "shards": 2, "slices": 2, "budget": 2, "epochs": 1}
 
 
 class Timed:
@@ -48,7 +45,7 @@ class Timed:
 def fit(cfg: Any, data: Any, tag: str) -> tuple[Any, dict[str, Any]]:
     from s3t.engine import S3T
 
-    est = S3T(cfg, run_dir=common.tmp_run_dir(tag))
+    est = S3T(cfg, run_dir=harness.tmp_run_dir(tag))
     timed: dict[str, Timed] = {}
     real = type(est).features
 
@@ -88,18 +85,19 @@ def fit(cfg: Any, data: Any, tag: str) -> tuple[Any, dict[str, Any]]:
         type(est).features = real  # type: ignore[method-assign]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     from s3t.config import S3TConfig
 
-    p = common.parser(__doc__.splitlines()[0])
+    p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2, help="the other thread count")
-    args = p.parse_args()
-    size = QUICK if args.quick else FULL
-    seed = common.seeds_for(args, [0], [0])[0]
-    prov = common.provenance(NAME, args.quick, [seed], size)
-    common.print_header(prov)
-    data, _ = common.wordnet_split(size["train"], size["test"], seed)
-    base = S3TConfig(shards=size["shards"], slices=size["slices"], budget=size["budget"],
+    args = p.parse_args(argv)
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
+    seed = harness.seeds_for(args, [0], [0])[0]
+    prov = harness.provenance(NAME, args.quick, [seed], size)
+    harness.print_header(prov)
+    data, _ = harness.wordnet_split(size["train"], size["test"], seed)
+    base = S3TConfig(model=harness.backbone(),
+                     shards=size["shards"], slices=size["slices"], budget=size["budget"],
                      epochs=size["epochs"], seed=seed, max_seq_len=48)
     runs = {}
     for threads in (1, args.threads):
@@ -115,8 +113,9 @@ def main() -> None:
                   f"{x['wall_seconds']:.1f} s; trunk features {x['features_seconds']:.1f} s, LoRA "
                   f"steps {x['lora_seconds']:.1f} s (the same stages' LoRA steps the first time: "
                   f"{x['first_time_lora_seconds_of_those_stages']:.1f} s)", flush=True)
-    common.write_result(NAME, args.quick, prov, {"runs": runs})
+    harness.write_result(NAME, args.quick, prov, {"runs": runs})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
