@@ -145,6 +145,8 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "first_position": ("agreement.same_labels", "agreement.max_abs_probability_difference",
                        "batch_*.samples_per_s.first_position",
                        "batch_*.samples_per_s.whole_layer", "batch_*.speedup.mean"),
+    # service --fairness [--tag T] writes service-fairness<T>.json (not in BENCHMARKS.md yet)
+    "service-fairness": ("alone_ms", "beside_large_ms", "large_request_ms"),
     # not in BENCHMARKS.md yet (docs/design.md quotes it): the keys its printout reads
     "threads": _each("runs.*", "torch_threads", "fit_seconds", "stages", "features_seconds",
                      "lora_seconds"),
