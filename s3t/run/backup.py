@@ -190,7 +190,8 @@ def _replay(staging: Path, replay: list[dict], head: ChainHead, source: Path | N
                              "sequence": original["sequence"],
                              "sha256": certificate_sha256(original),
                              "samples": len(ids), "replayed_as": certificate["request_id"]})
-        record = {"request_id": uuid.uuid4().hex, "time": now(), "samples": [],
+        request_id, time = uuid.uuid4().hex, now()
+        record: dict = {"request_id": request_id, "time": time, "samples": [],
                   "kind": "restore" if source is not None else "restore-gap",
                   "backup_chain_head": head.to_meta(),
                   "replay_source": None if source is None else str(source),
@@ -201,9 +202,9 @@ def _replay(staging: Path, replay: list[dict], head: ChainHead, source: Path | N
                              "their samples may be back")
         signer = run.signer()
         with run.ledger.transaction():
-            run.ledger.record_deletion(record["request_id"], record["time"], record,
+            run.ledger.record_deletion(request_id, time, record,
                                        seal=None if signer is None else signer.seal_certificate)
-        write_json_atomic(run.certificates_dir / f"{record['request_id']}.json", record,
+        write_json_atomic(run.certificates_dir / f"{request_id}.json", record,
                           fault=False)
         report = run.audit()
         if not report.ok:

@@ -51,8 +51,7 @@ def load_export(directory: Path) -> tuple[list[dict], ChainHead | None, str | No
             problems.append(f"certificate file {path} is not a JSON object: it was edited")
             continue
         certificates.append(certificate)
-    certificates.sort(key=lambda c: c.get("sequence") if isinstance(c.get("sequence"), int)
-                      else 0)
+    certificates.sort(key=lambda c: c["sequence"] if isinstance(c.get("sequence"), int) else 0)
     head = ChainHead.from_meta(chain.get("head")) if isinstance(chain, dict) else None
     public = chain.get("signing_key") if isinstance(chain, dict) else None
     return certificates, head, public if isinstance(public, str) else None, problems
