@@ -191,7 +191,10 @@ def _replay(staging: Path, replay: list[dict], head: ChainHead, source: Path | N
                              "sha256": certificate_sha256(original),
                              "samples": len(ids), "replayed_as": certificate["request_id"]})
         request_id, time = uuid.uuid4().hex, now()
+        routes = {str(k): v for k, v in run.ledger.routes().items()}
         record: dict = {"request_id": request_id, "time": time, "samples": [],
+                        "erased_stages": [], "routes_before": routes, "routes_after": routes,
+                        "live_shards": sum(v is not None for v in routes.values()),
                   "kind": "restore" if source is not None else "restore-gap",
                   "backup_chain_head": head.to_meta(),
                   "replay_source": None if source is None else str(source),

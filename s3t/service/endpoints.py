@@ -39,6 +39,7 @@ from s3t.service.schemas import (
     Readiness,
     RetrainAccepted,
     SchemaList,
+    SigningKeys,
     Status,
 )
 from s3t.service.state import Service, routes_all
@@ -188,7 +189,7 @@ async def status(service: ServiceDep) -> dict:
             "val_accuracy": service.history.val_accuracy}
 
 
-@router.get("/v1/keys", tags=["operations"])
+@router.get("/v1/keys", tags=["operations"], response_model=SigningKeys)
 async def keys(service: ServiceDep) -> dict:
     """The run's public signing key (open: an auditor checks certificates and stage records
     with it, e.g. ``s3t certificates --verify --public-key``); null for an unsigned run."""
