@@ -98,6 +98,15 @@ class CellVersion(Record):
     new_version: int = Field(description="The cell's content version after the deletion.")
 
 
+class CertificateSignature(Record):
+    """The run key's Ed25519 signatures of a certificate (``s3t certificates --verify``)."""
+
+    key_id: str = Field(description="First 16 hex digits of the sha256 of the public key.")
+    record: str = Field(description="Signature (hex) of what the chain digest covers.")
+    outcome: str | None = Field(default=None, description="Signature (hex) of the whole "
+                                "certificate without `signature`, once its outcome is written.")
+
+
 class Certificate(Record):
     """The receipt of one deletion request: what was deleted, which stages were erased, the
     routes before and after, its place in the hash chain, and its outcome."""
@@ -125,6 +134,26 @@ class Certificate(Record):
     erase_error: str | None = Field(default=None, description="Why erasing failed after the commit (the "
                                     "next open of the run finishes it).")
     certificate_error: str | None = None
+    signature: CertificateSignature | None = Field(default=None, description="Present when the "
+                                                   "run has a signing key.")
+    kind: str | None = Field(default=None, description="Absent for a deletion; `restore` or "
+                             "`restore-gap` for the record of a restore (`s3t restore`).")
+    backup_chain_head: dict[str, Any] | None = Field(default=None, description="Restore: the "
+                                                     "backup's chain head.")
+    replay_source: str | None = Field(default=None, description="Restore: where the deletions "
+                                      "after the backup were read.")
+    replayed: list[dict[str, Any]] | None = Field(default=None, description="Restore: each "
+                                                  "deletion re-applied, and as which request.")
+    gap: str | None = Field(default=None, description="restore-gap: what was not re-applied.")
+
+
+class SigningKeys(Record):
+    """``GET /v1/keys``: the run's public signing key (null for an unsigned run)."""
+
+    algorithm: str | None
+    signing_key: str | None = Field(description="`ed25519:<64 hex>`, as the run card holds it.")
+    key_id: str | None
+    signed: bool
 
 
 class DeletionPage(Record):
@@ -138,6 +167,8 @@ class AuditReport(Record):
     ok: bool = Field(description="Whether the exactness invariant holds.")
     violations: list[str] = Field(description="Each finding, with its fix.")
     checked: dict[str, int] = Field(description="What was checked, counted.")
+    signing: str | None = Field(default=None, description="Whether the run's records are "
+                                "signed, and with which key (`unsigned` when it has none).")
 
 
 # --- the run's state ----------------------------------------------------------------------------
@@ -332,7 +363,7 @@ RECORDS: dict[str, type[BaseModel]] = {
     "certificate": Certificate, "deletion-request": DeletionRequest, "status": Status,
     "audit-report": AuditReport, "job": Job, "job-event": JobEvent,
     "history-point": HistoryPoint, "error": ErrorBody, "predict-request": PredictRequest,
-    "predict-response": PredictResponse, "labels": Labels,
+    "predict-response": PredictResponse, "labels": Labels, "signing-keys": SigningKeys,
 }
 
 

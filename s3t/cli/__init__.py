@@ -19,6 +19,7 @@ from s3t.cli import inputs
 from s3t.cli.certificates import certificates_cmd
 from s3t.cli.configure import configure_cmd
 from s3t.cli.errors import OneLineErrorGroup, engine_errors, fail
+from s3t.cli.operations import register
 from s3t.cli.plan import plan_cmd
 from s3t.cli.serve import serve_cmd
 from s3t.cli.simulate import simulate_cmd
@@ -356,7 +357,7 @@ def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     text = "audit passed: " if report.ok else "audit FAILED:\n  " + "\n  ".join(report.violations)
     if report.ok:
         text += ", ".join(f"{k} {v}" for k, v in report.checked.items())
-    _emit(as_json, report.to_dict(), text)
+    _emit(as_json, report.to_dict(), f"{text}\nrecords: {report.signing}")
     if not report.ok:
         raise typer.Exit(1)
 
@@ -396,5 +397,4 @@ def demo_cmd(
         typer.echo(json.dumps(result, default=str))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
+register(app)  # keys, backup, restore; --signing-key on train/forget/retrain: cli/operations.py

@@ -140,7 +140,11 @@ def serve_cmd(
         raise fail("--host", f"refusing to serve on {host} without a token: give --token-file "
                    f"or set {TOKEN_ENV} (without one, only a loopback host such as 127.0.0.1)")
     with engine_errors(run=run):
-        Run.open(run, repair=False).close()  # not a run, damaged, links: one line, no model load
+        opened = Run.open(run, repair=False)  # not a run, damaged, links: one line, no model load
+        try:
+            opened.signer()  # a signed run's deletions need its key (--signing-key): check now
+        finally:
+            opened.close()
     sock = bind_port(host, port)
     import uvicorn
 

@@ -21,6 +21,7 @@ from s3t.run.certificates import file_problems
 from s3t.run.chain import RESTORE, chain_problems
 from s3t.run.files import META_FILE, FeatureFiles, IntegrityError, StageStore, tree_summary
 from s3t.run.ledger import Ledger
+from s3t.run.signing import certificate_problems, key_id, stage_payload, verify
 from s3t.run.stages import StageRecord, lineage_chain, stage_key
 
 #: How a live stage that fails a check is taken out of service and rebuilt.
@@ -37,9 +38,12 @@ class AuditReport:
     ok: bool
     violations: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
+    #: whether the run's records are signed, in words (``unsigned`` when it has no key)
+    signing: str = "unsigned"
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "violations": self.violations, "checked": self.checked}
+        return {"ok": self.ok, "violations": self.violations, "checked": self.checked,
+                "signing": self.signing}
 
 
 def contaminated(record: StageRecord, deleted_by_cell: dict[tuple[int, int], list[int]]) -> bool:
@@ -67,10 +71,12 @@ def _erased_by_certificate(certificates: list[dict]) -> dict[str, str]:
 
 def stage_problems(record: StageRecord, store: StageStore, current: dict[tuple[int, int], int],
                    deleted_by_cell: dict[tuple[int, int], list[int]],
-                   erased_by_certificate: dict[str, str], erased_marks: dict[str, str]) -> list[str]:
+                   erased_by_certificate: dict[str, str], erased_marks: dict[str, str],
+                   signatures: tuple[str, dict[str, str]] | None = None) -> list[str]:
     """Why a live stage cannot be vouched for (empty: it can): its files, its card, its key,
-    its lineage, and what the deletion log says about it."""
-    problems = []
+    its lineage, what the deletion log says about it and, for a signed run (``signatures``:
+    the public key and the ledger's stage signatures), its signature."""
+    problems = [] if signatures is None else stage_signature_problems(record, *signatures)
     key = record.key
     expected_key = stage_key(record.shard, record.prefix, record.versions)
     if expected_key != key:
@@ -108,6 +114,22 @@ def stage_problems(record: StageRecord, store: StageStore, current: dict[tuple[i
     return problems
 
 
+def stage_signature_problems(record: StageRecord, public: str,
+                             signatures: dict[str, str]) -> list[str]:
+    """A signed run's live stage must carry the run key's signature of its record."""
+    payload = stage_payload(record.key, record.shard, record.prefix, record.versions,
+                            record.parent, record.files, record.n_samples, record.val_score)
+    signature = signatures.get(record.key)
+    if signature is None:
+        return [f"live stage {record.key} is not signed, but the run signs its stage records "
+                f"with key {key_id(public)}: it was committed without the key or forged; "
+                f"{REBUILD}"]
+    if not verify(public, payload, signature):
+        return [f"live stage {record.key}: its record (row, file hashes) does not match its "
+                f"signature by key {key_id(public)}: the stage or its row was altered; {REBUILD}"]
+    return []
+
+
 def _card_problems(record: StageRecord, card: bytes, where: Path) -> list[str]:
     """A stage's ``meta.json`` (written when it was trained, hash-checked) against its row."""
     try:
@@ -129,8 +151,11 @@ def _card_problems(record: StageRecord, card: bytes, where: Path) -> list[str]:
 
 
 def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = None,
-          certificates_dir: Path | None = None) -> AuditReport:
+          certificates_dir: Path | None = None, public_key: str | None = None) -> AuditReport:
+    """``public_key``: the run's signing key (its card's), whose signature every live stage
+    and every certificate must carry; None: an unsigned run (reported as such)."""
     violations: list[str] = []
+    signatures = None if public_key is None else (public_key, ledger.stage_signatures())
     deleted = ledger.deleted_samples()
     deleted_by_cell = _deleted_by_cell(deleted)
     for sid in ledger.leaked_inputs():
@@ -148,7 +173,7 @@ def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
     marks = ledger.erased_marks()
     for record in live.values():
         problems = stage_problems(record, store, current, deleted_by_cell,
-                                  erased_by_certificate, marks)
+                                  erased_by_certificate, marks, signatures)
         violations += problems
         if problems:
             untrusted.add(record.key)
@@ -193,10 +218,16 @@ def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
                               f"current feature block; {REMOVE}")
 
     violations += _deletion_log_problems(ledger, certificates, certificates_dir)
+    if public_key is not None:
+        violations += [p for c in certificates for p in certificate_problems(public_key, c)]
     checked = {"stages": len(records), "live_stages": len(live), "deleted_samples": len(deleted),
                "routes": len(routes), "stage_dirs": len(on_disk), "feature_cache_blocks": len(blocks),
                "certificates": len(certificates)}
-    return AuditReport(ok=not violations, violations=violations, checked=checked)
+    signing = ("unsigned: this run has no signing key, so a forgery that rewrites the ledger "
+               "consistently is not detected (`s3t keys attach RUN --signing-key FILE`)"
+               if public_key is None else f"signed with ed25519 key {key_id(public_key)}")
+    return AuditReport(ok=not violations, violations=violations, checked=checked,
+                       signing=signing)
 
 
 def _stray_message(entry: Path, records: dict[str, StageRecord],
@@ -245,7 +276,8 @@ def _deletion_log_problems(ledger: Ledger, certificates: list[dict],
 
 
 def quarantine_damaged(ledger: Ledger, store: StageStore, n_shards: int,
-                       servable: Callable[[int], bool] = lambda depth: True) -> list[str]:
+                       servable: Callable[[int], bool] = lambda depth: True,
+                       public_key: str | None = None) -> list[str]:
     """Take every live stage that audit cannot vouch for (:func:`stage_problems`: damaged or
     missing files, a row or card that was altered, a stage a deletion erased) out of service
     and erase it; return their keys. Their descendants stop serving too (routes need a live
@@ -253,9 +285,10 @@ def quarantine_damaged(ledger: Ledger, store: StageStore, n_shards: int,
     deleted_by_cell = _deleted_by_cell(ledger.deleted_samples())
     erased_by_certificate = _erased_by_certificate(ledger.certificates())
     current, marks = ledger.slice_versions(), ledger.erased_marks()
+    signatures = None if public_key is None else (public_key, ledger.stage_signatures())
     damaged = [record for record in ledger.stages("live")
                if stage_problems(record, store, current, deleted_by_cell, erased_by_certificate,
-                                 marks)]
+                                 marks, signatures)]
     if damaged:
         with ledger.transaction():  # a concurrent forget may have erased some meanwhile
             damaged = [r for r in damaged if ledger.is_live(r.key)]

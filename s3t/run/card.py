@@ -92,8 +92,9 @@ def read_card(run_file: Path) -> tuple[dict, S3TConfig]:
         elif not isinstance(orderings, list) or not orderings or not all(
                 isinstance(o, list) and sorted(o) == list(range(config.slices)) for o in orderings):
             problem = f"`orderings` must be a non-empty list of orderings of 0..{config.slices - 1}"
-        elif any(not isinstance(info.get(k, ""), str) for k in ("task", "model_sha256")):
-            problem = "`task` and `model_sha256` must be strings"
+        elif any(not isinstance(info.get(k, ""), str)
+                 for k in ("task", "model_sha256", "signing_key")):
+            problem = "`task`, `model_sha256` and `signing_key` must be strings"
     if problem is None and "numeric" in info:
         try:
             env = NumericEnv.from_dict(info["numeric"])

@@ -148,10 +148,11 @@ def chain_summary(ledger: Ledger) -> dict:
     }
 
 
-def export(ledger: Ledger, directory: Path) -> dict:
+def export(ledger: Ledger, directory: Path, signing_key: str | None = None) -> dict:
     """Write every certificate (the ledger's copy, ``<request-id>.json``) and ``chain.json``
-    (order, sha256 of each, the head, how the digest is computed) into a new or empty
-    ``directory``, for an auditor to keep. Nothing secret is written. Returns the summary."""
+    (order, sha256 of each, the head, how the digest is computed, the run's public signing
+    key) into a new or empty ``directory``, for an auditor to keep (``s3t certificates DIR
+    --verify`` checks it offline). Nothing secret is written. Returns the summary."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise FileExistsError(f"{directory} exists and is not an empty directory: export "
                               "into a new one (an export is never merged into another)")
@@ -162,8 +163,11 @@ def export(ledger: Ledger, directory: Path) -> dict:
     write_json_atomic(directory / CHAIN_FILE, fault=False, payload={
         **summary,
         "digest": "sha256 of the certificate's JSON with sorted keys, separators (',', ':') "
-                  f"and ASCII escapes, without the fields {sorted(OUTCOME_FIELDS)}; each "
-                  "certificate's previous_sha256 is the digest of the one before it",
+                  f"and ASCII escapes, without the fields {sorted(OUTCOME_FIELDS)} and "
+                  "`signature`; each certificate's previous_sha256 is the digest of the one "
+                  "before it; signature.record is the Ed25519 signature of those same bytes, "
+                  "signature.outcome of the whole certificate without `signature`",
+        "signing_key": signing_key,
         "groups": f"groups_hmac = {GROUP_HASH} (the secret stays in the run); groups_sha256 "
                   "(certificates from before the upgrade) = plain sha256(group key)",
     })

@@ -28,6 +28,8 @@ from s3t.run.files import IntegrityError
 #: Certificate fields written after the deletion committed, outside the chain.
 OUTCOME_FIELDS = frozenset({"duration_ms", "files_erased", "ledger_scrubbed",
                             "feature_blocks_erased", "erase_error", "certificate_error"})
+#: The run key's signature (``s3t.run.signing``): it signs the digest's content, outside it.
+UNCHAINED = OUTCOME_FIELDS | {"signature"}
 
 #: What an altered deletion log asks of its operator (every chain message ends with it).
 RESTORE = ("the deletion log was altered: restore ledger.sqlite from a backup and compare with "
@@ -58,8 +60,9 @@ class ChainHead:
 
 def certificate_sha256(certificate: dict) -> str:
     """sha256 of the certificate's canonical JSON (sorted keys, no spaces, ASCII) without
-    :data:`OUTCOME_FIELDS`: what the next certificate's ``previous_sha256`` names."""
-    record = {k: v for k, v in certificate.items() if k not in OUTCOME_FIELDS}
+    :data:`OUTCOME_FIELDS` and its ``signature``: what the next certificate's
+    ``previous_sha256`` names."""
+    record = {k: v for k, v in certificate.items() if k not in UNCHAINED}
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ from s3t.run.files import (
 from s3t.run.forget import ForgetPlan, forget, sweep
 from s3t.run.ledger import Ledger, StageRecord, stage_key
 from s3t.run.numeric import NumericEnv, new_env
+from s3t.run.signing import ENV, Signer, check_outside, load_signer, signer_for, stage_payload
 from s3t.run.stages import served_stages
 
 WRITER_LOCK = ".retrain.lock"
@@ -94,6 +96,9 @@ class Run:
     store: StageStore
     #: the card version ``info`` was read from (``follow_card``)
     card_version: tuple[int, int, int] | None = dataclasses.field(default=None, compare=False)
+    #: the private key a writer signs with (else ``S3T_SIGNING_KEY``; ``signer``)
+    signing_key_path: str | None = dataclasses.field(default=None, compare=False)
+    _signer: Signer | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def features(self) -> FeatureFiles:
@@ -134,6 +139,10 @@ class Run:
         info = {"format": FORMAT, "config": config.to_dict(), **info}
         if config.torch_threads >= 1:  # 0: the process's own count (no environment fixed)
             info.setdefault("numeric", new_env(config.torch_threads).to_dict())
+        key_path = os.environ.get(ENV)
+        if key_path and "signing_key" not in info:  # a new run is signed with the writer's key
+            check_outside(Path(key_path), path)
+            info["signing_key"] = load_signer(key_path).public
         ledger = Ledger(path / Ledger.FILE)
         ledger.initialise(FORMAT)
         write_card(path, info)
@@ -243,7 +252,7 @@ class Run:
     def quarantine_damaged(self) -> list[str]:
         """Take live stages whose files fail their hash check out of service and erase them."""
         return quarantine_damaged(self.ledger, self.store, self.config.shards,
-                                  self.method.servable)
+                                  self.method.servable, self.public_key)
 
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
@@ -266,6 +275,28 @@ class Run:
         """Whether a live process holds the writer lock."""
         return is_locked(self.path / WRITER_LOCK)
 
+    # --- signed records (s3t.run.signing) -------------------------------------------------------
+    @property
+    def public_key(self) -> str | None:
+        """The run's public signing key (``ed25519:<hex>``), None for an unsigned run."""
+        value = self.info.get("signing_key")
+        return value if isinstance(value, str) else None
+
+    def signer(self) -> Signer | None:
+        """The key this process signs with: None for an unsigned run; for a signed run the
+        run's private key, or ``SigningKeyError`` (a writer without it must not write)."""
+        if self._signer is None:
+            self._signer = signer_for(self.public_key, self.path, self.signing_key_path)
+        return self._signer
+
+    def sign_stage(self, record: StageRecord) -> None:
+        """Inside a stage's committing transaction: record the run key's signature of it."""
+        signer = self.signer()
+        if signer is not None:
+            self.ledger.sign_stage(record.key, signer.sign(stage_payload(
+                record.key, record.shard, record.prefix, record.versions, record.parent,
+                record.files, record.n_samples, record.val_score)))
+
     # --- the deletion path --------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str] | None = None,
                groups: Sequence[str] | None = None) -> tuple[ForgetPlan, dict]:
@@ -275,10 +306,11 @@ class Run:
             groups = [groups]
         return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
                       self.certificates_dir, servable=self.method.servable,
-                      features=self.features)
+                      features=self.features, signer=self.signer())
 
     def audit(self) -> AuditReport:
-        return audit(self.ledger, self.store, self.features, self.certificates_dir)
+        return audit(self.ledger, self.store, self.features, self.certificates_dir,
+                     public_key=self.public_key)
 
     def certificates(self) -> dict:
         """The deletion log: every certificate's position, id, counts and sha256; the chain
@@ -322,7 +354,7 @@ class Run:
     def export_certificates(self, directory: str | Path) -> dict:
         """Write every certificate and the chain (``chain.json``) into a new or empty
         directory, for an auditor; nothing secret is written."""
-        return export(self.ledger, Path(directory))
+        return export(self.ledger, Path(directory), self.public_key)
 
     def status(self) -> dict:
         self.follow_card()

@@ -24,6 +24,7 @@ from s3t.run.certificates import write_json_atomic
 from s3t.run.faults import fault_point
 from s3t.run.files import FeatureFiles, StageStore
 from s3t.run.ledger import Ledger, StageRecord
+from s3t.run.signing import Signer
 
 
 class ForgetRequestError(ValueError):
@@ -105,8 +106,10 @@ def plan_forget(ledger: Ledger, sample_ids: Sequence[str] | None,
 def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
            groups: Sequence[str] | None, n_shards: int, certificates_dir: Path,
            servable: Callable[[int], bool] = lambda depth: True,
-           features: FeatureFiles | None = None) -> tuple[ForgetPlan, dict]:
-    """Validate, commit durably, then erase; return the plan and the certificate.
+           features: FeatureFiles | None = None,
+           signer: Signer | None = None) -> tuple[ForgetPlan, dict]:
+    """Validate, commit durably, then erase; return the plan and the certificate (signed by
+    ``signer``, the run's key, when the run has one).
 
     The request is planned inside the write transaction, so a concurrent forget cannot slip
     in between the check and the commit; an invalid request rolls back having changed nothing.
@@ -153,7 +156,8 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
             "routes_after": {str(k): v for k, v in routes_after.items()},
             "live_shards": sum(v is not None for v in routes_after.values()),
         }
-        ledger.record_deletion(request_id, certificate["time"], certificate)  # links it
+        ledger.record_deletion(request_id, certificate["time"], certificate,  # links it
+                               seal=None if signer is None else signer.seal_certificate)
         fault_point("forget:before-commit")
     # Committed: from here on the deletion holds even if the process dies; a later forget
     # or open finishes any erasure left undone. Nothing below may turn it into an error.
@@ -168,6 +172,8 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     certificate["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
     fault_point("forget:before-certificate")
     try:
+        if signer is not None:
+            signer.seal_outcome(certificate)
         _record_certificate(ledger, certificate, scrubbed)
         write_json_atomic(certificates_dir / f"{request_id}.json", certificate)
     except Exception as err:  # the ledger row written at commit still holds the deletion

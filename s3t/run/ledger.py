@@ -77,6 +77,9 @@ CREATE TABLE IF NOT EXISTS deletions (
     created_at TEXT NOT NULL,
     certificate TEXT NOT NULL   -- JSON, linked into the chain (meta certificate_chain: head)
 );
+CREATE TABLE IF NOT EXISTS stage_signatures (  -- the run key's signature of each stage record
+    key TEXT PRIMARY KEY, signature TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS secrets (  -- never copied into certificates, exports or status
     name TEXT PRIMARY KEY, value TEXT NOT NULL
 );
@@ -407,15 +410,19 @@ class Ledger:
     def chain_head(self) -> ChainHead | None:
         return ChainHead.from_meta(self.get_meta(CHAIN_META))
 
-    def record_deletion(self, request_id: str, created_at: str, certificate: dict) -> None:
+    def record_deletion(self, request_id: str, created_at: str, certificate: dict,
+                        seal: Callable[[dict], object] | None = None) -> None:
         """Append a deletion's certificate to the log: link it after the chain head (this sets
-        its ``sequence`` and ``previous_sha256``) and move the head to it."""
+        its ``sequence`` and ``previous_sha256``) and move the head to it. ``seal`` signs the
+        linked certificate (``s3t.run.signing``) before it is stored."""
         head = self.chain_head()
         if head is None:
             raise DeletionLogError(
                 f"{self.path} has no certificate chain head: the ledger was altered and a new "
                 "certificate cannot be linked; restore ledger.sqlite from a backup")
         new_head = link(certificate, head)
+        if seal is not None:
+            seal(certificate)
         self.conn.execute("INSERT INTO deletions VALUES (?, ?, ?)",
                           (request_id, created_at, json.dumps(certificate)))
         self.set_meta(CHAIN_META, new_head.to_meta())
@@ -480,6 +487,14 @@ class Ledger:
         """Every certificate, oldest first (by time, then request id)."""
         return [json.loads(r[0]) for r in self.conn.execute(
             "SELECT certificate FROM deletions ORDER BY created_at, request_id")]
+
+    # --- signatures of stage records (s3t.run.signing), written in the stage's commit ----------
+    def sign_stage(self, key: str, signature: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO stage_signatures VALUES (?, ?)",
+                          (key, signature))
+
+    def stage_signatures(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT key, signature FROM stage_signatures").fetchall())
 
     def deletion_requests(self) -> dict[str, int]:
         """Request id -> how many samples the ledger says it deleted."""

@@ -39,6 +39,7 @@ from s3t.service.schemas import (
     Readiness,
     RetrainAccepted,
     SchemaList,
+    SigningKeys,
     Status,
 )
 from s3t.service.state import Service, routes_all
@@ -186,6 +187,17 @@ async def status(service: ServiceDep) -> dict:
     status = await service.run(service.model.status)
     return {**status, "retrain": service.retrainer.describe(),
             "val_accuracy": service.history.val_accuracy}
+
+
+@router.get("/v1/keys", tags=["operations"], response_model=SigningKeys)
+async def keys(service: ServiceDep) -> dict:
+    """The run's public signing key (open: an auditor checks certificates and stage records
+    with it, e.g. ``s3t certificates --verify --public-key``); null for an unsigned run."""
+    from s3t.run.signing import key_id
+
+    public = service.model.records.public_key
+    return {"algorithm": None if public is None else "ed25519", "signing_key": public,
+            "key_id": None if public is None else key_id(public), "signed": public is not None}
 
 
 @secured.get("/v1/audit", tags=["deletions"], response_model=AuditReport)

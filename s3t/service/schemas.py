@@ -26,10 +26,11 @@ from s3t.contract import (
     Request,
     RetrainAccepted,
     SchemaList,
+    SigningKeys,
     Status,
 )
 
 __all__ = ["ROUTES_ALL", "AuditReport", "Certificate", "DeletionPage", "DeletionRequest",
            "ErrorBody", "GenerateRequest", "GenerateResponse", "Health", "History", "Job",
-           "JobList", "JobLog", "JsonSchema", "Labels", "PredictRequest", "PredictResponse", "Readiness",
-           "Request", "RetrainAccepted", "SchemaList", "Status"]
+           "JobList", "JobLog", "JsonSchema", "Labels", "PredictRequest", "PredictResponse",
+           "Readiness", "Request", "RetrainAccepted", "SchemaList", "SigningKeys", "Status"]

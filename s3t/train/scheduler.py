@@ -209,6 +209,7 @@ class Scheduler:
     def plan(self, event: str = "plan", dropped: Sequence[str] = ()) -> list[StageJob]:
         """Snapshot the ledger and list every missing stage of the plan, parents first."""
         run, ledger = self.run, self.run.ledger
+        run.signer()  # a signed run's writer without its key stops here, before any training
         with ledger.transaction():  # one consistent snapshot of versions and contents
             self.versions = ledger.slice_versions()
             live_records = ledger.stages("live")
@@ -300,6 +301,7 @@ class Scheduler:
             else:
                 accepted = run.ledger.commit_stage(record, now())
             if accepted:  # serves from now on if it is its shard's best route
+                run.sign_stage(record)  # with the run's key, if it has one
                 before = run.ledger.routes()
                 routes = run.ledger.refresh_routes(run.config.shards, run.method.servable)
         fault_point("train:after-stage-commit")
