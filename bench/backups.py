@@ -18,10 +18,20 @@ import threading
 import time
 from pathlib import Path
 
-from common import parser, print_header, provenance, seeds_for, tmp_run_dir, write_result
+from bench.harness import (
+    backbone,
+    parser,
+    print_header,
+    provenance,
+    seeds_for,
+    size_for,
+    tmp_run_dir,
+    write_result,
+)
 
 QUICK = {"n_train": 120, "trials": 10, "deletions": 8, "shards": 2, "slices": 2, "epochs": 1}
 FULL = {"n_train": 240, "trials": 30, "deletions": 12, "shards": 2, "slices": 3, "epochs": 1}
+SMOKE = {"n_train": 24, "trials": 2, "deletions": 4, "shards": 2, "slices": 2, "epochs": 1}
 
 
 def retained_ids(run: Path) -> list[str]:
@@ -129,8 +139,8 @@ def campaign(seed: int, size: dict) -> dict:
 
     os.environ[ENV] = str(key)  # the run is created signed
     data = load_wordnet(limit=size["n_train"], seed=seed)
-    config = S3TConfig(shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
-                       max_seq_len=32, seed=seed)
+    config = S3TConfig(model=backbone(), shards=size["shards"], slices=size["slices"],
+                       epochs=size["epochs"], max_seq_len=32, seed=seed)
     S3T(config, run_dir=source).fit(data, progress=False).close()
     del os.environ[ENV]
     trials = []
@@ -156,10 +166,10 @@ def campaign(seed: int, size: dict) -> dict:
                                                               for t in trials)}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    args = p.parse_args()
-    size = dict(QUICK if args.quick else FULL)
+    args = p.parse_args(argv)
+    size = size_for(args, QUICK, FULL, SMOKE)
     seeds = seeds_for(args, [0], [0])
     prov = provenance("backups", args.quick, seeds, size)
     print_header(prov)
@@ -169,7 +179,8 @@ def main() -> None:
         runs.append(campaign(seed, size))
         print(f"seed {seed}: {runs[-1]['totals']}", flush=True)
     write_result("backups", args.quick, prov, {"runs": runs})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -69,6 +69,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("first_position",), SMOKE),
     Benchmark("threads", (), "torch threads per stage; a retrain's time split (issue 27)",
               ("threads",), SMOKE),
+    Benchmark("backups", (), "backups taken during deletions, restored with replay: nothing "
+              "resurrected (issue 24)", ("backups",), SMOKE),
     Benchmark("gpu", (), "prepared check for a GPU machine: CUDA numeric environment, tiny "
               "run verified", (), ("--smoke",)),
     Benchmark("page_screenshot", (), "the operator page of `s3t serve` in headless Chromium "
