@@ -45,10 +45,21 @@ from s3t.run.files import (
     refuse_links,
     sha256_file,
 )
-from s3t.run.forget import ForgetPlan, forget, sweep
+from s3t.run.forget import ForgetPlan, finish_outcomes, forget, sweep
+from s3t.run.identity import behind_message, certificates_ahead
 from s3t.run.ledger import Ledger, StageRecord, stage_key
 from s3t.run.numeric import NumericEnv, new_env
 from s3t.run.stages import served_stages
+from s3t.run.storage import (
+    REPLAY,
+    LedgerChangedError,
+    LedgerDamagedError,
+    ReadOnlyRunError,
+    RunFileMissingError,
+    read_only_message,
+    storage_errors,
+    writable,
+)
 
 WRITER_LOCK = ".retrain.lock"
 FORMAT = 1
@@ -157,9 +168,23 @@ class Run:
     def open(cls, path: str | Path, verify: bool = False, repair: bool = True) -> Run:
         """Open a run; ``repair`` finishes an interrupted forget (stage files the ledger no
         longer holds live are erased; ``audit`` opens without it, to see the disk as it is);
-        ``verify`` checks every live stage file's sha256 now (reading a stage always does)."""
+        ``verify`` checks every live stage file's sha256 now (reading a stage always does).
+        A run directory that cannot be written is opened read-only, without repair: reading
+        commands work, writing ones are refused (``ReadOnlyRunError``). A ledger behind the
+        certificates on disk (an older copy put in place) is refused."""
         path = Path(path)
+        with storage_errors(path):
+            return cls._open(path, verify, repair)
+
+    @classmethod
+    def _open(cls, path: Path, verify: bool, repair: bool) -> Run:
         run_file = path / RUN_FILE
+        if run_file.is_file() and not (path / Ledger.FILE).exists() and any(
+                (path / CERTIFICATES_DIR).glob("*.json")):
+            raise RunFileMissingError(
+                f"{path / Ledger.FILE} is missing, though {path / CERTIFICATES_DIR} records "
+                f"deletions: it was deleted or moved; do not start the run without it. "
+                f"{REPLAY.format(run=path)}")
         if not run_file.is_file() or not (path / Ledger.FILE).is_file():
             raise NotARunError(f"{path} is not an s3t run directory (no {RUN_FILE} and "
                                f"{Ledger.FILE}); create one with `s3t train --out {path}`")
@@ -167,28 +192,34 @@ class Run:
         info, config = read_card(run_file)
         refuse_links([path / name for name in (Ledger.FILE, CERTIFICATES_DIR)
                       if (path / name).is_symlink()])
+        read_only = not writable(path)
         try:
-            ledger = Ledger.open_existing(path / Ledger.FILE)
+            ledger = Ledger.open_existing(path / Ledger.FILE, read_only=read_only)
             versions = ledger.slice_versions()
             upgraded = ledger.is_legacy()
         except (sqlite3.DatabaseError, ValueError) as err:
-            raise NotARunError(f"{path / Ledger.FILE} is damaged or not an s3t ledger ({err}); "
-                               "restore it from a backup (S3T.save makes consistent copies)"
-                               ) from None
+            if isinstance(err, sqlite3.DatabaseError) and "locked" in str(err):
+                raise
+            raise LedgerDamagedError(
+                f"{path / Ledger.FILE} is damaged or not an s3t ledger ({err}); keep the "
+                f"directory as it is and rebuild the ledger with {REPLAY.format(run=path)}"
+            ) from None
         run = cls(path, info, config, ledger, StageStore(path / "stages"), version)
         try:
             run._check_card(versions)
             run.store.check_safe()
             run.features.check_safe()
-            # A run from before the certificate chain and the group-key secret is upgraded
-            # in one transaction (whether or not we repair: it is a format change, not a fix).
-            if upgraded:
-                ledger.upgrade_legacy()
-            rewrite_stale_files(ledger, run.certificates_dir)
+            run._check_not_behind()
+            if not read_only:
+                # A run from before the certificate chain and the group-key secret is upgraded
+                # in one transaction (whether or not we repair: a format change, not a fix).
+                if upgraded:
+                    ledger.upgrade_legacy()
+                rewrite_stale_files(ledger, run.certificates_dir)
         except BaseException:
             ledger.close()
             raise
-        if repair:
+        if repair and not read_only:
             writer_active = run.writer_running()
             sweep(run.ledger, run.store, run.features, writer_active=writer_active)
             if not writer_active:
@@ -196,9 +227,25 @@ class Run:
             restore_certificates(run.ledger, run.certificates_dir)
             if run.ledger.pending_scrubs():
                 run.ledger.scrub()
+            if run.ledger.outcome_pending():
+                finish_outcomes(run.ledger, run.store, run.certificates_dir)
         if verify:
             run.verify_live()
         return run
+
+    @property
+    def read_only(self) -> bool:
+        return self.ledger.read_only
+
+    def _check_not_behind(self) -> None:
+        """Refuse a ledger whose chain head is behind a certificate file on disk."""
+        head = self.ledger.chain_head()
+        ahead = certificates_ahead(set(self.ledger.deletion_ids()),
+                                   head.sequence if head is not None else 0,
+                                   self.certificates_dir)
+        if ahead:
+            raise LedgerChangedError(behind_message(self.path / Ledger.FILE,
+                                                    head.sequence if head else 0, ahead))
 
     def _check_card(self, versions: dict[tuple[int, int], int]) -> None:
         """The run card must describe the ledger it sits beside (an edited card would make
@@ -268,14 +315,27 @@ class Run:
 
     # --- the deletion path --------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str] | None = None,
-               groups: Sequence[str] | None = None) -> tuple[ForgetPlan, dict]:
+               groups: Sequence[str] | None = None,
+               client_key: str | None = None) -> tuple[ForgetPlan, dict]:
+        """Delete exactly (``s3t.run.forget``); ``client_key``: the caller's idempotency key,
+        recorded in the deletion's own transaction (``plan.replay`` says whether the request
+        was answered with an earlier certificate)."""
         if isinstance(sample_ids, str):
             sample_ids = [sample_ids]
         if isinstance(groups, str):
             groups = [groups]
-        return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
-                      self.certificates_dir, servable=self.method.servable,
-                      features=self.features)
+        if self.read_only:
+            raise ReadOnlyRunError(read_only_message(self.path))
+        with storage_errors(self.path):
+            return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
+                          self.certificates_dir, servable=self.method.servable,
+                          features=self.features, client_key=client_key)
+
+    def check_ledger(self) -> None:
+        """Raise ``LedgerChangedError`` unless ``ledger.sqlite`` is still the file this run
+        holds open (``s3t.run.identity``): for readiness checks and before an audit."""
+        with storage_errors(self.path):
+            self.ledger.check_identity()
 
     def audit(self) -> AuditReport:
         return audit(self.ledger, self.store, self.features, self.certificates_dir)

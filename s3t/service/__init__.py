@@ -11,7 +11,6 @@ model, and why an acknowledged deletion is never served again, is in ``guard.py`
 | ``batching.py`` | dynamic batching of predictions into model calls, several at once |
 | ``auth.py`` | bearer-token authentication (``hmac.compare_digest``) |
 | ``limits.py`` | the request body limit (413) |
-| ``idempotency.py`` | client keys of deletions (``<run>/service/idempotency.sqlite``) |
 | ``metrics.py`` | Prometheus metrics in a registry per app |
 | ``page/`` | the operator's page at ``/`` (static HTML + script that read the JSON API) |
 | ``schemas.py``, ``errors.py``, ``state.py`` | bodies; error shape and status codes; what an app holds |
