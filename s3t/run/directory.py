@@ -240,9 +240,7 @@ class Run:
     def _check_not_behind(self) -> None:
         """Refuse a ledger whose chain head is behind a certificate file on disk."""
         head = self.ledger.chain_head()
-        ahead = certificates_ahead(set(self.ledger.deletion_ids()),
-                                   head.sequence if head is not None else 0,
-                                   self.certificates_dir)
+        ahead = certificates_ahead(set(self.ledger.deletion_ids()), self.certificates_dir)
         if ahead:
             raise LedgerChangedError(behind_message(self.path / Ledger.FILE,
                                                     head.sequence if head else 0, ahead))

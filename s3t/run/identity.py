@@ -9,8 +9,9 @@ lock, so no other s3t process moves the chain meanwhile):
 
 1. the file at the path is the one the connection opened (``st_dev``/``st_ino``, taken when
    the ledger was opened): a replaced or deleted file is refused;
-2. a fresh read-only connection to the path reads the same chain head as the held one: a file
-   overwritten in place (with an older copy, or garbage) is refused.
+2. the database file's own bytes (read ``immutable``, without the write-ahead log) hold a
+   chain head no older than the one this connection last checkpointed into it, and no newer
+   than the one it holds: a file overwritten in place (an older copy, garbage) is refused.
 
 At open, a ledger whose chain head is behind the newest certificate file on disk (an older
 copy put in place while nothing ran) is refused with the replay command to run.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -63,30 +65,49 @@ def check_same_file(path: Path, opened: FileIdentity | None) -> None:
         raise _refusal(path, f"was replaced by another file ({opened} became {now})")
 
 
-def probe_chain_head(path: Path, held: object) -> None:
-    """Read the chain head through a fresh read-only connection; it must equal ``held``, the
-    head the caller's connection reads (a file overwritten in place shows otherwise)."""
-    try:
-        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error as err:
-        raise _refusal(path, f"can no longer be opened ({err})") from None
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'certificate_chain'").fetchone()
-    except sqlite3.DatabaseError as err:
-        if "locked" in str(err) or "busy" in str(err):
-            raise
-        raise _refusal(path, f"was overwritten and no longer reads ({err})") from None
-    finally:
-        conn.close()
-    on_disk = None if row is None else json.loads(row[0])
-    if on_disk != held:
-        raise _refusal(path, f"was overwritten in place (its chain head reads {on_disk}, this "
+def _raw_chain_head(path: Path) -> object:
+    """The chain head as the database file itself holds it, without the write-ahead log
+    (``immutable``: no WAL, no locks). A read torn by a concurrent checkpoint is retried."""
+    for attempt in range(3):
+        conn = sqlite3.connect(f"file:{quote(str(path))}?immutable=1", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'certificate_chain'").fetchone()
+            return None if row is None else json.loads(row[0])
+        except (sqlite3.DatabaseError, ValueError) as err:
+            if attempt == 2:
+                raise _refusal(path, f"was overwritten and no longer reads ({err})") from None
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    return None
+
+
+def _sequence(head: object) -> int:
+    return int(head["sequence"]) if isinstance(head, dict) and isinstance(
+        head.get("sequence"), int) else 0
+
+
+def probe_chain_head(path: Path, held: object, checkpointed: object) -> None:
+    """Check the database file's own bytes against what this connection holds: ``held``, the
+    chain head it reads now, and ``checkpointed``, the head its last successful checkpoint
+    folded into the file (None: none yet). The file's head only moves forward between the
+    two; a file overwritten in place (an older copy, garbage) shows otherwise."""
+    raw = _raw_chain_head(path)
+    if _sequence(raw) > _sequence(held):
+        raise _refusal(path, f"was overwritten in place (its chain head reads {raw}, this "
                              f"process holds {held})")
+    if checkpointed is not None and (
+            _sequence(raw) < _sequence(checkpointed)
+            or (_sequence(raw) == _sequence(checkpointed) and raw != checkpointed)):
+        raise _refusal(path, f"was overwritten in place with an older copy (its chain head "
+                             f"reads {raw}, but {checkpointed} was written to it before)")
 
 
-def certificates_ahead(known: set[str], head_sequence: int, certificates_dir: Path) -> list[str]:
-    """Certificate files on disk the ledger does not hold whose position on the chain lies
-    beyond the ledger's head: deletions this ledger has lost. Reads only the unknown files."""
+def certificates_ahead(known: set[str], certificates_dir: Path) -> list[str]:
+    """Certificate files on disk that the ledger does not hold: each names its own request
+    (``<request_id>.json`` holding that id) and a position on the chain, so a deletion was
+    committed into a ledger, and this one lacks it (an older copy, or one mixed with another
+    file's write-ahead log). Reads only the files the ledger does not know."""
     if not certificates_dir.is_dir():
         return []
     ahead = []
@@ -94,10 +115,11 @@ def certificates_ahead(known: set[str], head_sequence: int, certificates_dir: Pa
         if entry.stem in known or entry.is_symlink():
             continue
         try:
-            sequence = json.loads(entry.read_text(encoding="utf-8")).get("sequence")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            certificate = json.loads(entry.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if isinstance(sequence, int) and sequence > head_sequence:
+        if isinstance(certificate, dict) and certificate.get("request_id") == entry.stem \
+                and isinstance(certificate.get("sequence"), int):
             ahead.append(entry.stem)
     return sorted(ahead)
 
@@ -105,7 +127,7 @@ def certificates_ahead(known: set[str], head_sequence: int, certificates_dir: Pa
 def behind_message(path: Path, head_sequence: int, ahead: list[str]) -> str:
     run = path.parent
     return (f"{path} is behind the run's certificates: its chain ends at #{head_sequence} but "
-            f"{run}/certificates holds {len(ahead)} later deletion(s) it does not record (e.g. "
+            f"{run}/certificates holds {len(ahead)} deletion(s) it does not record (e.g. "
             f"{ahead[0]}): an older copy of the ledger was put in place, and opening it would "
             f"bring deleted samples back. Nothing was changed; rebuild the run with "
             f"{REPLAY.format(run=run)}")

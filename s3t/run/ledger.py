@@ -143,6 +143,7 @@ class Ledger:
             self.conn.executescript(SCHEMA)
         #: the file this connection opened (a deletion refuses another one at the path)
         self.identity = FileIdentity.of(self.path)
+        self._checkpointed: object = None  # chain head our last full checkpoint wrote
         self._secret_value: str | None = None
 
     def _connect_read_only(self) -> sqlite3.Connection:
@@ -245,7 +246,7 @@ class Ledger:
             raise self._changed
         try:
             check_same_file(self.path, self.identity)
-            probe_chain_head(self.path, self.get_meta(CHAIN_META))
+            probe_chain_head(self.path, self.get_meta(CHAIN_META), self._checkpointed)
         except LedgerChangedError as err:
             self._changed = err
             raise
@@ -254,11 +255,13 @@ class Ledger:
         """Fold the WAL into the database and truncate it, so no page image of deleted data
         survives. Another connection's open read snapshot can block this: retry briefly and
         report whether it succeeded (every frame committed before it is then scrubbed)."""
+        head = self.get_meta(CHAIN_META)  # read first: a success folds at least this in
         self.conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         try:
             for _ in range(attempts):
                 busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 if not busy:
+                    self._checkpointed = head
                     return True
             return False
         finally:
