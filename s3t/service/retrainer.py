@@ -35,6 +35,7 @@ from typing import IO
 from pydantic import ValidationError
 
 from s3t.contract import Job, JobEvent
+from s3t.train.parent import child_environment
 
 log = logging.getLogger("s3t.service")
 
@@ -202,9 +203,11 @@ class Retrainer:
         command = [sys.executable, "-m", "s3t.cli", "retrain", str(self.run_dir), "--events"]
         stderr = self._open_log()
         try:
+            # The child nices itself and dies with this process (s3t/train/parent.py): no
+            # preexec_fn, which is unsafe in a threaded server.
             self._process = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
-                text=True, preexec_fn=lambda: os.nice(NICE))
+                text=True, env=child_environment(NICE))
             assert self._process.stdout is not None
             for line in self._process.stdout:
                 self._follow(job, line)
