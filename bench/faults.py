@@ -135,7 +135,7 @@ def swap_trial(base: Path, how: str, rng: random.Random) -> dict:
     from s3t.run.storage import LedgerChangedError, RunFault
 
     run = tmp_run_dir("swap")
-    shutil.rmtree(run)
+    shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(base, run)
     holder = Run.open(run)  # the writing process: a server's records view, or `s3t forget`
     _, retained = ledger_state(run)
