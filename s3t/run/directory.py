@@ -46,13 +46,12 @@ from s3t.run.files import (
     sha256_file,
 )
 from s3t.run.forget import ForgetPlan, finish_outcomes, forget, sweep
-from s3t.run.identity import behind_message, certificates_ahead
+from s3t.run.identity import refuse_if_behind
 from s3t.run.ledger import Ledger, StageRecord, stage_key
 from s3t.run.numeric import NumericEnv, new_env
 from s3t.run.stages import served_stages
 from s3t.run.storage import (
     REPLAY,
-    LedgerChangedError,
     LedgerDamagedError,
     ReadOnlyRunError,
     RunFileMissingError,
@@ -209,7 +208,9 @@ class Run:
             run._check_card(versions)
             run.store.check_safe()
             run.features.check_safe()
-            run._check_not_behind()
+            head = ledger.chain_head()  # a ledger missing a certificate on disk: refused
+            refuse_if_behind(ledger.path, set(ledger.deletion_ids()),
+                             head.sequence if head else 0, run.certificates_dir)
             if not read_only:
                 # A run from before the certificate chain and the group-key secret is upgraded
                 # in one transaction (whether or not we repair: a format change, not a fix).
@@ -236,14 +237,6 @@ class Run:
     @property
     def read_only(self) -> bool:
         return self.ledger.read_only
-
-    def _check_not_behind(self) -> None:
-        """Refuse a ledger whose chain head is behind a certificate file on disk."""
-        head = self.ledger.chain_head()
-        ahead = certificates_ahead(set(self.ledger.deletion_ids()), self.certificates_dir)
-        if ahead:
-            raise LedgerChangedError(behind_message(self.path / Ledger.FILE,
-                                                    head.sequence if head else 0, ahead))
 
     def _check_card(self, versions: dict[tuple[int, int], int]) -> None:
         """The run card must describe the ledger it sits beside (an edited card would make

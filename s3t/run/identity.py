@@ -124,10 +124,17 @@ def certificates_ahead(known: set[str], certificates_dir: Path) -> list[str]:
     return sorted(ahead)
 
 
-def behind_message(path: Path, head_sequence: int, ahead: list[str]) -> str:
+def refuse_if_behind(path: Path, known: set[str], head_sequence: int,
+                     certificates_dir: Path) -> None:
+    """At open: raise ``LedgerChangedError`` if ``certificates_dir`` holds certificates of
+    deletions the ledger at ``path`` (holding ``known``) does not record."""
+    ahead = certificates_ahead(known, certificates_dir)
+    if not ahead:
+        return
     run = path.parent
-    return (f"{path} is behind the run's certificates: its chain ends at #{head_sequence} but "
-            f"{run}/certificates holds {len(ahead)} deletion(s) it does not record (e.g. "
-            f"{ahead[0]}): an older copy of the ledger was put in place, and opening it would "
-            f"bring deleted samples back. Nothing was changed; rebuild the run with "
-            f"{REPLAY.format(run=run)}")
+    raise LedgerChangedError(
+        f"{path} is behind the run's certificates: its chain ends at #{head_sequence} but "
+        f"{run}/certificates holds {len(ahead)} deletion(s) it does not record (e.g. "
+        f"{ahead[0]}): an older copy of the ledger was put in place, and opening it would "
+        f"bring deleted samples back. Nothing was changed; rebuild the run with "
+        f"{REPLAY.format(run=run)}")
