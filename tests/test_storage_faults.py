@@ -10,6 +10,7 @@ otherwise those tests skip with the reason, and the injected faults below still 
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import shutil
 import sqlite3
@@ -36,6 +37,14 @@ def _mount(*args: object) -> None:
                     "tests cover the messages")
 
 
+def _unmount(where: Path) -> None:
+    """Unmount, after dropping connections the in-process commands left to the collector;
+    lazily if something still holds a file there (a mount must never outlive its test)."""
+    gc.collect()
+    if subprocess.run(["umount", str(where)], check=False, capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
+
+
 @contextmanager
 def read_only_view(source: Path, target: Path) -> Iterator[Path]:
     """``source`` seen through a read-only bind mount at ``target``."""
@@ -45,7 +54,7 @@ def read_only_view(source: Path, target: Path) -> Iterator[Path]:
         _mount("-o", "remount,ro,bind", target)
         yield target
     finally:
-        subprocess.run(["umount", str(target)], check=False, capture_output=True)
+        _unmount(target)
 
 
 @contextmanager
@@ -55,7 +64,7 @@ def small_disk(where: Path, size_kib: int) -> Iterator[Path]:
     try:
         yield where
     finally:
-        subprocess.run(["umount", str(where)], check=False, capture_output=True)
+        _unmount(where)
 
 
 def fill(disk: Path) -> Path:
