@@ -52,6 +52,7 @@ from s3t.run.numeric import NumericEnv, new_env
 from s3t.run.stages import served_stages
 from s3t.run.storage import (
     REPLAY,
+    LedgerChangedError,
     LedgerDamagedError,
     ReadOnlyRunError,
     RunFileMissingError,
@@ -168,9 +169,8 @@ class Run:
         """Open a run; ``repair`` finishes an interrupted forget (stage files the ledger no
         longer holds live are erased; ``audit`` opens without it, to see the disk as it is);
         ``verify`` checks every live stage file's sha256 now (reading a stage always does).
-        A run directory that cannot be written is opened read-only, without repair: reading
-        commands work, writing ones are refused (``ReadOnlyRunError``). A ledger behind the
-        certificates on disk (an older copy put in place) is refused."""
+        A directory that cannot be written opens read-only, without repair (writes are refused:
+        ``ReadOnlyRunError``); with repair, a ledger missing certificates on disk is refused."""
         path = Path(path)
         with storage_errors(path):
             return cls._open(path, verify, repair)
@@ -180,10 +180,8 @@ class Run:
         run_file = path / RUN_FILE
         if run_file.is_file() and not (path / Ledger.FILE).exists() and any(
                 (path / CERTIFICATES_DIR).glob("*.json")):
-            raise RunFileMissingError(
-                f"{path / Ledger.FILE} is missing, though {path / CERTIFICATES_DIR} records "
-                f"deletions: it was deleted or moved; do not start the run without it. "
-                f"{REPLAY.format(run=path)}")
+            raise RunFileMissingError(f"{path / Ledger.FILE} is missing, though {path}/"
+                                      f"certificates records deletions: {REPLAY.format(run=path)}")
         if not run_file.is_file() or not (path / Ledger.FILE).is_file():
             raise NotARunError(f"{path} is not an s3t run directory (no {RUN_FILE} and "
                                f"{Ledger.FILE}); create one with `s3t train --out {path}`")
@@ -208,9 +206,8 @@ class Run:
             run._check_card(versions)
             run.store.check_safe()
             run.features.check_safe()
-            head = ledger.chain_head()  # a ledger missing a certificate on disk: refused
-            refuse_if_behind(ledger.path, set(ledger.deletion_ids()),
-                             head.sequence if head else 0, run.certificates_dir)
+            if repair:  # a ledger missing a certificate on disk: refused (audit reports it)
+                run._refuse_if_behind()
             if not read_only:
                 # A run from before the certificate chain and the group-key secret is upgraded
                 # in one transaction (whether or not we repair: a format change, not a fix).
@@ -234,9 +231,7 @@ class Run:
             run.verify_live()
         return run
 
-    @property
-    def read_only(self) -> bool:
-        return self.ledger.read_only
+    read_only = property(lambda self: self.ledger.read_only)  # opened without write access
 
     def _check_card(self, versions: dict[tuple[int, int], int]) -> None:
         """The run card must describe the ledger it sits beside (an edited card would make
@@ -329,7 +324,17 @@ class Run:
             self.ledger.check_identity()
 
     def audit(self) -> AuditReport:
-        return audit(self.ledger, self.store, self.features, self.certificates_dir)
+        report = audit(self.ledger, self.store, self.features, self.certificates_dir)
+        try:
+            self._refuse_if_behind()
+        except LedgerChangedError as err:
+            report.ok, report.violations = False, [str(err), *report.violations]
+        return report
+
+    def _refuse_if_behind(self) -> None:
+        head = self.ledger.chain_head()
+        refuse_if_behind(self.ledger.path, set(self.ledger.deletion_ids()),
+                         head.sequence if head else 0, self.certificates_dir)
 
     def certificates(self) -> dict:
         """The deletion log: every certificate's position, id, counts and sha256; the chain
