@@ -20,6 +20,7 @@ from pathlib import Path
 from s3t.config import S3TConfig, validation_use
 from s3t.plan.methods import Method
 from s3t.plan.prefix_tree import PrefixTree
+from s3t.run import storage
 from s3t.run.audit import AuditReport, audit, quarantine_damaged
 from s3t.run.card import (
     RUN_FILE,
@@ -50,16 +51,6 @@ from s3t.run.identity import refuse_if_behind
 from s3t.run.ledger import Ledger, StageRecord, stage_key
 from s3t.run.numeric import NumericEnv, new_env
 from s3t.run.stages import served_stages
-from s3t.run.storage import (
-    REPLAY,
-    LedgerChangedError,
-    LedgerDamagedError,
-    ReadOnlyRunError,
-    RunFileMissingError,
-    read_only_message,
-    storage_errors,
-    writable,
-)
 
 WRITER_LOCK = ".retrain.lock"
 FORMAT = 1
@@ -169,10 +160,10 @@ class Run:
         """Open a run; ``repair`` finishes an interrupted forget (stage files the ledger no
         longer holds live are erased; ``audit`` opens without it, to see the disk as it is);
         ``verify`` checks every live stage file's sha256 now (reading a stage always does).
-        A directory that cannot be written opens read-only, without repair (writes are refused:
-        ``ReadOnlyRunError``); with repair, a ledger missing certificates on disk is refused."""
+        An unwritable directory opens read-only, unrepaired; a repairing open refuses a ledger
+        missing certificates on disk (``s3t.run.storage``, ``s3t.run.identity``)."""
         path = Path(path)
-        with storage_errors(path):
+        with storage.storage_errors(path):
             return cls._open(path, verify, repair)
 
     @classmethod
@@ -180,8 +171,9 @@ class Run:
         run_file = path / RUN_FILE
         if run_file.is_file() and not (path / Ledger.FILE).exists() and any(
                 (path / CERTIFICATES_DIR).glob("*.json")):
-            raise RunFileMissingError(f"{path / Ledger.FILE} is missing, though {path}/"
-                                      f"certificates records deletions: {REPLAY.format(run=path)}")
+            raise storage.RunFileMissingError(
+                f"{path / Ledger.FILE} is missing, though {path}/certificates records "
+                f"deletions: {storage.REPLAY.format(run=path)}")
         if not run_file.is_file() or not (path / Ledger.FILE).is_file():
             raise NotARunError(f"{path} is not an s3t run directory (no {RUN_FILE} and "
                                f"{Ledger.FILE}); create one with `s3t train --out {path}`")
@@ -189,7 +181,7 @@ class Run:
         info, config = read_card(run_file)
         refuse_links([path / name for name in (Ledger.FILE, CERTIFICATES_DIR)
                       if (path / name).is_symlink()])
-        read_only = not writable(path)
+        read_only = not storage.writable(path)
         try:
             ledger = Ledger.open_existing(path / Ledger.FILE, read_only=read_only)
             versions = ledger.slice_versions()
@@ -197,9 +189,9 @@ class Run:
         except (sqlite3.DatabaseError, ValueError) as err:
             if isinstance(err, sqlite3.DatabaseError) and "locked" in str(err):
                 raise
-            raise LedgerDamagedError(
+            raise storage.LedgerDamagedError(
                 f"{path / Ledger.FILE} is damaged or not an s3t ledger ({err}); keep the "
-                f"directory as it is and rebuild the ledger with {REPLAY.format(run=path)}"
+                f"directory as it is and rebuild the ledger with {storage.REPLAY.format(run=path)}"
             ) from None
         run = cls(path, info, config, ledger, StageStore(path / "stages"), version)
         try:
@@ -231,7 +223,7 @@ class Run:
             run.verify_live()
         return run
 
-    read_only = property(lambda self: self.ledger.read_only)  # opened without write access
+    read_only = property(lambda self: self.ledger.read_only)  # no write access: no repair
 
     def _check_card(self, versions: dict[tuple[int, int], int]) -> None:
         """The run card must describe the ledger it sits beside (an edited card would make
@@ -304,15 +296,14 @@ class Run:
                groups: Sequence[str] | None = None,
                client_key: str | None = None) -> tuple[ForgetPlan, dict]:
         """Delete exactly (``s3t.run.forget``); ``client_key``: the caller's idempotency key,
-        recorded in the deletion's own transaction (``plan.replay`` says whether the request
-        was answered with an earlier certificate)."""
+        recorded in the deletion's transaction (``plan.replay``: answered as a replay)."""
         if isinstance(sample_ids, str):
             sample_ids = [sample_ids]
         if isinstance(groups, str):
             groups = [groups]
         if self.read_only:
-            raise ReadOnlyRunError(read_only_message(self.path))
-        with storage_errors(self.path):
+            raise storage.ReadOnlyRunError(storage.read_only_message(self.path))
+        with storage.storage_errors(self.path):
             return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
                           self.certificates_dir, servable=self.method.servable,
                           features=self.features, client_key=client_key)
@@ -320,14 +311,14 @@ class Run:
     def check_ledger(self) -> None:
         """Raise ``LedgerChangedError`` unless ``ledger.sqlite`` is still the file this run
         holds open (``s3t.run.identity``): for readiness checks and before an audit."""
-        with storage_errors(self.path):
+        with storage.storage_errors(self.path):
             self.ledger.check_identity()
 
     def audit(self) -> AuditReport:
         report = audit(self.ledger, self.store, self.features, self.certificates_dir)
         try:
             self._refuse_if_behind()
-        except LedgerChangedError as err:
+        except storage.LedgerChangedError as err:
             report.ok, report.violations = False, [str(err), *report.violations]
         return report
 
