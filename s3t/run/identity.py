@@ -65,12 +65,18 @@ def check_same_file(path: Path, opened: FileIdentity | None) -> None:
         raise _refusal(path, f"was replaced by another file ({opened} became {now})")
 
 
+NOT_YET = "no ledger tables in the file yet"
+
+
 def _raw_chain_head(path: Path) -> object:
     """The chain head as the database file itself holds it, without the write-ahead log
     (``immutable``: no WAL, no locks). A read torn by a concurrent checkpoint is retried."""
     for attempt in range(3):
         conn = sqlite3.connect(f"file:{quote(str(path))}?immutable=1", uri=True)
         try:
+            if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'meta'"
+                            ).fetchone()[0] == 0:
+                return NOT_YET  # a new ledger whose first pages are still only in the WAL
             row = conn.execute("SELECT value FROM meta WHERE key = 'certificate_chain'").fetchone()
             return None if row is None else json.loads(row[0])
         except (sqlite3.DatabaseError, ValueError) as err:
@@ -93,6 +99,11 @@ def probe_chain_head(path: Path, held: object, checkpointed: object) -> None:
     folded into the file (None: none yet). The file's head only moves forward between the
     two; a file overwritten in place (an older copy, garbage) shows otherwise."""
     raw = _raw_chain_head(path)
+    if raw == NOT_YET:
+        if checkpointed is not None:
+            raise _refusal(path, "was overwritten in place (the file holds no ledger tables, "
+                                 "though this process checkpointed them into it)")
+        return
     if _sequence(raw) > _sequence(held):
         raise _refusal(path, f"was overwritten in place (its chain head reads {raw}, this "
                              f"process holds {held})")
