@@ -12,13 +12,21 @@ WordNet nouns) and kills them with SIGKILL at a random moment:
 * ``retrain``: one `s3t retrain`, killed at a uniform random time within an uninterrupted
   retrain's duration.
 
-After every trial the run is opened as any command opens it (which finishes interrupted
-erasures) and audited. Reported: trials, outcomes (applied / not applied), acknowledged
+* ``swap`` (issue 24; ``--swap-only`` runs just these, on a smaller run): a process holds the
+  run open as a server does and acknowledges deletions; a backup of the ledger was taken at a
+  random point; then the ledger file is swapped under it: the backup moved into place (a
+  restore), copied over it in place, the file deleted, or its first pages overwritten. Three
+  more deletions follow. Counted: how many of them were acknowledged after the change (must be
+  0: the first must be refused), and whether, when the run is opened again, every deletion
+  acknowledged before is in the ledger or the open is refused naming the replay (0 lost).
+
+After every kill -9 trial the run is opened as any command opens it (which finishes
+interrupted erasures) and audited. Reported: trials, outcomes (applied / not applied), acknowledged
 deletions lost (a process printed a certificate, but the ledger does not hold the deletion:
 must be 0), audits failed after repair (must be 0), and whether a final uninterrupted
 retrain restores full capacity with a passing audit.
 
-    python -m bench faults [--quick] [--seeds 0]
+    python -m bench faults [--quick] [--seeds 0] [--swap-only]
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -37,11 +46,13 @@ from bench import harness
 from bench.harness import parser, print_header, provenance, seeds_for, size_for, tmp_run_dir, write_result
 
 QUICK = {"n_train": 240, "forget_trials": 24, "parallel_trials": 4, "retrain_trials": 3,
-         "epochs": 1, "shards": 2, "slices": 3}
+         "epochs": 1, "shards": 2, "slices": 3, "swap_trials": 20}
 FULL = {"n_train": 400, "forget_trials": 400, "parallel_trials": 60, "retrain_trials": 24,
-        "epochs": 1, "shards": 2, "slices": 3}
+        "epochs": 1, "shards": 2, "slices": 3, "swap_trials": 20}
 SMOKE = {"n_train": 40, "forget_trials": 2, "parallel_trials": 1, "retrain_trials": 1,
-         "epochs": 1, "shards": 2, "slices": 2}
+         "epochs": 1, "shards": 2, "slices": 2, "swap_trials": 1}
+SWAP_ONLY = {"n_train": 120, "epochs": 1, "shards": 2, "slices": 2, "swap_trials": 20}
+SWAPS = ("older-copy", "older-copy-in-place", "deleted", "corrupted")
 PARALLEL = 4
 RECALIBRATE = 25  # trials between two timings of an uninterrupted forget
 
@@ -106,17 +117,108 @@ def timed(*args: object) -> tuple[float, subprocess.CompletedProcess]:
     return time.perf_counter() - start, done
 
 
-def campaign(seed: int, size: dict) -> dict:
+def swap_ledger(run: Path, how: str, older: Path) -> None:
+    ledger = run / "ledger.sqlite"
+    if how == "older-copy":  # a restore: the backup copied beside it, then moved into place
+        staged = run / "ledger.sqlite.restoring"
+        shutil.copyfile(older, staged)
+        os.replace(staged, ledger)
+    elif how == "older-copy-in-place":
+        shutil.copyfile(older, ledger)
+    elif how == "deleted":
+        ledger.unlink()
+    else:  # corrupted: garbage over the header and the first pages, in place
+        with open(ledger, "r+b") as f:
+            f.write(os.urandom(8192))
+
+
+def swap_trial(base: Path, how: str, rng: random.Random) -> dict:
+    """One swap trial on a fresh copy of ``base``; see the module docstring."""
+    from s3t.run import Run
+    from s3t.run.storage import LedgerChangedError, RunFault
+
+    run = tmp_run_dir("swap")
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(base, run)
+    holder = Run.open(run)  # the writing process: a server's records view, or `s3t forget`
+    _, retained = ledger_state(run)
+    victims = rng.sample(retained, 8)
+    acknowledged: dict[str, str] = {}
+    before_backup = rng.randint(0, 2)
+    after_backup = rng.randint(1, 3)
+    for sid in victims[:before_backup]:
+        acknowledged[sid] = holder.forget([sid])[1]["request_id"]
+    backup = run.with_name(run.name + "-backup.sqlite")
+    source, target = sqlite3.connect(run / "ledger.sqlite"), sqlite3.connect(backup)
+    source.backup(target)
+    source.close()
+    target.close()
+    for sid in victims[before_backup:before_backup + after_backup]:
+        acknowledged[sid] = holder.forget([sid])[1]["request_id"]
+    swap_ledger(run, how, backup)
+    after_change, refused_first = 0, None
+    for n, sid in enumerate(victims[5:8]):
+        try:
+            holder.forget([sid])
+            after_change += 1
+        except LedgerChangedError:
+            if refused_first is None:
+                refused_first = n
+    holder.close()
+    lost, opened = [], "opened"
+    try:
+        reopened = Run.open(run)
+    except RunFault as err:
+        opened = f"refused: {type(err).__name__}" + ("" if "--replay" in str(err) else
+                                                      " (without the replay command)")
+    else:
+        deleted, _ = ledger_state(run)
+        lost = [sid for sid, rid in acknowledged.items() if deleted.get(sid) != rid]
+        reopened.close()
+    shutil.rmtree(run, ignore_errors=True)
+    backup.unlink(missing_ok=True)
+    return {"how": how, "acknowledged": len(acknowledged), "lost": lost,
+            "acknowledged_after_change": after_change, "first_refused": refused_first,
+            "reopen": opened}
+
+
+def swap_campaign(run: Path, seed: int, trials: int) -> dict:
+    rng = random.Random(seed + 1)
+    results: dict[str, dict] = {}
+    for how in SWAPS:
+        outcomes = [swap_trial(run, how, rng) for _ in range(trials)]
+        reopen: dict[str, int] = {}
+        for o in outcomes:
+            reopen[o["reopen"]] = reopen.get(o["reopen"], 0) + 1
+        results[how] = {
+            "trials": trials,
+            "acknowledged_before_change": sum(o["acknowledged"] for o in outcomes),
+            "acknowledged_lost": sum(len(o["lost"]) for o in outcomes),
+            "acknowledged_after_change": sum(o["acknowledged_after_change"] for o in outcomes),
+            "first_request_refused": sum(o["first_refused"] == 0 for o in outcomes),
+            "reopen": reopen,
+        }
+        print(f"  swap {how}: {results[how]}", flush=True)
+    return results
+
+
+def train_base(seed: int, size: dict) -> Path:
     from s3t import S3T, S3TConfig
     from s3t.data.loaders import load_wordnet
 
-    rng = random.Random(seed)
     run = tmp_run_dir("faults")
     data = load_wordnet(limit=size["n_train"], seed=seed)
     config = S3TConfig(model=harness.backbone(),
                        shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
                        max_seq_len=32, seed=seed)
     S3T(config, run_dir=run).fit(data, progress=False).close()
+    return run
+
+
+def campaign(seed: int, size: dict) -> dict:
+    rng = random.Random(seed)
+    run = train_base(seed, size)
+    swaps = swap_campaign(run, seed, size["swap_trials"])  # on the untouched trained run
 
     # calibration: how long an uninterrupted forget and retrain take here
     _, retained = ledger_state(run)
@@ -179,14 +281,25 @@ def campaign(seed: int, size: dict) -> dict:
              "audit_violations": reopen_and_audit(run)}
     return {"seed": seed, "trials": len(kinds), "counts": counts,
             "acknowledged_lost": lost, "audits_failed_after_repair": audit_failures,
-            "maintenance_retrains": maintenance,
+            "maintenance_retrains": maintenance, "swaps": swaps,
             "calibration_seconds": {"forget": calibrations[0], "retrain": retrain_s,
                                     "forget_recalibrated": calibrations}, "final": final}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
+    p.add_argument("--swap-only", action="store_true",
+                   help="only the ledger-swap trials, on a smaller run (writes faults-swap.json)")
     args = p.parse_args(argv)
+    if args.swap_only:
+        seeds = seeds_for(args, [0], [0])
+        prov = provenance("faults-swap", args.quick, seeds, SWAP_ONLY)
+        print_header(prov)
+        runs = [{"seed": seed, "swaps": swap_campaign(train_base(seed, SWAP_ONLY), seed,
+                                                       SWAP_ONLY["swap_trials"])}
+                for seed in seeds]
+        write_result("faults-swap", args.quick, prov, {"runs": runs})
+        return 0
     size = size_for(args, QUICK, FULL, SMOKE)
     seeds = seeds_for(args, [0], [0])
     prov = provenance("faults", args.quick, seeds, size)

@@ -52,7 +52,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("llm", (9,), "LLM instruction tuning (SmolLM2) through deletions",
               ("llm",), SMOKE),
     Benchmark("faults", (10,), "kill -9 of s3t forget/retrain at random moments",
-              ("faults",), SMOKE),
+              ("faults", "faults-swap"), SMOKE),
     Benchmark("service", (11,), "`s3t serve` under concurrent HTTP load",
               ("service",), SMOKE),
     Benchmark("stream", (12,), "a Poisson deletion stream through the server, S3T against SISA",

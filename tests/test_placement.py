@@ -234,6 +234,7 @@ def test_trained_run_records_placement_refuses_undeletable_and_stays_exact(tiny_
 
 def test_forget_refuses_undeletable_samples_and_changes_nothing(tmp_path) -> None:
     """At the ledger: by id or through a group, a deletable=false sample is refused."""
+    from s3t.run.deletion import DeletionRequest
     from s3t.run.forget import UndeletableSampleError, plan_forget
     from s3t.run.ledger import Ledger
 
@@ -244,8 +245,8 @@ def test_forget_refuses_undeletable_samples_and_changes_nothing(tmp_path) -> Non
     ledger.add_placement([("a", None, False), ("b", 0.5, True), ("c", 2.0, True)])
     for ids, groups in ((["a"], None), (["c", "a"], None), (None, ["u1"])):
         with pytest.raises(UndeletableSampleError, match=r"deletable=false cannot be forgotten: a\."):
-            plan_forget(ledger, ids, groups)
-    assert plan_forget(ledger, ["b", "c"], None).new == {"b": (0, 0), "c": (0, 1)}
+            plan_forget(ledger, DeletionRequest.of(ids, groups))
+    assert plan_forget(ledger, DeletionRequest.of(["b", "c"], None)).new == {"b": (0, 0), "c": (0, 1)}
     assert ledger.undeletable(["a", "b", "c", "zz"]) == ["a"]
     ledger.close()
 

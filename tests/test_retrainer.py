@@ -272,3 +272,60 @@ def test_stopping_the_server_cancels_the_job_and_leaves_a_clean_run(run_copy, mo
         assert report.ok, report.violations
     finally:
         run.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_the_retrain_child_dies_with_a_server_killed_by_sigkill(run_copy, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import httpx
+    from test_service import free_port, start_server
+
+    port, log = free_port(), tmp_path / "server.log"
+    base = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("S3T_FAULT", "train:after-stage-write=120")  # the child waits there
+    server = start_server(run_copy, port, log)
+    children: list[int] = []
+    try:
+        victim = retained_sample(run_copy, 0, 1)
+        assert httpx.post(f"{base}/v1/deletions", json={"sample_ids": [victim]}, headers=AUTH,
+                          timeout=60).status_code == 200
+        assert httpx.post(f"{base}/v1/retrain", headers=AUTH, timeout=60).status_code == 202
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and not children:
+            children = [c for c in _children(server.pid)
+                        if b"retrain" in (Path("/proc") / str(c) / "cmdline").read_bytes()]
+            time.sleep(0.2)
+        assert children, "the retrain child started"
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_running(c) for c in children):
+        time.sleep(0.1)
+    alive = [c for c in children if _running(c)]
+    for pid in alive:  # never leave it behind, whatever the outcome
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the retrain child outlived the server"

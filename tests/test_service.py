@@ -187,16 +187,14 @@ def test_idempotent_retry_returns_the_same_certificate_and_409_on_another_body(r
         assert client.get("/v1/deletions/client-key-1", headers=AUTH).json() == one.json()
         assert deletion_count(run_copy) == 1
         assert samples_in(run_copy, (1, 1), 2)[0] == other  # still there
-    keys = run_copy / "service" / "idempotency.sqlite"
-    assert keys.is_file() and b"client-key-1" in keys.read_bytes() + _wal(keys)
+    ledger = Run.open(run_copy, repair=False).ledger  # the key is the run's, in its ledger
+    try:
+        assert ledger.client_key("client-key-1")[1] == one.json()["request_id"]
+    finally:
+        ledger.close()
     with serving(run_copy) as client:  # the key survives a restart
         again = client.post("/v1/deletions", json=body, headers=AUTH)
         assert again.json() == one.json() and again.headers["s3t-replayed"] == "true"
-
-
-def _wal(path: Path) -> bytes:
-    wal = path.with_name(path.name + "-wal")
-    return wal.read_bytes() if wal.exists() else b""
 
 
 def test_unknown_ids_or_groups_are_404_and_nothing_is_deleted(run_copy):
@@ -453,10 +451,9 @@ def test_model_calls_run_concurrently_and_never_mutate_the_backbone(trained):
     leaves the shared backbone exactly as it was: no head loaded, no adapter switched."""
     from s3t.engine import S3T
     from s3t.service.guard import GuardedModel
-    from s3t.service.idempotency import IdempotencyStore
 
     engine = S3T.load(trained)
-    model = GuardedModel(engine, IdempotencyStore(trained))
+    model = GuardedModel(engine)
     try:
         model.warm()
         backbone = engine.backbone

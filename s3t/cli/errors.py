@@ -1,6 +1,8 @@
 """One-line errors for the command line: usage errors and library exceptions become
-``error: ...`` on stderr with exit status 2 (bad input) or 1 (refused state, or a run
-directory that cannot be read or written), never a traceback."""
+``error: ...`` on stderr with exit status 2 (bad input), 1 (refused state), or the status of
+a fault of the run's files (``s3t.run.storage``: 3 read-only, 4 permission denied, 5 disk
+full, 6 file missing, 7 ledger damaged, 8 ledger swapped or behind its certificates), never a
+traceback."""
 
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ def engine_errors(flags: dict[str, str] | None = None, run: Path | None = None) 
     deletion's certificate) it prints itself.
     """
     from s3t.run import IntegrityError, NoLiveShardError, RetrainRunningError, UnsafeRunError
+    from s3t.run.storage import RunFault, classify
 
     def fail(code: int, message: object) -> typer.Exit:
         typer.echo(f"error: {' '.join(str(message).splitlines())}", err=True)
@@ -68,15 +71,22 @@ def engine_errors(flags: dict[str, str] | None = None, run: Path | None = None) 
     except ConfigError as exc:
         flag = (flags or {}).get(exc.field)
         raise fail(2, f"{flag}: {exc}" if flag else exc) from None
-    except sqlite3.DatabaseError as exc:  # OperationalError included
-        raise fail(1, _sqlite_message(exc, run)) from None
-    except PermissionError as exc:
-        raise fail(1, _permission_message(exc, run)) from None
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+    except RunFault as exc:  # read-only, denied, full, missing, damaged, swapped: own status
+        raise fail(exc.exit_code, exc) from None
+    except (sqlite3.DatabaseError, OSError) as exc:
+        fault = classify(exc, run)
+        if fault is not None:
+            raise fail(fault.exit_code, fault) from None
+        if isinstance(exc, sqlite3.DatabaseError):  # OperationalError included
+            raise fail(1, _sqlite_message(exc, run)) from None
+        if isinstance(exc, PermissionError):
+            raise fail(1, _permission_message(exc, run)) from None
+        if isinstance(exc, (FileNotFoundError, FileExistsError)):
+            raise fail(2, _os_message(exc)) from None
+        raise fail(1, _os_message(exc)) from None  # NotADirectoryError, an I/O error ...
+    except (ValueError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise fail(2, _os_message(message) if isinstance(message, OSError) else message) from None
-    except OSError as exc:  # NotADirectoryError, a full disk, an I/O error ...
-        raise fail(1, _os_message(exc)) from None
 
 
 def _os_message(exc: OSError) -> str:
@@ -103,8 +113,7 @@ def _sqlite_message(exc: sqlite3.DatabaseError, run: Path | None) -> str:
     if "locked" in text or "busy" in text:
         return f"the ledger of {run or 'the run'} is locked by another process ({text}): try again"
     ledger = f"{run}/ledger.sqlite" if run is not None else "the run's ledger"
-    return (f"{ledger} is damaged or not an SQLite database ({text}): restore the run "
-            "directory from a backup")
+    return f"{ledger} could not be used ({text}): `s3t audit` says what is wrong"
 
 
 def _permission_message(exc: PermissionError, run: Path | None) -> str:

@@ -160,7 +160,7 @@ def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
     deleted_by_cell = _deleted_by_cell(deleted)
     for sid in ledger.leaked_inputs():
         violations.append(f"deleted sample {sid} still has its input or label in the ledger")
-    if ledger.pending_scrubs() and not ledger.scrub():
+    if ledger.pending_scrubs() and (ledger.read_only or not ledger.scrub()):
         violations.append("the ledger's write-ahead log may still hold deleted inputs: another "
                           "process keeps a read transaction open; close it and audit again")
 

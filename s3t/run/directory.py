@@ -21,6 +21,7 @@ from pathlib import Path
 from s3t.config import S3TConfig, validation_use
 from s3t.plan.methods import Method
 from s3t.plan.prefix_tree import PrefixTree
+from s3t.run import storage
 from s3t.run.audit import AuditReport, audit, quarantine_damaged
 from s3t.run.card import (
     RUN_FILE,
@@ -46,10 +47,19 @@ from s3t.run.files import (
     refuse_links,
     sha256_file,
 )
-from s3t.run.forget import ForgetPlan, forget, sweep
+from s3t.run.forget import ForgetPlan, finish_outcomes, forget, sweep
+from s3t.run.identity import refuse_if_behind
 from s3t.run.ledger import Ledger, StageRecord, stage_key
 from s3t.run.numeric import NumericEnv, new_env
-from s3t.run.signing import ENV, Signer, check_outside, load_signer, signer_for, stage_payload
+from s3t.run.signing import (
+    ENV,
+    Signer,
+    SigningKeyError,
+    check_outside,
+    load_signer,
+    signer_for,
+    stage_payload,
+)
 from s3t.run.stages import served_stages
 
 WRITER_LOCK = ".retrain.lock"
@@ -166,9 +176,21 @@ class Run:
     def open(cls, path: str | Path, verify: bool = False, repair: bool = True) -> Run:
         """Open a run; ``repair`` finishes an interrupted forget (stage files the ledger no
         longer holds live are erased; ``audit`` opens without it, to see the disk as it is);
-        ``verify`` checks every live stage file's sha256 now (reading a stage always does)."""
+        ``verify`` checks every live stage file's sha256 now (reading a stage always does).
+        An unwritable directory opens read-only, unrepaired; a repairing open refuses a ledger
+        missing certificates on disk (``s3t.run.storage``, ``s3t.run.identity``)."""
         path = Path(path)
+        with storage.storage_errors(path):
+            return cls._open(path, verify, repair)
+
+    @classmethod
+    def _open(cls, path: Path, verify: bool, repair: bool) -> Run:
         run_file = path / RUN_FILE
+        if run_file.is_file() and not (path / Ledger.FILE).exists() and any(
+                (path / CERTIFICATES_DIR).glob("*.json")):
+            raise storage.RunFileMissingError(
+                f"{path / Ledger.FILE} is missing, though {path}/certificates records "
+                f"deletions: {storage.REPLAY.format(run=path)}")
         if not run_file.is_file() or not (path / Ledger.FILE).is_file():
             raise NotARunError(f"{path} is not an s3t run directory (no {RUN_FILE} and "
                                f"{Ledger.FILE}); create one with `s3t train --out {path}`")
@@ -176,28 +198,35 @@ class Run:
         info, config = read_card(run_file)
         refuse_links([path / name for name in (Ledger.FILE, CERTIFICATES_DIR)
                       if (path / name).is_symlink()])
+        read_only = not storage.writable(path)
         try:
-            ledger = Ledger.open_existing(path / Ledger.FILE)
+            ledger = Ledger.open_existing(path / Ledger.FILE, read_only=read_only)
             versions = ledger.slice_versions()
             upgraded = ledger.is_legacy()
         except (sqlite3.DatabaseError, ValueError) as err:
-            raise NotARunError(f"{path / Ledger.FILE} is damaged or not an s3t ledger ({err}); "
-                               "restore it from a backup (S3T.save makes consistent copies)"
-                               ) from None
+            if isinstance(err, sqlite3.DatabaseError) and "locked" in str(err):
+                raise
+            raise storage.LedgerDamagedError(
+                f"{path / Ledger.FILE} is damaged or not an s3t ledger ({err}); keep the "
+                f"directory as it is and rebuild the ledger with {storage.REPLAY.format(run=path)}"
+            ) from None
         run = cls(path, info, config, ledger, StageStore(path / "stages"), version)
         try:
             run._check_card(versions)
             run.store.check_safe()
             run.features.check_safe()
-            # A run from before the certificate chain and the group-key secret is upgraded
-            # in one transaction (whether or not we repair: it is a format change, not a fix).
-            if upgraded:
-                ledger.upgrade_legacy()
-            rewrite_stale_files(ledger, run.certificates_dir)
+            if repair:  # a ledger missing a certificate on disk: refused (audit reports it)
+                run._refuse_if_behind()
+            if not read_only:
+                # A run from before the certificate chain and the group-key secret is upgraded
+                # in one transaction (whether or not we repair: a format change, not a fix).
+                if upgraded:
+                    ledger.upgrade_legacy()
+                rewrite_stale_files(ledger, run.certificates_dir)
         except BaseException:
             ledger.close()
             raise
-        if repair:
+        if repair and not read_only:
             writer_active = run.writer_running()
             sweep(run.ledger, run.store, run.features, writer_active=writer_active)
             if not writer_active:
@@ -205,9 +234,18 @@ class Run:
             restore_certificates(run.ledger, run.certificates_dir)
             if run.ledger.pending_scrubs():
                 run.ledger.scrub()
+            if run.ledger.outcome_pending():
+                try:
+                    signer = run.signer()
+                except SigningKeyError:  # left for a writer that holds the run's key
+                    signer = None
+                finish_outcomes(run.ledger, run.store, run.certificates_dir, signer=signer,
+                                signed_run=run.public_key is not None)
         if verify:
             run.verify_live()
         return run
+
+    read_only = property(lambda self: self.ledger.read_only)  # no write access: no repair
 
     def _check_card(self, versions: dict[tuple[int, int], int]) -> None:
         """The run card must describe the ledger it sits beside (an edited card would make
@@ -299,18 +337,41 @@ class Run:
 
     # --- the deletion path --------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str] | None = None,
-               groups: Sequence[str] | None = None) -> tuple[ForgetPlan, dict]:
+               groups: Sequence[str] | None = None,
+               client_key: str | None = None) -> tuple[ForgetPlan, dict]:
+        """Delete exactly (``s3t.run.forget``); ``client_key``: the caller's idempotency key,
+        recorded in the deletion's transaction (``plan.replay``: answered as a replay)."""
         if isinstance(sample_ids, str):
             sample_ids = [sample_ids]
         if isinstance(groups, str):
             groups = [groups]
-        return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
-                      self.certificates_dir, servable=self.method.servable,
-                      features=self.features, signer=self.signer())
+        if self.read_only:
+            raise storage.ReadOnlyRunError(storage.read_only_message(self.path))
+        with storage.storage_errors(self.path):
+            return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
+                          self.certificates_dir, servable=self.method.servable,
+                          features=self.features, client_key=client_key,
+                          signer=self.signer())
+
+    def check_ledger(self) -> None:
+        """Raise ``LedgerChangedError`` unless ``ledger.sqlite`` is still the file this run
+        holds open (``s3t.run.identity``): for readiness checks and before an audit."""
+        with storage.storage_errors(self.path):
+            self.ledger.check_identity()
 
     def audit(self) -> AuditReport:
-        return audit(self.ledger, self.store, self.features, self.certificates_dir,
-                     public_key=self.public_key)
+        report = audit(self.ledger, self.store, self.features, self.certificates_dir,
+                       public_key=self.public_key)
+        try:
+            self._refuse_if_behind()
+        except storage.LedgerChangedError as err:
+            report.ok, report.violations = False, [str(err), *report.violations]
+        return report
+
+    def _refuse_if_behind(self) -> None:
+        head = self.ledger.chain_head()
+        refuse_if_behind(self.ledger.path, set(self.ledger.deletion_ids()),
+                         head.sequence if head else 0, self.certificates_dir)
 
     def certificates(self) -> dict:
         """The deletion log: every certificate's position, id, counts and sha256; the chain

@@ -1,9 +1,11 @@
 """The ledger: the durable record of where every sample lives, what was deleted, which
 stages exist (with file hashes and the slice versions they were trained on) and what is routed.
 
-Every write of stage or sample state is a named operation here (``bump_versions``,
-``scrub_samples``, ``erase_stages``, ``commit_stage``, ``record_deletion``, ``refresh_routes``):
-no SQL about the invariant lives anywhere else. Routing is a pure function of the live stage
+Every write of stage or sample state is a named operation here: a deletion is one,
+``commit_deletion`` (it plans, checks the ledger is still the run's, applies ``bump_versions``,
+``scrub_samples``, ``erase_stages``, ``refresh_routes`` and ``record_deletion`` and records the
+client key, in one transaction), then ``record_outcome``; a trained stage is ``commit_stage``.
+No SQL about the invariant lives anywhere else. Routing is a pure function of the live stage
 records (``s3t.run.stages``). Long on purpose: every statement that changes the run's records
 is here, so one file shows every way they can change.
 
@@ -27,12 +29,24 @@ import hmac
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from s3t.run.chain import ChainHead, DeletionLogError, certificate_sha256, is_linked, link
+from s3t.run.deletion import (
+    DeletionCommit,
+    DeletionRequest,
+    RequestKeyConflict,
+    now,
+    plan_forget,
+)
+from s3t.run.faults import fault_point
+from s3t.run.identity import FileIdentity, check_same_file, probe_chain_head
 from s3t.run.stages import StageRecord, compute_routes, stage_key
+from s3t.run.storage import LedgerChangedError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -83,6 +97,12 @@ CREATE TABLE IF NOT EXISTS stage_signatures (  -- the run key's signature of eac
 CREATE TABLE IF NOT EXISTS secrets (  -- never copied into certificates, exports or status
     name TEXT PRIMARY KEY, value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS client_keys (  -- written in the deletion's own transaction
+    client_key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,  -- HMAC of the request body (DeletionRequest.fingerprint)
+    request_id TEXT NOT NULL,   -- the certificate the key is answered with
+    created_at TEXT NOT NULL
+);
 """
 
 #: How ``samples.grp`` and certificates' ``groups_hmac`` are computed (meta ``group_hash``).
@@ -109,23 +129,50 @@ class Ledger:
     FILE = "ledger.sqlite"
     BUSY_MS = 10_000
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
+        """Open (or create) the ledger at ``path``. ``read_only``: for a run directory that
+        cannot be written (nothing is created, every write fails); the file is opened
+        read-only, or immutable where SQLite cannot create its shared-memory file there."""
         self.path = Path(path)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                    timeout=self.BUSY_MS / 1000)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("PRAGMA secure_delete=ON")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.executescript(SCHEMA)
+        self.read_only = read_only
+        self._lock = threading.RLock()  # one transaction at a time on this connection
+        self._changed: LedgerChangedError | None = None  # set once: the file is not ours
+        if read_only:
+            self.conn = self._connect_read_only()
+        else:
+            self.conn = sqlite3.connect(self.path, isolation_level=None,
+                                        check_same_thread=False, timeout=self.BUSY_MS / 1000)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA secure_delete=ON")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.executescript(SCHEMA)
+        #: the file this connection opened (a deletion refuses another one at the path)
+        self.identity = FileIdentity.of(self.path)
+        self._checkpointed: object = None  # chain head our last full checkpoint wrote
         self._secret_value: str | None = None
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=self.BUSY_MS / 1000)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            # A WAL database whose -shm file cannot be created here (a read-only mount, no
+            # process has it open): read it as immutable, which needs no shared memory.
+            conn = sqlite3.connect(f"file:{quote(str(self.path))}?immutable=1", uri=True,
+                                   isolation_level=None, check_same_thread=False)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+
     @classmethod
-    def open_existing(cls, path: str | Path) -> Ledger:
+    def open_existing(cls, path: str | Path, read_only: bool = False) -> Ledger:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no ledger at {path}")
-        ledger = cls(path)
+        ledger = cls(path, read_only=read_only)
         if ledger.get_meta("format") is None:
             raise ValueError(f"{path} is not an s3t ledger")
         return ledger
@@ -183,24 +230,44 @@ class Ledger:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """All-or-nothing: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """All-or-nothing: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception. Refused
+        once this connection's file was found not to be the run's ledger any more."""
+        with self._lock:
+            if self._changed is not None:
+                raise self._changed
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def check_identity(self) -> None:
+        """Raise ``LedgerChangedError`` (and refuse every later write) unless the file at
+        ``path`` is still the one this connection holds, with the same chain head
+        (``s3t.run.identity``). Inside a write transaction, nothing can move the head."""
+        if self._changed is not None:
+            raise self._changed
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            check_same_file(self.path, self.identity)
+            probe_chain_head(self.path, self.get_meta(CHAIN_META), self._checkpointed)
+        except LedgerChangedError as err:
+            self._changed = err
             raise
-        self.conn.execute("COMMIT")
 
     def checkpoint(self, attempts: int = 3, busy_ms: int = 200) -> bool:
         """Fold the WAL into the database and truncate it, so no page image of deleted data
         survives. Another connection's open read snapshot can block this: retry briefly and
         report whether it succeeded (every frame committed before it is then scrubbed)."""
+        head = self.get_meta(CHAIN_META)  # read first: a success folds at least this in
         self.conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         try:
             for _ in range(attempts):
                 busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 if not busy:
+                    self._checkpointed = head
                     return True
             return False
         finally:
@@ -313,7 +380,8 @@ class Ledger:
         if secret is None:
             raise DeletionLogError(
                 f"{self.path} has no group-key secret, so group keys cannot be matched to "
-                "samples: the ledger was altered; restore ledger.sqlite from a backup")
+                "samples: the ledger was altered; rebuild it from a backup with the deletions "
+                "replayed (`s3t restore BACKUP NEWRUN --replay RUN/certificates`)")
         return keyed_group_hash(secret, group)
 
     def counts(self) -> tuple[int, int]:
@@ -419,7 +487,8 @@ class Ledger:
         if head is None:
             raise DeletionLogError(
                 f"{self.path} has no certificate chain head: the ledger was altered and a new "
-                "certificate cannot be linked; restore ledger.sqlite from a backup")
+                "certificate cannot be linked; rebuild it from a backup with the deletions "
+                "replayed (`s3t restore BACKUP NEWRUN --replay RUN/certificates`)")
         new_head = link(certificate, head)
         if seal is not None:
             seal(certificate)
@@ -435,6 +504,130 @@ class Ledger:
                              "after its deletion committed")
         self.conn.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
                           (json.dumps(certificate), request_id))
+
+    # --- a deletion ---------------------------------------------------------------------------
+    def commit_deletion(self, request: DeletionRequest, n_shards: int,
+                        servable: Callable[[int], bool] = lambda depth: True,
+                        seal: Callable[[dict], object] | None = None) -> DeletionCommit:
+        """Delete durably, in one transaction: check the ledger is still the run's
+        (``check_identity``), apply the replay rule (``s3t.run.deletion``), validate the
+        request (``plan_forget``: an invalid one changes nothing), bump the hit cells'
+        versions, drop the samples' text, erase the stages that saw them, re-route, link the
+        certificate into the chain (``seal``: the run key's signature) and record the client
+        key. Files are erased afterwards by
+        the caller (``forget``), which then calls ``record_outcome``."""
+        with self.transaction():
+            self.check_identity()
+            fingerprint = None
+            if request.client_key is not None:
+                fingerprint = request.fingerprint(self._require_secret())
+                known = self.client_key(request.client_key)
+                if known is not None:
+                    if known[0] != fingerprint:
+                        raise RequestKeyConflict(
+                            f"request_id {request.client_key!r} was already used for another "
+                            "deletion request: use a new request_id for a new request")
+                    certificate = self.certificate(known[1])
+                    if certificate is not None:
+                        plan = plan_forget(self, request)
+                        plan.replay = "client-key"
+                        return DeletionCommit(plan, certificate)
+            plan = plan_forget(self, request)
+            if not plan.new:
+                original = self.deleted_by(plan.already_deleted)
+                certificate = self.certificate(original.pop()) if len(original) == 1 else None
+                if certificate is not None:
+                    plan.replay = "same-samples"
+                    if request.client_key is not None and fingerprint is not None:
+                        self._put_client_key(request.client_key, fingerprint,
+                                             certificate["request_id"])
+                    return DeletionCommit(plan, certificate)
+            request_id = os.urandom(16).hex()
+            # Set until this request's files are gone: if it is still set when the next
+            # request starts, an erasure was interrupted and the next request finishes it.
+            unfinished_erasure = bool(self.get_meta("erase_pending"))
+            self.set_meta("erase_pending", True)
+            # Cleared only after a successful WAL scrub: a crash before the scrub leaves it
+            # for the next open and for audit to see.
+            marks = self.mark_scrub_pending(request_id)
+            # Cleared when the certificate's outcome is recorded; the next open records it
+            # for a request whose process died first.
+            self.set_meta("outcome_pending", [*map(list, self.outcome_pending()),
+                                              [request_id, os.getpid()]])
+            cells = plan.cells
+            new_version = self.bump_versions(cells)
+            self.scrub_samples({sid: new_version[cell] for sid, cell in plan.new.items()},
+                               request_id)
+            hit = set(cells)
+            erased = [r for r in self.stages("live")
+                      if any((r.shard, s) in hit for s in r.prefix)]
+            routes_before = self.routes()
+            self.erase_stages([r.key for r in erased], reason=request_id)
+            routes_after = self.refresh_routes(n_shards, servable)
+            certificate = {
+                "request_id": request_id,
+                "time": now(),
+                "samples": sorted(plan.new),
+                "already_deleted": plan.already_deleted,
+                "groups_hmac": sorted(self.group_hash(g) for g in plan.groups),
+                "cells": [{"shard": sh, "slice": sl, "new_version": new_version[(sh, sl)]}
+                          for sh, sl in cells],
+                "erased_stages": sorted(r.key for r in erased),
+                "routes_before": {str(k): v for k, v in routes_before.items()},
+                "routes_after": {str(k): v for k, v in routes_after.items()},
+                "live_shards": sum(v is not None for v in routes_after.values()),
+            }
+            self.record_deletion(request_id, certificate["time"], certificate,  # links it
+                                 seal=seal)
+            if request.client_key is not None and fingerprint is not None:
+                self._put_client_key(request.client_key, fingerprint, request_id)
+            fault_point("forget:before-commit")
+        return DeletionCommit(plan, certificate, erased, new_version, unfinished_erasure, marks)
+
+    def record_outcome(self, certificate: dict, scrubbed: Iterable[str]) -> None:
+        """After a deletion's erasure: store its certificate's outcome fields, drop the scrub
+        marks a successful checkpoint covered, and the pending marks it settles. No fsync of
+        its own (the deletion is durable already; the certificate file is synced), so
+        ``synchronous`` is lowered for this one transaction, under this ledger's lock."""
+        with self._lock:
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self.transaction():
+                    self.update_certificate(certificate["request_id"], certificate)
+                    self.clear_scrubbed(scrubbed)
+                    if certificate.get("files_erased"):
+                        self.clear_meta("erase_pending")
+                    if certificate.get("files_erased") and certificate.get("ledger_scrubbed"):
+                        left = [[r, pid] for r, pid in self.outcome_pending()
+                                if r != certificate["request_id"]]
+                        self.set_meta("outcome_pending", left)
+            finally:
+                self.conn.execute("PRAGMA synchronous=FULL")
+
+    def outcome_pending(self) -> list[tuple[str, int]]:
+        """(request id, pid of its process) of the deletions committed whose certificate
+        outcome is not recorded yet."""
+        value = self.get_meta("outcome_pending")
+        return [(str(v[0]), int(v[1])) for v in value if isinstance(v, list) and len(v) == 2] \
+            if isinstance(value, list) else []
+
+    def client_key(self, client_key: str) -> tuple[str, str] | None:
+        """(fingerprint, request id) recorded for a client key, if any."""
+        row = self.conn.execute("SELECT fingerprint, request_id FROM client_keys WHERE "
+                                "client_key = ?", (client_key,)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def _put_client_key(self, client_key: str, fingerprint: str, request_id: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO client_keys VALUES (?, ?, ?, ?)",
+                          (client_key, fingerprint, request_id, now()))
+
+    def _require_secret(self) -> str:
+        secret = self._secret()
+        if secret is None:
+            raise DeletionLogError(
+                f"{self.path} has no group-key secret: the ledger was altered; `s3t audit` "
+                "says what else changed")
+        return secret
 
     def refresh_routes(self, n_shards: int,
                        servable: Callable[[int], bool] = lambda depth: True) -> dict[int, str | None]:

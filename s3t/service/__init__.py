@@ -11,7 +11,6 @@ model, and why an acknowledged deletion is never served again, is in ``guard.py`
 | ``batching.py`` | fair dynamic batching of predictions into model calls (large requests in chunks) |
 | ``auth.py`` | bearer-token authentication (``hmac.compare_digest``) |
 | ``limits.py`` | the request body limit (413) |
-| ``idempotency.py`` | client keys of deletions (``<run>/service/idempotency.sqlite``) |
 | ``metrics.py`` | Prometheus metrics in a registry per app; the run's counters from its ledger |
 | ``logs.py`` | request ids (``X-Request-ID``) in every log line; text or JSON lines |
 | ``docs.py`` | ``/docs`` and ``/redoc`` from assets installed with the package (offline) |

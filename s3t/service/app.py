@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from s3t.service.auth import BearerAuthMiddleware, protected_paths
 from s3t.service.docs import router as docs
 from s3t.service.endpoints import generation, router, secured, serves_generation
-from s3t.service.errors import ApiError, IdempotencyConflict, api_error, error_response
+from s3t.service.errors import ApiError, api_error, error_response
 from s3t.service.limits import BodyLimitMiddleware
 from s3t.service.logs import RequestIdMiddleware
 from s3t.service.metrics import MetricsMiddleware
@@ -129,6 +129,6 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     # The failures ``api_error`` maps (by base class; anything else there is a logged 500).
     # ``Exception`` last: Starlette answers it, then re-raises it to the server's log.
-    for kind in (ApiError, IdempotencyConflict, ValueError, TypeError, RuntimeError,
-                 sqlite3.OperationalError, Exception):
+    for kind in (ApiError, ValueError, TypeError, RuntimeError, OSError,
+                 sqlite3.DatabaseError, Exception):
         app.add_exception_handler(kind, engine_error)

@@ -50,7 +50,7 @@ log = logging.getLogger("s3t.service")
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer TOKEN` (the server's "
                     "--token-file or S3T_API_TOKEN)")
 ERRORS: dict[int | str, dict] = {code: {"model": ErrorBody} for code in
-                                 (400, 401, 404, 409, 413, 422, 503)}
+                                 (400, 401, 404, 409, 413, 422, 503, 507)}
 router = APIRouter(responses=ERRORS)
 secured = APIRouter(responses=ERRORS, dependencies=[Depends(bearer)])
 # Causal-LM runs only: the app lists it in its schema only for them (``serves_generation``).
@@ -85,6 +85,7 @@ async def healthz() -> dict:
 async def readyz(service: ServiceDep, response: Response) -> dict:
     """200 when at least one live route serves, else 503 (every shard needs a retrain)."""
     try:
+        await service.run(service.model.check_ledger)  # the ledger file is still the run's
         routes = await service.run(service.model.live_routes, 1.0)
     except Exception as err:  # e.g. a damaged stage file: not ready
         response.status_code = 503

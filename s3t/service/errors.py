@@ -13,11 +13,17 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from s3t.run import IntegrityError, NoLiveShardError, RetrainRunningError
-from s3t.run.forget import EmptyRequestError, ForgetRequestError, UnknownSamplesError
+from s3t.run.forget import (
+    EmptyRequestError,
+    ForgetRequestError,
+    RequestKeyConflict,
+    UnknownSamplesError,
+)
+from s3t.run.storage import classify
 
 KINDS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
          409: "conflict", 413: "too_large", 422: "invalid_request", 500: "internal_error",
-         501: "not_implemented", 503: "unavailable"}
+         501: "not_implemented", 503: "unavailable", 507: "insufficient_storage"}
 
 
 class ApiError(Exception):
@@ -27,10 +33,6 @@ class ApiError(Exception):
                  detail: Any = None):
         super().__init__(message)
         self.status, self.message, self.headers, self.detail = status, message, headers, detail
-
-
-class IdempotencyConflict(Exception):
-    """A client request key was used before with another request body."""
 
 
 class BusyError(RuntimeError):
@@ -50,6 +52,8 @@ def forget_status(err: ForgetRequestError) -> int:
     empty request 400, anything else the engine refuses (validation samples) 422."""
     if isinstance(err, UnknownSamplesError):
         return 404
+    if isinstance(err, RequestKeyConflict):  # a client key used before for another body
+        return 409
     if isinstance(err, EmptyRequestError):
         return 400
     return 422
@@ -61,8 +65,9 @@ def api_error(err: BaseException) -> ApiError | None:
         return err
     if isinstance(err, ForgetRequestError):
         return ApiError(forget_status(err), str(err))
-    if isinstance(err, IdempotencyConflict):
-        return ApiError(409, str(err))
+    fault = classify(err, None)  # the run's files: read-only, full, missing, damaged, swapped
+    if fault is not None:
+        return ApiError(fault.http_status, str(fault))
     if isinstance(err, NoLiveShardError):
         return ApiError(503, str(err), headers={"Retry-After": "60"})
     if isinstance(err, BusyError):

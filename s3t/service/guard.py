@@ -10,9 +10,13 @@ another call, nor for a retrain (a separate process: ``retrainer.py``).
 
 Deletions never wait for a model call. They run on a second, torch-free view of the run
 (:class:`~s3t.run.Run`, its own SQLite connection) under the RECORDS lock, which also
-serialises the idempotency keys and the ledger reads (status, audit, certificates): the
+serialises the ledger reads (status, audit, certificates): the
 deletion is validated, committed durably and its invalidated stage files erased, and the
-certificate is sent. Why no prediction that starts after that can use an erased stage: its
+certificate is sent. Client keys (``request_id``) are the run's: recorded in the deletion's
+own ledger transaction, and the run alone decides what is a replay (``s3t.run.deletion``).
+Every deletion first checks that ``ledger.sqlite`` is still the file this server holds
+(``s3t.run.identity``); once it is not, deletions are refused (503), as are readiness and
+audit. Why no prediction that starts after that can use an erased stage: its
 model call begins after the commit, and its snapshot is taken after the commit: the commit
 changed the ledger's ``data_version``, so the memo is stale and the snapshot is re-read,
 dropping the erased stages from the weights it holds and materialising the new routes. A
@@ -38,8 +42,7 @@ import numpy as np
 
 from s3t.run import IntegrityError, Run, sweep
 from s3t.run.timeline import timeline
-from s3t.service.errors import BusyError, IdempotencyConflict
-from s3t.service.idempotency import IdempotencyStore, fingerprint
+from s3t.service.errors import BusyError
 
 if TYPE_CHECKING:  # the engine imports torch: loaded when the app starts, not on import
     from s3t.engine import S3T, Generation, Prediction
@@ -71,8 +74,8 @@ class DeletionOutcome:
 
 
 class GuardedModel:
-    def __init__(self, model: S3T, keys: IdempotencyStore):
-        self.model, self.keys = model, keys
+    def __init__(self, model: S3T):
+        self.model = model
         self.records_lock = threading.Lock()  # deletions, keys and ledger reads
         self._calls = 0                       # model calls running (close waits for them)
         self._idle = threading.Condition()
@@ -159,35 +162,28 @@ class GuardedModel:
                client_key: str | None) -> DeletionOutcome:
         """Delete durably (validated, committed, files erased) without waiting for a model
         call; the next model call serves without the erased stages (module docstring)."""
-        body = fingerprint(sample_ids, groups)
         with self.records_lock:
-            ledger = self.records.ledger
-            if client_key is not None:
-                known = self.keys.get(client_key)
-                if known is not None and known.fingerprint != body:
-                    raise IdempotencyConflict(
-                        f"request_id {client_key!r} was already used for another deletion "
-                        "request: use a new request_id for a new request")
-                certificate = None if known is None else ledger.certificate(known.request_id)
-                if certificate is not None:
-                    return DeletionOutcome(certificate, committed=False, replayed=True)
-            before = ledger.deletion_count()
-            _, certificate = self.records.forget(sample_ids=list(sample_ids) or None,
-                                                 groups=list(groups) or None)
-            committed = ledger.deletion_count() > before
-            if client_key is not None:
-                self.keys.put(client_key, body, certificate["request_id"])
-            return DeletionOutcome(certificate, committed=committed, replayed=False)
+            plan, certificate = self.records.forget(sample_ids=list(sample_ids) or None,
+                                                    groups=list(groups) or None,
+                                                    client_key=client_key)
+            return DeletionOutcome(certificate, committed=plan.replay is None,
+                                   replayed=plan.replay == "client-key")
 
     def certificate(self, key: str) -> dict | None:
         """A certificate by its s3t request id, or by the client key of its request."""
         with self.records_lock:
-            found = self.records.ledger.certificate(key)
+            ledger = self.records.ledger
+            found = ledger.certificate(key)
             if found is None:
-                record = self.keys.get(key)
+                record = ledger.client_key(key)
                 if record is not None:
-                    found = self.records.ledger.certificate(record.request_id)
+                    found = ledger.certificate(record[1])
             return found
+
+    def check_ledger(self) -> None:
+        """Raise unless the run's ledger file is still the one this server holds."""
+        with self.records_lock:
+            self.records.check_ledger()
 
     def certificates(self, offset: int, limit: int) -> tuple[int, list[dict]]:
         with self.records_lock:
@@ -219,6 +215,7 @@ class GuardedModel:
 
     def audit(self) -> dict:
         with self.records_lock:
+            self.records.check_ledger()  # an audit of a file that is not the run's: refused
             return self.records.audit().to_dict()
 
     def live_routes(self, wait_s: float = 1.0) -> Routes:
@@ -277,4 +274,3 @@ class GuardedModel:
         with self.records_lock:
             self.model.close()
             self.records.close()
-            self.keys.close()

@@ -44,6 +44,7 @@ from pydantic import ValidationError
 
 from s3t.contract import Job, JobEvent
 from s3t.service.logs import request_id
+from s3t.train.parent import child_environment
 
 log = logging.getLogger("s3t.service")
 child_log = logging.getLogger("s3t.retrain")
@@ -239,9 +240,11 @@ class Retrainer:
         file = self._open_log()
         stderr_tail: list[str] = []
         try:
+            # The child nices itself and dies with this process (s3t/train/parent.py): no
+            # preexec_fn, which is unsafe in a threaded server.
             self._process = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                text=True, errors="replace", preexec_fn=lambda: os.nice(NICE))
+                text=True, errors="replace", env=child_environment(NICE))
             assert self._process.stdout is not None and self._process.stderr is not None
             reader = threading.Thread(target=self._read_stderr, name="s3t-retrain-stderr",
                                       args=(job, self._process.stderr, file, stderr_tail),

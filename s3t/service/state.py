@@ -16,7 +16,6 @@ from s3t.service.batching import Batcher
 from s3t.service.errors import BusyError
 from s3t.service.guard import ROUTE_TRIES, GuardedModel, Routes, lower_priority
 from s3t.service.history import History
-from s3t.service.idempotency import IdempotencyStore
 from s3t.service.metrics import ServiceMetrics
 from s3t.service.retrainer import Job, Retrainer, RetrainPolicy
 
@@ -149,7 +148,7 @@ class Service:
             torch.set_num_threads(settings.torch_threads)
         engine = await asyncio.to_thread(S3T.load, settings.run_dir)
         try:
-            model = GuardedModel(engine, IdempotencyStore(settings.run_dir))
+            model = GuardedModel(engine)
         except BaseException:
             engine.close()
             raise
