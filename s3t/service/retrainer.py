@@ -102,8 +102,6 @@ class Retrainer:
     def __init__(self, run_dir: Path, policy: RetrainPolicy, delay_s: float,
                  status: Callable[[], dict], on_event: Callable[[str, Job], object],
                  log_path: Path | None = None):
-        if not delay_s >= 0:
-            raise ValueError(f"retrain delay must be >= 0 seconds, got {delay_s}")
         self.run_dir, self.policy, self.delay_s = run_dir, policy, delay_s
         self._status, self._on_event = status, on_event
         self.log_path = log_path
