@@ -107,7 +107,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
     async def engine_error(request: Request, exc: Exception) -> JSONResponse:
-        known = api_error(exc)
+        known = api_error(exc, request.app.state.service.settings.run_dir)
         if known is None:
             log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
             return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
