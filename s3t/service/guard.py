@@ -39,7 +39,7 @@ import numpy as np
 from s3t.run import IntegrityError, Run, sweep
 from s3t.run.timeline import timeline
 from s3t.service.errors import BusyError, IdempotencyConflict
-from s3t.service.idempotency import IdempotencyStore, fingerprint
+from s3t.service.idempotency import IdempotencyStore, fingerprint, same_request
 
 if TYPE_CHECKING:  # the engine imports torch: loaded when the app starts, not on import
     from s3t.engine import S3T, Generation, Prediction
@@ -81,7 +81,6 @@ class GuardedModel:
         if model.run is None:
             raise RuntimeError("the service needs a loaded run")
         self.records = Run.open(model.run.path, repair=False)
-        self.last_routes: Routes = {}
         self._timeline: tuple[object, list[dict]] | None = None  # (ledger stamp, points)
 
     # --- model calls --------------------------------------------------------------------------
@@ -100,9 +99,7 @@ class GuardedModel:
                 self._idle.notify_all()
 
     def _routes(self) -> Routes:
-        routes = {str(shard): route.stage for shard, route in self.model.served().items()}
-        self.last_routes = routes
-        return routes
+        return {str(shard): route.stage for shard, route in self.model.served().items()}
 
     def warm(self) -> Routes:
         """Load the backbone and materialise the live routes."""
@@ -114,7 +111,8 @@ class GuardedModel:
             for _ in range(ROUTE_TRIES):
                 try:
                     prediction = self.model.predict(inputs)
-                except IntegrityError:  # a deletion erased a stage this call was reading
+                except IntegrityError as err:
+                    self._retry_or_raise(err)
                     continue
                 return prediction, self._reported(prediction.routes)
         raise BusyError("stage files kept disappearing during the call (deletions): retry")
@@ -127,7 +125,8 @@ class GuardedModel:
                     result = self.model.generate(prompt, max_new_tokens=max_new_tokens,
                                                  greedy=greedy, temperature=temperature,
                                                  seed=seed)
-                except IntegrityError:  # a deletion erased a stage this call was reading
+                except IntegrityError as err:
+                    self._retry_or_raise(err)
                     continue
                 return result, self._reported(result.routes)
         raise BusyError("stage files kept disappearing during the call (deletions): retry")
@@ -151,20 +150,29 @@ class GuardedModel:
         return float(np.mean(prediction.label_ids == np.asarray([row[1] for row in rows])))
 
     def _reported(self, used: dict[int, str]) -> Routes:
-        self.last_routes = {str(shard): stage for shard, stage in used.items()}
-        return dict(self.last_routes)
+        return {str(shard): stage for shard, stage in used.items()}
+
+    def _retry_or_raise(self, err: IntegrityError) -> None:
+        """A stage file failed its check during a model call. If a deletion erased the stage
+        meanwhile (the ledger marks it erased before its files go), the call is retried with
+        fresh routes; if the stage is still live, its files are damaged and no retry helps:
+        the error goes to the client, telling the operator to run ``s3t retrain``."""
+        with self.records_lock:
+            live = err.key is None or self.records.ledger.is_live(err.key)
+        if live:
+            raise err
 
     # --- deletions ----------------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str], groups: Sequence[str],
                client_key: str | None) -> DeletionOutcome:
         """Delete durably (validated, committed, files erased) without waiting for a model
         call; the next model call serves without the erased stages (module docstring)."""
-        body = fingerprint(sample_ids, groups)
         with self.records_lock:
             ledger = self.records.ledger
             if client_key is not None:
                 known = self.keys.get(client_key)
-                if known is not None and known.fingerprint != body:
+                if known is not None and not same_request(known.fingerprint, sample_ids, groups,
+                                                          ledger.group_hash):
                     raise IdempotencyConflict(
                         f"request_id {client_key!r} was already used for another deletion "
                         "request: use a new request_id for a new request")
@@ -176,7 +184,8 @@ class GuardedModel:
                                                  groups=list(groups) or None)
             committed = ledger.deletion_count() > before
             if client_key is not None:
-                self.keys.put(client_key, body, certificate["request_id"])
+                self.keys.put(client_key, fingerprint(sample_ids, groups, ledger.group_hash),
+                              certificate["request_id"])
             return DeletionOutcome(certificate, committed=committed, replayed=False)
 
     def certificate(self, key: str) -> dict | None:
@@ -221,9 +230,8 @@ class GuardedModel:
         with self.records_lock:
             return self.records.audit().to_dict()
 
-    def live_routes(self, wait_s: float = 1.0) -> Routes:
-        """The routes served now (a snapshot, as a model call takes it; ``wait_s`` is kept
-        for callers: reading routes no longer waits for model calls)."""
+    def live_routes(self) -> Routes:
+        """The routes served now (a snapshot, as a model call takes it)."""
         with self._call():
             return self._routes()
 

@@ -2,7 +2,8 @@
 
 A deletion may carry a client key (``request_id``). Once the deletion has committed, the
 key is recorded with the sha256 of the request's canonical body (sorted, de-duplicated
-sample ids and group keys) and the s3t request id of its certificate. Re-sending the key
+sample ids and the ledger's keyed hashes of the group keys) and the s3t request id of its
+certificate. Re-sending the key
 with the same body returns that certificate and deletes nothing; the key with another body
 is a conflict (409). Only the hash of the body is kept: group keys never appear in clear,
 as in the ledger.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,11 +31,29 @@ DIRECTORY = "service"
 FILE = "idempotency.sqlite"
 
 
-def fingerprint(sample_ids: Sequence[str], groups: Sequence[str]) -> str:
-    """sha256 of a deletion request's canonical body (order and repeats do not matter)."""
+KEYED = "k1:"  # a fingerprint with group keys hashed as the ledger hashes them
+
+
+def fingerprint(sample_ids: Sequence[str], groups: Sequence[str],
+                group_hash: Callable[[str], str]) -> str:
+    """sha256 of a deletion request's canonical body (order and repeats do not matter), its
+    group keys each hashed by ``group_hash``: the ledger's keyed hash (``Ledger.group_hash``,
+    HMAC with the run's secret), so the fingerprint cannot be matched to guessed keys."""
+    canonical = json.dumps({"sample_ids": sorted(set(sample_ids)),
+                            "groups": sorted({group_hash(g) for g in groups})},
+                           sort_keys=True, separators=(",", ":"))
+    return KEYED + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def same_request(stored: str, sample_ids: Sequence[str], groups: Sequence[str],
+                 group_hash: Callable[[str], str]) -> bool:
+    """Whether a stored fingerprint is of this request; one from before the fingerprints
+    were keyed (no ``KEYED`` prefix) is compared as it was computed then."""
+    if stored.startswith(KEYED):
+        return stored == fingerprint(sample_ids, groups, group_hash)
     canonical = json.dumps({"sample_ids": sorted(set(sample_ids)), "groups": sorted(set(groups))},
                            sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return stored == hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
