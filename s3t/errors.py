@@ -139,3 +139,13 @@ def describe(exc: BaseException, run: Path | None = None) -> Failure | None:
         if isinstance(exc, entry.types) and entry.matches(exc):
             return Failure(entry, entry.message(exc, run))
     return None
+
+
+def redact(message: str, run_dir: Path | None) -> str:
+    """``message`` with the run directory's absolute path shortened to its name: what the
+    service shows a client (no path of the server's disk)."""
+    if run_dir is None:
+        return message
+    for path in sorted({str(run_dir.resolve()), str(run_dir.absolute())}, key=len, reverse=True):
+        message = message.replace(path, run_dir.name)
+    return message

@@ -36,6 +36,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @contextmanager
 def serving(run: Path, **kwargs):
     kwargs.setdefault("token", TOKEN)
+    # status, history, jobs and metrics read without the token (tests/test_access.py tests
+    # the default, where they need it)
+    kwargs.setdefault("open_status", True)
     with TestClient(create_app(run, **kwargs)) as client:
         yield client
 

@@ -3,9 +3,10 @@
 The run is loaded once, by the app's lifespan (``S3T.load``: an interrupted erasure is
 finished there, every live stage file is hash-checked, the backbone is loaded and the live
 routes are materialised before the first request). The endpoints are in ``endpoints.py``,
-the concurrency model in ``guard.py``. Middleware, outermost first: the request id and the
-access log line (``logs.py``), metrics (every request counted and timed), bearer
-authentication (before anything is read), the body limit (413 before parsing). OpenAPI is at
+the concurrency model in ``guard.py``. Middleware, outermost first: CORS (with
+``--cors-origin``), the request id and the access log line (``logs.py``), metrics (every
+request counted and timed), bearer authentication (before anything is read; which routes
+are open: ``access.py``), the body limit (413 before parsing). OpenAPI is at
 ``/openapi.json``, ``/docs`` and ``/redoc`` (``docs.py``).
 """
 
@@ -22,11 +23,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from s3t.service.auth import BearerAuthMiddleware, protected_paths
+from s3t.service.access import needs_token
+from s3t.service.auth import BearerAuthMiddleware
 from s3t.service.docs import router as docs
 from s3t.service.endpoints import generation, router, secured, serves_generation
 from s3t.service.errors import ApiError, IdempotencyConflict, api_error, error_response
@@ -76,12 +79,17 @@ def create_app(settings: Settings | str | Path, **fields: Any) -> FastAPI:
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(BearerAuthMiddleware, token=settings.token,
-                       protected=protected_paths(settings.open_predict))
+                       protected=needs_token(settings.open_predict, settings.open_status))
     app.add_middleware(MetricsMiddleware, metrics=service.metrics,
                        paths=[route.path for route in (*router.routes, *secured.routes,
                                                         *generation.routes)
                               if isinstance(route, APIRoute)])
     app.add_middleware(RequestIdMiddleware)  # outermost: every response and log line has it
+    if settings.cors_origins:  # outermost: a preflight carries no token
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["Retry-After", "S3T-Replayed"], max_age=600)
     return app
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from s3t.errors import describe
+from s3t.errors import describe, redact
 
 KINDS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
          409: "conflict", 413: "too_large", 422: "invalid_request", 500: "internal_error",
@@ -63,12 +63,3 @@ def api_error(err: BaseException, run_dir: Path | None = None) -> ApiError | Non
     retry = failure.kind.retry_after
     return ApiError(failure.status, redact(failure.message, run_dir),
                     headers=None if retry is None else {"Retry-After": str(retry)})
-
-
-def redact(message: str, run_dir: Path | None) -> str:
-    """``message`` with the run directory's absolute path shortened to its name."""
-    if run_dir is None:
-        return message
-    for path in {str(run_dir.resolve()), str(run_dir.absolute())}:
-        message = message.replace(path, run_dir.name)
-    return message

@@ -211,7 +211,9 @@ class GuardedModel:
         with self.records_lock:
             status = self.records.status()
             running = self.records.writer_running()
-        return {**status, "stages_total": self.stages_total,
+        # the run directory by its name: status may be open (--open-status), and no response
+        # shows a path of the server's disk
+        return {**status, "run_dir": self.records.path.name, "stages_total": self.stages_total,
                 "training": "running" if running else "idle"}
 
     @property

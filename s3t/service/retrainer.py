@@ -44,6 +44,7 @@ from pydantic import ValidationError
 
 from s3t.contract import Job, JobEvent
 from s3t.service.logs import request_id
+from s3t.errors import redact
 
 log = logging.getLogger("s3t.service")
 child_log = logging.getLogger("s3t.retrain")
@@ -201,7 +202,7 @@ class Retrainer:
                 log.exception("retrainer")
                 if job is not None and job.active:
                     job.state, job.finished = "failed", time.time()
-                    job.error = f"{type(err).__name__}: {err}"
+                    job.error = redact(f"{type(err).__name__}: {err}", self.run_dir)
                     self._on_event("retrain-end", job)
                 self._retry_at = time.monotonic() + BACKOFF_S[0]
 
@@ -260,8 +261,9 @@ class Retrainer:
             job.state, self._failures = "succeeded", 0
         else:
             job.state = "failed"
-            job.error = f"s3t retrain exited with {returncode}" + (
-                f": {stderr_tail[-1]}" if stderr_tail else "")
+            job.error = redact(f"s3t retrain exited with {returncode}" + (
+                f": {stderr_tail[-1]}" if stderr_tail else ""), self.run_dir)  # no path: jobs
+            # may be open (--open-status)
             self._failures += 1
             pause = min(BACKOFF_S[0] * 2 ** (self._failures - 1), BACKOFF_S[1])
             self._retry_at = time.monotonic() + pause
