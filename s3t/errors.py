@@ -129,7 +129,7 @@ TABLE: tuple[ErrorKind, ...] = (
     ErrorKind("not_writable", (PermissionError,), 1, None, _permission),
     ErrorKind("invalid_request", (ValueError, TypeError), 2, 422, _bad_input),
     ErrorKind("not_found", (FileNotFoundError, FileExistsError, KeyError), 2, None, _bad_input),
-    ErrorKind("io_error", (OSError,), 1, None, lambda exc, run: one_line(os_message(exc))),
+    ErrorKind("io_error", (OSError,), 1, None, _bad_input),  # a full disk, an I/O error ...
 )
 
 
