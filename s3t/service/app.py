@@ -73,7 +73,7 @@ def create_app(settings: Settings | str | Path, **fields: Any) -> FastAPI:
     app.state.service = service
     app.include_router(router)
     app.include_router(secured)
-    app.include_router(generation, include_in_schema=serves_generation(Path(run_dir)))
+    app.include_router(generation, include_in_schema=serves_generation(settings.run_dir))
     app.include_router(page)  # the operator's page at /
     app.include_router(docs)  # /docs and /redoc, from installed files (offline)
     _add_error_handlers(app)
