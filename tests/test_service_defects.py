@@ -35,7 +35,8 @@ def test_a_damaged_live_stage_says_retrain_and_is_not_retried(run_copy):
     """A stage file that fails its check while the stage is still live is damage: 503 that
     says to run `s3t retrain`, no Retry-After (retrying can never help), no path."""
     key = live_stage(run_copy)
-    with TestClient(create_app(run_copy, token=TOKEN)) as client:
+    # eval_size 0: the history measures nothing, so only the request calls the model
+    with TestClient(create_app(run_copy, token=TOKEN, eval_size=0)) as client:
         engine = client.app.state.service.model.model
         calls = []
 
@@ -54,7 +55,7 @@ def test_a_damaged_live_stage_says_retrain_and_is_not_retried(run_copy):
 
 
 def test_a_stage_erased_by_a_deletion_during_a_call_is_retried(run_copy):
-    with TestClient(create_app(run_copy, token=TOKEN)) as client:
+    with TestClient(create_app(run_copy, token=TOKEN, eval_size=0)) as client:
         records = Run.open(run_copy, repair=False)
         victim = records.ledger.cell_samples(0, 0)[0][0]
         records.close()
