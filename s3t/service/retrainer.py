@@ -43,8 +43,8 @@ from typing import IO
 from pydantic import ValidationError
 
 from s3t.contract import Job, JobEvent
-from s3t.service.logs import request_id
 from s3t.errors import redact
+from s3t.service.logs import request_id
 
 log = logging.getLogger("s3t.service")
 child_log = logging.getLogger("s3t.retrain")
