@@ -42,7 +42,8 @@ def test_every_setting_is_an_option_of_serve_with_its_help_and_default():
         assert param.help.startswith(field.metadata["help"])
         if field.name != "cors_origins":
             assert param.default == field.default, field.name
-    assert set(params) == {"run", "token_file"} | {
+    # --signing-key: the run's key, an option of every command that writes the run
+    assert set(params) == {"run", "token_file", "signing_key_file"} | {
         f.name for f in dataclasses.fields(Settings) if f.name not in ("run_dir", "token")}
 
 

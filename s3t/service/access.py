@@ -5,7 +5,7 @@ operator's page refer here; a test walks every route of the app against it).
   its two assets (they hold no data: the page reads the JSON API, with the token), and the
   API's documentation and contract (``/docs``, ``/redoc``, ``/openapi.json``,
   ``/v1/schemas``: a browser cannot send a bearer token to them, and they describe the API,
-  not the run).
+  not the run), and the run's public signing key (``/v1/keys``).
 - ``STATUS``: open only with ``--open-status`` (a trusted network): status, history, retrain
   jobs and metrics. None of them shows a path of the server's disk.
 - ``PREDICT``: open only with ``--open-predict``: predictions, generation and the labels.
@@ -27,6 +27,7 @@ ROUTES: dict[str, str] = {
     "/docs": OPEN, "/docs/oauth2-redirect": OPEN, "/redoc": OPEN, "/openapi.json": OPEN,
     "/docs/assets/{name}": OPEN,
     "/v1/schemas": OPEN, "/v1/schemas/{name}": OPEN,
+    "/v1/keys": OPEN,  # the run's public signing key: for verifying certificates offline
     "/v1/status": STATUS, "/v1/history": STATUS, "/v1/jobs": STATUS,
     "/v1/jobs/{job_id}": STATUS, "/metrics": STATUS,
     "/v1/predict": PREDICT, "/v1/generate": PREDICT, "/v1/labels": PREDICT,
