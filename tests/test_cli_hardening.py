@@ -222,21 +222,6 @@ def test_read_only_run_directory_is_one_line(run_copy):
             path.chmod(path.stat().st_mode | 0o200)
 
 
-def test_failed_forget_still_prints_its_certificate(run_copy, monkeypatch):
-    """Mapping an error to one line never hides a committed deletion's certificate."""
-    from s3t.run import Run
-
-    def committed_then_failed(self, sample_ids=None, groups=None):
-        exc = PermissionError(13, "Permission denied", str(self.path / "certificates"))
-        exc.certificate = {"request_id": "r1", "samples": list(sample_ids)}  # type: ignore[attr-defined]
-        raise exc
-
-    monkeypatch.setattr(Run, "forget", committed_then_failed)
-    result = invoke("forget", run_copy, "--ids", "s0003", "--json")
-    one_line_error(result, 4)  # permission denied in the run
-    assert json.loads(result.stdout) == {"request_id": "r1", "samples": ["s0003"]}
-
-
 def test_out_under_a_file_or_in_a_non_empty_directory(tmp_path, trained):
     root, run = trained
     train = str(root / "train.csv")

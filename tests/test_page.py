@@ -111,8 +111,10 @@ def test_page_assets_are_served_open_with_a_strict_policy(server):
         assert src.startswith("/page/"), f"the page must load nothing from elsewhere: {src}"
         asset = httpx.get(server + src, timeout=10)
         assert asset.status_code == 200 and asset.content, src
-    for name in ("__init__.py", "index.py", ""):
+    for name in ("__init__.py", "index.py"):
         assert httpx.get(server + "/page/" + name, timeout=10).status_code == 404, name
+    # no route is /page/ itself: like every undeclared path (access.py), it needs the token
+    assert httpx.get(server + "/page/", timeout=10).status_code == 401
 
 
 @pytest.mark.browser
@@ -129,7 +131,7 @@ def test_page_shows_the_shards_and_after_the_token_the_deletion_log(run, server,
         response = httpx.post(server + "/v1/deletions", json={"sample_ids": ids}, headers=AUTH,
                               timeout=30)
         assert response.status_code == 200, response.text
-    status = httpx.get(server + "/v1/status", timeout=10).json()
+    status = httpx.get(server + "/v1/status", headers=AUTH, timeout=10).json()
     expected_shards = {m: [r["stage"], str(r["depth"])] if r else [DEAD, "0"]
                        for m, r in status["routes"].items()}
     # one shard lost its only ordering's first slice (no route), the other serves depth 1
@@ -141,15 +143,20 @@ def test_page_shows_the_shards_and_after_the_token_the_deletion_log(run, server,
 
     wait = WebDriverWait(browser, WAIT_S)
     browser.get(server + "/")
-    wait.until(lambda d: shard_rows(d) == expected_shards,
-               f"the shards table never showed {expected_shards}")
-    assert browser.find_element(By.ID, "deletion-requests").text == "2"
+    # without the token (and without --open-status) the page shows no data of the run, and
+    # says why
+    wait.until(lambda d: "only with the API token" in d.find_element(By.ID, "connection").text,
+               "the page never asked for the token")
+    assert shard_rows(browser) == {} and deletion_rows(browser) == {}
     note = browser.find_element(By.ID, "deletions-note").text
-    assert "needs the API token" in note and deletion_rows(browser) == {}
+    assert "needs the API token" in note
 
     field = browser.find_element(By.ID, "token")
     field.send_keys(TOKEN)
     browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+    wait.until(lambda d: shard_rows(d) == expected_shards,
+               f"the shards table never showed {expected_shards}")
+    assert browser.find_element(By.ID, "deletion-requests").text == "2"
     wait.until(lambda d: deletion_rows(d) == expected_log,
                f"the deletion log never listed {expected_log}")
     assert TOKEN not in browser.current_url
@@ -164,7 +171,9 @@ def test_page_shows_the_shards_and_after_the_token_the_deletion_log(run, server,
             assert texts[sid] not in source
     assert TOKEN not in source
     # no script error, no request refused, nothing the Content-Security-Policy blocked
-    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    # (the reads refused before the token was entered are the only failed requests)
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"
+              and "status of 401" not in e["message"]]
     assert not errors, errors
 
     # a wrong token: the log says so and shows nothing

@@ -281,14 +281,9 @@ def forget_cmd(
     sample_ids = inputs.keys(ids, ids_file, "--ids-file")
     group_keys = inputs.keys(groups, groups_file, "--groups-file")
     with engine_errors(run=run):
-        try:
-            _, certificate = Run.open(run).forget(sample_ids=sample_ids, groups=group_keys)
-        except Exception as exc:
-            # A failure after the deletion was committed carries its certificate: print it.
-            partial = getattr(exc, "certificate", None)
-            if isinstance(partial, dict):
-                _emit(as_json, partial, json.dumps(partial, indent=2, default=str))
-            raise
+        # Once committed, a deletion is never an exception: a failure after the commit is
+        # recorded in the certificate it returns (erase_error, certificate_error).
+        _, certificate = Run.open(run).forget(sample_ids=sample_ids, groups=group_keys)
     _emit(as_json, certificate, json.dumps(certificate, indent=2))
 
 

@@ -1,5 +1,7 @@
 """``s3t serve RUN``: the HTTP service (``s3t.service``) under uvicorn.
 
+Its options are made from the fields of ``s3t.service.settings.Settings`` (flag, help and
+default in each field's metadata), which also checks them: one definition, one validation.
 The token comes from ``--token-file`` or else the ``S3T_API_TOKEN`` environment variable;
 without one the server refuses to listen anywhere but a loopback address (and there every
 endpoint is open). The flags are checked and the run opened before the model loads, so a
@@ -8,36 +10,23 @@ mistake is one ``error:`` line, as in every other command.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
-import ipaddress
+import inspect
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from s3t.cli.errors import engine_errors, fail
 from s3t.run import Run
+from s3t.service.settings import TOKEN_ENV, Settings, SettingsError, flag_of
 
-TOKEN_ENV = "S3T_API_TOKEN"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # another host name: it may resolve to anything
-        return False
-
-
-def cpu_cores() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+# The command line's type of each option whose field type typer cannot take as it is.
+CLI_TYPES: dict[str, Any] = {"cors_origins": list[str] | None}
 
 
 def read_token(token_file: Path | None) -> str | None:
@@ -74,94 +63,75 @@ def bind_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory (created by `s3t train`).")],
-    host: Annotated[str, typer.Option("--host", help="Address to listen on. Without a token "
-                    "only a loopback address is allowed.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port (1..65535).")] = 8000,
-    token_file: Annotated[Path | None, typer.Option("--token-file", help="File holding the bearer "
-                          f"token (default: the {TOKEN_ENV} environment variable). Deletions, "
-                          "their listing and audit always need it; predict and generate unless "
-                          "--open-predict.")] = None,
-    open_predict: Annotated[bool, typer.Option("--open-predict", help="Serve predict and generate "
-                            "without the token.")] = False,
-    max_batch: Annotated[int, typer.Option("--max-batch", help="Inputs per batched model call "
-                         "(>= 1).")] = 32,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for "
-                           "more requests, in milliseconds (>= 0).")] = 5.0,
-    workers: Annotated[int, typer.Option("--workers", help="Model calls (batches) that run at "
-                       "once (>= 1; 0: one per CPU core). One by default: on a small machine "
-                       "concurrent calls slow deletions down (BENCHMARKS.md section 11).")] = 1,
-    torch_threads: Annotated[int, typer.Option("--torch-threads", help="Torch threads per model "
-                             "call (>= 1; 0: torch's default, one per CPU core). With several "
-                             "--workers, 1 keeps a busy machine's cores from waiting on each "
-                             "other.")] = 0,
-    retrain: Annotated[str, typer.Option("--retrain", help="Background retraining: manual (only "
-                       "POST /v1/retrain), eager (as soon as a deletion invalidated a stage) or "
-                       "capacity:<threshold> (when capacity falls below it, e.g. "
-                       "capacity:0.8). Stages serve as soon as each is retrained.")] = "manual",
-    retrain_delay: Annotated[float, typer.Option("--retrain-delay", help="Seconds without a new "
-                             "deletion before a policy retrain starts, so a burst of deletions "
-                             "is retrained once (>= 0).")] = 0.0,
-    log_format: Annotated[str, typer.Option("--log-format", help="Server log lines: text, or "
-                          "json (one object per line); each carries its request's "
-                          "X-Request-ID.")] = "text",
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or "
-                         "error.")] = "info",
-) -> None:
+def setting_options() -> list[inspect.Parameter]:
+    """One typer option per ``Settings`` field the command line sets."""
+    hints = {"int": int, "float": float, "bool": bool, "str": str}
+    params = []
+    for f in dataclasses.fields(Settings):
+        if not f.metadata["cli"]:
+            continue
+        kind = CLI_TYPES[f.name] if f.name in CLI_TYPES else hints[str(f.type)]
+        default = None if f.name in CLI_TYPES else f.default
+        option = typer.Option(flag_of(f.name), help=f.metadata["help"] + bounds(f.metadata),
+                              metavar=f.metadata.get("metavar"), show_default=True)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[kind, option]))
+    return params
+
+
+def bounds(metadata: Mapping[str, Any]) -> str:
+    """The valid range of a numeric setting, as its option's help ends."""
+    low, high = metadata["low"], metadata["high"]
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" (>= {low:g})"
+    return f" ({low:g} to {high:g})" if low is not None else f" (<= {high:g})"
+
+
+def serve_cmd(run: Path, token_file: Path | None = None, **values: Any) -> None:
     """Serve a run over HTTP: predictions, deletions, certificates, audit (OpenAPI at /docs)."""
-    if not 1 <= port <= 65535:
-        raise fail("--port", f"must be in 1..65535, got {port}")
-    if max_batch < 1:
-        raise fail("--max-batch", f"must be >= 1, got {max_batch}")
-    if not max_wait_ms >= 0:
-        raise fail("--max-wait-ms", f"must be >= 0, got {max_wait_ms}")
-    if workers < 0:
-        raise fail("--workers", f"must be >= 0, got {workers}")
-    if torch_threads < 0:
-        raise fail("--torch-threads", f"must be >= 0, got {torch_threads}")
-    workers = workers or cpu_cores()
-    from s3t.service.retrainer import RetrainPolicy  # lazily: the web stack loads with it
-
-    try:
-        RetrainPolicy.parse(retrain)
-    except ValueError as exc:
-        raise fail("--retrain", str(exc)) from None
-    if not retrain_delay >= 0:
-        raise fail("--retrain-delay", f"must be >= 0 seconds, got {retrain_delay}")
-    from s3t.service.logs import FORMATS, LEVELS, log_config
-
-    if log_format not in FORMATS:
-        raise fail("--log-format", f"must be text or json, got {log_format!r}")
-    if log_level.lower() not in LEVELS:
-        raise fail("--log-level", f"must be one of {', '.join(LEVELS)}, got {log_level!r}")
+    values["cors_origins"] = tuple(values.get("cors_origins") or ())
     token = read_token(token_file)
-    if token is None and not is_loopback(host):
-        raise fail("--host", f"refusing to serve on {host} without a token: give --token-file "
-                   f"or set {TOKEN_ENV} (without one, only a loopback host such as 127.0.0.1)")
+    try:
+        settings = Settings(run_dir=run, token=token, **values).check()
+    except SettingsError as exc:
+        raise fail(exc.flag, str(exc).removeprefix(exc.flag + ": ")) from None
     with engine_errors(run=run):
         opened = Run.open(run, repair=False)  # not a run, damaged, links: one line, no model load
         try:
             opened.signer()  # a signed run's deletions need its key (--signing-key): check now
         finally:
             opened.close()
-    sock = bind_port(host, port)
+    sock = bind_port(settings.host, settings.port)
     import uvicorn
 
     from s3t.service import create_app
+    from s3t.service.logs import log_config
 
-    app = create_app(run, token=token, open_predict=open_predict, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms, workers=workers, torch_threads=torch_threads or None,
-                     retrain=retrain, retrain_delay_s=retrain_delay)
+    app = create_app(settings)
     if token is None:
-        typer.echo(f"warning: no token: every endpoint is open to local users of {host}", err=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(),
-                                           log_config=log_config(log_format, log_level),
-                                           access_log=False, proxy_headers=False,
-                                           server_header=False))
+        typer.echo(f"warning: no token: every endpoint is open to local users of "
+                   f"{settings.host}", err=True)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+        log_config=log_config(settings.log_format, settings.log_level), access_log=False,
+        proxy_headers=False, server_header=False))
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
     if not server.started:  # the run failed to load (the log above says why)
         raise typer.Exit(1)
+
+
+serve_cmd.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
+        Path, typer.Argument(help="Run directory (created by `s3t train`).")]),
+    inspect.Parameter("token_file", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[Path | None, typer.Option(
+                          "--token-file", help="File holding the bearer token (default: the "
+                          f"{TOKEN_ENV} environment variable). Every route but health, "
+                          "readiness and the page needs it, unless --open-predict or "
+                          "--open-status opens some.")]),
+    *setting_options()])

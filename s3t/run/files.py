@@ -28,7 +28,11 @@ STAGE_FILES = (ADAPTER_FILE, HEAD_FILE, META_FILE)
 
 
 class IntegrityError(RuntimeError):
-    """A stage file is missing or differs from what the ledger recorded."""
+    """A stage file is missing or differs from what the ledger recorded; ``key``: the stage."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def sha256_file(path: Path) -> str:
@@ -120,7 +124,7 @@ class StageStore:
             raise IntegrityError(
                 f"stage {key}: the ledger records the files {sorted(files) or 'none'}, but a "
                 f"stage has exactly {', '.join(STAGE_FILES)}: its ledger record was altered; "
-                "refusing to use it (`s3t retrain RUN` quarantines and rebuilds it)")
+                "refusing to use it (`s3t retrain RUN` quarantines and rebuilds it)", key)
         where = self.path(shard, key)
         out = {}
         for name, expected in files.items():
@@ -130,14 +134,14 @@ class StageStore:
                     raise FileNotFoundError(path)
                 data = path.read_bytes()
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                raise IntegrityError(f"stage {key}: file {path} is missing; run `s3t retrain`") from None
+                raise IntegrityError(f"stage {key}: file {path} is missing; run `s3t retrain`",
+                                     key) from None
             actual = hashlib.sha256(data).hexdigest()
             if actual != expected:
                 raise IntegrityError(
                     f"stage {key}: {path} has sha256 {actual[:12]}..., the ledger recorded "
                     f"{expected[:12]}...: the file was altered; refusing to use it "
-                    "(`s3t retrain RUN` rebuilds it)"
-                )
+                    "(`s3t retrain RUN` rebuilds it)", key)
             out[name] = data
         return out
 

@@ -1,6 +1,6 @@
 """``s3t serve``: an always-on HTTP service over one run directory.
 
-``create_app(run_dir, ...)`` builds the FastAPI application (``app.py``); the concurrency
+``create_app(settings)`` builds the FastAPI application (``app.py``); the concurrency
 model, and why an acknowledged deletion is never served again, is in ``guard.py``.
 
 | Module | One idea |
@@ -16,11 +16,27 @@ model, and why an acknowledged deletion is never served again, is in ``guard.py`
 | ``docs.py`` | ``/docs`` and ``/redoc`` from assets installed with the package (offline) |
 | ``history.py``, ``retrainer.py`` | the history the page plots; background retrain jobs and their logs |
 | ``page/`` | the operator's page at ``/`` (static HTML + script that read the JSON API) |
+| ``settings.py`` | the serve settings, defined and checked once (they make `s3t serve`'s flags) |
+| ``access.py`` | which routes are open, declared once |
 | ``schemas.py``, ``errors.py``, ``state.py`` | bodies; error shape and status codes; what an app holds |
 
-Importing this package loads no model: the run is loaded when the app starts.
+Importing this package loads no model (the run is loaded when the app starts) and no web
+stack until ``create_app`` is first used: the command line reads ``settings.py``.
 """
 
-from s3t.service.app import create_app
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from s3t.service.app import create_app
 
 __all__ = ["create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from s3t.service.app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,9 +6,9 @@
 With no token configured every endpoint is open: ``s3t serve`` allows that only on a
 loopback host.
 
-Which paths need the token is decided by ``protected(path)``: it runs as ASGI middleware,
-ahead of routing and body parsing, so an unauthenticated client learns nothing from
-validation errors and cannot make the server buffer a large body.
+Which paths need the token is declared once, in ``access.py``; ``protected(path)`` applies
+it. It runs as ASGI middleware, ahead of routing and body parsing, so an unauthenticated
+client learns nothing from validation errors and cannot make the server buffer a large body.
 """
 
 from __future__ import annotations
@@ -29,22 +29,6 @@ def token_matches(authorization: str | None, token: str) -> bool:
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(given.strip().encode(), token.encode())
-
-
-def protected_paths(open_predict: bool) -> Callable[[str], bool]:
-    """The paths that need the token: deletions, audit and retrain always; predict, generate
-    and labels unless ``open_predict``; a retrain job's log (``/v1/jobs/{id}/log``). Health,
-    readiness, status, metrics and docs are open."""
-    always = ("/v1/deletions", "/v1/audit", "/v1/retrain")
-    model = () if open_predict else ("/v1/predict", "/v1/generate", "/v1/labels")
-
-    def protected(path: str) -> bool:
-        path = path.rstrip("/") or "/"
-        if path.startswith("/v1/jobs/") and path.endswith("/log"):  # a job's child output
-            return True
-        return any(path == p or path.startswith(p + "/") for p in (*always, *model))
-
-    return protected
 
 
 class BearerAuthMiddleware:

@@ -85,9 +85,7 @@ class Batcher(Generic[Out, Part]):
                  retry_alone: tuple[type[Exception], ...] = (ValueError, TypeError),
                  workers: int = 1, executor: Executor | None = None,
                  join: Callable[[list[Part]], Part] = concat):
-        if max_batch < 1 or max_wait_ms < 0 or max_queue < 1 or workers < 1:
-            raise ValueError("max_batch, max_queue and workers must be >= 1 and "
-                             "max_wait_ms >= 0")
+        # the bounds are the serve settings' (settings.py), checked there once
         self.call, self.split, self.join = call, split, join
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.max_queue, self.on_batch, self.retry_alone = max_queue, on_batch, retry_alone

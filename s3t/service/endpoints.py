@@ -16,7 +16,7 @@ from fastapi.security import HTTPBearer
 from s3t.contract import RECORDS, json_schema
 from s3t.run import NotARunError
 from s3t.run.card import RUN_FILE, read_card
-from s3t.service.errors import ApiError
+from s3t.service.errors import ApiError, api_error
 from s3t.service.logs import request_id as current_request_id
 from s3t.service.metrics import CONTENT_TYPE
 from s3t.service.schemas import (
@@ -86,10 +86,12 @@ async def readyz(service: ServiceDep, response: Response) -> dict:
     """200 when at least one live route serves, else 503 (every shard needs a retrain)."""
     try:
         await service.run(service.model.check_ledger)  # the ledger file is still the run's
-        routes = await service.run(service.model.live_routes, 1.0)
-    except Exception as err:  # e.g. a damaged stage file: not ready
+        routes = await service.run(service.model.live_routes)
+    except Exception as err:  # e.g. a damaged stage file: not ready (no path in the reason)
         response.status_code = 503
-        return {"ready": False, "live_shards": 0, "reason": f"{type(err).__name__}: {err}"}
+        known = api_error(err, service.settings.run_dir)
+        reason = known.message if known is not None else "internal error; see the server log"
+        return {"ready": False, "live_shards": 0, "reason": f"{type(err).__name__}: {reason}"}
     response.status_code = 200 if routes else 503
     return {"ready": bool(routes), "live_shards": len(routes), "routes": routes}
 

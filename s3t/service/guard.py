@@ -84,7 +84,6 @@ class GuardedModel:
         if model.run is None:
             raise RuntimeError("the service needs a loaded run")
         self.records = Run.open(model.run.path, repair=False)
-        self.last_routes: Routes = {}
         self._timeline: tuple[object, list[dict]] | None = None  # (ledger stamp, points)
 
     # --- model calls --------------------------------------------------------------------------
@@ -103,9 +102,7 @@ class GuardedModel:
                 self._idle.notify_all()
 
     def _routes(self) -> Routes:
-        routes = {str(shard): route.stage for shard, route in self.model.served().items()}
-        self.last_routes = routes
-        return routes
+        return {str(shard): route.stage for shard, route in self.model.served().items()}
 
     def warm(self) -> Routes:
         """Load the backbone and materialise the live routes."""
@@ -117,7 +114,8 @@ class GuardedModel:
             for _ in range(ROUTE_TRIES):
                 try:
                     prediction = self.model.predict(inputs)
-                except IntegrityError:  # a deletion erased a stage this call was reading
+                except IntegrityError as err:
+                    self._retry_or_raise(err)
                     continue
                 return prediction, self._reported(prediction.routes)
         raise BusyError("stage files kept disappearing during the call (deletions): retry")
@@ -130,7 +128,8 @@ class GuardedModel:
                     result = self.model.generate(prompt, max_new_tokens=max_new_tokens,
                                                  greedy=greedy, temperature=temperature,
                                                  seed=seed)
-                except IntegrityError:  # a deletion erased a stage this call was reading
+                except IntegrityError as err:
+                    self._retry_or_raise(err)
                     continue
                 return result, self._reported(result.routes)
         raise BusyError("stage files kept disappearing during the call (deletions): retry")
@@ -154,8 +153,17 @@ class GuardedModel:
         return float(np.mean(prediction.label_ids == np.asarray([row[1] for row in rows])))
 
     def _reported(self, used: dict[int, str]) -> Routes:
-        self.last_routes = {str(shard): stage for shard, stage in used.items()}
-        return dict(self.last_routes)
+        return {str(shard): stage for shard, stage in used.items()}
+
+    def _retry_or_raise(self, err: IntegrityError) -> None:
+        """A stage file failed its check during a model call. If a deletion erased the stage
+        meanwhile (the ledger marks it erased before its files go), the call is retried with
+        fresh routes; if the stage is still live, its files are damaged and no retry helps:
+        the error goes to the client, telling the operator to run ``s3t retrain``."""
+        with self.records_lock:
+            live = err.key is None or self.records.ledger.is_live(err.key)
+        if live:
+            raise err
 
     # --- deletions ----------------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str], groups: Sequence[str],
@@ -198,7 +206,9 @@ class GuardedModel:
         with self.records_lock:
             status = self.records.status()
             running = self.records.writer_running()
-        return {**status, "stages_total": self.stages_total,
+        # the run directory by its name: status may be open (--open-status), and no response
+        # shows a path of the server's disk
+        return {**status, "run_dir": self.records.path.name, "stages_total": self.stages_total,
                 "training": "running" if running else "idle"}
 
     @property
@@ -218,9 +228,8 @@ class GuardedModel:
             self.records.check_ledger()  # an audit of a file that is not the run's: refused
             return self.records.audit().to_dict()
 
-    def live_routes(self, wait_s: float = 1.0) -> Routes:
-        """The routes served now (a snapshot, as a model call takes it; ``wait_s`` is kept
-        for callers: reading routes no longer waits for model calls)."""
+    def live_routes(self) -> Routes:
+        """The routes served now (a snapshot, as a model call takes it)."""
         with self._call():
             return self._routes()
 

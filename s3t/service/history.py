@@ -13,12 +13,20 @@ weights, which a deletion may erase, so it is never written to disk.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 
+from s3t.run import IntegrityError, NoLiveShardError
+from s3t.service.errors import BusyError
+
 log = logging.getLogger("s3t.service")
+
+# Failures that are states of the run, not faults: no live route, the server stopping, a
+# stage erased or damaged (the model calls report that), the ledger busy.
+NOT_MEASURABLE = (NoLiveShardError, BusyError, IntegrityError, sqlite3.OperationalError)
 
 KEEP_POINTS = 5000
 
@@ -71,8 +79,11 @@ class History:
             last = time.monotonic()
             try:
                 accuracy = self._evaluate()
-            except Exception as err:  # e.g. no live route: nothing to measure
+            except NOT_MEASURABLE as err:  # a state of the run: nothing to measure now
                 log.debug("validation accuracy not measured: %s", err)
+                continue
+            except Exception:  # not a state of the run: the operator must see it
+                log.error("validation accuracy not measured: unexpected failure", exc_info=True)
                 continue
             if accuracy is not None:
                 self.val_accuracy = accuracy

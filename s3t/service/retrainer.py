@@ -43,6 +43,7 @@ from typing import IO
 from pydantic import ValidationError
 
 from s3t.contract import Job, JobEvent
+from s3t.errors import redact
 from s3t.service.logs import request_id
 from s3t.train.parent import child_environment
 
@@ -103,8 +104,6 @@ class Retrainer:
     def __init__(self, run_dir: Path, policy: RetrainPolicy, delay_s: float,
                  status: Callable[[], dict], on_event: Callable[[str, Job], object],
                  log_path: Path | None = None):
-        if not delay_s >= 0:
-            raise ValueError(f"retrain delay must be >= 0 seconds, got {delay_s}")
         self.run_dir, self.policy, self.delay_s = run_dir, policy, delay_s
         self._status, self._on_event = status, on_event
         self.log_path = log_path
@@ -204,7 +203,7 @@ class Retrainer:
                 log.exception("retrainer")
                 if job is not None and job.active:
                     job.state, job.finished = "failed", time.time()
-                    job.error = f"{type(err).__name__}: {err}"
+                    job.error = redact(f"{type(err).__name__}: {err}", self.run_dir)
                     self._on_event("retrain-end", job)
                 self._retry_at = time.monotonic() + BACKOFF_S[0]
 
@@ -265,8 +264,9 @@ class Retrainer:
             job.state, self._failures = "succeeded", 0
         else:
             job.state = "failed"
-            job.error = f"s3t retrain exited with {returncode}" + (
-                f": {stderr_tail[-1]}" if stderr_tail else "")
+            job.error = redact(f"s3t retrain exited with {returncode}" + (
+                f": {stderr_tail[-1]}" if stderr_tail else ""), self.run_dir)  # no path: jobs
+            # may be open (--open-status)
             self._failures += 1
             pause = min(BACKOFF_S[0] * 2 ** (self._failures - 1), BACKOFF_S[1])
             self._retry_at = time.monotonic() + pause

@@ -8,8 +8,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from s3t.service.batching import Batcher
@@ -17,46 +15,14 @@ from s3t.service.errors import BusyError
 from s3t.service.guard import ROUTE_TRIES, GuardedModel, Routes, lower_priority
 from s3t.service.history import History
 from s3t.service.metrics import ServiceMetrics
-from s3t.service.retrainer import Job, Retrainer, RetrainPolicy
+from s3t.service.retrainer import Job, Retrainer
+from s3t.service.settings import Settings
 
 if TYPE_CHECKING:  # the engine imports torch: loaded when the app starts, not on import
     from s3t.engine import Prediction
 
 log = logging.getLogger("s3t.service")
 T = TypeVar("T")
-
-@dataclass(frozen=True)
-class Settings:
-    run_dir: Path
-    token: str | None = None
-    open_predict: bool = False
-    max_batch: int = 32          # inputs per batched model call
-    max_wait_ms: float = 5.0     # how long a batch waits for more requests
-    workers: int = 1             # model calls at once (each its own batch)
-    torch_threads: int | None = None  # torch threads per process (None: leave torch's)
-    max_inputs: int = 256        # inputs per predict request (else 413)
-    max_body_bytes: int = 1_000_000
-    max_queue: int = 1024        # predict requests waiting (else 503)
-    retrain: str = "manual"      # manual | eager | capacity:<threshold>
-    retrain_delay_s: float = 0.0
-    eval_size: int = 256         # validation samples measured for the history
-    eval_interval_s: float = 5.0
-
-    def check(self) -> Settings:
-        if self.token is not None and not self.token.strip():
-            raise ValueError("the API token is empty: give a non-empty token or none")
-        for name in ("max_batch", "max_inputs", "max_body_bytes", "max_queue", "workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
-        if not self.max_wait_ms >= 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        RetrainPolicy.parse(self.retrain)
-        if not self.retrain_delay_s >= 0:
-            raise ValueError(f"retrain_delay_s must be >= 0, got {self.retrain_delay_s}")
-        return self
-
 
 def split_prediction(out: tuple[Prediction, Routes], start: int, stop: int) -> dict:
     prediction, routes = out
@@ -141,7 +107,7 @@ class Service:
         from s3t.engine import S3T
 
         settings = self.settings
-        if settings.torch_threads is not None:  # before the first model call's thread starts
+        if settings.torch_threads:  # before the first model call's thread starts
             import torch
 
             self._torch_threads = torch.get_num_threads()
@@ -158,31 +124,31 @@ class Service:
                            lambda: 0 if self._batcher is None else self._batcher.waiting)
         # Model calls run on threads of their own, niced: deletions (asyncio's default
         # threads) and the event loop get the CPU first when both want it.
-        self._model_pool = ThreadPoolExecutor(settings.workers + 1, "s3t-model",
+        self._model_pool = ThreadPoolExecutor(settings.model_workers + 1, "s3t-model",
                                               initializer=self._model_thread)
         self._batcher = Batcher(self.metrics.timed("predict", model.predict), split_prediction,
                                 max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
                                 max_queue=settings.max_queue, join=join_predictions,
                                 on_batch=self.metrics.batch_inputs.observe,
-                                workers=settings.workers, executor=self._model_pool)
+                                workers=settings.model_workers, executor=self._model_pool)
         await self._batcher.start()
         evaluate = self.metrics.timed("evaluate", model.val_accuracy)
         self._history = History(model.timeline, lambda: evaluate(settings.eval_size),
                                 settings.eval_interval_s)
         self._history.start()
-        self._retrainer = Retrainer(settings.run_dir, RetrainPolicy.parse(settings.retrain),
+        self._retrainer = Retrainer(settings.run_dir, settings.policy,
                                     settings.retrain_delay_s, model.status, self._on_retrain,
                                     log_path=settings.run_dir / "service" / "retrain.log")
         self._retrainer.start()
         log.info("serving %s: %d live routes %s; retrain policy %s; %d model call(s) at once, "
                  "%s torch thread(s)", settings.run_dir, len(routes), routes, settings.retrain,
-                 settings.workers, settings.torch_threads or "default")
+                 settings.model_workers, settings.torch_threads or "default")
 
     def _model_thread(self) -> None:
         """Set up a model-call thread: niced, and its own torch thread count (OpenMP keeps
         one per thread: a new thread does not follow ``torch.set_num_threads`` of another)."""
         lower_priority()
-        if self.settings.torch_threads is not None:
+        if self.settings.torch_threads:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)

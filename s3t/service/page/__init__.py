@@ -1,11 +1,12 @@
 """The operator's page of ``s3t serve``: ``GET /`` and its two assets under ``/page/``.
 
 A plain HTML page and a small script, shipped inside the package (no build step, no CDN:
-it works offline). The script reads the JSON API every few seconds: ``/v1/status`` (shards,
-routes, capacity, the retrain job), ``/v1/jobs``, ``/v1/history`` (capacity and validation
-accuracy over time, capacity against deletions) and, with the token the operator types in,
-``/v1/deletions`` (the deletion log: counts only, never a sample id or text). The page itself
-needs no token: it shows nothing the open endpoints do not already answer.
+it works offline). The script reads the JSON API every few seconds, with the token the
+operator types in: ``/v1/status`` (shards, routes, capacity, the retrain job), ``/v1/jobs``,
+``/v1/history`` (capacity and validation accuracy over time, capacity against deletions;
+these three open without the token only with ``--open-status``) and ``/v1/deletions`` (the
+deletion log: counts only, never a sample id or text). The page and its assets need no
+token (``access.py``): they hold no data of the run.
 
 Every response carries a strict Content-Security-Policy: scripts and styles only from this
 server, no inline script, no eval, no framing.

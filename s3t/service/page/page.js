@@ -295,8 +295,18 @@
     again = false;
     clearTimeout(timer);
     try {
-      const [status, jobs, history] = await Promise.all([
-        getJson("/v1/status"), getJson("/v1/jobs"), getJson("/v1/history")]);
+      // Status, jobs and history need the token unless the server runs with --open-status.
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      const [status, jobs, history] = await Promise.all([getJson("/v1/status", token),
+        getJson("/v1/jobs", token), getJson("/v1/history", token)]);
+      if (status.status === 401) {
+        $("connection").hidden = false;
+        $("connection").textContent = token
+          ? "The token was refused (401): enter the server's token again."
+          : "This server shows its status only with the API token: enter it under Deletion log below.";
+        await refreshDeletions();
+        return;
+      }
       if (!status.ok) throw new Error(`GET /v1/status answered HTTP ${status.status}`);
       renderStatus(status.body);
       renderJobs(jobs);
