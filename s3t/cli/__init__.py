@@ -280,10 +280,10 @@ def forget_cmd(
         raise fail("--ids-file/--groups-file", "only one of them can read standard input")
     sample_ids = inputs.keys(ids, ids_file, "--ids-file")
     group_keys = inputs.keys(groups, groups_file, "--groups-file")
-    with engine_errors(run=run):
-        # Once committed, a deletion is never an exception: a failure after the commit is
-        # recorded in the certificate it returns (erase_error, certificate_error).
-        _, certificate = Run.open(run).forget(sample_ids=sample_ids, groups=group_keys)
+    # Once committed, a deletion is never an exception: a failure after the commit is
+    # recorded in the certificate it returns (erase_error, certificate_error).
+    with engine_errors(run=run), Run.open(run) as opened:
+        _, certificate = opened.forget(sample_ids=sample_ids, groups=group_keys)
     _emit(as_json, certificate, json.dumps(certificate, indent=2))
 
 
@@ -327,8 +327,8 @@ def retrain_cmd(
 @app.command("status")
 def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Live shards, routes, deletions and capacity of a run."""
-    with engine_errors(run=run):
-        status = Run.open(run, verify=True).status()
+    with engine_errors(run=run), Run.open(run, verify=True) as opened:
+        status = opened.status()
     lines = [f"run {status['run_dir']}: {status['shards']} shards x {status['slices']} slices, "
              f"budget {status['budget']} ({status['strategy']})",
              f"samples {status['samples']}, deleted {status['deleted']}, "
@@ -347,8 +347,8 @@ def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
 @app.command("audit")
 def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Re-check the exactness invariant from the ledger and the files; exit 0 only if it holds."""
-    with engine_errors(run=run):
-        report = Run.open(run, verify=False, repair=False).audit()
+    with engine_errors(run=run), Run.open(run, verify=False, repair=False) as opened:
+        report = opened.audit()
     text = "audit passed: " if report.ok else "audit FAILED:\n  " + "\n  ".join(report.violations)
     if report.ok:
         text += ", ".join(f"{k} {v}" for k, v in report.checked.items())

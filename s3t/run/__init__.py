@@ -5,6 +5,7 @@ Nothing here imports torch or a model: the whole deletion path lives in this pac
 """
 
 from s3t.run.audit import AuditReport, audit
+from s3t.run.card import model_fingerprint
 from s3t.run.chain import DeletionLogError
 from s3t.run.directory import (
     FORMAT,
@@ -13,7 +14,6 @@ from s3t.run.directory import (
     NotARunError,
     RetrainRunningError,
     Run,
-    model_fingerprint,
 )
 from s3t.run.files import FeatureFiles, IntegrityError, StageStore, UnsafeRunError
 from s3t.run.forget import ForgetPlan, ForgetRequestError, forget, sweep

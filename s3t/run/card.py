@@ -9,6 +9,7 @@ next read of the routes (``card_stamp``), so a running server picks up ``s3t con
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,10 +17,11 @@ import stat
 from pathlib import Path
 
 from s3t.config import S3TConfig
-from s3t.run.files import fsync_dir, refuse_links
+from s3t.run.files import fsync_dir, refuse_links, sha256_file
 from s3t.run.numeric import LEGACY, NumericEnv
 
 RUN_FILE = "s3t.json"
+LEDGER_FILE = "ledger.sqlite"  # Ledger.FILE (the card and the ledger make a run together)
 
 
 #: A run card being rewritten (``write_card``): swept by ``Run.open`` when no writer runs.
@@ -113,3 +115,37 @@ def card_numeric(info: dict) -> NumericEnv:
     """The run's numeric environment (a card read by ``read_card``); :data:`LEGACY` for a
     card written before the field."""
     return NumericEnv.from_dict(info["numeric"]) if "numeric" in info else LEGACY
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over the backbone's weight files: a run refuses a different backbone.
+
+    Hashed once per process and file state (path, inode, size, mtime): a process that opens
+    several runs on one backbone, or reloads one, does not re-read hundreds of megabytes.
+    """
+    root = Path(model_dir)
+    files = (sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
+             or sorted(root.glob("*.gguf")))
+    state = tuple((str(f.resolve()), f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in files)
+    if state not in _FINGERPRINTS:
+        joined = "".join(f"{f.name}:{sha256_file(f)}" for f in files)
+        _FINGERPRINTS[state] = hashlib.sha256(joined.encode()).hexdigest()
+    return _FINGERPRINTS[state]
+
+
+def refuse_existing(path: str | Path) -> None:
+    """Raise ``FileExistsError`` if ``path`` already holds a run (never overwrite one)."""
+    path = Path(path)
+    card, ledger = (path / RUN_FILE).exists(), (path / LEDGER_FILE).exists()
+    if card and ledger:
+        raise FileExistsError(f"{path} already holds an s3t run: load it with "
+                              "S3T.load / `s3t status`, or choose another --out")
+    if card or ledger:
+        there, missing = (RUN_FILE, LEDGER_FILE) if card else (LEDGER_FILE, RUN_FILE)
+        raise FileExistsError(f"{path} holds {there} without its {missing}: a run whose "
+                              "creation was interrupted (nothing was trained); delete the "
+                              "directory and train again, or choose another --out")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from s3t.config import S3TConfig, validation_use
+from s3t.config import S3TConfig
 from s3t.plan.methods import Method
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.run import storage
@@ -29,6 +28,7 @@ from s3t.run.card import (
     card_numeric,
     card_stamp,
     read_card,
+    refuse_existing,
     sweep_card_leftovers,
     write_card,
 )
@@ -45,7 +45,6 @@ from s3t.run.files import (
     StageStore,
     is_locked,
     refuse_links,
-    sha256_file,
 )
 from s3t.run.forget import ForgetPlan, finish_outcomes, forget, sweep
 from s3t.run.identity import refuse_if_behind
@@ -60,7 +59,7 @@ from s3t.run.signing import (
     signer_for,
     stage_payload,
 )
-from s3t.run.stages import served_stages
+from s3t.run.status import run_status
 
 WRITER_LOCK = ".retrain.lock"
 FORMAT = 1
@@ -72,26 +71,6 @@ class RetrainRunningError(RuntimeError):
 
 class NoLiveShardError(RuntimeError):
     """Every shard has lost its first slice: the model must be retrained before it can serve."""
-
-
-_FINGERPRINTS: dict[tuple, str] = {}
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 over the backbone's weight files: a run refuses a different backbone.
-
-    Hashed once per process and file state (path, inode, size, mtime): a process that opens
-    several runs on one backbone, or reloads one, does not re-read hundreds of megabytes.
-    """
-    root = Path(model_dir)
-    files = (sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
-             or sorted(root.glob("*.gguf")))
-    state = tuple((str(f.resolve()), f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns)
-                  for f in files)
-    if state not in _FINGERPRINTS:
-        joined = "".join(f"{f.name}:{sha256_file(f)}" for f in files)
-        _FINGERPRINTS[state] = hashlib.sha256(joined.encode()).hexdigest()
-    return _FINGERPRINTS[state]
 
 
 @dataclass
@@ -158,19 +137,7 @@ class Run:
         write_card(path, info)
         return cls(path, info, config, ledger, StageStore(path / "stages"), card_stamp(path))
 
-    @staticmethod
-    def refuse_existing(path: str | Path) -> None:
-        """Raise ``FileExistsError`` if ``path`` already holds a run (never overwrite one)."""
-        path = Path(path)
-        card, ledger = (path / RUN_FILE).exists(), (path / Ledger.FILE).exists()
-        if card and ledger:
-            raise FileExistsError(f"{path} already holds an s3t run: load it with "
-                                  "S3T.load / `s3t status`, or choose another --out")
-        if card or ledger:
-            there, missing = (RUN_FILE, Ledger.FILE) if card else (Ledger.FILE, RUN_FILE)
-            raise FileExistsError(f"{path} holds {there} without its {missing}: a run whose "
-                                  "creation was interrupted (nothing was trained); delete the "
-                                  "directory and train again, or choose another --out")
+    refuse_existing = staticmethod(refuse_existing)  # s3t.run.card
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = False, repair: bool = True) -> Run:
@@ -419,28 +386,11 @@ class Run:
 
     def status(self) -> dict:
         self.follow_card()
-        records = {r.key: r for r in self.ledger.stages(None)}
-        routes = self.ledger.routes()
-        total, deleted = self.ledger.counts()
-        depths = [records[k].depth if k else 0 for k in routes.values()]
-        config = self.config
-        served = served_stages(routes, records, config.serve_orderings)
-        return {
-            "run_dir": str(self.path),
-            "shards": config.shards, "slices": config.slices,
-            "budget": config.budget, "strategy": config.strategy, "method": config.method,
-            "live_shards": sum(k is not None for k in routes.values()),
-            "routes": {str(m): None if k is None else
-                       {"stage": k, "depth": records[k].depth, "prefix": list(records[k].prefix),
-                        **({"served_stages": served[m]} if config.serve_orderings == "all"
-                           else {})}
-                       for m, k in routes.items()},
-            "serve_orderings": config.serve_orderings,
-            "samples": total, "deleted": deleted,
-            "live_stages": sum(r.status == "live" for r in records.values()),
-            "erased_stages": sum(r.status == "erased" for r in records.values()),
-            "capacity": sum(depths) / len(depths) / config.slices if depths else 0.0,
-            "deletion_requests": self.ledger.deletion_count(),
-            "validation_samples": self.ledger.eval_count(),
-            "validation_use": validation_use(config),
-        }
+        return run_status(self.path, self.config, self.ledger)
+
+    # A ``with`` block closes the run: a command that opens one never leaves it to the GC.
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -74,7 +74,7 @@ def _worker(spec: RunSpec) -> _Worker:
     """This worker process's backbone and feature cache for ``spec``'s config (built once)."""
     global _WORKER
     from s3t.models.adapted import AdaptedBackbone, default_model_dir
-    from s3t.run.directory import model_fingerprint
+    from s3t.run.card import model_fingerprint
     from s3t.train.features import FeatureCache, OnTheFlyFeatures
 
     config = {k: v for k, v in spec.config.items() if k not in _NOT_WEIGHTS}
