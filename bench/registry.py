@@ -58,7 +58,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("stream", (12,), "a Poisson deletion stream through the server, S3T against SISA",
               ("stream",), SMOKE),
     Benchmark("distributed", (13,), "stage training on Ray against the local executor",
-              ("distributed",), (*SMOKE, "--workers", "2")),
+              ("distributed",), (*SMOKE, "--workers", "1")),  # one worker process per Ray instance
     Benchmark("mia", (14,), "membership inference: forgotten samples look never seen",
               ("mia",), SMOKE),
     Benchmark("scale", (15, 16, 17, 18),
