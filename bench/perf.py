@@ -56,6 +56,7 @@ def child_train(n_train: int, cache: bool, seed: int, shards: int, slices: int) 
 #: At the smoke size, a child or a serving measurement with the same arguments runs once
 #: (the smoke checks the code path, not the numbers): fewer processes, each importing torch.
 _SMOKE_MEMO: dict[tuple, object] = {}
+_CHILDREN_STARTED: list[tuple] = []
 
 
 def _memo(key: tuple, compute):  # noqa: ANN001, ANN202 (any result)
@@ -71,6 +72,11 @@ def run_child(*args: str) -> dict:
 
 
 def _run_child(*args: str) -> dict:
+    """A fresh process (peak memory is per process). At the smoke size, only the first child
+    is a process: the others run in this one (torch is imported once)."""
+    if harness.smoke_active() and _CHILDREN_STARTED:
+        return json.loads(json.dumps(child(*args)))
+    _CHILDREN_STARTED.append(args)
     out = subprocess.run(bench_cmd("perf", "--child", *args), check=True, cwd=REPO_DIR, env=child_env(),
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -191,21 +197,23 @@ def bench_forget(est, n: int, seed: int) -> dict:
     return latency_summary(times)
 
 
+def child(kind: str, *rest: str) -> dict:
+    """What one child process measures (``--child KIND ARGS``)."""
+    if kind == "train":
+        n, cache, seed, shards, slices = rest
+        return child_train(int(n), bool(int(cache)), int(seed), int(shards), int(slices))
+    shards, n, seed = rest
+    est, test, single, labels = serving_setup(int(shards), int(n), int(seed))
+    est.predict(test.texts[:32])
+    return {"peak_rss_mib": peak_rss_mib()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--child", nargs="+", help=argparse_hidden())
     args = p.parse_args(argv)
     if args.child:
-        kind, *rest = args.child
-        if kind == "train":
-            n, cache, seed, shards, slices = rest
-            print(json.dumps(child_train(int(n), bool(int(cache)), int(seed), int(shards),
-                                         int(slices))))
-        elif kind == "serve":
-            shards, n, seed = rest
-            est, test, single, labels = serving_setup(int(shards), int(n), int(seed))
-            est.predict(test.texts[:32])
-            print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
+        print(json.dumps(child(*args.child)))
         return 0
 
     seeds = seeds_for(args, [0], [0])
