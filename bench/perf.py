@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seeds = seeds_for(args, [0], [0])
     seed = seeds[0]
-    smoke = {"train_n": 24, "train_reps": 1, "serve_n": 40, "serve_seconds": 0.2, "serve_reps": 1,
+    smoke = {"train_n": 24, "train_reps": 1, "serve_n": 40, "serve_seconds": 0.05, "serve_reps": 1,
              "forget_n": 5, "scaling_shards": [2], "scaling_n": [24], "scaling_slices": [3],
              "serve_shards": 2}  # the scaling rows repeat measurements made already (_memo)
     size = ({"train_n": 240, "train_reps": 1, "serve_n": 150, "serve_seconds": 1.0, "serve_reps": 1,
