@@ -80,18 +80,16 @@ def child_llm(cache: bool, n_train: int, seed: int) -> dict:
 
 
 def run_child(*args: Any) -> dict:
-    """A fresh process per measurement (peak memory is per process). At the smoke size, only
-    the first one is a process: the others run in this one (torch is imported once)."""
-    if harness.smoke_active() and _CHILDREN_STARTED:
+    """A fresh process per measurement (peak memory is per process). At the smoke size, the
+    child's code runs in this process (a process would import torch again)."""
+    if harness.smoke_active():
         return json.loads(json.dumps(child(*map(str, args))))
-    _CHILDREN_STARTED.append(args)
     out = subprocess.run(harness.bench_cmd("cache", "--child", *args), check=True,
                          cwd=harness.REPO_DIR, env=harness.child_env(),
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-_CHILDREN_STARTED: list[tuple] = []
 
 
 def child(kind: str, *rest: str) -> dict:

@@ -56,7 +56,6 @@ def child_train(n_train: int, cache: bool, seed: int, shards: int, slices: int) 
 #: At the smoke size, a child or a serving measurement with the same arguments runs once
 #: (the smoke checks the code path, not the numbers): fewer processes, each importing torch.
 _SMOKE_MEMO: dict[tuple, object] = {}
-_CHILDREN_STARTED: list[tuple] = []
 
 
 def _memo(key: tuple, compute):  # noqa: ANN001, ANN202 (any result)
@@ -72,11 +71,10 @@ def run_child(*args: str) -> dict:
 
 
 def _run_child(*args: str) -> dict:
-    """A fresh process (peak memory is per process). At the smoke size, only the first child
-    is a process: the others run in this one (torch is imported once)."""
-    if harness.smoke_active() and _CHILDREN_STARTED:
-        return json.loads(json.dumps(child(*args)))
-    _CHILDREN_STARTED.append(args)
+    """A fresh process (peak memory is per process). At the smoke size, the child's code runs
+    in this process (a process would import torch again; memory is not measured there)."""
+    if harness.smoke_active():
+        return json.loads(json.dumps(child(*map(str, args))))
     out = subprocess.run(bench_cmd("perf", "--child", *args), check=True, cwd=REPO_DIR, env=child_env(),
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
