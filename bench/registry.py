@@ -26,6 +26,9 @@ class Benchmark:
         return f"bench.{self.name}"
 
 
+#: The smoke sizes check that each benchmark runs end to end, not what it measures: all of
+#: them together, in one process (``python -m bench --smoke all``, tests/test_bench_smoke.py),
+#: are budgeted at 180 CPU seconds, children included (``cpu_s`` in smoke-summary.json).
 SMOKE = ("--smoke", "--seeds", "0")
 #: Benchmarks on a shards x slices grid: two slices at the smoke size (fewer stages).
 GRID_SMOKE = (*SMOKE, "--slices", "2")
