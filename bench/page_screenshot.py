@@ -140,7 +140,7 @@ def exercise(base: str, token: str, ids: list[str], deletions: int, rng: random.
         deadline = time.monotonic() + RETRAIN_WAIT_S
         while job["state"] in ("queued", "running") and time.monotonic() < deadline:
             time.sleep(1)
-            job = httpx.get(f"{base}/v1/jobs/{job['id']}", timeout=30).json()
+            job = httpx.get(f"{base}/v1/jobs/{job['id']}", headers=auth, timeout=30).json()
         print(f"retrain job {job['id']}: {job['state']}, {job['stages_done']} stages", flush=True)
     else:
         print(f"no retrain over HTTP (POST /v1/retrain: {started.status_code})", flush=True)
@@ -148,7 +148,7 @@ def exercise(base: str, token: str, ids: list[str], deletions: int, rng: random.
     # let the service measure validation accuracy once more (bounded)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        history = httpx.get(f"{base}/v1/history", timeout=30)
+        history = httpx.get(f"{base}/v1/history", headers=auth, timeout=30)
         if history.status_code != 200 or history.json()["points"][-1]["event"] == "evaluation":
             break
         time.sleep(1)
