@@ -166,9 +166,14 @@ def photograph(base: str, token: str, out: Path) -> dict[str, Any]:
     try:
         chrome.get(base + "/")
         wait = WebDriverWait(chrome, WAIT_S)
-        wait.until(lambda d: d.execute_script("return document.body.dataset.refreshes"))
+        # the status needs the token (unless --open-status): enter it, then a refresh completes
+        # the tokenless first refresh ends by showing the connection notice: its 401s are
+        # expected, and reading the log drains it (only errors after the token count)
+        wait.until(lambda d: d.find_element(By.ID, "connection").is_displayed())
+        chrome.get_log("browser")
         chrome.find_element(By.ID, "token").send_keys(token)
         chrome.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+        wait.until(lambda d: d.execute_script("return document.body.dataset.refreshes"))
         wait.until(lambda d: d.execute_script(
             "return document.querySelectorAll('#deletions tbody tr').length") == min(total, 50))
         chrome.find_element(By.ID, "auto-refresh").click()  # hold still for the picture
