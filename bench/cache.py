@@ -80,10 +80,23 @@ def child_llm(cache: bool, n_train: int, seed: int) -> dict:
 
 
 def run_child(*args: Any) -> dict:
+    """A fresh process per measurement (peak memory is per process). At the smoke size, the
+    child's code runs in this process (a process would import torch again)."""
+    if harness.smoke_active():
+        return json.loads(json.dumps(child(*map(str, args))))
     out = subprocess.run(harness.bench_cmd("cache", "--child", *args), check=True,
                          cwd=harness.REPO_DIR, env=harness.child_env(),
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+
+
+def child(kind: str, *rest: str) -> dict:
+    """What one child process measures (``--child KIND ARGS``)."""
+    if kind == "wordnet":
+        return child_wordnet(rest[0], *map(int, rest[1:]))
+    return child_llm(bool(int(rest[0])), int(rest[1]), int(rest[2]))
 
 
 def storage(size: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
@@ -143,12 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", nargs="+", help=harness.argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        kind, *rest = args.child
-        if kind == "wordnet":
-            result = child_wordnet(rest[0], *map(int, rest[1:]))
-        else:
-            result = child_llm(bool(int(rest[0])), int(rest[1]), int(rest[2]))
-        print(json.dumps(result))
+        print(json.dumps(child(*args.child)))
         return 0
     size = harness.size_for(args, QUICK, FULL, SMOKE)
     seeds = harness.seeds_for(args, [0], [0, 1, 2])

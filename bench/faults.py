@@ -49,8 +49,11 @@ QUICK = {"n_train": 240, "forget_trials": 24, "parallel_trials": 4, "retrain_tri
          "epochs": 1, "shards": 2, "slices": 3, "swap_trials": 20}
 FULL = {"n_train": 400, "forget_trials": 400, "parallel_trials": 60, "retrain_trials": 24,
         "epochs": 1, "shards": 2, "slices": 3, "swap_trials": 20}
-SMOKE = {"n_train": 40, "forget_trials": 2, "parallel_trials": 1, "retrain_trials": 1,
-         "epochs": 1, "shards": 2, "slices": 2, "swap_trials": 1}
+#: Each kill -9 trial starts `s3t` processes: at the smoke size, one parallel trial of two
+#: forgets and one retrain, killed within ``retrain_kill_s`` (no calibration retrain).
+SMOKE = {"n_train": 40, "forget_trials": 0, "parallel_trials": 1, "retrain_trials": 1,
+         "epochs": 1, "shards": 2, "slices": 2, "swap_trials": 1, "parallel": 2,
+         "retrain_kill_s": 5.0}
 SWAP_ONLY = {"n_train": 120, "epochs": 1, "shards": 2, "slices": 2, "swap_trials": 20}
 SWAPS = ("older-copy", "older-copy-in-place", "deleted", "corrupted")
 PARALLEL = 4
@@ -217,6 +220,7 @@ def train_base(seed: int, size: dict) -> Path:
 
 def campaign(seed: int, size: dict) -> dict:
     rng = random.Random(seed)
+    parallel = size.get("parallel", PARALLEL)  # concurrent forget processes in a parallel trial
     run = train_base(seed, size)
     swaps = swap_campaign(run, seed, size["swap_trials"])  # on the untouched trained run
 
@@ -224,8 +228,11 @@ def campaign(seed: int, size: dict) -> dict:
     _, retained = ledger_state(run)
     forget_s, done = timed("forget", run, "--ids", retained[0], "--json")
     assert done.returncode == 0, done.stderr
-    retrain_s, done = timed("retrain", run, "--json")
-    assert done.returncode == 0, done.stderr
+    if "retrain_kill_s" in size:  # smoke: kill within this window, no calibration retrain
+        retrain_s = size["retrain_kill_s"]
+    else:
+        retrain_s, done = timed("retrain", run, "--json")
+        assert done.returncode == 0, done.stderr
     counts = {"forget": {"applied": 0, "not_applied": 0, "acknowledged": 0},
               "parallel": {"applied": 0, "not_applied": 0, "acknowledged": 0},
               "retrain": {"completed": 0, "killed": 0}}
@@ -243,18 +250,18 @@ def campaign(seed: int, size: dict) -> dict:
             assert done.returncode == 0, done.stderr
             calibrations.append(forget_s)
             deleted, retained = ledger_state(run)
-        if capacity(run) < 0.5 or len(retained) < PARALLEL:
+        if capacity(run) < 0.5 or len(retained) < parallel:
             ok, out = kill_after(spawn("retrain", run, "--json"), 3600)
             maintenance += 1
         if kind == "retrain":
             ok, _ = kill_after(spawn("retrain", run, "--json"), rng.uniform(0, retrain_s))
             counts["retrain"]["completed" if ok else "killed"] += 1
         else:
-            ids = rng.sample(retained, PARALLEL if kind == "parallel" else 1)
+            ids = rng.sample(retained, parallel if kind == "parallel" else 1)
             procs = [(sid, spawn("forget", run, "--ids", sid, "--json")) for sid in ids]
             # Interpreter start-up is most of a forget process's life: kill within the later
             # part, where the commit and the erasure happen (4 processes share 2 cores).
-            span = forget_s * (PARALLEL / 2 if kind == "parallel" else 1.0)
+            span = forget_s * (parallel / 2 if kind == "parallel" else 1.0)
             deadline = time.perf_counter()
             results = []
             for sid, proc in procs:

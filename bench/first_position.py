@@ -23,7 +23,7 @@ from bench.perf import serving_setup, throughput
 NAME = "first_position"
 QUICK = {"shards": 5, "slices": 3, "train": 150, "seconds": 1.0, "reps": 2, "batches": [1, 32]}
 FULL = dict(QUICK, train=300, seconds=4.0, reps=5)
-SMOKE = dict(QUICK, shards=2, slices=2, train=40, seconds=0.3, reps=1, batches=[1, 8])
+SMOKE = dict(QUICK, shards=2, slices=2, train=40, seconds=0.05, reps=1, batches=[1, 8])
 
 
 def main(argv: list[str] | None = None) -> int:

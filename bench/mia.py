@@ -34,6 +34,7 @@ from bench import harness
 
 NAME = "mia"
 BOOTSTRAP = 2000
+SMOKE_BOOTSTRAP = 50  # the smoke size checks the code path: a few resamples are enough
 MIN_K = 0.2  # Min-K%: the 20% least likely response tokens
 QUICK = {
     "minilm": {"train": 240, "heldout": 80, "forget": 60, "handful": 6, "members": 80,
@@ -70,17 +71,22 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def auc_with_interval(pos: np.ndarray, neg: np.ndarray, seed: int,
-                      resamples: int = BOOTSTRAP) -> dict[str, Any]:
+                      resamples: int | None = None) -> dict[str, Any]:
     """AUC and its 95% percentile-bootstrap interval (both groups resampled). Samples without
     a score (a causal LM sample whose response was cut away entirely) are left out."""
     pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
     rng = np.random.default_rng(seed)
+    resamples = resamples or bootstrap_resamples()
     boots = [auc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))])
              for _ in range(resamples)]
     low, high = np.percentile(boots, [2.5, 97.5])
     return {"auc": auc(pos, neg), "low": float(low), "high": float(high),
             "n_members": len(pos), "n_heldout": len(neg),
             "chance_inside": bool(low <= 0.5 <= high)}
+
+
+def bootstrap_resamples() -> int:
+    return SMOKE_BOOTSTRAP if harness.smoke_active() else BOOTSTRAP
 
 
 # --------------------------------------------------------------------------- scores
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [args.only] if args.only else list(size)
     seeds = harness.seeds_for(args, [0], [0, 1])
     prov = harness.provenance(NAME, args.quick, seeds, {**{n: size[n] for n in names}, **GRID,
-                                                       "bootstrap": BOOTSTRAP, "min_k": MIN_K})
+                                                       "bootstrap": bootstrap_resamples(), "min_k": MIN_K})
     harness.print_header(prov)
     results: dict[str, list[dict[str, Any]]] = {}
     for name in names:

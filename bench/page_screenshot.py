@@ -140,7 +140,7 @@ def exercise(base: str, token: str, ids: list[str], deletions: int, rng: random.
         deadline = time.monotonic() + RETRAIN_WAIT_S
         while job["state"] in ("queued", "running") and time.monotonic() < deadline:
             time.sleep(1)
-            job = httpx.get(f"{base}/v1/jobs/{job['id']}", timeout=30).json()
+            job = httpx.get(f"{base}/v1/jobs/{job['id']}", headers=auth, timeout=30).json()
         print(f"retrain job {job['id']}: {job['state']}, {job['stages_done']} stages", flush=True)
     else:
         print(f"no retrain over HTTP (POST /v1/retrain: {started.status_code})", flush=True)
@@ -148,7 +148,7 @@ def exercise(base: str, token: str, ids: list[str], deletions: int, rng: random.
     # let the service measure validation accuracy once more (bounded)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        history = httpx.get(f"{base}/v1/history", timeout=30)
+        history = httpx.get(f"{base}/v1/history", headers=auth, timeout=30)
         if history.status_code != 200 or history.json()["points"][-1]["event"] == "evaluation":
             break
         time.sleep(1)
@@ -166,9 +166,14 @@ def photograph(base: str, token: str, out: Path) -> dict[str, Any]:
     try:
         chrome.get(base + "/")
         wait = WebDriverWait(chrome, WAIT_S)
-        wait.until(lambda d: d.execute_script("return document.body.dataset.refreshes"))
+        # the status needs the token (unless --open-status): enter it, then a refresh completes
+        # the tokenless first refresh ends by showing the connection notice: its 401s are
+        # expected, and reading the log drains it (only errors after the token count)
+        wait.until(lambda d: d.find_element(By.ID, "connection").is_displayed())
+        chrome.get_log("browser")
         chrome.find_element(By.ID, "token").send_keys(token)
         chrome.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+        wait.until(lambda d: d.execute_script("return document.body.dataset.refreshes"))
         wait.until(lambda d: d.execute_script(
             "return document.querySelectorAll('#deletions tbody tr').length") == min(total, 50))
         chrome.find_element(By.ID, "auto-refresh").click()  # hold still for the picture

@@ -26,6 +26,9 @@ class Benchmark:
         return f"bench.{self.name}"
 
 
+#: The smoke sizes check that each benchmark runs end to end, not what it measures: all of
+#: them together, in one process (``python -m bench --smoke all``, tests/test_bench_smoke.py),
+#: are budgeted at 180 CPU seconds, children included (``cpu_s`` in smoke-summary.json).
 SMOKE = ("--smoke", "--seeds", "0")
 #: Benchmarks on a shards x slices grid: two slices at the smoke size (fewer stages).
 GRID_SMOKE = (*SMOKE, "--slices", "2")
@@ -58,7 +61,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("stream", (12,), "a Poisson deletion stream through the server, S3T against SISA",
               ("stream",), SMOKE),
     Benchmark("distributed", (13,), "stage training on Ray against the local executor",
-              ("distributed",), (*SMOKE, "--workers", "2")),
+              ("distributed",), (*SMOKE, "--workers", "1")),  # one worker process per Ray instance
     Benchmark("mia", (14,), "membership inference: forgotten samples look never seen",
               ("mia",), SMOKE),
     Benchmark("scale", (15, 16, 17, 18),

@@ -62,7 +62,7 @@ QUICK = {"train": 300, "test": 100, "shards": 5, "slices": 3, "epochs": 1, "max_
          "clients": [1, 8, 32], "duration_s": 3.0, "warmup_s": 1.0, "reps": 2, "max_batch": 32,
          "max_wait_ms": 5.0, "deletions": 20, "delete_clients": 8, "delete_gap_ms": [0, 20]}
 SMOKE = dict(QUICK, train=40, test=16, shards=2, slices=2, max_seq_len=16, clients=[1, 2],
-             duration_s=1.0, warmup_s=0.5, reps=1, deletions=3, delete_clients=2)
+             duration_s=0.5, warmup_s=0.2, reps=1, deletions=3, delete_clients=2)
 FULL = dict(QUICK, train=1500, test=300, duration_s=15.0, warmup_s=3.0, reps=3, deletions=100)
 MAX_REQUESTS_PER_PHASE = 200_000  # the count bound of every load phase (time is the other)
 MAX_ROUND_S = 900.0           # one deletion round, predict load included

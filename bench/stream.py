@@ -39,8 +39,8 @@ QUICK = {"train": 400, "test": 100, "shards": 5, "slices": 3, "budget": 3, "epoc
 FULL = dict(QUICK, train=1200, test=300, duration_s=420.0, rate_per_min=4.0)
 #: Checks that the stream runs end to end (a few deletions, a retrain may not finish).
 SMOKE = dict(QUICK, train=40, test=16, shards=2, slices=2, budget=2, max_seq_len=16,
-             duration_s=14.0, rate_per_min=60.0, retrain_delay_s=1.0, eval_every_s=2.0,
-             predict_gap_s=0.5)
+             duration_s=8.0, quiet_s=5.0, rate_per_min=90.0, retrain_delay_s=1.0,
+             eval_every_s=4.0, predict_gap_s=1.0)
 SYSTEMS = ("s3t", "sisa")
 REQUEST_TIMEOUT_S = 60.0
 MAX_PREDICTS = 100_000  # the count bound of the prediction loop (time is the other)
@@ -70,7 +70,7 @@ def deletion_stream(ids: list[str], size: dict[str, Any], rng: random.Random) ->
     rng.shuffle(pool)
     while pool:
         t += rng.expovariate(size["rate_per_min"] / 60.0)
-        if t >= size["duration_s"] - 10:
+        if t >= size["duration_s"] - size.get("quiet_s", 10.0):  # the retrains' time to finish
             break
         stream.append((round(t, 3), pool.pop()))
     return stream
