@@ -54,9 +54,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("vit",), GRID_SMOKE),
     Benchmark("llm", (9,), "LLM instruction tuning (SmolLM2) through deletions",
               ("llm",), SMOKE),
-    Benchmark("faults", (10,), "kill -9 of s3t forget/retrain at random moments",
+    Benchmark("faults", (10, 20), "kill -9 of s3t forget/retrain at random moments",
               ("faults", "faults-swap"), SMOKE),
-    Benchmark("service", (11,), "`s3t serve` under concurrent HTTP load",
+    Benchmark("service", (11, 22), "`s3t serve` under concurrent HTTP load",
               ("service",), SMOKE),
     Benchmark("stream", (12,), "a Poisson deletion stream through the server, S3T against SISA",
               ("stream",), SMOKE),
@@ -72,7 +72,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("first_position",), SMOKE),
     Benchmark("threads", (), "torch threads per stage; a retrain's time split (issue 27)",
               ("threads",), SMOKE),
-    Benchmark("backups", (), "backups taken during deletions, restored with replay: nothing "
+    Benchmark("backups", (21,), "backups taken during deletions, restored with replay: nothing "
               "resurrected (issue 24)", ("backups",), SMOKE),
     Benchmark("gpu", (), "prepared check for a GPU machine: CUDA numeric environment, tiny "
               "run verified", (), ("--smoke",)),

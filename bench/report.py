@@ -406,6 +406,52 @@ def service_section(res: Result) -> str:
         table(["quantity", "value"], rows)])
 
 
+SWAP_LABELS = {"older-copy": "older copy moved in (a restore)", "older-copy-in-place":
+               "older copy written over it", "deleted": "deleted", "corrupted": "corrupted"}
+
+
+def faults_swap_section(res: Result) -> str:
+    rows = []
+    for r in res["runs"]:
+        for kind, c in r["swaps"].items():
+            reopen = ", ".join(f"{k} {v}" for k, v in c.get("reopen", {}).items())
+            rows.append([f"seed {r['seed']}: {SWAP_LABELS.get(kind, kind)}", c["trials"],
+                         c["acknowledged_before_change"], f"**{c['acknowledged_after_change']}**",
+                         f"{c['first_request_refused']} / {c['trials']}",
+                         f"**{c['acknowledged_lost']}**", reopen])
+    return table(["swap", "trials", "acknowledged before", "acknowledged after the change",
+                  "first request after it refused", "acknowledged lost", "reopen"], rows)
+
+
+def backups_section(res: Result) -> str:
+    rows = []
+    for r in res["runs"]:
+        t = r["totals"]
+        rows.append([f"seed {r['seed']}", t["trials"], t["acknowledged"], t["replayed"],
+                     f"**{t['resurrected']}**", f"**{t['text_on_disk']}**",
+                     f"**{t['audits_failed']}**", f"**{t['verify_failed']}**",
+                     f"{t['restores_without_source_refused']} / {t['trials']}"])
+    return table(["run", "trials", "deletions acknowledged", "replayed on restore",
+                  "resurrected", "text left on disk", "audits failed",
+                  "`certificates --verify` failed", "restores without a source refused"], rows)
+
+
+def fairness_section(res: Result) -> str:
+    """This code's result beside the one recorded before the change (``--tag -before``)."""
+    before = results.load("service-fairness", RESULTS_DIR, tag="before")
+    rows = []
+    for label, data in (("before (one model call per request)", before.data if before else None),
+                        ("after (batch-sized pieces that take turns)", res)):
+        if data is None:
+            continue
+        alone, beside = data["alone_ms"], data["beside_large_ms"]
+        rows.append([label, f"{alone['p50']:.0f} ms", f"{beside['p50']:,.0f} / "
+                     f"{beside['max']:,.0f} ms ({beside['n']})",
+                     ", ".join(f"{ms / 1000:.1f}" for ms in data["large_request_ms"]) + " s"])
+    return table(["serving", "1-text alone, p50", "1-text next to a 256-text request: p50 / max "
+                  "(n)", "the 256-text request"], rows)
+
+
 Renderer = Callable[[Result], str]
 def faults_section(res: Result) -> str:
     rows = []
@@ -831,10 +877,39 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "predictions with the last layer computed at the first position only (what serving does: "
      "the pooler reads nothing else) against the whole last layer, interleaved in one process "
      "on the same texts; throughput per repetition and the ratio.", first_position_section),
+    ("faults-swap", "20. A ledger swapped under a running process",
+     "`python -m bench faults --swap-only`: a process holds the run open (the server's "
+     "records view; MiniLM, WordNet, m=2, L=2) and acknowledges 1-5 deletions, a backup of the "
+     "ledger being taken (SQLite backup API) after 0-2 of them; then `ledger.sqlite` is "
+     "swapped: the backup moved into place (a restore), copied over it in place, the file "
+     "deleted, or its first 8 KiB overwritten with random bytes; three more deletions "
+     "follow; then the run is opened again. No deletion may be acknowledged after the change "
+     "and none acknowledged before it lost (a ledger lacking a certificate on disk is refused "
+     "at open with the replay command). The HTTP answers (503 naming what changed, `/readyz` "
+     "and `/v1/audit` 503) are checked in `tests/test_ledger_swap.py`.", faults_swap_section),
+    ("backups", "21. Backups taken during deletions, restored with replay",
+     "`python -m bench backups`: a signed run (MiniLM, WordNet) is copied for each trial; a "
+     "thread deletes samples one request at a time while `s3t backup` runs, then `s3t restore "
+     "--replay` rebuilds the run from the backup and the deletion log (the run's certificates, "
+     "or every other trial an export). Every deletion acknowledged after the backup must be "
+     "applied again before the restored run serves: no sample back, no text of one in any "
+     "file of the restored run, audit and `certificates --verify` passing; a restore without "
+     "a replay source must be refused.", backups_section),
+    ("service-fairness", "22. Fair serving: a small request next to a large one",
+     "`python -m bench service --fairness` (MiniLM, 200 WordNet glosses, m=2 L=2 B=1, "
+     "`--max-batch 32`): 1-text predictions one after another while a 256-text request is in "
+     "flight, 3 times. Before, the large request ran as one model call and every small "
+     "request behind it waited for all of it; now it is served in batch-sized pieces that "
+     "take turns with other requests (docs/design.md, \"Fair serving\"). The before row was "
+     "measured on the same machine at the commit before the change (`--tag -before`). Both "
+     "ran under heavy load from other jobs (load average 19-27): the \"alone\" column is "
+     "load, not the change (an A/B of 25 sequential 1-text requests gave medians of 150 and "
+     "186 ms before and 159 ms after, minutes apart).", fairness_section),
 ]
 #: The benchmark that writes each result kind (where the names differ).
 PRODUCER = {"recipe": "scale --part sweep", "scale_deletions": "scale --part deletions",
-            "orderings": "scale --part orderings"}
+            "orderings": "scale --part orderings", "faults-swap": "faults --swap-only",
+            "service-fairness": "service --fairness"}
 RENDERERS: dict[str, Renderer] = {name: renderer for name, _, _, renderer in SECTIONS}
 TARGET_SOURCES = ("accuracy", "deletion_cost", "deletion_rate", "perf", "service", "stream",
                   "scale", "orderings", "scale_deletions")
