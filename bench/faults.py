@@ -321,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
               f"final retrain rc {r['final']['returncode']} capacity {r['final']['capacity']}",
               flush=True)
     write_result("faults", args.quick, prov, {"runs": runs})
+    # the campaign's swap trials are section 20's result too (as --swap-only writes it)
+    swap_prov = provenance("faults-swap", args.quick, seeds, size)
+    write_result("faults-swap", args.quick, swap_prov,
+                 {"runs": [{"seed": r["seed"], "swaps": r["swaps"]} for r in runs]})
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from s3t.run.chain import OUTCOME_FIELDS, certificate_sha256, chain_problems
 from s3t.run.faults import fault_point
+from s3t.run.files import process_alive
 from s3t.run.ledger import GROUP_HASH, Ledger
 
 CERTIFICATES_DIR = "certificates"
@@ -50,7 +51,7 @@ def write_json_atomic(path: Path, payload: dict, fault: bool = True,
 
 def _writer_gone(tmp: Path) -> bool:
     pid = tmp.name.rsplit(_TMP, 1)[-1].split("-")[0]
-    return not pid.isdigit() or not _alive(int(pid))
+    return not pid.isdigit() or not process_alive(int(pid))
 
 
 def restore_certificates(ledger: Ledger, certificates_dir: Path) -> list[str]:
@@ -173,12 +174,3 @@ def export(ledger: Ledger, directory: Path, signing_key: str | None = None) -> d
     })
     return summary
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -370,6 +370,17 @@ class FeatureFiles:
         return removed
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def is_locked(lock: Path) -> bool:
     """Whether a live process holds ``lock`` (flock works across processes and containers
     sharing this kernel; it cannot see a process on another host sharing the disk)."""

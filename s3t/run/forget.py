@@ -36,7 +36,7 @@ from s3t.run.deletion import (
     plan_forget,
 )
 from s3t.run.faults import fault_point
-from s3t.run.files import FeatureFiles, StageStore
+from s3t.run.files import FeatureFiles, StageStore, process_alive
 from s3t.run.ledger import Ledger
 from s3t.run.signing import Signer
 
@@ -123,7 +123,7 @@ def finish_outcomes(ledger: Ledger, store: StageStore, certificates_dir: Path,
     settled = []
     scrub_left = set(ledger.pending_scrubs())
     for request_id, pid in ledger.outcome_pending():
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or process_alive(pid):
             continue  # its own process records it (it may be erasing right now)
         certificate = ledger.certificate(request_id)
         if certificate is None or request_id in scrub_left:
@@ -145,15 +145,6 @@ def erase_invalidated(ledger: Ledger, store: StageStore) -> bool:
     store.erase_all([(r.shard, r.key) for r in ledger.stages("erased")])
     return all(not store.path(r.shard, r.key).exists() for r in ledger.stages("erased"))
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sweep(ledger: Ledger, store: StageStore, features: FeatureFiles | None = None,
