@@ -18,7 +18,7 @@ model, and why an acknowledged deletion is never served again, is in ``guard.py`
 | ``page/`` | the operator's page at ``/`` (static HTML + script that read the JSON API) |
 | ``settings.py`` | the serve settings, defined and checked once (they make `s3t serve`'s flags) |
 | ``access.py`` | which routes are open, declared once |
-| ``schemas.py``, ``errors.py``, ``state.py`` | bodies; error shape and status codes; what an app holds |
+| ``errors.py``, ``state.py`` | error shape, status codes; what an app holds (bodies: ``contract.py``) |
 
 Importing this package loads no model (the run is loaded when the app starts) and no web
 stack until ``create_app`` is first used: the command line reads ``settings.py``.

@@ -13,13 +13,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPBearer
 
-from s3t.contract import RECORDS, json_schema
-from s3t.run import NotARunError
-from s3t.run.card import RUN_FILE, read_card
-from s3t.service.errors import ApiError, api_error
-from s3t.service.logs import request_id as current_request_id
-from s3t.service.metrics import CONTENT_TYPE
-from s3t.service.schemas import (
+from s3t.contract import (
+    RECORDS,
     AuditReport,
     Certificate,
     DeletionPage,
@@ -41,7 +36,13 @@ from s3t.service.schemas import (
     SchemaList,
     SigningKeys,
     Status,
+    json_schema,
 )
+from s3t.run import NotARunError
+from s3t.run.card import RUN_FILE, read_card
+from s3t.service.errors import ApiError, api_error
+from s3t.service.logs import request_id as current_request_id
+from s3t.service.metrics import CONTENT_TYPE
 from s3t.service.state import Service, routes_all
 
 log = logging.getLogger("s3t.service")
