@@ -80,7 +80,7 @@ def _load(run: Path, **kwargs: Any) -> S3T:
     return S3T.load(run, **kwargs)
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+JsonOpt = inputs.JsonOpt
 RunArg = Annotated[Path, typer.Argument(help="Run directory (created by `s3t train`).")]
 _BUDGET_DEFAULT = "Default: L (1 for sisa, L! for full)."
 _RAY_ADDRESS_EXTRA = ("A cluster is started with `ray start --head` on its head node and "

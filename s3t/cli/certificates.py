@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from s3t.cli.errors import engine_errors
+from s3t.cli.inputs import JsonOpt
 from s3t.run import Run
 
 
@@ -31,8 +32,7 @@ def certificates_cmd(
     public_key: Annotated[Path | None, typer.Option(
         "--public-key", help="With --verify: the run's public key as you keep it (FILE.pub of "
         "`s3t keys new`); default: the key the run card or the export names.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on "
-                                          "stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """List the deletion certificates and check their hash chain; exit 0 only if it is intact."""
     if verify:

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from s3t.cli.errors import engine_errors
+from s3t.cli.inputs import JsonOpt
 from s3t.config import config_help
 from s3t.run import Run
 
@@ -26,8 +27,7 @@ def configure_cmd(
     serve_orderings: Annotated[str, typer.Option(
         FLAGS["serve_orderings"], help="What the run serves from now on, without retraining. "
         + config_help("serve_orderings"))],
-    as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on "
-                                          "stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Change how a trained run serves (no retraining); a running `s3t serve` follows from
     its next request."""

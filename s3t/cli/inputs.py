@@ -6,10 +6,15 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from s3t.cli.errors import fail as _fail
 from s3t.plan.orderings import default_budget
+
+#: The ``--json`` flag every command that prints a result shares.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 
 
 def parse_prior(text: str | None, n_slices: int) -> list[float] | None:

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from s3t.cli.errors import engine_errors, fail
+from s3t.cli.inputs import JsonOpt
 from s3t.run import Run
 from s3t.run.signing import ENV, SigningKeyError, key_id, load_signer, new_key, public_file
 
@@ -29,7 +30,6 @@ SigningKeyOpt = Annotated[Path | None, typer.Option(
     "kept outside the run directory: every certificate and stage record written is signed "
     "with it; a run created with it records its public key. Required to write a run whose "
     "card names a key.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 
 keys_app = typer.Typer(help="Signing keys: make one; attach one to an existing run.",
                        add_completion=False, rich_markup_mode=None)

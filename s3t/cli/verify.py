@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from s3t.cli.errors import engine_errors, fail
+from s3t.cli.inputs import JsonOpt
 
 
 def verify_cmd(
@@ -25,8 +26,7 @@ def verify_cmd(
         "--served", help="Check the stages that serve now: each live route's chain (the "
         "default).")] = False,
     every: Annotated[bool, typer.Option("--all", help="Check every live stage.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on "
-                                          "stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Retrain stages from scratch on the retained data and compare every tensor bitwise with
     the run's files; exit 0 only if all are identical."""
