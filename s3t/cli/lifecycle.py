@@ -12,6 +12,7 @@ from s3t.cli import inputs
 from s3t.cli.errors import engine_errors, fail
 from s3t.cli.inputs import JsonOpt, RunArg, emit
 from s3t.cli.train import CONFIG_FLAGS
+from s3t.contract import Status
 from s3t.run import Run
 
 # retrain's overrides of the run's config: a ConfigError about them names these options
@@ -85,20 +86,19 @@ def retrain_cmd(
 def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     """Live shards, routes, deletions and capacity of a run."""
     with engine_errors(run=run), Run.open(run, verify=True) as opened:
-        status = opened.status()
-    lines = [f"run {status['run_dir']}: {status['shards']} shards x {status['slices']} slices, "
-             f"budget {status['budget']} ({status['strategy']})",
-             f"samples {status['samples']}, deleted {status['deleted']}, "
-             f"deletion requests {status['deletion_requests']}",
-             f"live shards {status['live_shards']}/{status['shards']}, "
-             f"capacity {status['capacity']:.2f}",
-             f"validation samples {status['validation_samples']}: {status['validation_use']}"]
-    for shard, route in status["routes"].items():
-        served = f", serving {len(route['served_stages'])} stages" if route and "served_stages" \
-            in route else ""
+        status = Status.model_validate(opened.status())  # the record /v1/status answers
+    lines = [f"run {status.run_dir}: {status.shards} shards x {status.slices} slices, "
+             f"budget {status.budget} ({status.strategy})",
+             f"samples {status.samples}, deleted {status.deleted}, "
+             f"deletion requests {status.deletion_requests}",
+             f"live shards {status.live_shards}/{status.shards}, capacity {status.capacity:.2f}",
+             f"validation samples {status.validation_samples}: {status.validation_use}"]
+    for shard, route in status.routes.items():
+        served = "" if route is None or route.served_stages is None else \
+            f", serving {len(route.served_stages)} stages"
         lines.append(f"  shard {shard}: " + ("dead (retrain required)" if route is None else
-                                              f"{route['stage']} (depth {route['depth']}{served})"))
-    emit(as_json, status, "\n".join(lines))
+                                              f"{route.stage} (depth {route.depth}{served})"))
+    emit(as_json, status.model_dump(mode="json", exclude_unset=True), "\n".join(lines))
 
 
 def audit_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
