@@ -72,29 +72,19 @@ def train_cmd(
             from s3t.models.decoder import default_llm_dir
 
             options["model"] = default_llm_dir()
-        slices, seed, lora_alpha = options["slices"], options["seed"], options["lora_alpha"]
-        method, no_cache = options.pop("method"), options.pop("no_cache")
-        config = S3TConfig.baseline(method, **{
-            **options, "feature_cache": not no_cache,
-            "budget": inputs.budget(options["budget"], options["strategy"], slices),
-            "prior": inputs.parse_prior(options["prior"], slices),
-            "lora_alpha": lora_alpha if lora_alpha is not None else 2 * options["lora_r"],
-            "target_modules": None if options["target_modules"] is None else
-            inputs.csv(options["target_modules"]),
-            "max_seq_len": options["max_seq_len"] if options["max_seq_len"] is not None else
-            128 if instructions else 64,
-        }).validate()  # bad options fail here, before torch or any data is loaded
+        # bad options fail here, before torch or any data is loaded
+        config = config_of(dict(options), instructions).validate()
         if config.best_epoch and eval_src is None and eval_size <= 0:
             raise ConfigError("best_epoch", NO_VALIDATION)
         from s3t.engine import S3T
 
-        train = load_source(data, limit=limit, seed=seed)
+        train = load_source(data, limit=limit, seed=config.seed)
         evaluation = None
         if eval_src is not None:
             evaluation = load_source(eval_src, label_names=train.label_names)
         elif eval_size > 0:
             size = int(eval_size) if eval_size >= 1 else eval_size
-            train, evaluation = train_test_split(train, size, seed=seed)
+            train, evaluation = train_test_split(train, size, seed=config.seed)
         if not instructions:
             inputs.check_classes(train)
         # a failed fit removes what it wrote (the run directory was new or empty)
@@ -116,6 +106,23 @@ def train_cmd(
     if "eval_loss" in payload:
         text += f"\neval loss: {payload['eval_loss']:.4f} (perplexity {payload['eval_perplexity']:.2f})"
     emit(as_json, payload, text)
+
+
+def config_of(options: dict[str, Any], instructions: bool) -> S3TConfig:
+    """The run config that ``s3t train``'s config options give (not yet validated): text
+    parsed into lists, and the defaults that depend on other options (or on whether the data
+    is for instruction tuning) filled in."""
+    slices, lora_alpha, seq_len = options["slices"], options["lora_alpha"], options["max_seq_len"]
+    method, no_cache = options.pop("method"), options.pop("no_cache")
+    return S3TConfig.baseline(method, **{
+        **options, "feature_cache": not no_cache,
+        "budget": inputs.budget(options["budget"], options["strategy"], slices),
+        "prior": inputs.parse_prior(options["prior"], slices),
+        "lora_alpha": lora_alpha if lora_alpha is not None else 2 * options["lora_r"],
+        "target_modules": None if options["target_modules"] is None else
+        inputs.csv(options["target_modules"]),
+        "max_seq_len": seq_len if seq_len is not None else 128 if instructions else 64,
+    })
 
 
 def demo_cmd(
