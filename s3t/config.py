@@ -1,7 +1,9 @@
 """Run configuration: everything that, with the data and the seed, determines every stage's weights.
 
 Each field documents itself in its ``metadata["help"]``: that text is the one source for the
-library docs and the ``s3t`` command line's option help (see ``config_help``).
+library docs and the ``s3t`` command line's option help (see ``config_help``). The metadata
+also makes the field's ``s3t train`` option (``s3t/cli/fields.py``): ``flag`` where it is not
+``--`` and the dashed name, ``cli: False`` for the settings only the library sets.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class S3TConfig:
     lora_dropout: float = dataclasses.field(default=0.0, metadata={"help": (
         "Dropout probability on the LoRA branch, in [0, 1); off by default because the "
         "adapters are small and trained for few epochs.")})
-    use_rslora: bool = dataclasses.field(default=False, metadata={"help": (
+    use_rslora: bool = dataclasses.field(default=False, metadata={"flag": "--rslora", "help": (
         "Rank-stabilised LoRA: scale updates by lora_alpha / sqrt(lora_r) instead of "
         "lora_alpha / lora_r, which keeps larger ranks learning.")})
     target_modules: list[str] | None = dataclasses.field(default=None, metadata={"help": (
@@ -132,10 +134,10 @@ class S3TConfig:
         "are never deletable anyway).")})
     batch_size: int = dataclasses.field(default=32, metadata={"help": (
         "Samples per optimisation step (integer >= 1).")})
-    learning_rate: float = dataclasses.field(default=2e-3, metadata={"help": (
+    learning_rate: float = dataclasses.field(default=2e-3, metadata={"flag": "--lr", "help": (
         "AdamW learning rate (finite, > 0; the peak of lr_schedule); high for fine-tuning "
         "because only the small LoRA adapters and the head are trained.")})
-    weight_decay: float = dataclasses.field(default=0.0, metadata={"help": (
+    weight_decay: float = dataclasses.field(default=0.0, metadata={"cli": False, "help": (
         "AdamW weight decay (finite, >= 0); none by default, the adapters being small.")})
     max_seq_len: int = dataclasses.field(default=64, metadata={"help": (
         "Tokens kept per sample (integer >= 1); longer texts are truncated, and short "
@@ -143,7 +145,7 @@ class S3TConfig:
     seed: int = dataclasses.field(default=0, metadata={"help": (
         "Seed of the partition, the orderings and training (integer >= 0): with the data "
         "and this config it determines every stage's weights.")})
-    aggregation: str = dataclasses.field(default="mean", metadata={"help": (
+    aggregation: str = dataclasses.field(default="mean", metadata={"cli": False, "help": (
         f"How the live shards' predictions are combined, one of "
         f"{', '.join(AGGREGATIONS)}: average their probabilities or take a majority vote.")})
     serve_orderings: str = dataclasses.field(default="all", metadata={"help": (
@@ -156,13 +158,15 @@ class S3TConfig:
         "of the adapted layers (about 2.2x the prediction time for budget 3); 'best' is the "
         "cheaper choice. The same with budget 1. Exactness is unchanged, because every served "
         "stage is live and never saw a deleted sample; training is the same either way.")})
-    feature_cache: bool = dataclasses.field(default=True, metadata={"help": (
+    feature_cache: bool = dataclasses.field(default=True, metadata={"flag": "--no-cache", "help": (
         "Whether to compute the frozen layers' outputs once per sample instead of every batch: much "
         "faster at the cost of memory (see feature_cache_memory_gb), same weights in float32.")})
-    feature_cache_dtype: str = dataclasses.field(default="float32", metadata={"help": (
+    feature_cache_dtype: str = dataclasses.field(default="float32", metadata={
+        "flag": "--cache-dtype", "help": (
         f"Storage precision of cached features, one of {', '.join(CACHE_DTYPES)}: "
         "float16 halves the memory and changes the weights by rounding (compute stays float32).")})
-    feature_cache_memory_gb: float = dataclasses.field(default=4.0, metadata={"help": (
+    feature_cache_memory_gb: float = dataclasses.field(default=4.0, metadata={
+        "flag": "--cache-memory-gb", "help": (
         "GiB of cached features kept in RAM (a number >= 0); further blocks are spilled "
         "to memory-mapped files in the run, and 0 keeps every block on disk.")})
     executor: str = dataclasses.field(default="local", metadata={"help": (

@@ -7,10 +7,12 @@ import dataclasses
 import pickle
 
 import pytest
+import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from s3t.cli import CONFIG_FLAGS, DEMO_FLAGS, app
+from s3t.cli import app
+from s3t.cli.train import CONFIG_FLAGS, DEMO_FLAGS
 from s3t.config import ConfigError, S3TConfig, config_help
 
 FIELDS = [f.name for f in dataclasses.fields(S3TConfig)]
@@ -44,6 +46,88 @@ def test_config_help_rejects_unknown_fields():
 def test_every_field_is_a_train_flag_or_deliberately_library_only():
     assert set(CONFIG_FLAGS) | NOT_ON_THE_COMMAND_LINE == set(FIELDS)
     assert not set(CONFIG_FLAGS) & NOT_ON_THE_COMMAND_LINE
+
+
+TRAIN_ONLY = {"--data", "--out", "--eval", "--eval-size", "--limit", "--json", "--signing-key"}
+
+
+def test_train_has_an_option_per_config_field_and_no_other():
+    """The train command's options are the config fields' flags plus its data and output
+    options: a field without an option, or an option without a field, fails here."""
+    opts = [opt for param in get_command(app).commands["train"].params for opt in param.opts]
+    assert len(opts) == len(set(opts))
+    assert set(opts) - TRAIN_ONLY == set(CONFIG_FLAGS.values())
+    for field in FIELDS:
+        if field not in NOT_ON_THE_COMMAND_LINE:
+            assert CONFIG_FLAGS[field] in opts, field
+
+
+# A value other than the default for every config field on the command line, as typed there
+# and as the config holds it.
+GIVEN = {
+    "model": (["--model", "some/model"], "some/model"),
+    "method": (["--method", "sisa"], "sisa"),
+    "shards": (["--shards", "3"], 3),
+    "slices": (["--slices", "2"], 2),
+    "budget": (["--budget", "2"], 2),
+    "strategy": (["--strategy", "random"], "random"),
+    "prior": (["--prior", "0.1,0.4,0.5"], [0.1, 0.4, 0.5]),
+    "placement": (["--placement", "prior"], "prior"),
+    "layers_per_slice": (["--layers-per-slice", "2"], 2),
+    "lora_r": (["--lora-r", "4"], 4),
+    "lora_alpha": (["--lora-alpha", "5"], 5),
+    "lora_dropout": (["--lora-dropout", "0.1"], 0.1),
+    "use_rslora": (["--rslora"], True),
+    "target_modules": (["--target-modules", "query, key"], ["query", "key"]),
+    "epochs": (["--epochs", "2"], 2),
+    "stage_steps": (["--stage-steps", "equal"], "equal"),
+    "lr_schedule": (["--lr-schedule", "cosine"], "cosine"),
+    "warmup_ratio": (["--warmup-ratio", "0.25"], 0.25),
+    "best_epoch": (["--best-epoch", "--eval-size", "2"], True),
+    "batch_size": (["--batch-size", "8"], 8),
+    "learning_rate": (["--lr", "0.01"], 0.01),
+    "max_seq_len": (["--max-seq-len", "16"], 16),
+    "seed": (["--seed", "7"], 7),
+    "serve_orderings": (["--serve-orderings", "best"], "best"),
+    "feature_cache": (["--no-cache"], False),
+    "feature_cache_dtype": (["--cache-dtype", "float16"], "float16"),
+    "feature_cache_memory_gb": (["--cache-memory-gb", "1.5"], 1.5),
+    "executor": (["--executor", "ray"], "ray"),
+    "ray_address": (["--ray-address", "auto"], "auto"),
+    "torch_threads": (["--torch-threads", "2"], 2),
+}
+
+
+def _train_config(monkeypatch, tmp_path, labelled_csv, args):
+    """The config `s3t train ARGS` builds, stopped when it validates it (before any data or
+    model loads)."""
+    built = []
+
+    def record(config, n_layers=None):
+        built.append(config)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(S3TConfig, "validate", record)
+    result = CliRunner().invoke(app, ["train", "--data", labelled_csv, "--out",
+                                      str(tmp_path / "run"), *args])
+    assert result.exit_code == 0 and len(built) == 1, result.output
+    return built[0]
+
+
+def test_train_gives_every_field_a_value_for_each_option():
+    assert set(GIVEN) == set(CONFIG_FLAGS)
+
+
+def test_train_without_options_builds_the_default_config(monkeypatch, tmp_path, labelled_csv):
+    assert _train_config(monkeypatch, tmp_path, labelled_csv, []) == S3TConfig()
+
+
+@pytest.mark.parametrize("field", sorted(GIVEN))
+def test_each_train_option_sets_its_config_field(monkeypatch, tmp_path, labelled_csv, field):
+    args, value = GIVEN[field]
+    assert getattr(S3TConfig(), field) != value
+    config = _train_config(monkeypatch, tmp_path, labelled_csv, args)
+    assert getattr(config, field) == value
 
 
 @pytest.mark.parametrize(("command", "flags"), [("train", CONFIG_FLAGS), ("demo", DEMO_FLAGS)])

@@ -203,7 +203,7 @@ def test_spilled_features_keep_token_labels_and_train_bitwise_the_same(tiny_llam
         results.append(train_stage(backbone, features, shard=0, prefix=(0,), ancestors=[],
                                    method=Method("s3t", 2), sample_ids=data.ids,
                                    labels=data.labels))
-    assert caches[1]._held["all"].path is not None and caches[0]._held["all"].path is None
+    assert caches[1].held["all"].path is not None and caches[0].held["all"].path is None
     assert torch.equal(caches[0].targets(data.ids[::-1]), caches[1].targets(data.ids[::-1]))
     for part in ("adapter", "head"):
         for k, v in getattr(results[0].weights, part).items():

@@ -45,7 +45,7 @@ def test_spilled_blocks_train_bitwise_the_same_weights(pair):
     assert sorted(cell for _, cell, _ in blocks) == [(m, s) for m in range(2) for s in range(3)]
     assert all(version == 0 for _, _, version in blocks)
     assert disk.features.bytes_in_memory == 0 < memory.features.bytes_in_memory
-    assert all(isinstance(a, np.memmap) for held in disk.features._held.values()
+    assert all(isinstance(a, np.memmap) for held in disk.features.held.values()
                for a in held.states.values())
     assert not (Path(memory.run_dir) / FEATURE_CACHE_DIR).exists()
     assert memory.live_weights().keys() == disk.live_weights().keys()
@@ -171,7 +171,7 @@ def test_float16_storage_halves_the_cache_and_stays_close(tiny_bert, pair, tmp_p
     memory, _, data = pair
     half = S3T(small(tiny_bert, feature_cache_dtype="float16"), run_dir=tmp_path / "h").fit(
         data, progress=False)
-    assert all(a.dtype == np.float16 for held in half.features._held.values()
+    assert all(a.dtype == np.float16 for held in half.features.held.values()
                for a in held.states.values())
     fresh = S3T(small(tiny_bert), run_dir=tmp_path / "f").fit(data, progress=False)
     assert half.features.bytes_in_memory * 2 == fresh.features.bytes_in_memory
@@ -218,7 +218,7 @@ def test_deletion_during_a_spilled_retrain_leaves_no_stale_block(tiny_bert, tmp_
     files, current = FeatureFiles(est.run_dir), est.ledger.slice_versions()
     assert files.cell_blocks() and not files.stale(current)
     # nor does the trainer's own cache still hold the changed cell's old features
-    assert all(current[b] == v for b, (v, _) in est.features._blocks.items() if b in current)
+    assert all(current[b] == v for b, v in est.features.versions.items() if b in current)
     assert est.audit().ok
     monkeypatch.setattr(local_executor, "train_stage", real_train)
     est.retrain(progress=False)
@@ -253,29 +253,46 @@ def test_blocks_left_by_an_interrupted_forget_are_erased_by_the_next(tiny_bert, 
     assert est.audit().ok
 
 
+class _Reaching:
+    """A backbone whose hidden states (two tokens, three features per sample) all equal
+    ``value``, to reach float16's range without a model that does."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def encode(self, inputs):
+        return {"attention_mask": torch.ones(len(inputs), 2, dtype=torch.long)}
+
+    def boundaries(self, batch):
+        return {1: torch.full((len(batch["attention_mask"]), 2, 3), self.value)}
+
+
 def test_float16_storage_refuses_states_beyond_its_range():
     from s3t.train.features import FeatureCache
 
-    cache = FeatureCache(None, dtype="float16")
-    assert cache._stored(np.array([[1.5, -7e4 / 2]], np.float32)).dtype == np.float16
+    cache = FeatureCache(_Reaching(-7e4 / 2), dtype="float16")
+    assert cache.ensure("cell", 0, ["a"], ["x"]) and "a" in cache
+    assert cache.held["cell"].states[1].dtype == np.float16
+    cache = FeatureCache(_Reaching(-7e4), dtype="float16")
     with pytest.raises(ValueError, match="beyond float16's range.*feature_cache_dtype='float32'"):
-        cache._stored(np.array([[1.0, -7e4]], np.float32))
+        cache.ensure("cell", 0, ["a"], ["x"])
+    assert "a" not in cache and not cache.held and cache.bytes_in_memory == 0
 
 
 def test_a_budget_between_nothing_and_everything_keeps_some_blocks_in_memory(pair, tiny_bert,
                                                                              tmp_path):
     memory, _, data = pair
-    block = max(h.nbytes for h in memory.features._held.values())
+    block = max(h.nbytes for h in memory.features.held.values())
     budget = 2.5 * block / 2**30  # room for two blocks of this size
     mixed = S3T(small(tiny_bert, feature_cache_memory_gb=budget), run_dir=tmp_path / "m").fit(
         data, progress=False)
-    held = mixed.features._held.values()
+    held = mixed.features.held.values()
     in_memory = [h for h in held if h.path is None]
     assert len(in_memory) == 2 and len(held) - len(in_memory) == 4
     assert mixed.features.bytes_in_memory == sum(h.nbytes for h in in_memory) <= budget * 2**30
     fresh = S3T(small(tiny_bert), run_dir=tmp_path / "f").fit(data, progress=False)
     for key, weights in fresh.live_weights().items():
         assert_same_weights(weights, mixed.live_weights()[key])
-    dropped = next(cell for cell, h in mixed.features._held.items() if h.path is None)
+    dropped = next(cell for cell, h in mixed.features.held.items() if h.path is None)
     mixed.features.drop(dropped)  # frees its share of the budget
     assert mixed.features.bytes_in_memory == sum(h.nbytes for h in in_memory[1:])

@@ -6,16 +6,15 @@ full capacity. What is served afterwards is bitwise what scratch training gives.
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 from test_exactness import assert_served_equal_scratch, config
 from tiny import toy_dataset
 
-from s3t.contract import Job
+from s3t.contract import Job, JobEvent
 from s3t.engine import S3T
 from s3t.run import Run
-from s3t.service.retrainer import Retrainer
+from s3t.service.retrainer import follow
 from s3t.train import scheduler
 from s3t.train.scheduler import Scheduler
 
@@ -64,9 +63,8 @@ def test_a_deletion_during_a_local_retrain_cancels_the_doomed_stage_and_replans(
     assert est.audit().ok
     # what a service's job reports, read from these events as the retrainer reads its child's
     job = Job(id="j", trigger="manual")
-    follower = SimpleNamespace(_on_event=lambda *_: None)
     for event in events:
-        Retrainer._follow(follower, job, json.dumps(event))  # type: ignore[arg-type]
+        follow(job, JobEvent.model_validate_json(json.dumps(event)))
     assert (job.replans, job.stages_cancelled, job.stages_done) == (1, 1, summary["stages_trained"])
     assert job.stages_total == job.stages_done and job.phase == "fallback"
 

@@ -135,7 +135,7 @@ def test_best_is_unchanged(run_all):
     routes = est.served()
     assert pred.routes_all == {m: [r.stage] for m, r in routes.items()}
     assert all(r.members == (r,) for r in routes.values())
-    ensemble = est._serving().ensemble
+    ensemble = Ensemble(est.backbone, est.method)  # a view of the same pretrained trunk
     batch = ensemble.encode(TEXTS)
     mask = batch["attention_mask"]
     with torch.no_grad():
@@ -143,7 +143,9 @@ def test_best_is_unchanged(run_all):
         want = np.zeros((len(TEXTS), len(est.label_names)))
         for route in routes.values():
             hidden = est.backbone.family.apply_layers_for_head(route.layers, bounds[route.active], mask)
-            want += torch.softmax(ensemble._head(route, hidden, mask), -1).double().numpy()
+            model = route.head_model if route.head_model is not None else est.backbone.model
+            logits = est.backbone.family.head(model, hidden, mask)
+            want += torch.softmax(logits, -1).double().numpy()
     assert np.array_equal(pred.probabilities, want / len(routes))
     assert "served_stages" not in est.status()["routes"]["0"]
     est.close()

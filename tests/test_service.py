@@ -448,6 +448,14 @@ def test_batcher_workers_run_batches_at_the_same_time():
     assert isinstance(results[0], threading.BrokenBarrierError) and calls == [list("abcd")]
 
 
+def adapter_switches(backbone) -> list[tuple[str, bool]]:
+    """Whether each LoRA module of the shared backbone is switched off (peft's public flag)."""
+    from peft.tuners.lora import LoraLayer
+
+    return [(name, module.disable_adapters) for name, module in backbone.model.named_modules()
+            if isinstance(module, LoraLayer)]
+
+
 def test_model_calls_run_concurrently_and_never_mutate_the_backbone(trained):
     """Two predictions through the guarded model are inside the model at the same time (both
     reach a two-party barrier in the layers; a model lock would break it), and serving
@@ -461,7 +469,7 @@ def test_model_calls_run_concurrently_and_never_mutate_the_backbone(trained):
         model.warm()
         backbone = engine.backbone
         before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
-        switches = [m._disable_adapters for g in backbone._lora_by_group.values() for _, m in g]
+        switches = adapter_switches(backbone)
         family = backbone.family
         barrier = threading.Barrier(2, timeout=10)
         real_apply = family.apply_layers
@@ -495,8 +503,7 @@ def test_model_calls_run_concurrently_and_never_mutate_the_backbone(trained):
         assert routes == {str(k): v for k, v in one.routes.items()} and len(routes) == 2
         after = backbone.model.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
-        assert switches == [m._disable_adapters for g in backbone._lora_by_group.values()
-                            for _, m in g]
+        assert switches == adapter_switches(backbone)
     finally:
         model.close()
 

@@ -9,13 +9,12 @@ new way from its next request on: it follows the card (``Run.follow_card``).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from s3t.cli.errors import engine_errors
-from s3t.cli.inputs import JsonOpt
+from s3t.cli.inputs import JsonOpt, RunArg
 from s3t.config import config_help
 from s3t.run import Run
 
@@ -23,7 +22,7 @@ FLAGS = {"serve_orderings": "--serve-orderings"}
 
 
 def configure_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory (created by `s3t train`).")],
+    run: RunArg,
     serve_orderings: Annotated[str, typer.Option(
         FLAGS["serve_orderings"], help="What the run serves from now on, without retraining. "
         + config_help("serve_orderings"))],

@@ -1,4 +1,5 @@
-"""Parsing and checking what the command line is given, before any model or data loads."""
+"""Parsing and checking what the command line is given, before any model or data loads; the
+arguments and options commands share (``--json``, the run directory) and their printing."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ from s3t.plan.orderings import default_budget
 
 #: The ``--json`` flag every command that prints a result shares.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+#: The run directory argument of the commands that work on a run.
+RunArg = Annotated[Path, typer.Argument(help="Run directory (created by `s3t train`).")]
+
+
+def emit(as_json: bool, payload: dict, text: str) -> None:
+    """Print a command's result: the payload as one JSON object (``--json``), else the text."""
+    typer.echo(json.dumps(payload, default=str) if as_json else text)
 
 
 def parse_prior(text: str | None, n_slices: int) -> list[float] | None:

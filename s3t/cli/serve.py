@@ -1,7 +1,8 @@
 """``s3t serve RUN``: the HTTP service (``s3t.service``) under uvicorn.
 
-Its options are made from the fields of ``s3t.service.settings.Settings`` (flag, help and
-default in each field's metadata), which also checks them: one definition, one validation.
+Its options are made (``s3t/cli/fields.py``) from the fields of
+``s3t.service.settings.Settings`` (flag, help and default in each field's metadata), which
+also checks them: one definition, one validation.
 The token comes from ``--token-file`` or else the ``S3T_API_TOKEN`` environment variable;
 without one the server refuses to listen anywhere but a loopback address (and there every
 endpoint is open). The flags are checked and the run opened before the model loads, so a
@@ -10,23 +11,22 @@ mistake is one ``error:`` line, as in every other command.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import inspect
 import os
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from s3t.cli.errors import engine_errors, fail
+from s3t.cli.fields import Adjust, field_options, with_options
+from s3t.cli.inputs import RunArg
 from s3t.run import Run
-from s3t.service.settings import TOKEN_ENV, Settings, SettingsError, flag_of
+from s3t.service.settings import TOKEN_ENV, Settings, SettingsError
 
-# The command line's type of each option whose field type typer cannot take as it is.
-CLI_TYPES: dict[str, Any] = {"cors_origins": list[str] | None}
+# What the command line does differently from a field: a tuple is a repeatable option.
+ADJUST = {"cors_origins": Adjust(kind=list[str] | None, default=None)}
 
 
 def read_token(token_file: Path | None) -> str | None:
@@ -63,33 +63,14 @@ def bind_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def setting_options() -> list[inspect.Parameter]:
-    """One typer option per ``Settings`` field the command line sets."""
-    hints = {"int": int, "float": float, "bool": bool, "str": str}
-    params = []
-    for f in dataclasses.fields(Settings):
-        if not f.metadata["cli"]:
-            continue
-        kind = CLI_TYPES[f.name] if f.name in CLI_TYPES else hints[str(f.type)]
-        default = None if f.name in CLI_TYPES else f.default
-        option = typer.Option(flag_of(f.name), help=f.metadata["help"] + bounds(f.metadata),
-                              metavar=f.metadata.get("metavar"), show_default=True)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                        annotation=Annotated[kind, option]))
-    return params
-
-
-def bounds(metadata: Mapping[str, Any]) -> str:
-    """The valid range of a numeric setting, as its option's help ends."""
-    low, high = metadata["low"], metadata["high"]
-    if low is None and high is None:
-        return ""
-    if high is None:
-        return f" (>= {low:g})"
-    return f" ({low:g} to {high:g})" if low is not None else f" (<= {high:g})"
-
-
-def serve_cmd(run: Path, token_file: Path | None = None, **values: Any) -> None:
+def serve_cmd(
+    run: RunArg,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="File holding the bearer token (default: the "
+        f"{TOKEN_ENV} environment variable). Every route but health, readiness and the page "
+        "needs it, unless --open-predict or --open-status opens some.")] = None,
+    **values: Any,
+) -> None:
     """Serve a run over HTTP: predictions, deletions, certificates, audit (OpenAPI at /docs)."""
     values["cors_origins"] = tuple(values.get("cors_origins") or ())
     token = read_token(token_file)
@@ -125,13 +106,4 @@ def serve_cmd(run: Path, token_file: Path | None = None, **values: Any) -> None:
         raise typer.Exit(1)
 
 
-serve_cmd.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-    inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
-        Path, typer.Argument(help="Run directory (created by `s3t train`).")]),
-    inspect.Parameter("token_file", inspect.Parameter.KEYWORD_ONLY, default=None,
-                      annotation=Annotated[Path | None, typer.Option(
-                          "--token-file", help="File holding the bearer token (default: the "
-                          f"{TOKEN_ENV} environment variable). Every route but health, "
-                          "readiness and the page needs it, unless --open-predict or "
-                          "--open-status opens some.")]),
-    *setting_options()])
+with_options(serve_cmd, field_options(Settings, adjust=ADJUST), before=None)

@@ -8,17 +8,16 @@ stale), 2 for a bad request (unknown or erased stage, nothing live, another back
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from s3t.cli.errors import engine_errors, fail
-from s3t.cli.inputs import JsonOpt
+from s3t.cli.inputs import JsonOpt, RunArg
 
 
 def verify_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory (created by `s3t train`).")],
+    run: RunArg,
     stages: Annotated[str | None, typer.Option(
         "--stages", help="Stage keys to check, comma-separated (their ancestors are retrained "
         "and checked too); see `s3t status`.")] = None,

@@ -175,18 +175,21 @@ def family_for(model_type: str) -> BackboneFamily:
     ``ValueError`` for an unknown model type, ``TypeError`` for a family that breaks its
     contract (see :func:`check_family`).
     """
+    if model_type not in model_types():
+        raise ValueError(f"no backbone family for model type {model_type!r}; supported: "
+                         f"{', '.join(model_types())}")
+    family = _FAMILIES[model_type]()
+    check_family(family)
+    return family
+
+
+def model_types() -> list[str]:
+    """The ``config.model_type`` values a family is registered for, sorted (the supported
+    backbones, as ``family_for``'s error lists them)."""
     # Import the built-in families so that they register themselves.
     from s3t.models import decoder, encoder, vit  # noqa: F401
 
-    try:
-        family = _FAMILIES[model_type]()
-    except KeyError:
-        raise ValueError(
-            f"no backbone family for model type {model_type!r}; supported: "
-            f"{', '.join(sorted(_FAMILIES))}"
-        ) from None
-    check_family(family)
-    return family
+    return sorted(_FAMILIES)
 
 
 @contextmanager

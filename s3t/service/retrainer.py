@@ -310,27 +310,8 @@ class Retrainer:
         child_log.info("retrain job %s: %s%s", job.id, event.event,
                        f" {event.key}" if event.key else "",
                        extra={"job_id": job.id, "event": event.event, **fields})
-        if event.phase is not None:
-            job.phase = event.phase
-        if "eta_full_capacity_s" in event.model_fields_set:
-            job.eta_full_capacity_s = event.eta_full_capacity_s
-        if event.event == "plan":
-            job.stages_total = event.stages
-        elif event.event == "replan":  # what is left now, on the new versions, joins this job
-            job.replans += 1
-            job.stages_total = job.stages_done + (event.stages or 0)
-        elif event.event == "stage-start":
-            job.current_stage = event.stage()
-        elif event.event == "stage-commit":
-            job.stages_done += 1
-            job.current_stage = None
-            if event.route_switched:
-                job.last_route_switch = time.time()
-                self._on_event("route-switch", job)
-        elif event.event in ("stage-discard", "stage-cancel"):
-            job.stages_discarded += 1
-            job.stages_cancelled += event.event == "stage-cancel"
-            job.current_stage = None
+        if follow(job, event):
+            self._on_event("route-switch", job)
 
     def _open_log(self) -> IO[str]:
         if self.log_path is None:
@@ -343,3 +324,30 @@ class Retrainer:
             log.warning("cannot write %s (%s): the job's output goes to the server log only",
                         self.log_path, err)
             return open(os.devnull, "w")
+
+
+def follow(job: Job, event: JobEvent) -> bool:
+    """Bring ``job``'s progress up to date with one event of its retrain process (phase,
+    stages planned, done, discarded, cancelled); True when the event switched a route."""
+    if event.phase is not None:
+        job.phase = event.phase
+    if "eta_full_capacity_s" in event.model_fields_set:
+        job.eta_full_capacity_s = event.eta_full_capacity_s
+    if event.event == "plan":
+        job.stages_total = event.stages
+    elif event.event == "replan":  # what is left now, on the new versions, joins this job
+        job.replans += 1
+        job.stages_total = job.stages_done + (event.stages or 0)
+    elif event.event == "stage-start":
+        job.current_stage = event.stage()
+    elif event.event == "stage-commit":
+        job.stages_done += 1
+        job.current_stage = None
+        if event.route_switched:
+            job.last_route_switch = time.time()
+            return True
+    elif event.event in ("stage-discard", "stage-cancel"):
+        job.stages_discarded += 1
+        job.stages_cancelled += event.event == "stage-cancel"
+        job.current_stage = None
+    return False

@@ -18,9 +18,10 @@ from __future__ import annotations
 import os
 import shutil
 import weakref
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,12 @@ class _Blocks:
         self.drop(block)
         return False
 
+    @property
+    def versions(self) -> dict[Hashable, Hashable]:
+        """The version each block is held at: a block whose version is not the ledger's
+        current one holds samples' old contents (possibly a deleted sample) and is stale."""
+        return {block: version for block, (version, _) in self._blocks.items()}
+
     def drop_stale(self, versions: dict) -> None:
         """Drop every block held at a version other than ``versions[block]``."""
         for block, (version, _) in list(self._blocks.items()):
@@ -64,7 +71,7 @@ class _Blocks:
 
 
 @dataclass
-class _Held:
+class HeldBlock:
     """One block's features: every sample's tokens concatenated along the first axis."""
 
     spans: dict[str, tuple[int, int]]  # sample id -> (first token, tokens)
@@ -100,7 +107,7 @@ class FeatureCache(_Blocks):
         self.files = files
         self.is_current = is_current
         self.directory: Path | None = None  # this process's spill folder, made on first spill
-        self._held: dict[Hashable, _Held] = {}
+        self._held: dict[Hashable, HeldBlock] = {}
         self._where: dict[str, Hashable] = {}
         self._in_memory = 0
         self._finalizer: weakref.finalize | None = None
@@ -144,7 +151,7 @@ class FeatureCache(_Blocks):
                 writer.abort()
             raise
         targets = arrays.pop("targets", None)
-        held = _Held(spans, {int(k[1:]): v for k, v in arrays.items()}, targets,
+        held = HeldBlock(spans, {int(k[1:]): v for k, v in arrays.items()}, targets,
                      None if writer is None else writer.final)
         if writer is not None and self.is_current is not None and not self.is_current(block, version):
             shutil.rmtree(writer.final, ignore_errors=True)  # a deletion came in meanwhile
@@ -155,6 +162,17 @@ class FeatureCache(_Blocks):
         self._where.update(dict.fromkeys(spans, block))
         self._blocks[block] = (version, [ids[i] for i in order])
         return True
+
+    @property
+    def held(self) -> Mapping[Hashable, HeldBlock]:
+        """The blocks held, read-only: where each lives (``path``: its spill folder, None in
+        memory), its arrays (memory-mapped when spilled) and its size."""
+        return MappingProxyType(self._held)
+
+    def __contains__(self, sid: object) -> bool:
+        """Whether sample ``sid``'s features are held (a changed cell's dropped samples,
+        deleted ones among them, never are)."""
+        return sid in self._where
 
     def _stored(self, values: np.ndarray) -> np.ndarray:
         if self.dtype == np.float16 and values.size and np.abs(values).max() > _FLOAT16_MAX:
