@@ -532,7 +532,7 @@
       refreshes += 1;
       document.body.dataset.refreshes = String(refreshes);
       $("connection").hidden = true;
-      $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+      $("updated").textContent = "updated " + localTime(new Date()).slice(11);
     } catch (err) {
       $("connection").hidden = false;
       $("connection").textContent = "Cannot read the server: " + err.message +
