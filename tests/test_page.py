@@ -274,6 +274,21 @@ def test_page_shows_rates_latencies_audit_client_ids_and_a_starting_job(fresh_se
     assert browser.find_element(By.ID, "chain-status").text == (
         "Certificate chain: intact, 1 certificate checked.")
 
+    # the plot over time: clock-time ticks, and a y axis scaled to the data (its lowest and
+    # highest ticks within one step of the lowest and highest point)
+    axis = browser.execute_script(
+        "const svg = document.querySelector('#plot-time svg');"
+        "const ys = [...svg.querySelectorAll('text.tick.y')].map((t) => "
+        "[parseFloat(t.textContent), parseFloat(t.getAttribute('y')) - 4]);"
+        "return {x: [...svg.querySelectorAll('text.tick.x')].map((t) => t.textContent), ys, "
+        "cy: [...svg.querySelectorAll('circle')].map((c) => parseFloat(c.getAttribute('cy')))};")
+    assert axis["x"] and all(re.fullmatch(r"\d\d:\d\d(:\d\d)?", x) for x in axis["x"]), axis
+    (v0, y0), (v1, y1) = axis["ys"][0], axis["ys"][-1]  # value (%) and its height on the plot
+    shown_values = [v0 + (cy - y0) * (v1 - v0) / (y1 - y0) for cy in axis["cy"]]
+    step = axis["ys"][1][0] - v0
+    assert -0.2 <= min(shown_values) - v0 < step - 1e-6, (axis, shown_values)
+    assert -0.2 <= v1 - max(shown_values) < step - 1e-6, (axis, shown_values)
+
     # a retrain: while its job is queued or its trainer loads, the page never says "idle"
     started = httpx.post(server + "/v1/retrain", headers=AUTH, timeout=30)
     assert started.status_code == 202, started.text

@@ -327,9 +327,9 @@
       lo = mid - minimum / 2;
       hi = mid + minimum / 2;
     }
-    const step = niceStep(hi - lo, 4);
-    lo = Math.max(0, Math.floor(lo / step - 1e-9) * step);
-    hi = Math.min(1, Math.ceil(hi / step + 1e-9) * step);
+    const step = niceStep(hi - lo, 5);
+    lo = Math.max(0, Math.floor(lo / step + 1e-9) * step);
+    hi = Math.min(1, Math.ceil(hi / step - 1e-9) * step);
     if (hi - lo < step) {  // clamped at an end: keep one step
       if (lo === 0) hi = Math.min(1, step);
       else lo = Math.max(0, hi - step);
@@ -388,7 +388,10 @@
     const px = (x) => L + ((x - lo) / (hi - lo)) * (W - L - R);
     const py = (v) => T + (1 - (Math.max(y.lo, Math.min(y.hi, v)) - y.lo) / (y.hi - y.lo)) * (H - T - B);
     const decimals = y.step < 0.01 ? 1 : 0;
-    for (const v of linearTicks(y.lo, y.hi, 4, false)) {
+    // an x tick label near an end of the axis is anchored there, so it is never cut off
+    const xTick = (x, text) => svgEl("text", { x: px(x), y: H - B + 16, class: "tick x",
+      "text-anchor": px(x) > W - R - 18 ? "end" : px(x) < L + 18 ? "start" : "middle" }, text);
+    for (const v of linearTicks(y.lo, y.hi, 5, false)) {
       svg.append(svgEl("line", { x1: L, x2: W - R, y1: py(v), y2: py(v), class: "grid" }));
       svg.append(svgEl("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end", class: "tick y" },
         (100 * v).toFixed(decimals) + "%"));
@@ -396,16 +399,10 @@
     let label = xAxis.label;
     if (xAxis.kind === "time") {
       const { ticks, format } = timeTicks(lo, hi, 5);
-      for (const x of ticks) {
-        svg.append(svgEl("text", { x: px(x), y: H - B + 16, "text-anchor": "middle",
-          class: "tick x" }, format(x)));
-      }
+      for (const x of ticks) svg.append(xTick(x, format(x)));
       label += dayOf(lo) === dayOf(hi) ? ` on ${dayOf(lo)}` : ` from ${dayOf(lo)} to ${dayOf(hi)}`;
     } else {
-      for (const x of linearTicks(lo, hi, 6, true)) {
-        svg.append(svgEl("text", { x: px(x), y: H - B + 16, "text-anchor": "middle",
-          class: "tick x" }, String(x)));
-      }
+      for (const x of linearTicks(lo, hi, 6, true)) svg.append(xTick(x, String(x)));
     }
     svg.append(svgEl("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle",
       class: "label" }, label));
