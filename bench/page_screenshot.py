@@ -3,11 +3,12 @@
 Why: the page (`GET /`) is the operator's view of a live service: shards and their routes,
 capacity and validation accuracy over time, the retrain job, the deletion log. This script
 serves a run the way an operator would (`s3t serve RUN --token-file F` on a free 127.0.0.1
-port), sends a few deletion requests through the API, asks for a retrain and, once it has
-finished, sends one more deletion, so that the plots show capacity falling and recovering.
-It then loads the page in the system Chromium (Selenium, `--headless=new`), enters the
-token, waits until the deletion log lists every request the API lists, and saves a
-full-page screenshot to bench/results/operator-page.png.
+port), sends a few predictions and deletion requests (each with a client request id)
+through the API, asks for a retrain and, once it has finished, sends one more deletion, so
+that the plots show capacity falling and recovering and the requests table has latencies;
+it audits the run once (the page's audit line). It then loads the page in the system
+Chromium (Selenium, `--headless=new`), enters the token, waits until the deletion log lists
+every request the API lists, and saves a full-page screenshot to bench/results/operator-page.png.
 
 Without RUN it trains a small WordNet/MiniLM run (240 nouns, 3 shards x 3 slices, 80 more
 as the validation split); with RUN it serves a copy (the given run is never changed).
@@ -120,12 +121,18 @@ def exercise(base: str, token: str, ids: list[str], deletions: int, rng: random.
     auth = {"Authorization": f"Bearer {token}"}
     pool = rng.sample(ids, k=min(len(ids), 3 * (deletions + 1)))
 
+    def predict() -> None:
+        for texts in (["a small dog"], ["a tall tree", "a river", "an old house"]):
+            httpx.post(f"{base}/v1/predict", json={"inputs": texts}, headers=auth,
+                       timeout=60).raise_for_status()
+
     def delete(n: int) -> None:
         batch = [pool.pop() for _ in range(min(n, len(pool)))]
         if not batch:
             return
-        response = httpx.post(f"{base}/v1/deletions", json={"sample_ids": batch}, headers=auth,
-                              timeout=60)
+        predict()
+        response = httpx.post(f"{base}/v1/deletions", headers=auth, timeout=60, json={
+            "sample_ids": batch, "request_id": f"ticket-{4700 + len(pool)}"})
         response.raise_for_status()
         certificate = response.json()
         print(f"deleted {len(batch)} samples: {len(certificate['erased_stages'])} stages erased, "
@@ -152,6 +159,7 @@ def exercise(base: str, token: str, ids: list[str], deletions: int, rng: random.
         if history.status_code != 200 or history.json()["points"][-1]["event"] == "evaluation":
             break
         time.sleep(1)
+    httpx.get(f"{base}/v1/audit", headers=auth, timeout=300).raise_for_status()
 
 
 def photograph(base: str, token: str, out: Path) -> dict[str, Any]:

@@ -11,6 +11,8 @@ refuse unknown fields, so a misspelt field (``ids`` for ``sample_ids``) is an er
 than an empty request. Answers keep fields they do not declare (``extra="allow"``): a newer
 server may add some, and an older client still reads the rest. Fields a server may leave
 out are optional here; the service sends only the fields it has (``exclude_unset``).
+
+Long on purpose: every record that crosses the boundary is typed here, once.
 """
 
 from __future__ import annotations
@@ -161,6 +163,10 @@ class DeletionPage(Record):
     offset: int
     limit: int
     certificates: list[Certificate]
+    client_request_ids: dict[str, list[str]] = Field(default_factory=dict, description=(
+        "s3t request id -> the client's request_id (idempotency keys) it was asked with, for "
+        "this page's certificates that had one; kept beside the certificate, which it would "
+        "change the chain digest of."))
 
 
 class AuditReport(Record):
@@ -169,6 +175,19 @@ class AuditReport(Record):
     checked: dict[str, int] = Field(description="What was checked, counted.")
     signing: str | None = Field(default=None, description="Whether the run's records are "
                                 "signed, and with which key (`unsigned` when it has none).")
+    chain_intact: bool | None = Field(default=None, description="Whether the certificate hash "
+                                      "chain is unbroken to the ledger's head (its breaks are "
+                                      "among the violations).")
+
+
+class AuditSummary(Record):
+    """``/v1/status`` ``last_audit``: this server's last ``GET /v1/audit`` (in memory)."""
+
+    time: float = Field(description="When it ran (unix seconds).")
+    ok: bool
+    violations: int = Field(description="How many findings (their text: GET /v1/audit).")
+    chain_intact: bool | None
+    certificates: int = Field(description="Certificates it checked.")
 
 
 # --- the run's state ----------------------------------------------------------------------------
@@ -208,6 +227,12 @@ class Job(Record):
     eta_full_capacity_s: float | None = Field(default=None, description=(
         "Estimated seconds until every shard serves at full depth, from this job's measured "
         "stage times; null before its first stage commits."))
+    eta_full_capacity_at: float | None = Field(default=None, description=(
+        "Unix time of full capacity: eta_full_capacity_s after the event that reported it."))
+    estimated_end: float | None = Field(default=None, description=(
+        "Unix time the job should end: after each settled stage, the wall time per settled "
+        "stage since its plan times the stages left (never before full capacity); null "
+        "before its first stage settles."))
     current_stage: StageRef | None = None
     last_route_switch: float | None = None
     error: str | None = None
@@ -264,6 +289,32 @@ class RetrainState(Record):
     job: Job | None = Field(description="The current or last job.")
 
 
+class RequestStats(Record):
+    """One kind of request of this server (``service/traffic.py``)."""
+
+    requests: int = Field(description="Answered since the server started.")
+    errors: int = Field(description="Of those, answered 4xx or 5xx.")
+    server_errors: int = Field(description="Of those, answered 5xx.")
+    rate_per_s: float = Field(description="Requests per second over the last rate_s seconds.")
+    window: int = Field(description="How many of the latest requests answered below 400 the "
+                        "percentiles cover (at most Traffic.window).")
+    p50_ms: float | None = Field(description="Their median latency (null: none yet).")
+    p99_ms: float | None = Field(description="Their 99th percentile latency (nearest rank).")
+
+
+class Traffic(Record):
+    """``/v1/status`` ``traffic``: this server's HTTP requests since it started, in memory
+    (each replica reports its own)."""
+
+    time: float = Field(description="The server's clock when read (unix seconds).")
+    since: float = Field(description="When it started counting (unix seconds).")
+    window: int = Field(description="Latencies kept per kind (the most recent).")
+    rate_s: int = Field(description="Seconds the rates are measured over.")
+    requests: RequestStats = Field(description="Every request, the page's own reads included.")
+    predictions: RequestStats = Field(description="POST /v1/predict and /v1/generate.")
+    deletions: RequestStats = Field(description="POST /v1/deletions.")
+
+
 class Status(Record):
     run_dir: str | None = None
     shards: int
@@ -284,9 +335,13 @@ class Status(Record):
     validation_samples: int | None = None
     validation_use: str | None = None
     stages_total: int | None = None
-    training: Literal["idle", "running"] | None = None
+    training: Literal["idle", "starting", "running"] | None = Field(default=None, description=(
+        "running: a process holds the run's retrain lock; starting: this server's job is "
+        "queued or its trainer is loading, before its plan."))
     retrain: RetrainState | None = None
     val_accuracy: float | None = None
+    traffic: Traffic | None = Field(default=None, description="This server's requests.")
+    last_audit: AuditSummary | None = Field(default=None, description="Null: none yet.")
 
 
 class JobList(Record):

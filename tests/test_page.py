@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -48,12 +49,10 @@ def chromium_driver(extra_args: tuple[str, ...] | list[str] = ()):  # -> webdriv
     return driver
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_bert) -> Path:
+def train_run(run: Path, tiny_bert: str) -> Path:
     """A tiny 2 x 2 run, one ordering per shard (4 stages), with a validation split."""
     from s3t.engine import S3T
 
-    run = tmp_path_factory.mktemp("page") / "run"
     config = S3TConfig(model=tiny_bert, shards=2, slices=2, budget=1, epochs=1, batch_size=8,
                        lora_r=4, lora_alpha=4, target_modules=["query", "key", "value"], seed=3)
     held_out = toy_dataset(12, seed=9)
@@ -61,6 +60,11 @@ def run(tmp_path_factory, tiny_bert) -> Path:
                        label_names=held_out.label_names)
     S3T(config, run_dir=run).fit(toy_dataset(48, groups=True), held_out, progress=False).close()
     return run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_bert) -> Path:
+    return train_run(tmp_path_factory.mktemp("page") / "run", tiny_bert)
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +188,134 @@ def test_page_shows_the_shards_and_after_the_token_the_deletion_log(run, server,
     wait.until(lambda d: "refused" in d.find_element(By.ID, "deletions-note").text,
                "a wrong token was not reported")
     assert deletion_rows(browser) == {}
+
+
+# --- what an operator asks first: requests, latencies, audit, the client's id, the job ------
+def traffic_rows(driver) -> dict[str, dict[str, str]]:
+    """The requests table: kind -> {column class: text}."""
+    return driver.execute_script(
+        "const out = {}; for (const r of document.querySelectorAll('#traffic tbody tr')) {"
+        "const row = {}; for (const c of ['requests', 'rate', 'errors', 'p50', 'p99']) "
+        "row[c] = r.querySelector('.' + c).innerText; out[r.dataset.kind] = row; } return out;")
+
+
+def shown_ms(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?) ms", text)
+    assert match, f"not a latency: {text!r}"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def fresh_server(tmp_path_factory, tiny_bert):
+    """A server of its own on a freshly trained run (the other tests delete from theirs)."""
+    run = train_run(tmp_path_factory.mktemp("page-fresh") / "run", tiny_bert)
+    port, log = free_port(), tmp_path_factory.mktemp("page-fresh-log") / "server.log"
+    proc = start_server(run, port, log)
+    try:
+        yield run, f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(proc)
+
+
+@pytest.mark.browser
+@needs_browser
+def test_page_shows_rates_latencies_audit_client_ids_and_a_starting_job(fresh_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run, server = fresh_server
+    # one prediction, one refused prediction (422), one deletion with the client's request id
+    ok = httpx.post(server + "/v1/predict", json={"inputs": ["red cat sun"]}, headers=AUTH,
+                    timeout=60)
+    assert ok.status_code == 200, ok.text
+    refused = httpx.post(server + "/v1/predict", json={"inputs": []}, headers=AUTH, timeout=30)
+    assert refused.status_code == 422
+    deleted = httpx.post(server + "/v1/deletions", headers=AUTH, timeout=30, json={
+        "sample_ids": samples_in(run, (0, 0), 1), "request_id": "ticket-4711"})
+    assert deleted.status_code == 200, deleted.text
+    request_id = deleted.json()["request_id"]
+    page = httpx.get(server + "/v1/deletions", headers=AUTH, timeout=10).json()
+    assert page["client_request_ids"] == {request_id: ["ticket-4711"]}
+    traffic = httpx.get(server + "/v1/status", headers=AUTH, timeout=10).json()["traffic"]
+    assert (traffic["predictions"]["requests"], traffic["predictions"]["errors"]) == (2, 1)
+    assert traffic["deletions"]["requests"] == 1 and traffic["deletions"]["window"] == 1
+
+    wait = WebDriverWait(browser, WAIT_S)
+    browser.get(server + "/")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+    wait.until(lambda d: traffic_rows(d).get("deletions", {}).get("requests") == "1",
+               "the requests table never showed the deletion")
+    rows = traffic_rows(browser)
+    assert rows["predictions"]["requests"] == "2" and rows["predictions"]["errors"] == "1 (0)"
+    assert rows["deletions"]["errors"] == "0 (0)"
+    # the latencies the server measured, as the page shows them (p50 = p99: one each)
+    for kind in ("predictions", "deletions"):
+        for q in ("p50", "p99"):
+            assert shown_ms(rows[kind][q]) == pytest.approx(traffic[kind][f"{q}_ms"],
+                                                            rel=0.01, abs=0.01), (kind, q)
+        assert re.fullmatch(r"\d+\.\d /min|\d+\.\d\d /s", rows[kind]["rate"]), rows[kind]
+    assert int(rows["requests"]["requests"]) >= 4
+
+    # the deletion log: the client's request id beside s3t's; singular where there is one
+    wait.until(lambda d: d.execute_script(
+        "const c = document.querySelector('#deletions tbody tr .client-id');"
+        "return c && c.innerText") == "ticket-4711", "the client's request id was not shown")
+    assert browser.find_element(By.ID, "deletions-note").text.startswith("Deletion request 1 of 1,")
+    summary = browser.find_element(By.ID, "run-summary").text
+    assert "2 shards × 2 slices" in summary and "48 training samples" in summary
+
+    # the audit: none yet, then the one the button runs, with the chain it checked
+    assert "Not audited" in browser.find_element(By.ID, "audit-result").text
+    browser.find_element(By.ID, "audit-now").click()
+    wait.until(lambda d: "the invariant holds" in d.find_element(By.ID, "audit-result").text,
+               "the audit's outcome never showed")
+    assert "0 findings" in browser.find_element(By.ID, "audit-result").text
+    assert browser.find_element(By.ID, "chain-status").text == (
+        "Certificate chain: intact, 1 certificate checked.")
+
+    # the plot over time: clock-time ticks, and a y axis scaled to the data (its lowest and
+    # highest ticks within one step of the lowest and highest point)
+    axis = browser.execute_script(
+        "const svg = document.querySelector('#plot-time svg');"
+        "const ys = [...svg.querySelectorAll('text.tick.y')].map((t) => "
+        "[parseFloat(t.textContent), parseFloat(t.getAttribute('y')) - 4]);"
+        "return {x: [...svg.querySelectorAll('text.tick.x')].map((t) => t.textContent), ys, "
+        "cy: [...svg.querySelectorAll('circle')].map((c) => parseFloat(c.getAttribute('cy')))};")
+    assert axis["x"] and all(re.fullmatch(r"\d\d:\d\d(:\d\d)?", x) for x in axis["x"]), axis
+    (v0, y0), (v1, y1) = axis["ys"][0], axis["ys"][-1]  # value (%) and its height on the plot
+    shown_values = [v0 + (cy - y0) * (v1 - v0) / (y1 - y0) for cy in axis["cy"]]
+    step = axis["ys"][1][0] - v0
+    assert -0.2 <= min(shown_values) - v0 < step - 1e-6, (axis, shown_values)
+    assert -0.2 <= v1 - max(shown_values) < step - 1e-6, (axis, shown_values)
+
+    # a retrain: while its job is queued or its trainer loads, the page never says "idle"
+    started = httpx.post(server + "/v1/retrain", headers=AUTH, timeout=30)
+    assert started.status_code == 202, started.text
+    job_id = started.json()["job"]["id"]
+    read = ("const dd = (c) => { const e = document.querySelector('#retrain-job .' + c); "
+            "return e ? e.innerText : null; };"
+            "const s = document.querySelector('#retrain-job .state');"
+            "return [document.getElementById('training').innerText, s ? s.innerText : null, "
+            "dd('job-elapsed'), dd('job-end'), document.querySelector('#retrain-job dl') ? "
+            "document.querySelector('#retrain-job dl').id : null];")
+    seen: list[list] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        browser.find_element(By.ID, "refresh-now").click()
+        time.sleep(0.3)
+        sample = browser.execute_script(read)
+        if sample[4] != "job-" + job_id:
+            continue  # the page has not read the job yet
+        seen.append(sample)
+        if sample[1] in ("succeeded", "failed", "cancelled"):
+            break
+    active = [s for s in seen if s[1] in ("queued", "running")]
+    assert active, f"the page never showed the job active: {seen}"
+    assert not [s for s in active if s[0] == "idle"], f"'idle' while a job started: {active}"
+    assert any(s[0] == "starting" for s in active), active
+    assert all(re.fullmatch(r"(queued for )?\d+ s|\d+ min \d\d s", s[2]) for s in active), active
+    assert seen[-1][1] == "succeeded", seen[-1]
+    assert seen[-1][3].startswith("ended "), seen[-1]
+    job = httpx.get(f"{server}/v1/jobs/{job_id}", headers=AUTH, timeout=10).json()
+    assert job["stages_done"] >= 1 and job["estimated_end"] is not None

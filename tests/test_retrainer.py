@@ -255,6 +255,37 @@ def test_a_failed_job_is_reported_and_the_policy_backs_off(tmp_path):
         retrainer.stop()
 
 
+def test_a_job_reports_its_expected_end_and_full_capacity():
+    """From its child's events: the end from the wall time per settled stage since the plan,
+    never before the scheduler's full capacity, which is an absolute time."""
+    from s3t.contract import Job, JobEvent
+    from s3t.service.retrainer import estimate_end, follow
+
+    job = Job(id="j", trigger="manual", state="running", started=990.0)
+    planned = 1000.0
+
+    def event(now: float, name: str, **fields) -> float | None:
+        follow(job, JobEvent(event=name, **fields), now)
+        return estimate_end(job, planned, now)
+
+    assert event(1000.0, "plan", stages=4, phase="restoring", eta_full_capacity_s=None) is None
+    assert job.stages_total == 4  # nothing measured yet
+    assert event(1001.0, "stage-start", key="a", shard=0, prefix=[0]) is None
+    assert job.eta_full_capacity_at is None
+    end = event(1010.0, "stage-commit", key="a", shard=0, prefix=[0], seconds=9.0,
+                phase="restoring", eta_full_capacity_s=15.0)
+    # 10 s per settled stage since the plan, 3 stages left
+    assert job.eta_full_capacity_at == 1025.0 and end == 1040.0
+    end = event(1030.0, "stage-discard", key="b", shard=1, prefix=[0], phase="restoring",
+                eta_full_capacity_s=100.0)
+    # 15 s per settled stage, 3 left, but full capacity comes later still: not before it
+    assert job.eta_full_capacity_at == 1130.0 and end == 1130.0
+    end = event(1040.0, "stage-commit", key="c", shard=1, prefix=[0], seconds=5.0,
+                phase="fallback", eta_full_capacity_s=0.0)
+    assert job.phase == "fallback" and end == pytest.approx(1040 + 40 / 3 * 2, abs=1e-3)
+    assert estimate_end(job, None, 1040.0) is None  # no plan seen: no estimate
+
+
 def test_stopping_the_server_cancels_the_job_and_leaves_a_clean_run(run_copy, monkeypatch):
     monkeypatch.setenv("S3T_FAULT", "train:after-stage-write=120")  # written, never committed
     with serving(run_copy) as client:

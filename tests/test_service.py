@@ -200,6 +200,42 @@ def test_idempotent_retry_returns_the_same_certificate_and_409_on_another_body(r
         assert again.json() == one.json() and again.headers["s3t-replayed"] == "true"
 
 
+def test_the_log_names_client_request_ids_and_the_status_the_last_audit_and_its_chain(run_copy):
+    """What the operator's page shows beside the certificates: the client's request_id of
+    each (kept apart from the chained certificate), and this server's last audit with
+    whether the certificate chain held, which a tampered certificate breaks."""
+    keyed, other = samples_in(run_copy, (0, 0), 1), samples_in(run_copy, (1, 1), 1)
+    with serving(run_copy) as client:
+        one = client.post("/v1/deletions", json={"sample_ids": keyed, "request_id": "ticket-7"},
+                          headers=AUTH).json()
+        client.post("/v1/deletions", json={"sample_ids": other}, headers=AUTH)
+        log = client.get("/v1/deletions", headers=AUTH).json()
+        assert log["client_request_ids"] == {one["request_id"]: ["ticket-7"]}
+        assert all("client_request_ids" not in c for c in log["certificates"])
+        status = client.get("/v1/status").json()
+        assert status["last_audit"] is None
+        assert status["traffic"]["deletions"]["requests"] == 2
+        audit = client.get("/v1/audit", headers=AUTH).json()
+        assert audit["ok"] is True and audit["chain_intact"] is True
+        last = client.get("/v1/status").json()["last_audit"]
+        assert (last["ok"], last["violations"], last["chain_intact"], last["certificates"]) == (
+            True, 0, True, 2)
+
+        ledger = Run.open(run_copy, repair=False).ledger  # an edit outside s3t
+        try:
+            tampered = {**ledger.certificate(one["request_id"]), "time": "2000-01-01T00:00:00Z"}
+            with ledger.transaction():
+                ledger.conn.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
+                                    (json.dumps(tampered), one["request_id"]))
+        finally:
+            ledger.close()
+        audit = client.get("/v1/audit", headers=AUTH).json()
+        assert audit["ok"] is False and audit["chain_intact"] is False
+        last = client.get("/v1/status").json()["last_audit"]
+        assert last["ok"] is False and last["chain_intact"] is False
+        assert last["violations"] == len(audit["violations"]) >= 1
+
+
 def test_unknown_ids_or_groups_are_404_and_nothing_is_deleted(run_copy):
     known = samples_in(run_copy, (0, 1))[0]
     with serving(run_copy) as client:

@@ -617,6 +617,20 @@ class Ledger:
                                 "client_key = ?", (client_key,)).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
+    def client_keys_of(self, request_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Request id -> the client keys it was asked with (oldest first), for those of
+        ``request_ids`` that had one: what the deletion log shows beside each certificate."""
+        out: dict[str, list[str]] = {}
+        ids = list(request_ids)
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            chunk = ids[start:start + 500]
+            rows = self.conn.execute(
+                f"SELECT request_id, client_key FROM client_keys WHERE request_id IN "
+                f"({', '.join('?' * len(chunk))}) ORDER BY created_at, client_key", chunk)
+            for request_id, key in rows:
+                out.setdefault(str(request_id), []).append(str(key))
+        return out
+
     def _put_client_key(self, client_key: str, fingerprint: str, request_id: str) -> None:
         self.conn.execute("INSERT OR IGNORE INTO client_keys VALUES (?, ?, ?, ?)",
                           (client_key, fingerprint, request_id, now()))

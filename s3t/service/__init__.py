@@ -12,6 +12,7 @@ model, and why an acknowledged deletion is never served again, is in ``guard.py`
 | ``auth.py`` | bearer-token authentication (``hmac.compare_digest``) |
 | ``limits.py`` | the request body limit (413) |
 | ``metrics.py`` | Prometheus metrics in a registry per app; the run's counters from its ledger |
+| ``traffic.py`` | request rates, error counts, p50/p99 latencies of recent requests (the page's) |
 | ``logs.py`` | request ids (``X-Request-ID``) in every log line; text or JSON lines |
 | ``docs.py`` | ``/docs`` and ``/redoc`` from assets installed with the package (offline) |
 | ``history.py``, ``retrainer.py`` | the history the page plots; background retrain jobs and their logs |

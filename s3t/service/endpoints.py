@@ -6,6 +6,7 @@ with the fields the code gave it (``response_model_exclude_unset``: no nulls add
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -177,9 +178,11 @@ async def deletion(request_id: str, service: ServiceDep) -> dict:
               response_model_exclude_unset=True)
 async def deletions(service: ServiceDep, offset: Annotated[int, Query(ge=0)] = 0,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
-    """Deletion certificates, oldest first, a page at a time."""
-    total, page = await service.run(service.model.certificates, offset, limit)
-    return {"total": total, "offset": offset, "limit": limit, "certificates": page}
+    """Deletion certificates, oldest first, a page at a time, with the client's
+    ``request_id`` of each that was asked with one."""
+    total, page, keys = await service.run(service.model.certificates, offset, limit)
+    return {"total": total, "offset": offset, "limit": limit, "certificates": page,
+            "client_request_ids": keys}
 
 
 @router.get("/v1/status", tags=["operations"], response_model=Status,
@@ -187,10 +190,16 @@ async def deletions(service: ServiceDep, offset: Annotated[int, Query(ge=0)] = 0
 async def status(service: ServiceDep) -> dict:
     """Live shards, routes, deletions and capacity of the run (as ``s3t status``);
     ``training`` is ``running`` while a retrain (this server's or ``s3t retrain``'s) trains
-    stages; ``retrain`` gives the policy and the current or last job."""
+    stages (``starting`` while this server's job waits for its trainer to plan);
+    ``retrain`` gives the policy and the current or last job; ``traffic`` this server's
+    request rates, errors and latencies; ``last_audit`` its last audit's outcome."""
     status = await service.run(service.model.status)
+    job = service.retrainer.current()
+    if status.get("training") == "idle" and job is not None:  # never "idle" as a job starts
+        status["training"] = "starting" if job.stages_total is None else "running"
     return {**status, "retrain": service.retrainer.describe(),
-            "val_accuracy": service.history.val_accuracy}
+            "val_accuracy": service.history.val_accuracy,
+            "traffic": service.metrics.traffic.snapshot(), "last_audit": service.last_audit}
 
 
 @router.get("/v1/keys", tags=["operations"], response_model=SigningKeys)
@@ -206,8 +215,14 @@ async def keys(service: ServiceDep) -> dict:
 
 @secured.get("/v1/audit", tags=["deletions"], response_model=AuditReport)
 async def audit(service: ServiceDep) -> dict:
-    """Re-check the exactness invariant (as ``s3t audit``); ``ok`` says whether it holds."""
-    return await service.run(service.model.audit)
+    """Re-check the exactness invariant (as ``s3t audit``); ``ok`` says whether it holds.
+    Its outcome, without the findings' text, is ``/v1/status``'s ``last_audit``."""
+    report = await service.run(service.model.audit)
+    service.last_audit = {"time": time.time(), "ok": report["ok"],
+                          "violations": len(report["violations"]),
+                          "chain_intact": report.get("chain_intact"),
+                          "certificates": report["checked"].get("certificates", 0)}
+    return report
 
 
 @secured.post("/v1/retrain", tags=["operations"], status_code=202,

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from s3t.run import IntegrityError, Run, sweep
+from s3t.run.chain import chain_problems
 from s3t.run.timeline import timeline
 from s3t.service.errors import BusyError
 
@@ -193,10 +194,14 @@ class GuardedModel:
         with self.records_lock:
             self.records.check_ledger()
 
-    def certificates(self, offset: int, limit: int) -> tuple[int, list[dict]]:
+    def certificates(self, offset: int,
+                     limit: int) -> tuple[int, list[dict], dict[str, list[str]]]:
+        """A page of the deletion log, and the client keys its requests were asked with."""
         with self.records_lock:
             every = self.records.ledger.certificates()
-        return len(every), every[offset:offset + limit]
+            page = every[offset:offset + limit]
+            keys = self.records.ledger.client_keys_of([str(c.get("request_id")) for c in page])
+        return len(every), page, keys
 
     # --- the run's state ----------------------------------------------------------------------
     def status(self) -> dict:
@@ -226,7 +231,10 @@ class GuardedModel:
     def audit(self) -> dict:
         with self.records_lock:
             self.records.check_ledger()  # an audit of a file that is not the run's: refused
-            return self.records.audit().to_dict()
+            report = self.records.audit().to_dict()
+            ledger = self.records.ledger
+            chain = chain_problems(ledger.certificates(), ledger.chain_head())
+        return {**report, "chain_intact": not chain}
 
     def live_routes(self) -> Routes:
         """The routes served now (a snapshot, as a model call takes it)."""

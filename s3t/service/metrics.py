@@ -25,6 +25,9 @@ Of this process:
   that ended), ``s3t_route_switches_total`` and ``s3t_last_route_switch_timestamp_seconds``;
 - ``s3t_build_info{version, torch_version, python_version}`` and the process collector's
   ``process_*`` (CPU seconds, resident memory, open files, start time).
+
+The same requests feed ``traffic`` (``traffic.py``): rates, error counts and exact p50/p99
+latencies of recent requests, which ``/v1/status`` reports for the operator's page.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from s3t.service.traffic import Traffic
 
 if TYPE_CHECKING:
     from s3t.service.retrainer import Job
@@ -110,6 +115,7 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        self.traffic = Traffic()
         self.requests = Counter("s3t_http_requests", "HTTP requests by endpoint and status",
                                 ["method", "endpoint", "status"], registry=registry)
         self.latency = Histogram("s3t_http_request_duration_seconds",
@@ -219,4 +225,6 @@ class MetricsMiddleware:
             self.metrics.in_flight.dec()
             endpoint, method = self.endpoint(scope), scope["method"]
             self.metrics.requests.labels(method, endpoint, str(status)).inc()
-            self.metrics.latency.labels(method, endpoint).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.latency.labels(method, endpoint).observe(seconds)
+            self.metrics.traffic.observe(method, endpoint, status, seconds)

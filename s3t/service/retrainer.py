@@ -120,6 +120,7 @@ class Retrainer:
         self._count = 0
         self._last_request: str | None = None  # of the last deletion through this server
         self._log_lock = threading.Lock()
+        self._planned_at: float | None = None  # when the running job's child planned
 
     # --- control ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -232,6 +233,7 @@ class Retrainer:
 
     def _run_job(self, job: Job) -> None:
         job.state, job.started = "running", time.time()
+        self._planned_at = None
         child_log.info("retrain job %s started (%s)", job.id, job.trigger,
                        extra={"job_id": job.id})
         self._on_event("retrain-start", job)
@@ -310,7 +312,14 @@ class Retrainer:
         child_log.info("retrain job %s: %s%s", job.id, event.event,
                        f" {event.key}" if event.key else "",
                        extra={"job_id": job.id, "event": event.event, **fields})
-        if follow(job, event):
+        now = time.time()
+        if event.event == "plan":
+            self._planned_at = now
+        switched = follow(job, event, now)
+        end = estimate_end(job, self._planned_at, now)
+        if end is not None:
+            job.estimated_end = end
+        if switched:
             self._on_event("route-switch", job)
 
     def _open_log(self) -> IO[str]:
@@ -326,13 +335,16 @@ class Retrainer:
             return open(os.devnull, "w")
 
 
-def follow(job: Job, event: JobEvent) -> bool:
+def follow(job: Job, event: JobEvent, now: float | None = None) -> bool:
     """Bring ``job``'s progress up to date with one event of its retrain process (phase,
-    stages planned, done, discarded, cancelled); True when the event switched a route."""
+    stages planned, done, discarded, cancelled), received at ``now`` (unix seconds); True
+    when the event switched a route."""
+    now = time.time() if now is None else now
     if event.phase is not None:
         job.phase = event.phase
     if "eta_full_capacity_s" in event.model_fields_set:
-        job.eta_full_capacity_s = event.eta_full_capacity_s
+        eta = job.eta_full_capacity_s = event.eta_full_capacity_s
+        job.eta_full_capacity_at = None if eta is None else round(now + eta, 3)
     if event.event == "plan":
         job.stages_total = event.stages
     elif event.event == "replan":  # what is left now, on the new versions, joins this job
@@ -344,10 +356,24 @@ def follow(job: Job, event: JobEvent) -> bool:
         job.stages_done += 1
         job.current_stage = None
         if event.route_switched:
-            job.last_route_switch = time.time()
+            job.last_route_switch = now
             return True
     elif event.event in ("stage-discard", "stage-cancel"):
         job.stages_discarded += 1
         job.stages_cancelled += event.event == "stage-cancel"
         job.current_stage = None
     return False
+
+
+def estimate_end(job: Job, planned_at: float | None, now: float) -> float | None:
+    """When ``job`` should end (unix seconds): the wall time per settled (committed or
+    discarded) stage since its plan (at ``planned_at``), times the stages left, from
+    ``now``; never before the scheduler's full capacity. None before a stage settles."""
+    settled = job.stages_done + job.stages_discarded
+    if planned_at is None or not settled or job.stages_total is None:
+        return None
+    left = max(job.stages_total - job.stages_done, 0)
+    end = now + (now - planned_at) / settled * left
+    if job.eta_full_capacity_at is not None:
+        end = max(end, job.eta_full_capacity_at)
+    return round(end, 3)

@@ -65,6 +65,7 @@ class Service:
         self._history: History | None = None
         self._torch_threads: int | None = None  # torch's own setting, restored at stop
         self._model_pool: ThreadPoolExecutor | None = None  # threads of the model calls
+        self.last_audit: dict | None = None  # contract.AuditSummary of GET /v1/audit's last
 
     @property
     def model(self) -> GuardedModel:

@@ -2,11 +2,14 @@
 
 A plain HTML page and a small script, shipped inside the package (no build step, no CDN:
 it works offline). The script reads the JSON API every few seconds, with the token the
-operator types in: ``/v1/status`` (shards, routes, capacity, the retrain job), ``/v1/jobs``,
+operator types in: ``/v1/status`` (shards, routes, capacity, the retrain job with its
+elapsed time and expected end, this server's request rates, errors and p50/p99 latencies,
+its last audit and the certificate chain's state), ``/v1/jobs``,
 ``/v1/history`` (capacity and validation accuracy over time, capacity against deletions;
 these three open without the token only with ``--open-status``) and ``/v1/deletions`` (the
-deletion log: counts only, never a sample id or text). The page and its assets need no
-token (``access.py``): they hold no data of the run.
+deletion log: counts and the client's request ids, never a sample id or text); its "audit
+now" button calls ``/v1/audit``. The page and its assets need no token (``access.py``):
+they hold no data of the run.
 
 Every response carries a strict Content-Security-Policy: scripts and styles only from this
 server, no inline script, no eval, no framing.
