@@ -8,9 +8,11 @@ encoder at width 32 with random weights, m=2, L=2, B=1, one epoch: the deletion 
 reads a stage's weights) is trained once; each repetition serves a fresh copy with ``s3t
 serve`` (a subprocess on 127.0.0.1, ``--max-ids 10000``) and times, client side, from
 sending the request to the parsed answer (the certificate or the request's status, files
-already erased). The two shapes alternate in order between repetitions.
+already erased). The shapes alternate in order between repetitions. ``--baseline-repo
+DIR`` also serves each copy from another checkout (e.g. main before this change), for
+``/v1/deletions`` only, interleaved with the others on the same machine.
 
-    python -m bench.bulk_deletion [--repeats 3] [--ids 10000]
+    python -m bench.bulk_deletion [--repeats 3] [--ids 10000] [--baseline-repo /work/main]
 """
 
 from __future__ import annotations
@@ -48,13 +50,18 @@ def train_run(root: Path, n: int) -> Path:
 
 
 def measure(pristine: Path, root: Path, shape: str, ids: list[str], token: str,
-            token_file: Path, rep: int) -> dict:
+            token_file: Path, rep: int, baseline: Path | None = None) -> dict:
     import httpx
 
-    run = root / f"{shape}-{rep}"
+    run = root / f"{shape}-{rep}-{'baseline' if baseline else 'this'}"
     shutil.copytree(pristine, run)
-    server = harness.Server(run, token_file, 32, 5.0, root / "server.log",
-                            ["--max-ids", str(len(ids)), "--max-body-bytes", "2000000"]).start()
+    limits = ["--max-body-bytes", "2000000"] + ([] if baseline else ["--max-ids", str(len(ids))])
+    checkout = harness.REPO_DIR
+    harness.REPO_DIR = baseline or checkout  # the server's code (cwd and PYTHONPATH)
+    try:
+        server = harness.Server(run, token_file, 32, 5.0, root / "server.log", limits).start()
+    finally:
+        harness.REPO_DIR = checkout
     try:
         if shape == "deletions":
             path, body = "/v1/deletions", {"sample_ids": ids, "request_id": f"bulk-{rep}"}
@@ -73,7 +80,8 @@ def measure(pristine: Path, root: Path, shape: str, ids: list[str], token: str,
             seconds = time.perf_counter() - start
         deleted = record["samples"] if shape == "dsr" else len(record["samples"])
         assert deleted == len(ids), record
-        return {"shape": shape, "seconds": round(seconds, 4), "ids": len(ids),
+        return {"shape": shape + ("-baseline" if baseline else ""),
+                "seconds": round(seconds, 4), "ids": len(ids),
                 "body_bytes": len(answer.request.content)}
     finally:
         server.stop()
@@ -84,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ids", type=int, default=10_000)
+    parser.add_argument("--baseline-repo", type=Path, default=None)
     args = parser.parse_args(argv)
     prov = harness.provenance(NAME, False, [0], {"ids": args.ids, "samples": 12_000,
                                                  "repeats": args.repeats})
@@ -99,14 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     every = [f"sample-{i:06d}" for i in range(12_000)]
     trials = []
     for rep in range(args.repeats):
-        shapes = ("deletions", "dsr") if rep % 2 == 0 else ("dsr", "deletions")
-        for shape in shapes:
+        shapes: list[tuple[str, Path | None]] = [("deletions", None), ("dsr", None)]
+        if args.baseline_repo is not None:
+            shapes.append(("deletions", args.baseline_repo.resolve()))
+        for shape, baseline in shapes if rep % 2 == 0 else shapes[::-1]:
             trial = measure(pristine, root, shape, rng.sample(every, args.ids), token,
-                            token_file, rep)
+                            token_file, rep, baseline)
             print(trial)
             trials.append(trial)
     summary = {shape: harness.summarize([t["seconds"] for t in trials if t["shape"] == shape])
-               for shape in ("deletions", "dsr")}
+               for shape in sorted({t["shape"] for t in trials})}
     print(summary)
     harness.write_result(NAME, False, prov, {"trials": trials, "summary": summary})
     return 0

@@ -5,6 +5,7 @@ across a server restart; replays, rejections and limits."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -22,7 +23,7 @@ from live import free_port, live_server
 from test_cli_engine import invoke, write_csv
 from tiny import copy_run, toy_dataset
 
-from s3t.client import Client, ServiceError
+from s3t.client import AsyncClient, Client, ServiceError
 from s3t.contract import SubjectCallback, SubjectRequestStatus
 from s3t.run import Run
 from s3t.run.signing import ENV, load_signer, new_key, parse_public
@@ -229,6 +230,12 @@ def test_group_identities_and_the_client_s_errors(served):
         assert missing.value.status == 404
         with pytest.raises(ValueError):
             s3t.erase("empty")
+
+    async def from_asyncio() -> SubjectRequestStatus:
+        async with AsyncClient(url, token=TOKEN) as client:
+            return await client.subject_request("subject-group")
+
+    assert asyncio.run(from_asyncio()) == status
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Literal
 
 STATES = ("received", "exact", "erased", "restored")
+OpenDsrStatus = Literal["pending", "in_progress", "completed"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def next_states(state: str, files_erased: bool, targets: Mapping[str, int],
     return reached
 
 
-def request_status(state: str, retrains: bool) -> str:
+def request_status(state: str, retrains: bool) -> OpenDsrStatus:
     """OpenDSR's status: pending (received), in_progress, completed (restored; or erased when
     the retrain policy never retrains, so nothing more is coming)."""
     if state == "received":

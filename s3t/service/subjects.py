@@ -174,16 +174,22 @@ class Subjects:
         self._http.close()
 
     def _loop(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 self.tick()
+                failures = 0
             except Exception:  # a damaged or swapped ledger: logged, tried again later
-                log.exception("erasure requests: advancing or sending callbacks failed")
-            self._wake.wait(self.poll_s)
+                failures += 1
+                log.exception("erasure requests: advancing or sending callbacks failed "
+                              "(%d time(s) in a row)", failures)
+            self._wake.wait(self.poll_s * 2 ** min(failures, 6))  # 32 s at most when failing
             self._wake.clear()
 
     def tick(self) -> None:
         """Advance the open requests if the ledger changed, then send what is due."""
+        if self.model.records.read_only:  # a run that cannot be written: nothing to record
+            return
         with self.model.records_lock:
             ledger = self.model.records.ledger
             stamp = ledger.change_stamp()
