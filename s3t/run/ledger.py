@@ -110,6 +110,8 @@ CREATE TABLE IF NOT EXISTS subject_requests (  -- OpenDSR erasures (s3t.run.subj
     state TEXT NOT NULL,        -- received | exact | erased | restored
     record TEXT NOT NULL        -- JSON: times, transitions, callback URLs, restore targets
 );
+CREATE INDEX IF NOT EXISTS subject_requests_state ON subject_requests (state);
+CREATE INDEX IF NOT EXISTS subject_requests_deletion ON subject_requests (request_id);
 CREATE TABLE IF NOT EXISTS callbacks (  -- status callbacks not yet delivered (at least once)
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     subject_request_id TEXT NOT NULL,
@@ -119,6 +121,7 @@ CREATE TABLE IF NOT EXISTS callbacks (  -- status callbacks not yet delivered (a
     next_attempt REAL NOT NULL, -- unix time
     failed TEXT                 -- set when given up: the last error
 );
+CREATE INDEX IF NOT EXISTS callbacks_subject ON callbacks (subject_request_id);
 """
 
 #: How ``samples.grp`` and certificates' ``groups_hmac`` are computed (meta ``group_hash``).
@@ -637,8 +640,9 @@ class Ledger:
                             *certificate.get("routes_after", {}).values()) if k]
         record = {"submitted_time": subject.submitted_time,
                   "callback_urls": list(subject.callback_urls),
-                  "transitions": [["received", subject.received_time],
-                                  ["exact", certificate.get("time") or now()]],
+                  "transitions": [["received", subject.received_time],  # a replay of an
+                                  ["exact", max(subject.received_time,  # older deletion:
+                                                certificate.get("time") or "")]],  # exact now
                   "targets": restore_targets(certificate.get("routes_before", {}),
                                              certificate.get("routes_after", {}),
                                              self.stage_depths(keys))}
@@ -685,26 +689,34 @@ class Ledger:
         depths = self.stage_depths([k for k in routes.values() if k])
         return {str(shard): depths.get(key or "", 0) for shard, key in routes.items()}
 
-    def open_subjects(self) -> int:
-        """Subject requests not yet restored (0 for a ledger from before them)."""
+    def stage_mark(self) -> int:
+        """Grows with every stage committed (``commit_stage`` inserts a row), never otherwise."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM stages").fetchone()[0])
+
+    def open_subjects(self, state: str | None = None) -> int:
+        """Subject requests not yet restored, or in ``state`` (0 for a ledger from before
+        them)."""
+        where = "state != 'restored'" if state is None else "state = ?"
         try:
-            return int(self.conn.execute("SELECT COUNT(*) FROM subject_requests "
-                                         "WHERE state != 'restored'").fetchone()[0])
+            return int(self.conn.execute(f"SELECT COUNT(*) FROM subject_requests WHERE {where}",
+                                         () if state is None else (state,)).fetchone()[0])
         except sqlite3.OperationalError:
             return 0
 
-    def advance_subjects(self) -> list[str]:
-        """Move every open subject request to the states it has reached (``erased``: its
-        certificate says the files are gone; ``restored``: its shards serve at their depth
-        again) and queue those callbacks, in one transaction; returns the ids advanced."""
-        if not self.open_subjects():
+    def advance_subjects(self, restore: bool = True) -> list[str]:
+        """Move open subject requests to the states they have reached (``erased``: the
+        certificate says the files are gone; ``restored``: their shards serve at their depth
+        again) and queue those callbacks, in one transaction; returns the ids advanced.
+        ``restore=False`` looks only at those not yet erased (no shard gained depth)."""
+        if not self.open_subjects(None if restore else "exact"):
             return []
         with self._relaxed(), self.transaction():
-            return self._advance_subjects()
+            return self._advance_subjects(exact_only=not restore)
 
-    def _advance_subjects(self, request_id: str | None = None) -> list[str]:
+    def _advance_subjects(self, request_id: str | None = None,
+                          exact_only: bool = False) -> list[str]:
         query = "SELECT subject_request_id, request_id, state, record FROM subject_requests " \
-                "WHERE state != 'restored'"
+                + ("WHERE state = 'exact'" if exact_only else "WHERE state != 'restored'")
         rows = self.conn.execute(query + (" AND request_id = ?" if request_id else ""),
                                  (request_id,) if request_id else ()).fetchall()
         if not rows:
@@ -712,9 +724,9 @@ class Ledger:
         served, advanced, at = self.served_depths(), [], now()
         for subject_id, deletion, state, text in rows:
             record = json.loads(text)
-            certificate = self.certificate(deletion) or {}
-            reached = next_states(state, bool(certificate.get("files_erased")),
-                                  record.get("targets", {}), served)
+            erased = state != "exact" or bool((self.certificate(deletion) or {}).get(
+                "files_erased"))
+            reached = next_states(state, erased, record.get("targets", {}), served)
             if not reached:
                 continue
             record["transitions"] += [[s, at] for s in reached]

@@ -78,6 +78,7 @@ class Subjects:
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._stamp: object = None
+        self._mark: int | None = None  # Ledger.stage_mark when erased ones were looked at
         self._stage_seconds: tuple[float, float | None] = (-STAGE_TIMES_S, None)
         self._http = httpx.Client(timeout=SEND_TIMEOUT_S, follow_redirects=False)
 
@@ -193,12 +194,16 @@ class Subjects:
         with self.model.records_lock:
             ledger = self.model.records.ledger
             stamp = ledger.change_stamp()
+            advanced: list[str] = []
             if stamp != self._stamp:
-                advanced = ledger.advance_subjects()
-                self._stamp = ledger.change_stamp()
-                if advanced:
-                    log.info("erasure requests advanced: %s", ", ".join(advanced[:20]),
-                             extra={"subject_requests": advanced})
+                # Only a committed stage can restore a request, so the erased ones are looked
+                # at once one was (a deletion only takes depth away); the others at any change.
+                mark = ledger.stage_mark()
+                advanced = ledger.advance_subjects(restore=mark != self._mark)
+                self._mark, self._stamp = mark, ledger.change_stamp()
+            if advanced:
+                log.info("erasure requests advanced: %s", ", ".join(advanced[:20]),
+                         extra={"subject_requests": advanced})
         for _ in range(10):  # bounded: the rest waits for the next tick
             if self._stop.is_set() or self.send_due() < BATCH:
                 return
