@@ -5,6 +5,7 @@ httpx, returning the contract's typed records (``s3t/contract.py``).
     with Client("http://127.0.0.1:8000", token="my-secret-token") as s3t:
         s3t.predict(["a small domesticated carnivore"]).labels
         certificate = s3t.delete(sample_ids=["wn:02084071"], request_id="ticket-4711")
+        s3t.erase("8a7f...", groups=["user-42"], callback_urls=["https://dpo.example/hook"])
         s3t.retrain(); s3t.wait_for_capacity(timeout=600)
 
 Transient failures are retried (``retries`` times, exponential back-off): a connection that
@@ -25,6 +26,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -39,6 +41,7 @@ from s3t.contract import (
     Labels,
     PredictResponse,
     Status,
+    SubjectRequestStatus,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -114,6 +117,21 @@ def _deletion(sample_ids: Sequence[str] | None, groups: Sequence[str] | None,
     body = {"sample_ids": list(sample_ids or []), "groups": list(groups or []),
             "request_id": request_id or f"client-{uuid.uuid4().hex}"}
     return Call("POST", "/v1/deletions", Certificate, body)
+
+
+def _erasure(subject_request_id: str, sample_ids: Sequence[str] | None,
+             groups: Sequence[str] | None, submitted_time: str | None,
+             callback_urls: Sequence[str]) -> Call:
+    if isinstance(sample_ids, str) or isinstance(groups, str) or isinstance(callback_urls, str):
+        raise TypeError("sample_ids, groups and callback_urls are lists of strings, not a string")
+    identities = [{"identity_type": "sample_id", "identity_value": i} for i in sample_ids or ()]
+    identities += [{"identity_type": "group", "identity_value": g} for g in groups or ()]
+    if not identities:
+        raise ValueError("an erasure request names at least one sample id or group")
+    submitted = submitted_time or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    body = {"subject_request_id": subject_request_id, "submitted_time": submitted,
+            "subject_identities": identities, "status_callback_urls": list(callback_urls)}
+    return Call("POST", "/v1/dsr", SubjectRequestStatus, body)
 
 
 class _Base:
@@ -204,6 +222,20 @@ class Client(_Base):
         """A deletion's certificate, by s3t's request id or the client's."""
         return self.call(Call("GET", f"/v1/deletions/{_segment(request_id)}", Certificate))
 
+    def erase(self, subject_request_id: str, sample_ids: Sequence[str] | None = None,
+              groups: Sequence[str] | None = None, *, submitted_time: str | None = None,
+              callback_urls: Sequence[str] = ()) -> SubjectRequestStatus:
+        """An OpenDSR-shaped erasure of a subject's samples and groups: exact once answered.
+        ``subject_request_id`` is its idempotency key (a retry is answered with the same
+        request); ``callback_urls`` are POSTed each state change, signed."""
+        return self.call(_erasure(subject_request_id, sample_ids, groups, submitted_time,
+                                  callback_urls))
+
+    def subject_request(self, subject_request_id: str) -> SubjectRequestStatus:
+        """Where an erasure request stands (received, exact, erased, restored)."""
+        return self.call(Call("GET", f"/v1/dsr/{_segment(subject_request_id)}",
+                              SubjectRequestStatus))
+
     def status(self) -> Status:
         return self.call(Call("GET", "/v1/status", Status))
 
@@ -283,6 +315,16 @@ class AsyncClient(_Base):
 
     async def deletion(self, request_id: str) -> Certificate:
         return await self.call(Call("GET", f"/v1/deletions/{_segment(request_id)}", Certificate))
+
+    async def erase(self, subject_request_id: str, sample_ids: Sequence[str] | None = None,
+                    groups: Sequence[str] | None = None, *, submitted_time: str | None = None,
+                    callback_urls: Sequence[str] = ()) -> SubjectRequestStatus:
+        return await self.call(_erasure(subject_request_id, sample_ids, groups, submitted_time,
+                                        callback_urls))
+
+    async def subject_request(self, subject_request_id: str) -> SubjectRequestStatus:
+        return await self.call(Call("GET", f"/v1/dsr/{_segment(subject_request_id)}",
+                                    SubjectRequestStatus))
 
     async def status(self) -> Status:
         return await self.call(Call("GET", "/v1/status", Status))

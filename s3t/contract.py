@@ -1,5 +1,6 @@
 """The records that cross the HTTP boundary, typed once: what ``s3t serve`` takes and answers,
-what ``s3t.client`` returns, and the retrain child's event stream.
+what ``s3t.client`` returns, and the retrain child's event stream. Long on purpose: the one
+contract, every record that crosses a boundary in one file.
 
 Pydantic models, importing nothing of s3t and no web stack, so a client needs only pydantic
 and httpx. The service declares them as the responses of its endpoints (``/openapi.json``);
@@ -18,13 +19,16 @@ Long on purpose: every record that crosses the boundary is typed here, once.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+CALLBACK_URL = re.compile(r"^https?://[^/\s?#]+(/\S*)?$")
 ROUTES_ALL = ("Shard -> every stage that served it, its route first: one with the run's "
               "serve_orderings 'best', every live ordering's stage at the route's depth with "
               "'all'.")
@@ -92,6 +96,104 @@ class DeletionRequest(Request):
     request_id: str | None = Field(default=None, min_length=1, max_length=200, description=(
         "A client key making the request idempotent: re-sending it with the same ids and "
         "groups returns the same certificate; with others, 409."))
+
+
+IDENTITY_TYPES = ("sample_id", "group")
+#: s3t's states of a subject request, in order, and the OpenDSR ``request_status`` of each.
+SUBJECT_STATES = ("received", "exact", "erased", "restored")
+
+
+class SubjectIdentity(Request):
+    """Who the request is about, as the run knows them: a sample id, or a group key (every
+    sample of the group is erased)."""
+
+    identity_type: Literal["sample_id", "group"] = Field(description="sample_id: one sample "
+                                                         "of the training data; group: a group "
+                                                         "key (e.g. a user id), all its samples.")
+    identity_value: str = Field(min_length=1, max_length=1000)
+    identity_format: Literal["raw"] = Field(default="raw", description="OpenDSR's format of "
+                                            "the value; s3t takes it as given.")
+
+
+class ErasureRequest(Request):
+    """An OpenDSR-shaped erasure request (``POST /v1/dsr``): one data subject's erasure,
+    tracked by its ``subject_request_id`` through received, exact, erased and restored."""
+
+    subject_request_id: str = Field(min_length=1, max_length=200, description=(
+        "The controller's id of the request (a UUID in OpenDSR). It is the deletion's "
+        "idempotency key: re-sending it with the same identities is answered with the same "
+        "request; with others, 409."))
+    subject_request_type: Literal["erasure"] = "erasure"
+    submitted_time: str = Field(min_length=10, max_length=64, description="When the subject "
+                                "made the request (ISO 8601 with a time zone).")
+    subject_identities: list[SubjectIdentity] = Field(min_length=1, description="Mapped to "
+                                                      "the run's sample ids and groups.")
+    status_callback_urls: list[str] = Field(default_factory=list, max_length=10, description=(
+        "http(s) URLs POSTed a SubjectCallback at each state change, signed (header "
+        "S3T-Signature), retried with back-off until delivered."))
+    api_version: str | None = Field(default=None, max_length=20)
+
+    @field_validator("submitted_time")
+    @classmethod
+    def _iso_time(cls, value: str) -> str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("not an ISO 8601 time, e.g. 2026-12-06T10:00:00Z") from None
+        if parsed.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-12-06T10:00:00Z")
+        return value
+
+    @field_validator("status_callback_urls")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not CALLBACK_URL.match(url) or len(url) > 2000:
+                raise ValueError(f"{url[:100]!r} is not an http(s) URL")
+        return urls
+
+
+class SubjectTransition(Record):
+    state: Literal["received", "exact", "erased", "restored"]
+    time: str = Field(description="ISO 8601, UTC.")
+
+
+class SubjectRequestStatus(Record):
+    """Where an erasure request stands (``GET /v1/dsr/{subject_request_id}``). ``state``:
+    received, exact (committed: nothing served depends on the subject's data), erased (its
+    stages' files and ledger text are gone), restored (the shards it hit serve at their
+    depth before it again). OpenDSR's ``request_status``: pending, in_progress, then
+    completed once restored (or once erased where the retrain policy is manual)."""
+
+    subject_request_id: str
+    request_status: Literal["pending", "in_progress", "completed"]
+    state: Literal["received", "exact", "erased", "restored"]
+    submitted_time: str
+    received_time: str
+    expected_completion_time: str | None = Field(description="When it should be completed: "
+                                                  "restored, from the retrain policy and the "
+                                                  "run's measured stage times; null when the "
+                                                  "policy will not retrain for it.")
+    transitions: list[SubjectTransition] = Field(description="Each state reached, oldest first.")
+    deletion_request_id: str = Field(description="The s3t request id of the deletion "
+                                     "(its certificate: GET /v1/deletions/{id}).")
+    samples: int = Field(description="Samples this request deleted.")
+    status_callback_urls: list[str] = Field(default_factory=list)
+    callbacks_pending: int = Field(default=0, description="Callbacks not yet delivered.")
+    callbacks_failed: int = Field(default=0, description="Callbacks given up after every retry.")
+
+
+class SubjectCallback(Record):
+    """What a status callback POSTs: one state change. Signed: header ``S3T-Signature`` is
+    ``ed25519=<hex>`` (the run's key, ``GET /v1/keys``) or ``hmac-sha256=<hex>`` (the
+    server's callback secret), over ``S3T-Timestamp`` + ``.`` + the body's bytes."""
+
+    subject_request_id: str
+    state: Literal["received", "exact", "erased", "restored"]
+    request_status: Literal["pending", "in_progress", "completed"]
+    time: str = Field(description="When the state was reached.")
+    expected_completion_time: str | None = None
+    delivery_id: str = Field(description="The same on every retry of this callback.")
 
 
 class CellVersion(Record):
@@ -419,6 +521,8 @@ RECORDS: dict[str, type[BaseModel]] = {
     "audit-report": AuditReport, "job": Job, "job-event": JobEvent,
     "history-point": HistoryPoint, "error": ErrorBody, "predict-request": PredictRequest,
     "predict-response": PredictResponse, "labels": Labels, "signing-keys": SigningKeys,
+    "erasure-request": ErasureRequest, "subject-request-status": SubjectRequestStatus,
+    "subject-callback": SubjectCallback,
 }
 
 

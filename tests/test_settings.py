@@ -20,7 +20,8 @@ BAD = [("max_wait_ms", "inf"), ("max_wait_ms", "nan"), ("max_wait_ms", "-1"),
        ("torch_threads", "-2"), ("port", "0"), ("port", "65536"), ("max_queue", "0"),
        ("max_inputs", "0"), ("max_body_bytes", "0"), ("retrain", "capacity:nan"),
        ("retrain", "sometimes"), ("cors_origins", "https://ops.example.com/"),
-       ("cors_origins", "ops.example.com")]
+       ("cors_origins", "ops.example.com"), ("max_ids", "0"), ("callback_attempts", "0"),
+       ("callback_backoff_s", "0")]
 
 
 def serve_params() -> dict[str, object]:
@@ -37,14 +38,18 @@ def test_every_setting_is_an_option_of_serve_with_its_help_and_default():
         if field.name == "token":  # read from --token-file (or S3T_API_TOKEN)
             assert "--token-file" in params["token_file"].opts
             continue
+        if field.name == "callback_secret":  # read from --callback-secret-file (or the env)
+            assert "--callback-secret-file" in params["callback_secret_file"].opts
+            continue
         param = params[field.name]
         assert param.opts == [flag_of(field.name)], field.name
         assert param.help.startswith(field.metadata["help"])
         if field.name != "cors_origins":
             assert param.default == field.default, field.name
     # --signing-key: the run's key, an option of every command that writes the run
-    assert set(params) == {"run", "token_file", "signing_key_file"} | {
-        f.name for f in dataclasses.fields(Settings) if f.name not in ("run_dir", "token")}
+    assert set(params) == {"run", "token_file", "callback_secret_file", "signing_key_file"} | {
+        f.name for f in dataclasses.fields(Settings)
+        if f.name not in ("run_dir", "token", "callback_secret")}
 
 
 @pytest.mark.parametrize("field, value", BAD)
@@ -95,3 +100,14 @@ def test_create_app_takes_settings_and_checks_them_once(tmp_path):
         create_app(tmp_path, retrain_delay_s=math.nan)
     app = create_app(Settings(tmp_path, token="t0ken", max_batch=4))
     assert app.state.service.settings == Settings(tmp_path, token="t0ken", max_batch=4)
+
+
+def test_the_callback_secret_is_read_from_its_file_and_a_short_one_refused(tmp_path):
+    short = tmp_path / "secret"
+    short.write_text("too-short\n")
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path), "--callback-secret-file", str(short)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --callback-secret-file: ") and "16" in result.output
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path), "--callback-secret-file",
+                                      str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "cannot read" in result.output

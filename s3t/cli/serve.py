@@ -23,7 +23,7 @@ from s3t.cli.errors import engine_errors, fail
 from s3t.cli.fields import Adjust, field_options, with_options
 from s3t.cli.inputs import RunArg
 from s3t.run import Run
-from s3t.service.settings import TOKEN_ENV, Settings, SettingsError
+from s3t.service.settings import CALLBACK_SECRET_ENV, TOKEN_ENV, Settings, SettingsError
 
 # What the command line does differently from a field: a tuple is a repeatable option.
 ADJUST = {"cors_origins": Adjust(kind=list[str] | None, default=None)}
@@ -43,6 +43,17 @@ def read_token(token_file: Path | None) -> str | None:
         raise fail("--token-file", f"{token_file} must hold one token (no spaces), got "
                    f"{'nothing' if not token else 'several words'}")
     return token
+
+
+def read_callback_secret(path: Path | None) -> str | None:
+    """The secret that signs erasure callbacks: the file's text, else the environment's."""
+    if path is None:
+        secret = os.environ.get(CALLBACK_SECRET_ENV)
+        return None if secret is None else secret.strip()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail("--callback-secret-file", f"cannot read {path}: {exc}") from None
 
 
 def bind_port(host: str, port: int) -> socket.socket:
@@ -69,13 +80,18 @@ def serve_cmd(
         "--token-file", help="File holding the bearer token (default: the "
         f"{TOKEN_ENV} environment variable). Every route but health, readiness and the page "
         "needs it, unless --open-predict or --open-status opens some.")] = None,
+    callback_secret_file: Annotated[Path | None, typer.Option(
+        "--callback-secret-file", help="File holding the secret that signs erasure status "
+        "callbacks (HMAC-SHA256) on a run without a signing key (default: the "
+        f"{CALLBACK_SECRET_ENV} environment variable).")] = None,
     **values: Any,
 ) -> None:
     """Serve a run over HTTP: predictions, deletions, certificates, audit (OpenAPI at /docs)."""
     values["cors_origins"] = tuple(values.get("cors_origins") or ())
     token = read_token(token_file)
+    secret = read_callback_secret(callback_secret_file)
     try:
-        settings = Settings(run_dir=run, token=token, **values).check()
+        settings = Settings(run_dir=run, token=token, callback_secret=secret, **values).check()
     except SettingsError as exc:
         raise fail(exc.flag, str(exc).removeprefix(exc.flag + ": ")) from None
     with engine_errors(run=run):

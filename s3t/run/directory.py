@@ -60,6 +60,7 @@ from s3t.run.signing import (
     stage_payload,
 )
 from s3t.run.status import run_status
+from s3t.run.subject import SubjectOpening
 
 WRITER_LOCK = ".retrain.lock"
 FORMAT = 1
@@ -305,9 +306,11 @@ class Run:
     # --- the deletion path --------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str] | None = None,
                groups: Sequence[str] | None = None,
-               client_key: str | None = None) -> tuple[ForgetPlan, dict]:
+               client_key: str | None = None,
+               subject: SubjectOpening | None = None) -> tuple[ForgetPlan, dict]:
         """Delete exactly (``s3t.run.forget``); ``client_key``: the caller's idempotency key,
-        recorded in the deletion's transaction (``plan.replay``: answered as a replay)."""
+        recorded in the deletion's transaction (``plan.replay``: answered as a replay);
+        ``subject``: an erasure request tracked by the ledger (``s3t.run.subject``)."""
         if isinstance(sample_ids, str):
             sample_ids = [sample_ids]
         if isinstance(groups, str):
@@ -318,7 +321,7 @@ class Run:
             return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
                           self.certificates_dir, servable=self.method.servable,
                           features=self.features, client_key=client_key,
-                          signer=self.signer())
+                          signer=self.signer(), subject=subject)
 
     def check_ledger(self) -> None:
         """Raise ``LedgerChangedError`` unless ``ledger.sqlite`` is still the file this run

@@ -39,6 +39,7 @@ from s3t.run.faults import fault_point
 from s3t.run.files import FeatureFiles, StageStore, process_alive
 from s3t.run.ledger import Ledger
 from s3t.run.signing import Signer
+from s3t.run.subject import SubjectOpening
 
 log = logging.getLogger("s3t.run")
 
@@ -53,18 +54,21 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
            servable: Callable[[int], bool] = lambda depth: True,
            features: FeatureFiles | None = None,
            client_key: str | None = None,
-           signer: Signer | None = None) -> tuple[ForgetPlan, dict]:
+           signer: Signer | None = None,
+           subject: SubjectOpening | None = None) -> tuple[ForgetPlan, dict]:
     """Validate, commit durably, then erase; return the plan and the certificate (signed by
     ``signer``, the run's key, when the run has one).
 
     A replay (``s3t.run.deletion``: a recorded client key, or a request whose every sample
     one earlier request deleted) returns that request's certificate unchanged and commits
-    nothing; ``plan.replay`` says which.
+    nothing; ``plan.replay`` says which. ``subject``: an erasure request whose states the
+    ledger tracks (``s3t.run.subject``), recorded in the deletion's transaction.
     """
     started = time.perf_counter()
     request = DeletionRequest.of(sample_ids, groups, client_key)
     commit = ledger.commit_deletion(request, n_shards, servable,
-                                    seal=None if signer is None else signer.seal_certificate)
+                                    seal=None if signer is None else signer.seal_certificate,
+                                    subject=subject)
     if not commit.committed:
         return commit.plan, commit.certificate
     certificate = commit.certificate

@@ -47,6 +47,7 @@ from s3t.run.faults import fault_point
 from s3t.run.identity import FileIdentity, check_same_file, probe_chain_head
 from s3t.run.stages import StageRecord, compute_routes, stage_key
 from s3t.run.storage import LedgerChangedError
+from s3t.run.subject import SubjectOpening, next_states, restore_targets
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -103,6 +104,24 @@ CREATE TABLE IF NOT EXISTS client_keys (  -- written in the deletion's own trans
     request_id TEXT NOT NULL,   -- the certificate the key is answered with
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS subject_requests (  -- OpenDSR erasures (s3t.run.subject)
+    subject_request_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,   -- its deletion's certificate
+    state TEXT NOT NULL,        -- received | exact | erased | restored
+    record TEXT NOT NULL        -- JSON: times, transitions, callback URLs, restore targets
+);
+CREATE INDEX IF NOT EXISTS subject_requests_state ON subject_requests (state);
+CREATE INDEX IF NOT EXISTS subject_requests_deletion ON subject_requests (request_id);
+CREATE TABLE IF NOT EXISTS callbacks (  -- status callbacks not yet delivered (at least once)
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject_request_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,        -- the transition it announces
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL, -- unix time
+    failed TEXT                 -- set when given up: the last error
+);
+CREATE INDEX IF NOT EXISTS callbacks_subject ON callbacks (subject_request_id);
 """
 
 #: How ``samples.grp`` and certificates' ``groups_hmac`` are computed (meta ``group_hash``).
@@ -508,14 +527,16 @@ class Ledger:
     # --- a deletion ---------------------------------------------------------------------------
     def commit_deletion(self, request: DeletionRequest, n_shards: int,
                         servable: Callable[[int], bool] = lambda depth: True,
-                        seal: Callable[[dict], object] | None = None) -> DeletionCommit:
+                        seal: Callable[[dict], object] | None = None,
+                        subject: SubjectOpening | None = None) -> DeletionCommit:
         """Delete durably, in one transaction: check the ledger is still the run's
         (``check_identity``), apply the replay rule (``s3t.run.deletion``), validate the
         request (``plan_forget``: an invalid one changes nothing), bump the hit cells'
         versions, drop the samples' text, erase the stages that saw them, re-route, link the
         certificate into the chain (``seal``: the run key's signature) and record the client
-        key. Files are erased afterwards by
-        the caller (``forget``), which then calls ``record_outcome``."""
+        key, and a subject request's ``received`` and ``exact`` states (``open_subject``).
+        Files are erased afterwards by the caller (``forget``), which then calls
+        ``record_outcome``."""
         with self.transaction():
             self.check_identity()
             fingerprint = None
@@ -531,6 +552,7 @@ class Ledger:
                     if certificate is not None:
                         plan = plan_forget(self, request)
                         plan.replay = "client-key"
+                        self.open_subject(subject, certificate)
                         return DeletionCommit(plan, certificate)
             plan = plan_forget(self, request)
             if not plan.new:
@@ -541,6 +563,7 @@ class Ledger:
                     if request.client_key is not None and fingerprint is not None:
                         self._put_client_key(request.client_key, fingerprint,
                                              certificate["request_id"])
+                    self.open_subject(subject, certificate)
                     return DeletionCommit(plan, certificate)
             request_id = os.urandom(16).hex()
             # Set until this request's files are gone: if it is still set when the next
@@ -581,6 +604,7 @@ class Ledger:
                                  seal=seal)
             if request.client_key is not None and fingerprint is not None:
                 self._put_client_key(request.client_key, fingerprint, request_id)
+            self.open_subject(subject, certificate)
             fault_point("forget:before-commit")
         return DeletionCommit(plan, certificate, erased, new_version, unfinished_erasure, marks)
 
@@ -601,6 +625,165 @@ class Ledger:
                         left = [[r, pid] for r, pid in self.outcome_pending()
                                 if r != certificate["request_id"]]
                         self.set_meta("outcome_pending", left)
+                    self._advance_subjects(certificate["request_id"])
+            finally:
+                self.conn.execute("PRAGMA synchronous=FULL")
+
+    # --- subject requests (s3t.run.subject): their states and callbacks ------------------------
+    def open_subject(self, subject: SubjectOpening | None, certificate: dict) -> None:
+        """Inside the deletion's transaction: record a subject request as ``received`` and
+        ``exact`` and queue their callbacks; a request already recorded is left as it is
+        (a replay of the same subject request id)."""
+        if subject is None or self._subject_row(subject.subject_request_id) is not None:
+            return
+        keys = [k for k in (*certificate.get("routes_before", {}).values(),
+                            *certificate.get("routes_after", {}).values()) if k]
+        record = {"submitted_time": subject.submitted_time,
+                  "callback_urls": list(subject.callback_urls),
+                  "transitions": [["received", subject.received_time],  # a replay of an
+                                  ["exact", max(subject.received_time,  # older deletion:
+                                                certificate.get("time") or "")]],  # exact now
+                  "targets": restore_targets(certificate.get("routes_before", {}),
+                                             certificate.get("routes_after", {}),
+                                             self.stage_depths(keys))}
+        self.conn.execute("INSERT INTO subject_requests VALUES (?, ?, 'exact', ?)",
+                          (subject.subject_request_id, certificate["request_id"],
+                           json.dumps(record)))
+        for state in ("received", "exact"):
+            self._queue_callbacks(subject.subject_request_id, subject.callback_urls, state)
+
+    def _subject_row(self, subject_request_id: str) -> tuple[str, str, dict] | None:
+        row = self.conn.execute("SELECT request_id, state, record FROM subject_requests WHERE "
+                                "subject_request_id = ?", (subject_request_id,)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), json.loads(row[2]))
+
+    def _queue_callbacks(self, subject_request_id: str, urls: Iterable[str], state: str) -> None:
+        self.conn.executemany(
+            "INSERT INTO callbacks (subject_request_id, url, state, next_attempt) "
+            "VALUES (?, ?, ?, 0)", [(subject_request_id, url, state) for url in urls])
+
+    def subject_request(self, subject_request_id: str) -> dict | None:
+        """A subject request: its state, record, deletion, and callbacks pending and failed."""
+        try:
+            row = self._subject_row(subject_request_id)
+        except sqlite3.OperationalError:  # a read-only ledger from before subject requests
+            return None
+        if row is None:
+            return None
+        request_id, state, record = row
+        pending, failed = self.conn.execute(
+            "SELECT COUNT(*) - COUNT(failed), COUNT(failed) FROM callbacks "
+            "WHERE subject_request_id = ?", (subject_request_id,)).fetchone()
+        return {**record, "subject_request_id": subject_request_id, "state": state,
+                "request_id": request_id, "callbacks_pending": int(pending),
+                "callbacks_failed": int(failed)}
+
+    def stage_depths(self, keys: Sequence[str]) -> dict[str, int]:
+        """Stage key -> its prefix length (every status)."""
+        return {k: len(json.loads(p)) for k, p in self._where_in(
+            "SELECT key, prefix FROM stages WHERE key", list(keys))}
+
+    def served_depths(self) -> dict[str, int]:
+        """Shard -> the prefix length of its route (0: it serves nothing)."""
+        routes = self.routes()
+        depths = self.stage_depths([k for k in routes.values() if k])
+        return {str(shard): depths.get(key or "", 0) for shard, key in routes.items()}
+
+    def stage_mark(self) -> int:
+        """Grows with every stage committed (``commit_stage`` inserts a row), never otherwise."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM stages").fetchone()[0])
+
+    def open_subjects(self, state: str | None = None) -> int:
+        """Subject requests not yet restored, or in ``state`` (0 for a ledger from before
+        them)."""
+        where = "state != 'restored'" if state is None else "state = ?"
+        try:
+            return int(self.conn.execute(f"SELECT COUNT(*) FROM subject_requests WHERE {where}",
+                                         () if state is None else (state,)).fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+    def advance_subjects(self, restore: bool = True) -> list[str]:
+        """Move open subject requests to the states they have reached (``erased``: the
+        certificate says the files are gone; ``restored``: their shards serve at their depth
+        again) and queue those callbacks, in one transaction; returns the ids advanced.
+        ``restore=False`` looks only at those not yet erased (no shard gained depth)."""
+        if not self.open_subjects(None if restore else "exact"):
+            return []
+        with self._relaxed(), self.transaction():
+            return self._advance_subjects(exact_only=not restore)
+
+    def _advance_subjects(self, request_id: str | None = None,
+                          exact_only: bool = False) -> list[str]:
+        query = "SELECT subject_request_id, request_id, state, record FROM subject_requests " \
+                + ("WHERE state = 'exact'" if exact_only else "WHERE state != 'restored'")
+        rows = self.conn.execute(query + (" AND request_id = ?" if request_id else ""),
+                                 (request_id,) if request_id else ()).fetchall()
+        if not rows:
+            return []
+        served, advanced, at = self.served_depths(), [], now()
+        for subject_id, deletion, state, text in rows:
+            record = json.loads(text)
+            erased = state != "exact" or bool((self.certificate(deletion) or {}).get(
+                "files_erased"))
+            reached = next_states(state, erased, record.get("targets", {}), served)
+            if not reached:
+                continue
+            record["transitions"] += [[s, at] for s in reached]
+            self.conn.execute("UPDATE subject_requests SET state = ?, record = ? WHERE "
+                              "subject_request_id = ?", (reached[-1], json.dumps(record),
+                                                         subject_id))
+            for reached_state in reached:
+                self._queue_callbacks(subject_id, record.get("callback_urls", []),
+                                      reached_state)
+            advanced.append(subject_id)
+        return advanced
+
+    def due_callbacks(self, at: float, lease_s: float, limit: int = 20) -> list[dict]:
+        """Claim up to ``limit`` callbacks due at ``at`` (unix time): each is tried again
+        after ``lease_s`` unless ``callback_done`` settles it first (so a server that dies
+        while sending leaves it for the next, and two servers do not send it together)."""
+        if not self.open_callbacks():
+            return []
+        with self._relaxed(), self.transaction():
+            rows = self.conn.execute(
+                "SELECT id, subject_request_id, url, state, attempts FROM callbacks WHERE "
+                "failed IS NULL AND next_attempt <= ? ORDER BY id LIMIT ?", (at, limit)).fetchall()
+            self.conn.executemany("UPDATE callbacks SET attempts = attempts + 1, next_attempt "
+                                  "= ? WHERE id = ?", [(at + lease_s, r[0]) for r in rows])
+        return [{"id": r[0], "subject_request_id": r[1], "url": r[2], "state": r[3],
+                 "attempts": r[4] + 1} for r in rows]
+
+    def open_callbacks(self) -> int:
+        try:
+            return int(self.conn.execute("SELECT COUNT(*) FROM callbacks WHERE failed IS NULL")
+                       .fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+    def callback_done(self, callback_id: int, delivered: bool, retry_at: float | None = None,
+                      error: str | None = None) -> None:
+        """Settle a callback try: delivered (removed), to retry at ``retry_at``, or given up
+        (``retry_at`` None: kept with its ``error``)."""
+        with self._relaxed(), self.transaction():
+            if delivered:
+                self.conn.execute("DELETE FROM callbacks WHERE id = ?", (callback_id,))
+            elif retry_at is not None:
+                self.conn.execute("UPDATE callbacks SET next_attempt = ? WHERE id = ?",
+                                  (retry_at, callback_id))
+            else:
+                self.conn.execute("UPDATE callbacks SET failed = ? WHERE id = ?",
+                                  (error or "failed", callback_id))
+
+    @contextmanager
+    def _relaxed(self) -> Iterator[None]:
+        """``synchronous=NORMAL`` for one transaction (under this ledger's lock): what it
+        writes can be lost in a power cut and is then derived or sent again (a subject's
+        later states come from the certificate and the routes; a callback is re-sent)."""
+        with self._lock:
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                yield
             finally:
                 self.conn.execute("PRAGMA synchronous=FULL")
 

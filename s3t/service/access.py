@@ -9,7 +9,8 @@ operator's page refer here; a test walks every route of the app against it).
 - ``STATUS``: open only with ``--open-status`` (a trusted network): status, history, retrain
   jobs and metrics. None of them shows a path of the server's disk.
 - ``PREDICT``: open only with ``--open-predict``: predictions, generation and the labels.
-- ``TOKEN``: always the token: deletions and their certificates, audit, retrain.
+- ``TOKEN``: always the token: deletions and their certificates, erasure requests, audit,
+  retrain.
 
 A path no route declares needs the token (an unknown path answers 401 before 404). With no
 token configured every route is open: ``s3t serve`` allows that only on a loopback host.
@@ -32,6 +33,7 @@ ROUTES: dict[str, str] = {
     "/v1/jobs/{job_id}": STATUS, "/metrics": STATUS,
     "/v1/predict": PREDICT, "/v1/generate": PREDICT, "/v1/labels": PREDICT,
     "/v1/deletions": TOKEN, "/v1/deletions/{request_id}": TOKEN, "/v1/audit": TOKEN,
+    "/v1/dsr": TOKEN, "/v1/dsr/{subject_request_id}": TOKEN,  # erasure requests
     "/v1/retrain": TOKEN, "/v1/jobs/{job_id}/log": TOKEN,  # a job's child output
 }
 

@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse
 from s3t.service.access import needs_token
 from s3t.service.auth import BearerAuthMiddleware
 from s3t.service.docs import router as docs
+from s3t.service.dsr import erasures
 from s3t.service.endpoints import generation, router, secured, serves_generation
 from s3t.service.errors import ApiError, api_error, error_response
 from s3t.service.limits import BodyLimitMiddleware
@@ -73,6 +74,7 @@ def create_app(settings: Settings | str | Path, **fields: Any) -> FastAPI:
     app.state.service = service
     app.include_router(router)
     app.include_router(secured)
+    app.include_router(erasures)  # POST /v1/dsr, GET /v1/dsr/{id}
     app.include_router(generation, include_in_schema=serves_generation(settings.run_dir))
     app.include_router(page)  # the operator's page at /
     app.include_router(docs)  # /docs and /redoc, from installed files (offline)
@@ -82,7 +84,7 @@ def create_app(settings: Settings | str | Path, **fields: Any) -> FastAPI:
                        protected=needs_token(settings.open_predict, settings.open_status))
     app.add_middleware(MetricsMiddleware, metrics=service.metrics,
                        paths=[route.path for route in (*router.routes, *secured.routes,
-                                                        *generation.routes)
+                                                        *erasures.routes, *generation.routes)
                               if isinstance(route, APIRoute)])
     app.add_middleware(RequestIdMiddleware)  # outermost: every response and log line has it
     if settings.cors_origins:  # outermost: a preflight carries no token

@@ -42,6 +42,7 @@ from s3t.contract import (
 from s3t.run import NotARunError
 from s3t.run.card import RUN_FILE, read_card
 from s3t.service.errors import ApiError, api_error
+from s3t.service.limits import check_ids
 from s3t.service.logs import request_id as current_request_id
 from s3t.service.metrics import CONTENT_TYPE
 from s3t.service.state import Service, routes_all
@@ -145,6 +146,7 @@ async def delete(body: DeletionRequest, service: ServiceDep, response: Response)
     idempotent."""
     if not body.sample_ids and not body.groups:
         raise ApiError(400, "empty deletion request: give at least one sample id or group")
+    check_ids(len(body.sample_ids) + len(body.groups), service.settings.max_ids)
     outcome = await service.run(service.model.forget, body.sample_ids, body.groups,
                                 body.request_id)
     certificate = outcome.certificate

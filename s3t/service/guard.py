@@ -42,6 +42,7 @@ import numpy as np
 
 from s3t.run import IntegrityError, Run, sweep
 from s3t.run.chain import chain_problems
+from s3t.run.subject import SubjectOpening
 from s3t.run.timeline import timeline
 from s3t.service.errors import BusyError
 
@@ -168,13 +169,14 @@ class GuardedModel:
 
     # --- deletions ----------------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str], groups: Sequence[str],
-               client_key: str | None) -> DeletionOutcome:
+               client_key: str | None,
+               subject: SubjectOpening | None = None) -> DeletionOutcome:
         """Delete durably (validated, committed, files erased) without waiting for a model
         call; the next model call serves without the erased stages (module docstring)."""
         with self.records_lock:
             plan, certificate = self.records.forget(sample_ids=list(sample_ids) or None,
                                                     groups=list(groups) or None,
-                                                    client_key=client_key)
+                                                    client_key=client_key, subject=subject)
             return DeletionOutcome(certificate, committed=plan.replay is None,
                                    replayed=plan.replay == "client-key")
 

@@ -10,14 +10,26 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from s3t.service.errors import error_response
+from s3t.service.errors import ApiError, error_response
+
+DELETION_PATHS = ("/v1/deletions", "/v1/dsr")  # their 413 speaks of ids
+
+
+def check_ids(count: int, limit: int) -> None:
+    """413 for a deletion request naming more sample ids and groups than ``--max-ids``."""
+    if count > limit:
+        raise ApiError(413, f"{count} ids in one deletion request; at most {limit} "
+                            "(--max-ids): split them over several requests")
 
 
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int):
         self.app, self.limit = app, max_body_bytes
 
-    def _too_large(self) -> str:
+    def _too_large(self, path: str) -> str:
+        if path.startswith(DELETION_PATHS):
+            return (f"request body over {self.limit} bytes (--max-body-bytes): send fewer ids "
+                    "per deletion request, or start the server with a larger --max-body-bytes")
         return f"request body over {self.limit} bytes: send fewer inputs per request"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -32,7 +44,7 @@ class BodyLimitMiddleware:
                     await error_response(400, "invalid Content-Length")(scope, receive, send)
                     return
                 if declared > self.limit:
-                    await error_response(413, self._too_large())(scope, receive, send)
+                    await error_response(413, self._too_large(scope["path"]))(scope, receive, send)
                     return
         chunks: list[bytes] = []
         size = 0
@@ -43,7 +55,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                await error_response(413, self._too_large())(scope, receive, send)
+                await error_response(413, self._too_large(scope["path"]))(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -22,6 +22,7 @@ from typing import Any
 from s3t.service.retrainer import RetrainPolicy
 
 TOKEN_ENV = "S3T_API_TOKEN"
+CALLBACK_SECRET_ENV = "S3T_CALLBACK_SECRET"
 RETRAIN_HELP = ("Background retraining: manual (only POST /v1/retrain), eager (as soon as a "
                 "deletion invalidated a stage) or capacity:<threshold> (when capacity falls "
                 "below it, e.g. capacity:0.8); a policy retrain starts once no deletion arrived "
@@ -84,7 +85,22 @@ class Settings:
                                   "CPU core). With several --workers, 1 keeps a busy machine's "
                                   "cores from waiting on each other.", low=0)
     max_inputs: int = _setting(256, "Inputs per predict request (more: 413).", low=1)
-    max_body_bytes: int = _setting(1_000_000, "Bytes per request body (more: 413).", low=1)
+    max_body_bytes: int = _setting(1_000_000, "Bytes per request body (more: 413). 10,000 "
+                                   "sample ids of 40 characters take about 450,000.", low=1)
+    max_ids: int = _setting(10_000, "Sample ids and groups per deletion or erasure request "
+                            "(more: 413).", low=1)
+    callback_secret: str | None = _setting(
+        None, "The shared secret that signs erasure status callbacks (HMAC-SHA256) on a run "
+        f"without a signing key (read from --callback-secret-file or {CALLBACK_SECRET_ENV}); a "
+        "signed run's callbacks carry its Ed25519 signature instead. Without either, erasure "
+        "requests with status_callback_urls are refused.", flag="--callback-secret-file",
+        cli=False)
+    callback_attempts: int = _setting(10, "Tries of each erasure status callback before it "
+                                      "is given up (GET /v1/dsr/{id} counts those).", low=1,
+                                      high=100)
+    callback_backoff_s: float = _setting(2.0, "Seconds before the second try of a callback; "
+                                         "doubled after each failure, at most 300.", low=0.01,
+                                         high=3600, flag="--callback-backoff")
     max_queue: int = _setting(1024, "Predict requests waiting for a model call (more: 503).",
                               low=1)
     retrain: str = _setting("manual", RETRAIN_HELP)
@@ -117,6 +133,9 @@ class Settings:
                                        any(c.isspace() for c in self.token)):
             raise SettingsError("token", "the token must be one word (no spaces), not empty: "
                                 "put it alone in the file")
+        if self.callback_secret is not None and len(self.callback_secret.strip()) < 16:
+            raise SettingsError("callback_secret", "the callback secret must hold at least 16 "
+                                "characters: put a long random string alone in the file")
         try:
             RetrainPolicy.parse(self.retrain)
         except ValueError as exc:

@@ -17,6 +17,7 @@ from s3t.service.history import History
 from s3t.service.metrics import ServiceMetrics
 from s3t.service.retrainer import Job, Retrainer
 from s3t.service.settings import Settings
+from s3t.service.subjects import Subjects
 
 if TYPE_CHECKING:  # the engine imports torch: loaded when the app starts, not on import
     from s3t.engine import Prediction
@@ -63,6 +64,7 @@ class Service:
         self._batcher: Batcher[tuple[Prediction, Routes], dict] | None = None
         self._retrainer: Retrainer | None = None
         self._history: History | None = None
+        self._subjects: Subjects | None = None
         self._torch_threads: int | None = None  # torch's own setting, restored at stop
         self._model_pool: ThreadPoolExecutor | None = None  # threads of the model calls
         self.last_audit: dict | None = None  # contract.AuditSummary of GET /v1/audit's last
@@ -84,6 +86,12 @@ class Service:
         if self._retrainer is None:
             raise BusyError("the server is starting or stopping")
         return self._retrainer
+
+    @property
+    def subjects(self) -> Subjects:
+        if self._subjects is None:
+            raise BusyError("the server is starting or stopping")
+        return self._subjects
 
     @property
     def history(self) -> History:
@@ -141,6 +149,10 @@ class Service:
                                     settings.retrain_delay_s, model.status, self._on_retrain,
                                     log_path=settings.run_dir / "service" / "retrain.log")
         self._retrainer.start()
+        self._subjects = Subjects(model, settings.policy, settings.retrain_delay_s,
+                                  self._retrainer.current, settings.callback_secret,
+                                  settings.callback_attempts, settings.callback_backoff_s)
+        self._subjects.start()
         log.info("serving %s: %d live routes %s; retrain policy %s; %d model call(s) at once, "
                  "%s torch thread(s)", settings.run_dir, len(routes), routes, settings.retrain,
                  settings.model_workers, settings.torch_threads or "default")
@@ -182,6 +194,9 @@ class Service:
         raise BusyError("the routes kept changing while the request was served: retry")
 
     async def stop(self) -> None:
+        if self._subjects is not None:  # first: it reads the ledger and the retrainer
+            subjects, self._subjects = self._subjects, None
+            await asyncio.to_thread(subjects.stop)
         if self._retrainer is not None:  # first: it may call back into the model
             retrainer, self._retrainer = self._retrainer, None
             await asyncio.to_thread(retrainer.stop)
