@@ -13,12 +13,12 @@ order between repetitions. ``--baseline-repo DIR`` also serves each copy from an
 checkout (e.g. main before this change), for ``/v1/deletions`` only, interleaved with the
 others on the same machine.
 
-    python -m bench.bulk_deletion [--repeats 3] [--ids 10000] [--baseline-repo /work/main]
+    python -m bench bulk_deletion [--repeats 3] [--ids 10000] [--baseline-repo /work/main]
+    python -m bench bulk_deletion --smoke    # runs end to end (measures nothing)
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 import shutil
 import sys
@@ -28,6 +28,9 @@ from pathlib import Path
 from bench import harness
 
 NAME = "bulk-deletion"
+FULL = {"ids": 10_000, "samples": 12_000, "repeats": 3}
+QUICK = dict(FULL, repeats=1)
+SMOKE = {"ids": 100, "samples": 400, "repeats": 1}
 WORDS = ["red", "green", "blue", "cat", "dog", "fish", "sun", "moon", "star", "tree"]
 
 
@@ -92,30 +95,31 @@ def measure(pristine: Path, root: Path, shape: str, ids: list[str], warm: str, t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ids", type=int, default=10_000)
+    parser = harness.parser(__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--ids", type=int, default=None)
     parser.add_argument("--baseline-repo", type=Path, default=None)
     args = parser.parse_args(argv)
-    prov = harness.provenance(NAME, False, [0], {"ids": args.ids, "samples": 12_000,
-                                                 "repeats": args.repeats})
+    size = harness.size_for(args, QUICK, FULL, SMOKE)
+    size.update({k: v for k, v in (("ids", args.ids), ("repeats", args.repeats)) if v})
+    prov = harness.provenance(NAME, args.quick, [0], size)
     harness.print_header(prov)
     root = harness.tmp_run_dir(NAME).parent
     token = "bulk-token-" + "x" * 16
     token_file = root / "token"
     token_file.write_text(token)
     started = time.perf_counter()
-    pristine = train_run(root, 12_000)
+    pristine = train_run(root, size["samples"])
     print(f"# trained the run in {time.perf_counter() - started:.1f} s")
     rng = random.Random(1)
-    every = [f"sample-{i:06d}" for i in range(12_000)]
+    every = [f"sample-{i:06d}" for i in range(size["samples"])]
     trials = []
-    for rep in range(args.repeats):
+    for rep in range(size["repeats"]):
         shapes: list[tuple[str, Path | None]] = [("deletions", None), ("dsr", None)]
         if args.baseline_repo is not None:
             shapes.append(("deletions", args.baseline_repo.resolve()))
         for shape, baseline in shapes if rep % 2 == 0 else shapes[::-1]:
-            ids = rng.sample(every, args.ids + 1)
+            ids = rng.sample(every, size["ids"] + 1)
             trial = measure(pristine, root, shape, ids[1:], ids[0], token, token_file, rep,
                             baseline)
             print(trial)
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {shape: harness.summarize([t["seconds"] for t in trials if t["shape"] == shape])
                for shape in sorted({t["shape"] for t in trials})}
     print(summary)
-    harness.write_result(NAME, False, prov, {"trials": trials, "summary": summary})
+    harness.write_result(NAME, args.quick, prov, {"trials": trials, "summary": summary})
     return 0
 
 

@@ -60,6 +60,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("service",), SMOKE),
     Benchmark("stream", (12,), "a Poisson deletion stream through the server, S3T against SISA",
               ("stream",), SMOKE),
+    Benchmark("bulk_deletion", (24,), "10,000 ids in one deletion request over HTTP, ids "
+              "and OpenDSR shapes (issue 25)", ("bulk-deletion",), SMOKE),
     Benchmark("distributed", (13,), "stage training on Ray against the local executor",
               ("distributed",), (*SMOKE, "--workers", "1")),  # one worker process per Ray instance
     Benchmark("mia", (14,), "membership inference: forgotten samples look never seen",
