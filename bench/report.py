@@ -782,6 +782,13 @@ def retrain_cost_section(res: Result) -> str:
         f"{s['floor_ratio_cpu']['mean']:.2f}x. Time to full capacity (the primary chains, wall) "
         f"/ those stages' wall seconds in the fit: {s['full_capacity_over_first_all']['mean']:.2f}x. "
         f"Audit passed after every job: {s['audit_ok']}.")
+    parts.append(table(
+        ["trunk features of N glosses", "rows bitwise equal with other neighbours (chunk "
+         "shifted by one)", "rows bitwise equal computed one by one", "one by one / chunked (CPU)"],
+        [[f"{f['neighbours']['samples']} (seed {f['seed']})",
+          f"{f['neighbours']['equal_rows_shifted']}/{f['neighbours']['samples']}",
+          f"{f['neighbours']['equal_rows_single']}/{f['neighbours']['samples']}",
+          f"{f['neighbours']['single_over_chunked']:.2f}x"] for f in res["fits"]]))
     parts.append(table(["target (issue 27)", "measured", "status"],
                        [[t["target"], t["measured"], met(t["met"])] for t in s["targets"]]))
     return "\n\n".join(parts)

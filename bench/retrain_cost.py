@@ -19,6 +19,8 @@ by side:
   changes);
 * the time until full capacity is back (the scheduler's primary chains) against the first
   training of every invalidated stage;
+* whether a sample's trunk features depend on the chunk it is computed in (rows compared
+  bitwise with other neighbours and one by one) and what one-by-one passes would cost;
 * why the work cannot be skipped bitwise: how many invalidated stages had an invalidated
   ancestor (their inputs changed throughout), and the most that reusing the optimiser steps
   before the deleted sample's first batch could save even with a batch order that a deletion
@@ -39,11 +41,11 @@ from bench import harness
 
 NAME = "retrain_cost"
 QUICK = {"train": 180, "eval": 32, "shards": 2, "slices": 3, "budget": 3, "epochs": 2,
-         "deletions": 3}
+         "deletions": 3, "neighbours": 96}
 FULL = {"train": 600, "eval": 128, "shards": 2, "slices": 3, "budget": 3, "epochs": 3,
-        "deletions": 4}
+        "deletions": 4, "neighbours": 256}
 SMOKE = {"train": 24, "eval": 4, "shards": 2, "slices": 2, "budget": 2, "epochs": 1,
-         "deletions": 2}
+         "deletions": 2, "neighbours": 8}
 PHASES = ("model_load", "features_compute", "feature_reads", "lora_steps", "validation",
           "ancestors_read", "stage_writes", "ledger_commits", "planning", "integrity_check")
 TARGET = 0.5  # retrain cost / first-training cost of the same stages (issue 27)
@@ -266,7 +268,46 @@ def fit_run(size: dict[str, Any], seed: int, prof: Profiler) -> tuple[Any, dict[
            "profile": prof.report(wall, cpu)}
     run_dir = est.run_dir
     est.close()
+    out["neighbours"] = neighbours(config, list(train.texts[:size["neighbours"]]),
+                                   config.batch_size)
     return run_dir, out, {"first": first, "cells": cells}
+
+
+def neighbours(config: Any, texts: list[str], chunk: int) -> dict[str, Any]:
+    """Whether a sample's trunk features depend on the chunk it is computed in, and what
+    computing them one sample at a time (the way that makes rows independent of their
+    neighbours by construction) would cost: the rows of ``texts`` computed in chunks, in
+    chunks shifted by one sample (other neighbours, other padding), and one by one; rows
+    compared bitwise, CPU seconds of each pass."""
+    import numpy as np
+    import torch
+
+    from s3t.models.adapted import AdaptedBackbone
+    from s3t.run.numeric import new_env
+    from s3t.train.numeric import numeric_env
+
+    with numeric_env(new_env(config.torch_threads)), torch.no_grad():
+        backbone = AdaptedBackbone(config, num_labels=2)
+
+        def rows(pieces: list[list[str]]) -> tuple[list[dict[int, np.ndarray]], float]:
+            out, cpu = [], time.process_time()
+            for piece in pieces:
+                batch = backbone.encode(piece)
+                bounds = backbone.boundaries(batch)
+                for r, n in enumerate(batch["attention_mask"].sum(dim=1).tolist()):
+                    out.append({g: h[r, :int(n)].float().numpy() for g, h in bounds.items()})
+            return out, time.process_time() - cpu
+
+        chunked, chunked_cpu = rows([texts[i:i + chunk] for i in range(0, len(texts), chunk)])
+        shifted, _ = rows([texts[:1]] + [texts[i:i + chunk] for i in range(1, len(texts), chunk)])
+        single, single_cpu = rows([[t] for t in texts])
+
+    def same(a: list, b: list) -> int:
+        return sum(all(np.array_equal(x[g], y[g]) for g in x) for x, y in zip(a, b, strict=True))
+
+    return {"samples": len(texts), "chunk": chunk, "equal_rows_shifted": same(chunked, shifted),
+            "equal_rows_single": same(chunked, single), "chunked_cpu_seconds": chunked_cpu,
+            "single_cpu_seconds": single_cpu, "single_over_chunked": single_cpu / chunked_cpu}
 
 
 def mean(rows: list[dict[str, Any]], get: Callable[[dict[str, Any]], float]) -> dict[str, Any]:
