@@ -974,15 +974,20 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "186 ms before and 159 ms after, minutes apart).", fairness_section),
     ("retrain_cost", "23. Retraining after one deletion: cost against the first training",
      "`python -m bench retrain_cost`: one MiniLM run (WordNet glosses, m=2, L=3, B=3, a "
-     "never-deletable validation set), then single deletions in different cells, each in a "
-     "fresh copy of the run retrained as `s3t retrain` does (the backbone loaded and hashed "
-     "anew, trunk features computed anew, as in the retrain's own process). Side by side: the "
-     "first training's seconds of exactly the stages the retrain trains, the retrain's seconds "
-     "for them and the whole retrain job; a per-phase profile (exclusive seconds, from timers "
-     "around the functions, installed for the measurement only); the time until every shard "
-     "serves at full depth again (the scheduler's primary chains first). Issue 27's target: "
-     "a retrain after one deletion costs at most half the first training of its stages, "
-     "with the retrained weights bitwise those of training from scratch.", retrain_cost_section),
+     "never-deletable validation set), then single deletions in different cells, each "
+     "forgotten in a fresh copy of the run and retrained as `s3t retrain` does (the backbone "
+     "loaded and hashed anew, trunk features computed anew); beside each, a control job in "
+     "another copy rebuilds exactly the same stages on the undeleted data (their files "
+     "removed, so `retrain` quarantines and rebuilds them): what training those stages costs, "
+     "measured in the same warm process minutes apart. CPU seconds (one torch thread per "
+     "stage) are the main measure, the machine being shared; a per-phase profile (exclusive "
+     "seconds, from timers installed around the functions for the measurement only); the time "
+     "until every shard serves at full depth again (the scheduler's primary chains first); "
+     "whether trunk rows depend on their chunk. `bench/results/retrain_cost-before-quick.json` "
+     "is the same benchmark run on the code before chunk reuse (`FeatureCache.forget`), which "
+     "a fresh retrain process cannot use. Issue 27's target: a retrain after one deletion "
+     "costs at most half the first training of its stages, with the retrained weights "
+     "bitwise those of training from scratch.", retrain_cost_section),
 ]
 #: The benchmark that writes each result kind (where the names differ).
 PRODUCER = {"recipe": "scale --part sweep", "scale_deletions": "scale --part deletions",
