@@ -311,7 +311,10 @@ class S3T:
         """
         plan, certificate = self._require_fitted().forget(sample_ids, groups)
         self._weights.drop(certificate["erased_stages"])
-        if self._features is not None:
+        if isinstance(self._features, FeatureCache):  # rows of untouched chunks stay for reuse
+            for cell in plan.cells:
+                self._features.forget(cell, {s for s, c in plan.new.items() if c == cell})
+        elif self._features is not None:
             for cell in plan.cells:
                 self._features.drop(cell)
         return certificate

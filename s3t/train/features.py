@@ -4,7 +4,10 @@ The layers below a stage's trained group run with pure pretrained weights, so th
 outputs are the same for every shard, ordering and stage: compute them once per sample.
 Values are computed cell by cell (samples sorted by id, fixed chunks), so a sample's
 features depend only on its cell's current contents; after a deletion the cell is
-recomputed, and a retrained stage sees exactly what a from-scratch run would.
+recomputed, and a retrained stage sees exactly what a from-scratch run would; only the chunks
+that hold no deleted sample are kept (:meth:`FeatureCache.forget`) and reused where the new
+chunking asks for exactly their members and inputs: a chunk's rows are a deterministic
+function of those, whatever a row's dependence on its neighbours.
 The cache holds nothing trained. It lives in memory up to a budget and spills further
 blocks to memory-mapped files in the run directory, which deletions erase like stage files;
 it can store float16 to halve its size (compute stays float32).
@@ -78,6 +81,15 @@ class HeldBlock:
     states: dict[int, np.ndarray]  # layer group -> (tokens, hidden), in RAM or memory-mapped
     targets: np.ndarray | None  # token labels (causal LMs), aligned with the states
     path: Path | None  # where the block was spilled, None when it is in memory
+    chunks: list[tuple[tuple[str, ...], tuple]]  # each chunk's members and their inputs
+
+    def rows(self, sid: str) -> dict[str, np.ndarray]:
+        """Copies of one sample's stored rows, by part name ("g<group>", "targets")."""
+        first, n = self.spans[sid]
+        out = {f"g{g}": np.array(a[first:first + n]) for g, a in self.states.items()}
+        if self.targets is not None:
+            out["targets"] = np.array(self.targets[first:first + n])
+        return out
 
     @property
     def nbytes(self) -> int:
@@ -108,6 +120,7 @@ class FeatureCache(_Blocks):
         self.is_current = is_current
         self.directory: Path | None = None  # this process's spill folder, made on first spill
         self._held: dict[Hashable, HeldBlock] = {}
+        self._kept: dict[Hashable, dict[tuple[str, ...], tuple[tuple, dict]]] = {}  # forget
         self._where: dict[str, Hashable] = {}
         self._in_memory = 0
         self._finalizer: weakref.finalize | None = None
@@ -116,28 +129,31 @@ class FeatureCache(_Blocks):
                inputs: Sequence) -> bool:
         """Make sure the samples of ``block`` (a cell, or the eval set) are cached at
         ``version``; False if a deletion changed the block while it was being spilled."""
+        kept = self._kept.pop(block, {})  # chunks a deletion left as they were (forget)
         if self._current(block, version):
             return True
         order = sorted(range(len(ids)), key=lambda i: ids[i])
         parts: dict[str, list[np.ndarray]] = {}  # "g<group>" / "targets" -> rows, in memory
         spans: dict[str, tuple[int, int]] = {}
+        chunks: list[tuple[tuple[str, ...], tuple]] = []
         position, nbytes, writer = 0, 0, None
         try:
             for start in range(0, len(order), self.chunk_size):
                 chunk = order[start:start + self.chunk_size]
-                batch = self.backbone.encode([inputs[i] for i in chunk])
-                bounds = {g: h.float().numpy() for g, h in self.backbone.boundaries(batch).items()}
-                lengths = batch["attention_mask"].sum(dim=1).tolist()
-                for row, i in enumerate(chunk):
-                    n = int(lengths[row])
-                    spans[ids[i]] = (position, n)
+                members = tuple(ids[i] for i in chunk)
+                sources = tuple(inputs[i] for i in chunk)
+                chunks.append((members, sources))
+                reused = kept.get(members)
+                found = (reused[1] if reused is not None and _same(reused[0], sources)
+                         else self._computed(members, sources))
+                for sid in members:
+                    for name, values in found[sid].items():
+                        if name != "targets":
+                            nbytes += values.nbytes
+                        parts.setdefault(name, []).append(values)
+                    n = next(iter(found[sid].values())).shape[0]
+                    spans[sid] = (position, n)
                     position += n
-                    for g, h in bounds.items():
-                        values = self._stored(h[row, :n])
-                        nbytes += values.nbytes
-                        parts.setdefault(f"g{g}", []).append(values)
-                    if "labels" in batch:
-                        parts.setdefault("targets", []).append(batch["labels"][row, :n].numpy())
                 if writer is None and self._spill(nbytes):  # from here on, straight to disk
                     writer = _SpillWriter(self._spill_dir() / FeatureFiles.block_name(block, version))
                 if writer is not None:
@@ -152,7 +168,7 @@ class FeatureCache(_Blocks):
             raise
         targets = arrays.pop("targets", None)
         held = HeldBlock(spans, {int(k[1:]): v for k, v in arrays.items()}, targets,
-                     None if writer is None else writer.final)
+                     None if writer is None else writer.final, chunks)
         if writer is not None and self.is_current is not None and not self.is_current(block, version):
             shutil.rmtree(writer.final, ignore_errors=True)  # a deletion came in meanwhile
             return False
@@ -169,10 +185,43 @@ class FeatureCache(_Blocks):
         memory), its arrays (memory-mapped when spilled) and its size."""
         return MappingProxyType(self._held)
 
+    @property
+    def kept(self) -> Mapping[Hashable, list[tuple[str, ...]]]:
+        """The members of the chunks kept for reuse after a deletion (:meth:`forget`), by block."""
+        return MappingProxyType({block: sorted(k) for block, k in self._kept.items()})
+
     def __contains__(self, sid: object) -> bool:
         """Whether sample ``sid``'s features are held (a changed cell's dropped samples,
         deleted ones among them, never are)."""
         return sid in self._where
+
+    def _computed(self, members: tuple[str, ...], sources: tuple) -> dict[str, dict[str, np.ndarray]]:
+        """One chunk's rows through the frozen trunk: sample id -> part name -> stored rows."""
+        batch = self.backbone.encode(list(sources))
+        bounds = {g: h.float().numpy() for g, h in self.backbone.boundaries(batch).items()}
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for row, sid in enumerate(members):
+            n = int(lengths[row])
+            out[sid] = {f"g{g}": self._stored(h[row, :n]) for g, h in bounds.items()}
+            if "labels" in batch:
+                out[sid]["targets"] = batch["labels"][row, :n].numpy()
+        return out
+
+    def forget(self, block: Hashable, deleted: set[str]) -> None:
+        """A deletion hit ``block``: drop it, keeping in memory copies of the rows of its
+        chunks that hold no sample of ``deleted``, for :meth:`ensure` to reuse at the new
+        version where the chunking asks for the same members. A spilled block is dropped
+        whole (``forget`` erases its files)."""
+        kept = {m: piece for m, piece in self._kept.pop(block, {}).items()
+                if deleted.isdisjoint(m)}
+        held = self._held.get(block)
+        if held is not None and held.path is None:
+            kept.update({members: (sources, {sid: held.rows(sid) for sid in members})
+                         for members, sources in held.chunks if deleted.isdisjoint(members)})
+        self.drop(block)
+        if kept:
+            self._kept[block] = kept
 
     def _stored(self, values: np.ndarray) -> np.ndarray:
         if self.dtype == np.float16 and values.size and np.abs(values).max() > _FLOAT16_MAX:
@@ -196,6 +245,7 @@ class FeatureCache(_Blocks):
 
     def drop(self, block: Hashable) -> None:
         super().drop(block)
+        self._kept.pop(block, None)
         held = self._held.pop(block, None)
         if held is None:
             return
@@ -209,6 +259,7 @@ class FeatureCache(_Blocks):
 
     def close(self) -> None:
         """Forget everything held and remove the spill folder."""
+        self._kept.clear()
         for block in list(self._held):
             self.drop(block)
         if self._finalizer is not None:
@@ -280,6 +331,14 @@ class _SpillWriter:
             f.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
         shutil.rmtree(self.final, ignore_errors=True)
+
+
+def _same(kept: tuple, sources: tuple) -> bool:
+    """Whether a kept chunk's inputs are the ones asked for (text compared by value, any
+    other input only when it is the very same object)."""
+    return len(kept) == len(sources) and all(
+        a is b or (isinstance(a, str) and isinstance(b, str) and a == b)
+        for a, b in zip(kept, sources, strict=True))
 
 
 def _release(directory: Path, lock: int) -> None:
