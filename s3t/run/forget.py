@@ -88,7 +88,10 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
         if signer is not None:
             signer.seal_outcome(certificate)
         ledger.record_outcome(certificate, scrubbed)
-        write_json_atomic(certificates_dir / f"{certificate['request_id']}.json", certificate)
+        # Not synced: the ledger holds the certificate (durable since the commit) and
+        # opening the run rewrites a copy that a power loss left missing or torn.
+        write_json_atomic(certificates_dir / f"{certificate['request_id']}.json", certificate,
+                          sync=False)
     except Exception as err:  # the ledger row written at commit still holds the deletion
         certificate["certificate_error"] = f"{type(err).__name__}: {err}"
     return commit.plan, certificate
@@ -100,12 +103,16 @@ def _erase(ledger: Ledger, store: StageStore, features: FeatureFiles | None,
     certificate, erased = commit.certificate, commit.erased
     certificate["ledger_scrubbed"] = ledger.checkpoint()
     fault_point("forget:after-scrub")
-    store.erase_all([(r.shard, r.key) for r in erased])
+    # No directory sync: the ledger named these stages erased durably (the commit), and
+    # opening the run sweeps a directory that a power loss brings back (docs/design.md,
+    # "What a deletion syncs").
+    store.erase_all([(r.shard, r.key) for r in erased], sync=False)
     fault_point("forget:after-erase")
     # Spilled feature-cache blocks of the hit cells hold the deleted inputs in derived form;
     # after an interrupted request, those of every cell.
     cells_to_clean = ledger.slice_versions() if commit.unfinished_erasure else commit.new_version
-    stale_blocks = features.erase_stale(cells_to_clean) if features is not None else []
+    stale_blocks = features.erase_stale(cells_to_clean, sync=False) \
+        if features is not None else []
     certificate["feature_blocks_erased"] = len(stale_blocks)
     if commit.unfinished_erasure:
         certificate["files_erased"] = erase_invalidated(ledger, store)
@@ -139,7 +146,8 @@ def finish_outcomes(ledger: Ledger, store: StageStore, certificates_dir: Path,
         if signer is not None:
             signer.seal_outcome(certificate)
         ledger.record_outcome(certificate, [])
-        write_json_atomic(certificates_dir / f"{request_id}.json", certificate, fault=False)
+        write_json_atomic(certificates_dir / f"{request_id}.json", certificate, fault=False,
+                          sync=False)
         settled.append(request_id)
     return settled
 

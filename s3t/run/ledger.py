@@ -610,9 +610,10 @@ class Ledger:
 
     def record_outcome(self, certificate: dict, scrubbed: Iterable[str]) -> None:
         """After a deletion's erasure: store its certificate's outcome fields, drop the scrub
-        marks a successful checkpoint covered, and the pending marks it settles. No fsync of
-        its own (the deletion is durable already; the certificate file is synced), so
-        ``synchronous`` is lowered for this one transaction, under this ledger's lock."""
+        marks a successful checkpoint covered, and the pending marks it settles. No commit
+        sync of its own (the deletion is durable already; a lost outcome is recorded again by
+        ``finish_outcomes`` on open), so ``synchronous`` is lowered for this one transaction,
+        under this ledger's lock (docs/design.md, "What a deletion syncs")."""
         with self._lock:
             self.conn.execute("PRAGMA synchronous=NORMAL")
             try:
