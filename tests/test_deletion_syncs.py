@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,10 @@ from tiny import copy_run
 from s3t.run import Run
 
 PROBE = Path(__file__).with_name("sync_probe.py")
-#: A steady-state deletion: the commit's WAL sync, the scrub checkpoint's WAL and database
-#: syncs, and the WAL header sync of the outcome's transaction (the table in docs/design.md).
-SYNCS_PER_DELETION = 4
+#: A steady-state deletion: the scrub checkpoint's WAL sync (which makes the unsynced commit
+#: durable) and database sync, and the WAL header sync of the outcome's transaction (the
+#: table in docs/design.md).
+SYNCS_PER_DELETION = 3
 #: A process's first deletion also syncs a new WAL file's header and, once, the run
 #: directory (SQLite, for the WAL file's entry).
 FIRST_DELETION_EXTRA = 2
@@ -154,3 +156,50 @@ def test_a_stage_directory_a_power_loss_brings_back_is_swept_on_open(trained, tm
         assert run.audit().ok
     finally:
         run.close()
+
+
+def test_a_deletion_whose_scrub_is_blocked_is_synced_before_anything_else(trained, tmp_path,
+                                                                         monkeypatch):
+    """The commit is not synced by itself: when a reader's snapshot blocks the scrub
+    checkpoint (which would sync it), the WAL is synced before any file is erased."""
+    from s3t.run.files import StageStore
+    from s3t.run.ledger import Ledger
+
+    run_dir = copy_run(trained, tmp_path)
+    run = Run.open(run_dir)
+    events: list[str] = []
+    real_sync, real_erase = Ledger.sync_wal, StageStore.erase_all
+    monkeypatch.setattr(Ledger, "sync_wal", lambda self: (events.append("sync"),
+                                                          real_sync(self))[1])
+    monkeypatch.setattr(StageStore, "erase_all", lambda self, *a, **k: (
+        events.append("erase"), real_erase(self, *a, **k))[1])
+    reader = sqlite3.connect(run_dir / "ledger.sqlite")
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM samples").fetchone()
+        _, certificate = run.forget(sample_ids=[run.ledger.cell_samples(0, 0)[0][0]])
+    finally:
+        reader.close()
+        run.close()
+    assert certificate["ledger_scrubbed"] is False
+    assert events == ["sync", "erase"]
+
+
+def test_a_replay_syncs_what_it_answers_with(trained, tmp_path, monkeypatch):
+    """A replay may answer with another process's commit that is not synced yet."""
+    from s3t.run.ledger import Ledger
+
+    run_dir = copy_run(trained, tmp_path)
+    run = Run.open(run_dir)
+    synced: list[int] = []
+    real = Ledger.sync_wal
+    monkeypatch.setattr(Ledger, "sync_wal", lambda self: (synced.append(1), real(self))[1])
+    try:
+        sid = run.ledger.cell_samples(1, 0)[0][0]
+        plan, first = run.forget(sample_ids=[sid], client_key="k-1")
+        assert plan.replay is None and synced == []
+        plan, again = run.forget(sample_ids=[sid], client_key="k-1")
+    finally:
+        run.close()
+    assert plan.replay == "client-key" and again["request_id"] == first["request_id"]
+    assert synced == [1]

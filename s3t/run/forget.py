@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -70,11 +71,14 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
                                     seal=None if signer is None else signer.seal_certificate,
                                     subject=subject)
     if not commit.committed:
+        ledger.sync_wal()  # what it is answered with may be another process's unsynced commit
         return commit.plan, commit.certificate
     certificate = commit.certificate
     # Committed: from here on the deletion holds even if the process dies; a later forget
-    # or open finishes any erasure left undone. Nothing below may turn it into an error.
+    # or open finishes any erasure left undone. Made durable first (raising if it cannot
+    # be: then it is not acknowledged); nothing after that may turn it into an error.
     fault_point("forget:after-commit")
+    certificate["ledger_scrubbed"] = _scrub_durably(ledger)
     try:
         _erase(ledger, store, features, commit)
         scrubbed = commit.scrub_marks if certificate["ledger_scrubbed"] else []
@@ -97,11 +101,26 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     return commit.plan, certificate
 
 
+def _scrub_durably(ledger: Ledger) -> bool:
+    """Fold the WAL into the database and truncate it (the scrub); this also makes the
+    unsynced commit durable, as the checkpoint syncs the WAL before it copies pages and the
+    database before it truncates. If it cannot run (another reader's snapshot, an error),
+    sync the WAL alone. Returns whether it scrubbed; raises only if the commit could not be
+    made durable."""
+    try:
+        scrubbed = ledger.checkpoint()
+    except sqlite3.Error:
+        scrubbed = False
+    if not scrubbed:
+        ledger.sync_wal()
+    return scrubbed
+
+
 def _erase(ledger: Ledger, store: StageStore, features: FeatureFiles | None,
            commit: DeletionCommit) -> None:
-    """Scrub the WAL, erase the invalidated stages' files and the hit cells' spilled features."""
+    """Erase the invalidated stages' files and the hit cells' spilled features (the WAL was
+    scrubbed before, ``_scrub_durably``)."""
     certificate, erased = commit.certificate, commit.erased
-    certificate["ledger_scrubbed"] = ledger.checkpoint()
     fault_point("forget:after-scrub")
     # No directory sync: the ledger named these stages erased durably (the commit), and
     # opening the run sweeps a directory that a power loss brings back (docs/design.md,
