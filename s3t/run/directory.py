@@ -307,10 +307,13 @@ class Run:
     def forget(self, sample_ids: Sequence[str] | None = None,
                groups: Sequence[str] | None = None,
                client_key: str | None = None,
-               subject: SubjectOpening | None = None) -> tuple[ForgetPlan, dict]:
+               subject: SubjectOpening | None = None,
+               x_request_id: str | None = None) -> tuple[ForgetPlan, dict]:
         """Delete exactly (``s3t.run.forget``); ``client_key``: the caller's idempotency key,
         recorded in the deletion's transaction (``plan.replay``: answered as a replay);
-        ``subject``: an erasure request tracked by the ledger (``s3t.run.subject``)."""
+        ``subject``: an erasure request tracked by the ledger (``s3t.run.subject``);
+        ``x_request_id``: the id of the caller's log lines. The certificate carries it and
+        the client key."""
         if isinstance(sample_ids, str):
             sample_ids = [sample_ids]
         if isinstance(groups, str):
@@ -321,7 +324,8 @@ class Run:
             return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
                           self.certificates_dir, servable=self.method.servable,
                           features=self.features, client_key=client_key,
-                          signer=self.signer(), subject=subject)
+                          signer=self.signer(), subject=subject,
+                          x_request_id=x_request_id)
 
     def check_ledger(self) -> None:
         """Raise ``LedgerChangedError`` unless ``ledger.sqlite`` is still the file this run

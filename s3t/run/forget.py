@@ -56,7 +56,8 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
            features: FeatureFiles | None = None,
            client_key: str | None = None,
            signer: Signer | None = None,
-           subject: SubjectOpening | None = None) -> tuple[ForgetPlan, dict]:
+           subject: SubjectOpening | None = None,
+           x_request_id: str | None = None) -> tuple[ForgetPlan, dict]:
     """Validate, commit durably, then erase; return the plan and the certificate (signed by
     ``signer``, the run's key, when the run has one).
 
@@ -64,9 +65,11 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     one earlier request deleted) returns that request's certificate unchanged and commits
     nothing; ``plan.replay`` says which. ``subject``: an erasure request whose states the
     ledger tracks (``s3t.run.subject``), recorded in the deletion's transaction.
+    ``client_key`` and ``x_request_id`` (the id of the caller's log lines) are written into
+    the certificate.
     """
     started = time.perf_counter()
-    request = DeletionRequest.of(sample_ids, groups, client_key)
+    request = DeletionRequest.of(sample_ids, groups, client_key, x_request_id)
     commit = ledger.commit_deletion(request, n_shards, servable,
                                     seal=None if signer is None else signer.seal_certificate,
                                     subject=subject)

@@ -604,6 +604,7 @@ class Ledger:
                 "routes_before": {str(k): v for k, v in routes_before.items()},
                 "routes_after": {str(k): v for k, v in routes_after.items()},
                 "live_shards": sum(v is not None for v in routes_after.values()),
+                **request.ids_of_the_request(),
             }
             self.record_deletion(request_id, certificate["time"], certificate,  # links it
                                  seal=seal)

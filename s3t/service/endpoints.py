@@ -153,7 +153,7 @@ async def delete(body: DeletionRequest, service: ServiceDep, response: Response)
         raise ApiError(400, "empty deletion request: give at least one sample id or group")
     check_ids(len(body.sample_ids) + len(body.groups), service.settings.max_ids)
     outcome = await service.run(service.model.forget, body.sample_ids, body.groups,
-                                body.request_id)
+                                body.request_id, None, current_request_id.get())
     certificate = outcome.certificate
     log.info("deletion %s %s: %d sample(s), %d stage(s) erased, %s live shard(s), %s ms",
              certificate.get("request_id"), "committed" if outcome.committed else
