@@ -86,7 +86,8 @@ def create_app(settings: Settings | str | Path, **fields: Any) -> FastAPI:
 
     def openapi() -> dict:  # each operation says whether it needs the token (access.py)
         if app.openapi_schema is None:
-            document_security(schema(), None if settings.token is None else protected)
+            app.openapi_schema = document_security(schema(), None if settings.token is None
+                                                   else protected)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
