@@ -306,14 +306,11 @@ class Run:
     # --- the deletion path --------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str] | None = None,
                groups: Sequence[str] | None = None,
-               client_key: str | None = None,
-               subject: SubjectOpening | None = None,
+               client_key: str | None = None, subject: SubjectOpening | None = None,
                x_request_id: str | None = None) -> tuple[ForgetPlan, dict]:
-        """Delete exactly (``s3t.run.forget``); ``client_key``: the caller's idempotency key,
-        recorded in the deletion's transaction (``plan.replay``: answered as a replay);
-        ``subject``: an erasure request tracked by the ledger (``s3t.run.subject``);
-        ``x_request_id``: the id of the caller's log lines. The certificate carries it and
-        the client key."""
+        """Delete exactly (``s3t.run.forget``: ``client_key``, the idempotency key, and
+        ``x_request_id``, the caller's log id, go into the certificate; ``plan.replay``:
+        answered as a replay; ``subject``: an erasure request the ledger tracks)."""
         if isinstance(sample_ids, str):
             sample_ids = [sample_ids]
         if isinstance(groups, str):
