@@ -461,9 +461,11 @@ class Server:
     """One `s3t serve` subprocess on a free loopback port; its log goes to a file."""
 
     def __init__(self, run: Path, token_file: Path, max_batch: int, max_wait_ms: float,
-                 log_path: Path, extra_args: Sequence[str] = ()):
+                 log_path: Path, extra_args: Sequence[str] = (), wrap: Sequence[str] = ()):
+        """``wrap``: a command the server runs under (``strace -f -o F``), which passes
+        the server's exit status on; signals go to the server itself."""
         self.run, self.token_file, self.log_path = run, token_file, log_path
-        self.extra_args = list(extra_args)
+        self.extra_args, self.wrap = list(extra_args), list(wrap)
         self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -478,9 +480,9 @@ class Server:
     def start(self, tries: int = 3) -> Server:
         for attempt in range(tries):  # another process may take the port between probe and bind
             self.port = free_port()
-            self.args = s3t_cmd("serve", self.run, "--host", HOST, "--port", self.port,
+            self.args = [*self.wrap, *s3t_cmd("serve", self.run, "--host", HOST, "--port", self.port,
                                 "--token-file", self.token_file, "--max-batch", self.max_batch,
-                                "--max-wait-ms", self.max_wait_ms, *self.extra_args)
+                                "--max-wait-ms", self.max_wait_ms, *self.extra_args)]
             start = time.perf_counter()
             with open(self.log_path, "ab") as log:
                 log.write(f"\n# {' '.join(self.args)}\n".encode())
@@ -534,7 +536,8 @@ class Server:
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            server = _only_child(proc.pid) if self.wrap else proc.pid
+            os.kill(server or proc.pid, signal.SIGINT)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -676,6 +679,15 @@ class LoopbackClient:
             raise ValueError("response without a Content-Length")
         body = await reader.readexactly(int(headers["content-length"]))
         return Response(status, body), headers.get("connection", "").lower() != "close"
+
+
+def _only_child(pid: int) -> int | None:
+    """The one child of ``pid`` (Linux /proc), e.g. the command a wrapper runs."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if len(children) == 1 else None
 
 
 def http_client(base_url: str, token: str, connections: int) -> LoopbackClient:

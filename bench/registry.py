@@ -56,7 +56,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("llm",), SMOKE),
     Benchmark("faults", (10, 20), "kill -9 of s3t forget/retrain at random moments",
               ("faults", "faults-swap"), SMOKE),
-    Benchmark("service", (11, 22), "`s3t serve` under concurrent HTTP load",
+    Benchmark("service", (11, 22, 25), "`s3t serve` under concurrent HTTP load",
               ("service",), SMOKE),
     Benchmark("stream", (12,), "a Poisson deletion stream through the server, S3T against SISA",
               ("stream",), SMOKE),

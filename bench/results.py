@@ -174,6 +174,9 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
                             "first_seconds_all_invalidated", "primary_stages",
                             "structure.invalidated", "structure.ancestors_changed",
                             "structure.step_reuse_bound", "floor_ratio_cpu")),
+    # service --under-retrain [--tag T] writes service-retrain<T>.json
+    "service-retrain": ("phases.*.latency_ms", "phases.*.core_ms", "phases.*.lost",
+                        "phases.*.audit.ok", "phases.*.load_average_after", "targets"),
     # not in BENCHMARKS.md yet (docs/design.md quotes it): the keys its printout reads
     "threads": _each("runs.*", "torch_threads", "fit_seconds", "stages", "features_seconds",
                      "lora_seconds"),

@@ -535,10 +535,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-run", type=Path, help="with --fairness: serve a copy of this run "
                    "instead of training one")
     p.add_argument("--keep-run", type=Path, help="with --fairness: keep a copy of the run")
-    p.add_argument("--tag", default="", help="with --fairness: suffix of the result file")
+    p.add_argument("--tag", default="", help="with --fairness or --under-retrain: suffix of "
+                   "the result file")
+    p.add_argument("--under-retrain", action="store_true", help="only measure HTTP deletion "
+                   "latency while a background retrain writes stage files, and the fsyncs of "
+                   "one deletion (bench/service_io.py)")
     args = p.parse_args(argv)
     if args.fairness:
         return fairness(args)
+    if args.under_retrain:
+        from bench.service_io import under_retrain
+
+        return under_retrain(args)
     size = dict(harness.size_for(args, QUICK, FULL, SMOKE),
                 server_args=args.server_args.split())
     seeds = harness.seeds_for(args, [0], [0])

@@ -229,6 +229,13 @@ class Certificate(Record):
     routes_before: dict[str, str | None]
     routes_after: dict[str, str | None]
     live_shards: int = Field(description="Shards serving after the deletion.")
+    client_request_id: str | None = Field(default=None, description=(
+        "The client's `request_id` (its idempotency key), when it gave one. Absent from "
+        "certificates issued before it was recorded; covered by the chain link like the "
+        "fields above."))
+    x_request_id: str | None = Field(default=None, description=(
+        "The X-Request-ID of the HTTP request that committed the deletion (the client's, or "
+        "one the server made), which every log line of that request carries."))
     sequence: int | None = Field(default=None, description="Position in the certificate hash chain.")
     previous_sha256: str | None = Field(default=None, description="sha256 of the certificate before it.")
     duration_ms: float | None = None

@@ -68,6 +68,34 @@ def test_every_route_is_declared_and_guarded_as_declared(tmp_path, open_status, 
     assert client.get("/v1/nothing-here", headers=AUTH).status_code == 404
 
 
+@pytest.mark.parametrize("open_status, open_predict", list(itertools.product((False, True), repeat=2)))
+def test_openapi_marks_exactly_the_operations_that_need_the_token(tmp_path, open_status,
+                                                                   open_predict):
+    """/openapi.json says which operations need the bearer token, from the same declaration
+    (status, jobs, history and metrics are secured unless --open-status)."""
+    app = create_app(tmp_path, token=TOKEN, open_status=open_status, open_predict=open_predict)
+    schema = TestClient(app, raise_server_exceptions=False).get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    opened = {OPEN} | ({STATUS} if open_status else set()) | ({PREDICT} if open_predict else set())
+    documented = 0
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            secured = operation["security"] == [{"HTTPBearer": []}]
+            assert secured == (ROUTES[path] not in opened), (method, path, operation["security"])
+            assert secured or operation["security"] == [], (method, path)
+            documented += 1
+    assert documented >= 15
+    assert ("/v1/status" in schema["paths"]) and (
+        schema["paths"]["/v1/status"]["get"]["security"] == ([] if open_status
+                                                             else [{"HTTPBearer": []}]))
+
+
+def test_openapi_without_a_token_declares_every_operation_open(tmp_path):
+    schema = create_app(tmp_path).openapi()
+    assert "securitySchemes" not in schema.get("components", {})
+    assert all(op["security"] == [] for ops in schema["paths"].values() for op in ops.values())
+
+
 def test_the_default_opens_only_health_page_and_docs(tmp_path):
     client = TestClient(create_app(tmp_path, token=TOKEN), raise_server_exceptions=False)
     for path in ("/v1/status", "/v1/jobs", "/v1/history", "/metrics", "/v1/jobs/j1",

@@ -103,6 +103,8 @@ def test_stored_results_match_their_schemas(path: Path) -> None:
         kind = "service-fairness"
     if kind.startswith("retrain_cost"):  # retrain_cost --tag=-before
         kind = "retrain_cost"
+    if kind.startswith("service-retrain"):  # service --under-retrain --tag T
+        kind = "service-retrain"
     results.read(kind, path)
 
 

@@ -80,6 +80,40 @@ def test_every_log_line_of_a_deletion_carries_its_request_id(run_copy):
     assert victim not in out.getvalue() and TOKEN not in out.getvalue()
 
 
+def test_the_certificate_carries_the_client_request_id_and_the_x_request_id(run_copy):
+    """Both ids are in the certificate, inside its chain link; a replay answers with the
+    original; a deletion without them (in process) has neither field, so certificates
+    issued before keep their digest and the chain of an existing run still verifies."""
+    from s3t.run import Run
+    from s3t.run.chain import certificate_sha256
+
+    first, second, third = samples_in(run_copy, (1, 0), 3)
+    with serving(run_copy) as client:
+        made = client.post("/v1/deletions", json={"sample_ids": [first]}, headers=AUTH).json()
+        keyed = client.post("/v1/deletions", json={"sample_ids": [second],
+                                                   "request_id": "ticket-4711"},
+                            headers={**AUTH, "X-Request-ID": "erase-user-18"}).json()
+        again = client.post("/v1/deletions", json={"sample_ids": [second],
+                                                   "request_id": "ticket-4711"},
+                            headers={**AUTH, "X-Request-ID": "retry-1"})
+        by_key = client.get("/v1/deletions/ticket-4711", headers=AUTH).json()
+    assert RID.fullmatch(made["x_request_id"]) and "client_request_id" not in made
+    assert keyed["client_request_id"] == "ticket-4711"
+    assert keyed["x_request_id"] == "erase-user-18"
+    assert again.headers["s3t-replayed"] == "true"
+    assert again.json()["x_request_id"] == "erase-user-18" == by_key["x_request_id"]
+    run = Run.open(run_copy)
+    try:
+        _, plain = run.forget(sample_ids=[third])
+        assert "client_request_id" not in plain and "x_request_id" not in plain
+        stored = run.ledger.certificate(keyed["request_id"])
+        assert run.audit().ok
+        edited = dict(stored, client_request_id="ticket-4712")
+        assert certificate_sha256(edited) != certificate_sha256(stored)  # inside the link
+    finally:
+        run.close()
+
+
 def test_request_ids_are_taken_or_made_and_echoed_on_every_response(trained):
     with serving(trained) as client, captured_log(TextFormatter()) as out:
         made = client.get("/healthz").headers["x-request-id"]

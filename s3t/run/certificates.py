@@ -23,9 +23,12 @@ _TMP = ".tmp-"
 
 
 def write_json_atomic(path: Path, payload: dict, fault: bool = True,
-                      replace: bool = True) -> bool:
+                      replace: bool = True, sync: bool = True) -> bool:
     """Write, fsync, rename; the temporary name is the writer's own (``.tmp-<pid>-<random>``)
     so that two writers never share one and a crashed writer's file can be told apart.
+    ``sync=False`` skips the fsync, for copies of what the ledger holds durably (a
+    deletion's certificate file): a power loss may then leave the file empty or torn, which
+    ``restore_certificates`` rewrites from the ledger.
     ``fault``: pass the ``forget:mid-certificate`` fault point (run files only).
     ``replace=False`` never overwrites an existing file (a restore from a ledger snapshot
     must not undo a newer write by the deletion's own process); returns whether it wrote."""
@@ -34,7 +37,8 @@ def write_json_atomic(path: Path, payload: dict, fault: bool = True,
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=True)
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     if fault:
         fault_point("forget:mid-certificate")
     if replace:
@@ -56,8 +60,10 @@ def _writer_gone(tmp: Path) -> bool:
 
 def restore_certificates(ledger: Ledger, certificates_dir: Path) -> list[str]:
     """Write the certificate file of every deletion the ledger holds but the directory lacks
-    (a crash between the commit and the file), and remove temporary files of writers that
-    are gone. Returns the restored request ids."""
+    (a crash between the commit and the file) or holds torn (empty or not a JSON object: a
+    deletion does not sync its copy, so a power loss can leave it so), and remove temporary
+    files of writers that are gone. A readable file is never rewritten: one that differs
+    from the ledger is for ``audit`` to report. Returns the restored request ids."""
     if certificates_dir.is_dir():
         for tmp in certificates_dir.glob(f"*{_TMP}*"):
             if _writer_gone(tmp):
@@ -66,12 +72,24 @@ def restore_certificates(ledger: Ledger, certificates_dir: Path) -> list[str]:
         else set()
     restored = []
     for request_id in ledger.deletion_ids():
-        if request_id not in present:
+        path = certificates_dir / f"{request_id}.json"
+        torn = request_id in present and _torn(path)
+        if request_id not in present or torn:
             certificate = ledger.certificate(request_id)
-            if certificate is not None and write_json_atomic(
-                    certificates_dir / f"{request_id}.json", certificate, replace=False):
+            if certificate is not None and write_json_atomic(path, certificate, replace=torn):
                 restored.append(request_id)
     return restored
+
+
+def _torn(path: Path) -> bool:
+    """A regular file that is empty or not a JSON object (what an unsynced write leaves
+    after a power loss); links and folders are strays, never rewritten."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return not isinstance(json.loads(path.read_bytes() or b"null"), dict)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True
 
 
 def rewrite_stale_files(ledger: Ledger, certificates_dir: Path) -> int:

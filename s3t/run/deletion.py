@@ -60,18 +60,28 @@ def now() -> str:
 
 @dataclass(frozen=True)
 class DeletionRequest:
-    """What a caller asks to delete; ``client_key``: the caller's idempotency key, if any."""
+    """What a caller asks to delete; ``client_key``: the caller's idempotency key, if any;
+    ``x_request_id``: the id the caller's log lines carry (over HTTP, the request's
+    X-Request-ID). Both go into the certificate (``client_request_id``, ``x_request_id``),
+    which is otherwise as before: a certificate without them has neither field."""
 
     sample_ids: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     client_key: str | None = None
+    x_request_id: str | None = None
 
     @classmethod
     def of(cls, sample_ids: Sequence[str] | str | None, groups: Sequence[str] | str | None,
-           client_key: str | None = None) -> DeletionRequest:
+           client_key: str | None = None, x_request_id: str | None = None) -> DeletionRequest:
         ids = [sample_ids] if isinstance(sample_ids, str) else list(sample_ids or [])
         keys = [groups] if isinstance(groups, str) else list(groups or [])
-        return cls(tuple(str(i) for i in ids), tuple(str(g) for g in keys), client_key)
+        return cls(tuple(str(i) for i in ids), tuple(str(g) for g in keys), client_key,
+                   x_request_id)
+
+    def ids_of_the_request(self) -> dict[str, str]:
+        """The certificate fields naming this request as its caller knows it."""
+        named = {"client_request_id": self.client_key, "x_request_id": self.x_request_id}
+        return {k: v for k, v in named.items() if v is not None}
 
     def fingerprint(self, secret: str) -> str:
         """HMAC-SHA256 (the run's secret) of the canonical body: sorted, de-duplicated ids and

@@ -306,11 +306,11 @@ class Run:
     # --- the deletion path --------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str] | None = None,
                groups: Sequence[str] | None = None,
-               client_key: str | None = None,
-               subject: SubjectOpening | None = None) -> tuple[ForgetPlan, dict]:
-        """Delete exactly (``s3t.run.forget``); ``client_key``: the caller's idempotency key,
-        recorded in the deletion's transaction (``plan.replay``: answered as a replay);
-        ``subject``: an erasure request tracked by the ledger (``s3t.run.subject``)."""
+               client_key: str | None = None, subject: SubjectOpening | None = None,
+               x_request_id: str | None = None) -> tuple[ForgetPlan, dict]:
+        """Delete exactly (``s3t.run.forget``: ``client_key``, the idempotency key, and
+        ``x_request_id``, the caller's log id, go into the certificate; ``plan.replay``:
+        answered as a replay; ``subject``: an erasure request the ledger tracks)."""
         if isinstance(sample_ids, str):
             sample_ids = [sample_ids]
         if isinstance(groups, str):
@@ -321,7 +321,8 @@ class Run:
             return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
                           self.certificates_dir, servable=self.method.servable,
                           features=self.features, client_key=client_key,
-                          signer=self.signer(), subject=subject)
+                          signer=self.signer(), subject=subject,
+                          x_request_id=x_request_id)
 
     def check_ledger(self) -> None:
         """Raise ``LedgerChangedError`` unless ``ledger.sqlite`` is still the file this run

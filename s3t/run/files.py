@@ -163,13 +163,15 @@ class StageStore:
         """Remove a half-written or half-erased stage directory (see :meth:`leftovers`)."""
         _rename_aside_and_remove(path, path.name.split(".")[0])
 
-    def erase_all(self, stages: list[tuple[int, str]]) -> None:
-        """Remove several stages, with one directory sync per shard instead of one per stage."""
+    def erase_all(self, stages: list[tuple[int, str]], sync: bool = True) -> None:
+        """Remove several stages, with one directory sync per shard instead of one per stage
+        (``sync=False``: none; a deletion does so, as the ledger named the stages erased
+        durably before, and opening the run removes any directory a power loss brings back)."""
         for n, (shard, key) in enumerate(stages):
             self.erase(shard, key, sync=False)
             if n == 0 and len(stages) > 1:
                 fault_point("forget:mid-erase")
-        for shard in sorted({shard for shard, _ in stages}):
+        for shard in sorted({shard for shard, _ in stages} if sync else ()):
             if self.path(shard, "").is_dir():
                 fsync_dir(self.path(shard, ""))
 
@@ -317,12 +319,13 @@ class FeatureFiles:
         return [path for path, cell, version in self.cell_blocks()
                 if cell in versions and version < versions[cell]]
 
-    def erase_stale(self, versions: dict[tuple[int, int], int]) -> list[Path]:
-        """Remove :meth:`stale` blocks (durably); return what was removed."""
+    def erase_stale(self, versions: dict[tuple[int, int], int],
+                    sync: bool = True) -> list[Path]:
+        """Remove :meth:`stale` blocks (``sync``: durably); return what was removed."""
         removed = self.stale(versions)
         for path in removed:
             shutil.rmtree(path, ignore_errors=True)
-        for owner in {p.parent for p in removed}:
+        for owner in {p.parent for p in removed} if sync else ():
             if owner.is_dir():
                 fsync_dir(owner)
         return removed

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,7 +56,8 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
            features: FeatureFiles | None = None,
            client_key: str | None = None,
            signer: Signer | None = None,
-           subject: SubjectOpening | None = None) -> tuple[ForgetPlan, dict]:
+           subject: SubjectOpening | None = None,
+           x_request_id: str | None = None) -> tuple[ForgetPlan, dict]:
     """Validate, commit durably, then erase; return the plan and the certificate (signed by
     ``signer``, the run's key, when the run has one).
 
@@ -63,18 +65,23 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     one earlier request deleted) returns that request's certificate unchanged and commits
     nothing; ``plan.replay`` says which. ``subject``: an erasure request whose states the
     ledger tracks (``s3t.run.subject``), recorded in the deletion's transaction.
+    ``client_key`` and ``x_request_id`` (the id of the caller's log lines) are written into
+    the certificate.
     """
     started = time.perf_counter()
-    request = DeletionRequest.of(sample_ids, groups, client_key)
+    request = DeletionRequest.of(sample_ids, groups, client_key, x_request_id)
     commit = ledger.commit_deletion(request, n_shards, servable,
                                     seal=None if signer is None else signer.seal_certificate,
                                     subject=subject)
     if not commit.committed:
+        ledger.sync_wal()  # what it is answered with may be another process's unsynced commit
         return commit.plan, commit.certificate
     certificate = commit.certificate
     # Committed: from here on the deletion holds even if the process dies; a later forget
-    # or open finishes any erasure left undone. Nothing below may turn it into an error.
+    # or open finishes any erasure left undone. Made durable first (raising if it cannot
+    # be: then it is not acknowledged); nothing after that may turn it into an error.
     fault_point("forget:after-commit")
+    certificate["ledger_scrubbed"] = _scrub_durably(ledger)
     try:
         _erase(ledger, store, features, commit)
         scrubbed = commit.scrub_marks if certificate["ledger_scrubbed"] else []
@@ -88,24 +95,46 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
         if signer is not None:
             signer.seal_outcome(certificate)
         ledger.record_outcome(certificate, scrubbed)
-        write_json_atomic(certificates_dir / f"{certificate['request_id']}.json", certificate)
+        # Not synced: the ledger holds the certificate (durable since the commit) and
+        # opening the run rewrites a copy that a power loss left missing or torn.
+        write_json_atomic(certificates_dir / f"{certificate['request_id']}.json", certificate,
+                          sync=False)
     except Exception as err:  # the ledger row written at commit still holds the deletion
         certificate["certificate_error"] = f"{type(err).__name__}: {err}"
     return commit.plan, certificate
 
 
+def _scrub_durably(ledger: Ledger) -> bool:
+    """Fold the WAL into the database and truncate it (the scrub); this also makes the
+    unsynced commit durable, as the checkpoint syncs the WAL before it copies pages and the
+    database before it truncates. If it cannot run (another reader's snapshot, an error),
+    sync the WAL alone. Returns whether it scrubbed; raises only if the commit could not be
+    made durable."""
+    try:
+        scrubbed = ledger.checkpoint()
+    except sqlite3.Error:
+        scrubbed = False
+    if not scrubbed:
+        ledger.sync_wal()
+    return scrubbed
+
+
 def _erase(ledger: Ledger, store: StageStore, features: FeatureFiles | None,
            commit: DeletionCommit) -> None:
-    """Scrub the WAL, erase the invalidated stages' files and the hit cells' spilled features."""
+    """Erase the invalidated stages' files and the hit cells' spilled features (the WAL was
+    scrubbed before, ``_scrub_durably``)."""
     certificate, erased = commit.certificate, commit.erased
-    certificate["ledger_scrubbed"] = ledger.checkpoint()
     fault_point("forget:after-scrub")
-    store.erase_all([(r.shard, r.key) for r in erased])
+    # No directory sync: the ledger named these stages erased durably (the commit), and
+    # opening the run sweeps a directory that a power loss brings back (docs/design.md,
+    # "What a deletion syncs").
+    store.erase_all([(r.shard, r.key) for r in erased], sync=False)
     fault_point("forget:after-erase")
     # Spilled feature-cache blocks of the hit cells hold the deleted inputs in derived form;
     # after an interrupted request, those of every cell.
     cells_to_clean = ledger.slice_versions() if commit.unfinished_erasure else commit.new_version
-    stale_blocks = features.erase_stale(cells_to_clean) if features is not None else []
+    stale_blocks = features.erase_stale(cells_to_clean, sync=False) \
+        if features is not None else []
     certificate["feature_blocks_erased"] = len(stale_blocks)
     if commit.unfinished_erasure:
         certificate["files_erased"] = erase_invalidated(ledger, store)
@@ -139,7 +168,8 @@ def finish_outcomes(ledger: Ledger, store: StageStore, certificates_dir: Path,
         if signer is not None:
             signer.seal_outcome(certificate)
         ledger.record_outcome(certificate, [])
-        write_json_atomic(certificates_dir / f"{request_id}.json", certificate, fault=False)
+        write_json_atomic(certificates_dir / f"{request_id}.json", certificate, fault=False,
+                          sync=False)
         settled.append(request_id)
     return settled
 

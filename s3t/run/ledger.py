@@ -536,8 +536,13 @@ class Ledger:
         certificate into the chain (``seal``: the run key's signature) and record the client
         key, and a subject request's ``received`` and ``exact`` states (``open_subject``).
         Files are erased afterwards by the caller (``forget``), which then calls
-        ``record_outcome``."""
-        with self.transaction():
+        ``record_outcome``.
+
+        The commit is not synced here (``synchronous=NORMAL`` for this transaction): the
+        caller's scrub checkpoint syncs the WAL before anything else, or ``sync_wal`` does,
+        and only then is the deletion acknowledged (docs/design.md, "What a deletion
+        syncs"); one sync fewer than a FULL commit followed by the checkpoint's own."""
+        with self._relaxed(), self.transaction():
             self.check_identity()
             fingerprint = None
             if request.client_key is not None:
@@ -599,6 +604,7 @@ class Ledger:
                 "routes_before": {str(k): v for k, v in routes_before.items()},
                 "routes_after": {str(k): v for k, v in routes_after.items()},
                 "live_shards": sum(v is not None for v in routes_after.values()),
+                **request.ids_of_the_request(),
             }
             self.record_deletion(request_id, certificate["time"], certificate,  # links it
                                  seal=seal)
@@ -610,24 +616,20 @@ class Ledger:
 
     def record_outcome(self, certificate: dict, scrubbed: Iterable[str]) -> None:
         """After a deletion's erasure: store its certificate's outcome fields, drop the scrub
-        marks a successful checkpoint covered, and the pending marks it settles. No fsync of
-        its own (the deletion is durable already; the certificate file is synced), so
-        ``synchronous`` is lowered for this one transaction, under this ledger's lock."""
-        with self._lock:
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with self.transaction():
-                    self.update_certificate(certificate["request_id"], certificate)
-                    self.clear_scrubbed(scrubbed)
-                    if certificate.get("files_erased"):
-                        self.clear_meta("erase_pending")
-                    if certificate.get("files_erased") and certificate.get("ledger_scrubbed"):
-                        left = [[r, pid] for r, pid in self.outcome_pending()
-                                if r != certificate["request_id"]]
-                        self.set_meta("outcome_pending", left)
-                    self._advance_subjects(certificate["request_id"])
-            finally:
-                self.conn.execute("PRAGMA synchronous=FULL")
+        marks a successful checkpoint covered, and the pending marks it settles. No commit
+        sync of its own (the deletion is durable already; a lost outcome is recorded again by
+        ``finish_outcomes`` on open), so ``synchronous`` is lowered for this one transaction,
+        under this ledger's lock (docs/design.md, "What a deletion syncs")."""
+        with self._relaxed(), self.transaction():
+            self.update_certificate(certificate["request_id"], certificate)
+            self.clear_scrubbed(scrubbed)
+            if certificate.get("files_erased"):
+                self.clear_meta("erase_pending")
+            if certificate.get("files_erased") and certificate.get("ledger_scrubbed"):
+                left = [[r, pid] for r, pid in self.outcome_pending()
+                        if r != certificate["request_id"]]
+                self.set_meta("outcome_pending", left)
+            self._advance_subjects(certificate["request_id"])
 
     # --- subject requests (s3t.run.subject): their states and callbacks ------------------------
     def open_subject(self, subject: SubjectOpening | None, certificate: dict) -> None:
@@ -786,6 +788,19 @@ class Ledger:
                 yield
             finally:
                 self.conn.execute("PRAGMA synchronous=FULL")
+
+    def sync_wal(self) -> None:
+        """Make every transaction committed so far durable: ``fdatasync`` the WAL file (the
+        page cache is the file's, whoever wrote it). Without a WAL file there is nothing to
+        sync: what was committed is in the database file, synced when it was folded in."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            getattr(os, "fdatasync", os.fsync)(fd)
+        finally:
+            os.close(fd)
 
     def outcome_pending(self) -> list[tuple[str, int]]:
         """(request id, pid of its process) of the deletions committed whose certificate

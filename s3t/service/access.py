@@ -14,6 +14,10 @@ operator's page refer here; a test walks every route of the app against it).
 
 A path no route declares needs the token (an unknown path answers 401 before 404). With no
 token configured every route is open: ``s3t serve`` allows that only on a loopback host.
+
+``/openapi.json`` says the same, derived from here (``document_security``): each operation
+that needs the token under the server's settings lists the bearer scheme in its
+``security``, every other one an empty ``security``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,32 @@ def access_of(path: str) -> str:
         if pattern.match(path):
             return access
     return TOKEN
+
+
+SCHEME = "HTTPBearer"
+BEARER = {"type": "http", "scheme": "bearer", "description": (
+    "`Authorization: Bearer TOKEN` (the server's --token-file or S3T_API_TOKEN). Which "
+    "operations need it depends on the server's --open-status and --open-predict: each "
+    "operation's `security` says so for this server.")}
+
+
+def document_security(schema: dict, protected: Callable[[str], bool] | None) -> dict:
+    """Mark every operation of an OpenAPI ``schema`` (changed in place and returned) with what
+    it needs: the bearer token where ``protected(path)`` says so, nothing elsewhere (an empty
+    ``security``, which overrides any default). ``protected`` None: no token is configured,
+    so every operation is open and no scheme is declared."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes.pop(SCHEME, None)
+    if protected is not None:
+        schemes[SCHEME] = dict(BEARER)
+    if not schemes:
+        schema["components"].pop("securitySchemes")
+    for path, operations in schema.get("paths", {}).items():
+        needed = protected is not None and protected(path)
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                operation["security"] = [{SCHEME: []}] if needed else []
+    return schema
 
 
 def needs_token(open_predict: bool, open_status: bool) -> Callable[[str], bool]:

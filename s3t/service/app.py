@@ -28,7 +28,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from s3t.service.access import needs_token
+from s3t.service.access import document_security, needs_token
 from s3t.service.auth import BearerAuthMiddleware
 from s3t.service.docs import router as docs
 from s3t.service.dsr import erasures
@@ -80,8 +80,17 @@ def create_app(settings: Settings | str | Path, **fields: Any) -> FastAPI:
     app.include_router(docs)  # /docs and /redoc, from installed files (offline)
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(BearerAuthMiddleware, token=settings.token,
-                       protected=needs_token(settings.open_predict, settings.open_status))
+    protected = needs_token(settings.open_predict, settings.open_status)
+    app.add_middleware(BearerAuthMiddleware, token=settings.token, protected=protected)
+    schema = app.openapi  # FastAPI's, which caches what it builds
+
+    def openapi() -> dict:  # each operation says whether it needs the token (access.py)
+        if app.openapi_schema is None:
+            app.openapi_schema = document_security(schema(), None if settings.token is None
+                                                   else protected)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(MetricsMiddleware, metrics=service.metrics,
                        paths=[route.path for route in (*router.routes, *secured.routes,
                                                         *erasures.routes, *generation.routes)

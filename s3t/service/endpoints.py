@@ -12,7 +12,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
-from fastapi.security import HTTPBearer
 
 from s3t.contract import (
     RECORDS,
@@ -49,15 +48,14 @@ from s3t.service.state import Service, routes_all
 
 log = logging.getLogger("s3t.service")
 
-# Documents the scheme in the OpenAPI schema; the check itself is BearerAuthMiddleware's.
-bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer TOKEN` (the server's "
-                    "--token-file or S3T_API_TOKEN)")
+# Which routes need the token is access.py's declaration alone: BearerAuthMiddleware checks
+# it and the OpenAPI schema documents it (``access.document_security``, in app.py).
 ERRORS: dict[int | str, dict] = {code: {"model": ErrorBody} for code in
                                  (400, 401, 404, 409, 413, 422, 503, 507)}
 router = APIRouter(responses=ERRORS)
-secured = APIRouter(responses=ERRORS, dependencies=[Depends(bearer)])
+secured = APIRouter(responses=ERRORS)
 # Causal-LM runs only: the app lists it in its schema only for them (``serves_generation``).
-generation = APIRouter(responses=ERRORS, dependencies=[Depends(bearer)])
+generation = APIRouter(responses=ERRORS)
 
 
 def serves_generation(run_dir: Path) -> bool:
@@ -99,7 +97,14 @@ async def readyz(service: ServiceDep, response: Response) -> dict:
     return {"ready": bool(routes), "live_shards": len(routes), "routes": routes}
 
 
-@router.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+# Its errors are JSON like every other route's (the 200 alone is text).
+JSON_ERRORS: dict[int | str, dict] = {
+    code: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for code in ERRORS}
+
+
+@router.get("/metrics", tags=["operations"], response_class=PlainTextResponse,
+            responses=JSON_ERRORS)
 async def metrics(service: ServiceDep) -> Response:
     """Prometheus metrics (text exposition format)."""
     return Response(await service.render_metrics(), media_type=CONTENT_TYPE)
@@ -148,7 +153,7 @@ async def delete(body: DeletionRequest, service: ServiceDep, response: Response)
         raise ApiError(400, "empty deletion request: give at least one sample id or group")
     check_ids(len(body.sample_ids) + len(body.groups), service.settings.max_ids)
     outcome = await service.run(service.model.forget, body.sample_ids, body.groups,
-                                body.request_id)
+                                body.request_id, None, current_request_id.get())
     certificate = outcome.certificate
     log.info("deletion %s %s: %d sample(s), %d stage(s) erased, %s live shard(s), %s ms",
              certificate.get("request_id"), "committed" if outcome.committed else

@@ -170,13 +170,16 @@ class GuardedModel:
     # --- deletions ----------------------------------------------------------------------------
     def forget(self, sample_ids: Sequence[str], groups: Sequence[str],
                client_key: str | None,
-               subject: SubjectOpening | None = None) -> DeletionOutcome:
+               subject: SubjectOpening | None = None,
+               x_request_id: str | None = None) -> DeletionOutcome:
         """Delete durably (validated, committed, files erased) without waiting for a model
-        call; the next model call serves without the erased stages (module docstring)."""
+        call; the next model call serves without the erased stages (module docstring). The
+        certificate carries ``client_key`` and the request's X-Request-ID."""
         with self.records_lock:
             plan, certificate = self.records.forget(sample_ids=list(sample_ids) or None,
                                                     groups=list(groups) or None,
-                                                    client_key=client_key, subject=subject)
+                                                    client_key=client_key, subject=subject,
+                                                    x_request_id=x_request_id)
             return DeletionOutcome(certificate, committed=plan.replay is None,
                                    replayed=plan.replay == "client-key")
 
