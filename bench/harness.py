@@ -461,8 +461,9 @@ class Server:
     """One `s3t serve` subprocess on a free loopback port; its log goes to a file."""
 
     def __init__(self, run: Path, token_file: Path, max_batch: int, max_wait_ms: float,
-                 log_path: Path, extra_args: Sequence[str] = ()):
+                 log_path: Path, extra_args: Sequence[str] = (), cpus: set[int] | None = None):
         self.run, self.token_file, self.log_path = run, token_file, log_path
+        self.cpus = cpus  # pin the server (and the retrain children it starts) to these cores
         self.extra_args = list(extra_args)
         self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
         self.proc: subprocess.Popen | None = None
@@ -487,7 +488,7 @@ class Server:
                 log.flush()
                 self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, env=child_env(),
-                                             cwd=REPO_DIR)
+                                             cwd=REPO_DIR, preexec_fn=self._pin)
             if self._wait_ready(start + STARTUP_TIMEOUT_S):
                 self.startup_s = time.perf_counter() - start
                 return self
@@ -496,6 +497,10 @@ class Server:
                 raise RuntimeError(f"s3t serve did not become ready (exit {rc}); log tail:\n"
                                    + self.log_tail())
         raise AssertionError("unreachable")
+
+    def _pin(self) -> None:
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def _wait_ready(self, deadline: float) -> bool:
         import httpx

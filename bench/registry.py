@@ -60,6 +60,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("service",), SMOKE),
     Benchmark("stream", (12,), "a Poisson deletion stream through the server, S3T against SISA",
               ("stream",), SMOKE),
+    Benchmark("sweep", (23,), "sustainable deletion rate: S3T, SISA and full retraining on "
+              "the real server, two at a time on pinned cores (issue 27)", ("sweep",), SMOKE),
     Benchmark("distributed", (13,), "stage training on Ray against the local executor",
               ("distributed",), (*SMOKE, "--workers", "1")),  # one worker process per Ray instance
     Benchmark("mia", (14,), "membership inference: forgotten samples look never seen",

@@ -85,12 +85,14 @@ async def run_stream(server: Server, token: str, stream: list[tuple], texts: lis
     async with http_client(server.base_url, token, 8) as http:
 
         async def deletions() -> None:
-            for offset, sid in stream:
+            for offset, item in stream:  # a sample id, or a request body (e.g. groups)
                 await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
                 began = time.perf_counter()
-                row: dict[str, Any] = {"t": round(time.monotonic() - start, 3), "sample_id": sid}
+                row: dict[str, Any] = {"t": round(time.monotonic() - start, 3)}
+                row.update({"body": item} if isinstance(item, dict) else {"sample_id": item})
+                body = item if isinstance(item, dict) else {"sample_ids": [item]}
                 try:
-                    response = await http.post("/v1/deletions", json={"sample_ids": [sid]})
+                    response = await http.post("/v1/deletions", json=body)
                     row.update(status=response.status_code,
                                ms=(time.perf_counter() - began) * 1000)
                     if response.status_code == 200:
@@ -131,9 +133,12 @@ async def run_stream(server: Server, token: str, stream: list[tuple], texts: lis
                                                           labels[lo:lo + 128], strict=True))
                 accuracy = correct / len(texts) if served else 0.0
                 job = (status.get("retrain") or {}).get("job") or {}
+                full = [r is not None and r["depth"] == status["slices"]
+                        for r in status["routes"].values()]
                 out["samples"].append({
                     "t": t, "accuracy": accuracy, "served": served,
                     "capacity": status["capacity"], "live_shards": status["live_shards"],
+                    "shards_full_fraction": sum(full) / max(1, len(full)),
                     "deletion_requests": status["deletion_requests"],
                     "training": status["training"], "job_state": job.get("state")})
                 await asyncio.sleep(max(0.0, t + size["eval_every_s"]
