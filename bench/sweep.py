@@ -27,21 +27,16 @@ from the run's own stage timings.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import random
-import secrets
 import shutil
 import sqlite3
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from bench import harness
-from bench.harness import HOST, Server, audit, s3t_cmd
-from bench.stream import run_stream, summarize, time_average
+from bench.harness import HOST, audit, s3t_cmd
+from bench.stream import cores, serve_together, summarize, time_average, train_pinned
 
 NAME = "sweep"
 #: The systems: S3TConfig overrides (``method`` picks a baseline), and the skews they run on.
@@ -64,12 +59,6 @@ SMOKE = dict(FULL, train=40, test=16, user_size=2, shards=2, slices=2, max_seq_l
              rates_per_min=[60.0], duration_s=8.0, quiet_s=4.0, retrain_delay_s=1.0,
              eval_every_s=4.0, predict_gap_s=1.0, skews=["zipf"], systems=["s3t", "sisa"])
 WITHIN = 0.01  # "sustains a rate": time-averaged accuracy within 1 point of undisturbed
-
-
-def cores() -> tuple[set[int], set[int]]:
-    """One core for each system of a slot (the same set twice on a one-core machine)."""
-    mine = sorted(os.sched_getaffinity(0))
-    return ({mine[0]}, {mine[1]}) if len(mine) >= 2 else (set(mine), set(mine))
 
 
 def users_of(ids: list[str], user_size: int, seed: int) -> dict[str, str]:
@@ -105,53 +94,22 @@ def user_stream(users: list[str], weights: dict[str, float] | None, rate_per_min
     return stream
 
 
-def _train(system: str, overrides: dict[str, Any], common: dict[str, Any], data: Any,
-           run_dir: str, cpus: set[int]) -> dict[str, Any]:
-    """Train one system pinned to ``cpus`` (a worker process); its time and stage count."""
-    os.sched_setaffinity(0, cpus)
-    from s3t.config import S3TConfig
-    from s3t.engine import S3T
-
-    kw = {k: v for k, v in overrides.items() if k != "method"}
-    if "budget" in kw:  # B=3 means "as many as L" where L < 3 (the smoke size)
-        kw["budget"] = min(kw["budget"], common["slices"])
-    config = (S3TConfig.baseline(overrides["method"], **common) if "method" in overrides
-              else S3TConfig(**common, **kw))
-    started = time.perf_counter()
-    est = S3T(config, run_dir=Path(run_dir)).fit(data, progress=False)
-    seconds = time.perf_counter() - started
-    stages = est.status()["live_stages"]
-    est.close()
-    return {"system": system, "train_seconds": seconds, "stages": stages}
-
-
 def train_all(size: dict[str, Any], seed: int, train: Any, priors: dict[str, float]
               ) -> dict[str, dict[str, Any]]:
-    """Every system once, two at a time, each worker on its own core."""
+    """Every system once (pinned, two at a time); the placed-by-prior run's samples carry
+    their user's Zipf weight as ``deletion_prior``."""
     from s3t.data.samples import Dataset
 
-    common = {"model": harness.backbone(), "shards": size["shards"], "slices": size["slices"],
-              "epochs": size["epochs"], "max_seq_len": size["max_seq_len"], "seed": seed}
-    core_a, core_b = cores()
-    out: dict[str, dict[str, Any]] = {}
-    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
-        futures = []
-        for i, system in enumerate(size["systems"]):
-            data = train
-            if SYSTEMS[system].get("placement") == "prior":
-                data = Dataset(ids=list(train.ids), texts=list(train.texts),
-                               labels=list(train.labels), groups=list(train.groups),
-                               label_names=list(train.label_names),
-                               priors=[priors[g] for g in train.groups])
-            run = harness.tmp_run_dir(f"sweep-{system}")
-            futures.append((system, run, pool.submit(
-                _train, system, SYSTEMS[system], common, data, str(run),
-                core_a if i % 2 == 0 else core_b)))
-        for system, run, future in futures:
-            out[system] = dict(future.result(), run=run)
-            print(f"{system}: trained {out[system]['stages']} stages in "
-                  f"{out[system]['train_seconds']:.1f} s", flush=True)
-    return out
+    def data_for(system: str) -> Any:
+        if SYSTEMS[system].get("placement") != "prior":
+            return train
+        return Dataset(ids=list(train.ids), texts=list(train.texts), labels=list(train.labels),
+                       groups=list(train.groups), label_names=list(train.label_names),
+                       priors=[priors[g] for g in train.groups])
+
+    common = {k: size[k] for k in ("shards", "slices", "epochs", "max_seq_len")}
+    return train_pinned({s: SYSTEMS[s] for s in size["systems"]}, dict(common, seed=seed),
+                        data_for)
 
 
 def plan_prediction(trained: dict[str, Any], system: str, size: dict[str, Any], skew: str,
@@ -187,43 +145,24 @@ def lost_user_deletions(run: Path, rows: list[dict[str, Any]], members: dict[str
                  or any(sid not in deleted for sid in members[r["body"]["groups"][0]]))]
 
 
-def serve_stream(pairs: list[tuple[str, Path, set[int]]], stream: list[tuple[float, dict]],
-                 texts: list[str], labels: list[str], size: dict[str, Any],
-                 members: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
-    """Serve ``stream`` on every (system, run copy, cores) at once; per system its measures."""
-    servers: dict[str, tuple[Server, str]] = {}
-    try:
-        for system, run, cpus in pairs:
-            token = secrets.token_urlsafe(24)
-            token_file = run.parent / f"token-{system}.txt"
-            token_file.write_text(token + "\n")
-            token_file.chmod(0o600)
-            server = Server(run, token_file, 32, 5.0, run.parent / f"server-{system}.log",
-                            extra_args=["--retrain", "eager",
-                                        "--retrain-delay", size["retrain_delay_s"]],
-                            cpus=cpus)
-            servers[system] = server.start(), token
-
-        async def both() -> list[dict[str, Any]]:
-            return await asyncio.gather(*(run_stream(s, tok, stream, texts, labels, size)
-                                          for s, tok in servers.values()))
-
-        results = dict(zip(servers, asyncio.run(both()), strict=True))
-    finally:
-        codes = {system: s.stop() for system, (s, _) in servers.items()}
+def measure(pairs: list[tuple[str, Path, set[int]]], stream: list[tuple[float, dict]],
+            texts: list[str], labels: list[str], size: dict[str, Any],
+            members: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """Serve ``stream`` from every pinned system at once; per system its summary."""
+    served = serve_together(pairs, stream, texts, labels, size)
     out = {}
     for system, run, _ in pairs:
-        res = results[system]
+        res = served[system]
         summary = summarize(res, size)
         erased = [d["erased"] for d in res["deletions"] if d["status"] == 200]
         summary.update(
-            undisturbed_accuracy=res["samples"][0]["accuracy"],
+            undisturbed_accuracy=res["undisturbed_accuracy"],
             time_with_all_shards_full=_full_shards_average(res["samples"], size),
             retrain_seconds=sum((j["finished"] or time.time()) - j["started"]
                                 for j in res["jobs"] if j.get("started")),
             stages_invalidated_per_deletion=sum(erased) / len(erased) if erased else 0.0,
-            server_exit=codes[system], lost_deletions=lost_user_deletions(run, res["deletions"], members),
-            audit=audit(run))
+            server_exit=res["server_exit"],
+            lost_deletions=lost_user_deletions(run, res["deletions"], members), audit=audit(run))
         out[system] = {"summary": summary, "samples": res["samples"],
                        "deletions": res["deletions"], "jobs": res["jobs"]}
     return out
@@ -234,6 +173,18 @@ def _full_shards_average(samples: list[dict[str, Any]], size: dict[str, Any]) ->
     for s in samples:
         s["shards_full"] = s["shards_full_fraction"]
     return time_average(samples, "shards_full", size["duration_s"])
+
+
+def placement_prediction(size: dict[str, Any], n_users: int, deletions: int) -> dict[str, Any]:
+    """The simulator's stages invalidated per deletion, uniform against prior placement, for
+    this size's Zipf stream (true priors, as the benchmark gives; every stage restored
+    between deletions, as eager retraining does when it keeps up)."""
+    from s3t.plan.placement_sim import simulate_placement
+
+    return simulate_placement(size["shards"], size["slices"], min(3, size["slices"]),
+                              users=n_users, samples_per_user=size["user_size"],
+                              skew=size["zipf"], deletions=max(1, min(deletions, n_users)),
+                              window=1, trials=50, seed=0)
 
 
 def sustainable(rows: dict[str, dict[str, Any]], rates: list[float]) -> float | None:
@@ -312,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                     pairs.append((system, copy, cpus))
                 print(f"{skew} {rate:g}/min: {' + '.join(group)}, {len(stream)} requests "
                       f"over {size['duration_s']:.0f} s", flush=True)
-                for system, res in serve_stream(pairs, stream, texts, labels, size, members).items():
+                for system, res in measure(pairs, stream, texts, labels, size, members).items():
                     s = res["summary"]
                     s["plan"] = plan_prediction(trained[system], system, size, skew, rate,
                                                 len(users))
@@ -333,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                "trained": {k: {x: v[x] for x in ("train_seconds", "stages")}
                            for k, v in trained.items()},
                "cells": cells, "sustainable_rate_per_min": rates_by, "details": details}
+    if "zipf" in cells:
+        longest = max(len(d["deletions"]) for d in details.values())
+        payload["placement_sim"] = placement_prediction(size, len(users), longest)
     harness.write_result(NAME, args.quick, prov, payload)
     plot(payload, args.quick)
     return 0
