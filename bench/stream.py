@@ -31,7 +31,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -119,13 +119,15 @@ def serve_together(pairs: list[tuple[str, Path, set[int]]], stream: list[tuple],
             token_file = run.parent / f"token-{system}.txt"
             token_file.write_text(token + "\n")
             token_file.chmod(0o600)
-            server = Server(run, token_file, 32, 5.0, run.parent / f"server-{system}.log",
-                            extra_args=["--retrain", "eager",
-                                        "--retrain-delay", size["retrain_delay_s"]],
-                            cpus=cpus)
-            servers[system] = server.start(), token
-            print(f"{system}: serving on {server.base_url} (cores {sorted(cpus)}, started in "
-                  f"{server.startup_s:.1f} s)", flush=True)
+            servers[system] = Server(run, token_file, 32, 5.0, run.parent / f"server-{system}.log",
+                                     extra_args=["--retrain", "eager",
+                                                 "--retrain-delay", size["retrain_delay_s"]],
+                                     cpus=cpus), token
+        with ThreadPoolExecutor(len(servers)) as starting:  # each loads on its own core
+            list(starting.map(lambda pair: pair[0].start(), servers.values()))
+        for system, (server, _) in servers.items():
+            print(f"{system}: serving on {server.base_url} (cores {sorted(server.cpus or [])}, "
+                  f"started in {server.startup_s:.1f} s)", flush=True)
 
         for system, (server, token) in servers.items():  # first model calls load stages
             warm[system] = warm_accuracy(server, token, texts, labels)

@@ -10,7 +10,9 @@ by a fresh copy of its run. Samples belong to users (groups of ``user_size``); a
 request deletes one user, drawn among the users not yet deleted either uniformly or with
 Zipf-skewed probability (exponent ``zipf``, a random ranking of the users). The placed-by-prior
 S3T run is trained with each sample's ``deletion_prior`` set to its user's Zipf weight (what a
-deployment estimates from its deletion history), so it runs on the Zipf streams only.
+deployment estimates from its deletion history), so it runs on the Zipf streams only, where it
+takes S3T B=1's place (B=1 runs on the uniform streams): S3T B=3 beside SISA, then S3T B=1 or
+placed by prior beside full retraining.
 
 Per system, skew and rate: time-averaged served accuracy (a 503 counts as 0) and capacity
 (mean served depth / L), time at full capacity, stages trained and discarded, retrain compute
@@ -201,10 +203,11 @@ def sustainable(rows: dict[str, dict[str, Any]], rates: list[float]) -> float | 
 
 
 def slots(systems: list[str], skew: str) -> list[list[str]]:
-    """The systems of one (skew, rate), two per slot (S3T beside SISA first)."""
-    here = [s for s in systems if skew == "zipf" or SYSTEMS[s].get("placement") != "prior"]
-    order = sorted(here, key=lambda s: ("s3t", "sisa", "s3t_b1", "full", "s3t_prior").index(s))
-    return [order[i:i + 2] for i in range(0, len(order), 2)]
+    """The systems of one (skew, rate), two per slot: S3T beside SISA, then S3T B=1 (uniform
+    choice) or placed by prior (Zipf choice) beside full retraining."""
+    second = "s3t_prior" if skew == "zipf" else "s3t_b1"
+    pairs = [["s3t", "sisa"], [second, "full"]]
+    return [[x for x in pair if x in systems] for pair in pairs if set(pair) & set(systems)]
 
 
 def plot(payload: dict[str, Any], quick: bool) -> None:
