@@ -683,8 +683,9 @@ class LoopbackClient:
         return Response(status, body), headers.get("connection", "").lower() != "close"
 
 
-def http_client(base_url: str, token: str, connections: int) -> LoopbackClient:
-    return LoopbackClient(base_url, token, connections)
+def http_client(base_url: str, token: str, connections: int,
+                timeout_s: float = REQUEST_TIMEOUT_S) -> LoopbackClient:
+    return LoopbackClient(base_url, token, connections, timeout_s)
 
 
 def audit(run: Path) -> dict[str, Any]:

@@ -51,9 +51,9 @@ SYSTEMS: dict[str, dict[str, Any]] = {
 }
 LABELS = {"s3t": "S3T B=3", "s3t_b1": "S3T B=1", "s3t_prior": "S3T B=3, placed by prior",
           "sisa": "SISA", "full": "full retraining"}
-FULL = {"train": 1000, "test": 200, "user_size": 4, "shards": 5, "slices": 3, "epochs": 1,
+FULL = {"train": 1000, "test": 64, "user_size": 4, "shards": 5, "slices": 3, "epochs": 1,
         "max_seq_len": 32, "zipf": 1.0, "rates_per_min": [1.0, 4.0, 12.0, 36.0],
-        "duration_s": 180.0, "quiet_s": 20.0, "retrain_delay_s": 2.0, "eval_every_s": 5.0,
+        "duration_s": 150.0, "quiet_s": 15.0, "retrain_delay_s": 2.0, "eval_every_s": 10.0,
         "predict_gap_s": 0.5, "skews": ["uniform", "zipf"], "systems": list(SYSTEMS)}
 QUICK = dict(FULL, train=300, test=80, rates_per_min=[3.0, 20.0], duration_s=90.0,
              quiet_s=15.0)
