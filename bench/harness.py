@@ -461,11 +461,14 @@ class Server:
     """One `s3t serve` subprocess on a free loopback port; its log goes to a file."""
 
     def __init__(self, run: Path, token_file: Path, max_batch: int, max_wait_ms: float,
-                 log_path: Path, extra_args: Sequence[str] = (), wrap: Sequence[str] = ()):
+                 log_path: Path, extra_args: Sequence[str] = (), wrap: Sequence[str] = (),
+                 cpus: set[int] | None = None):
         """``wrap``: a command the server runs under (``strace -f -o F``), which passes
-        the server's exit status on; signals go to the server itself."""
+        the server's exit status on; signals go to the server itself. ``cpus``: pin the
+        server (and the retrain children it starts) to these cores."""
         self.run, self.token_file, self.log_path = run, token_file, log_path
         self.extra_args, self.wrap = list(extra_args), list(wrap)
+        self.cpus = cpus
         self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -489,7 +492,7 @@ class Server:
                 log.flush()
                 self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, env=child_env(),
-                                             cwd=REPO_DIR)
+                                             cwd=REPO_DIR, preexec_fn=self._pin)
             if self._wait_ready(start + STARTUP_TIMEOUT_S):
                 self.startup_s = time.perf_counter() - start
                 return self
@@ -498,6 +501,10 @@ class Server:
                 raise RuntimeError(f"s3t serve did not become ready (exit {rc}); log tail:\n"
                                    + self.log_tail())
         raise AssertionError("unreachable")
+
+    def _pin(self) -> None:
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def _wait_ready(self, deadline: float) -> bool:
         import httpx
@@ -690,8 +697,9 @@ def _only_child(pid: int) -> int | None:
     return int(children[0]) if len(children) == 1 else None
 
 
-def http_client(base_url: str, token: str, connections: int) -> LoopbackClient:
-    return LoopbackClient(base_url, token, connections)
+def http_client(base_url: str, token: str, connections: int,
+                timeout_s: float = REQUEST_TIMEOUT_S) -> LoopbackClient:
+    return LoopbackClient(base_url, token, connections, timeout_s)
 
 
 def audit(run: Path) -> dict[str, Any]:

@@ -62,6 +62,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("stream",), SMOKE),
     Benchmark("bulk_deletion", (24,), "10,000 ids in one deletion request over HTTP, ids "
               "and OpenDSR shapes (issue 25)", ("bulk-deletion",), SMOKE),
+    Benchmark("sweep", (26,), "sustainable deletion rate: S3T, SISA and full retraining on "
+              "the real server, two at a time on pinned cores (issue 27)", ("sweep",), SMOKE),
     Benchmark("distributed", (13,), "stage training on Ray against the local executor",
               ("distributed",), (*SMOKE, "--workers", "1")),  # one worker process per Ray instance
     Benchmark("mia", (14,), "membership inference: forgotten samples look never seen",

@@ -1,19 +1,22 @@
 """Continuous unlearning: one Poisson deletion stream through `s3t serve --retrain eager`,
-served by S3T and by SISA, with predictions and served accuracy measured throughout.
+served by S3T and by SISA at the same time, with predictions and served accuracy measured
+throughout.
 
 Both systems serve the same WordNet-noun training set with the same number of shards and
-slices (S3T: B orderings per shard; SISA: one), under the same retrain policy and delay,
-with one trainer process each (the server's background retrainer, niced), run one after the
-other, never at the same time. The deletion stream is drawn once (Poisson arrivals at
-``rate_per_min``, a uniformly random not-yet-deleted training sample each) and replayed
-against both, each request at the same offset from its server's start. Throughout, a
-client sends single-text predictions (counting failures), and every ``eval_every_s`` the
-benchmark sends the fixed test subset through ``/v1/predict`` (the accuracy of what is
-served; a 503 because no shard serves counts as accuracy 0) and reads ``/v1/status``.
+slices (S3T: B orderings per shard; SISA: one), under the same retrain policy and delay.
+Fair by construction: the two run at the same time, each server (and the background
+retrainer it starts, which inherits its affinity) pinned to its own CPU core with one torch
+thread (the run card's numeric environment), so load on the machine falls on both alike; both
+are trained the same way (pinned, at the same time). The deletion stream is drawn once
+(Poisson arrivals at ``rate_per_min``, a uniformly random not-yet-deleted training sample
+each) and sent to both, each request at the same offset. Throughout, a client sends
+single-text predictions (counting failures), and every ``eval_every_s`` the benchmark sends
+the fixed test subset through ``/v1/predict`` (the accuracy of what is served; a 503 because
+no shard serves counts as accuracy 0) and reads ``/v1/status``.
 
 Reported per system: time-averaged served accuracy, the fraction of time at least one shard
-served and at full capacity, retrain jobs, deletion latency p50/p99, errors, acknowledged
-deletions lost, and the audit after the run.
+served and at full capacity, retrain jobs, stages trained and discarded, deletion latency
+p50/p99, errors, acknowledged deletions lost, and the audit after the run.
 
     python -m bench stream            # the recorded run (about 25 min on 2 cores)
     python -m bench stream --quick    # a small size (a few minutes)
@@ -23,9 +26,13 @@ deletions lost, and the audit after the run.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import secrets
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -36,31 +43,117 @@ NAME = "stream"
 QUICK = {"train": 400, "test": 100, "shards": 5, "slices": 3, "budget": 3, "epochs": 1,
          "max_seq_len": 32, "duration_s": 150.0, "rate_per_min": 6.0, "retrain_delay_s": 2.0,
          "eval_every_s": 5.0, "predict_gap_s": 0.2}
-FULL = dict(QUICK, train=1200, test=300, duration_s=420.0, rate_per_min=4.0)
+FULL = dict(QUICK, train=1200, test=100, duration_s=420.0, rate_per_min=4.0, eval_every_s=10.0)
 #: Checks that the stream runs end to end (a few deletions, a retrain may not finish).
 SMOKE = dict(QUICK, train=40, test=16, shards=2, slices=2, budget=2, max_seq_len=16,
              duration_s=8.0, quiet_s=5.0, rate_per_min=90.0, retrain_delay_s=1.0,
              eval_every_s=4.0, predict_gap_s=1.0)
 SYSTEMS = ("s3t", "sisa")
 REQUEST_TIMEOUT_S = 60.0
+#: A request unanswered this long counts as nothing served (one pinned core serves and trains).
+EVAL_TIMEOUT_S = 180.0
 MAX_PREDICTS = 100_000  # the count bound of the prediction loop (time is the other)
 
 
-def train_run(system: str, size: dict[str, Any], seed: int, train: Any) -> tuple[Path, float]:
+def cores() -> tuple[set[int], set[int]]:
+    """One core for each of two systems (the same set twice on a one-core machine)."""
+    mine = sorted(os.sched_getaffinity(0))
+    return ({mine[0]}, {mine[1]}) if len(mine) >= 2 else (set(mine), set(mine))
+
+
+def config_for(overrides: dict[str, Any], common: dict[str, Any]) -> Any:
+    """``S3TConfig(**common, **overrides)``; ``method`` picks a baseline; a budget above the
+    number of orderings L allows is cut to L (the smoke size has L=2)."""
     from s3t.config import S3TConfig
+
+    kw = {k: v for k, v in overrides.items() if k != "method"}
+    if "budget" in kw:
+        kw["budget"] = min(kw["budget"], common["slices"])
+    return (S3TConfig.baseline(overrides["method"], **common, **kw) if "method" in overrides
+            else S3TConfig(**common, **kw))
+
+
+def _train(overrides: dict[str, Any], common: dict[str, Any], data: Any, run_dir: str,
+           cpus: set[int]) -> dict[str, Any]:
+    """Train one system pinned to ``cpus`` (in a worker process): its time and stages."""
+    os.sched_setaffinity(0, cpus)
     from s3t.engine import S3T
 
-    grid: dict[str, Any] = {"budget": size["budget"]} if system == "s3t" else {
-        "method": "sisa", "strategy": "sisa", "budget": 1}
-    config = S3TConfig(model=harness.backbone(),
-                       shards=size["shards"], slices=size["slices"], epochs=size["epochs"],
-                       max_seq_len=size["max_seq_len"], seed=seed, **grid)
-    run = harness.tmp_run_dir(f"stream-{system}")
-    with harness.stopwatch() as t:
-        S3T(config, run_dir=run).fit(train, progress=False).close()
-    print(f"{system}: trained m={size['shards']} L={size['slices']} on {len(train)} samples in "
-          f"{t['s']:.1f} s", flush=True)
-    return run, t["s"]
+    started = time.perf_counter()
+    est = S3T(config_for(overrides, common), run_dir=Path(run_dir)).fit(data, progress=False)
+    seconds = time.perf_counter() - started
+    stages = est.status()["live_stages"]
+    est.close()
+    return {"train_seconds": seconds, "stages": stages}
+
+
+def train_pinned(systems: dict[str, dict[str, Any]], common: dict[str, Any],
+                 data_for: Callable[[str], Any]) -> dict[str, dict[str, Any]]:
+    """Train every system once, two at a time, each worker process on its own core; per
+    system its run directory, training seconds and stage count."""
+    core_a, core_b = cores()
+    common = dict(common, model=harness.backbone())
+    out: dict[str, dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
+        futures = []
+        for i, (system, overrides) in enumerate(systems.items()):
+            run = harness.tmp_run_dir(f"{NAME}-{system}")
+            futures.append((system, run, pool.submit(_train, overrides, common, data_for(system),
+                                                     str(run), core_a if i % 2 == 0 else core_b)))
+        for system, run, future in futures:
+            out[system] = dict(future.result(), run=run)
+            print(f"{system}: trained {out[system]['stages']} stages in "
+                  f"{out[system]['train_seconds']:.1f} s", flush=True)
+    return out
+
+
+def serve_together(pairs: list[tuple[str, Path, set[int]]], stream: list[tuple],
+                   texts: list[str], labels: list[str], size: dict[str, Any]
+                   ) -> dict[str, dict[str, Any]]:
+    """Serve ``stream`` from every (system, run, cores) at once, each server pinned, with
+    eager background retraining; per system what :func:`run_stream` measured and the
+    server's exit status (servers stopped: the run may be read)."""
+    servers: dict[str, tuple[Server, str]] = {}
+    warm: dict[str, float] = {}
+    try:
+        for system, run, cpus in pairs:
+            token = secrets.token_urlsafe(24)
+            token_file = run.parent / f"token-{system}.txt"
+            token_file.write_text(token + "\n")
+            token_file.chmod(0o600)
+            servers[system] = Server(run, token_file, 32, 5.0, run.parent / f"server-{system}.log",
+                                     extra_args=["--retrain", "eager",
+                                                 "--retrain-delay", size["retrain_delay_s"]],
+                                     cpus=cpus), token
+        with ThreadPoolExecutor(len(servers)) as starting:  # each loads on its own core
+            list(starting.map(lambda pair: pair[0].start(), servers.values()))
+        for system, (server, _) in servers.items():
+            print(f"{system}: serving on {server.base_url} (cores {sorted(server.cpus or [])}, "
+                  f"started in {server.startup_s:.1f} s)", flush=True)
+
+        for system, (server, token) in servers.items():  # first model calls load stages
+            warm[system] = warm_accuracy(server, token, texts, labels)
+
+        async def together() -> list[dict[str, Any]]:
+            return await asyncio.gather(*(run_stream(s, tok, stream, texts, labels, size)
+                                          for s, tok in servers.values()))
+
+        results = dict(zip(servers, asyncio.run(together()), strict=True))
+    finally:
+        codes = {system: s.stop() for system, (s, _) in servers.items()}
+    return {system: dict(results[system], server_exit=codes[system],
+                         undisturbed_accuracy=warm[system]) for system in results}
+
+
+def warm_accuracy(server: Server, token: str, texts: list[str], labels: list[str]) -> float:
+    """The served accuracy before any deletion, by one unhurried request (it also makes the
+    server load its stages before the stream's clock starts)."""
+    import httpx
+
+    response = httpx.post(server.base_url + "/v1/predict", json={"inputs": texts},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=900.0)
+    response.raise_for_status()
+    return sum(p == y for p, y in zip(response.json()["labels"], labels, strict=True)) / len(texts)
 
 
 def deletion_stream(ids: list[str], size: dict[str, Any], rng: random.Random) -> list[tuple]:
@@ -82,15 +175,17 @@ async def run_stream(server: Server, token: str, stream: list[tuple], texts: lis
     deadline = start + size["duration_s"]
     out: dict[str, Any] = {"deletions": [], "samples": [], "predicts": {"ok": 0, "unavailable": 0,
                                                                        "errors": 0}}
-    async with http_client(server.base_url, token, 8) as http:
+    async with http_client(server.base_url, token, 8, EVAL_TIMEOUT_S) as http:
 
         async def deletions() -> None:
-            for offset, sid in stream:
+            for offset, item in stream:  # a sample id, or a request body (e.g. groups)
                 await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
                 began = time.perf_counter()
-                row: dict[str, Any] = {"t": round(time.monotonic() - start, 3), "sample_id": sid}
+                row: dict[str, Any] = {"t": round(time.monotonic() - start, 3)}
+                row.update({"body": item} if isinstance(item, dict) else {"sample_id": item})
+                body = item if isinstance(item, dict) else {"sample_ids": [item]}
                 try:
-                    response = await http.post("/v1/deletions", json={"sample_ids": [sid]})
+                    response = await http.post("/v1/deletions", json=body)
                     row.update(status=response.status_code,
                                ms=(time.perf_counter() - began) * 1000)
                     if response.status_code == 200:
@@ -117,23 +212,34 @@ async def run_stream(server: Server, token: str, stream: list[tuple], texts: lis
                 await asyncio.sleep(size["predict_gap_s"])
 
         async def measure() -> None:
+            last: list[dict[str, Any]] = []  # the latest status read
             while time.monotonic() < deadline:
                 t = round(time.monotonic() - start, 3)
-                status = (await http.get("/v1/status")).json()
-                accuracy: float | None
-                correct, served = 0, True
-                for lo in range(0, len(texts), 128):
-                    response = await http.post("/v1/predict", json={"inputs": texts[lo:lo + 128]})
-                    if response.status_code != 200:
-                        served = False
-                        break
-                    correct += sum(p == y for p, y in zip(response.json()["labels"],
-                                                          labels[lo:lo + 128], strict=True))
+                correct, served, timed_out = 0, True, False
+                try:
+                    status = (await http.get("/v1/status")).json()
+                    for lo in range(0, len(texts), 128):
+                        response = await http.post("/v1/predict",
+                                                   json={"inputs": texts[lo:lo + 128]})
+                        if response.status_code != 200:
+                            served = False
+                            break
+                        correct += sum(p == y for p, y in zip(response.json()["labels"],
+                                                              labels[lo:lo + 128], strict=True))
+                except ClientError:  # no answer within REQUEST_TIMEOUT_S: served nothing
+                    served, timed_out = False, True
+                    if not last:  # nothing known yet: no sample
+                        continue
+                    status = last[-1]
                 accuracy = correct / len(texts) if served else 0.0
+                last[:] = [status]
                 job = (status.get("retrain") or {}).get("job") or {}
+                full = [r is not None and r["depth"] == status["slices"]
+                        for r in status["routes"].values()]
                 out["samples"].append({
-                    "t": t, "accuracy": accuracy, "served": served,
+                    "t": t, "accuracy": accuracy, "served": served, "timed_out": timed_out,
                     "capacity": status["capacity"], "live_shards": status["live_shards"],
+                    "shards_full_fraction": sum(full) / max(1, len(full)),
                     "deletion_requests": status["deletion_requests"],
                     "training": status["training"], "job_state": job.get("state")})
                 await asyncio.sleep(max(0.0, t + size["eval_every_s"]
@@ -169,6 +275,7 @@ def summarize(result: dict[str, Any], size: dict[str, Any]) -> dict[str, Any]:
         "time_avg_capacity": time_average(samples, "capacity", until),
         "min_live_shards": min(s["live_shards"] for s in samples),
         "measurements": len(samples),
+        "measurements_timed_out": sum(s.get("timed_out", False) for s in samples),
         "deletions_acknowledged": len(ok),
         "deletion_errors": sum(d["status"] != 200 for d in deletions),
         "deletion_ms": harness.latency_summary(ok) if ok else {},
@@ -180,33 +287,14 @@ def summarize(result: dict[str, Any], size: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_system(system: str, size: dict[str, Any], seed: int, train: Any, texts: list[str],
-               labels: list[str], stream: list[tuple]) -> dict[str, Any]:
-    run, train_s = train_run(system, size, seed, train)
-    token = secrets.token_urlsafe(24)
-    token_file = run.parent / "token.txt"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
-    server = Server(run, token_file, 32, 5.0, run.parent / "server.log",
-                    extra_args=["--retrain", "eager", "--retrain-delay", size["retrain_delay_s"]])
-    server.start()
-    print(f"{system}: serving on {server.base_url} (started in {server.startup_s:.1f} s); "
-          f"{len(stream)} deletions over {size['duration_s']:.0f} s", flush=True)
-    try:
-        result = asyncio.run(run_stream(server, token, stream, texts, labels, size))
-    finally:
-        returncode = server.stop()
-    summary = summarize(result, size)
-    summary.update(train_seconds=train_s, server_exit=returncode,
-                   lost_deletions=lost_deletions(run, result["deletions"]), audit=audit(run))
+def report(system: str, summary: dict[str, Any]) -> None:
     print(f"{system}: time-averaged accuracy {summary['time_avg_accuracy']:.3f}, serving "
           f"{summary['time_with_a_serving_shard']:.0%} of the time, full capacity "
-          f"{summary['time_at_full_capacity']:.0%}, retrains {summary['retrain_jobs']}, "
+          f"{summary['time_at_full_capacity']:.0%}, retrains {summary['retrain_jobs']}, stages "
+          f"{summary['stages_retrained']} trained / {summary['stages_discarded']} discarded, "
           f"deletion p50 {summary['deletion_ms'].get('p50', float('nan')):.1f} ms, lost "
           f"{len(summary['lost_deletions'])}, audit {'ok' if summary['audit']['ok'] else 'FAILED'}",
           flush=True)
-    return {"summary": summary, "samples": result["samples"], "deletions": result["deletions"],
-            "jobs": result["jobs"]}
 
 
 def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -262,15 +350,30 @@ def main(argv: list[str] | None = None) -> int:
     prov["server_command"] = " ".join(s3t_cmd(
         "serve", "RUN", "--host", HOST, "--port", "PORT", "--token-file", "TOKEN_FILE",
         "--retrain", "eager", "--retrain-delay", size["retrain_delay_s"]))
+    prov["cores"] = [sorted(c) for c in cores()]
     harness.print_header(prov)
     train, test = harness.wordnet_split(size["train"], size["test"], seed)
     texts = list(test.texts)
     labels = [test.label_names[y] for y in test.labels]
     stream = deletion_stream(list(train.ids), size, random.Random(seed))
+    common = {k: size[k] for k in ("shards", "slices", "epochs", "max_seq_len")}
+    trained = train_pinned({"s3t": {"budget": size["budget"]}, "sisa": {"method": "sisa"}},
+                           dict(common, seed=seed), lambda system: train)
+    print(f"{len(stream)} deletions over {size['duration_s']:.0f} s", flush=True)
+    pairs = [(system, trained[system]["run"], cpus)
+             for system, cpus in zip(SYSTEMS, cores(), strict=True)]
+    served = serve_together(pairs, stream, texts, labels, size)
     results: dict[str, dict[str, Any]] = {}
-    for system in SYSTEMS:
-        results[system] = run_system(system, size, seed, train, texts, labels, stream)
-        results[system].update(stream=stream, shards=size["shards"])
+    for system, run, cpus in pairs:
+        res = served[system]
+        summary = summarize(res, size)
+        summary.update(train_seconds=trained[system]["train_seconds"],
+                       server_exit=res["server_exit"],
+                       lost_deletions=lost_deletions(run, res["deletions"]), audit=audit(run))
+        report(system, summary)
+        results[system] = {"summary": summary, "samples": res["samples"],
+                           "deletions": res["deletions"], "jobs": res["jobs"], "stream": stream,
+                           "shards": size["shards"], "cores": sorted(cpus)}
     checks = targets(results)
     for c in checks:
         print(f"{'MET' if c['met'] else 'NOT MET'}: {c['target']}: {c['measured']}")
