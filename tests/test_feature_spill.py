@@ -235,7 +235,7 @@ def test_blocks_left_by_an_interrupted_forget_are_erased_by_the_next(tiny_bert, 
     second = next(sid for sid in data.ids if cells[sid] != cells[first])
     real_erase = FeatureFiles.erase_stale
 
-    def failing_erase(self, versions):
+    def failing_erase(self, versions, **kwargs):
         raise OSError("disk went away")
 
     monkeypatch.setattr(FeatureFiles, "erase_stale", failing_erase)
