@@ -67,7 +67,8 @@ class NotARunError(FileNotFoundError):
 #: Config fields whose default changed after runs were written: a card without the field was
 #: written, and served, under the old default, so it keeps that value.
 #: ``torch_threads`` 0: the process's own count, as such runs trained (``run/numeric.py``).
-DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best", "torch_threads": 0}
+#: ``ensemble`` 'mean': runs before the field served every shard with the same weight.
+DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best", "torch_threads": 0, "ensemble": "mean"}
 
 
 def read_card(run_file: Path) -> tuple[dict, S3TConfig]:
