@@ -6,7 +6,6 @@ gives; the validation samples are never deletable. Tiny random BERT runs (m=2, L
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -148,14 +147,21 @@ def test_served_probabilities_are_the_weighted_mean_of_the_shards(run_copy, mode
     est.close()
 
 
-def test_equal_weights_serve_the_plain_mean_bitwise(run_copy):
+def test_equal_weights_serve_the_plain_mean_and_a_deletion_reweighs(run_copy):
     """Before any deletion every shard serves depth 3: 'depth' weights are all equal and the
-    output is bitwise the mean's (no rounding from weighing)."""
+    output is bitwise the mean's (no rounding from weighing); a deletion then demotes shards
+    and their weights follow at the next call."""
     est = S3T.load(run_copy)
     mean = est.predict(TEXTS).probabilities
     est.set_serving(ensemble="depth")
     assert {r.weight for r in est.served().values()} == {3.0}
     assert np.array_equal(est.predict(TEXTS).probabilities, mean)
+    est.forget(victims(est, DEMOTE))  # the routes change: the weights are recomputed
+    pred = est.predict(TEXTS)
+    assert {m: r.weight for m, r in est.served().items()} == {0: 2.0, 1: 1.0}
+    want = (2 * shard_probs(est, 0, pred.routes_all[0])
+            + shard_probs(est, 1, pred.routes_all[1])) / 3
+    np.testing.assert_allclose(pred.probabilities, want, rtol=0, atol=1e-12)
     est.close()
 
 
@@ -201,17 +207,20 @@ def test_weights_after_deletions_equal_scratch_training_on_the_retained_data(run
     served = served_stages(est.ledger.routes(), records, est.config.serve_orderings)
     scratch = scratch_scores(est.config, set(deleted),
                              {m: [records[k].prefix for k in keys] for m, keys in served.items()})
-    keys = [k for row in served.values() for k in row]
-    rebuilt = {k: dataclasses.replace(records[k], val_score=scratch[(records[k].shard,
-                                                                     records[k].prefix)])
-               for k in keys}
-    assert all(rebuilt[k].val_score == records[k].val_score for k in keys)
+    prefixes = {m: [records[k].prefix for k in keys] for m, keys in served.items()}
+    assert all(scratch[(m, p)] == records[k].val_score
+               for m, keys in served.items() for k, p in zip(keys, prefixes[m], strict=True))
+    # the weights the served prefixes get from scratch training, by the definition
+    n_labels = len(est.label_names)
+    want = {"depth": {m: float(len(p[0])) for m, p in prefixes.items()},
+            "validation": {m: validation_weight(math.fsum(scratch[(m, q)] for q in p) / len(p),
+                                                n_labels, len(VAL), "classification")
+                           for m, p in prefixes.items()}}
     for mode in ("depth", "validation"):
         est.set_serving(ensemble=mode)
         est.predict(TEXTS[:2])
         served_weights = {m: r.weight for m, r in est.served().items()}
-        assert served_weights == shard_weights(served, rebuilt, mode, len(est.label_names),
-                                               len(VAL))  # float ==: bitwise
+        assert served_weights == want[mode]  # float ==: bitwise
         assert len(set(served_weights.values())) > 1, "the deletions changed a weight"
     # the validation split cannot be deleted: refused, nothing changed
     with pytest.raises(ValidationSampleError, match="weighs the shards"):
