@@ -16,7 +16,8 @@ from s3t.cli.train import CONFIG_FLAGS, DEMO_FLAGS
 from s3t.config import ConfigError, S3TConfig, config_help
 
 FIELDS = [f.name for f in dataclasses.fields(S3TConfig)]
-NOT_ON_THE_COMMAND_LINE = {"weight_decay", "aggregation"}  # library-only settings
+NOT_ON_THE_COMMAND_LINE = {"weight_decay", "aggregation",  # library-only settings
+                           "ensemble"}  # a serving choice: `s3t configure --ensemble`
 
 
 def _squash(text: str) -> str:
