@@ -355,7 +355,7 @@ class Run:
         lock; a process with the run open follows at its next read of the routes."""
         if not set(choices) <= set(SERVING_FIELDS):
             raise ValueError(f"only {', '.join(SERVING_FIELDS)} change on a trained run")
-        config = dataclasses.replace(self.config, **choices).validate()
+        config = S3TConfig.from_dict({**self.config.to_dict(), **choices}).validate()
         if config.ensemble == "validation" and self.ledger.eval_count() == 0:
             raise ConfigError("ensemble", NO_VALIDATION_ENSEMBLE)
         if config == self.config:
