@@ -36,19 +36,55 @@ def requests_for(fraction: float, m: int, n_slices: int, budget: int) -> int:
     return math.ceil(fraction * deletion_rate_s3t(m, n_slices, min(budget, n_slices)))
 
 
+def shard_probabilities(est: Any, texts: list[str]) -> dict[int, Any]:
+    """Each serving shard's class probabilities (the mean of its served stages'), computed
+    once per checkpoint: the weightings differ only in how they combine these."""
+    import numpy as np
+
+    serving = est._serving()
+    routes, n_labels = serving.routes(), len(est.label_names)
+    return {shard: np.concatenate([
+        serving.ensemble.predict_proba(texts[i:i + 64], vote=False, n_labels=n_labels,
+                                       routes={shard: route})
+        for i in range(0, len(texts), 64)]) for shard, route in routes.items()}
+
+
+def combined(probs: dict[int, Any], weights: dict[int, float]) -> Any:
+    """The served aggregate (serve/ensemble.py): the plain mean when the weights are equal."""
+    values = list(weights.values())
+    if all(w == values[0] for w in values):
+        return sum(probs[m] for m in weights) / len(weights)
+    total = math.fsum(values)
+    return sum((w / total) * probs[m] for m, w in weights.items())
+
+
 def serve_all_ways(est: Any, val: Any, test: Any) -> dict[str, dict[str, Any]]:
-    """Test and validation accuracy of what the run serves now, under each weighting."""
+    """Test and validation accuracy of what the run serves now, under each weighting: the
+    shards' probabilities once, combined with each weighting's served weights, and checked
+    against the engine's own predictions on a slice of the test split."""
+    import numpy as np
+
+    data = {"test": test, "val": val}
+    probs = {name: shard_probabilities(est, list(d.texts)) for name, d in data.items()}
     out = {}
     for mode in MODES:
         est.set_serving(ensemble=mode)
-        out[mode] = {"test_accuracy": est.score(test), "val_accuracy": est.score(val),
-                     "weights": {str(m): r.weight for m, r in sorted(est.served().items())}}
+        weights = {m: r.weight for m, r in sorted(est.served().items())}
+        served = est.predict(list(test.texts[:32])).probabilities
+        gap = float(np.abs(served - combined(probs["test"], weights)[:32]).max())
+        assert gap < 1e-5, f"{mode}: the combination differs from what is served by {gap}"
+        out[mode] = {f"{name}_accuracy": float(np.mean(
+            combined(probs[name], weights).argmax(1) == np.asarray(est._map_labels(d))))
+            for name, d in data.items()}
+        out[mode]["weights"] = {str(m): w for m, w in weights.items()}
     est.set_serving(ensemble="mean")
     return out
 
 
-def run_seed(size: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Train once, then forget in steps up to each capacity fraction, serving all ways."""
+def run_seed(size: dict[str, Any], seed: int, reuse: str | None = None) -> dict[str, Any]:
+    """Train once (or open ``reuse``: a run this benchmark trained at the same size and seed,
+    before any deletion), then forget in steps up to each capacity fraction, serving all
+    ways."""
     from bench.scale import splits
     from s3t.config import S3TConfig
     from s3t.engine import S3T
@@ -57,7 +93,15 @@ def run_seed(size: dict[str, Any], seed: int) -> dict[str, Any]:
     m, n_slices, budget = size["shards"], size["slices"], size["budget"]
     config = S3TConfig(model=harness.backbone(), shards=m, slices=n_slices, budget=budget,
                        seed=seed, epochs=size.get("epochs", 3))
-    est = S3T(config, run_dir=harness.tmp_run_dir("ensemble")).fit(train, val, progress=False)
+    train_seconds = None
+    if reuse is not None:
+        est = S3T.load(reuse)
+        if est.config != config or est.status()["deleted"]:
+            raise SystemExit(f"{reuse} is not this seed's run before deletions")
+    else:
+        est = S3T(config, run_dir=harness.tmp_run_dir("ensemble")).fit(train, val,
+                                                                        progress=False)
+        train_seconds = est.last_train["train_seconds"]
     counts = [requests_for(f, m, n_slices, budget) for f in FRACTIONS]
     victims = random.Random(seed).sample(list(train.ids), max(counts))
     checkpoints, done = [], 0
@@ -76,7 +120,7 @@ def run_seed(size: dict[str, Any], seed: int) -> dict[str, Any]:
         shown = " ".join(f"{k} {v['test_accuracy']:.3f}" for k, v in row["modes"].items())
         print(f"seed {seed} {fraction:.0%} of capacity ({n} requests): depths {row['depths']} "
               f"{shown or 'no shard serves'}", flush=True)
-    result = {"seed": seed, "train_seconds": est.last_train["train_seconds"],
+    result = {"seed": seed, "train_seconds": train_seconds, "reused_run": reuse,
               "audit_ok": est.audit().ok, "checkpoints": checkpoints}
     est.close()
     return result
@@ -99,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--reuse-run", default=None,
+                   help="serve this run (trained by this benchmark for the one seed given, "
+                        "same size, no deletion yet; it is changed) instead of training")
     args = p.parse_args(argv)
     size = harness.size_for(args, QUICK, FULL, SMOKE)
     if args.train_size is not None:
@@ -110,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = harness.seeds_for(args, [0], [0, 1, 2])
     prov = harness.provenance(NAME, args.quick, seeds, size)
     harness.print_header(prov)
-    runs = [run_seed(size, seed) for seed in seeds]
+    if args.reuse_run and len(seeds) != 1:
+        raise SystemExit("--reuse-run serves one seed's run: give one --seeds")
+    runs = [run_seed(size, seed, args.reuse_run) for seed in seeds]
     summary = summarize(runs)
     for row in summary.values():
         print(f"{row['fraction']:.0%} ({row['requests']} requests): " + "  ".join(
