@@ -95,7 +95,7 @@ def run_seed(size: dict[str, Any], seed: int, reuse: str | None = None) -> dict[
                        seed=seed, epochs=size.get("epochs", 3))
     train_seconds = None
     if reuse is not None:
-        est = S3T.load(reuse)
+        est = S3T.load(reuse).set_serving(ensemble="mean")
         if est.config != config or est.status()["deleted"]:
             raise SystemExit(f"{reuse} is not this seed's run before deletions")
     else:
