@@ -102,6 +102,9 @@ def run_seed(size: dict[str, Any], seed: int, reuse: str | None = None) -> dict[
         est = S3T(config, run_dir=harness.tmp_run_dir("ensemble")).fit(train, val,
                                                                         progress=False)
         train_seconds = est.last_train["train_seconds"]
+    if size.get("score_size"):
+        n = size["score_size"]
+        test, val = test.subset(range(min(n, len(test)))), val.subset(range(min(n, len(val))))
     counts = [requests_for(f, m, n_slices, budget) for f in FRACTIONS]
     victims = random.Random(seed).sample(list(train.ids), max(counts))
     checkpoints, done = [], 0
@@ -143,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p = harness.parser(__doc__.splitlines()[0])
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--score-size", type=int, default=None,
+                   help="score the first N texts of the test and validation splits only")
     p.add_argument("--reuse-run", default=None,
                    help="serve this run (trained by this benchmark for the one seed given, "
                         "same size, no deletion yet; it is changed) instead of training")
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     harness.print_header(prov)
     if args.reuse_run and len(seeds) != 1:
         raise SystemExit("--reuse-run serves one seed's run: give one --seeds")
+    if args.score_size is not None:
+        size["score_size"] = args.score_size
     runs = [run_seed(size, seed, args.reuse_run) for seed in seeds]
     summary = summarize(runs)
     for row in summary.values():
