@@ -1,4 +1,4 @@
-"""Benchmark 23: weighing shards in the ensemble: mean, depth and validation (issue 28, item 2).
+"""Benchmark 27: weighing shards in the ensemble: mean, depth and validation (issue 28, item 2).
 
 Why: after deletions each shard's route counts the same in the mean, whether it serves a
 stage trained on three slices or on one. ``S3TConfig.ensemble`` weighs a shard by the depth

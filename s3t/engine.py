@@ -296,13 +296,11 @@ class S3T:
 
     # --- forgetting ---------------------------------------------------------------------------
     def set_serve_orderings(self, value: str) -> S3T:
-        """Serve one ordering per shard (``"best"``) or the mean of every surviving one
-        (``"all"``) from now on, without retraining; written to the run card."""
+        """One ordering per shard (``"best"``) or every surviving one (``"all"``)."""
         return self.set_serving(serve_orderings=value)
 
     def set_serving(self, **choices: str) -> S3T:
-        """Change serving choices (``serve_orderings``, ``ensemble``: how shards are weighed)
-        from now on, without retraining; written to the run card."""
+        """Change ``serve_orderings``/``ensemble`` without retraining (written to the card)."""
         run = self._require_fitted()
         if run.set_serving(**choices):
             self.config, self._served = run.config, None

@@ -16,8 +16,7 @@ from s3t.cli.train import CONFIG_FLAGS, DEMO_FLAGS
 from s3t.config import ConfigError, S3TConfig, config_help
 
 FIELDS = [f.name for f in dataclasses.fields(S3TConfig)]
-NOT_ON_THE_COMMAND_LINE = {"weight_decay", "aggregation",  # library-only settings
-                           "ensemble"}  # a serving choice: `s3t configure --ensemble`
+NOT_ON_THE_COMMAND_LINE = {"weight_decay", "aggregation"}  # library-only settings
 
 
 def _squash(text: str) -> str:
@@ -90,6 +89,7 @@ GIVEN = {
     "max_seq_len": (["--max-seq-len", "16"], 16),
     "seed": (["--seed", "7"], 7),
     "serve_orderings": (["--serve-orderings", "best"], "best"),
+    "ensemble": (["--ensemble", "depth"], "depth"),
     "feature_cache": (["--no-cache"], False),
     "feature_cache_dtype": (["--cache-dtype", "float16"], "float16"),
     "feature_cache_memory_gb": (["--cache-memory-gb", "1.5"], 1.5),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from s3t.config import NO_VALIDATION_ENSEMBLE, SERVING_FIELDS, ConfigError, S3TConfig
+from s3t.config import SERVING_FIELDS, S3TConfig
 from s3t.plan.methods import Method
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.run import storage
@@ -29,6 +29,7 @@ from s3t.run.card import (
     card_stamp,
     read_card,
     refuse_existing,
+    serving_config,
     sweep_card_leftovers,
     write_card,
 )
@@ -350,14 +351,9 @@ class Run:
         return chain_summary(self.ledger)
 
     def set_serving(self, **choices: str) -> bool:
-        """Change serving choices (``SERVING_FIELDS``) without retraining, all or nothing: every
-        live stage is exact whichever serve. The card is rewritten atomically under the writer
-        lock; a process with the run open follows at its next read of the routes."""
-        if not set(choices) <= set(SERVING_FIELDS):
-            raise ValueError(f"only {', '.join(SERVING_FIELDS)} change on a trained run")
-        config = S3TConfig.from_dict({**self.config.to_dict(), **choices}).validate()
-        if config.ensemble == "validation" and self.ledger.eval_count() == 0:
-            raise ConfigError("ensemble", NO_VALIDATION_ENSEMBLE)
+        """Change serving choices without retraining (``serving_config``); the card is rewritten
+        atomically under the writer lock; a process with the run open follows (``follow_card``)."""
+        config = serving_config(self.config, choices, self.ledger.eval_count() > 0)
         if config == self.config:
             return False
         info = {**self.info, "config": config.to_dict()}
