@@ -80,6 +80,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               "resurrected (issue 24)", ("backups",), SMOKE),
     Benchmark("retrain_cost", (23,), "a retrain after one deletion against the first training "
               "of its stages, profiled by phase (issue 27)", ("retrain_cost",), SMOKE),
+    Benchmark("ensemble", (27,), "weighing shards: mean, depth, validation, through deletions "
+              "(issue 28)", ("ensemble",), SMOKE),
     Benchmark("gpu", (), "prepared check for a GPU machine: CUDA numeric environment, tiny "
               "run verified", (), ("--smoke",)),
     Benchmark("page_screenshot", (), "the operator page of `s3t serve` in headless Chromium "

@@ -20,10 +20,17 @@ from s3t.plan.placement import PLACEMENTS
 
 AGGREGATIONS = ("mean", "vote")
 SERVE_ORDERINGS = ("best", "all")
+ENSEMBLES = ("mean", "depth", "validation")
+#: Fields that change only how a trained run serves (``s3t configure``), never a stage.
+SERVING_FIELDS = ("serve_orderings", "ensemble")
 CACHE_DTYPES = ("float32", "float16")
 EXECUTORS = ("local", "ray")
 STAGE_STEPS = ("epochs", "equal")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+NO_VALIDATION_ENSEMBLE = ("ensemble 'validation' weighs each shard by its served stages' score on "
+                          "the validation split, but this run has no validation samples: give "
+                          "evaluation data (s3t train --eval-size N or --eval FILE; "
+                          "S3T.fit(data, eval_data)) or use ensemble 'mean' or 'depth'")
 NO_VALIDATION = ("best_epoch selects each stage's weights on the validation split, but this run "
                  "has no validation samples: give evaluation data (s3t train --eval-size N or "
                  "--eval FILE; S3T.fit(data, eval_data)) or turn best_epoch off")
@@ -158,6 +165,17 @@ class S3TConfig:
         "of the adapted layers (about 2.2x the prediction time for budget 3); 'best' is the "
         "cheaper choice. The same with budget 1. Exactness is unchanged, because every served "
         "stage is live and never saw a deleted sample; training is the same either way.")})
+    ensemble: str = dataclasses.field(default="mean", metadata={"help": (
+        f"How much each live shard counts when shards are aggregated, one of "
+        f"{', '.join(ENSEMBLES)}: 'mean' weighs every shard the same; 'depth' weighs a shard by "
+        "the depth of the stage it serves (the slices that stage was trained on), so a shard "
+        "that deletions demoted to a shallow stage counts less; 'validation' weighs it by the "
+        "log-odds over chance of its served stages' accuracy on the validation split, "
+        "log((K-1) acc / (1 - acc)) for K labels (exp(-token loss) for causal LMs), and needs "
+        "validation samples. Weights are recomputed whenever a route changes and are computed "
+        "only from a served stage's depth and validation score, never from deletable data, so "
+        "exactness is unchanged; a serving choice, switchable on a trained run (s3t "
+        "configure).")})
     feature_cache: bool = dataclasses.field(default=True, metadata={"flag": "--no-cache", "help": (
         "Whether to compute the frozen layers' outputs once per sample instead of every batch: much "
         "faster at the cost of memory (see feature_cache_memory_gb), same weights in float32.")})
@@ -226,6 +244,7 @@ class S3TConfig:
                               f"{', '.join(SERVE_ORDERINGS)} ('best': one route per shard; 'all': "
                               "the mean of every live ordering's stage at the shard's deepest "
                               f"depth), got {self.serve_orderings!r}")
+        _check_choice("ensemble", self.ensemble, ENSEMBLES)
         if not _number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("lora_dropout", f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not _number(self.learning_rate) or self.learning_rate <= 0:
@@ -344,10 +363,12 @@ def _number(value: Any) -> bool:
 
 def validation_use(config: S3TConfig) -> str:
     """What a run's validation samples (never deletable) are used for, as status reports it."""
+    weighing = ("; their scores weigh the shards in the ensemble" if config.ensemble == "validation"
+                else "")
     if config.best_epoch:
         return ("model selection: best_epoch keeps each stage's best pass on them, so they "
-                "shape the served weights; also route ties. Never deletable")
-    return "route ties between equally deep stages (not training). Never deletable"
+                f"shape the served weights; also route ties{weighing}. Never deletable")
+    return f"route ties between equally deep stages (not training){weighing}. Never deletable"
 
 
 def config_help(name: str) -> str:

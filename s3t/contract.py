@@ -312,6 +312,8 @@ class ServedRoute(Record):
     depth: int
     prefix: list[int] | None = None
     served_stages: list[str] | None = None
+    weight: float | None = Field(default=None, description="How much the shard counts when "
+                                 "shards are aggregated (the run's ensemble; 1 each with 'mean').")
 
 
 class Job(Record):
@@ -435,6 +437,7 @@ class Status(Record):
     routes: dict[str, ServedRoute | None] = Field(description="Shard -> its route (None: the "
                                                   "shard serves nothing).")
     serve_orderings: str | None = None
+    ensemble: str | None = None
     samples: int
     deleted: int
     live_stages: int

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s3t.config import NO_VALIDATION, ConfigError, S3TConfig
+from s3t.config import NO_VALIDATION, NO_VALIDATION_ENSEMBLE, ConfigError, S3TConfig
 from s3t.data.partition import partition
 from s3t.data.samples import Dataset
 from s3t.models.adapted import AdaptedBackbone, default_model_dir
@@ -123,6 +123,8 @@ class S3T:
             raise ValueError("eval data has no labels")
         if config.best_epoch and (eval_data is None or len(eval_data) == 0):
             raise ConfigError("best_epoch", NO_VALIDATION)
+        if config.ensemble == "validation" and (eval_data is None or len(eval_data) == 0):
+            raise ConfigError("ensemble", NO_VALIDATION_ENSEMBLE)
         if self.run_dir is None:
             self.run_dir, self._owns_tmp = Path(tempfile.mkdtemp(prefix="s3t-run-")), True
         Run.refuse_existing(self.run_dir)
@@ -294,10 +296,13 @@ class S3T:
 
     # --- forgetting ---------------------------------------------------------------------------
     def set_serve_orderings(self, value: str) -> S3T:
-        """Serve one ordering per shard (``"best"``) or the mean of every surviving one
-        (``"all"``) from now on, without retraining; written to the run card."""
+        """One ordering per shard (``"best"``) or every surviving one (``"all"``)."""
+        return self.set_serving(serve_orderings=value)
+
+    def set_serving(self, **choices: str) -> S3T:
+        """Change ``serve_orderings``/``ensemble`` without retraining (written to the card)."""
         run = self._require_fitted()
-        if run.set_serve_orderings(value):
+        if run.set_serving(**choices):
             self.config, self._served = run.config, None
         return self
 

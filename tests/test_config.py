@@ -89,6 +89,7 @@ GIVEN = {
     "max_seq_len": (["--max-seq-len", "16"], 16),
     "seed": (["--seed", "7"], 7),
     "serve_orderings": (["--serve-orderings", "best"], "best"),
+    "ensemble": (["--ensemble", "depth"], "depth"),
     "feature_cache": (["--no-cache"], False),
     "feature_cache_dtype": (["--cache-dtype", "float16"], "float16"),
     "feature_cache_memory_gb": (["--cache-memory-gb", "1.5"], 1.5),

@@ -3,7 +3,7 @@ numeric environment (``numeric``, see ``run/numeric.py``).
 
 Written atomically; read and checked field by field (a card of the wrong shape is a damaged
 run, never a traceback later). Only serving choices may change after a run is created
-(``Run.set_serve_orderings``); a process that has the run open follows such a change at its
+(``Run.set_serving``); a process that has the run open follows such a change at its
 next read of the routes (``card_stamp``), so a running server picks up ``s3t configure``.
 """
 
@@ -16,7 +16,7 @@ import re
 import stat
 from pathlib import Path
 
-from s3t.config import S3TConfig
+from s3t.config import NO_VALIDATION_ENSEMBLE, SERVING_FIELDS, ConfigError, S3TConfig
 from s3t.run.files import fsync_dir, refuse_links, sha256_file
 from s3t.run.numeric import LEGACY, NumericEnv
 
@@ -67,7 +67,8 @@ class NotARunError(FileNotFoundError):
 #: Config fields whose default changed after runs were written: a card without the field was
 #: written, and served, under the old default, so it keeps that value.
 #: ``torch_threads`` 0: the process's own count, as such runs trained (``run/numeric.py``).
-DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best", "torch_threads": 0}
+#: ``ensemble`` 'mean': runs before the field served every shard with the same weight.
+DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best", "torch_threads": 0, "ensemble": "mean"}
 
 
 def read_card(run_file: Path) -> tuple[dict, S3TConfig]:
@@ -109,6 +110,17 @@ def read_card(run_file: Path) -> tuple[dict, S3TConfig]:
     if problem is not None:
         raise NotARunError(f"{run_file} is damaged: {problem}")
     return info, config
+
+
+def serving_config(config: S3TConfig, choices: dict[str, str], has_validation: bool) -> S3TConfig:
+    """``config`` with serving choices changed (``SERVING_FIELDS``: every live stage is exact
+    whichever serve, however the shards are weighed), checked: all or nothing."""
+    if not set(choices) <= set(SERVING_FIELDS):
+        raise ValueError(f"only {', '.join(SERVING_FIELDS)} change on a trained run")
+    changed = S3TConfig.from_dict({**config.to_dict(), **choices}).validate()
+    if changed.ensemble == "validation" and not has_validation:
+        raise ConfigError("ensemble", NO_VALIDATION_ENSEMBLE)
+    return changed
 
 
 def card_numeric(info: dict) -> NumericEnv:

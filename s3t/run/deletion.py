@@ -141,7 +141,8 @@ def plan_forget(ledger: Ledger, request: DeletionRequest) -> ForgetPlan:
         raise ValidationSampleError(
             f"validation samples cannot be forgotten: {_shown(validation)}. They are never "
             "deletable because every stage's validation score (which picks routes among equally "
-            "deep stages) was computed on them; to remove one, train a new run without it "
+            "deep stages, and with ensemble 'validation' weighs the shards) was computed on "
+            "them; to remove one, train a new run without it "
             "(s3t train --eval FILE without that sample); nothing was deleted")
     if unknown:
         raise UnknownSamplesError(f"unknown sample ids: {_shown(unknown)}; nothing was deleted")

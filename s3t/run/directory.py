@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from s3t.config import S3TConfig
+from s3t.config import SERVING_FIELDS, S3TConfig
 from s3t.plan.methods import Method
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.run import storage
@@ -29,6 +29,7 @@ from s3t.run.card import (
     card_stamp,
     read_card,
     refuse_existing,
+    serving_config,
     sweep_card_leftovers,
     write_card,
 )
@@ -349,12 +350,10 @@ class Run:
         head and whether the chain is intact (``s3t certificates``)."""
         return chain_summary(self.ledger)
 
-    def set_serve_orderings(self, value: str) -> bool:
-        """Switch what the run serves between ``"best"`` and ``"all"`` without retraining (a
-        serving choice: every live stage is exact either way); the run card is rewritten
-        atomically under the writer lock. Returns whether it changed. Processes that have the
-        run open (a server) follow at their next read of the routes (``follow_card``)."""
-        config = dataclasses.replace(self.config, serve_orderings=value).validate()
+    def set_serving(self, **choices: str) -> bool:
+        """Change serving choices without retraining (``serving_config``); the card is rewritten
+        atomically under the writer lock; a process with the run open follows (``follow_card``)."""
+        config = serving_config(self.config, choices, self.ledger.eval_count() > 0)
         if config == self.config:
             return False
         info = {**self.info, "config": config.to_dict()}
@@ -377,9 +376,10 @@ class Run:
             _, card = read_card(self.path / RUN_FILE)
         except NotARunError:
             return False
-        if card.serve_orderings == self.config.serve_orderings:
+        chosen = {name: getattr(card, name) for name in SERVING_FIELDS}
+        if all(getattr(self.config, name) == value for name, value in chosen.items()):
             return False
-        config = dataclasses.replace(self.config, serve_orderings=card.serve_orderings)
+        config = dataclasses.replace(self.config, **chosen)
         self.info, self.config = {**self.info, "config": config.to_dict()}, config
         return True
 
@@ -390,7 +390,7 @@ class Run:
 
     def status(self) -> dict:
         self.follow_card()
-        return run_status(self.path, self.config, self.ledger)
+        return run_status(self.path, self.config, self.ledger, len(self.label_names), self.task)
 
     # A ``with`` block closes the run: a command that opens one never leaves it to the GC.
     def __enter__(self) -> Run:

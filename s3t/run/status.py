@@ -8,15 +8,19 @@ from pathlib import Path
 from s3t.config import S3TConfig, validation_use
 from s3t.run.ledger import Ledger
 from s3t.run.stages import served_stages
+from s3t.run.weighting import shard_weights
 
 
-def run_status(path: Path, config: S3TConfig, ledger: Ledger) -> dict:
-    """The status record of the run at ``path`` (its config and ledger)."""
+def run_status(path: Path, config: S3TConfig, ledger: Ledger, n_labels: int = 0,
+               task: str = "classification") -> dict:
+    """The status record of the run at ``path`` (its config and ledger; ``n_labels`` and
+    ``task`` for the shards' ``validation`` weights)."""
     records = {r.key: r for r in ledger.stages(None)}
     routes = ledger.routes()
     total, deleted = ledger.counts()
     depths = [records[k].depth if k else 0 for k in routes.values()]
     served = served_stages(routes, records, config.serve_orderings)
+    weights = shard_weights(served, records, config.ensemble, n_labels, ledger.eval_count(), task)
     return {
         "run_dir": str(path),
         "shards": config.shards, "slices": config.slices,
@@ -24,10 +28,11 @@ def run_status(path: Path, config: S3TConfig, ledger: Ledger) -> dict:
         "live_shards": sum(k is not None for k in routes.values()),
         "routes": {str(m): None if k is None else
                    {"stage": k, "depth": records[k].depth, "prefix": list(records[k].prefix),
+                    "weight": weights[m],
                     **({"served_stages": served[m]} if config.serve_orderings == "all"
                        else {})}
                    for m, k in routes.items()},
-        "serve_orderings": config.serve_orderings,
+        "serve_orderings": config.serve_orderings, "ensemble": config.ensemble,
         "samples": total, "deleted": deleted,
         "live_stages": sum(r.status == "live" for r in records.values()),
         "erased_stages": sum(r.status == "erased" for r in records.values()),

@@ -15,7 +15,9 @@ Tokenizers are not safe to call from several threads at once: encoding takes a l
 
 A shard may serve several stages (``serve_orderings='all'``): its route carries the others
 as ``peers``, materialised the same way, and the shard's output is the mean of its members'
-probabilities before shards are aggregated (each shard weighs the same).
+probabilities before shards are aggregated. Shards are aggregated with their routes'
+``weight`` (``S3TConfig.ensemble``, computed by ``run/weighting.py`` from the served stages'
+depth and validation score): equal weights give exactly the plain mean of before.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class ServedRoute:
     head_model: nn.Module | None = field(default=None, repr=False, compare=False)
     # serve_orderings 'all': the shard's other live stages as deep as this one, served with it
     peers: tuple[ServedRoute, ...] = field(default=(), repr=False, compare=False)
+    # how much the shard counts when shards are aggregated (S3TConfig.ensemble; 1: the mean)
+    weight: float = 1.0
 
     @property
     def depth(self) -> int:
@@ -60,6 +64,16 @@ class ServedRoute:
     def members(self) -> tuple[ServedRoute, ...]:
         """Every stage the shard serves: this route, then its peers."""
         return (self, *self.peers)
+
+
+def shard_shares(served: Sequence[ServedRoute]) -> list[float] | None:
+    """Each route's share of the aggregate (its weight over the sum), or None when every
+    weight is the same: the plain mean, computed as before (bitwise)."""
+    weights = [route.weight for route in served]
+    if all(w == weights[0] for w in weights):
+        return None
+    total = math.fsum(weights)
+    return [w / total for w in weights]
 
 
 def pretrained_view(layer: nn.Module) -> nn.Module:
@@ -135,28 +149,32 @@ class Ensemble:
         self.tokenizer_lock = threading.Lock()
 
     def update(self, chains: Mapping[int, tuple[str, Sequence[StageWeights]]],
-               peers: Mapping[int, Sequence[tuple[str, Sequence[StageWeights]]]] | None = None
-               ) -> None:
+               peers: Mapping[int, Sequence[tuple[str, Sequence[StageWeights]]]] | None = None,
+               weights: Mapping[int, float] | None = None) -> None:
         """Materialise changed routes (``chains``: shard -> route key and chain; ``peers``:
-        shard -> the other stages it serves with its route, serve_orderings 'all'); keep the
-        stages already materialised; swap the whole set at once.
+        shard -> the other stages it serves with its route, serve_orderings 'all'; ``weights``:
+        shard -> how much it counts, 1 where absent); keep the stages already materialised;
+        swap the whole set at once.
         Loads weights into the backbone: one caller at a time (model calls may run)."""
-        peers = peers or {}
+        peers, weights = peers or {}, weights or {}
         known = {member.stage: member for route in self.routes.values()
                  for member in route.members}
         fresh: dict[int, ServedRoute] = {}
         for shard, (key, chain) in chains.items():
             wanted = [k for k, _ in peers.get(shard, ())]
             current = self.routes.get(shard)
+            weight = float(weights.get(shard, 1.0))
             if current is not None and current.stage == key and \
                     [p.stage for p in current.peers] == wanted:
-                fresh[shard] = current
+                fresh[shard] = current if current.weight == weight else \
+                    dataclasses.replace(current, weight=weight)
                 continue
             route = self._materialise(key, chain, known)
             group = tuple(self._materialise(k, c, known) for k, c in peers.get(shard, ()))
             if group:  # _materialise returns stages alone
                 route = dataclasses.replace(route, peers=group)
-            fresh[shard] = route
+            fresh[shard] = route if route.weight == weight else \
+                dataclasses.replace(route, weight=weight)
         self.routes = fresh
 
     def _materialise(self, key: str, chain: Sequence[StageWeights],
@@ -164,7 +182,8 @@ class Ensemble:
         """Stage ``key`` served alone (no peers): reused if materialised, else built."""
         if key in known:
             done = known[key]
-            return done if not done.peers else dataclasses.replace(done, peers=())
+            return done if not done.peers and done.weight == 1.0 else \
+                dataclasses.replace(done, peers=(), weight=1.0)
         backbone = self.backbone
         backbone.load_route(list(chain), self.method)
         active = self.method.active_groups(len(chain))
@@ -215,16 +234,18 @@ class Ensemble:
     @torch.no_grad()
     def predict_proba(self, inputs: list, vote: bool, n_labels: int,
                       routes: Mapping[int, ServedRoute] | None = None) -> np.ndarray:
-        """Mean class probabilities of ``routes`` (default: those served now, one snapshot);
-        a shard with peers contributes the mean of its members' probabilities (with
-        ``vote``: that mean's most likely class)."""
+        """Class probabilities of ``routes`` (default: those served now, one snapshot)
+        averaged over shards with the routes' weights (equal weights: the plain mean); a
+        shard with peers contributes the mean of its members' probabilities (with ``vote``:
+        that mean's most likely class)."""
         served = list((self.routes if routes is None else routes).values())
         batch = self.encode(inputs)
         mask = batch["attention_mask"]
         bounds = self.boundaries(batch, top_group=self._top_group(served))
         family = self.backbone.family
         out = np.zeros((len(inputs), n_labels))
-        for route in served:
+        shares = shard_shares(served)
+        for i, route in enumerate(served):
             shard: torch.Tensor | None = None
             for member in route.members:
                 hidden = family.apply_layers_for_head(member.layers, bounds[member.active], mask)
@@ -235,8 +256,11 @@ class Ensemble:
                 shard = shard / len(route.members)
             if vote:
                 shard = nn.functional.one_hot(shard.argmax(-1), n_labels).double()
-            out += shard.numpy()
-        return out / len(served)
+            if shares is None:
+                out += shard.numpy()
+            else:
+                out += shares[i] * shard.numpy()
+        return out / len(served) if shares is None else out
 
     # --- causal language models -------------------------------------------------------------
     @torch.no_grad()
@@ -266,9 +290,27 @@ class Ensemble:
 
     def next_token_probs(self, batch: dict[str, torch.Tensor],
                          routes: Mapping[int, ServedRoute] | None = None) -> torch.Tensor:
-        """Mean over live shards of their next-token probabilities, (B, vocab)."""
+        """Live shards' next-token probabilities averaged with their routes' weights (equal
+        weights: the plain mean), (B, vocab)."""
+        routes = dict(self.routes if routes is None else routes)
         per_route = self.route_next_token_probs(batch, routes)
-        return torch.stack(list(per_route.values())).mean(dim=0)
+        stacked = torch.stack([per_route[m] for m in routes])
+        shares = shard_shares(list(routes.values()))
+        if shares is None:
+            return stacked.mean(dim=0)
+        return (stacked * torch.tensor(shares, dtype=stacked.dtype)[:, None, None]).sum(dim=0)
+
+    @staticmethod
+    def mixture_log_probs(per_route: Mapping[int, torch.Tensor],
+                          routes: Mapping[int, ServedRoute]) -> torch.Tensor:
+        """The log of the shards' probabilities (``per_route``: shard -> log-probabilities,
+        as ``token_log_probs`` gives) averaged with their routes' weights."""
+        stacked = torch.stack([per_route[m] for m in routes])
+        shares = shard_shares(list(routes.values()))
+        if shares is None:
+            return torch.logsumexp(stacked, dim=0) - math.log(len(routes))
+        logs = torch.log(torch.tensor(shares, dtype=stacked.dtype))
+        return torch.logsumexp(stacked + logs[:, None], dim=0)
 
     @torch.no_grad()
     def token_log_probs(self, batch: dict[str, torch.Tensor],

@@ -7,6 +7,8 @@ one) and exposes what is served as a
 read-only mapping of :class:`ServedRoute` (stage key, chain, weights, merged layers). With
 ``serve_orderings='all'`` each shard's route carries, as ``peers``, the shard's other live
 stages at the route's depth (``served_stages``), and the shard serves the mean of them all.
+Each route carries its shard's weight in the aggregate (``S3TConfig.ensemble``,
+``run/weighting.py``), recomputed with the routes whenever the ledger or the card changes.
 
 Thread-safe: a call takes one snapshot of the routes (refreshing them under a lock if the
 ledger changed) and computes with that snapshot alone, never touching the shared backbone
@@ -27,6 +29,7 @@ from s3t.models.adapted import AdaptedBackbone
 from s3t.models.stage_weights import StageWeights, WeightBank
 from s3t.run.directory import NoLiveShardError, Run
 from s3t.run.stages import StageRecord, lineage_chain, served_stages
+from s3t.run.weighting import shard_weights
 from s3t.serve.ensemble import Ensemble, ServedRoute, length_chunks
 
 
@@ -71,14 +74,17 @@ class ServedModel:
             if card_changed or stamp != self._stamp:
                 records = {r.key: r for r in self.run.ledger.stages(None)}
                 self.bank.keep_only(k for k, r in records.items() if r.status == "live")
-                served = served_stages(self.run.ledger.routes(), records,
-                                       self.run.config.serve_orderings)
+                config = self.run.config
+                served = served_stages(self.run.ledger.routes(), records, config.serve_orderings)
+                weights = shard_weights(served, records, config.ensemble,
+                                        len(self.run.label_names), self.run.ledger.eval_count(),
+                                        self.run.task)
                 chains, peers = {}, {}
                 for shard, (key, *others) in sorted(served.items()):
                     chains[shard] = (key, self._chain(key, records))
                     if others:
                         peers[shard] = [(k, self._chain(k, records)) for k in others]
-                self.ensemble.update(chains, peers)
+                self.ensemble.update(chains, peers, weights)
                 self._stamp = stamp
             return MappingProxyType(self.ensemble.routes)
 
@@ -183,7 +189,8 @@ class ServedModel:
 
     def evaluate_lm(self, texts: Sequence[str], batch_size: int = 8) -> dict:
         """Mean token loss and perplexity on held-out instruction data (response tokens only),
-        for the ensemble (mean of the live routes' probabilities) and for each route alone."""
+        for the ensemble (the live routes' probabilities averaged with their weights) and for
+        each route alone."""
         routes = dict(self._ready("causal_lm"))
         live = len(routes)
         if not texts:
@@ -193,8 +200,7 @@ class ServedModel:
         for start in range(0, len(texts), batch_size):
             batch = self.ensemble.encode(list(texts[start:start + batch_size]))
             per_route = self.ensemble.token_log_probs(batch, routes)
-            stacked = torch.stack([per_route[m] for m in routes])
-            mixed = torch.logsumexp(stacked, dim=0) - np.log(len(routes))
+            mixed = self.ensemble.mixture_log_probs(per_route, routes)
             nll -= float(mixed.sum())
             count += int(mixed.numel())
             for m in routes:
