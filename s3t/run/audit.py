@@ -164,7 +164,7 @@ def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
         violations.append("the ledger's write-ahead log may still hold deleted inputs: another "
                           "process keeps a read transaction open; close it and audit again")
 
-    certificates = ledger.certificates()
+    certificates = ledger.stored_certificates()
     erased_by_certificate = _erased_by_certificate(certificates)
     current = ledger.slice_versions()
     records = {r.key: r for r in ledger.stages(None)}
@@ -283,7 +283,7 @@ def quarantine_damaged(ledger: Ledger, store: StageStore, n_shards: int,
     and erase it; return their keys. Their descendants stop serving too (routes need a live
     chain)."""
     deleted_by_cell = _deleted_by_cell(ledger.deleted_samples())
-    erased_by_certificate = _erased_by_certificate(ledger.certificates())
+    erased_by_certificate = _erased_by_certificate(ledger.stored_certificates())
     current, marks = ledger.slice_versions(), ledger.erased_marks()
     signatures = None if public_key is None else (public_key, ledger.stage_signatures())
     damaged = [record for record in ledger.stages("live")
