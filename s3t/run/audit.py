@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from s3t.run.certificate import Certificate, CertificateRecordError
 from s3t.run.certificates import file_problems
 from s3t.run.chain import RESTORE, chain_problems
 from s3t.run.files import META_FILE, FeatureFiles, IntegrityError, StageStore, tree_summary
@@ -263,6 +264,11 @@ def _deletion_log_problems(ledger: Ledger, certificates: list[dict],
     counted = ledger.deletion_requests()
     for certificate in certificates:
         request_id = str(certificate.get("request_id"))
+        try:
+            Certificate.from_dict(certificate)
+        except CertificateRecordError as err:  # the run's own steps cannot read it either
+            problems.append(f"certificate {request_id} is not a certificate record ({err}); "
+                            f"{RESTORE}")
         listed = len(certificate.get("samples", []))
         if counted.get(request_id, 0) != listed:
             problems.append(f"certificate {request_id} lists {listed} deleted samples but the "

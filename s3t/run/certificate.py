@@ -70,7 +70,7 @@ def _of(d: Mapping, name: str, kind: type, want: str) -> Any:
 def _strs(d: Mapping, name: str, optional: bool = False) -> Any:
     if optional and name not in d:
         return None
-    value = d.get(name)
+    value: Any = d.get(name)
     _check(isinstance(value, list) and all(isinstance(v, str) for v in value), name,
            "a list of strings", value)
     return tuple(value)
@@ -88,7 +88,7 @@ def _nested(name: str, parse: Callable[[Any], Any], value: object) -> Any:
 
 
 def _routes(d: Mapping, name: str) -> dict[str, str | None]:
-    value = d.get(name)
+    value: Any = d.get(name)
     _check(isinstance(value, dict) and all(v is None or isinstance(v, str)
                                            for v in value.values()),
            name, "an object of shard -> stage key or null", value)
@@ -187,7 +187,7 @@ class Restore:
                "backup_chain_head", "{sequence, sha256}", d.get("backup_chain_head"))
         assert head is not None
         _check("replay_source" in d, "replay_source", "present", None)
-        replayed = d.get("replayed")
+        replayed: Any = d.get("replayed")
         _check(isinstance(replayed, list), "replayed", "a list", replayed)
         return cls(_str(d, "kind"), head, _str(d, "replay_source", nullable=True),
                    tuple(_nested("replayed", ReplayedDeletion.from_dict, r) for r in replayed),
