@@ -26,11 +26,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from s3t.run.chain import ChainHead, certificate_sha256
+from s3t.run.chain import ChainHead, DeletionLogError, certificate_sha256
 
 
-class CertificateRecordError(ValueError):
-    """A stored certificate lacks a field or holds one of the wrong type."""
+class CertificateRecordError(DeletionLogError):
+    """A stored certificate lacks a field or holds one of the wrong type: the deletion log
+    was altered (the run's own steps refuse it; audit reports it)."""
 
 
 def _check(ok: bool, name: str, want: str, value: object) -> None:
