@@ -309,9 +309,8 @@ class Run:
                client_key: str | None = None, subject: SubjectOpening | None = None,
                x_request_id: str | None = None) -> tuple[ForgetPlan, dict]:
         """Delete exactly (``s3t.run.forget``: ``client_key``, the idempotency key, and
-        ``x_request_id``, the caller's log id, go into the certificate; ``plan.replay``:
-        answered as a replay; ``subject``: an erasure request the ledger tracks); the
-        certificate as JSON."""
+        ``x_request_id``, the caller's log id, go into the certificate (returned as JSON);
+        ``plan.replay``: answered as a replay; ``subject``: an erasure request)."""
         if isinstance(sample_ids, str):
             sample_ids = [sample_ids]
         if isinstance(groups, str):
