@@ -106,7 +106,7 @@ def test_the_certificate_carries_the_client_request_id_and_the_x_request_id(run_
     try:
         _, plain = run.forget(sample_ids=[third])
         assert "client_request_id" not in plain and "x_request_id" not in plain
-        stored = run.ledger.certificate(keyed["request_id"])
+        stored = run.ledger.certificate(keyed["request_id"]).to_dict()
         assert run.audit().ok
         edited = dict(stored, client_request_id="ticket-4712")
         assert certificate_sha256(edited) != certificate_sha256(stored)  # inside the link
