@@ -123,3 +123,15 @@ def test_the_http_contract_mirrors_the_record_field_by_field():
         answered = contract.Certificate.model_validate(stored)
         assert answered.model_dump(mode="json", exclude_unset=True) == \
             Certificate.from_dict(stored).to_dict()
+
+
+def test_the_callers_request_ids_sit_after_live_shards_inside_the_chained_part():
+    """As the ledger writes them since client_request_id/x_request_id exist."""
+    stored = json.loads(ROWS[0])
+    at = list(stored).index("live_shards") + 1
+    items = list(stored.items())
+    keyed = dict(items[:at] + [("client_request_id", "ticket-7"), ("x_request_id", "abc")]
+                 + items[at:])
+    record = Certificate.from_dict(keyed)
+    assert record.to_json() == json.dumps(keyed)
+    assert record.sha256() == certificate_sha256(keyed) != Certificate.from_json(ROWS[0]).sha256()
