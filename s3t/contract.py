@@ -211,6 +211,8 @@ class CertificateSignature(Record):
                                 "certificate without `signature`, once its outcome is written.")
 
 
+# Mirrors the run's record, s3t.run.certificate.Certificate (which this module may not import):
+# tests/test_certificate_record.py checks the two agree field by field.
 class Certificate(Record):
     """The receipt of one deletion request: what was deleted, which stages were erased, the
     routes before and after, its place in the hash chain, and its outcome."""

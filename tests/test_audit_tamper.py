@@ -313,6 +313,18 @@ def test_certificate_files_edited_missing_or_unknown_are_reported(run_dir):
     assert json.loads(edited.read_text()) == first
 
 
+def test_an_outcome_field_of_the_wrong_type_in_row_and_file_is_reported(run_dir):
+    """Outcome fields are outside the chain digest, so on an unsigned run only the record's
+    types catch `files_erased: "yes"` written consistently into the ledger and the file;
+    the run still opens (its own steps never read a record they cannot type)."""
+    first, _, _ = three_deletions(run_dir)
+    edited = {**first, "files_erased": "yes"}
+    sql(run_dir, "UPDATE deletions SET certificate = ? WHERE request_id = ?",
+        (json.dumps(edited), first["request_id"]))
+    (run_dir / "certificates" / f"{first['request_id']}.json").write_text(json.dumps(edited))
+    only(violations(run_dir), first["request_id"], "not a certificate record", "`files_erased`")
+
+
 def test_a_crash_after_the_commit_keeps_the_chain_and_a_reissue_does_not_extend_it(run_dir):
     victim = sample_in(run_dir, 0, 1)
     crashed = s3t("forget", run_dir, "--ids", victim, "--json", fault="forget:after-commit")

@@ -295,7 +295,7 @@ def test_the_states_are_written_with_the_deletion_or_not_at_all(trained, tmp_pat
             assert (found is not None) == recorded
             if recorded:
                 assert found["state"] == "exact" and found["callbacks_pending"] == 2
-                assert ledger.certificate(found["request_id"])["samples"] == victim
+                assert list(ledger.certificate(found["request_id"]).samples) == victim
         finally:
             ledger.close()
 

@@ -144,7 +144,7 @@ def test_forget_group_deletes_all_members_and_writes_certificate(fitted):
     assert len(cert["cells"]) == 1, "a group lives in one slice"
     saved = json.loads((est.run_dir / "certificates" / f"{cert['request_id']}.json").read_text())
     assert saved == cert
-    assert est.ledger.certificates()[-1] == cert
+    assert est.ledger.certificates()[-1].to_dict() == cert
     assert set(cert) >= {"request_id", "time", "samples", "cells", "erased_stages",
                          "routes_before", "routes_after", "duration_ms"}
 

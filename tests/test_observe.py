@@ -106,7 +106,7 @@ def test_the_certificate_carries_the_client_request_id_and_the_x_request_id(run_
     try:
         _, plain = run.forget(sample_ids=[third])
         assert "client_request_id" not in plain and "x_request_id" not in plain
-        stored = run.ledger.certificate(keyed["request_id"])
+        stored = run.ledger.certificate(keyed["request_id"]).to_dict()
         assert run.audit().ok
         edited = dict(stored, client_request_id="ticket-4712")
         assert certificate_sha256(edited) != certificate_sha256(stored)  # inside the link
@@ -299,6 +299,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def test_timeline_replays_routing_from_commit_times_and_certificates():
+    from s3t.run.certificate import Certificate
     from s3t.run.stages import StageRecord
     from s3t.run.timeline import timeline
 
@@ -311,8 +312,9 @@ def test_timeline_replays_routing_from_commit_times_and_certificates():
               stage("b", 1, (1,)), stage("q", 1, (1, 0), "erased", "b"),  # q: quarantined
               stage("a2", 0, (0,))]
     created = {"a": t(1), "ab": t(2), "b": t(3), "q": t(4), "a2": t(6)}
-    certificate = {"request_id": "r1", "time": t(5), "samples": ["s1", "s2"],
-                   "erased_stages": ["a", "ab"], "routes_after": {"0": None, "1": "b"}}
+    certificate = Certificate(request_id="r1", time=t(5), samples=("s1", "s2"),
+                              erased_stages=("a", "ab"), routes_before={},
+                              routes_after={"0": None, "1": "b"}, live_shards=1)
     points = timeline(stages, created, [certificate], n_shards=2, slices=2)
     assert [(p["event"], p["capacity"], p["live_shards"], p["deletion_requests"], p["deleted"])
             for p in points] == [

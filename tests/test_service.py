@@ -223,7 +223,8 @@ def test_the_log_names_client_request_ids_and_the_status_the_last_audit_and_its_
 
         ledger = Run.open(run_copy, repair=False).ledger  # an edit outside s3t
         try:
-            tampered = {**ledger.certificate(one["request_id"]), "time": "2000-01-01T00:00:00Z"}
+            tampered = {**ledger.certificate(one["request_id"]).to_dict(),
+                        "time": "2000-01-01T00:00:00Z"}
             with ledger.transaction():
                 ledger.conn.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
                                     (json.dumps(tampered), one["request_id"]))

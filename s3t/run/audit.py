@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from s3t.run.certificate import Certificate, CertificateRecordError
 from s3t.run.certificates import file_problems
 from s3t.run.chain import RESTORE, chain_problems
 from s3t.run.files import META_FILE, FeatureFiles, IntegrityError, StageStore, tree_summary
@@ -164,7 +165,7 @@ def audit(ledger: Ledger, store: StageStore, features: FeatureFiles | None = Non
         violations.append("the ledger's write-ahead log may still hold deleted inputs: another "
                           "process keeps a read transaction open; close it and audit again")
 
-    certificates = ledger.certificates()
+    certificates = ledger.stored_certificates()
     erased_by_certificate = _erased_by_certificate(certificates)
     current = ledger.slice_versions()
     records = {r.key: r for r in ledger.stages(None)}
@@ -263,6 +264,11 @@ def _deletion_log_problems(ledger: Ledger, certificates: list[dict],
     counted = ledger.deletion_requests()
     for certificate in certificates:
         request_id = str(certificate.get("request_id"))
+        try:
+            Certificate.from_dict(certificate)
+        except CertificateRecordError as err:  # the run's own steps cannot read it either
+            problems.append(f"certificate {request_id} is not a certificate record ({err}); "
+                            f"{RESTORE}")
         listed = len(certificate.get("samples", []))
         if counted.get(request_id, 0) != listed:
             problems.append(f"certificate {request_id} lists {listed} deleted samples but the "
@@ -283,7 +289,7 @@ def quarantine_damaged(ledger: Ledger, store: StageStore, n_shards: int,
     and erase it; return their keys. Their descendants stop serving too (routes need a live
     chain)."""
     deleted_by_cell = _deleted_by_cell(ledger.deleted_samples())
-    erased_by_certificate = _erased_by_certificate(ledger.certificates())
+    erased_by_certificate = _erased_by_certificate(ledger.stored_certificates())
     current, marks = ledger.slice_versions(), ledger.erased_marks()
     signatures = None if public_key is None else (public_key, ledger.stage_signatures())
     damaged = [record for record in ledger.stages("live")

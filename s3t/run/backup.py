@@ -30,7 +30,13 @@ import uuid
 from pathlib import Path
 
 from s3t.run.card import RUN_FILE
-from s3t.run.certificates import CHAIN_FILE, restore_certificates, write_json_atomic
+from s3t.run.certificate import Certificate, CertificateRecordError, ReplayedDeletion, Restore
+from s3t.run.certificates import (
+    CHAIN_FILE,
+    restore_certificates,
+    write_certificate,
+    write_json_atomic,
+)
 from s3t.run.chain import ChainHead, certificate_sha256
 from s3t.run.directory import Run
 from s3t.run.files import IntegrityError
@@ -113,9 +119,11 @@ def replay_source(source: Path) -> list[dict]:
     return sorted(found, key=lambda c: c["sequence"])
 
 
-def to_replay(certificates: list[dict], head: ChainHead, public: str | None) -> list[dict]:
+def to_replay(certificates: list[dict], head: ChainHead, public: str | None
+              ) -> list[Certificate]:
     """The certificates after ``head``, checked: the source holds the head itself, and every
-    later certificate links to the one before it (and is signed, on a signed run)."""
+    later certificate links to the one before it (and is signed, on a signed run), and reads
+    as a certificate."""
     by_sequence = {c["sequence"]: c for c in certificates}
     if head.sequence > 0:
         at_head = by_sequence.get(head.sequence)
@@ -136,7 +144,10 @@ def to_replay(certificates: list[dict], head: ChainHead, public: str | None) -> 
             raise RestoreError(f"replay source: {certificate_problems(public, certificate)[0]}"
                                "; nothing was restored")
         previous = certificate_sha256(certificate)
-    return later
+    try:
+        return [Certificate.from_dict(c) for c in later]
+    except CertificateRecordError as err:
+        raise RestoreError(f"replay source: {err}; nothing was restored") from None
 
 
 def restore(backup_dir: Path, target: Path, replay_from: Path | None, no_replay: bool = False,
@@ -175,45 +186,43 @@ def restore(backup_dir: Path, target: Path, replay_from: Path | None, no_replay:
     return {"run_dir": str(target), **summary}
 
 
-def _replay(staging: Path, replay: list[dict], head: ChainHead, source: Path | None,
+def _replay(staging: Path, replay: list[Certificate], head: ChainHead, source: Path | None,
             signing_key: str | None) -> dict:
     run = Run.open(staging)
     run.signing_key_path = signing_key
     try:
         replayed = []
         for original in replay:
-            ids = [str(i) for i in original.get("samples", [])]
-            if not ids:
+            ids = list(original.samples)
+            if not ids or original.sequence is None:
                 continue
             _, certificate = run.forget(sample_ids=ids)
-            replayed.append({"request_id": original.get("request_id"),
-                             "sequence": original["sequence"],
-                             "sha256": certificate_sha256(original),
-                             "samples": len(ids), "replayed_as": certificate["request_id"]})
-        request_id, time = uuid.uuid4().hex, now()
+            replayed.append(ReplayedDeletion(
+                request_id=original.request_id, sequence=original.sequence,
+                sha256=original.sha256(), samples=len(ids),
+                replayed_as=certificate["request_id"]))
         routes = {str(k): v for k, v in run.ledger.routes().items()}
-        record: dict = {"request_id": request_id, "time": time, "samples": [],
-                        "erased_stages": [], "routes_before": routes, "routes_after": routes,
-                        "live_shards": sum(v is not None for v in routes.values()),
-                  "kind": "restore" if source is not None else "restore-gap",
-                  "backup_chain_head": head.to_meta(),
-                  "replay_source": None if source is None else str(source),
-                  "replayed": replayed}
-        if source is None:
-            record["gap"] = (f"restored without replay: deletions acknowledged after the "
-                             f"backup's chain head (#{head.sequence}) were not re-applied and "
-                             "their samples may be back")
+        gap = None if source is not None else (
+            f"restored without replay: deletions acknowledged after the backup's chain head "
+            f"(#{head.sequence}) were not re-applied and their samples may be back")
+        record = Certificate(
+            request_id=uuid.uuid4().hex, time=now(), samples=(), erased_stages=(),
+            routes_before=routes, routes_after=routes,
+            live_shards=sum(v is not None for v in routes.values()),
+            restore=Restore(kind="restore" if source is not None else "restore-gap",
+                            backup_chain_head=head,
+                            replay_source=None if source is None else str(source),
+                            replayed=tuple(replayed), gap=gap))
         signer = run.signer()
         with run.ledger.transaction():
-            run.ledger.record_deletion(request_id, time, record,
-                                       seal=None if signer is None else signer.seal_certificate)
-        write_json_atomic(run.certificates_dir / f"{request_id}.json", record,
-                          fault=False)
+            record = run.ledger.record_deletion(
+                record, seal=None if signer is None else signer.seal_record)
+        write_certificate(run.certificates_dir, record, fault=False)
         report = run.audit()
         if not report.ok:
             raise RestoreError("the restored run fails its audit, so it was not put in place: "
                                + "; ".join(report.violations[:3]))
         return {"replayed": len(replayed), "samples_deleted_again":
-                sum(r["samples"] for r in replayed), "certificate": record}
+                sum(r.samples for r in replayed), "certificate": record.to_dict()}
     finally:
         run.close()

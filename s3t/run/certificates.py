@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from s3t.run.certificate import Certificate, CertificateRecordError
 from s3t.run.chain import OUTCOME_FIELDS, certificate_sha256, chain_problems
 from s3t.run.faults import fault_point
 from s3t.run.files import process_alive
@@ -53,6 +54,13 @@ def write_json_atomic(path: Path, payload: dict, fault: bool = True,
     return True
 
 
+def write_certificate(certificates_dir: Path, certificate: Certificate, fault: bool = True,
+                      replace: bool = True, sync: bool = True) -> bool:
+    """``certificates_dir/<request-id>.json`` (``write_json_atomic``)."""
+    return write_json_atomic(certificates_dir / f"{certificate.request_id}.json",
+                             certificate.to_dict(), fault=fault, replace=replace, sync=sync)
+
+
 def _writer_gone(tmp: Path) -> bool:
     pid = tmp.name.rsplit(_TMP, 1)[-1].split("-")[0]
     return not pid.isdigit() or not process_alive(int(pid))
@@ -75,8 +83,12 @@ def restore_certificates(ledger: Ledger, certificates_dir: Path) -> list[str]:
         path = certificates_dir / f"{request_id}.json"
         torn = request_id in present and _torn(path)
         if request_id not in present or torn:
-            certificate = ledger.certificate(request_id)
-            if certificate is not None and write_json_atomic(path, certificate, replace=torn):
+            try:
+                certificate = ledger.certificate(request_id)
+            except CertificateRecordError:
+                continue  # a damaged row is not copied: audit reports it and the file
+            if certificate is not None and write_certificate(certificates_dir, certificate,
+                                                             replace=torn):
                 restored.append(request_id)
     return restored
 
@@ -100,7 +112,7 @@ def rewrite_stale_files(ledger: Ledger, certificates_dir: Path) -> int:
         return 0
     certificates = ledger.certificates()
     for certificate in certificates:
-        write_json_atomic(certificates_dir / f"{certificate['request_id']}.json", certificate)
+        write_certificate(certificates_dir, certificate)
     with ledger.transaction():
         ledger.clear_meta("certificate_files_stale")
     return len(certificates)
@@ -147,7 +159,7 @@ def file_problems(certificates: list[dict], certificates_dir: Path) -> list[str]
 def chain_summary(ledger: Ledger) -> dict:
     """The deletion log as ``s3t certificates`` shows it: each certificate's position, id,
     time, counts and sha256, the head and whether the chain is intact."""
-    certificates = sorted(ledger.certificates(),
+    certificates = sorted(ledger.stored_certificates(),
                           key=lambda c: (not isinstance(c.get("sequence"), int),
                                          c.get("sequence") or 0))
     head = ledger.chain_head()
@@ -176,7 +188,7 @@ def export(ledger: Ledger, directory: Path, signing_key: str | None = None) -> d
         raise FileExistsError(f"{directory} exists and is not an empty directory: export "
                               "into a new one (an export is never merged into another)")
     summary = chain_summary(ledger)
-    for certificate in ledger.certificates():
+    for certificate in ledger.stored_certificates():  # as stored: --verify reports damage
         write_json_atomic(directory / f"{certificate['request_id']}.json", certificate,
                           fault=False)
     write_json_atomic(directory / CHAIN_FILE, fault=False, payload={

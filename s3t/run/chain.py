@@ -3,9 +3,9 @@
 head (the last position and its sha256). Removing, editing or reordering a certificate
 breaks a link or the head, and :func:`chain_problems` says which.
 
-A certificate is linked in the deletion's own transaction (``Ledger.record_deletion``), so the
-chain is exactly as crash-safe as the deletion itself, and a re-issued request (answered with
-its original certificate) never extends it.
+A certificate is linked (``Certificate.link``) in the deletion's own transaction
+(``Ledger.record_deletion``), so the chain is exactly as crash-safe as the deletion itself,
+and a re-issued request (answered with its original certificate) never extends it.
 
 What a link covers: the certificate as committed with its deletion (request id, time, samples,
 groups, cells, erased stages, routes, sequence, previous link). The outcome fields added after
@@ -65,14 +65,6 @@ def certificate_sha256(certificate: dict) -> str:
     record = {k: v for k, v in certificate.items() if k not in UNCHAINED}
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def link(certificate: dict, head: ChainHead) -> ChainHead:
-    """Put ``certificate`` after ``head`` (sets its ``sequence`` and ``previous_sha256``);
-    return the new head."""
-    certificate["sequence"] = head.sequence + 1
-    certificate["previous_sha256"] = head.sha256
-    return ChainHead(head.sequence + 1, certificate_sha256(certificate))
 
 
 def is_linked(certificate: dict) -> bool:

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from s3t.run.certificate import Certificate
     from s3t.run.ledger import Ledger
     from s3t.run.stages import StageRecord
 
@@ -78,11 +79,6 @@ class DeletionRequest:
         return cls(tuple(str(i) for i in ids), tuple(str(g) for g in keys), client_key,
                    x_request_id)
 
-    def ids_of_the_request(self) -> dict[str, str]:
-        """The certificate fields naming this request as its caller knows it."""
-        named = {"client_request_id": self.client_key, "x_request_id": self.x_request_id}
-        return {k: v for k, v in named.items() if v is not None}
-
     def fingerprint(self, secret: str) -> str:
         """HMAC-SHA256 (the run's secret) of the canonical body: sorted, de-duplicated ids and
         group keys. Keyed, as group keys are in the ledger: a short group key cannot be found
@@ -114,7 +110,7 @@ class DeletionCommit:
     a replay is answered with) and what the erasure after the commit needs."""
 
     plan: ForgetPlan
-    certificate: dict
+    certificate: Certificate
     erased: list[StageRecord] = field(default_factory=list)
     new_version: dict[tuple[int, int], int] = field(default_factory=dict)
     unfinished_erasure: bool = False       # an earlier request's erasure was interrupted

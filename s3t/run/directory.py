@@ -310,8 +310,8 @@ class Run:
                client_key: str | None = None, subject: SubjectOpening | None = None,
                x_request_id: str | None = None) -> tuple[ForgetPlan, dict]:
         """Delete exactly (``s3t.run.forget``: ``client_key``, the idempotency key, and
-        ``x_request_id``, the caller's log id, go into the certificate; ``plan.replay``:
-        answered as a replay; ``subject``: an erasure request the ledger tracks)."""
+        ``x_request_id``, the caller's log id, go into the certificate (returned as JSON);
+        ``plan.replay``: answered as a replay; ``subject``: an erasure request)."""
         if isinstance(sample_ids, str):
             sample_ids = [sample_ids]
         if isinstance(groups, str):
@@ -319,11 +319,11 @@ class Run:
         if self.read_only:
             raise storage.ReadOnlyRunError(storage.read_only_message(self.path))
         with storage.storage_errors(self.path):
-            return forget(self.ledger, self.store, sample_ids, groups, self.config.shards,
-                          self.certificates_dir, servable=self.method.servable,
-                          features=self.features, client_key=client_key,
-                          signer=self.signer(), subject=subject,
-                          x_request_id=x_request_id)
+            plan, certificate = forget(self.ledger, self.store, sample_ids, groups,
+                                       self.config.shards, self.certificates_dir,
+                                       self.method.servable, self.features, client_key,
+                                       self.signer(), subject, x_request_id)
+        return plan, certificate.to_dict()
 
     def check_ledger(self) -> None:
         """Raise ``LedgerChangedError`` unless ``ledger.sqlite`` is still the file this run

@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from s3t.run.certificates import write_json_atomic
+from s3t.run.certificate import Certificate
+from s3t.run.certificates import write_certificate
 from s3t.run.deletion import (
     DeletionCommit,
     DeletionRequest,
@@ -57,7 +58,7 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
            client_key: str | None = None,
            signer: Signer | None = None,
            subject: SubjectOpening | None = None,
-           x_request_id: str | None = None) -> tuple[ForgetPlan, dict]:
+           x_request_id: str | None = None) -> tuple[ForgetPlan, Certificate]:
     """Validate, commit durably, then erase; return the plan and the certificate (signed by
     ``signer``, the run's key, when the run has one).
 
@@ -71,36 +72,29 @@ def forget(ledger: Ledger, store: StageStore, sample_ids: Sequence[str] | None,
     started = time.perf_counter()
     request = DeletionRequest.of(sample_ids, groups, client_key, x_request_id)
     commit = ledger.commit_deletion(request, n_shards, servable,
-                                    seal=None if signer is None else signer.seal_certificate,
+                                    seal=None if signer is None else signer.seal_record,
                                     subject=subject)
     if not commit.committed:
         ledger.sync_wal()  # what it is answered with may be another process's unsynced commit
         return commit.plan, commit.certificate
-    certificate = commit.certificate
     # Committed: from here on the deletion holds even if the process dies; a later forget
     # or open finishes any erasure left undone. Made durable first (raising if it cannot
     # be: then it is not acknowledged); nothing after that may turn it into an error.
     fault_point("forget:after-commit")
-    certificate["ledger_scrubbed"] = _scrub_durably(ledger)
-    try:
-        _erase(ledger, store, features, commit)
-        scrubbed = commit.scrub_marks if certificate["ledger_scrubbed"] else []
-    except Exception as err:  # recorded for the caller and finished by the next open
-        scrubbed = commit.scrub_marks if certificate.get("ledger_scrubbed") else []
-        certificate["files_erased"] = False
-        certificate["erase_error"] = f"{type(err).__name__}: {err}"
-    certificate["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    scrubbed = _scrub_durably(ledger)
+    certificate = _erase(ledger, store, features, commit, scrubbed)
+    marks = commit.scrub_marks if scrubbed else []
+    certificate = certificate.timed(round((time.perf_counter() - started) * 1000, 3))
     fault_point("forget:before-certificate")
     try:
         if signer is not None:
-            signer.seal_outcome(certificate)
-        ledger.record_outcome(certificate, scrubbed)
+            certificate = signer.seal_outcome(certificate)
+        ledger.record_outcome(certificate, marks)
         # Not synced: the ledger holds the certificate (durable since the commit) and
         # opening the run rewrites a copy that a power loss left missing or torn.
-        write_json_atomic(certificates_dir / f"{certificate['request_id']}.json", certificate,
-                          sync=False)
+        write_certificate(certificates_dir, certificate, sync=False)
     except Exception as err:  # the ledger row written at commit still holds the deletion
-        certificate["certificate_error"] = f"{type(err).__name__}: {err}"
+        certificate = certificate.certificate_failed(f"{type(err).__name__}: {err}")
     return commit.plan, certificate
 
 
@@ -120,28 +114,37 @@ def _scrub_durably(ledger: Ledger) -> bool:
 
 
 def _erase(ledger: Ledger, store: StageStore, features: FeatureFiles | None,
-           commit: DeletionCommit) -> None:
+           commit: DeletionCommit, scrubbed: bool) -> Certificate:
     """Erase the invalidated stages' files and the hit cells' spilled features (the WAL was
-    scrubbed before, ``_scrub_durably``)."""
-    certificate, erased = commit.certificate, commit.erased
-    fault_point("forget:after-scrub")
-    # No directory sync: the ledger named these stages erased durably (the commit), and
-    # opening the run sweeps a directory that a power loss brings back (docs/design.md,
-    # "What a deletion syncs").
-    store.erase_all([(r.shard, r.key) for r in erased], sync=False)
-    fault_point("forget:after-erase")
-    # Spilled feature-cache blocks of the hit cells hold the deleted inputs in derived form;
-    # after an interrupted request, those of every cell.
-    cells_to_clean = ledger.slice_versions() if commit.unfinished_erasure else commit.new_version
-    stale_blocks = features.erase_stale(cells_to_clean, sync=False) \
-        if features is not None else []
-    certificate["feature_blocks_erased"] = len(stale_blocks)
-    if commit.unfinished_erasure:
-        certificate["files_erased"] = erase_invalidated(ledger, store)
-    else:
-        certificate["files_erased"] = not any(store.path(r.shard, r.key).exists() for r in erased)
-    if features is not None and features.stale(cells_to_clean):
-        certificate["files_erased"] = False
+    scrubbed before, ``_scrub_durably``: ``scrubbed``); return the certificate with what was
+    done. A failure is recorded in it (and finished by the next open), never raised."""
+    erased = commit.erased
+    blocks: int | None = None
+    try:
+        fault_point("forget:after-scrub")
+        # No directory sync: the ledger named these stages erased durably (the commit), and
+        # opening the run sweeps a directory that a power loss brings back (docs/design.md,
+        # "What a deletion syncs").
+        store.erase_all([(r.shard, r.key) for r in erased], sync=False)
+        fault_point("forget:after-erase")
+        # Spilled feature-cache blocks of the hit cells hold the deleted inputs in derived
+        # form; after an interrupted request, those of every cell.
+        cells_to_clean = ledger.slice_versions() if commit.unfinished_erasure \
+            else commit.new_version
+        blocks = len(features.erase_stale(cells_to_clean, sync=False)) \
+            if features is not None else 0
+        if commit.unfinished_erasure:
+            files_erased = erase_invalidated(ledger, store)
+        else:
+            files_erased = not any(store.path(r.shard, r.key).exists() for r in erased)
+        if features is not None and features.stale(cells_to_clean):
+            files_erased = False
+    except Exception as err:  # recorded for the caller and finished by the next open
+        return commit.certificate.erasure(ledger_scrubbed=scrubbed, feature_blocks_erased=blocks,
+                                          files_erased=False,
+                                          erase_error=f"{type(err).__name__}: {err}")
+    return commit.certificate.erasure(ledger_scrubbed=scrubbed, feature_blocks_erased=blocks,
+                                      files_erased=files_erased)
 
 
 def finish_outcomes(ledger: Ledger, store: StageStore, certificates_dir: Path,
@@ -162,14 +165,13 @@ def finish_outcomes(ledger: Ledger, store: StageStore, certificates_dir: Path,
         if certificate is None or request_id in scrub_left:
             continue
         if any(store.path(int(key.split("-", 1)[0]), key).exists()
-               for key in certificate.get("erased_stages", [])):
+               for key in certificate.erased_stages):
             continue
-        certificate.update(files_erased=True, ledger_scrubbed=True)
+        certificate = certificate.settled()
         if signer is not None:
-            signer.seal_outcome(certificate)
+            certificate = signer.seal_outcome(certificate)
         ledger.record_outcome(certificate, [])
-        write_json_atomic(certificates_dir / f"{request_id}.json", certificate, fault=False,
-                          sync=False)
+        write_certificate(certificates_dir, certificate, fault=False, sync=False)
         settled.append(request_id)
     return settled
 

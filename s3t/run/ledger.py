@@ -35,7 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from s3t.run.chain import ChainHead, DeletionLogError, certificate_sha256, is_linked, link
+from s3t.run.certificate import CellVersion, Certificate, Seal
+from s3t.run.chain import ChainHead, DeletionLogError, is_linked
 from s3t.run.deletion import (
     DeletionCommit,
     DeletionRequest,
@@ -211,7 +212,7 @@ class Ledger:
         either present: a ledger holding part of them was damaged, and is not upgraded)."""
         return (self.get_meta(CHAIN_META) is None and self.get_meta("group_hash") is None
                 and self._secret() is None
-                and not any(is_linked(c) for c in self.certificates()))
+                and not any(is_linked(c) for c in self.stored_certificates()))
 
     def upgrade_legacy(self) -> bool:
         """Upgrade a ledger from before the chain and the secret, all in one transaction:
@@ -234,9 +235,9 @@ class Ledger:
             head = ChainHead(0, None)
             certificates = self.certificates()
             for certificate in certificates:
-                head = link(certificate, head)
+                certificate, head = certificate.link(head)
                 self.conn.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
-                                  (json.dumps(certificate), certificate["request_id"]))
+                                  (certificate.to_json(), certificate.request_id))
             self.set_meta(CHAIN_META, head.to_meta())
             self.set_meta("legacy_certificates", len(certificates))
             if certificates:
@@ -497,37 +498,39 @@ class Ledger:
     def chain_head(self) -> ChainHead | None:
         return ChainHead.from_meta(self.get_meta(CHAIN_META))
 
-    def record_deletion(self, request_id: str, created_at: str, certificate: dict,
-                        seal: Callable[[dict], object] | None = None) -> None:
-        """Append a deletion's certificate to the log: link it after the chain head (this sets
-        its ``sequence`` and ``previous_sha256``) and move the head to it. ``seal`` signs the
-        linked certificate (``s3t.run.signing``) before it is stored."""
+    def record_deletion(self, certificate: Certificate, seal: Seal | None = None
+                        ) -> Certificate:
+        """Append a deletion's certificate to the log: link it after the chain head (its
+        ``sequence`` and ``previous_sha256``) and move the head to it. ``seal`` signs the
+        linked certificate (``s3t.run.signing``) before it is stored. Returns it as stored."""
         head = self.chain_head()
         if head is None:
             raise DeletionLogError(
                 f"{self.path} has no certificate chain head: the ledger was altered and a new "
                 "certificate cannot be linked; rebuild it from a backup with the deletions "
                 "replayed (`s3t restore BACKUP NEWRUN --replay RUN/certificates`)")
-        new_head = link(certificate, head)
+        certificate, new_head = certificate.link(head)
         if seal is not None:
-            seal(certificate)
+            certificate = seal(certificate)
         self.conn.execute("INSERT INTO deletions VALUES (?, ?, ?)",
-                          (request_id, created_at, json.dumps(certificate)))
+                          (certificate.request_id, certificate.time, certificate.to_json()))
         self.set_meta(CHAIN_META, new_head.to_meta())
+        return certificate
 
-    def update_certificate(self, request_id: str, certificate: dict) -> None:
-        """Add a certificate's outcome fields (only those: its chained part is fixed)."""
-        committed = self.certificate(request_id)
-        if committed is None or certificate_sha256(committed) != certificate_sha256(certificate):
-            raise ValueError(f"certificate {request_id}: only its outcome fields may change "
-                             "after its deletion committed")
+    def update_certificate(self, certificate: Certificate) -> None:
+        """Store a certificate's outcome fields or signature (only those: its chained part is
+        fixed)."""
+        committed = self.certificate(certificate.request_id)
+        if committed is None or committed.sha256() != certificate.sha256():
+            raise ValueError(f"certificate {certificate.request_id}: only its outcome fields "
+                             "may change after its deletion committed")
         self.conn.execute("UPDATE deletions SET certificate = ? WHERE request_id = ?",
-                          (json.dumps(certificate), request_id))
+                          (certificate.to_json(), certificate.request_id))
 
     # --- a deletion ---------------------------------------------------------------------------
     def commit_deletion(self, request: DeletionRequest, n_shards: int,
                         servable: Callable[[int], bool] = lambda depth: True,
-                        seal: Callable[[dict], object] | None = None,
+                        seal: Seal | None = None,
                         subject: SubjectOpening | None = None) -> DeletionCommit:
         """Delete durably, in one transaction: check the ledger is still the run's
         (``check_identity``), apply the replay rule (``s3t.run.deletion``), validate the
@@ -567,7 +570,7 @@ class Ledger:
                     plan.replay = "same-samples"
                     if request.client_key is not None and fingerprint is not None:
                         self._put_client_key(request.client_key, fingerprint,
-                                             certificate["request_id"])
+                                             certificate.request_id)
                     self.open_subject(subject, certificate)
                     return DeletionCommit(plan, certificate)
             request_id = os.urandom(16).hex()
@@ -592,64 +595,59 @@ class Ledger:
             routes_before = self.routes()
             self.erase_stages([r.key for r in erased], reason=request_id)
             routes_after = self.refresh_routes(n_shards, servable)
-            certificate = {
-                "request_id": request_id,
-                "time": now(),
-                "samples": sorted(plan.new),
-                "already_deleted": plan.already_deleted,
-                "groups_hmac": sorted(self.group_hash(g) for g in plan.groups),
-                "cells": [{"shard": sh, "slice": sl, "new_version": new_version[(sh, sl)]}
-                          for sh, sl in cells],
-                "erased_stages": sorted(r.key for r in erased),
-                "routes_before": {str(k): v for k, v in routes_before.items()},
-                "routes_after": {str(k): v for k, v in routes_after.items()},
-                "live_shards": sum(v is not None for v in routes_after.values()),
-                **request.ids_of_the_request(),
-            }
-            self.record_deletion(request_id, certificate["time"], certificate,  # links it
-                                 seal=seal)
+            certificate = self.record_deletion(Certificate(  # links it
+                request_id=request_id, time=now(), samples=tuple(sorted(plan.new)),
+                already_deleted=tuple(plan.already_deleted),
+                groups_hmac=tuple(sorted(self.group_hash(g) for g in plan.groups)),
+                cells=tuple(CellVersion(sh, sl, new_version[(sh, sl)]) for sh, sl in cells),
+                erased_stages=tuple(sorted(r.key for r in erased)),
+                routes_before={str(k): v for k, v in routes_before.items()},
+                routes_after={str(k): v for k, v in routes_after.items()},
+                live_shards=sum(v is not None for v in routes_after.values()),
+                client_request_id=request.client_key, x_request_id=request.x_request_id),
+                seal=seal)
             if request.client_key is not None and fingerprint is not None:
                 self._put_client_key(request.client_key, fingerprint, request_id)
             self.open_subject(subject, certificate)
             fault_point("forget:before-commit")
         return DeletionCommit(plan, certificate, erased, new_version, unfinished_erasure, marks)
 
-    def record_outcome(self, certificate: dict, scrubbed: Iterable[str]) -> None:
+    def record_outcome(self, certificate: Certificate, scrubbed: Iterable[str]) -> None:
         """After a deletion's erasure: store its certificate's outcome fields, drop the scrub
         marks a successful checkpoint covered, and the pending marks it settles. No commit
         sync of its own (the deletion is durable already; a lost outcome is recorded again by
         ``finish_outcomes`` on open), so ``synchronous`` is lowered for this one transaction,
         under this ledger's lock (docs/design.md, "What a deletion syncs")."""
         with self._relaxed(), self.transaction():
-            self.update_certificate(certificate["request_id"], certificate)
+            self.update_certificate(certificate)
             self.clear_scrubbed(scrubbed)
-            if certificate.get("files_erased"):
+            if certificate.files_erased:
                 self.clear_meta("erase_pending")
-            if certificate.get("files_erased") and certificate.get("ledger_scrubbed"):
+            if certificate.files_erased and certificate.ledger_scrubbed:
                 left = [[r, pid] for r, pid in self.outcome_pending()
-                        if r != certificate["request_id"]]
+                        if r != certificate.request_id]
                 self.set_meta("outcome_pending", left)
-            self._advance_subjects(certificate["request_id"])
+            self._advance_subjects(certificate.request_id)
 
     # --- subject requests (s3t.run.subject): their states and callbacks ------------------------
-    def open_subject(self, subject: SubjectOpening | None, certificate: dict) -> None:
+    def open_subject(self, subject: SubjectOpening | None, certificate: Certificate) -> None:
         """Inside the deletion's transaction: record a subject request as ``received`` and
         ``exact`` and queue their callbacks; a request already recorded is left as it is
         (a replay of the same subject request id)."""
         if subject is None or self._subject_row(subject.subject_request_id) is not None:
             return
-        keys = [k for k in (*certificate.get("routes_before", {}).values(),
-                            *certificate.get("routes_after", {}).values()) if k]
+        keys = [k for k in (*certificate.routes_before.values(),
+                            *certificate.routes_after.values()) if k]
         record = {"submitted_time": subject.submitted_time,
                   "callback_urls": list(subject.callback_urls),
                   "transitions": [["received", subject.received_time],  # a replay of an
                                   ["exact", max(subject.received_time,  # older deletion:
-                                                certificate.get("time") or "")]],  # exact now
-                  "targets": restore_targets(certificate.get("routes_before", {}),
-                                             certificate.get("routes_after", {}),
+                                                certificate.time)]],  # exact now
+                  "targets": restore_targets(certificate.routes_before,
+                                             certificate.routes_after,
                                              self.stage_depths(keys))}
         self.conn.execute("INSERT INTO subject_requests VALUES (?, ?, 'exact', ?)",
-                          (subject.subject_request_id, certificate["request_id"],
+                          (subject.subject_request_id, certificate.request_id,
                            json.dumps(record)))
         for state in ("received", "exact"):
             self._queue_callbacks(subject.subject_request_id, subject.callback_urls, state)
@@ -726,8 +724,9 @@ class Ledger:
         served, advanced, at = self.served_depths(), [], now()
         for subject_id, deletion, state, text in rows:
             record = json.loads(text)
-            erased = state != "exact" or bool((self.certificate(deletion) or {}).get(
-                "files_erased"))
+            certificate = self.certificate(deletion)
+            erased = state != "exact" or bool(certificate is not None
+                                              and certificate.files_erased)
             reached = next_states(state, erased, record.get("targets", {}), served)
             if not reached:
                 continue
@@ -883,14 +882,23 @@ class Ledger:
     def deletion_ids(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT request_id FROM deletions")]
 
-    def certificate(self, request_id: str) -> dict | None:
+    def certificate(self, request_id: str) -> Certificate | None:
+        """A deletion's certificate (``CertificateRecordError``: its stored JSON is damaged)."""
         row = self.conn.execute("SELECT certificate FROM deletions WHERE request_id = ?",
                                 (request_id,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else Certificate.from_json(row[0])
 
-    def certificates(self) -> list[dict]:
+    def certificates(self) -> list[Certificate]:
         """Every certificate, oldest first (by time, then request id)."""
-        return [json.loads(r[0]) for r in self.conn.execute(
+        return [Certificate.from_json(text) for text in self._stored()]
+
+    def stored_certificates(self) -> list[dict]:
+        """Every certificate's JSON exactly as stored, oldest first, damaged or not: for the
+        checks whose job is to report damage (audit, ``certificates --verify``)."""
+        return [json.loads(text) for text in self._stored()]
+
+    def _stored(self) -> list[str]:
+        return [r[0] for r in self.conn.execute(
             "SELECT certificate FROM deletions ORDER BY created_at, request_id")]
 
     # --- signatures of stage records (s3t.run.signing), written in the stage's commit ----------

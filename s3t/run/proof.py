@@ -15,7 +15,7 @@ from pathlib import Path
 
 from s3t.run.audit import stage_signature_problems
 from s3t.run.card import card_stamp, write_card
-from s3t.run.certificates import CHAIN_FILE, write_json_atomic
+from s3t.run.certificates import CHAIN_FILE, write_certificate
 from s3t.run.chain import ChainHead, chain_problems
 from s3t.run.directory import Run
 from s3t.run.ledger import Ledger
@@ -86,7 +86,7 @@ def verify_run(run: Run, public: str | None) -> dict:
     signatures, with ``public`` or else the run card's key."""
     card_key = run.public_key
     key = public or card_key
-    certificates = run.ledger.certificates()
+    certificates = run.ledger.stored_certificates()
     problems = verify_records(certificates, run.ledger.chain_head(), key)
     live = run.ledger.stages("live")
     if key is not None:
@@ -146,13 +146,11 @@ def seal_all(ledger: Ledger, certificates_dir: Path, signer: Signer) -> int:
     sealed = []
     with ledger.transaction():
         for certificate in ledger.certificates():
-            if "signature" in certificate:
+            if certificate.signature is not None:
                 continue
-            signer.seal_certificate(certificate)
-            signer.seal_outcome(certificate)
-            ledger.update_certificate(certificate["request_id"], certificate)
+            certificate = signer.seal_outcome(signer.seal_record(certificate))
+            ledger.update_certificate(certificate)
             sealed.append(certificate)
     for certificate in sealed:
-        write_json_atomic(certificates_dir / f"{certificate['request_id']}.json", certificate,
-                          fault=False)
+        write_certificate(certificates_dir, certificate, fault=False)
     return len(sealed)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from s3t.run.certificate import Certificate, Signature
 from s3t.run.chain import OUTCOME_FIELDS
 
 ENV = "S3T_SIGNING_KEY"
@@ -92,19 +93,18 @@ class Signer:
     def sign(self, record: dict) -> str:
         return self.key.sign(canonical(record)).hex()
 
-    def seal_certificate(self, certificate: dict) -> dict:
-        """Sign a linked certificate's chained part (call once it holds its ``sequence``)."""
-        certificate[SIGNATURE] = {"key_id": key_id(self.public),
-                                  "record": self.sign(_record_part(certificate))}
-        return certificate
+    def seal_record(self, certificate: Certificate) -> Certificate:
+        """Sign a linked certificate's chained part (once it holds its ``sequence``)."""
+        return certificate.with_signature(Signature(
+            key_id(self.public), self.sign(_record_part(certificate.to_dict()))))
 
-    def seal_outcome(self, certificate: dict) -> dict:
-        """Sign the whole certificate once its outcome fields are filled in."""
-        seal = dict(certificate.get(SIGNATURE) or {})
-        if "record" in seal:
-            seal["outcome"] = self.sign(_without_signature(certificate))
-            certificate[SIGNATURE] = seal
-        return certificate
+    def seal_outcome(self, certificate: Certificate) -> Certificate:
+        """Sign the whole certificate once its outcome fields are filled in (a certificate
+        whose chained part is unsigned is returned as it is)."""
+        if certificate.signature is None:
+            return certificate
+        outcome = self.sign(_without_signature(certificate.to_dict()))
+        return certificate.with_signature(replace(certificate.signature, outcome=outcome))
 
 
 def _without_signature(certificate: dict) -> dict:

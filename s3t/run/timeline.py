@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from s3t.run.certificate import Certificate
 from s3t.run.stages import StageRecord, compute_routes
 
 
@@ -25,19 +26,19 @@ def unix_time(text: str) -> float:
 
 
 def timeline(stages: Sequence[StageRecord], created: Mapping[str, str],
-             certificates: Sequence[dict], n_shards: int, slices: int,
+             certificates: Sequence[Certificate], n_shards: int, slices: int,
              servable: Callable[[int], bool] = lambda depth: True) -> list[dict]:
     """One point per stage commit and per deletion, oldest first: ``time`` (unix seconds),
     ``event`` (``stage-commit`` or ``deletion``), ``capacity``, ``live_shards``,
     ``deletion_requests`` and ``deleted`` (samples) so far."""
     records = {r.key: r for r in stages}
-    erased_by = {key: c["request_id"] for c in certificates for key in c.get("erased_stages", ())}
+    erased_by = {key: c.request_id for c in certificates for key in c.erased_stages}
     events: list[tuple[float, int, str, object]] = []
     for record in stages:
         if record.key in created and (record.status == "live" or record.key in erased_by):
             events.append((unix_time(created[record.key]), 0, record.key, record))
     for number, certificate in enumerate(certificates):
-        events.append((unix_time(certificate["time"]), 1, f"{number:012d}", certificate))
+        events.append((unix_time(certificate.time), 1, f"{number:012d}", certificate))
     events.sort(key=lambda e: e[:3])
 
     def point(at: float, event: str, routes: Mapping[Any, str | None]) -> dict:
@@ -56,10 +57,10 @@ def timeline(stages: Sequence[StageRecord], created: Mapping[str, str],
             points.append(point(at, "stage-commit", compute_routes(live.values(), n_shards,
                                                                    servable)))
         else:
-            assert isinstance(item, dict)
-            for erased in item.get("erased_stages", ()):
+            assert isinstance(item, Certificate)
+            for erased in item.erased_stages:
                 live.pop(erased, None)
             requests += 1
-            deleted += len(item.get("samples", ()))
-            points.append(point(at, "deletion", item.get("routes_after", {})))
+            deleted += len(item.samples)
+            points.append(point(at, "deletion", item.routes_after))
     return points

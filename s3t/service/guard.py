@@ -192,7 +192,7 @@ class GuardedModel:
                 record = ledger.client_key(key)
                 if record is not None:
                     found = ledger.certificate(record[1])
-            return found
+            return None if found is None else found.to_dict()
 
     def check_ledger(self) -> None:
         """Raise unless the run's ledger file is still the one this server holds."""
@@ -203,7 +203,7 @@ class GuardedModel:
                      limit: int) -> tuple[int, list[dict], dict[str, list[str]]]:
         """A page of the deletion log, and the client keys its requests were asked with."""
         with self.records_lock:
-            every = self.records.ledger.certificates()
+            every = self.records.ledger.stored_certificates()
             page = every[offset:offset + limit]
             keys = self.records.ledger.client_keys_of([str(c.get("request_id")) for c in page])
         return len(every), page, keys
@@ -238,7 +238,7 @@ class GuardedModel:
             self.records.check_ledger()  # an audit of a file that is not the run's: refused
             report = self.records.audit().to_dict()
             ledger = self.records.ledger
-            chain = chain_problems(ledger.certificates(), ledger.chain_head())
+            chain = chain_problems(ledger.stored_certificates(), ledger.chain_head())
         return {**report, "chain_intact": not chain}
 
     def live_routes(self) -> Routes:

@@ -100,7 +100,7 @@ class Subjects:
             if record is None:
                 return None, False
             served = ledger.served_depths()
-            certificate = ledger.certificate(record["request_id"]) or {}
+            certificate = ledger.certificate(record["request_id"])
         retrains = self._retrains(served)
         transitions = dict(record["transitions"])
         return {"subject_request_id": subject_request_id,
@@ -111,7 +111,7 @@ class Subjects:
                                                            retrains),
                 "transitions": [{"state": s, "time": t} for s, t in record["transitions"]],
                 "deletion_request_id": record["request_id"],
-                "samples": len(certificate.get("samples", ())),
+                "samples": 0 if certificate is None else len(certificate.samples),
                 "status_callback_urls": record["callback_urls"],
                 "callbacks_pending": record["callbacks_pending"],
                 "callbacks_failed": record["callbacks_failed"]}, retrains
