@@ -10,6 +10,8 @@ need_apt=()
 # Headless Chromium and its driver: the operator page's browser test (tests/test_page.py).
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+# strace: counts the fsyncs of one deletion (tests/test_deletion_syncs.py, bench service_io).
+command -v strace >/dev/null || need_apt+=(strace)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
