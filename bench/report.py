@@ -564,6 +564,7 @@ def _pct_error(measured: float, predicted: float) -> str:
 def sweep_section(res: Result) -> str:
     size, cells = res["provenance"]["size"], res["cells"]
     trained = ", ".join(f"{SWEEP_LABELS[k]} {v['train_seconds']:.0f} s ({v['stages']} stages)"
+                        if v["train_seconds"] is not None else f"{SWEEP_LABELS[k]} reused"
                         for k, v in res["trained"].items())
     parts = [(f"{size['train']} training samples in {res['users']} users of {size['user_size']}, "
               f"m={size['shards']}, L={size['slices']}, {size['epochs']} epoch(s); each rate's "

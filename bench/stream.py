@@ -246,7 +246,13 @@ async def run_stream(server: Server, token: str, stream: list[tuple], texts: lis
                                         - (time.monotonic() - start)))
 
         await asyncio.gather(deletions(), predictions(), measure())
-        out["jobs"] = (await http.get("/v1/jobs")).json()["jobs"]
+        for attempt in range(3):  # a keep-alive connection the server closed while idle
+            try:
+                out["jobs"] = (await http.get("/v1/jobs")).json()["jobs"]
+                break
+            except ClientError:
+                if attempt == 2:
+                    raise
     return out
 
 

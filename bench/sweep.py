@@ -229,10 +229,27 @@ def plot(payload: dict[str, Any], quick: bool) -> None:
     harness.save_plot(fig, NAME, quick)
 
 
+def reused_runs(path: Path, systems: list[str]) -> dict[str, dict[str, Any]]:
+    """``--reuse-runs FILE``: {system: trained run directory} from an earlier sweep (kept with
+    BENCH_KEEP_RUNS=1), instead of training again; each stream still serves a fresh copy."""
+    import json
+
+    given = json.loads(path.read_text())
+    missing = [s for s in systems if s not in given]
+    if missing:
+        raise SystemExit(f"--reuse-runs {path} lacks {missing}: give a run directory for each")
+    return {s: {"run": Path(given[s]), "train_seconds": None, "stages": None} for s in systems}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = harness.parser(__doc__.splitlines()[0])
+    p.add_argument("--reuse-runs", type=Path, default=None,
+                   help="JSON {system: run dir} of runs trained by an earlier sweep")
+    p.add_argument("--skews", nargs="+", choices=("uniform", "zipf"), default=None)
     args = p.parse_args(argv)
     size = harness.size_for(args, QUICK, FULL, SMOKE)
+    if args.skews:
+        size["skews"] = args.skews
     seed = harness.seeds_for(args, [0], [0])[0]
     prov = harness.provenance(NAME, args.quick, [seed], size)
     core_a, core_b = cores()
@@ -251,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = zipf_by_user(users, size["zipf"], seed)
     texts = list(test.texts)
     labels = [test.label_names[y] for y in test.labels]
-    trained = train_all(size, seed, train, weights)
+    trained = (reused_runs(args.reuse_runs, size["systems"]) if args.reuse_runs else
+               train_all(size, seed, train, weights))
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     details: dict[str, Any] = {}
     for skew in size["skews"]:
@@ -280,6 +298,19 @@ def main(argv: list[str] | None = None) -> int:
                           f"{s['stages_retrained']} trained / {s['stages_discarded']} "
                           f"discarded, lost {len(s['lost_deletions'])}, audit "
                           f"{'ok' if s['audit']['ok'] else 'FAILED'}", flush=True)
+                partial = result_payload(seed, users, trained, cells, details, size)
+                harness.write_result(NAME, args.quick, prov, dict(partial, complete=False))
+    payload = dict(result_payload(seed, users, trained, cells, details, size), complete=True)
+    if "zipf" in cells:
+        longest = max(len(d["deletions"]) for d in details.values())
+        payload["placement_sim"] = placement_prediction(size, len(users), longest)
+    harness.write_result(NAME, args.quick, prov, payload)
+    plot(payload, args.quick)
+    return 0
+
+
+def result_payload(seed: int, users: list[str], trained: dict[str, Any], cells: dict[str, Any],
+                   details: dict[str, Any], size: dict[str, Any]) -> dict[str, Any]:
     rates_by = {skew: {system: sustainable(rows, size["rates_per_min"])
                        for system, rows in by_system.items()}
                 for skew, by_system in cells.items()}
@@ -287,12 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                "trained": {k: {x: v[x] for x in ("train_seconds", "stages")}
                            for k, v in trained.items()},
                "cells": cells, "sustainable_rate_per_min": rates_by, "details": details}
-    if "zipf" in cells:
-        longest = max(len(d["deletions"]) for d in details.values())
-        payload["placement_sim"] = placement_prediction(size, len(users), longest)
-    harness.write_result(NAME, args.quick, prov, payload)
-    plot(payload, args.quick)
-    return 0
+    return payload
 
 
 if __name__ == "__main__":
