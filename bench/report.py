@@ -1148,7 +1148,7 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "with `sched_setaffinity`, one torch thread), two systems at the same time on the same "
      "Poisson stream of user deletions, at several rates, with users chosen uniformly or "
      "Zipf-skewed; each stream served by a fresh copy of a run trained once per system. Served "
-     "accuracy measured every 5 s on a fixed test subset (a 503 counts as 0). The plan's "
+     "accuracy measured every 10 s on a fixed test subset (a 503 counts as 0). The plan's "
      "prediction comes from `s3t plan`'s model (`s3t.plan.advice.evaluate`) given the run's own "
      "stage timings. Issue 27 targets: S3T's time-averaged accuracy at least SISA's; placement "
      "by prior cuts stages invalidated per deletion by 30% under Zipf; the plan within 15% of "
