@@ -241,22 +241,30 @@ class _Driver:
         self.bar.total = len(self.settled) + len(self.pending)
         self.bar.refresh()
 
-    def _cancel(self, ref: Any, job: StageJob, discard: bool = True) -> None:
-        """Stop ``job`` and every pending descendant of it; each is discarded."""
+    def _cancel(self, ref: Any, job: StageJob, discard: bool = True, remote: bool = True) -> None:
+        """Stop ``job`` and every pending descendant of it; each is discarded.
+
+        Only ``job``'s own task is cancelled in Ray (``remote``): its descendants take its
+        result as an argument, so they cannot have started, and Ray fails them with it.
+        Cancelling those again raced with Ray's own failure of them and crashed the driver
+        in Ray 2.60 (``TaskManager::CompletePendingTask``: "an unexpected system state")."""
         import ray
 
         if discard:
             self.scheduler.discard(job)
         self.pending.pop(ref, None)
-        ray.cancel(ref)
+        if remote:
+            ray.cancel(ref)
         self._record(job, None, "discarded")
-        self._drop_descendants(job)
+        self._drop_descendants(job, remote=False)
 
-    def _drop_descendants(self, job: StageJob) -> None:
-        """Cancel the pending descendants of a discarded stage; settle (discard) finished ones."""
+    def _drop_descendants(self, job: StageJob, remote: bool = True) -> None:
+        """Cancel the pending descendants of a discarded stage; settle (discard) finished ones.
+        ``remote``: whether the children may be running (``job`` finished), so that each
+        needs its own cancellation in Ray."""
         for child_ref, child in list(self.pending.items()):
             if job.key in child.ancestors and child_ref in self.pending:
-                self._cancel(child_ref, child)
+                self._cancel(child_ref, child, remote=remote and child.parent == job.key)
         for child, outcome in self.waiting.pop(job.key, []):
             self._settle(child, outcome)
 
