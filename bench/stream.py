@@ -145,6 +145,13 @@ def serve_together(pairs: list[tuple[str, Path, set[int]]], stream: list[tuple],
                          undisturbed_accuracy=warm[system]) for system in results}
 
 
+def server_command(size: dict[str, Any]) -> str:
+    """How each server of :func:`serve_together` runs (for the provenance)."""
+    return " ".join(s3t_cmd(
+        "serve", "RUN", "--host", HOST, "--port", "PORT", "--token-file", "TOKEN_FILE",
+        "--retrain", "eager", "--retrain-delay", size["retrain_delay_s"]))
+
+
 def warm_accuracy(server: Server, token: str, texts: list[str], labels: list[str]) -> float:
     """The served accuracy before any deletion, by one unhurried request (it also makes the
     server load its stages before the stream's clock starts)."""
@@ -353,9 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = harness.seeds_for(args, [0], [0])
     seed = seeds[0]
     prov = harness.provenance(NAME, args.quick, seeds, size)
-    prov["server_command"] = " ".join(s3t_cmd(
-        "serve", "RUN", "--host", HOST, "--port", "PORT", "--token-file", "TOKEN_FILE",
-        "--retrain", "eager", "--retrain-delay", size["retrain_delay_s"]))
+    prov["server_command"] = server_command(size)
     prov["cores"] = [sorted(c) for c in cores()]
     harness.print_header(prov)
     train, test = harness.wordnet_split(size["train"], size["test"], seed)

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
-from bench.harness import HOST, audit, s3t_cmd
-from bench.stream import cores, serve_together, summarize, time_average, train_pinned
+from bench.harness import audit
+from bench.stream import cores, serve_together, server_command, summarize, time_average, train_pinned
 
 NAME = "sweep"
 #: The systems: S3TConfig overrides (``method`` picks a baseline), and the skews they run on.
@@ -254,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     prov = harness.provenance(NAME, args.quick, [seed], size)
     core_a, core_b = cores()
     prov["cores"] = [sorted(core_a), sorted(core_b)]
-    prov["server_command"] = " ".join(s3t_cmd(
-        "serve", "RUN", "--host", HOST, "--port", "PORT", "--token-file", "TOKEN_FILE",
-        "--retrain", "eager", "--retrain-delay", size["retrain_delay_s"]))
+    prov["server_command"] = server_command(size)
     harness.print_header(prov)
     train, test = harness.wordnet_split(size["train"], size["test"], seed)
     user = users_of(list(train.ids), size["user_size"], seed)
