@@ -553,7 +553,7 @@ def bulk_deletion_section(res: Result) -> str:
             + table(["request", "n", "mean s", "min s", "max s"], rows))
 
 
-SWEEP_LABELS = {"s3t": "S3T B=3", "s3t_b1": "S3T B=1", "s3t_prior": "S3T B=3 placed by prior",
+SWEEP_LABELS = {"s3t": "S3T B=3", "s3t_b1": "S3T B=1", "s3t_prior": "S3T B=1 placed by prior",
                 "sisa": "SISA", "full": "full retraining"}
 
 
@@ -604,11 +604,12 @@ def sweep_section(res: Result) -> str:
     parts.append("Sustainable rate (the highest swept rate with time-averaged accuracy within "
                  "1 point of undisturbed):\n\n" + table(["system", *rates], rows))
     sim = res.get("placement_sim")
-    if sim and "zipf" in cells and {"s3t", "s3t_prior"} <= set(cells["zipf"]):
+    base = "s3t_b1" if sim and sim.get("budget") == 1 else "s3t"  # earlier runs placed B=3
+    if sim and "zipf" in cells and {base, "s3t_prior"} <= set(cells["zipf"]):
         zipf = cells["zipf"]
         rows = []
-        for rate in sorted(zipf["s3t"], key=float):
-            u = zipf["s3t"][rate]["stages_invalidated_per_deletion"]
+        for rate in sorted(zipf[base], key=float):
+            u = zipf[base][rate]["stages_invalidated_per_deletion"]
             p = zipf["s3t_prior"].get(rate, {}).get("stages_invalidated_per_deletion")
             rows.append([f"{float(rate):g}", f"{u:.2f}", "-" if p is None else f"{p:.2f}",
                          "-" if p is None or u == 0 else f"{1 - p / u:.0%}"])

@@ -14,13 +14,14 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from s3t.plan.methods import METHODS
+from s3t.plan.methods import METHODS, Method
 from s3t.plan.orderings import STRATEGIES, check_prior, default_budget
 from s3t.plan.placement import PLACEMENTS
 
 AGGREGATIONS = ("mean", "vote")
 SERVE_ORDERINGS = ("best", "all")
 ENSEMBLES = ("mean", "depth", "validation")
+ALLOCATIONS = ("equal", "growing")
 #: Fields that change only how a trained run serves (``s3t configure``), never a stage.
 SERVING_FIELDS = ("serve_orderings", "ensemble")
 CACHE_DTYPES = ("float32", "float16")
@@ -96,6 +97,12 @@ class S3TConfig:
     layers_per_slice: int = dataclasses.field(default=1, metadata={"help": (
         "Transformer layers adapted per slice (integer >= 1): the top slices x "
         "layers_per_slice layers are trained, the layers below stay frozen.")})
+    allocation: str = dataclasses.field(default="equal", metadata={"help": (
+        f"Which adapted layers an S3T stage trains, one of {', '.join(ALLOCATIONS)}: 'equal' "
+        "(the paper's) trains only the stage's own layer group; 'growing' also continues its "
+        "ancestors' groups, so a stage trained on p slices owns p groups and the full-depth "
+        "model has every layer trained on all its shard's data, at the same compute. A stage "
+        "still depends only on its own prefix's slices: exactness is unchanged.")})
     lora_r: int = dataclasses.field(default=8, metadata={"help": (
         "LoRA rank (integer >= 1): adapter capacity against size; a small rank suffices "
         "on top of a frozen pretrained trunk.")})
@@ -245,6 +252,7 @@ class S3TConfig:
                               "the mean of every live ordering's stage at the shard's deepest "
                               f"depth), got {self.serve_orderings!r}")
         _check_choice("ensemble", self.ensemble, ENSEMBLES)
+        _check_choice("allocation", self.allocation, ALLOCATIONS)
         if not _number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("lora_dropout", f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not _number(self.learning_rate) or self.learning_rate <= 0:
@@ -326,6 +334,10 @@ class S3TConfig:
     @property
     def adapted_layers(self) -> int:
         return self.slices * self.layers_per_slice
+
+    def training_method(self) -> Method:
+        """The layer groups each stage trains and switches on, and which depths serve."""
+        return Method(self.method, self.slices, growing=self.allocation == "growing")
 
     @classmethod
     def baseline(cls, name: str, **kwargs: Any) -> S3TConfig:

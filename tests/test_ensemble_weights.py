@@ -24,7 +24,6 @@ from s3t.config import ConfigError, S3TConfig
 from s3t.data.partition import partition
 from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
-from s3t.plan.methods import Method
 from s3t.run.deletion import ValidationSampleError
 from s3t.run.numeric import new_env
 from s3t.run.stages import StageRecord, served_stages
@@ -192,7 +191,7 @@ def scratch_scores(cfg: S3TConfig, deleted: set[str], wanted: dict[int, list[tup
                         features.ensure((shard, s), 0, cell, [text[i] for i in cell])
                         ids += cell
                     result = train_stage(backbone, features, shard=shard, prefix=prefix[:depth],
-                                         ancestors=chain, method=Method(cfg.method, cfg.slices),
+                                         ancestors=chain, method=cfg.training_method(),
                                          sample_ids=ids, labels=[label[i] for i in ids], val=val)
                     chain.append(result.weights)
                 out[(shard, prefix)] = result.val_score

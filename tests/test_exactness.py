@@ -15,7 +15,6 @@ from s3t.data.partition import partition
 from s3t.data.samples import Dataset
 from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
-from s3t.plan.methods import Method
 from s3t.run import lineage_chain
 from s3t.run.numeric import new_env
 from s3t.train.features import FeatureCache
@@ -35,7 +34,8 @@ def config(model: str, **kw) -> S3TConfig:
 # middle and last passes (and breaks ties) across the stages rather than always the first.
 ALL_OPTIONS = dict(stage_steps="equal", lr_schedule="cosine", warmup_ratio=0.2, best_epoch=True,
                    use_rslora=True, learning_rate=0.1)
-RECIPES = {"default": {}, "all-options": ALL_OPTIONS}
+RECIPES = {"default": {}, "equal": dict(allocation="equal"), "growing": dict(allocation="growing"),
+           "all-options": ALL_OPTIONS}
 
 
 def validation_set() -> Dataset:
@@ -75,7 +75,7 @@ def _scratch_chain(cfg: S3TConfig, data, deleted: set[str], shard: int, prefix,
             features.ensure((shard, s), 0, cell_ids, [text[i] for i in cell_ids])
             ids += cell_ids
         result = train_stage(backbone, features, shard=shard, prefix=prefix[:depth],
-                             ancestors=chain, method=Method(cfg.method, cfg.slices),
+                             ancestors=chain, method=cfg.training_method(),
                              sample_ids=ids, labels=[label[i] for i in ids], val=val)
         chain.append(result.weights)
     return chain
@@ -266,7 +266,7 @@ def test_baselines_go_out_of_service_and_retrain_exactly(tiny_bert, tmp_path, me
 def stage_by_stage_changes(cfg: S3TConfig, data, num_labels: int):
     """Train shard 0's stages (0,), (0, 1), ... one by one; yield (backbone, depth, names of
     the parameters each stage changed, result) for isolation checks in every family."""
-    method = Method(cfg.method, cfg.slices)
+    method = cfg.training_method()
     backbone = AdaptedBackbone(cfg, num_labels=num_labels)
     features = FeatureCache(backbone)
     features.ensure("all", 0, data.ids, data.texts)

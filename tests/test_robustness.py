@@ -14,7 +14,6 @@ from tiny import toy_dataset
 import s3t.train.local as local_executor
 from s3t.engine import S3T
 from s3t.models.adapted import AdaptedBackbone
-from s3t.plan.methods import Method
 
 
 @pytest.fixture
@@ -35,7 +34,7 @@ def test_served_probabilities_equal_a_scratch_trained_ensemble(fitted):
     backbone = AdaptedBackbone(cfg, num_labels=3)
     batch = backbone.encode(texts)
     bounds = backbone.boundaries(batch)
-    method = Method(cfg.method, cfg.slices)
+    method = cfg.training_method()
     chains = [scratch_chain(cfg, data, set(victims), shard, prefix)
               for shard, (prefix, _) in sorted(served(est).items())]
     probs = []

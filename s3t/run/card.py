@@ -68,7 +68,9 @@ class NotARunError(FileNotFoundError):
 #: written, and served, under the old default, so it keeps that value.
 #: ``torch_threads`` 0: the process's own count, as such runs trained (``run/numeric.py``).
 #: ``ensemble`` 'mean': runs before the field served every shard with the same weight.
-DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best", "torch_threads": 0, "ensemble": "mean"}
+#: ``allocation`` 'equal': runs before the field trained one layer group per stage.
+DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best", "torch_threads": 0, "ensemble": "mean",
+                         "allocation": "equal"}
 
 
 def read_card(run_file: Path) -> tuple[dict, S3TConfig]:

@@ -101,7 +101,7 @@ class Run:
 
     @property
     def method(self) -> Method:
-        return Method(self.config.method, self.config.slices)
+        return self.config.training_method()
 
     @property
     def numeric(self) -> NumericEnv:

@@ -24,7 +24,6 @@ from typing import Any
 
 from s3t.config import S3TConfig
 from s3t.models.stage_weights import StageWeights
-from s3t.plan.methods import Method
 from s3t.run.numeric import LEGACY, NumericEnv
 from s3t.train.scheduler import EVAL_BLOCK, StageJob
 
@@ -138,7 +137,7 @@ def _run_stage(spec: RunSpec, job: StageJob, ancestors: tuple[dict[str, Any], ..
         result = train_stage(
             worker.backbone, features, shard=job.shard, prefix=job.prefix,
             ancestors=[StageWeights.from_files(a["files"]) for a in ancestors],
-            method=Method(config.method, config.slices), sample_ids=job.sample_ids,
+            method=config.training_method(), sample_ids=job.sample_ids,
             labels=job.labels, val=val)
     except BaseException:
         _WORKER = None  # e.g. cancelled mid-stage: rebuild rather than trust a half-changed model

@@ -1,4 +1,5 @@
-"""Train one stage: layer group ``p`` and its own head copy, on the union of the prefix's slices.
+"""Train one stage: its layer groups (``Method.trained_groups``) and its own head copy, on the
+union of the prefix's slices.
 
 A stage's weights are a pure function of (config, seed, shard, prefix, the retained samples
 of the prefix's slices, its ancestors' weights; with ``best_epoch``, the validation samples,
@@ -92,8 +93,7 @@ def train_stage(
     backbone.load_route(ancestors, method)
     trained = method.trained_groups(depth)
     active = method.active_groups(depth)
-    if method.layerwise or depth == 1:  # SISA/full continue from the previous checkpoint
-        backbone.reset_groups(trained, generator)
+    backbone.reset_groups(method.fresh_groups(depth), generator)
     backbone.set_depth(active)
     params = backbone.trainable(trained)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate,

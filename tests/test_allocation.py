@@ -1,0 +1,78 @@
+"""Layer allocation by depth (issue 28): with ``allocation`` 'growing' a stage trained on p slices
+trains layer groups 1..p, continued from its ancestors; 'equal' (the paper's) trains group p
+only. Bitwise equality with scratch training after forget and retrain, for both, is in
+test_exactness.py (its recipes 'equal' and 'growing')."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_exactness import served
+from tiny import toy_dataset
+
+from s3t.config import ConfigError, S3TConfig
+from s3t.engine import S3T
+from s3t.plan.methods import Method
+from s3t.verify import verify_run
+
+DATA = toy_dataset(36)
+
+
+def config(model: str, **kw) -> S3TConfig:
+    base = dict(model=model, shards=1, slices=3, budget=1, epochs=1, batch_size=8,
+                learning_rate=1e-2, seed=3)
+    return S3TConfig(**{**base, **kw})
+
+
+def test_which_groups_a_stage_trains_and_starts_fresh():
+    equal, growing = Method("s3t", 3), Method("s3t", 3, growing=True)
+    assert [equal.trained_groups(d) for d in (1, 2, 3)] == [(1,), (2,), (3,)]
+    assert [growing.trained_groups(d) for d in (1, 2, 3)] == [(1,), (1, 2), (1, 2, 3)]
+    assert [growing.fresh_groups(d) for d in (1, 2, 3)] == [(1,), (2,), (3,)]
+    assert [growing.active_groups(d) for d in (1, 2, 3)] == [1, 2, 3]
+    sisa = Method("sisa", 3, growing=True)  # SISA trains the whole stack whatever the field
+    assert sisa.trained_groups(2) == (1, 2, 3) and sisa.fresh_groups(2) == ()
+    assert sisa.fresh_groups(1) == (1, 2, 3)
+    assert S3TConfig(allocation="growing").training_method() == growing
+    assert S3TConfig(allocation="equal").training_method() == equal
+
+
+def test_an_unknown_allocation_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match="allocation must be one of equal, growing"):
+        S3TConfig(allocation="deep").validate()
+
+
+@pytest.mark.parametrize("allocation", ["equal", "growing"])
+def test_a_growing_stage_holds_and_continues_its_ancestors_groups(tiny_bert, tmp_path,
+                                                                   allocation):
+    est = S3T(config(tiny_bert, allocation=allocation), run_dir=tmp_path / "run").fit(
+        DATA, progress=False)
+    (prefix, chain), = served(est).values()
+    assert len(chain) == 3
+    backbone = est.backbone
+    for depth, weights in enumerate(chain, 1):
+        groups = {backbone.group_of_layer(backbone.layer_index(k)) for k in weights.adapter}
+        assert groups == (set(range(1, depth + 1)) if allocation == "growing" else {depth})
+    if allocation == "growing":
+        assert any(not torch.equal(v, chain[2].adapter[k]) for k, v in chain[0].adapter.items()), \
+            "the deepest stage must have trained group 1 further"
+        backbone.load_route(chain, est.method)  # later stages overwrite: the deepest one wins
+        state = backbone.adapter_state((1, 2, 3))
+        assert all(torch.equal(state[k], chain[2].adapter[k]) for k in chain[2].adapter)
+    assert verify_run(tmp_path / "run", progress=False).ok
+    est.close()
+
+
+def test_a_card_from_before_the_field_keeps_equal_allocation(tiny_bert, tmp_path):
+    run = tmp_path / "run"
+    S3T(config(tiny_bert, allocation="equal"), run_dir=run).fit(DATA, progress=False).close()
+    card = json.loads((run / "s3t.json").read_text())
+    del card["config"]["allocation"]  # written before the field: trained one group per stage
+    (run / "s3t.json").write_text(json.dumps(card))
+    est = S3T.load(run)
+    assert est.config.allocation == "equal"
+    assert est.method == Method("s3t", 3)
+    est.close()
+    assert verify_run(run, progress=False).ok, "verify must retrain the stages the way they were trained"
