@@ -69,12 +69,14 @@ CAPACITY_USED = 0.1
 #: Training recipes: config fields on top of the method's settings. "v1" is the recipe of
 #: BENCHMARKS section 1 before issue 14 (explicit, so it stays reproducible when defaults move),
 #: serving one ordering per shard; "v2": v1 serving every ordering; "v3": v2 with each S3T stage
-#: training its ancestors' layer groups too (``allocation`` 'growing', issue 28).
+#: training its ancestors' layer groups too (``allocation`` 'growing', issue 28); "v3-all":
+#: every stage training every adapted layer (``allocation`` 'all').
 V1 = {"epochs": 3, "learning_rate": 2e-3, "batch_size": 32, "lora_r": 8, "lora_alpha": 16}
 RECIPES: dict[str, dict[str, Any]] = {
     "v1": {**V1, "serve_orderings": "best"},
     "v2": {**V1, "serve_orderings": "all"},
     "v3": {**V1, "serve_orderings": "all", "allocation": "growing"},
+    "v3-all": {**V1, "serve_orderings": "all", "allocation": "all"},
     "equal-steps": {"epochs": 3, "stage_steps": "equal"},
     "cosine": {"epochs": 3, "lr_schedule": "cosine", "warmup_ratio": 0.1},
     "best-epoch": {"epochs": 3, "best_epoch": True},

@@ -14,14 +14,13 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from s3t.plan.methods import METHODS, Method
+from s3t.plan.methods import ALLOCATIONS, METHODS, Method
 from s3t.plan.orderings import STRATEGIES, check_prior, default_budget
 from s3t.plan.placement import PLACEMENTS
 
 AGGREGATIONS = ("mean", "vote")
 SERVE_ORDERINGS = ("best", "all")
 ENSEMBLES = ("mean", "depth", "validation")
-ALLOCATIONS = ("equal", "growing")
 #: Fields that change only how a trained run serves (``s3t configure``), never a stage.
 SERVING_FIELDS = ("serve_orderings", "ensemble")
 CACHE_DTYPES = ("float32", "float16")
@@ -97,12 +96,14 @@ class S3TConfig:
     layers_per_slice: int = dataclasses.field(default=1, metadata={"help": (
         "Transformer layers adapted per slice (integer >= 1): the top slices x "
         "layers_per_slice layers are trained, the layers below stay frozen.")})
-    allocation: str = dataclasses.field(default="equal", metadata={"help": (
+    allocation: str = dataclasses.field(default="growing", metadata={"help": (
         f"Which adapted layers an S3T stage trains, one of {', '.join(ALLOCATIONS)}: 'equal' "
         "(the paper's) trains only the stage's own layer group; 'growing' also continues its "
         "ancestors' groups, so a stage trained on p slices owns p groups and the full-depth "
-        "model has every layer trained on all its shard's data, at the same compute. A stage "
-        "still depends only on its own prefix's slices: exactness is unchanged.")})
+        "model has every layer trained on all its shard's data, at the same compute; 'all' "
+        "trains every adapted layer at every depth, continued from its ancestor (SISA's "
+        "checkpoints, each allowed to serve; shallow stages cost more). A stage still depends "
+        "only on its own prefix's slices: exactness is unchanged.")})
     lora_r: int = dataclasses.field(default=8, metadata={"help": (
         "LoRA rank (integer >= 1): adapter capacity against size; a small rank suffices "
         "on top of a frozen pretrained trunk.")})
@@ -337,7 +338,8 @@ class S3TConfig:
 
     def training_method(self) -> Method:
         """The layer groups each stage trains and switches on, and which depths serve."""
-        return Method(self.method, self.slices, growing=self.allocation == "growing")
+        return Method(self.method, self.slices,
+                      self.allocation if self.method == "s3t" else "equal")
 
     @classmethod
     def baseline(cls, name: str, **kwargs: Any) -> S3TConfig:

@@ -27,24 +27,29 @@ def config(model: str, **kw) -> S3TConfig:
 
 
 def test_which_groups_a_stage_trains_and_starts_fresh():
-    equal, growing = Method("s3t", 3), Method("s3t", 3, growing=True)
+    equal, growing, every = (Method("s3t", 3, a) for a in ("equal", "growing", "all"))
     assert [equal.trained_groups(d) for d in (1, 2, 3)] == [(1,), (2,), (3,)]
     assert [growing.trained_groups(d) for d in (1, 2, 3)] == [(1,), (1, 2), (1, 2, 3)]
     assert [growing.fresh_groups(d) for d in (1, 2, 3)] == [(1,), (2,), (3,)]
     assert [growing.active_groups(d) for d in (1, 2, 3)] == [1, 2, 3]
-    sisa = Method("sisa", 3, growing=True)  # SISA trains the whole stack whatever the field
-    assert sisa.trained_groups(2) == (1, 2, 3) and sisa.fresh_groups(2) == ()
-    assert sisa.fresh_groups(1) == (1, 2, 3)
-    assert S3TConfig(allocation="growing").training_method() == growing
-    assert S3TConfig(allocation="equal").training_method() == equal
+    assert [every.active_groups(d) for d in (1, 2, 3)] == [3, 3, 3]
+    assert [every.trained_groups(d) for d in (1, 2, 3)] == [(1, 2, 3)] * 3
+    assert [every.fresh_groups(d) for d in (1, 2, 3)] == [(1, 2, 3), (), ()]
+    assert every.servable(1) and not Method("sisa", 3).servable(1)
+    for a, method in (("equal", equal), ("growing", growing), ("all", every)):
+        assert S3TConfig(allocation=a).training_method() == method
+    # SISA and full train the whole stack whatever the field says
+    assert S3TConfig.baseline("sisa", allocation="growing").training_method() == Method("sisa", 3)
 
 
 def test_an_unknown_allocation_is_refused_naming_the_choices():
-    with pytest.raises(ConfigError, match="allocation must be one of equal, growing"):
+    with pytest.raises(ConfigError, match="allocation must be one of equal, growing, all"):
         S3TConfig(allocation="deep").validate()
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        Method("s3t", 3, "deep")
 
 
-@pytest.mark.parametrize("allocation", ["equal", "growing"])
+@pytest.mark.parametrize("allocation", ["equal", "growing", "all"])
 def test_a_growing_stage_holds_and_continues_its_ancestors_groups(tiny_bert, tmp_path,
                                                                    allocation):
     est = S3T(config(tiny_bert, allocation=allocation), run_dir=tmp_path / "run").fit(
@@ -54,13 +59,16 @@ def test_a_growing_stage_holds_and_continues_its_ancestors_groups(tiny_bert, tmp
     backbone = est.backbone
     for depth, weights in enumerate(chain, 1):
         groups = {backbone.group_of_layer(backbone.layer_index(k)) for k in weights.adapter}
-        assert groups == (set(range(1, depth + 1)) if allocation == "growing" else {depth})
-    if allocation == "growing":
+        assert groups == {"equal": {depth}, "growing": set(range(1, depth + 1)),
+                          "all": {1, 2, 3}}[allocation]
+    if allocation != "equal":
         assert any(not torch.equal(v, chain[2].adapter[k]) for k, v in chain[0].adapter.items()), \
             "the deepest stage must have trained group 1 further"
         backbone.load_route(chain, est.method)  # later stages overwrite: the deepest one wins
         state = backbone.adapter_state((1, 2, 3))
         assert all(torch.equal(state[k], chain[2].adapter[k]) for k in chain[2].adapter)
+    backbone.load_route(chain[:1], est.method)  # a depth-1 route switches on what it trained
+    assert backbone.depth == (3 if allocation == "all" else 1)
     assert verify_run(tmp_path / "run", progress=False).ok
     est.close()
 

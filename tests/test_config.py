@@ -90,7 +90,7 @@ GIVEN = {
     "seed": (["--seed", "7"], 7),
     "serve_orderings": (["--serve-orderings", "best"], "best"),
     "ensemble": (["--ensemble", "depth"], "depth"),
-    "allocation": (["--allocation", "growing"], "growing"),
+    "allocation": (["--allocation", "equal"], "equal"),
     "feature_cache": (["--no-cache"], False),
     "feature_cache_dtype": (["--cache-dtype", "float16"], "float16"),
     "feature_cache_memory_gb": (["--cache-memory-gb", "1.5"], 1.5),

@@ -14,10 +14,10 @@ import pytest
 import torch
 from test_exactness import (
     assert_served_equal_scratch,
-    own_group_lora,
     pick_victims,
     served,
     stage_by_stage_changes,
+    stage_lora,
 )
 from test_exactness import config as exactness_config
 from tiny import make_tiny_llama, toy_instructions
@@ -143,7 +143,7 @@ def test_lora_targets_default_to_every_projection_and_explicit_targets_win(tiny_
 def test_stage_changes_only_its_layer_group_and_norm(tiny_llama):
     cfg = config(tiny_llama, slices=3, budget=1)
     for backbone, depth, changed, result in stage_by_stage_changes(cfg, toy_instructions(24), 1):
-        allowed = own_group_lora(backbone, depth)
+        allowed = stage_lora(backbone, depth)
         assert changed <= allowed | {"model.norm.weight"}, sorted(changed - allowed)
         assert any("lora_B" in k for k in changed) and "model.norm.weight" in changed
         assert math.isfinite(result.final_loss)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_exactness import own_group_lora, stage_by_stage_changes
+from test_exactness import stage_by_stage_changes, stage_lora
 from tiny import make_tiny_bert, toy_dataset
 
 from s3t.config import S3TConfig
@@ -39,10 +39,11 @@ def snapshot(est: S3T) -> dict:
             if (est.run_dir / "certificates").exists() else []}
 
 
-def test_stage_changes_only_its_layer_group_and_head(tiny_bert, tmp_path):
-    cfg = config(tiny_bert, slices=3, budget=1, strategy="cyclic")
+@pytest.mark.parametrize("allocation", ["equal", "growing", "all"])
+def test_stage_changes_only_its_layer_groups_and_head(tiny_bert, tmp_path, allocation):
+    cfg = config(tiny_bert, slices=3, budget=1, strategy="cyclic", allocation=allocation)
     for backbone, depth, changed, _ in stage_by_stage_changes(cfg, toy_dataset(30), 3):
-        allowed_lora = own_group_lora(backbone, depth)
+        allowed_lora = stage_lora(backbone, depth)
         head = {k for k, _ in backbone.model.named_parameters()
                 if k.startswith(("classifier", "bert.pooler"))}
         assert changed, "training must change something"

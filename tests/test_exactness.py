@@ -35,7 +35,7 @@ def config(model: str, **kw) -> S3TConfig:
 ALL_OPTIONS = dict(stage_steps="equal", lr_schedule="cosine", warmup_ratio=0.2, best_epoch=True,
                    use_rslora=True, learning_rate=0.1)
 RECIPES = {"default": {}, "equal": dict(allocation="equal"), "growing": dict(allocation="growing"),
-           "all-options": ALL_OPTIONS}
+           "all": dict(allocation="all"), "all-options": ALL_OPTIONS}
 
 
 def validation_set() -> Dataset:
@@ -282,7 +282,10 @@ def stage_by_stage_changes(cfg: S3TConfig, data, num_labels: int):
         chain.append(result.weights)
 
 
-def own_group_lora(backbone: AdaptedBackbone, depth: int) -> set[str]:
-    layers = {backbone.group_start(depth) + i for i in range(backbone.config.layers_per_slice)}
+def stage_lora(backbone: AdaptedBackbone, depth: int) -> set[str]:
+    """The LoRA tensors a stage of ``depth`` may train: those of its allocation's groups."""
+    groups = backbone.config.training_method().trained_groups(depth)
+    layers = {backbone.group_start(g) + i for g in groups
+              for i in range(backbone.config.layers_per_slice)}
     return {k for k, _ in backbone.model.named_parameters()
             if "lora_" in k and backbone.layer_index(k) in layers}

@@ -18,9 +18,9 @@ from PIL import Image
 from test_exactness import (
     assert_served_equal_scratch,
     config,
-    own_group_lora,
     pick_victims,
     stage_by_stage_changes,
+    stage_lora,
 )
 from tiny import make_tiny_vit
 from transformers import ViTImageProcessor
@@ -228,7 +228,7 @@ def test_stage_changes_only_its_layer_group_and_head(tiny_vit, fmnist):
     cfg = config(tiny_vit, slices=3, budget=1)
     head = {"vit.layernorm.weight", "vit.layernorm.bias", "classifier.weight", "classifier.bias"}
     for backbone, depth, changed, _ in stage_by_stage_changes(cfg, fmnist.subset(range(30)), 10):
-        allowed = own_group_lora(backbone, depth)
+        allowed = stage_lora(backbone, depth)
         assert changed <= allowed | head, sorted(changed - allowed - head)
         assert any("lora_B" in k for k in changed) and "vit.layernorm.weight" in changed
 
