@@ -150,7 +150,7 @@ class ErasureRequest(Request):
         for url in urls:
             if not CALLBACK_URL.match(url) or len(url) > 2000:
                 raise ValueError(f"{url[:100]!r} is not an http(s) URL")
-        return urls
+        return list(dict.fromkeys(urls))  # one callback per URL, however often it is named
 
 
 class SubjectTransition(Record):
@@ -428,6 +428,18 @@ class Traffic(Record):
     deletions: RequestStats = Field(description="POST /v1/deletions.")
 
 
+class ErasureCounts(Record):
+    """The run's erasure requests (``POST /v1/dsr``) by state, and their status callbacks."""
+
+    received: int
+    exact: int
+    erased: int
+    restored: int
+    callbacks_pending: int = Field(description="Not delivered yet (being tried).")
+    callbacks_failed: int = Field(description="Given up after --callback-attempts tries, or "
+                                  "for a host --callback-allow does not list.")
+
+
 class Status(Record):
     run_dir: str | None = None
     shards: int
@@ -456,6 +468,8 @@ class Status(Record):
     val_accuracy: float | None = None
     traffic: Traffic | None = Field(default=None, description="This server's requests.")
     last_audit: AuditSummary | None = Field(default=None, description="Null: none yet.")
+    erasures: ErasureCounts | None = Field(default=None, description="The run's erasure "
+                                           "requests (from its ledger).")
 
 
 class JobList(Record):
