@@ -375,6 +375,13 @@ def test_a_replay_with_other_content_is_refused_naming_what_differs_and_changes_
     assert (after["deleted"], after["deletion_requests"]) == (before["deleted"],
                                                               before["deletion_requests"])
     assert victims[2] in retained(run, 100, shard=0)  # the third sample was not deleted
+    # the run's erasure requests by state, as /metrics and /v1/status count them
+    metrics = httpx.get(f"{url}/metrics", headers=AUTH).text
+    for state, count in (("received", 0), ("exact", 0), ("erased", 1), ("restored", 0)):
+        assert f's3t_erasure_requests{{state="{state}"}} {count:.1f}' in metrics, metrics
+    assert "s3t_erasure_callbacks_pending 6.0" in metrics
+    assert after["erasures"] == {"received": 0, "exact": 0, "erased": 1, "restored": 0,
+                                 "callbacks_pending": 6, "callbacks_failed": 0}
 
     # a plain deletion's request id is a subject request id too: other samples are refused
     plain = httpx.post(f"{url}/v1/deletions", json={"sample_ids": victims[2:],
