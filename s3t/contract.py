@@ -121,8 +121,8 @@ class ErasureRequest(Request):
 
     subject_request_id: str = Field(min_length=1, max_length=200, description=(
         "The controller's id of the request (a UUID in OpenDSR). It is the deletion's "
-        "idempotency key: re-sending it with the same identities is answered with the same "
-        "request; with others, 409."))
+        "idempotency key: re-sending it with the same identities and callback URLs is "
+        "answered with the same request; with others, 409 naming what differs."))
     subject_request_type: Literal["erasure"] = "erasure"
     submitted_time: str = Field(min_length=10, max_length=64, description="When the subject "
                                 "made the request (ISO 8601 with a time zone).")
@@ -130,7 +130,8 @@ class ErasureRequest(Request):
                                                       "the run's sample ids and groups.")
     status_callback_urls: list[str] = Field(default_factory=list, max_length=10, description=(
         "http(s) URLs POSTed a SubjectCallback at each state change, signed (header "
-        "S3T-Signature), retried with back-off until delivered."))
+        "S3T-Signature), retried with back-off until delivered; only on hosts the server's "
+        "--callback-allow lists (else 400)."))
     api_version: str | None = Field(default=None, max_length=20)
 
     @field_validator("submitted_time")
