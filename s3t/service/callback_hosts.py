@@ -89,13 +89,23 @@ def refused(urls: Iterable[str], allow: Sequence[str]) -> list[str]:
     return [url for url in urls if not allowed(url, allow)]
 
 
+def _netloc(url: str) -> str:
+    return urlsplit(url).netloc.rsplit("@", 1)[-1] or url
+
+
+def _listed(allow: Sequence[str]) -> str:
+    return f"it allows only {', '.join(allow)}" if allow else "it allows none"
+
+
+def not_listed(url: str, allow: Sequence[str]) -> str:
+    """Why a queued callback is given up unsent."""
+    return f"{_netloc(url)} is not a host {FLAG} lists ({_listed(allow)})"
+
+
 def refusal(urls: Sequence[str], allow: Sequence[str]) -> str:
     """Why ``urls`` are refused, naming the flag that allows them."""
-    hosts = []
-    for url in urls:
-        parts = urlsplit(url)
-        hosts.append(parts.netloc.rsplit("@", 1)[-1] or url)
-    listed = f"it allows only {', '.join(allow)}" if allow else "it allows none"
+    hosts = [_netloc(url) for url in urls]
+    listed = _listed(allow)
     return (f"status_callback_urls: this server does not send callbacks to "
             f"{', '.join(dict.fromkeys(hosts))} ({listed}): start it with {FLAG} "
             f"{hosts[0]} (or {ALLOW_ENV}) to allow that host; nothing was deleted")

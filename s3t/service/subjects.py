@@ -241,11 +241,11 @@ class Subjects:
 
     def _send(self, callback: dict) -> None:
         if not allowed(callback["url"], self.allow):  # queued elsewhere, or before a restart
-            error = callback_hosts.refusal([callback["url"]], self.allow)
+            refused = callback_hosts.not_listed(callback["url"], self.allow)
             with self.model.records_lock:
-                self.model.records.ledger.callback_done(callback["id"], False, None, error)
+                self.model.records.ledger.callback_done(callback["id"], False, None, refused)
             log.error("callback %s (%s) to %s given up unsent: %s", f"cb-{callback['id']}",
-                      callback["subject_request_id"], callback["url"], error)
+                      callback["subject_request_id"], callback["url"], refused)
             return
         found, retrains = self._status(callback["subject_request_id"])
         status = found or {}
