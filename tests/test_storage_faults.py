@@ -301,3 +301,28 @@ def test_a_full_disk_holds_erasure_callbacks_back_with_its_message_until_freed(
             finally:
                 receiver.kill()
         assert json.loads(invoke("audit", run, "--json").stdout)["ok"] is True
+
+
+@pytest.mark.parametrize("fault", ["read-only", "permission"])
+def test_the_erasure_thread_logs_a_storage_fault_as_the_table_s_line(run_copy, monkeypatch,
+                                                                     caplog, fault):
+    from test_dsr import SECRET, erasure
+
+    make, _, _, words = FAULTS[fault]
+    victim = samples_in(run_copy, (0, 0))[0]
+    with caplog.at_level(logging.ERROR, logger="s3t.service"), serving(
+            run_copy, callback_secret=SECRET, callback_allow=("127.0.0.1",),
+            callback_backoff_s=0.1) as client:
+        monkeypatch.setattr(Ledger, "due_callbacks", lambda self, *args: (_ for _ in ()).throw(
+            make()))
+        answer = client.post("/v1/dsr", json=erasure("ro-1", [victim], ["http://127.0.0.1:9/h"]),
+                             headers=AUTH)
+        assert answer.status_code == 200, answer.text  # the deletion itself was written
+        deadline = time.monotonic() + 30
+        while not [r for r in caplog.records if words in r.getMessage()]:
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            time.sleep(0.05)
+        monkeypatch.undo()
+    record = next(r for r in caplog.records if words in r.getMessage())
+    assert record.getMessage().startswith("erasure requests: ") and record.exc_info is None
+    assert "backup" not in record.getMessage()
