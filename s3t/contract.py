@@ -121,8 +121,8 @@ class ErasureRequest(Request):
 
     subject_request_id: str = Field(min_length=1, max_length=200, description=(
         "The controller's id of the request (a UUID in OpenDSR). It is the deletion's "
-        "idempotency key: re-sending it with the same identities is answered with the same "
-        "request; with others, 409."))
+        "idempotency key: re-sending it with the same identities and callback URLs is "
+        "answered with the same request; with others, 409 naming what differs."))
     subject_request_type: Literal["erasure"] = "erasure"
     submitted_time: str = Field(min_length=10, max_length=64, description="When the subject "
                                 "made the request (ISO 8601 with a time zone).")
@@ -130,7 +130,8 @@ class ErasureRequest(Request):
                                                       "the run's sample ids and groups.")
     status_callback_urls: list[str] = Field(default_factory=list, max_length=10, description=(
         "http(s) URLs POSTed a SubjectCallback at each state change, signed (header "
-        "S3T-Signature), retried with back-off until delivered."))
+        "S3T-Signature), retried with back-off until delivered; only on hosts the server's "
+        "--callback-allow lists (else 400)."))
     api_version: str | None = Field(default=None, max_length=20)
 
     @field_validator("submitted_time")
@@ -150,7 +151,7 @@ class ErasureRequest(Request):
         for url in urls:
             if not CALLBACK_URL.match(url) or len(url) > 2000:
                 raise ValueError(f"{url[:100]!r} is not an http(s) URL")
-        return urls
+        return list(dict.fromkeys(urls))  # one callback per URL, however often it is named
 
 
 class SubjectTransition(Record):
@@ -428,6 +429,18 @@ class Traffic(Record):
     deletions: RequestStats = Field(description="POST /v1/deletions.")
 
 
+class ErasureCounts(Record):
+    """The run's erasure requests (``POST /v1/dsr``) by state, and their status callbacks."""
+
+    received: int
+    exact: int
+    erased: int
+    restored: int
+    callbacks_pending: int = Field(description="Not delivered yet (being tried).")
+    callbacks_failed: int = Field(description="Given up after --callback-attempts tries, or "
+                                  "for a host --callback-allow does not list.")
+
+
 class Status(Record):
     run_dir: str | None = None
     shards: int
@@ -456,6 +469,8 @@ class Status(Record):
     val_accuracy: float | None = None
     traffic: Traffic | None = Field(default=None, description="This server's requests.")
     last_audit: AuditSummary | None = Field(default=None, description="Null: none yet.")
+    erasures: ErasureCounts | None = Field(default=None, description="The run's erasure "
+                                           "requests (from its ledger).")
 
 
 class JobList(Record):

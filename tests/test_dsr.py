@@ -1,7 +1,8 @@
 """Standard deletion requests (``POST /v1/dsr``): an OpenDSR-shaped erasure moves through
 received, exact, erased and restored in the ledger; each state change is POSTed, signed, to
 the status callback URLs, at least once, across a receiver that is killed and restarted and
-across a server restart; replays, rejections and limits."""
+across a server restart; replays (a re-sent request with other content is refused and changes
+nothing), rejections, limits, and the hosts callbacks may go to (--callback-allow)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from s3t.run.subject import (
     restore_targets,
 )
 from s3t.service import create_app
+from s3t.service.callback_hosts import allowed, parse_entry
 
 TOKEN = "dsr-token"
 SECRET = "a-shared-callback-secret-of-some-length"
@@ -124,7 +126,8 @@ def test_an_erasure_moves_through_its_states_and_every_callback_arrives_across_r
     receiver = Receiver(free_port())  # not listening yet: the first tries fail
     victims = retained(run, 2)
     app = create_app(run, token=TOKEN, callback_secret=SECRET, callback_backoff_s=0.1,
-                     callback_attempts=50, retrain="eager", retrain_delay_s=3600)
+                     callback_attempts=50, retrain="eager", retrain_delay_s=3600,
+                     callback_allow=("127.0.0.1",))
     with live_server(app) as url, Client(url, token=TOKEN) as s3t:
         status = s3t.erase("dsr-1", sample_ids=victims, submitted_time=SUBMITTED,
                            callback_urls=[receiver.url])
@@ -256,13 +259,15 @@ def test_a_restarted_server_delivers_what_was_pending_signed_with_the_run_s_key(
     monkeypatch.setenv(ENV, str(key))
     receiver = Receiver(free_port())
     victim = retained(run, 1)
-    with live_server(create_app(run, token=TOKEN, callback_backoff_s=5)) as url:
+    with live_server(create_app(run, token=TOKEN, callback_backoff_s=5,
+                                       callback_allow=[f"127.0.0.1:{receiver.port}"])) as url:
         status = httpx.post(f"{url}/v1/dsr", json=erasure("signed-1", victim, [receiver.url]),
                             headers=AUTH).json()
         assert status["state"] == "erased", status
     # the server stopped with the callbacks undelivered; the next one sends them
     receiver.start()
-    with live_server(create_app(run, token=TOKEN, callback_backoff_s=5)) as url:
+    with live_server(create_app(run, token=TOKEN, callback_backoff_s=5,
+                                       callback_allow=[f"127.0.0.1:{receiver.port}"])) as url:
         receiver.wait_for({"received", "exact", "erased"})
         wait_status(url, "signed-1", lambda s: s["callbacks_pending"] == 0, timeout=30)
         public = httpx.get(f"{url}/v1/keys").json()["signing_key"]
@@ -320,3 +325,131 @@ def test_the_state_rules():
         "2026-01-01T00:00:05+00:00"
     assert expected_completion("exact", seen, True, 3, None, 60, None, now) is None
     assert SubjectOpening("s", SUBMITTED, SUBMITTED).callback_urls == ()
+
+
+@pytest.fixture(scope="module")
+def hooked(trained, tmp_path_factory):
+    """A server that signs callbacks (a shared secret) and may send them to 127.0.0.1 only;
+    nobody listens on the callback URLs below, and a failed try waits 60 s."""
+    run = copy_run(trained, tmp_path_factory.mktemp("hooked"))
+    with live_server(create_app(run, token=TOKEN, callback_secret=SECRET, callback_backoff_s=60,
+                                callback_allow=("127.0.0.1",))) as url:
+        yield url, run
+
+
+def test_a_replay_with_other_content_is_refused_naming_what_differs_and_changes_nothing(hooked):
+    url, run = hooked
+    victims = retained(run, 3, shard=0)
+    hook, other_hook = "http://127.0.0.1:9/a", "http://127.0.0.1:9/b"
+    first = httpx.post(f"{url}/v1/dsr", json=erasure("changed", victims[:2], [hook, other_hook]),
+                       headers=AUTH)
+    assert first.status_code == 200 and first.headers["S3T-Replayed"] == "false", first.text
+    recorded = first.json()
+    # the same content in another order, a URL named twice: a replay, answered as before
+    again = httpx.post(f"{url}/v1/dsr", json=erasure("changed", victims[1::-1],
+                                                     [other_hook, hook, hook]), headers=AUTH)
+    assert again.status_code == 200 and again.headers["S3T-Replayed"] == "true", again.text
+    assert again.json()["deletion_request_id"] == recorded["deletion_request_id"]
+    assert again.json()["transitions"] == recorded["transitions"]
+    before = httpx.get(f"{url}/v1/status", headers=AUTH).json()
+    for urls, ids, differ in (
+            ([hook], victims[:2], ["status_callback_urls"]),
+            ([hook, other_hook, "http://127.0.0.1:9/c"], victims[:2], ["status_callback_urls"]),
+            ([hook, other_hook], victims[:1], ["subject_identities"]),
+            ([hook, other_hook], victims, ["subject_identities"]),
+            ([], victims[2:], ["subject_identities", "status_callback_urls"])):
+        answer = httpx.post(f"{url}/v1/dsr", json=erasure("changed", ids, urls), headers=AUTH)
+        assert answer.status_code == 409, answer.text
+        message = answer.json()["message"]
+        assert answer.json()["error"] == "conflict"
+        assert message.startswith("subject_request_id 'changed' was already received with "
+                                  "other "), message
+        assert "nothing was changed" in message and "GET /v1/dsr/changed" in message
+        for field in ("subject_identities", "status_callback_urls"):
+            assert (field in message) == (field in differ), message
+    status = httpx.get(f"{url}/v1/dsr/changed", headers=AUTH).json()
+    assert sorted(status["status_callback_urls"]) == [hook, other_hook]
+    assert status["transitions"] == recorded["transitions"] and status["samples"] == 2
+    assert status["callbacks_pending"] + status["callbacks_failed"] == 6  # 3 states x 2 URLs
+    after = httpx.get(f"{url}/v1/status", headers=AUTH).json()
+    assert (after["deleted"], after["deletion_requests"]) == (before["deleted"],
+                                                              before["deletion_requests"])
+    assert victims[2] in retained(run, 100, shard=0)  # the third sample was not deleted
+    # the run's erasure requests by state, as /metrics and /v1/status count them
+    metrics = httpx.get(f"{url}/metrics", headers=AUTH).text
+    for state, count in (("received", 0), ("exact", 0), ("erased", 1), ("restored", 0)):
+        assert f's3t_erasure_requests{{state="{state}"}} {count:.1f}' in metrics, metrics
+    assert "s3t_erasure_callbacks_pending 6.0" in metrics
+    assert after["erasures"] == {"received": 0, "exact": 0, "erased": 1, "restored": 0,
+                                 "callbacks_pending": 6, "callbacks_failed": 0}
+
+    # a plain deletion's request id is a subject request id too: other samples are refused
+    plain = httpx.post(f"{url}/v1/deletions", json={"sample_ids": victims[2:],
+                                                     "request_id": "plain-7"}, headers=AUTH)
+    assert plain.status_code == 200, plain.text
+    other = httpx.post(f"{url}/v1/dsr", json=erasure("plain-7", retained(run, 1, shard=1)),
+                       headers=AUTH)
+    assert other.status_code == 409 and "subject_request_id 'plain-7'" in \
+        other.json()["message"] and "subject_identities" in other.json()["message"]
+    assert httpx.get(f"{url}/v1/dsr/plain-7", headers=AUTH).status_code == 404
+
+
+def test_callback_urls_on_hosts_the_server_does_not_allow_are_refused(hooked):
+    url, run = hooked
+    victim = retained(run, 1, shard=1)
+    before = httpx.get(f"{url}/v1/status", headers=AUTH).json()
+    for n, hook in enumerate(("http://localhost:9/h", "http://127.0.0.2/h",
+                              "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/h",
+                              "http://[::1]:9/h", "https://hooks.example.com/h",
+                              "http://2130706433/h")):
+        body = erasure(f"ssrf-{n}", victim, ["http://127.0.0.1:9/ok", hook])
+        answer = httpx.post(f"{url}/v1/dsr", json=body, headers=AUTH)
+        assert answer.status_code == 400, (hook, answer.text)
+        message = answer.json()["message"]
+        assert "--callback-allow" in message and "127.0.0.1:9/ok" not in message, message
+        assert message.endswith("nothing was deleted")
+        assert httpx.get(f"{url}/v1/dsr/ssrf-{n}", headers=AUTH).status_code == 404
+    after = httpx.get(f"{url}/v1/status", headers=AUTH).json()
+    assert (after["deleted"], after["deletion_requests"]) == (before["deleted"],
+                                                              before["deletion_requests"])
+
+
+def test_a_callback_queued_for_a_host_no_longer_allowed_is_given_up_unsent(trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    receiver = Receiver(free_port())  # down while the first server tries
+    victim = retained(run, 1)
+    with live_server(create_app(run, token=TOKEN, callback_secret=SECRET, callback_backoff_s=0.05,
+                                callback_allow=("127.0.0.1",))) as url:
+        status = httpx.post(f"{url}/v1/dsr", json=erasure("moved", victim, [receiver.url]),
+                            headers=AUTH).json()
+        assert status["callbacks_pending"] == 3, status
+    receiver.start()  # now it listens, but the next server allows only another host
+    try:
+        with live_server(create_app(run, token=TOKEN, callback_secret=SECRET,
+                                    callback_allow=("hooks.example.com",))) as url:
+            status = wait_status(url, "moved", lambda s: s["callbacks_failed"] == 3, timeout=30)
+            assert status["callbacks_pending"] == 0
+            metrics = httpx.get(f"{url}/metrics", headers=AUTH).text
+            assert "s3t_erasure_callbacks_failed 3.0" in metrics
+    finally:
+        receiver.kill()
+    assert receiver.received == []
+
+
+def test_the_callback_allow_list_rules():
+    allow = ("hooks.example.com", "127.0.0.1:8443", "*.dpo.example", "[::1]:9", "Upper.Example.")
+    assert allowed("https://hooks.example.com/h", allow)
+    assert allowed("http://HOOKS.example.com:8080/h", allow)  # a host without a port: any port
+    assert allowed("https://127.0.0.1:8443/h", allow)
+    assert not allowed("http://127.0.0.1/h", allow) and not allowed("http://127.0.0.1:8444/", allow)
+    assert allowed("https://a.b.dpo.example/h", allow) and not allowed("https://dpo.example/", allow)
+    assert not allowed("https://evil-dpo.example/h", allow)
+    assert allowed("http://[0:0::1]:9/h", allow) and not allowed("http://[::1]:10/h", allow)
+    assert allowed("http://upper.example/h", allow)
+    assert not allowed("http://hooks.example.com.evil.test/h", allow)
+    assert not allowed("http://hooks.example.com@10.0.0.1/h", allow)  # the host is 10.0.0.1
+    assert not allowed("http://localhost:8443/h", allow) and not allowed("http://x/", ())
+    assert parse_entry("[::1]:9")[1] == 9
+    for bad in ("", "a/b", "https://a", "*.", "a.*.b", "user@a", "a:99999"):
+        with pytest.raises(ValueError):
+            parse_entry(bad)

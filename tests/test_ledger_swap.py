@@ -10,10 +10,12 @@ the run is refused with the replay command to run.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,7 @@ from test_service import AUTH, free_port, samples_in, serving, start_server
 from s3t.run import Run
 from s3t.run.faults import FAULT_ENV, FAULT_EXIT
 from s3t.run.storage import LedgerChangedError, LedgerDamagedError, RunFault, RunFileMissingError
+from s3t.run.subject import SubjectOpening
 
 
 def backup(run: Path, dest: Path) -> Path:
@@ -166,3 +169,69 @@ def test_run_faults_have_their_own_exit_codes_and_http_statuses():
     assert codes == {"ReadOnlyRunError": (3, 503), "RunPermissionError": (4, 503),
                      "DiskFullError": (5, 507), "RunFileMissingError": (6, 503),
                      "LedgerDamagedError": (7, 503), "LedgerChangedError": (8, 503)}
+
+
+# --- an erasure request's follow-up writes (s3t.run.subject) -----------------------------------
+
+HOOK = "http://127.0.0.1:9/hook"
+FOLLOW_UPS = {  # the writes after a deletion: the subjects' thread makes them
+    "advance": lambda ledger: ledger.advance_subjects(),
+    "claim": lambda ledger: ledger.due_callbacks(time.time(), 5.0),
+    "settle": lambda ledger: ledger.callback_done(
+        ledger.conn.execute("SELECT MIN(id) FROM callbacks").fetchone()[0], True),
+}
+
+
+@pytest.mark.parametrize("write", list(FOLLOW_UPS))
+@pytest.mark.parametrize("how", ["older-copy", "deleted"])
+def test_an_erasure_s_follow_up_writes_refuse_a_swapped_ledger(run_copy, tmp_path, how, write):
+    """Like a deletion: no state moves and no callback is claimed or settled in a ledger file
+    the run no longer has."""
+    older = backup(run_copy, tmp_path / "backup.sqlite")
+    victim = samples_in(run_copy, (0, 0))[0]
+    run = Run.open(run_copy)
+    try:
+        run.forget([victim], client_key="swap-1", subject=SubjectOpening(
+            "swap-1", "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", (HOOK,)))
+        ledger = run.ledger
+        recorded = ledger.subject_request("swap-1")
+        assert recorded["state"] == "erased" and recorded["callbacks_pending"] == 3
+        swap(run_copy, how, older)
+        with pytest.raises(LedgerChangedError, match=WHAT[how]):
+            FOLLOW_UPS[write](ledger)
+        # the file this connection holds is as it was: nothing advanced, claimed or settled
+        assert ledger.subject_request("swap-1") == recorded
+        assert ledger.conn.execute("SELECT SUM(attempts) FROM callbacks").fetchone()[0] == 0
+        with pytest.raises(LedgerChangedError):  # and every later write is refused
+            ledger.advance_subjects()
+    finally:
+        run.close()
+
+
+def test_after_a_swap_no_erasure_callback_goes_out_and_the_log_says_why(run_copy, tmp_path,
+                                                                        caplog):
+    from test_dsr import SECRET, Receiver, erasure
+
+    older = backup(run_copy, tmp_path / "backup.sqlite")
+    receiver = Receiver(free_port())  # down at first: the first tries fail
+    victim = samples_in(run_copy, (0, 0))[0]
+    with caplog.at_level(logging.ERROR, logger="s3t.service"), serving(
+            run_copy, callback_secret=SECRET, callback_allow=("127.0.0.1",),
+            callback_backoff_s=0.5) as client:
+        answer = client.post("/v1/dsr", json=erasure("swapped", [victim], [receiver.url]),
+                             headers=AUTH)
+        assert answer.status_code == 200 and answer.json()["callbacks_pending"] == 3, answer.text
+        swap(run_copy, "older-copy", older)
+        receiver.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not any("erasure requests" in r.getMessage() and
+                          "replaced by another file" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+                time.sleep(0.1)
+            time.sleep(1.5)  # a retry or two more
+        finally:
+            receiver.kill()
+    assert receiver.received == []  # nothing from a ledger the run no longer has
+    line = next(r.getMessage() for r in caplog.records if "erasure requests" in r.getMessage())
+    assert "--replay" in line and "Traceback" not in line

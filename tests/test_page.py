@@ -127,20 +127,27 @@ def test_page_shows_the_shards_and_after_the_token_the_deletion_log(run, server,
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    # two deletions through the API: one sample, then two samples of another cell
+    # two deletions through the API: one sample, then two samples of another cell as an
+    # erasure request (POST /v1/dsr)
     victims = [samples_in(run, (0, 0), 1), samples_in(run, (1, 1), 2)]
     train = toy_dataset(48, groups=True)
     texts = dict(zip(train.ids, train.texts, strict=True))
-    for ids in victims:
-        response = httpx.post(server + "/v1/deletions", json={"sample_ids": ids}, headers=AUTH,
-                              timeout=30)
-        assert response.status_code == 200, response.text
+    response = httpx.post(server + "/v1/deletions", json={"sample_ids": victims[0]},
+                          headers=AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    response = httpx.post(server + "/v1/dsr", headers=AUTH, timeout=30, json={
+        "subject_request_id": "page-subject", "submitted_time": "2026-12-06T10:00:00Z",
+        "subject_identities": [{"identity_type": "sample_id", "identity_value": i}
+                               for i in victims[1]]})
+    assert response.status_code == 200 and response.json()["state"] == "erased", response.text
     status = httpx.get(server + "/v1/status", headers=AUTH, timeout=10).json()
     expected_shards = {m: [r["stage"], str(r["depth"])] if r else [DEAD, "0"]
                        for m, r in status["routes"].items()}
     # one shard lost its only ordering's first slice (no route), the other serves depth 1
     assert sorted(v[1] for v in expected_shards.values()) == ["0", "1"], expected_shards
     assert status["deletion_requests"] == 2
+    assert status["erasures"] == {"received": 0, "exact": 0, "erased": 1, "restored": 0,
+                                  "callbacks_pending": 0, "callbacks_failed": 0}
     log = httpx.get(server + "/v1/deletions?limit=100", headers=AUTH, timeout=10).json()
     expected_log = {c["request_id"]: str(len(c["samples"])) for c in log["certificates"]}
     assert sorted(expected_log.values()) == ["1", "2"]
@@ -161,6 +168,11 @@ def test_page_shows_the_shards_and_after_the_token_the_deletion_log(run, server,
     wait.until(lambda d: shard_rows(d) == expected_shards,
                f"the shards table never showed {expected_shards}")
     assert browser.find_element(By.ID, "deletion-requests").text == "2"
+    erasures = {state: browser.find_element(By.ID, "erasures-" + state).text for state in
+                ("received", "exact", "erased", "restored", "callbacks-pending")}
+    assert erasures == {"received": "0", "exact": "0", "erased": "1", "restored": "0",
+                        "callbacks-pending": "0"}, erasures
+    assert browser.find_element(By.ID, "erasures-note").text.startswith("1 erasure request ")
     wait.until(lambda d: deletion_rows(d) == expected_log,
                f"the deletion log never listed {expected_log}")
     assert TOKEN not in browser.current_url

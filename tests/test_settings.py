@@ -21,7 +21,9 @@ BAD = [("max_wait_ms", "inf"), ("max_wait_ms", "nan"), ("max_wait_ms", "-1"),
        ("max_inputs", "0"), ("max_body_bytes", "0"), ("retrain", "capacity:nan"),
        ("retrain", "sometimes"), ("cors_origins", "https://ops.example.com/"),
        ("cors_origins", "ops.example.com"), ("max_ids", "0"), ("callback_attempts", "0"),
-       ("callback_backoff_s", "0")]
+       ("callback_backoff_s", "0"), ("callback_allow", "hooks.example.com/path"),
+       ("callback_allow", "https://hooks.example.com"), ("callback_allow", "a.*.example.com"),
+       ("callback_allow", "user@hooks.example.com"), ("callback_allow", "hooks.example.com:0")]
 
 
 def serve_params() -> dict[str, object]:
@@ -44,7 +46,7 @@ def test_every_setting_is_an_option_of_serve_with_its_help_and_default():
         param = params[field.name]
         assert param.opts == [flag_of(field.name)], field.name
         assert param.help.startswith(field.metadata["help"])
-        if field.name != "cors_origins":
+        if field.name not in ("cors_origins", "callback_allow"):  # repeatable: None there
             assert param.default == field.default, field.name
     # --signing-key: the run's key, an option of every command that writes the run
     assert set(params) == {"run", "token_file", "callback_secret_file", "signing_key_file"} | {
@@ -66,7 +68,7 @@ def test_a_bad_setting_is_refused_by_the_command_line_naming_its_flag(tmp_path, 
 def test_a_bad_setting_is_refused_by_settings_itself(tmp_path, field, value):
     kind = {f.name: str(f.type) for f in dataclasses.fields(Settings)}[field]
     typed = {"int": int, "float": float}.get(kind, str)(value)
-    if field == "cors_origins":
+    if field in ("cors_origins", "callback_allow"):
         typed = (value,)
     with pytest.raises(SettingsError) as raised:
         Settings(tmp_path, **{field: typed}).check()
@@ -111,3 +113,23 @@ def test_the_callback_secret_is_read_from_its_file_and_a_short_one_refused(tmp_p
     result = CliRunner().invoke(cli, ["serve", str(tmp_path), "--callback-secret-file",
                                       str(tmp_path / "missing")])
     assert result.exit_code == 2 and "cannot read" in result.output
+
+
+def test_callback_hosts_come_from_the_flag_or_its_environment_variable_as_lists(
+        tmp_path, monkeypatch):
+    from s3t.service.callback_hosts import ALLOW_ENV
+
+    param = serve_params()["callback_allow"]
+    assert param.opts == ["--callback-allow"] and param.envvar == ALLOW_ENV and param.multiple
+    settings = Settings(tmp_path, callback_allow=("hooks.example.com, 127.0.0.1:8443",
+                                                  "*.dpo.example", "[::1]:9")).check()
+    assert settings.callback_allow == ("hooks.example.com", "127.0.0.1:8443", "*.dpo.example",
+                                       "[::1]:9")
+    assert Settings(tmp_path).callback_allow == ()  # nothing allowed unless listed
+    # the environment variable is read when the flag is not given (and checked the same way)
+    monkeypatch.setenv(ALLOW_ENV, "hooks.example.com,bad/path")
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --callback-allow: 'bad/path' is not a host")
+    help_text = CliRunner().invoke(cli, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    assert "--callback-allow" in help_text and ALLOW_ENV in help_text

@@ -12,9 +12,11 @@ from __future__ import annotations
 import errno
 import gc
 import json
+import logging
 import shutil
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +25,10 @@ import pytest
 from test_cli_engine import invoke
 from test_service import AUTH, samples_in, serving
 
+from s3t.errors import describe
 from s3t.run import Ledger, Run
 from s3t.run.storage import DiskFullError, ReadOnlyRunError
+from s3t.run.subject import SubjectOpening
 
 
 def _mount(*args: object) -> None:
@@ -188,3 +192,140 @@ def test_disk_full_is_not_a_damaged_ledger():
 
     fault = classify(sqlite3.OperationalError("database or disk is full"), Path("/r"))
     assert isinstance(fault, DiskFullError) and "damaged" not in str(fault)
+
+
+# --- an erasure request's follow-up writes (states after the deletion, callback bookkeeping) ---
+
+class FaultyConnection:
+    """A ledger's connection whose statements containing ``sql`` raise ``fault()``: a write
+    that fails part-way through its transaction, as on a disk that fills or a mount that
+    turns read-only meanwhile."""
+
+    def __init__(self, conn: sqlite3.Connection, sql: str, fault):
+        self.conn, self.sql, self.fault = conn, sql, fault
+
+    def execute(self, statement: str, *args):
+        if self.sql in statement:
+            raise self.fault()
+        return self.conn.execute(statement, *args)
+
+    def executemany(self, statement: str, *args):
+        if self.sql in statement:
+            raise self.fault()
+        return self.conn.executemany(statement, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.conn, name)
+
+
+@pytest.mark.parametrize("fault", ["disk-full", "read-only", "no-space-os"])
+def test_an_erasure_s_follow_up_writes_fail_whole_with_the_table_s_message(run_copy, fault):
+    make, _, _, words = FAULTS[fault]
+    victim = samples_in(run_copy, (0, 0))[0]
+    run = Run.open(run_copy)
+    try:
+        run.forget([victim])
+        # the same sample again, as an erasure request: recorded as exact (its callbacks
+        # queued), answered with the first deletion; advancing it to erased is left to the
+        # follow-up writes
+        run.forget([victim], client_key="late", subject=SubjectOpening(
+            "late", "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", ("http://127.0.0.1:9/h",)))
+        ledger, real = run.ledger, run.ledger.conn
+
+        def snapshot() -> tuple:
+            return (ledger.subject_request("late"), real.execute(
+                "SELECT id, state, attempts, next_attempt, failed FROM callbacks ORDER BY id"
+            ).fetchall())
+
+        before = snapshot()
+        assert before[0]["state"] == "exact" and len(before[1]) == 2
+        first = before[1][0][0]
+        for write, sql in ((lambda: ledger.advance_subjects(restore=False), "INSERT INTO callbacks"),
+                           (lambda: ledger.due_callbacks(time.time(), 5.0), "UPDATE callbacks"),
+                           (lambda: ledger.callback_done(first, True), "DELETE FROM callbacks"),
+                           (lambda: ledger.callback_done(first, False, time.time() + 9),
+                            "UPDATE callbacks")):
+            ledger.conn = FaultyConnection(real, sql, make)
+            try:
+                with pytest.raises((sqlite3.Error, OSError)) as raised:
+                    write()
+            finally:
+                ledger.conn = real
+            failure = describe(raised.value, run_copy)
+            assert failure is not None and failure.status in (503, 507), raised.value
+            assert words in failure.message and "backup" not in failure.message
+            assert snapshot() == before, sql  # nothing half-changed
+        # the fault gone, the same writes go through
+        assert ledger.advance_subjects(restore=False) == ["late"]
+        assert ledger.subject_request("late")["state"] == "erased"
+    finally:
+        run.close()
+
+
+def test_a_full_disk_holds_erasure_callbacks_back_with_its_message_until_freed(
+        run_copy, tmp_path, caplog):
+    from live import free_port
+    from test_dsr import SECRET, Receiver, erasure
+
+    size = sum(p.stat().st_size for p in run_copy.rglob("*") if p.is_file()) // 1024
+    receiver = Receiver(free_port())  # down at first: the first tries fail
+    with small_disk(tmp_path / "disk", size + 512) as disk:
+        run = disk / "run"
+        shutil.copytree(run_copy, run)
+        victim = samples_in(run, (0, 0))[0]
+        with caplog.at_level(logging.ERROR, logger="s3t.service"), serving(
+                run, callback_secret=SECRET, callback_allow=("127.0.0.1",),
+                callback_backoff_s=0.2) as client:
+            answer = client.post("/v1/dsr", json=erasure("full-1", [victim], [receiver.url]),
+                                 headers=AUTH)
+            assert answer.status_code == 200, answer.text
+            filler = fill(disk)
+            deadline = time.monotonic() + 30
+            while not [r for r in caplog.records if "no space left" in r.getMessage()]:
+                assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+                time.sleep(0.1)
+            line = next(r.getMessage() for r in caplog.records
+                        if "no space left" in r.getMessage())
+            assert line.startswith("erasure requests: ") and "backup" not in line
+            # from now on no callback can be claimed, so none is sent while the disk is full
+            # (one claimed just before it filled was tried, and its outcome not recorded)
+            receiver.start()
+            try:
+                time.sleep(1.5)
+                assert receiver.received == []
+                status = client.get("/v1/dsr/full-1", headers=AUTH).json()  # reads go on
+                assert (status["state"], status["callbacks_pending"]) == ("erased", 3)
+                filler.unlink()
+                receiver.wait_for({"received", "exact", "erased"}, timeout=60)
+                deadline = time.monotonic() + 30
+                while client.get("/v1/dsr/full-1", headers=AUTH).json()["callbacks_pending"]:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            finally:
+                receiver.kill()
+        assert json.loads(invoke("audit", run, "--json").stdout)["ok"] is True
+
+
+@pytest.mark.parametrize("fault", ["read-only", "permission"])
+def test_the_erasure_thread_logs_a_storage_fault_as_the_table_s_line(run_copy, monkeypatch,
+                                                                     caplog, fault):
+    from test_dsr import SECRET, erasure
+
+    make, _, _, words = FAULTS[fault]
+    victim = samples_in(run_copy, (0, 0))[0]
+    with caplog.at_level(logging.ERROR, logger="s3t.service"), serving(
+            run_copy, callback_secret=SECRET, callback_allow=("127.0.0.1",),
+            callback_backoff_s=0.1) as client:
+        monkeypatch.setattr(Ledger, "due_callbacks", lambda self, *args: (_ for _ in ()).throw(
+            make()))
+        answer = client.post("/v1/dsr", json=erasure("ro-1", [victim], ["http://127.0.0.1:9/h"]),
+                             headers=AUTH)
+        assert answer.status_code == 200, answer.text  # the deletion itself was written
+        deadline = time.monotonic() + 30
+        while not [r for r in caplog.records if words in r.getMessage()]:
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            time.sleep(0.05)
+        monkeypatch.undo()
+    record = next(r for r in caplog.records if words in r.getMessage())
+    assert record.getMessage().startswith("erasure requests: ") and record.exc_info is None
+    assert "backup" not in record.getMessage()

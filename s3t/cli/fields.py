@@ -2,8 +2,9 @@
 
 Each field's ``metadata`` holds its ``help`` and, where they differ from the defaults, its
 ``flag`` (default: ``--`` and the name with dashes), ``cli`` (False: not on the command line),
-``low``/``high`` bounds (shown at the end of the help) and ``metavar``; the field's default is
-the option's. ``s3t serve`` builds its options from ``s3t.service.settings.Settings``, and
+``low``/``high`` bounds (shown at the end of the help), ``metavar`` and ``envvar`` (an
+environment variable read when the option is not given); the field's default is the
+option's. ``s3t serve`` builds its options from ``s3t.service.settings.Settings``, and
 ``s3t train`` and ``s3t demo`` from ``s3t.config.S3TConfig``, both here. What only the command
 line does differently (a list given as comma-separated text, a default computed from other
 options, help about other flags) is an ``Adjust`` kept beside the command.
@@ -75,7 +76,7 @@ def field_options(cls: type, names: Iterable[str] | None = None,
         text = " ".join(part for part in (adj.lead, f.metadata["help"] + bounds(f.metadata),
                                           adj.extra) if part)
         option = typer.Option(option_flag(f), help=text, metavar=f.metadata.get("metavar"),
-                              show_default=True)
+                              envvar=f.metadata.get("envvar"), show_default=True)
         default = f.default if adj.default is _KEEP else adj.default
         kind = hints[f.name] if adj.kind is None else adj.kind
         params.append(inspect.Parameter(adj.param or f.name, inspect.Parameter.KEYWORD_ONLY,

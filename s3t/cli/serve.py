@@ -26,7 +26,8 @@ from s3t.run import Run
 from s3t.service.settings import CALLBACK_SECRET_ENV, TOKEN_ENV, Settings, SettingsError
 
 # What the command line does differently from a field: a tuple is a repeatable option.
-ADJUST = {"cors_origins": Adjust(kind=list[str] | None, default=None)}
+ADJUST = {"cors_origins": Adjust(kind=list[str] | None, default=None),
+          "callback_allow": Adjust(kind=list[str] | None, default=None)}
 
 
 def read_token(token_file: Path | None) -> str | None:
@@ -88,6 +89,7 @@ def serve_cmd(
 ) -> None:
     """Serve a run over HTTP: predictions, deletions, certificates, audit (OpenAPI at /docs)."""
     values["cors_origins"] = tuple(values.get("cors_origins") or ())
+    values["callback_allow"] = tuple(values.get("callback_allow") or ())
     token = read_token(token_file)
     secret = read_callback_secret(callback_secret_file)
     try:

@@ -48,7 +48,14 @@ from s3t.run.faults import fault_point
 from s3t.run.identity import FileIdentity, check_same_file, probe_chain_head
 from s3t.run.stages import StageRecord, compute_routes, stage_key
 from s3t.run.storage import LedgerChangedError
-from s3t.run.subject import SubjectOpening, next_states, restore_targets
+from s3t.run.subject import (
+    STATES,
+    SubjectOpening,
+    changes,
+    conflict_message,
+    next_states,
+    restore_targets,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -551,6 +558,8 @@ class Ledger:
             if request.client_key is not None:
                 fingerprint = request.fingerprint(self._require_secret())
                 known = self.client_key(request.client_key)
+                if subject is not None:
+                    self._refuse_changed_subject(subject, known, fingerprint)
                 if known is not None:
                     if known[0] != fingerprint:
                         raise RequestKeyConflict(
@@ -652,6 +661,18 @@ class Ledger:
         for state in ("received", "exact"):
             self._queue_callbacks(subject.subject_request_id, subject.callback_urls, state)
 
+    def _refuse_changed_subject(self, subject: SubjectOpening, known: tuple[str, str] | None,
+                                fingerprint: str) -> None:
+        """Raise ``RequestKeyConflict`` if ``subject`` re-sends a recorded subject request id
+        (or a plain deletion's request id, ``known``) with other content (``changes``)."""
+        same_identities = known is None or known[0] == fingerprint
+        row = self._subject_row(subject.subject_request_id)
+        differ = ["subject_identities"] if not same_identities else []
+        if row is not None:
+            differ = changes(row[2], subject, same_identities)
+        if differ:
+            raise RequestKeyConflict(conflict_message(subject.subject_request_id, differ))
+
     def _subject_row(self, subject_request_id: str) -> tuple[str, str, dict] | None:
         row = self.conn.execute("SELECT request_id, state, record FROM subject_requests WHERE "
                                 "subject_request_id = ?", (subject_request_id,)).fetchone()
@@ -703,14 +724,32 @@ class Ledger:
         except sqlite3.OperationalError:
             return 0
 
+    def subject_counts(self) -> dict[str, int]:
+        """Subject requests by state (every state of ``STATES``) and their callbacks not yet
+        delivered (``callbacks_pending``) and given up (``callbacks_failed``); zeros for a
+        ledger from before them."""
+        counts = dict.fromkeys((*STATES, "callbacks_pending", "callbacks_failed"), 0)
+        try:
+            for state, n in self.conn.execute("SELECT state, COUNT(*) FROM subject_requests "
+                                              "GROUP BY state"):
+                counts[str(state)] = int(n)
+            pending, failed = self.conn.execute("SELECT COUNT(*) - COUNT(failed), "
+                                                "COUNT(failed) FROM callbacks").fetchone()
+        except sqlite3.OperationalError:
+            return counts
+        counts.update(callbacks_pending=int(pending), callbacks_failed=int(failed))
+        return counts
+
     def advance_subjects(self, restore: bool = True) -> list[str]:
         """Move open subject requests to the states they have reached (``erased``: the
         certificate says the files are gone; ``restored``: their shards serve at their depth
         again) and queue those callbacks, in one transaction; returns the ids advanced.
-        ``restore=False`` looks only at those not yet erased (no shard gained depth)."""
+        ``restore=False`` looks only at those not yet erased (no shard gained depth). Like a
+        deletion, refused (``LedgerChangedError``) once the file is not the run's ledger."""
         if not self.open_subjects(None if restore else "exact"):
             return []
         with self._relaxed(), self.transaction():
+            self.check_identity()
             return self._advance_subjects(exact_only=not restore)
 
     def _advance_subjects(self, request_id: str | None = None,
@@ -743,10 +782,13 @@ class Ledger:
     def due_callbacks(self, at: float, lease_s: float, limit: int = 20) -> list[dict]:
         """Claim up to ``limit`` callbacks due at ``at`` (unix time): each is tried again
         after ``lease_s`` unless ``callback_done`` settles it first (so a server that dies
-        while sending leaves it for the next, and two servers do not send it together)."""
+        while sending leaves it for the next, and two servers do not send it together).
+        Refused (``LedgerChangedError``) once the file is not the run's ledger: no callback
+        goes out from a ledger the run no longer has."""
         if not self.open_callbacks():
             return []
         with self._relaxed(), self.transaction():
+            self.check_identity()
             rows = self.conn.execute(
                 "SELECT id, subject_request_id, url, state, attempts FROM callbacks WHERE "
                 "failed IS NULL AND next_attempt <= ? ORDER BY id LIMIT ?", (at, limit)).fetchall()
@@ -765,8 +807,10 @@ class Ledger:
     def callback_done(self, callback_id: int, delivered: bool, retry_at: float | None = None,
                       error: str | None = None) -> None:
         """Settle a callback try: delivered (removed), to retry at ``retry_at``, or given up
-        (``retry_at`` None: kept with its ``error``)."""
+        (``retry_at`` None: kept with its ``error``). Refused once the file is not the run's
+        ledger (the callback stays claimed there and is not settled)."""
         with self._relaxed(), self.transaction():
+            self.check_identity()
             if delivered:
                 self.conn.execute("DELETE FROM callbacks WHERE id = ?", (callback_id,))
             elif retry_at is not None:

@@ -13,6 +13,11 @@ States, in order, each reached once:
 
 Each transition queues one callback per status URL in the same transaction (at least once:
 a delivery is removed only after the receiver answered 2xx).
+
+A request is recorded once: re-sending its ``subject_request_id`` with the same identities
+and callback URLs (in any order) is answered with the recorded request; with other ones it is
+refused (``changes``), inside the deletion's transaction, and nothing changes. Its
+``submitted_time`` is the first one sent (a client that stamps each try anew still replays).
 """
 
 from __future__ import annotations
@@ -35,6 +40,24 @@ class SubjectOpening:
     submitted_time: str
     received_time: str
     callback_urls: tuple[str, ...] = ()
+
+
+def changes(record: Mapping, opening: SubjectOpening, same_identities: bool) -> list[str]:
+    """What a re-sent request would change in the recorded one (``record``: its ledger
+    record; ``same_identities``: whether its identities' fingerprint is the recorded one), as
+    the fields of ``POST /v1/dsr`` that differ; empty for a replay."""
+    differ = [] if same_identities else ["subject_identities"]
+    if sorted(set(record.get("callback_urls", []))) != sorted(set(opening.callback_urls)):
+        differ.append("status_callback_urls")
+    return differ
+
+
+def conflict_message(subject_request_id: str, differ: list[str]) -> str:
+    """The 409's words for a re-sent subject request id whose content differs."""
+    return (f"subject_request_id {subject_request_id!r} was already received with other "
+            f"{' and other '.join(differ)}: nothing was changed; re-send it as first sent to "
+            f"read its status (or GET /v1/dsr/{subject_request_id}), or give a new request a "
+            "new subject_request_id")
 
 
 def depth_of(prefix_length: int | None) -> int:

@@ -18,6 +18,8 @@ model, and why an acknowledged deletion is never served again, is in ``guard.py`
 | ``history.py``, ``retrainer.py`` | the history the page plots; background retrain jobs and their logs |
 | ``page/`` | the operator's page at ``/`` (static HTML + script that read the JSON API) |
 | ``settings.py`` | the serve settings, defined and checked once (they make `s3t serve`'s flags) |
+| ``dsr.py``, ``subjects.py`` | OpenDSR-shaped erasures; the thread that advances them and calls back |
+| ``callback_hosts.py`` | which hosts those callbacks may go to (``--callback-allow``) |
 | ``access.py`` | which routes are open, declared once |
 | ``errors.py``, ``state.py`` | error shape, status codes; what an app holds (bodies: ``contract.py``) |
 

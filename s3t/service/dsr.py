@@ -16,6 +16,7 @@ from fastapi import APIRouter, Response
 from s3t.contract import ErasureRequest, SubjectRequestStatus
 from s3t.run.deletion import now
 from s3t.run.subject import SubjectOpening
+from s3t.service import callback_hosts
 from s3t.service.endpoints import ERRORS, ServiceDep
 from s3t.service.errors import ApiError
 from s3t.service.limits import check_ids
@@ -31,8 +32,10 @@ async def erase(body: ErasureRequest, service: ServiceDep, response: Response) -
     """An erasure request (OpenDSR's shape): the subject's samples and groups are forgotten
     exactly before the answer, which is the request's status (``exact``, then ``erased``
     once the files are gone; ``restored`` follows when a retrain brings capacity back).
-    Re-sending the same ``subject_request_id`` is answered with the same request (header
-    ``S3T-Replayed``)."""
+    Re-sending the same ``subject_request_id`` with the same identities and callback URLs
+    is answered with the same request (header ``S3T-Replayed``); with other ones, 409 naming
+    what differs, and nothing changes. Callback URLs must be on hosts ``--callback-allow``
+    lists (else 400)."""
     received = now()
     ids = [i.identity_value for i in body.subject_identities if i.identity_type == "sample_id"]
     groups = [i.identity_value for i in body.subject_identities if i.identity_type == "group"]
@@ -42,6 +45,9 @@ async def erase(body: ErasureRequest, service: ServiceDep, response: Response) -
         raise ApiError(400, "status_callback_urls need a key to sign the callbacks: start the "
                        "server with --callback-secret-file (or S3T_CALLBACK_SECRET), or serve a "
                        "signed run; nothing was deleted")
+    refused = callback_hosts.refused(body.status_callback_urls, service.settings.callback_allow)
+    if refused:  # before anything is recorded: a caller cannot aim the server anywhere
+        raise ApiError(400, callback_hosts.refusal(refused, service.settings.callback_allow))
     opening = SubjectOpening(body.subject_request_id, body.submitted_time, received,
                              tuple(body.status_callback_urls))
     outcome = await service.run(service.model.forget, ids, groups, body.subject_request_id,

@@ -42,7 +42,7 @@ import numpy as np
 
 from s3t.run import IntegrityError, Run, sweep
 from s3t.run.chain import chain_problems
-from s3t.run.subject import SubjectOpening
+from s3t.run.subject import STATES, SubjectOpening
 from s3t.run.timeline import timeline
 from s3t.service.errors import BusyError
 
@@ -216,10 +216,11 @@ class GuardedModel:
         with self.records_lock:
             status = self.records.status()
             running = self.records.writer_running()
+            erasures = self.records.ledger.subject_counts()
         # the run directory by its name: status may be open (--open-status), and no response
         # shows a path of the server's disk
         return {**status, "run_dir": self.records.path.name, "stages_total": self.stages_total,
-                "training": "running" if running else "idle"}
+                "training": "running" if running else "idle", "erasures": erasures}
 
     @property
     def stages_total(self) -> int:
@@ -257,9 +258,13 @@ class GuardedModel:
             status = self.records.status()
             stages = ledger.stages(None)
             requests = ledger.deletion_count()
+            erasures = ledger.subject_counts()
         finally:
             self.records_lock.release()
         return {"s3t_deletions": requests, "s3t_deleted_samples": status["deleted"],
+                "s3t_erasure_requests": {s: erasures[s] for s in STATES},
+                "s3t_erasure_callbacks_pending": erasures["callbacks_pending"],
+                "s3t_erasure_callbacks_failed": erasures["callbacks_failed"],
                 "s3t_stages_trained": len(stages),
                 "s3t_stages_retrained": sum(any(v > 0 for v in r.versions) for r in stages),
                 "s3t_stages_erased": sum(r.status == "erased" for r in stages),

@@ -9,7 +9,10 @@ forget`` or ``s3t retrain``):
   ``s3t_stages_retrained_total`` (committed after a deletion changed one of their slices)
   and ``s3t_stages_erased_total``;
 - gauges ``s3t_live_shards``, ``s3t_capacity`` (mean served depth / slices) and
-  ``s3t_live_stages``.
+  ``s3t_live_stages``;
+- erasure requests (``POST /v1/dsr``): ``s3t_erasure_requests{state}`` (received, exact,
+  erased, restored: how many are in each state now), ``s3t_erasure_callbacks_pending`` and
+  ``s3t_erasure_callbacks_failed``.
 
 Of this process:
 
@@ -35,7 +38,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, TypeVar
 
@@ -74,6 +77,12 @@ LEDGER_METRICS = {
     "s3t_stages_retrained": ("counter", "Stages committed after a deletion changed one of "
                                         "their slices (the ledger)"),
     "s3t_stages_erased": ("counter", "Stages taken out of service for good (the ledger)"),
+    "s3t_erasure_requests": ("gauge", "Erasure requests (POST /v1/dsr) on this run by state: "
+                                      "received, exact, erased, restored (the ledger)"),
+    "s3t_erasure_callbacks_pending": ("gauge", "Erasure status callbacks not delivered yet "
+                                               "(the ledger)"),
+    "s3t_erasure_callbacks_failed": ("gauge", "Erasure status callbacks given up after their "
+                                              "tries (the ledger)"),
     "s3t_live_shards": ("gauge", "Shards with a live route"),
     "s3t_capacity": ("gauge", "Mean served route depth over slices (1 = full)"),
     "s3t_live_stages": ("gauge", "Stages live in the ledger"),
@@ -108,7 +117,14 @@ class LedgerCollector(Collector):
             return
         for name, (kind, text) in LEDGER_METRICS.items():
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            yield family(name, text, value=self.last[name])
+            value = self.last[name]
+            if isinstance(value, Mapping):  # by state
+                metric = family(name, text, labels=["state"])
+                for label, count in value.items():
+                    metric.add_metric([label], count)
+                yield metric
+            else:
+                yield family(name, text, value=value)
 
 
 class ServiceMetrics:

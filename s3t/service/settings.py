@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from s3t.service.callback_hosts import ALLOW_ENV, parse_entry, split_entries
+from s3t.service.callback_hosts import FLAG as ALLOW_FLAG
 from s3t.service.retrainer import RetrainPolicy
 
 TOKEN_ENV = "S3T_API_TOKEN"
@@ -95,6 +97,12 @@ class Settings:
         "signed run's callbacks carry its Ed25519 signature instead. Without either, erasure "
         "requests with status_callback_urls are refused.", flag="--callback-secret-file",
         cli=False)
+    callback_allow: tuple[str, ...] = _setting(
+        (), "A host that erasure status callbacks may be POSTed to: HOST, HOST:PORT, "
+        "[IPv6]:PORT or *.DOMAIN (repeatable, or a comma list). A status_callback_url on any "
+        "other host is refused (400), loopback and private addresses included unless listed, "
+        "so a caller cannot make the server request an internal address (SSRF).",
+        flag=ALLOW_FLAG, metavar="HOST[:PORT]", envvar=ALLOW_ENV)
     callback_attempts: int = _setting(10, "Tries of each erasure status callback before it "
                                       "is given up (GET /v1/dsr/{id} counts those).", low=1,
                                       high=100)
@@ -122,6 +130,7 @@ class Settings:
             origins = [self.cors_origins] if isinstance(self.cors_origins, str) else \
                 self.cors_origins
             object.__setattr__(self, "cors_origins", tuple(origins))
+        object.__setattr__(self, "callback_allow", split_entries(self.callback_allow))
 
     def check(self) -> Settings:
         """The one validation of the serve settings; raise ``SettingsError``, return self."""
@@ -136,6 +145,11 @@ class Settings:
         if self.callback_secret is not None and len(self.callback_secret.strip()) < 16:
             raise SettingsError("callback_secret", "the callback secret must hold at least 16 "
                                 "characters: put a long random string alone in the file")
+        for entry in self.callback_allow:
+            try:
+                parse_entry(entry)
+            except ValueError as exc:
+                raise SettingsError("callback_allow", str(exc)) from None
         try:
             RetrainPolicy.parse(self.retrain)
         except ValueError as exc:

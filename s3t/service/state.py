@@ -151,7 +151,8 @@ class Service:
         self._retrainer.start()
         self._subjects = Subjects(model, settings.policy, settings.retrain_delay_s,
                                   self._retrainer.current, settings.callback_secret,
-                                  settings.callback_attempts, settings.callback_backoff_s)
+                                  settings.callback_attempts, settings.callback_backoff_s,
+                                  allow=settings.callback_allow)
         self._subjects.start()
         log.info("serving %s: %d live routes %s; retrain policy %s; %d model call(s) at once, "
                  "%s torch thread(s)", settings.run_dir, len(routes), routes, settings.retrain,

@@ -14,7 +14,9 @@ whatever was still pending.
 
 Callbacks are signed over ``S3T-Timestamp`` + ``.`` + the body: ``S3T-Signature:
 ed25519=<hex>`` with the run's key on a signed run (``S3T-Key-Id``; the public key is ``GET
-/v1/keys``), else ``hmac-sha256=<hex>`` with the server's ``--callback-secret-file``.
+/v1/keys``), else ``hmac-sha256=<hex>`` with the server's ``--callback-secret-file``. They go
+only to hosts ``--callback-allow`` lists (``callback_hosts.py``), checked again before each
+try: one queued for another host is given up unsent.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import httpx
 
 from s3t.contract import SubjectCallback
+from s3t.errors import describe
 from s3t.run.files import META_FILE
 from s3t.run.signing import key_id
 from s3t.run.subject import backoff, expected_completion, request_status, stages_left
+from s3t.service import callback_hosts
+from s3t.service.callback_hosts import allowed
 
 if TYPE_CHECKING:
     from s3t.contract import Job
@@ -68,13 +73,15 @@ class Subjects:
 
     def __init__(self, model: GuardedModel, policy: RetrainPolicy, delay_s: float,
                  job: Callable[[], Job | None], secret: str | None = None,
-                 attempts: int = 10, backoff_s: float = 2.0, poll_s: float = POLL_S):
+                 attempts: int = 10, backoff_s: float = 2.0, poll_s: float = POLL_S,
+                 allow: Sequence[str] = ()):
         self.model, self.policy, self.delay_s, self._job = model, policy, delay_s, job
         try:
             self.signer = model.records.signer()  # None on an unsigned run
         except Exception:  # a signed run without its key here: it cannot delete either
             self.signer = None
         self.secret, self.attempts, self.backoff_s, self.poll_s = secret, attempts, backoff_s, poll_s
+        self.allow = tuple(allow)  # --callback-allow: checked again before each delivery
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._stamp: object = None
@@ -180,12 +187,25 @@ class Subjects:
             try:
                 self.tick()
                 failures = 0
-            except Exception:  # a damaged or swapped ledger: logged, tried again later
+            except Exception as err:  # a full disk, a swapped ledger ...: tried again later
                 failures += 1
-                log.exception("erasure requests: advancing or sending callbacks failed "
-                              "(%d time(s) in a row)", failures)
+                self._failed(err, failures)
             self._wake.wait(self.poll_s * 2 ** min(failures, 6))  # 32 s at most when failing
             self._wake.clear()
+
+    def _failed(self, err: Exception, failures: int) -> None:
+        """Log a failed tick: a storage fault (read-only, full disk, a swapped ledger ...) as
+        the error table's one line (``s3t.errors``), anything else with its traceback. Each
+        write is one transaction, so a failed one changed nothing; a callback whose delivery
+        could not be settled stays claimed and is sent again (at least once)."""
+        failure = describe(err, self.model.records.path)
+        if failure is None or failure.status is None:
+            log.error("erasure requests: advancing or sending callbacks failed (%d time(s) in a "
+                      "row)", failures, exc_info=err)
+            return
+        log.error("erasure requests: advancing or sending callbacks failed (%d time(s) in a "
+                  "row): %s", failures, failure.message,
+                  extra={"error": failure.kind.kind, "failures": failures})
 
     def tick(self) -> None:
         """Advance the open requests if the ledger changed, then send what is due."""
@@ -220,6 +240,13 @@ class Subjects:
         return len(due)
 
     def _send(self, callback: dict) -> None:
+        if not allowed(callback["url"], self.allow):  # queued elsewhere, or before a restart
+            refused = callback_hosts.not_listed(callback["url"], self.allow)
+            with self.model.records_lock:
+                self.model.records.ledger.callback_done(callback["id"], False, None, refused)
+            log.error("callback %s (%s) to %s given up unsent: %s", f"cb-{callback['id']}",
+                      callback["subject_request_id"], callback["url"], refused)
+            return
         found, retrains = self._status(callback["subject_request_id"])
         status = found or {}
         transitions = {t["state"]: t["time"] for t in status.get("transitions", ())}

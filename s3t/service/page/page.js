@@ -120,6 +120,7 @@
     $("training").textContent = status.training || "–";
     renderTraffic(status.traffic);
     renderAudit(status);
+    renderErasures(status.erasures);
 
     const routes = status.routes || {};
     const shards = Object.keys(routes).map(Number).sort((a, b) => a - b);
@@ -232,6 +233,26 @@
         el("td", { class: "p50" }, ms(k.p50_ms)), el("td", { class: "p99" }, ms(k.p99_ms)));
     }));
     table.hidden = false;
+  }
+
+  const ERASURE_STATES = ["received", "exact", "erased", "restored"];
+
+  // --- erasure requests (POST /v1/dsr): how many are in each state, and their callbacks --------
+  function renderErasures(erasures) {
+    const note = $("erasures-note");
+    if (!erasures) {
+      note.textContent = "Erasure requests: not reported by this server.";
+      return;
+    }
+    const total = ERASURE_STATES.reduce((sum, state) => sum + erasures[state], 0);
+    for (const key of [...ERASURE_STATES, "callbacks_pending", "callbacks_failed"]) {
+      $("erasures-" + key.replace("_", "-")).textContent = erasures[key];
+    }
+    note.textContent = `${plural(total, "erasure request")} (POST /v1/dsr) on the run, by ` +
+      "state now: exact (nothing served depends on the subject), erased (its files gone), " +
+      "restored (capacity back). " + (erasures.callbacks_failed
+        ? `${plural(erasures.callbacks_failed, "status callback")} given up: see the server log.`
+        : "No status callback given up.");
   }
 
   // --- audit: this server's last one, and the certificate chain it checked -------------------
