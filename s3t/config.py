@@ -96,7 +96,7 @@ class S3TConfig:
     layers_per_slice: int = dataclasses.field(default=1, metadata={"help": (
         "Transformer layers adapted per slice (integer >= 1): the top slices x "
         "layers_per_slice layers are trained, the layers below stay frozen.")})
-    allocation: str = dataclasses.field(default="growing", metadata={"help": (
+    allocation: str = dataclasses.field(default="all", metadata={"help": (
         f"Which adapted layers an S3T stage trains, one of {', '.join(ALLOCATIONS)}: 'equal' "
         "(the paper's) trains only the stage's own layer group; 'growing' also continues its "
         "ancestors' groups, so a stage trained on p slices owns p groups and the full-depth "
