@@ -1,0 +1,41 @@
+"""What HTTP deletion latency depends on besides the deletion itself (issue 25, item 7):
+not timed here (speed claims are bench/service_io.py's), only the mechanisms checked."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from s3t.cli.serve import bind_port
+
+
+def test_connections_accepted_by_the_served_socket_turn_nagle_off():
+    """uvicorn serves the socket `s3t serve` binds (``loop.create_server(sock=...)``), and
+    asyncio sets TCP_NODELAY only on sockets whose proto is TCP. Without it an answer's
+    second write (the body after the headers) waits for the client's delayed ACK: about
+    40 ms added to a 3 ms deletion."""
+    sock = bind_port("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    seen: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted = transport.get_extra_info("socket")
+            seen.append(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(200):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        sock.close()
+    assert seen and seen[0] != 0
