@@ -39,3 +39,31 @@ def test_connections_accepted_by_the_served_socket_turn_nagle_off():
     finally:
         sock.close()
     assert seen and seen[0] != 0
+
+
+def test_no_route_table_is_built_while_a_deletion_waits(run_copy, monkeypatch):
+    """FastAPI builds an included router's route table (pydantic adapters for its parameters
+    and answers) at its first match; the server does that at start-up, so the first deletion
+    (and prediction, status read) after a start builds nothing on the event loop."""
+    import pydantic
+    from fastapi.testclient import TestClient
+    from test_service import AUTH, TOKEN, samples_in
+
+    from s3t.service import create_app
+
+    built: list[object] = []
+    original = pydantic.TypeAdapter.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(args[0] if args else kwargs.get("type"))
+        original(self, *args, **kwargs)
+
+    victim = samples_in(run_copy, (0, 1))[0]
+    with TestClient(create_app(run_copy, token=TOKEN)) as client:
+        monkeypatch.setattr(pydantic.TypeAdapter, "__init__", counting)
+        response = client.post("/v1/deletions", json={"sample_ids": [victim]}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        assert client.post("/v1/predict", json={"inputs": ["red"]},
+                           headers=AUTH).status_code == 200
+        assert client.get("/v1/status", headers=AUTH).status_code == 200
+    assert built == []
