@@ -67,3 +67,29 @@ def test_no_route_table_is_built_while_a_deletion_waits(run_copy, monkeypatch):
                            headers=AUTH).status_code == 200
         assert client.get("/v1/status", headers=AUTH).status_code == 200
     assert built == []
+
+
+def test_no_dependency_of_an_endpoint_runs_in_a_worker_thread():
+    """FastAPI runs a plain ``def`` dependency in its thread pool: two thread hand-offs
+    before a request's own work starts, each a wait for a CPU on a busy machine. Every
+    dependency of every endpoint is a coroutine function, called on the event loop."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    from s3t.service.docs import router as docs
+    from s3t.service.dsr import erasures
+    from s3t.service.endpoints import generation, router, secured
+    from s3t.service.page import router as page
+
+    def dependencies(dependant):
+        for sub in dependant.dependencies:
+            yield sub
+            yield from dependencies(sub)
+
+    routes = [r for group in (router, secured, erasures, generation, page, docs)
+              for r in group.routes if isinstance(r, APIRoute)]
+    assert any(r.path == "/v1/deletions" for r in routes)
+    sync = {(r.path, getattr(d.call, "__name__", repr(d.call))) for r in routes
+            for d in dependencies(r.dependant) if not inspect.iscoroutinefunction(d.call)}
+    assert sync == set()
