@@ -27,6 +27,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.types import Message, Scope
 
 from s3t.service.access import document_security, needs_token
 from s3t.service.auth import BearerAuthMiddleware
@@ -112,15 +113,15 @@ async def warm_routing(app: FastAPI) -> None:
     route has walks every router; it goes to the router itself (no middleware: no access
     line, no metric), and its 404 is dropped."""
     path = "/.s3t-warm-up"
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
-             "root_path": "", "query_string": b"", "headers": [], "client": None,
-             "server": None, "app": app}
+    scope: Scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                    "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+                    "root_path": "", "query_string": b"", "headers": [], "client": None,
+                    "server": None, "app": app}
 
-    async def receive() -> dict:
+    async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict) -> None:
+    async def send(message: Message) -> None:
         pass
 
     with suppress(StarletteHTTPException):  # the 404, raised where the scope names the app
