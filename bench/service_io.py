@@ -19,6 +19,11 @@ certificate on the client:
 * ``retrain_writer``: the same, plus a process writing and fsyncing ``writer_mib`` MiB files
   on the same file system, as a retrain of a larger model writes its stage files.
 
+Each phase also reports the deletion's own time in the server (the certificate's
+``duration_ms``: commit, syncs, erasure, outcome) and, per request, what the HTTP path adds to
+it (``http_over_core_ms``): measured in the same requests, so unlike the latency itself it
+does not move with the disk's state on a shared machine.
+
 The machine is shared (other jobs' load is recorded): CPU contention shows in every phase.
 ``--tag T`` names the result ``service-retrain<T>.json`` (``-before``: measured at the commit
 before the fsync changes, for BENCHMARKS.md's before/after).
@@ -135,6 +140,9 @@ async def deletions(base_url: str, token: str, ids: list[str], size: dict[str, A
         "latency_ms": harness.latency_summary([r["ms"] for r in acked]),
         "core_ms": harness.latency_summary([r["core_ms"] for r in acked
                                             if r.get("core_ms") is not None]),
+        # what the HTTP path adds to the deletion itself, per request (same run, same load)
+        "http_over_core_ms": harness.latency_summary([r["ms"] - r["core_ms"] for r in acked
+                                                      if r.get("core_ms") is not None]),
         "acknowledged": len(acked), "failed": len(rows) - len(acked),
         "load_average_after": harness.load_average()}
     if trace is not None:
@@ -202,8 +210,12 @@ def phase(name: str, pristine: Path, ids: list[str], token: str, token_file: Pat
     result.update(phase=name, server_args=args, exit_code=rc, startup_s=server.startup_s,
                   lost=lost_deletions(run, result["deletions"]), audit=audit(run))
     lat = result["latency_ms"]
+    core, over = result["core_ms"], result["http_over_core_ms"]
     print(f"{name}: {lat.get('n', 0)} deletions, p50 {lat.get('p50', float('nan')):.1f} ms, "
           f"p99 {lat.get('p99', float('nan')):.1f} ms, max {lat.get('max', float('nan')):.1f} ms"
+          f" (in forget: p50 {core.get('p50', float('nan')):.1f} ms, p99 "
+          f"{core.get('p99', float('nan')):.1f} ms; HTTP over it: p50 "
+          f"{over.get('p50', float('nan')):.1f} ms, p99 {over.get('p99', float('nan')):.1f} ms)"
           + (f"; fsyncs per deletion {result['fsyncs_per_deletion']}" if trace else "")
           + f"; lost {len(result['lost'])}; audit {'passed' if result['audit']['ok'] else 'FAILED'}"
           f"; load {result['load_average_after']}", flush=True)

@@ -68,7 +68,10 @@ def serves_generation(run_dir: Path) -> bool:
     return info.get("task") == "causal_lm"
 
 
-def service_of(request: Request) -> Service:
+async def service_of(request: Request) -> Service:
+    """The app's service. ``async`` so FastAPI calls it on the event loop: a plain ``def``
+    dependency is run in a worker thread, two thread hand-offs before every request's own
+    work (on a busy machine, each waits for a CPU)."""
     return request.app.state.service
 
 
