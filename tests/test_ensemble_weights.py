@@ -34,8 +34,10 @@ from s3t.train.numeric import numeric_env
 from s3t.train.stage_trainer import train_stage
 
 VAL = validation_set()
+# allocation 'equal': the stage scores below were read off runs trained with it (any allocation
+# keeps the weights a function of the served stages' records alone).
 RECIPE = {"stage_steps": "equal", "lr_schedule": "cosine", "warmup_ratio": 0.2,
-          "use_rslora": True, "learning_rate": 0.1}
+          "use_rslora": True, "learning_rate": 0.1, "allocation": "equal"}
 
 
 def record(shard: int, prefix: tuple[int, ...], score: float | None = None) -> StageRecord:
