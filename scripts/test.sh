@@ -10,4 +10,7 @@ export PYTHONUNBUFFERED=1
 .venv/bin/ruff check .
 .venv/bin/lint-imports            # the layering contracts in pyproject.toml
 .venv/bin/mypy s3t
-.venv/bin/python -m pytest -q "$@"
+# Two pytest-xdist workers (the CI machine has 2 cores): many tests wait on a server, a browser
+# or a subprocess, and the benchmarks' smoke parts run beside them. Each test file is one unit
+# of work (tests/conftest.py), so module fixtures are built once, as in a serial run.
+.venv/bin/python -m pytest -q -n 2 --dist loadgroup "$@"
