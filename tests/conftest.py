@@ -13,22 +13,6 @@ from tiny import copy_run, make_tiny_bert, toy_dataset  # noqa: E402
 from s3t.config import S3TConfig  # noqa: E402
 from s3t.data.samples import Dataset  # noqa: E402
 
-#: Test files whose tests share the one Ray instance of ``ray_session``: under pytest-xdist
-#: (scripts/test.sh runs ``-n 2 --dist loadgroup``) they all run in the same worker, so two
-#: Ray instances never compete for the machine's 2 cores.
-RAY_FILES = {"test_ray.py", "test_recipe.py"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each test file is one unit of work for pytest-xdist's ``loadgroup`` scheduling (so a
-    module-scoped fixture, a trained run or a server, is built once, as without xdist), and
-    the Ray files are one unit together. Runs before xdist reads the groups."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            name = item.path.name
-            item.add_marker(pytest.mark.xdist_group("ray" if name in RAY_FILES else name))
-
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
@@ -62,6 +46,10 @@ def run_copy(trained, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance for every Ray test (2 CPUs, no dashboard), shut down at the end.
+
+    Every test that uses it lives in tests/test_ray.py: scripts/test.sh runs pytest-xdist with
+    ``--dist loadscope``, which keeps a file's tests in one worker, so two Ray instances never
+    compete for the machine's 2 cores.
 
     Skips only where ray is not installed (scripts/setup.sh installs it); `import ray` happens
     here, so test files that do not use Ray never pay for it."""

@@ -4,9 +4,9 @@ A few subprocesses (``python -m bench --smoke NAME... --results-dir TMP``), one 
 (:data:`PARTS`), run them all, one after another within a part, so torch is imported once a
 part; each benchmark is then its own test case, parametrised by the registry: a benchmark
 without smoke arguments, one that fails, or one whose result lacks a key the report reads
-(bench/results.py) fails here, not months later when someone reruns it. The parts are
-separate units of pytest-xdist's ``loadgroup`` scheduling (scripts/test.sh), so they run in
-parallel with each other and with the rest of the suite. The registry itself is checked
+(bench/results.py) fails here, not months later when someone reruns it. Each part is a test
+class, one unit of pytest-xdist's ``loadscope`` scheduling (scripts/test.sh), so the parts run
+in parallel with each other and with the rest of the suite. The registry itself is checked
 against bench/ and BENCHMARKS.md's headings.
 """
 
@@ -43,7 +43,7 @@ def part_of(bench: Benchmark) -> str:
 
 
 @pytest.fixture(scope="module")
-def smoke_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def smoke_dirs() -> dict[str, Path]:
     """Part -> the results of its ``python -m bench --smoke NAME...`` run (never
     bench/results), filled when a test of that part first asks (:func:`run_part`)."""
     return {}
@@ -72,10 +72,42 @@ def _log_tail(smoke_dir: Path, name: str) -> str:
     return log[start:][-4000:] if start >= 0 else log[-4000:]
 
 
-@pytest.mark.parametrize("bench", [pytest.param(b, id=b.name, marks=pytest.mark.xdist_group(
-    f"bench-smoke-{part_of(b)}")) for b in BENCHMARKS])
-def test_benchmark_runs_at_smoke_size(bench: Benchmark, smoke_dirs: dict[str, Path],
-                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+def smoke_params(part: str) -> list:
+    return [pytest.param(b, id=b.name) for b in BENCHMARKS if part_of(b) == part]
+
+
+# One class per part: pytest-xdist's ``loadscope`` (scripts/test.sh) sends each class to a
+# worker as one unit, so the parts run in parallel and a part's subprocess runs once.
+class TestSmokeMain:
+    @pytest.mark.parametrize("bench", smoke_params("main"))
+    def test_benchmark_runs_at_smoke_size(self, bench: Benchmark, smoke_dirs: dict[str, Path],
+                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+        check_smoke(bench, smoke_dirs, tmp_path_factory)
+
+
+class TestSmokeServe:
+    @pytest.mark.parametrize("bench", smoke_params("serve"))
+    def test_benchmark_runs_at_smoke_size(self, bench: Benchmark, smoke_dirs: dict[str, Path],
+                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+        check_smoke(bench, smoke_dirs, tmp_path_factory)
+
+
+class TestSmokeSweep:
+    @pytest.mark.parametrize("bench", smoke_params("sweep"))
+    def test_benchmark_runs_at_smoke_size(self, bench: Benchmark, smoke_dirs: dict[str, Path],
+                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+        check_smoke(bench, smoke_dirs, tmp_path_factory)
+
+
+def test_every_benchmark_is_in_one_smoke_part() -> None:
+    classes = {"main": TestSmokeMain, "serve": TestSmokeServe, "sweep": TestSmokeSweep}
+    assert set(PARTS.values()) | {"main"} == set(classes), "a part without its test class"
+    assert set(PARTS) <= {b.name for b in BENCHMARKS}, "PARTS names an unknown benchmark"
+
+
+def check_smoke(bench: Benchmark, smoke_dirs: dict[str, Path],
+                tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``bench`` ran at its smoke size, and every result kind it writes reads and renders."""
     assert bench.smoke is not None, f"{bench.name} has no smoke arguments in bench/registry.py"
     if ONLY and bench.name not in ONLY:
         pytest.skip(f"BENCH_SMOKE_ONLY={' '.join(ONLY)}")
