@@ -13,5 +13,6 @@ export PYTHONUNBUFFERED=1
 # Two pytest-xdist workers (the CI machine has 2 cores): many tests wait on a server, a browser
 # or a subprocess, and the benchmarks' smoke parts run beside them. loadscope: each test file
 # (or test class) is one unit of work, so module fixtures are built once, as in a serial run,
-# and all Ray tests (tests/test_ray.py) share one Ray instance.
-.venv/bin/python -m pytest -q -n 2 --dist loadscope "$@"
+# and all Ray tests (tests/test_ray.py) share one Ray instance; the longest units go first
+# (tests/conftest.py).
+.venv/bin/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder "$@"
