@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -180,14 +181,20 @@ def lock_held(lock: Path) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
 def test_a_second_retrain_is_refused_with_one_line(run_dir):
+    """The first retrain is stopped (SIGSTOP) while it holds the lock, so the second finds it
+    held however slowly it starts on a loaded machine; then the first goes on and finishes."""
     assert s3t("forget", run_dir, "--ids", victim_in(run_dir, 0)).returncode == 0
     lock = run_dir / ".retrain.lock"  # already there: training left it (unlocked)
-    first = s3t("retrain", run_dir, fault="train:after-stage-write=3", wait=False)
-    deadline = time.monotonic() + 120
-    while not lock_held(lock) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert lock_held(lock), "the first retrain never took the lock"
-    second = s3t("retrain", run_dir)
+    first = s3t("retrain", run_dir, fault="train:after-stage-write=1", wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while not lock_held(lock) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)  # it holds the lock for a second after each stage
+        assert lock_held(lock), "the first retrain never took the lock"
+        second = s3t("retrain", run_dir)
+    finally:
+        first.send_signal(signal.SIGCONT)
     _, first_err = first.communicate(timeout=300)
     assert first.returncode == 0, first_err[-2000:]
     assert second.returncode == 1
