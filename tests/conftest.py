@@ -13,6 +13,20 @@ from tiny import copy_run, make_tiny_bert, toy_dataset  # noqa: E402
 from s3t.config import S3TConfig  # noqa: E402
 from s3t.data.samples import Dataset  # noqa: E402
 
+#: The longest units of pytest-xdist's work (scripts/test.sh: ``--dist loadscope
+#: --no-loadscope-reorder``), first: the benchmarks' smoke parts and the Ray and kill -9
+#: files take minutes each; handed out last, one of them would run alone at the end.
+LONGEST_FIRST = ("test_bench_smoke.py", "test_ray.py", "test_faults.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files of :data:`LONGEST_FIRST` first, in that order; the rest as collected."""
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
+
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
@@ -46,6 +60,10 @@ def run_copy(trained, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance for every Ray test (2 CPUs, no dashboard), shut down at the end.
+
+    Every test that uses it lives in tests/test_ray.py: scripts/test.sh runs pytest-xdist with
+    ``--dist loadscope``, which keeps a file's tests in one worker, so two Ray instances never
+    compete for the machine's 2 cores.
 
     Skips only where ray is not installed (scripts/setup.sh installs it); `import ray` happens
     here, so test files that do not use Ray never pay for it."""

@@ -1,10 +1,13 @@
 """Every registered benchmark runs at its smoke size, and the report reads what it wrote.
 
-One subprocess (``python -m bench --smoke all --results-dir TMP``) runs them all, one after
-another, so torch is imported once; each benchmark is then its own test case, parametrised
-by the registry: a benchmark without smoke arguments, one that fails, or one whose result
-lacks a key the report reads (bench/results.py) fails here, not months later when someone
-reruns it. The registry itself is checked against bench/ and BENCHMARKS.md's headings.
+A few subprocesses (``python -m bench --smoke NAME... --results-dir TMP``), one per part
+(:data:`PARTS`), run them all, one after another within a part, so torch is imported once a
+part; each benchmark is then its own test case, parametrised by the registry: a benchmark
+without smoke arguments, one that fails, or one whose result lacks a key the report reads
+(bench/results.py) fails here, not months later when someone reruns it. Each part is a test
+class, one unit of pytest-xdist's ``loadscope`` scheduling (scripts/test.sh), so the parts run
+in parallel with each other and with the rest of the suite. The registry itself is checked
+against bench/ and BENCHMARKS.md's headings.
 """
 
 from __future__ import annotations
@@ -24,22 +27,42 @@ from bench.registry import BENCHMARKS, Benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_BENCHMARKS = {"__init__", "__main__", "harness", "registry", "results", "report"}
-SMOKE_TIMEOUT_S = 1800  # all of them; a hung benchmark fails instead of blocking the suite
+SMOKE_TIMEOUT_S = 1800  # one part; a hung benchmark fails instead of blocking the suite
 #: ``BENCH_SMOKE_ONLY="stream service"`` runs only those (while working on them); the others skip.
 ONLY = os.environ.get("BENCH_SMOKE_ONLY", "").split()
 
 
+#: The benchmarks that run in a smoke subprocess of their own, by part (each part about a
+#: third of the smoke's time; these serve HTTP): every other benchmark runs in part "main",
+#: in registry order (vit_pretrain before the vit that uses its backbone).
+PARTS = {"service": "serve", "stream": "serve", "sweep": "sweep", "bulk_deletion": "sweep"}
+
+
+def part_of(bench: Benchmark) -> str:
+    return PARTS.get(bench.name, "main")
+
+
 @pytest.fixture(scope="module")
-def smoke_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The results of one ``python -m bench --smoke all`` run (never bench/results)."""
-    out = tmp_path_factory.mktemp("bench-smoke")
+def smoke_dirs() -> dict[str, Path]:
+    """Part -> the results of its ``python -m bench --smoke NAME...`` run (never
+    bench/results), filled when a test of that part first asks (:func:`run_part`)."""
+    return {}
+
+
+def run_part(part: str, dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The results of ``part``'s smoke run, run now unless it has run in this process."""
+    if part in dirs:
+        return dirs[part]
+    out = tmp_path_factory.mktemp(f"bench-smoke-{part}")
+    names = [b.name for b in BENCHMARKS if part_of(b) == part and (not ONLY or b.name in ONLY)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                BENCH_KEEP_RUNS="0")
     env.pop("S3T_BENCH_SMOKE", None)
-    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", *(ONLY or ["all"]),
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", *names,
                            "--results-dir", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=SMOKE_TIMEOUT_S)
     (out / "smoke.log").write_text(done.stdout + done.stderr)
+    dirs[part] = out
     return out
 
 
@@ -49,11 +72,46 @@ def _log_tail(smoke_dir: Path, name: str) -> str:
     return log[start:][-4000:] if start >= 0 else log[-4000:]
 
 
-@pytest.mark.parametrize("bench", BENCHMARKS, ids=lambda b: b.name)
-def test_benchmark_runs_at_smoke_size(bench: Benchmark, smoke_dir: Path) -> None:
+def smoke_params(part: str) -> list:
+    return [pytest.param(b, id=b.name) for b in BENCHMARKS if part_of(b) == part]
+
+
+# One class per part: pytest-xdist's ``loadscope`` (scripts/test.sh) sends each class to a
+# worker as one unit, so the parts run in parallel and a part's subprocess runs once.
+class TestSmokeMain:
+    @pytest.mark.parametrize("bench", smoke_params("main"))
+    def test_benchmark_runs_at_smoke_size(self, bench: Benchmark, smoke_dirs: dict[str, Path],
+                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+        check_smoke(bench, smoke_dirs, tmp_path_factory)
+
+
+class TestSmokeServe:
+    @pytest.mark.parametrize("bench", smoke_params("serve"))
+    def test_benchmark_runs_at_smoke_size(self, bench: Benchmark, smoke_dirs: dict[str, Path],
+                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+        check_smoke(bench, smoke_dirs, tmp_path_factory)
+
+
+class TestSmokeSweep:
+    @pytest.mark.parametrize("bench", smoke_params("sweep"))
+    def test_benchmark_runs_at_smoke_size(self, bench: Benchmark, smoke_dirs: dict[str, Path],
+                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+        check_smoke(bench, smoke_dirs, tmp_path_factory)
+
+
+def test_every_benchmark_is_in_one_smoke_part() -> None:
+    classes = {"main": TestSmokeMain, "serve": TestSmokeServe, "sweep": TestSmokeSweep}
+    assert set(PARTS.values()) | {"main"} == set(classes), "a part without its test class"
+    assert set(PARTS) <= {b.name for b in BENCHMARKS}, "PARTS names an unknown benchmark"
+
+
+def check_smoke(bench: Benchmark, smoke_dirs: dict[str, Path],
+                tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``bench`` ran at its smoke size, and every result kind it writes reads and renders."""
     assert bench.smoke is not None, f"{bench.name} has no smoke arguments in bench/registry.py"
     if ONLY and bench.name not in ONLY:
         pytest.skip(f"BENCH_SMOKE_ONLY={' '.join(ONLY)}")
+    smoke_dir = run_part(part_of(bench), smoke_dirs, tmp_path_factory)
     summary = json.loads((smoke_dir / "smoke-summary.json").read_text())
     assert bench.name in summary, f"{bench.name} did not run:\n{_log_tail(smoke_dir, bench.name)}"
     outcome = summary[bench.name]

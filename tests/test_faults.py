@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -170,16 +171,32 @@ def test_opening_the_run_during_a_retrain_never_removes_a_stage_it_writes(run_di
     assert audit_ok(run_dir) == [], "every live stage still has its files"
 
 
+def lock_held(lock: Path) -> bool:
+    """Whether a process holds a flock on ``lock``, read from /proc/locks: probing with a lock
+    of our own could make the holder-to-be fail to take it."""
+    suffix = f":{lock.stat().st_ino} "
+    return any(" FLOCK " in line and suffix in line
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
 def test_a_second_retrain_is_refused_with_one_line(run_dir):
+    """The first retrain is stopped (SIGSTOP) while it holds the lock, so the second finds it
+    held however slowly it starts on a loaded machine; then the first goes on and finishes."""
     assert s3t("forget", run_dir, "--ids", victim_in(run_dir, 0)).returncode == 0
-    first = s3t("retrain", run_dir, fault="train:after-stage-write=3", wait=False)
-    deadline = time.monotonic() + 60
-    while not (run_dir / ".retrain.lock").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    second = s3t("retrain", run_dir)
-    first.communicate(timeout=300)
-    assert first.returncode == 0
+    lock = run_dir / ".retrain.lock"  # already there: training left it (unlocked)
+    first = s3t("retrain", run_dir, fault="train:after-stage-write=1", wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while not lock_held(lock) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)  # it holds the lock for a second after each stage
+        assert lock_held(lock), "the first retrain never took the lock"
+        second = s3t("retrain", run_dir)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err[-2000:]
     assert second.returncode == 1
     assert second.stderr.startswith("error: another retrain") and "Traceback" not in second.stderr
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from test_service import AUTH, TOKEN, free_port, samples_in, start_server, stop_server
-from tiny import toy_dataset
+from tiny import copy_run, toy_dataset
 
 from s3t.config import S3TConfig
 from s3t.data.samples import Dataset
@@ -63,8 +63,14 @@ def train_run(run: Path, tiny_bert: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_bert) -> Path:
+def pristine(tmp_path_factory, tiny_bert) -> Path:
+    """The module's one trained run, never served: each server gets a copy of it."""
     return train_run(tmp_path_factory.mktemp("page") / "run", tiny_bert)
+
+
+@pytest.fixture(scope="module")
+def run(pristine, tmp_path_factory) -> Path:
+    return copy_run(pristine, tmp_path_factory.mktemp("page-served"))
 
 
 @pytest.fixture(scope="module")
@@ -218,9 +224,10 @@ def shown_ms(text: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def fresh_server(tmp_path_factory, tiny_bert):
-    """A server of its own on a freshly trained run (the other tests delete from theirs)."""
-    run = train_run(tmp_path_factory.mktemp("page-fresh") / "run", tiny_bert)
+def fresh_server(tmp_path_factory, pristine):
+    """A server of its own on a fresh copy of the trained run (the other tests delete from
+    theirs)."""
+    run = copy_run(pristine, tmp_path_factory.mktemp("page-fresh"))
     port, log = free_port(), tmp_path_factory.mktemp("page-fresh-log") / "server.log"
     proc = start_server(run, port, log)
     try:

@@ -331,3 +331,29 @@ def test_the_rest_of_s3t_never_imports_ray():
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_ray_test_is_in_this_file():
+    """scripts/test.sh's pytest-xdist keeps one file's tests in one worker (``loadscope``): a
+    Ray test elsewhere would start a second Ray instance in another worker (conftest.py)."""
+    from pathlib import Path
+
+    here = Path(__file__)
+    users = [p.name for p in here.parent.glob("test_*.py")
+             if p != here and "ray_session" in p.read_text()]
+    assert not users, f"move these Ray tests into {here.name}: {users}"
+
+
+def test_ray_trains_the_recipe_bitwise_like_local(tiny_bert, ray_session, tmp_path):
+    """Every option on: Ray workers (one torch thread) give the local executor's stages."""
+    from test_recipe import DATA, VAL, tiny_config
+
+    cfg = tiny_config(tiny_bert, slices=2, budget=2, best_epoch=True, stage_steps="equal",
+                      lr_schedule="cosine", warmup_ratio=0.2, use_rslora=True)
+    with one_thread():
+        local = S3T(cfg, run_dir=tmp_path / "local").fit(DATA, VAL, progress=False)
+    remote = S3T(dataclasses.replace(cfg, executor="ray"), run_dir=tmp_path / "ray").fit(
+        DATA, VAL, progress=False)
+    assert_same_stages(local, remote)
+    assert ([r.val_score for r in local.ledger.stages("live")]
+            == [r.val_score for r in remote.ledger.stages("live")])

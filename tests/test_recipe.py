@@ -1,11 +1,10 @@
 """The per-stage training recipe (issue 14): stage_steps, lr_schedule with warm-up, and
 best_epoch selection on the validation samples; each changes training as documented, and
 validation samples stay non-deletable (the bitwise retrain-equivalence test with every option
-on is in test_exactness.py)."""
+on is in test_exactness.py, the same on Ray in test_ray.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -268,18 +267,3 @@ def test_train_flags_set_the_recipe_and_status_reports_model_selection(tiny_bert
     status = runner.invoke(app, ["status", str(out)])
     assert status.exit_code == 0, status.output
     assert "validation samples 6: model selection" in status.stdout
-
-
-def test_ray_trains_the_recipe_bitwise_like_local(tiny_bert, ray_session, tmp_path):
-    """Every option on: Ray workers (one torch thread) give the local executor's stages."""
-    from test_ray import assert_same_stages, one_thread
-
-    cfg = tiny_config(tiny_bert, slices=2, budget=2, best_epoch=True, stage_steps="equal",
-                      lr_schedule="cosine", warmup_ratio=0.2, use_rslora=True)
-    with one_thread():
-        local = S3T(cfg, run_dir=tmp_path / "local").fit(DATA, VAL, progress=False)
-    remote = S3T(dataclasses.replace(cfg, executor="ray"), run_dir=tmp_path / "ray").fit(
-        DATA, VAL, progress=False)
-    assert_same_stages(local, remote)
-    assert ([r.val_score for r in local.ledger.stages("live")]
-            == [r.val_score for r in remote.ledger.stages("live")])
