@@ -553,7 +553,7 @@ def bulk_deletion_section(res: Result) -> str:
             + table(["request", "n", "mean s", "min s", "max s"], rows))
 
 
-SWEEP_LABELS = {"s3t": "S3T B=3", "s3t_b1": "S3T B=1", "s3t_prior": "S3T B=1 placed by prior",
+SWEEP_LABELS_BASE = {"s3t": "S3T B=3", "s3t_b1": "S3T B=1", "s3t_prior": "S3T placed by prior",
                 "sisa": "SISA", "full": "full retraining"}
 
 
@@ -563,8 +563,11 @@ def _pct_error(measured: float, predicted: float) -> str:
 
 def sweep_section(res: Result) -> str:
     size, cells = res["provenance"]["size"], res["cells"]
-    trained = ", ".join(f"{SWEEP_LABELS[k]} {v['train_seconds']:.0f} s ({v['stages']} stages)"
-                        if v["train_seconds"] is not None else f"{SWEEP_LABELS[k]} reused"
+    # the placed system's B as run (runs before the sweep compared placement at B=1 used B=3)
+    budget = (res.get("placement_sim") or {}).get("budget", 3)
+    labels = dict(SWEEP_LABELS_BASE, s3t_prior=f"S3T B={budget} placed by prior")
+    trained = ", ".join(f"{labels[k]} {v['train_seconds']:.0f} s ({v['stages']} stages)"
+                        if v["train_seconds"] is not None else f"{labels[k]} reused"
                         for k, v in res["trained"].items())
     parts = [(f"{size['train']} training samples in {res['users']} users of {size['user_size']}, "
               f"m={size['shards']}, L={size['slices']}, {size['epochs']} epoch(s); each rate's "
@@ -577,7 +580,7 @@ def sweep_section(res: Result) -> str:
                 s = by_rate[rate]
                 plan = s.get("plan") or {}
                 rows.append([
-                    SWEEP_LABELS[system], f"{float(rate):g}", s["deletions_acknowledged"],
+                    labels[system], f"{float(rate):g}", s["deletions_acknowledged"],
                     f"{s['time_avg_accuracy']:.3f} ({s['undisturbed_accuracy']:.3f})",
                     f"{s['time_at_full_capacity']:.0%}", f"{s['time_avg_capacity']:.2f}",
                     f"{plan['served_depth_fraction']:.2f} "
@@ -597,10 +600,10 @@ def sweep_section(res: Result) -> str:
              "shards at full depth", "plan's prediction (error)", "stages trained / discarded",
              "retrain s", "stages invalidated per request", "errors + lost", "audit"], rows))
     rates = res["sustainable_rate_per_min"]
-    rows = [[SWEEP_LABELS[system], *(f"{rates[skew].get(system):g}/min"
+    rows = [[labels[system], *(f"{rates[skew].get(system):g}/min"
                                      if rates[skew].get(system) is not None else "below the lowest"
                                      for skew in rates)]
-            for system in SWEEP_LABELS if any(system in rates[skew] for skew in rates)]
+            for system in labels if any(system in rates[skew] for skew in rates)]
     parts.append("Sustainable rate (the highest swept rate with time-averaged accuracy within "
                  "1 point of undisturbed):\n\n" + table(["system", *rates], rows))
     sim = res.get("placement_sim")
