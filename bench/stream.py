@@ -181,7 +181,8 @@ async def run_stream(server: Server, token: str, stream: list[tuple], texts: lis
     start = time.monotonic()
     deadline = start + size["duration_s"]
     out: dict[str, Any] = {"deletions": [], "samples": [], "predicts": {"ok": 0, "unavailable": 0,
-                                                                       "errors": 0}}
+                                                                       "errors": 0},
+                           "predict_errors": {}}
     async with http_client(server.base_url, token, 8, EVAL_TIMEOUT_S) as http:
 
         async def deletions() -> None:
@@ -201,7 +202,7 @@ async def run_stream(server: Server, token: str, stream: list[tuple], texts: lis
                                    erased=len(body["erased_stages"]),
                                    live_shards=body["live_shards"])
                 except ClientError as err:
-                    row.update(status=0, error=type(err).__name__,
+                    row.update(status=0, error=str(err) or type(err).__name__,
                                ms=(time.perf_counter() - began) * 1000)
                 out["deletions"].append(row)
 
@@ -213,9 +214,12 @@ async def run_stream(server: Server, token: str, stream: list[tuple], texts: lis
                     response = await http.post("/v1/predict",
                                                json={"inputs": [texts[i % len(texts)]]})
                     kind = {200: "ok", 503: "unavailable"}.get(response.status_code, "errors")
-                except ClientError:
-                    kind = "errors"
+                    why = f"HTTP {response.status_code}"
+                except ClientError as err:
+                    kind, why = "errors", str(err) or type(err).__name__
                 out["predicts"][kind] += 1
+                if kind == "errors":  # what failed, for the next reader
+                    out["predict_errors"][why] = out["predict_errors"].get(why, 0) + 1
                 await asyncio.sleep(size["predict_gap_s"])
 
         async def measure() -> None:
@@ -297,6 +301,7 @@ def summarize(result: dict[str, Any], size: dict[str, Any]) -> dict[str, Any]:
         "stages_retrained": sum(j["stages_done"] for j in jobs),
         "stages_discarded": sum(j["stages_discarded"] for j in jobs),
         "predicts": result["predicts"],
+        "predict_errors": result["predict_errors"],
     }
 
 

@@ -41,7 +41,8 @@ def test_served_probabilities_equal_a_scratch_trained_ensemble(fitted):
     with torch.no_grad():
         for chain in chains:
             backbone.load_route(chain, method)
-            logits = backbone.top(bounds[len(chain)], batch["attention_mask"], len(chain))
+            active = method.active_groups(len(chain))  # 'all' switches on every group
+            logits = backbone.top(bounds[active], batch["attention_mask"], active)
             probs.append(torch.softmax(logits, dim=-1).double().numpy())
     # Serving merges LoRA into dense weights (x(W + sBA) instead of xW + s(xA)B): equal up
     # to float rounding; the weights themselves are compared bitwise elsewhere.
