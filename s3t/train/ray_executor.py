@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from s3t.config import ConfigError
 from s3t.models.stage_weights import StageWeights, WeightBank
 from s3t.run.files import ADAPTER_FILE, HEAD_FILE
-from s3t.train.ray_worker import RAY_FAULT_ENV, RunSpec, content_digest, run_stage
+from s3t.train.ray_worker import RAY_FAULT_ENV, RunSpec, StopList, content_digest, run_stage
 from s3t.train.scheduler import EVAL_BLOCK, Scheduler, StageJob
 
 MAX_RETRIES = 3  # attempts Ray makes again when a worker process or node dies mid-stage
@@ -125,6 +125,7 @@ class _Driver:
         self.stages: list[dict[str, Any]] = []
         self.held: dict[str, Any] = {}  # live ancestors' bytes, read (hash-checked), put once
         self.failed: set[str] = set()  # stage keys discarded in this call
+        self.stops: Any = None  # the call's StopList actor (run)
         self.bar: Any = None
         self.start = time.time()
 
@@ -133,6 +134,7 @@ class _Driver:
 
         scheduler = self.scheduler
         run = scheduler.run
+        self.stops = ray.remote(StopList).options(num_cpus=0).remote()
         self._submit(scheduler.plan())
         try:
             self._wait_all()
@@ -192,7 +194,8 @@ class _Driver:
                        model_sha256=run.info["model_sha256"], num_labels=len(run.label_names),
                        digests=digests, eval_block=block,
                        test_hook=os.environ.get(RAY_FAULT_ENV),
-                       numeric=None if run.numeric.legacy else run.numeric.to_dict())
+                       numeric=None if run.numeric.legacy else run.numeric.to_dict(),
+                       stops=self.stops)
 
     def _wait_all(self) -> None:
         import ray
@@ -215,6 +218,8 @@ class _Driver:
                     except RayTaskError as err:  # the stage's own error: same as the local executor
                         cause = getattr(err, "cause", None)
                         raise (cause if isinstance(cause, Exception) else err) from None
+                    if outcome is not None and outcome.get("cancelled"):
+                        outcome = None
                     parent = job.parent
                     if parent in self.refs and parent not in self.settled:
                         self.pending.pop(ref)  # settled right after its parent
@@ -241,30 +246,26 @@ class _Driver:
         self.bar.total = len(self.settled) + len(self.pending)
         self.bar.refresh()
 
-    def _cancel(self, ref: Any, job: StageJob, discard: bool = True, remote: bool = True) -> None:
+    def _cancel(self, ref: Any, job: StageJob, discard: bool = True) -> None:
         """Stop ``job`` and every pending descendant of it; each is discarded.
 
-        Only ``job``'s own task is cancelled in Ray (``remote``): its descendants take its
-        result as an argument, so they cannot have started, and Ray fails them with it.
-        Cancelling those again raced with Ray's own failure of them and crashed the driver
-        in Ray 2.60 (``TaskManager::CompletePendingTask``: "an unexpected system state")."""
-        import ray
-
+        The driver stops waiting for the task and puts its key on the call's StopList; the
+        task stops itself at its next check (``ray_worker.StopList``: ``ray.cancel`` of a
+        running task crashed the driver in Ray 2.60), and a descendant that receives a
+        cancelled result returns at once."""
         if discard:
             self.scheduler.discard(job)
         self.pending.pop(ref, None)
-        if remote:
-            ray.cancel(ref)
+        if self.stops is not None:
+            self.stops.add.remote(job.key)
         self._record(job, None, "discarded")
-        self._drop_descendants(job, remote=False)
+        self._drop_descendants(job)
 
-    def _drop_descendants(self, job: StageJob, remote: bool = True) -> None:
-        """Cancel the pending descendants of a discarded stage; settle (discard) finished ones.
-        ``remote``: whether the children may be running (``job`` finished), so that each
-        needs its own cancellation in Ray."""
+    def _drop_descendants(self, job: StageJob) -> None:
+        """Cancel the pending descendants of a discarded stage; settle (discard) finished ones."""
         for child_ref, child in list(self.pending.items()):
             if job.key in child.ancestors and child_ref in self.pending:
-                self._cancel(child_ref, child, remote=remote and child.parent == job.key)
+                self._cancel(child_ref, child)
         for child, outcome in self.waiting.pop(job.key, []):
             self._settle(child, outcome)
 

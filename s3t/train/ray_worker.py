@@ -46,12 +46,62 @@ class RunSpec:
     eval_block: tuple[list[str], list[int], list[str]] | None
     test_hook: str | None = None  # the driver's RAY_FAULT_ENV, for the crash and race tests
     numeric: dict | None = None  # the run's numeric environment (None: a card without one)
+    stops: Any = None  # the call's StopList actor: stages the driver cancelled
 
     @property
     def env(self) -> NumericEnv:
         """The environment a task computes in; a legacy card's tasks keep one thread."""
         env = LEGACY if self.numeric is None else NumericEnv.from_dict(self.numeric)
         return dataclasses.replace(env, torch_threads=1) if env.legacy else env
+
+
+class StopList:
+    """The stages a retrain call cancelled (a Ray actor, one per call). A stage task asks it
+    between optimiser steps and stops itself: cancelling a running task from the driver
+    (``ray.cancel``) raced with its completion and crashed the driver in Ray 2.60
+    (``TaskManager::CompletePendingTask``)."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+
+    def add(self, *keys: str) -> None:
+        self.keys.update(keys)
+
+    def has(self, key: str) -> bool:
+        return key in self.keys
+
+
+class _Stopped:
+    """``should_stop`` for ``train_stage``: asks the StopList without ever blocking. A task
+    blocked in ``ray.get`` lends its CPUs back to Ray, which then starts other stages in new
+    worker processes (each loading the backbone); so the question is sent, and its answer
+    read only once it has arrived, at most every ``every_s``."""
+
+    def __init__(self, stops: Any, key: str, every_s: float = 0.5) -> None:
+        self.stops, self.key, self.every_s = stops, key, every_s
+        self.asked: Any = None
+        self.next = 0.0
+
+    def __call__(self) -> bool:
+        import ray
+
+        if self.stops is None:
+            return False
+        if self.asked is None:
+            now = time.monotonic()
+            if now >= self.next:
+                self.asked, self.next = self.stops.has.remote(self.key), now + self.every_s
+            return False
+        ready, _ = ray.wait([self.asked], timeout=0)
+        if not ready:
+            return False
+        answer, self.asked = ray.get(ready[0]), None
+        return bool(answer)
+
+
+def cancelled(key: str) -> dict[str, Any]:
+    """What a task the driver cancelled returns (the driver no longer waits for it)."""
+    return {"key": key, "cancelled": True}
 
 
 def content_digest(ids: Any, inputs: Any) -> str:
@@ -116,8 +166,12 @@ def _run_stage(spec: RunSpec, job: StageJob, ancestors: tuple[dict[str, Any], ..
     import ray
     import torch
 
+    from s3t.train.scheduler import StageCancelled
     from s3t.train.stage_trainer import train_stage
 
+    stopped = _Stopped(spec.stops, job.key)
+    if any(a.get("cancelled") for a in ancestors):
+        return cancelled(job.key)  # built on a cancelled stage
     try:
         worker = _worker(spec)  # the first task of a process loads the backbone
         setup_seconds = time.time() - started
@@ -138,7 +192,10 @@ def _run_stage(spec: RunSpec, job: StageJob, ancestors: tuple[dict[str, Any], ..
             worker.backbone, features, shard=job.shard, prefix=job.prefix,
             ancestors=[StageWeights.from_files(a["files"]) for a in ancestors],
             method=config.training_method(), sample_ids=job.sample_ids,
-            labels=job.labels, val=val)
+            labels=job.labels, val=val, should_stop=stopped)
+    except StageCancelled:
+        _WORKER = None  # stopped mid-stage: rebuild rather than trust a half-changed model
+        return cancelled(job.key)
     except BaseException:
         _WORKER = None  # e.g. cancelled mid-stage: rebuild rather than trust a half-changed model
         raise
