@@ -357,3 +357,27 @@ def test_ray_trains_the_recipe_bitwise_like_local(tiny_bert, ray_session, tmp_pa
     assert_same_stages(local, remote)
     assert ([r.val_score for r in local.ledger.stages("live")]
             == [r.val_score for r in remote.ledger.stages("live")])
+
+
+def test_a_cancelled_stage_task_learns_it_from_the_stop_list_without_blocking(ray_session):
+    """The driver cancels a running stage by naming it on the call's StopList; the task's
+    ``should_stop`` sends the question, never waits for the answer, and says True once the
+    key is listed (a broken list, or a check that never reads the answer, fails here)."""
+    import ray
+
+    from s3t.train.ray_worker import StopList, _Stopped
+
+    stops = ray.remote(StopList).options(num_cpus=0).remote()
+    other, mine = _Stopped(stops, "0-1v0"), _Stopped(stops, "0-2v0", every_s=0.0)
+    assert mine() is False  # the question is sent; the answer is not awaited
+    ray.get(stops.add.remote("0-2v0"))
+    deadline, seen = time.monotonic() + 30, False
+    while not seen and time.monotonic() < deadline:
+        seen = mine()
+        time.sleep(0.01)
+    assert seen, "a listed stage never learnt that it was cancelled"
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        assert other() is False, "an unlisted stage was told to stop"
+        time.sleep(0.01)
+    assert _Stopped(None, "0-2v0")() is False  # no list (a spec from before): never stops
