@@ -261,6 +261,8 @@ class Subjects:
         headers = {"Content-Type": "application/json", "S3T-Timestamp": timestamp,
                    "S3T-Delivery": f"cb-{callback['id']}",
                    **sign(body, timestamp, self.signer, self.secret)}
+        with self.model.records_lock:  # claimed before a swap: nothing goes out after it
+            self.model.records.ledger.check_identity()
         error = None
         try:
             answer = self._http.post(callback["url"], content=body, headers=headers)
