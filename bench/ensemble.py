@@ -4,13 +4,21 @@ Why: after deletions each shard's route counts the same in the mean, whether it 
 stage trained on three slices or on one. ``S3TConfig.ensemble`` weighs a shard by the depth
 of the stage it serves (``depth``) or by the log-odds over chance of its served stages'
 accuracy on the validation split (``validation``); both are computed only from what may be
-used, so exactness is unchanged. This trains one S3T run per seed (MiniLM, WordNet nouns,
-m=5, L=3, B=3) and, without retraining, serves it with each weighting before any deletion
-and after 10%, 25% and 50% of the expected deletion capacity (``m L H_{mB}`` uniform random
-single-sample requests, cumulative) has been used: test and validation accuracy, served
-depths and the weights.
+used, so exactness is unchanged. This trains one S3T run (MiniLM, WordNet nouns, m=5, L=3,
+B=3, the package's defaults) and one SISA run (m=5, L=3 slice checkpoints) per seed on the
+splits of the scale benchmark (section 15) and, without retraining, serves each with each
+weighting before any deletion and after 10%, 25% and 50% of S3T's expected deletion capacity
+(``m L H_{mB}`` uniform random single-sample requests, cumulative; the same requests for
+both systems) has been used: test and validation accuracy, served depths and the weights. A
+SISA shard whose first slice lost a sample is out of service; a system with no shard left
+serves nothing (counted apart, not as an accuracy).
 
-    python -m bench ensemble [--quick] [--seeds 0 1] [--train-size 1000]
+Results are written after every run; ``--resume`` skips the (system, seed) runs already in
+the result file and merges what other ``--resume`` processes wrote, so seeds can run as
+separate processes side by side.
+
+    python -m bench ensemble [--quick] [--seeds 0 1] [--systems s3t sisa] [--train-size 1000]
+        [--resume]
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from bench import harness
 
 NAME = "ensemble"
 MODES = ("mean", "depth", "validation")
+SYSTEMS = ("s3t", "sisa")
 FRACTIONS = (0.0, 0.1, 0.25, 0.5)
 QUICK = {"train": 1000, "test": 1000, "val": 256, "shards": 5, "slices": 3, "budget": 3}
 FULL = {"train": 4000, "test": 2000, "val": 256, "shards": 5, "slices": 3, "budget": 3}
@@ -81,18 +90,28 @@ def serve_all_ways(est: Any, val: Any, test: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_seed(size: dict[str, Any], seed: int, reuse: str | None = None) -> dict[str, Any]:
+def system_config(system: str, size: dict[str, Any], seed: int) -> Any:
+    """The package's defaults at m shards and L slices: S3T with B orderings, or SISA."""
+    from s3t.config import S3TConfig
+
+    kw = {"model": harness.backbone(), "shards": size["shards"], "slices": size["slices"],
+          "seed": seed, "epochs": size.get("epochs", 3)}
+    if system == "sisa":
+        return S3TConfig.baseline("sisa", **kw)
+    return S3TConfig(budget=size["budget"], **kw)
+
+
+def run_seed(size: dict[str, Any], seed: int, reuse: str | None = None,
+             system: str = "s3t") -> dict[str, Any]:
     """Train once (or open ``reuse``: a run this benchmark trained at the same size and seed,
     before any deletion), then forget in steps up to each capacity fraction, serving all
     ways."""
     from bench.scale import splits
-    from s3t.config import S3TConfig
     from s3t.engine import S3T
 
     train, val, test = splits(size["train"], size["test"], size["val"], seed)
     m, n_slices, budget = size["shards"], size["slices"], size["budget"]
-    config = S3TConfig(model=harness.backbone(), shards=m, slices=n_slices, budget=budget,
-                       seed=seed, epochs=size.get("epochs", 3))
+    config = system_config(system, size, seed)
     train_seconds = None
     if reuse is not None:
         est = S3T.load(reuse).set_serving(ensemble="mean")
@@ -121,24 +140,30 @@ def run_seed(size: dict[str, Any], seed: int, reuse: str | None = None) -> dict[
         row["modes"] = serve_all_ways(est, val, test) if status["live_shards"] else {}
         checkpoints.append(row)
         shown = " ".join(f"{k} {v['test_accuracy']:.3f}" for k, v in row["modes"].items())
-        print(f"seed {seed} {fraction:.0%} of capacity ({n} requests): depths {row['depths']} "
+        print(f"{system} seed {seed} {fraction:.0%} of capacity ({n} requests): depths {row['depths']} "
               f"{shown or 'no shard serves'}", flush=True)
-    result = {"seed": seed, "train_seconds": train_seconds, "reused_run": reuse,
+    result = {"system": system, "seed": seed, "train_seconds": train_seconds, "reused_run": reuse,
               "audit_ok": est.audit().ok, "checkpoints": checkpoints}
     est.close()
     return result
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean test accuracy per (fraction, mode) over the seeds where some shard serves."""
+    """Per system and fraction: mean test accuracy per mode over the seeds where some shard
+    serves, how many seeds that is, and the capacity over every seed."""
     out: dict[str, dict[str, Any]] = {}
-    for i, fraction in enumerate(FRACTIONS):
-        rows = [r["checkpoints"][i] for r in runs if r["checkpoints"][i]["modes"]]
-        out[f"{fraction:g}"] = {
-            "fraction": fraction, "requests": runs[0]["checkpoints"][i]["requests"],
-            "capacity": harness.summarize([r["capacity"] for r in rows]),
-            **{mode: harness.summarize([r["modes"][mode]["test_accuracy"] for r in rows])
-               for mode in MODES}}
+    for system in SYSTEMS:
+        mine = sorted((r for r in runs if r.get("system", "s3t") == system),
+                      key=lambda r: r["seed"])
+        for i, fraction in enumerate(FRACTIONS if mine else ()):
+            every = [r["checkpoints"][i] for r in mine]
+            rows = [c for c in every if c["modes"]]
+            out[f"{system} {fraction:g}"] = {
+                "system": system, "fraction": fraction, "requests": every[0]["requests"],
+                "seeds": len(every), "serving": len(rows),
+                "capacity": harness.summarize([c["capacity"] for c in every]),
+                **{mode: harness.summarize([c["modes"][mode]["test_accuracy"] for c in rows])
+                   for mode in MODES}}
     return out
 
 
@@ -148,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--score-size", type=int, default=None,
                    help="score the first N texts of the test and validation splits only")
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    p.add_argument("--resume", action="store_true",
+                   help="skip the (system, seed) runs already in the result file")
     p.add_argument("--reuse-run", default=None,
                    help="serve this run (trained by this benchmark for the one seed given, "
                         "same size, no deletion yet; it is changed) instead of training")
@@ -162,18 +190,45 @@ def main(argv: list[str] | None = None) -> int:
     seeds = harness.seeds_for(args, [0], [0, 1, 2])
     prov = harness.provenance(NAME, args.quick, seeds, size)
     harness.print_header(prov)
-    if args.reuse_run and len(seeds) != 1:
-        raise SystemExit("--reuse-run serves one seed's run: give one --seeds")
+    if args.reuse_run and (len(seeds) != 1 or len(args.systems) != 1):
+        raise SystemExit("--reuse-run serves one run: give one --seeds and one --systems")
     if args.score_size is not None:
         size["score_size"] = args.score_size
-    runs = [run_seed(size, seed, args.reuse_run) for seed in seeds]
-    summary = summarize(runs)
+    runs = on_disk(args.quick) if args.resume else []
+    done = {(r.get("system", "s3t"), r["seed"]) for r in runs}
+    for seed in seeds:
+        for system in args.systems:
+            if (system, seed) in done:
+                print(f"{system} seed {seed}: in the result file, skipped", flush=True)
+                continue
+            runs.append(run_seed(size, seed, args.reuse_run, system))
+            runs = write(args, prov, runs)
+    summary = write(args, prov, runs, final=True)
     for row in summary.values():
-        print(f"{row['fraction']:.0%} ({row['requests']} requests): " + "  ".join(
-            f"{mode} {row[mode]['mean']:.3f}" if row[mode]["n"] else f"{mode} -"
-            for mode in MODES))
-    harness.write_result(NAME, args.quick, prov, {"runs": runs, "summary": summary})
+        print(f"{row['system']} {row['fraction']:.0%} ({row['requests']} requests, "
+              f"{row['serving']}/{row['seeds']} seeds serving): " + "  ".join(
+                  f"{mode} {row[mode]['mean']:.3f}" if row[mode]["n"] else f"{mode} -"
+                  for mode in MODES))
     return 0
+
+
+def on_disk(quick: bool) -> list[dict[str, Any]]:
+    previous = harness.load_result(NAME, quick)
+    return list(previous["runs"]) if previous else []
+
+
+def write(args: Any, prov: dict[str, Any], runs: list[dict[str, Any]], final: bool = False
+          ) -> Any:
+    """Write ``runs`` (with, under ``--resume``, the runs other processes wrote meanwhile);
+    returns the runs written, or the summary when ``final``."""
+    if args.resume:
+        mine = {(r.get("system", "s3t"), r["seed"]) for r in runs}
+        runs = runs + [r for r in on_disk(args.quick)
+                       if (r.get("system", "s3t"), r["seed"]) not in mine]
+    runs = sorted(runs, key=lambda r: (SYSTEMS.index(r.get("system", "s3t")), r["seed"]))
+    summary = summarize(runs)
+    harness.write_result(NAME, args.quick, prov, {"runs": runs, "summary": summary})
+    return summary if final else runs
 
 
 if __name__ == "__main__":

@@ -908,21 +908,30 @@ def retrain_cost_section(res: Result) -> str:
 
 def ensemble_section(res: Result) -> str:
     modes = ("mean", "depth", "validation")
-    rows = [[f"{r['fraction']:.0%}", r["requests"], pm(r["capacity"], 2)]
-            + [pm(r[mode]) for mode in modes] for r in res["summary"].values()]
-    parts = [table(["deletion capacity used", "requests", "capacity (served depth)",
-                    *(f"test accuracy, {mode}" for mode in modes)], rows)]
+    names = {"s3t": "S3T", "sisa": "SISA"}
+
+    def accuracy(r: dict, mode: str) -> str:
+        return pm(r[mode]) if r[mode]["n"] else "serves nothing"
+
+    rows = [[names[r.get("system", "s3t")], f"{r['fraction']:.0%}", r["requests"],
+             f"{r.get('serving', r['capacity']['n'])}/{r.get('seeds', r['capacity']['n'])}",
+             pm(r["capacity"], 2)] + [accuracy(r, mode) for mode in modes]
+            for r in res["summary"].values()]
+    parts = [table(["system", "S3T deletion capacity used", "requests", "seeds serving",
+                    "capacity (served depth)", *(f"test accuracy, {mode}" for mode in modes)],
+                   rows)]
     detail = []
     for run in res["runs"]:
         for c in run["checkpoints"]:
             served = c["modes"]
             weights = {k: ", ".join(f"{w:.2f}" for w in served[k]["weights"].values())
                        for k in ("depth", "validation")} if served else {}
-            detail.append([run["seed"], f"{c['fraction']:.0%}", " ".join(map(str, c["depths"])),
+            detail.append([names[run.get("system", "s3t")], run["seed"], f"{c['fraction']:.0%}",
+                           " ".join(map(str, c["depths"])),
                            *(f"{served[m]['test_accuracy']:.3f} / {served[m]['val_accuracy']:.3f}"
                              if served else "-" for m in modes),
                            weights.get("depth", "-"), weights.get("validation", "-")])
-    parts.append(table(["seed", "capacity used", "served depth per shard",
+    parts.append(table(["system", "seed", "capacity used", "served depth per shard",
                         *(f"{m}: test / val" for m in modes), "depth weights",
                         "validation weights"], detail))
     return "\n\n".join(parts)
