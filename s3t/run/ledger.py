@@ -626,8 +626,10 @@ class Ledger:
         marks a successful checkpoint covered, and the pending marks it settles. No commit
         sync of its own (the deletion is durable already; a lost outcome is recorded again by
         ``finish_outcomes`` on open), so ``synchronous`` is lowered for this one transaction,
-        under this ledger's lock (docs/design.md, "What a deletion syncs")."""
+        under this ledger's lock (docs/design.md, "What a deletion syncs"). Refused
+        (``LedgerChangedError``) once the file is not the run's ledger."""
         with self._relaxed(), self.transaction():
+            self.check_identity()
             self.update_certificate(certificate)
             self.clear_scrubbed(scrubbed)
             if certificate.files_erased:
