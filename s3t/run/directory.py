@@ -46,6 +46,7 @@ from s3t.run.files import (
     StageStore,
     is_locked,
     refuse_links,
+    try_lock,
 )
 from s3t.run.forget import ForgetPlan, finish_outcomes, forget, sweep
 from s3t.run.identity import refuse_if_behind
@@ -267,12 +268,10 @@ class Run:
         on meanwhile. While it is held, opening the run never sweeps a stage directory the
         writer may still commit."""
         with open(self.path / WRITER_LOCK, "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not try_lock(handle):
                 raise RetrainRunningError(
                     f"another retrain (or training) is running on {self.path}: wait for it to "
-                    "finish; deletions are accepted meanwhile") from None
+                    "finish; deletions are accepted meanwhile")
             try:
                 yield
             finally:
