@@ -762,7 +762,7 @@ def scale_section(res: Result) -> str:
     parts = [table(["recipe", "train size", "setting", "test accuracy (mean ± std)", "per seed",
                     "val accuracy", "stages", "train s"], rows)]
     if res.get("targets"):
-        parts.append(table(["target (issue 14)", "measured", "status"],
+        parts.append(table(["target (issues 14, 28)", "measured", "status"],
                            [[t["target"], t["measured"], met(t["met"])] for t in res["targets"]]))
     campaigns = [c for c in res.get("campaigns", []) if c.get("finished") is not None]
     if campaigns:
