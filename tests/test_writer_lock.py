@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from s3t.run.files import PROBE_GRACE_S, is_locked, try_lock
+from s3t.run.locks import PROBE_GRACE_S, is_locked, try_lock
 
 
 def test_a_probe_sees_a_holder_and_not_a_free_lock(tmp_path: Path) -> None:

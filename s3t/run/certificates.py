@@ -15,8 +15,8 @@ from pathlib import Path
 from s3t.run.certificate import Certificate, CertificateRecordError
 from s3t.run.chain import OUTCOME_FIELDS, certificate_sha256, chain_problems
 from s3t.run.faults import fault_point
-from s3t.run.files import process_alive
 from s3t.run.ledger import GROUP_HASH, Ledger
+from s3t.run.locks import process_alive
 
 CERTIFICATES_DIR = "certificates"
 CHAIN_FILE = "chain.json"

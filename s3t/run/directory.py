@@ -40,17 +40,11 @@ from s3t.run.certificates import (
     restore_certificates,
     rewrite_stale_files,
 )
-from s3t.run.files import (
-    FeatureFiles,
-    IntegrityError,
-    StageStore,
-    is_locked,
-    refuse_links,
-    try_lock,
-)
+from s3t.run.files import FeatureFiles, IntegrityError, StageStore, refuse_links
 from s3t.run.forget import ForgetPlan, finish_outcomes, forget, sweep
 from s3t.run.identity import refuse_if_behind
 from s3t.run.ledger import Ledger, StageRecord, stage_key
+from s3t.run.locks import is_locked, try_lock
 from s3t.run.numeric import NumericEnv, new_env
 from s3t.run.signing import (
     ENV,

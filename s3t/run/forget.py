@@ -38,8 +38,9 @@ from s3t.run.deletion import (
     plan_forget,
 )
 from s3t.run.faults import fault_point
-from s3t.run.files import FeatureFiles, StageStore, process_alive
+from s3t.run.files import FeatureFiles, StageStore
 from s3t.run.ledger import Ledger
+from s3t.run.locks import process_alive
 from s3t.run.signing import Signer
 from s3t.run.subject import SubjectOpening
 
