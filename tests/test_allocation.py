@@ -84,3 +84,44 @@ def test_a_card_from_before_the_field_keeps_equal_allocation(tiny_bert, tmp_path
     assert est.method == Method("s3t", 3)
     est.close()
     assert verify_run(run, progress=False).ok, "verify must retrain the stages the way they were trained"
+
+
+@pytest.mark.parametrize("allocation", ["equal", "growing", "all"])
+def test_a_demoted_shard_serves_exactly_its_surviving_chain(tiny_bert, tmp_path, allocation):
+    """After a deletion in the last slice of a shard's ordering, the model served (the merged
+    layers and head the server materialised, in a process whose backbone held the erased deeper
+    stage) is bitwise the surviving chain trained from scratch, loaded into a fresh backbone:
+    no group left over from the erased stage or another route, the deepest stage's copies win.
+    (test_exactness compares the stage files; this compares what is served.)"""
+    from test_exactness import scratch_chain
+
+    from s3t.data.partition import partition
+    from s3t.models.adapted import AdaptedBackbone
+
+    cfg = config(tiny_bert, shards=2, learning_rate=5e-2, seed=4, allocation=allocation)
+    data = toy_dataset(48)
+    texts = ["red cat", "blue sun moon", "green tree fish"]
+    est = S3T(cfg, run_dir=tmp_path / "run").fit(data, progress=False)
+    est.predict(texts)  # materialise the full-depth routes
+    ordering = est.tree.orderings[0]
+    cells = partition(data.ids, data.groups, cfg.shards, cfg.slices, seed=cfg.seed)
+    victim = min(i for i, c in cells.items() if c == (0, ordering[-1]))
+    est.forget([victim])
+    after = est.predict(texts).probabilities
+    route = est.served()[0]
+    assert route.depth == 2
+    method = cfg.training_method()
+    chain = scratch_chain(cfg, data, {victim}, 0, tuple(ordering[:2]))
+    fresh = AdaptedBackbone(cfg, num_labels=len(data.label_names))
+    fresh.load_route(chain, method)
+    assert route.active == method.active_groups(2) == fresh.depth
+    want = fresh.merged_top_layers(route.active).state_dict()
+    got = route.layers.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want), \
+        [k for k in want if not torch.equal(got[k], want[k])][:3]
+    assert all(torch.equal(route.head[k], chain[-1].head[k]) for k in chain[-1].head)
+    est.close()
+    again = S3T.load(tmp_path / "run")  # a process that never held the erased stage
+    assert (again.predict(texts).probabilities == after).all()
+    again.close()
