@@ -125,3 +125,19 @@ def test_a_demoted_shard_serves_exactly_its_surviving_chain(tiny_bert, tmp_path,
     again = S3T.load(tmp_path / "run")  # a process that never held the erased stage
     assert (again.predict(texts).probabilities == after).all()
     again.close()
+
+
+def test_a_card_whose_allocation_disagrees_with_its_stages_is_refused(tiny_bert, tmp_path):
+    """A run trained with 'equal' whose card was edited to 'all' would switch on groups its
+    stages never hold: the model would serve whatever it held there before, after a deletion
+    the erased deeper stage's copy. Loading such a route is refused, naming the card."""
+    run = tmp_path / "run"
+    S3T(config(tiny_bert, allocation="equal"), run_dir=run).fit(DATA, progress=False).close()
+    card = json.loads((run / "s3t.json").read_text())
+    card["config"]["allocation"] = "all"
+    (run / "s3t.json").write_text(json.dumps(card))
+    est = S3T.load(run)
+    with pytest.raises(ValueError, match=r"holds layer groups \[1\].*allocation 'all' trains "
+                                         r"\[1, 2, 3\].*s3t.json"):
+        est.predict(["red cat"])
+    est.close()

@@ -313,8 +313,19 @@ class AdaptedBackbone:
 
         Each stage holds the groups it trained; later stages overwrite earlier ones, so an
         S3T route takes group k from its stage at depth k and a SISA route its last checkpoint.
+        A stage must hold exactly the groups ``method`` trains at its depth: otherwise a group
+        switched on would keep whatever this model held before (another route, or a stage a
+        deletion erased), so such a route is refused.
         """
-        for weights in chain:
+        for depth, weights in enumerate(chain, 1):
+            held = sorted({self.group_of_layer(self.layer_index(k)) for k in weights.adapter})
+            wanted = sorted(method.trained_groups(depth))
+            if held != wanted:
+                raise ValueError(
+                    f"the route's stage at depth {depth} holds layer groups {held}, but method "
+                    f"{method.name!r} with allocation {method.allocation!r} trains {wanted} "
+                    "there: the run card's method or allocation is not the one its stages were "
+                    "trained with; put back the card's original `config` (s3t.json)")
             self.load_adapter_state(weights.adapter)
         self.load_head_state(chain[-1].head if chain else self.initial_head)
         self.set_depth(method.active_groups(len(chain)))
