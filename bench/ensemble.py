@@ -195,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.score_size is not None:
         size["score_size"] = args.score_size
     runs = on_disk(args.quick) if args.resume else []
-    done = {(r.get("system", "s3t"), r["seed"]) for r in runs}
     for seed in seeds:
         for system in args.systems:
-            if (system, seed) in done:
+            if args.resume:  # what other processes finished meanwhile counts too
+                runs = write(args, prov, runs, dry=True)
+            if (system, seed) in {(r.get("system", "s3t"), r["seed"]) for r in runs}:
                 print(f"{system} seed {seed}: in the result file, skipped", flush=True)
                 continue
             runs.append(run_seed(size, seed, args.reuse_run, system))
@@ -217,15 +218,17 @@ def on_disk(quick: bool) -> list[dict[str, Any]]:
     return list(previous["runs"]) if previous else []
 
 
-def write(args: Any, prov: dict[str, Any], runs: list[dict[str, Any]], final: bool = False
-          ) -> Any:
+def write(args: Any, prov: dict[str, Any], runs: list[dict[str, Any]], final: bool = False,
+          dry: bool = False) -> Any:
     """Write ``runs`` (with, under ``--resume``, the runs other processes wrote meanwhile);
-    returns the runs written, or the summary when ``final``."""
+    returns the runs written, or the summary when ``final``; ``dry``: only merge."""
     if args.resume:
         mine = {(r.get("system", "s3t"), r["seed"]) for r in runs}
         runs = runs + [r for r in on_disk(args.quick)
                        if (r.get("system", "s3t"), r["seed"]) not in mine]
     runs = sorted(runs, key=lambda r: (SYSTEMS.index(r.get("system", "s3t")), r["seed"]))
+    if dry:
+        return runs
     summary = summarize(runs)
     harness.write_result(NAME, args.quick, prov, {"runs": runs, "summary": summary})
     return summary if final else runs

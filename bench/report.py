@@ -1167,16 +1167,18 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "by prior cuts stages invalidated per deletion by 30% under Zipf; the plan within 15% of "
      "the measured capacity.", sweep_section),
     ("ensemble", "27. Weighing shards: mean, depth and validation ensembles through deletions",
-     "`python -m bench ensemble` (MiniLM, WordNet nouns, m=5, L=3, B=3, default recipe, "
-     "validation split of 256 glosses): one run per seed, served without retraining with "
-     "each `ensemble` weighting (docs/design.md, \"Weighing the shards\") before any "
-     "deletion and after 10%, 25% and 50% of the expected deletion capacity (m L H_{mB} "
-     "uniform random single-sample requests, cumulative) has been used. A shard's weight is "
-     "its served depth (`depth`) or the log-odds over chance of its served stages' "
-     "validation accuracy (`validation`); `mean` weighs every shard the same. The quick "
-     "result (1,000 glosses, one seed, scored on the first 400 test glosses: one gloss is "
-     "0.25 points) is indicative only; the 3-seed campaign at 4,000 (the default size) is "
-     "still to run, and `mean` stays the default until it has.", ensemble_section),
+     "`python -m bench ensemble` (MiniLM, WordNet nouns, the splits of section 15: 2,000 test "
+     "glosses, a 256-gloss validation split): per seed one S3T run (m=5, L=3, B=3, the package "
+     "defaults) and one SISA run (m=5, L=3 slice checkpoints) on the same training glosses, "
+     "served without retraining with each `ensemble` weighting (docs/design.md, \"Weighing the "
+     "shards\") before any deletion and after 10%, 25% and 50% of S3T's expected deletion "
+     "capacity (m L H_{mB} uniform random single-sample requests, cumulative, the same "
+     "requests for both systems) has been used. A shard's weight is its served depth "
+     "(`depth`) or the log-odds over chance of its served stages' validation accuracy "
+     "(`validation`); `mean` weighs every shard the same. A SISA shard that lost a sample is "
+     "out of service until retrained; a system with no shard left serves nothing, counted in "
+     "'seeds serving' rather than as an accuracy. Issue 28 asks for this at 4,000 glosses "
+     "over 3 seeds.", ensemble_section),
 ]
 #: The benchmark that writes each result kind (where the names differ).
 PRODUCER = {"bulk-deletion": "bulk_deletion", "recipe": "scale --part sweep",

@@ -229,12 +229,11 @@ def _check(run: Run, backbone: AdaptedBackbone, features: FeatureCache | OnTheFl
     jobs = {r.key: _job(r, by_key, cells) for r in chosen}
     work = total_work([j for j in jobs.values() if j is not None], run.config)
     bar = tqdm(total=work, unit="sample", desc="verifying stages", disable=not progress)
-    val = None
-    if run.config.best_epoch:  # the validation samples pick each stage's kept epoch
-        block = Scheduler(run).eval_block()
-        if block is not None:
-            features.ensure(EVAL_BLOCK, 0, block[0], block[2])
-            val = block[0], block[1]
+    val = None  # as in training: the validation samples score each stage (and, with
+    block = Scheduler(run).eval_block()  # best_epoch, pick its kept epoch)
+    if block is not None:
+        features.ensure(EVAL_BLOCK, 0, block[0], block[2])
+        val = block[0], block[1]
     rebuilt: dict[str, StageWeights] = {}
     checks: list[StageCheck] = []
     shard_cells: dict[int, set[tuple[int, int]]] = {}
@@ -257,6 +256,10 @@ def _check(run: Run, backbone: AdaptedBackbone, features: FeatureCache | OnTheFl
                     sample_ids=job.sample_ids, labels=job.labels, val=val, progress=bar.update)
             rebuilt[record.key] = result.weights
             check = _compare(run, record, result.weights)
+            if check.identical and result.val_score != record.val_score:
+                check = StageCheck(record.key, record.shard, record.depth, DIFFERENT, detail=(
+                    f"its recorded validation score {record.val_score!r} is not the rebuilt "
+                    f"stage's {result.val_score!r} (the 'validation' ensemble weighs by it)"))
             check.seconds = time.perf_counter() - t0
             checks.append(check)
             if n + 1 == len(chosen) or chosen[n + 1].shard != record.shard:

@@ -128,6 +128,20 @@ def test_a_local_run_retrained_on_ray_verifies_bitwise(reference, ray_session, t
     assert env["torch_threads"] == 1 and env["deterministic"] and not env["legacy_card"]
 
 
+def test_validation_scores_from_ray_workers_verify_like_local_ones(tiny_bert, ray_session,
+                                                                  tmp_path):
+    """Stages scored on the validation split by Ray workers: ``verify`` (local) re-derives the
+    same scores bit for bit (the 'validation' ensemble weighs shards by them)."""
+    data = toy_dataset(48)
+    train, val = data.subset(range(40)), data.subset(range(40, 48))
+    est = S3T(on_ray(config(tiny_bert, shards=1, slices=2, budget=1, epochs=1)),
+              run_dir=tmp_path / "run").fit(train, val, progress=False)
+    assert all(r.val_score is not None for r in est.ledger.stages("live"))
+    est.close()
+    report = verify_run(tmp_path / "run", "all", progress=False)
+    assert report.ok, [c.describe() for c in report.stages if not c.identical]
+
+
 def test_both_executors_use_the_thread_count_of_the_run_card(reference, ray_session, tmp_path):
     """A run created with 2 torch threads trains with 2 in this process and in each Ray task
     (which asks for 2 CPUs): the same bytes, through a forget and a retrain. The count

@@ -263,3 +263,26 @@ def test_stages_are_rebuilt_with_the_thread_count_they_were_trained_with(
     finally:
         torch.set_num_threads(before)
     assert report.ok and seen and set(seen) == {1}
+
+
+def test_a_recorded_validation_score_is_rebuilt_and_checked(tiny_bert, tmp_path):
+    """The 'validation' ensemble weighs a shard by its stages' recorded validation scores, so
+    verify re-derives each score with the stage: one rewritten in the ledger is named."""
+    data = toy_dataset(40)
+    train, val = data.subset(range(32)), data.subset(range(32, 40))
+    cfg = config(tiny_bert, shards=1, slices=2, budget=1, epochs=1)
+    S3T(cfg, run_dir=tmp_path / "run").fit(train, val, progress=False).close()
+    assert verify_run(tmp_path / "run", "all", progress=False).ok
+    opened = Run.open(tmp_path / "run", repair=False)
+    try:
+        key, score = opened.ledger.conn.execute(
+            "SELECT key, val_score FROM stages WHERE status = 'live' ORDER BY key").fetchone()
+        assert score is not None, "a run with validation data records each stage's score"
+        opened.ledger.conn.execute("UPDATE stages SET val_score = ? WHERE key = ?",
+                                   (score + 0.25, key))
+    finally:
+        opened.close()
+    report = verify_run(tmp_path / "run", "all", progress=False)
+    bad = [c for c in report.stages if not c.identical]
+    assert [c.key for c in bad] == [key] and not report.ok
+    assert "recorded validation score" in bad[0].describe(), bad[0].describe()
