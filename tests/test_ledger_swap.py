@@ -179,7 +179,6 @@ FOLLOW_UPS = {  # the writes after a deletion: the subjects' thread makes them
     "claim": lambda ledger: ledger.due_callbacks(time.time(), 5.0),
     "settle": lambda ledger: ledger.callback_done(
         ledger.conn.execute("SELECT MIN(id) FROM callbacks").fetchone()[0], True),
-    "outcome": lambda ledger: ledger.record_outcome(ledger.certificates()[-1], []),
 }
 
 

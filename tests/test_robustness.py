@@ -73,6 +73,21 @@ def test_deletion_during_retrain_never_puts_a_contaminated_stage_live(fitted, mo
     assert est.status()["capacity"] == 1.0 and est.audit().ok
 
 
+def test_deletions_go_on_while_a_reader_blocks_the_scrub(fitted):
+    """A long read snapshot (a backup tool, a sqlite3 shell) leaves each checkpoint partial,
+    and the database file alone need not read as one meanwhile: that is not a swapped
+    ledger, so later deletions are accepted and the run audits clean once it closes."""
+    est, data, _ = fitted
+    reader = sqlite3.connect(est.run_dir / "ledger.sqlite")
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM samples").fetchone()
+    for victim in (data.ids[3], data.ids[5], data.ids[7]):
+        assert est.forget([victim])["ledger_scrubbed"] is False
+    reader.execute("ROLLBACK")
+    reader.close()
+    assert est.audit().ok
+
+
 def test_open_reader_blocks_scrub_and_audit_reports_it(fitted):
     est, data, _ = fitted
     reader = sqlite3.connect(est.run_dir / "ledger.sqlite")

@@ -93,12 +93,22 @@ def _sequence(head: object) -> int:
         head.get("sequence"), int) else 0
 
 
-def probe_chain_head(path: Path, held: object, checkpointed: object) -> None:
+def probe_chain_head(path: Path, held: object, checkpointed: object,
+                     partial: bool = False) -> None:
     """Check the database file's own bytes against what this connection holds: ``held``, the
     chain head it reads now, and ``checkpointed``, the head its last successful checkpoint
     folded into the file (None: none yet). The file's head only moves forward between the
-    two; a file overwritten in place (an older copy, garbage) shows otherwise."""
-    raw = _raw_chain_head(path)
+    two; a file overwritten in place (an older copy, garbage) shows otherwise. ``partial``:
+    this connection's last checkpoint was blocked by another reader's snapshot, after which
+    the file alone need not read as a database until a checkpoint completes, so an
+    unreadable file is not taken for an overwritten one then (the file's identity is still
+    checked by ``check_same_file``)."""
+    try:
+        raw = _raw_chain_head(path)
+    except LedgerChangedError:
+        if partial:
+            return
+        raise
     if raw == NOT_YET:
         if checkpointed is not None:
             raise _refusal(path, "was overwritten in place (the file holds no ledger tables, "

@@ -177,6 +177,7 @@ class Ledger:
         #: the file this connection opened (a deletion refuses another one at the path)
         self.identity = FileIdentity.of(self.path)
         self._checkpointed: object = None  # chain head our last full checkpoint wrote
+        self._partial = False  # our last checkpoint was blocked by another reader
         self._secret_value: str | None = None
 
     def _connect_read_only(self) -> sqlite3.Connection:
@@ -279,7 +280,8 @@ class Ledger:
             raise self._changed
         try:
             check_same_file(self.path, self.identity)
-            probe_chain_head(self.path, self.get_meta(CHAIN_META), self._checkpointed)
+            probe_chain_head(self.path, self.get_meta(CHAIN_META), self._checkpointed,
+                             self._partial)
         except LedgerChangedError as err:
             self._changed = err
             raise
@@ -290,11 +292,12 @@ class Ledger:
         report whether it succeeded (every frame committed before it is then scrubbed)."""
         head = self.get_meta(CHAIN_META)  # read first: a success folds at least this in
         self.conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        self._partial = True  # until one completes (an error may leave a partial one)
         try:
             for _ in range(attempts):
                 busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 if not busy:
-                    self._checkpointed = head
+                    self._checkpointed, self._partial = head, False
                     return True
             return False
         finally:
@@ -626,10 +629,10 @@ class Ledger:
         marks a successful checkpoint covered, and the pending marks it settles. No commit
         sync of its own (the deletion is durable already; a lost outcome is recorded again by
         ``finish_outcomes`` on open), so ``synchronous`` is lowered for this one transaction,
-        under this ledger's lock (docs/design.md, "What a deletion syncs"). Refused
-        (``LedgerChangedError``) once the file is not the run's ledger."""
+        under this ledger's lock (docs/design.md, "What a deletion syncs"). No identity
+        probe of its own: it runs right after a scrub an open reader may have left partial,
+        when the file's own bytes do not read as a database (the deletion's commit checked)."""
         with self._relaxed(), self.transaction():
-            self.check_identity()
             self.update_certificate(certificate)
             self.clear_scrubbed(scrubbed)
             if certificate.files_erased:
