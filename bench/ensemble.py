@@ -197,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = on_disk(args.quick) if args.resume else []
     for seed in seeds:
         for system in args.systems:
-            if args.resume:  # what other processes finished meanwhile counts too
-                runs = write(args, prov, runs, dry=True)
+            runs = merged(args, runs)  # with what other processes finished meanwhile
             if (system, seed) in {(r.get("system", "s3t"), r["seed"]) for r in runs}:
                 print(f"{system} seed {seed}: in the result file, skipped", flush=True)
                 continue
             runs.append(run_seed(size, seed, args.reuse_run, system))
-            runs = write(args, prov, runs)
-    summary = write(args, prov, runs, final=True)
+            runs = merged(args, runs)
+            write(args.quick, prov, runs)
+    summary = write(args.quick, prov, merged(args, runs))
     for row in summary.values():
         print(f"{row['system']} {row['fraction']:.0%} ({row['requests']} requests, "
               f"{row['serving']}/{row['seeds']} seeds serving): " + "  ".join(
@@ -218,20 +218,21 @@ def on_disk(quick: bool) -> list[dict[str, Any]]:
     return list(previous["runs"]) if previous else []
 
 
-def write(args: Any, prov: dict[str, Any], runs: list[dict[str, Any]], final: bool = False,
-          dry: bool = False) -> Any:
-    """Write ``runs`` (with, under ``--resume``, the runs other processes wrote meanwhile);
-    returns the runs written, or the summary when ``final``; ``dry``: only merge."""
+def merged(args: Any, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` with, under ``--resume``, the runs other processes wrote meanwhile, in order."""
     if args.resume:
         mine = {(r.get("system", "s3t"), r["seed"]) for r in runs}
         runs = runs + [r for r in on_disk(args.quick)
                        if (r.get("system", "s3t"), r["seed"]) not in mine]
-    runs = sorted(runs, key=lambda r: (SYSTEMS.index(r.get("system", "s3t")), r["seed"]))
-    if dry:
-        return runs
+    return sorted(runs, key=lambda r: (SYSTEMS.index(r.get("system", "s3t")), r["seed"]))
+
+
+def write(quick: bool, prov: dict[str, Any], runs: list[dict[str, Any]]
+          ) -> dict[str, dict[str, Any]]:
+    """Write ``runs`` and their summary; returns the summary."""
     summary = summarize(runs)
-    harness.write_result(NAME, args.quick, prov, {"runs": runs, "summary": summary})
-    return summary if final else runs
+    harness.write_result(NAME, quick, prov, {"runs": runs, "summary": summary})
+    return summary
 
 
 if __name__ == "__main__":
