@@ -12,7 +12,7 @@ from s3t.cli import app
 from s3t.plan.advice import Workload, fit_throughput, parse_rate, recommend, slice_prior_for
 from s3t.plan.capacity import predict
 from s3t.plan.orderings import make_orderings
-from s3t.plan.stream_sim import simulate_stream
+from s3t.plan.stream_sim import simulate_stream, simulate_window
 
 # (m, L, B, seconds between deletions): cell = 30 s / L, so a full chain is 15 (L+1) s;
 # loads from light to the trainer busy about 70% of the time.
@@ -155,3 +155,45 @@ def test_plan_reads_throughput_from_a_run(trained) -> None:
     work = report["workload"]
     assert work["samples"] == 48 and work["epochs"] == 1 and work["throughput"] > 0
     assert report["timed_stages"] == 8  # m=2 shards x 4 stages (L=2, B=2)
+
+
+def test_a_window_from_a_fresh_run_starts_at_full_capacity_and_tends_to_the_steady_state() -> None:
+    orderings = make_orderings("cyclic", 3, 3)
+    rate, cell = 1 / 4, 10.0  # saturated: the steady state keeps few shards at full depth
+    steady = simulate_stream(5, orderings, cell, rate, deletions=3000, seed=3)
+    short = simulate_window(5, orderings, cell, rate, horizon=60.0, trials=100, seed=3)
+    long = simulate_window(5, orderings, cell, rate, horizon=6000.0, trials=3, seed=3)
+    assert steady["capacity"] < 0.2
+    assert short["capacity"] > steady["capacity"] + 0.2  # the run began whole
+    assert long["capacity"] == pytest.approx(steady["capacity"], abs=0.05)
+    assert short["deletions"] == pytest.approx(rate * 60.0, rel=0.2)
+
+
+def test_a_quiet_tail_lets_the_window_recover() -> None:
+    orderings = make_orderings("cyclic", 3, 3)
+    busy = simulate_window(5, orderings, 10.0, 1 / 4, horizon=600.0, trials=40, seed=4)
+    tail = simulate_window(5, orderings, 10.0, 1 / 4, horizon=600.0, arrivals_until=200.0,
+                           trials=40, seed=4)
+    assert tail["capacity"] > busy["capacity"] + 0.1
+    assert tail["deletions"] < busy["deletions"]
+
+
+def test_plan_over_a_horizon_predicts_the_window_not_the_steady_state() -> None:
+    args = ["plan", "--rate", "36/min", "--samples", "1000", "--throughput", "30", "--epochs",
+            "1", "--shards", "5", "--max-slices", "3", "--json"]
+    steady = json.loads(CliRunner().invoke(app, args).stdout)["recommended"]
+    window = json.loads(CliRunner().invoke(app, [*args, "--horizon", "150s"]).stdout)
+    assert window["workload"]["horizon_s"] == 150.0
+    assert "from a fully trained run" in window["recommended"]["method"]
+    assert window["recommended"]["capacity"] > steady["capacity"] + 0.05
+    long = json.loads(CliRunner().invoke(app, [*args, "--horizon", "30d"]).stdout)["recommended"]
+    assert "then the steady state" in long["method"]
+    assert long["capacity"] == pytest.approx(steady["capacity"], abs=0.03)
+
+
+@pytest.mark.parametrize("bad", ["8x", "0h", "-3s", "h", "nan s"])
+def test_plan_refuses_a_horizon_that_is_not_a_duration(bad: str) -> None:
+    result = CliRunner().invoke(app, ["plan", "--rate", "1/min", "--samples", "100",
+                                      "--throughput", "10", "--horizon", bad])
+    assert result.exit_code != 0
+    assert "--horizon" in result.output and "like 150s, 30min, 8h or 2d" in result.output

@@ -66,6 +66,11 @@ def plan_cmd(
                       "comma-separated.")] = "1,2,3,4,5,6,7,8",
     max_slices: Annotated[int, typer.Option("--max-slices", help="Largest L to consider "
                           "(slices x layers per slice must fit the backbone).")] = 4,
+    horizon: Annotated[str | None, typer.Option("--horizon", help="Average over this window "
+                       "from a fully trained run, e.g. 8h until a scheduled full retrain "
+                       "(150s, 30min, 8h, 2d); default: the steady state. A fresh run starts "
+                       "at full capacity, so over a short window at a high rate capacity is "
+                       "well above the steady state.")] = None,
     target: Annotated[float, typer.Option("--target", help="Capacity to reach: fraction of "
                       "shards at full depth, time-averaged.")] = 0.95,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
@@ -84,6 +89,10 @@ def plan_cmd(
         counts = [int(x) for x in inputs.csv(shards)]
     except ValueError:
         raise fail("--shards", f"expected comma-separated integers, got {shards!r}") from None
+    try:
+        window = advice.parse_duration(horizon) if horizon is not None else None
+    except ValueError as exc:
+        raise fail("--horizon", str(exc)) from None
     fitted = None
     if run is not None:
         with engine_errors(run=run):
@@ -100,7 +109,7 @@ def plan_cmd(
         epochs=epochs if epochs is not None else fitted[1] if fitted else 3,
         stage_overhead=stage_overhead if stage_overhead is not None
         else fitted[3] if fitted and throughput is None else 0.0,
-        skew=exponent, users=users, placement=placement)
+        skew=exponent, users=users, placement=placement, horizon_s=window)
     try:
         report = advice.recommend(work, counts, max_slices, target=target)
     except ValueError as exc:
@@ -114,7 +123,7 @@ def _option_of(message: str) -> str:
     """The flag a ``ValueError`` from the planner is about (its first word is the field)."""
     field = message.split(" ", 1)[0]
     return {"rate_per_day": "--rate", "stage_overhead": "--stage-overhead",
-            "max_slices": "--max-slices"}.get(field, f"--{field.replace('_', '-')}")
+            "max_slices": "--max-slices", "horizon": "--horizon"}.get(field, f"--{field.replace('_', '-')}")
 
 
 def _text(report: dict) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 from s3t.plan.capacity import DAY, predict
 from s3t.plan.orderings import make_orderings
 from s3t.plan.prefix_tree import PrefixTree
-from s3t.plan.stream_sim import simulate_stream
+from s3t.plan.stream_sim import simulate_stream, simulate_window
 
 SATURATED = 0.8     # trainer busy fraction above which a candidate is simulated
 TIE = 0.02            # capacities closer than this are a tie (the model is not finer)
@@ -45,6 +45,8 @@ class Workload:
     skew: float = 0.0                 # Zipf exponent over users; 0 = uniform
     users: int | None = None          # groups deleted as a whole (default: one per sample)
     placement: str = "uniform"
+    horizon_s: float | None = None    # average over this window from a fully trained run
+                                      # (None: the steady state)
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the bad quantity and what would be valid."""
@@ -61,6 +63,10 @@ class Workload:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.users is not None and not 1 <= self.users <= self.samples:
             raise ValueError(f"users must be in [1, samples={self.samples}], got {self.users}")
+        if self.horizon_s is not None and not (isinstance(self.horizon_s, (int, float))
+                                               and math.isfinite(self.horizon_s)
+                                               and self.horizon_s > 0):
+            raise ValueError(f"horizon must be a duration > 0, got {self.horizon_s!r}")
         if self.placement not in ("uniform", "prior"):
             raise ValueError(f"placement must be uniform or prior, got {self.placement!r}")
 
@@ -90,8 +96,11 @@ def candidates(work: Workload, shards: Sequence[int], max_slices: int,
     return out
 
 
-def evaluate(work: Workload, m: int, n_slices: int, budget: int, seed: int = 0) -> dict:
-    """Predictions for one plan under ``work``; see the module doc for the method."""
+def evaluate(work: Workload, m: int, n_slices: int, budget: int, seed: int = 0,
+             arrivals_until: float | None = None) -> dict:
+    """Predictions for one plan under ``work``; see the module doc for the method. With
+    ``work.horizon_s``, averages over that window from a fully trained run (simulated;
+    deletions arriving until ``arrivals_until``, default the whole window)."""
     prior = slice_prior_for(work, n_slices)
     strategy = "sisa" if budget == 1 else ("bms" if prior is not None else "cyclic")
     orderings = make_orderings(strategy, n_slices, budget, prior=prior, seed=seed)
@@ -106,11 +115,39 @@ def evaluate(work: Workload, m: int, n_slices: int, budget: int, seed: int = 0) 
                     trainer_busy=sim["busy_fraction"],
                     retrain_seconds_per_day=sim["busy_fraction"] * DAY,
                     method="simulation (trainer nearly saturated)")
+    if rate > 0 and work.horizon_s is not None:
+        pred.update(_window(work, m, orderings, cell, rate, prior, pred, seed, arrivals_until))
     tree = PrefixTree(orderings)
     train = m * sum(st.depth * cell + work.stage_overhead for st in tree.stages)
     return {"shards": m, "slices": n_slices, "budget": budget, "strategy": strategy,
             "orderings": [list(o) for o in orderings], "slice_prior": prior,
             "training_seconds": train, **pred}
+
+
+WINDOW_DELETIONS = 4000  # simulated deletions per plan: past them a window is in steady state
+
+
+def _window(work: Workload, m: int, orderings: list, cell: float, rate: float,
+            prior: list[float] | None, steady: dict, seed: int,
+            arrivals_until: float | None) -> dict:
+    """Averages over ``work.horizon_s`` from a fully trained run. The window's first
+    WINDOW_DELETIONS deletions (all of it, if fewer are expected) are simulated over several
+    streams; the rest of a longer window is in steady state (``steady``, the prediction)."""
+    horizon = float(work.horizon_s or 0.0)
+    expected = rate * horizon
+    simulated = min(horizon, WINDOW_DELETIONS / rate)
+    trials = int(min(200, max(1, WINDOW_DELETIONS / max(1.0, expected))))
+    sim = simulate_window(m, orderings, cell, rate, simulated, arrivals_until, prior,
+                          trials=trials, seed=seed, stage_overhead=work.stage_overhead)
+    share = simulated / horizon
+    keys = {"capacity": "capacity", "served_depth_fraction": "served_depth_fraction",
+            "trainer_busy": "busy_fraction"}
+    out = {k: share * sim[v] + (1 - share) * steady[k] for k, v in keys.items()}
+    out["retrain_seconds_per_day"] = out["trainer_busy"] * DAY
+    out["method"] = (f"simulation over {_hours(horizon)} from a fully trained run"
+                     + (f" ({_hours(simulated)} simulated, then the steady state)"
+                        if share < 1 else ""))
+    return out
 
 
 def _pick(rows: list[dict], target: float) -> dict:
@@ -192,6 +229,25 @@ def parse_rate(text: str) -> float:
         raise ValueError(f"expected a rate like 10/day, 2/h, 1/min or 0.1/s (a number >= 0 per "
                          f"{', '.join(_UNITS)}), got {text!r}")
     return value * _UNITS[unit.strip()]
+
+
+_SECONDS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "hour": 3600.0, "d": DAY,
+            "day": DAY, "week": 7 * DAY}
+
+
+def parse_duration(text: str) -> float:
+    """``"150s"``, ``"30min"``, ``"8h"``, ``"2d"`` -> seconds."""
+    stripped = text.strip()
+    number = stripped.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = stripped[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if unit not in _SECONDS or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected a duration like 150s, 30min, 8h or 2d (a number > 0 and one "
+                         f"of {', '.join(_SECONDS)}), got {text!r}")
+    return value * _SECONDS[unit]
 
 
 def fit_throughput(visits: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:

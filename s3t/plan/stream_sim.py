@@ -11,6 +11,12 @@ cells per epoch). A deletion that invalidates the stage in training, or its pare
 it (the work is lost; the scheduler re-plans). Reported, time-averaged after a warm-up:
 the fraction of shards at full depth (*capacity*), the mean served depth over ``L``, and
 the trainer's busy fraction.
+
+``simulate_window`` answers the other question a deployment asks: not the steady state but
+the average over a finite window that starts from a fully trained run (the hours until the
+next scheduled full retrain, or a benchmark's stream); at high rates the two differ widely,
+because a fresh run starts at full capacity and the steady state is reached only after many
+deletions per shard.
 """
 
 from __future__ import annotations
@@ -30,15 +36,45 @@ class _Shard:
         self.live = (1 << len(tree.stages)) - 1
 
 
+def simulate_window(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: float,
+                    rate: float, horizon: float, arrivals_until: float | None = None,
+                    slice_prior: Sequence[float] | None = None, trials: int = 200,
+                    seed: int = 0, stage_overhead: float = 0.0) -> dict:
+    """Time averages over ``[0, horizon]`` from a fully trained run, deletions arriving until
+    ``arrivals_until`` (default: the whole window), averaged over ``trials`` streams."""
+    if not (horizon > 0 and trials >= 1):
+        raise ValueError("need horizon > 0 and trials >= 1")
+    until = horizon if arrivals_until is None else min(arrivals_until, horizon)
+    runs = [_simulate(n_shards, orderings, cell_seconds, rate, slice_prior, 0, 0, seed + i,
+                      stage_overhead, horizon=horizon, arrivals_until=until)
+            for i in range(trials)]
+    keys = ("capacity", "served_depth_fraction", "busy_fraction")
+    out: dict = {k: float(np.mean([r[k] for r in runs])) for k in keys}
+    out.update({f"{k}_sd": float(np.std([r[k] for r in runs])) for k in keys})
+    out.update(span_seconds=horizon, deletions=float(np.mean([r["deletions"] for r in runs])),
+               trials=trials)
+    return out
+
+
 def simulate_stream(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: float,
                     rate: float, slice_prior: Sequence[float] | None = None,
                     deletions: int = 4000, warmup: int = 200, seed: int = 0,
                     stage_overhead: float = 0.0) -> dict:
     """Run ``warmup + deletions`` Poisson deletions; time averages over the last ``deletions``."""
-    if (n_shards < 1 or cell_seconds <= 0 or rate <= 0 or deletions < 1 or warmup < 0
-            or stage_overhead < 0):
-        raise ValueError("need n_shards >= 1, cell_seconds > 0, rate > 0, deletions >= 1, "
-                         "warmup >= 0, stage_overhead >= 0")
+    if deletions < 1 or warmup < 0:
+        raise ValueError("need deletions >= 1 and warmup >= 0")
+    return _simulate(n_shards, orderings, cell_seconds, rate, slice_prior, deletions, warmup,
+                     seed, stage_overhead)
+
+
+def _simulate(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: float,
+              rate: float, slice_prior: Sequence[float] | None, deletions: int, warmup: int,
+              seed: int, stage_overhead: float, horizon: float | None = None,
+              arrivals_until: float = math.inf) -> dict:
+    """The event loop: until ``warmup + deletions`` arrivals, or with ``horizon``, over
+    ``[0, horizon]`` from time 0 (all stages live) with arrivals until ``arrivals_until``."""
+    if n_shards < 1 or cell_seconds <= 0 or rate <= 0 or stage_overhead < 0:
+        raise ValueError("need n_shards >= 1, cell_seconds > 0, rate > 0, stage_overhead >= 0")
     tree = PrefixTree([tuple(int(s) for s in o) for o in orderings])
     n_slices = tree.n_slices
     stages = tree.stages
@@ -81,7 +117,10 @@ def simulate_stream(n_shards: int, orderings: Sequence[Sequence[int]], cell_seco
     job_end = math.inf
     next_arrival = rng.exponential(1.0 / rate)
     seen = 0
-    start: float | None = None
+    start: float | None = None if horizon is None else 0.0
+    end = math.inf if horizon is None else horizon
+    if next_arrival >= arrivals_until:
+        next_arrival = math.inf
     area_full = area_depth = busy = 0.0
     full_now = float(n_shards)
     depth_now = float(n_shards * n_slices)
@@ -99,13 +138,17 @@ def simulate_stream(n_shards: int, orderings: Sequence[Sequence[int]], cell_seco
         full_now = float(sum(d == n_slices for d in ds))
         depth_now = float(sum(ds))
 
-    while seen < warmup + deletions:
+    while horizon is not None or seen < warmup + deletions:
         if job is None:
             job = next_job()
             if job is not None:
                 job_end = t + cost[job[1]]
                 if start is not None:
                     busy_since = max(t, start)
+        if min(job_end, next_arrival) >= end:  # the window closes
+            account(end)
+            t = end
+            break
         if job is not None and job_end <= next_arrival:
             account(job_end)
             t = job_end
@@ -120,6 +163,8 @@ def simulate_stream(n_shards: int, orderings: Sequence[Sequence[int]], cell_seco
         account(next_arrival)
         t = next_arrival
         next_arrival = t + rng.exponential(1.0 / rate)
+        if next_arrival >= arrivals_until:
+            next_arrival = math.inf
         seen += 1
         if seen == warmup + 1 and start is None:
             start = t
@@ -139,4 +184,4 @@ def simulate_stream(n_shards: int, orderings: Sequence[Sequence[int]], cell_seco
     span = t - (start or 0.0)
     return {"capacity": area_full / (n_shards * span), "served_depth_fraction":
             area_depth / (n_shards * n_slices * span), "busy_fraction": busy / span,
-            "span_seconds": span, "deletions": deletions}
+            "span_seconds": span, "deletions": seen - warmup}
