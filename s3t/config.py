@@ -93,6 +93,11 @@ class S3TConfig:
         "per slice, so every shard's first slices hold the data least likely to be deleted and "
         "its last slice the likeliest, and 'bms' orderings then put that slice late. Fixed "
         "at training and recorded in the ledger: exactness is unchanged.")})
+    anchor: bool = dataclasses.field(default=False, metadata={"help": (
+        "Train every shard on the data marked deletable=false (the run's anchor set) as part "
+        "of its first slice, instead of placing it in one cell: every stage of every shard sees "
+        "it, at |anchor| more samples per stage. Exact, since anchor data can never be "
+        "forgotten (forget refuses it; it leaves only with a new run).")})
     layers_per_slice: int = dataclasses.field(default=1, metadata={"help": (
         "Transformer layers adapted per slice (integer >= 1): the top slices x "
         "layers_per_slice layers are trained, the layers below stay frozen.")})
@@ -312,7 +317,7 @@ class S3TConfig:
         if not _number(self.warmup_ratio) or not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("warmup_ratio", f"warmup_ratio must be a number in [0, 1), "
                               f"got {self.warmup_ratio!r}")
-        for name in ("best_epoch", "use_rslora"):
+        for name in ("best_epoch", "use_rslora", "anchor"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"{name} must be True or False, got "
                                   f"{getattr(self, name)!r}")

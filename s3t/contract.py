@@ -461,6 +461,9 @@ class Status(Record):
     deletion_requests: int
     validation_samples: int | None = None
     validation_use: str | None = None
+    anchor_samples: int | None = Field(default=None, description="With anchor: the samples "
+                                       "every shard trains on in its first slice (never "
+                                       "deletable); absent otherwise.")
     stages_total: int | None = None
     training: Literal["idle", "starting", "running"] | None = Field(default=None, description=(
         "running: a process holds the run's retrain lock; starting: this server's job is "

@@ -20,17 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from s3t.config import NO_VALIDATION, NO_VALIDATION_ENSEMBLE, ConfigError, S3TConfig
-from s3t.data.partition import partition
 from s3t.data.samples import Dataset
 from s3t.models.adapted import AdaptedBackbone, default_model_dir
 from s3t.models.stage_weights import StageWeights, WeightBank
 from s3t.plan.methods import Method
 from s3t.plan.orderings import make_orderings
-from s3t.plan.placement import place_samples
 from s3t.plan.prefix_tree import PrefixTree
 from s3t.run import AuditReport, Ledger, Run, StageStore, model_fingerprint
 from s3t.run.directory import RUN_FILE
 from s3t.run.faults import fault_point
+from s3t.run.layout import Layout, lay_out
 from s3t.serve.ensemble import ServedRoute
 from s3t.serve.served import Generation, Prediction, ServedModel
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
@@ -116,9 +115,7 @@ class S3T:
         self.config = config
         if data.labels is None:
             raise ValueError("training data has no labels: every sample needs a label")
-        if len(data) < config.shards * config.slices:
-            raise ValueError(f"{len(data)} samples cannot fill {config.shards} shards x "
-                             f"{config.slices} slices: use fewer shards or slices")
+        layout = lay_out(config, data)  # cells (or the anchor set), before anything is made
         if eval_data is not None and eval_data.labels is None:
             raise ValueError("eval data has no labels")
         if config.best_epoch and (eval_data is None or len(eval_data) == 0):
@@ -139,7 +136,8 @@ class S3T:
             raise FileExistsError(f"{run_dir} exists and is not empty (and is not an s3t run): "
                                   "choose a new or empty directory")
         try:
-            return self._fit(run_dir, config, data, eval_data, backbone, label_names, progress)
+            return self._fit(run_dir, config, data, eval_data, backbone, label_names, layout,
+                             progress)
         except BaseException:
             if self.run is not None:  # leave no half-made run behind
                 self.close()
@@ -150,7 +148,8 @@ class S3T:
             raise
 
     def _fit(self, run_dir: Path, config: S3TConfig, data: Dataset, eval_data: Dataset | None,
-             backbone: AdaptedBackbone, label_names: list[str], progress: bool) -> S3T:
+             backbone: AdaptedBackbone, label_names: list[str], layout: Layout,
+             progress: bool) -> S3T:
         """Create the run and train it (``fit`` has checked the inputs)."""
         labels = list(data.labels or [])
         eval_labels = list(eval_data.labels or []) if eval_data is not None else []
@@ -160,19 +159,13 @@ class S3T:
             for texts in (data.texts, eval_data.texts if eval_data is not None else []):
                 for text in texts:
                     parse_instruction(text)
-        prior, placed = config.prior, {}
-        if config.placement == "prior":  # cells by deletion likelihood; bms orders by it
-            cells, prior = place_samples(data.ids, data.groups, data.priors, data.deletable,
-                                         config.shards, config.slices, seed=config.seed)
-            placed = {"placement": {"rule": "prior", "slice_prior": prior}}
-        else:
-            cells = partition(data.ids, data.groups, config.shards, config.slices, seed=config.seed)
+        cells = layout.cells
         orderings = make_orderings(config.strategy, config.slices, config.budget,
-                                   prior=prior, seed=config.seed)
+                                   prior=layout.prior, seed=config.seed)
         run = Run.create(run_dir, config, {
             "label_names": label_names, "task": backbone.task, "model_dir": backbone.model_dir,
             "model_sha256": model_fingerprint(backbone.model_dir),
-            "orderings": [list(o) for o in PrefixTree(orderings).orderings], **placed})
+            "orderings": [list(o) for o in PrefixTree(orderings).orderings], **layout.card})
         self._attach(run)
         run.ledger.add_samples(
             ((sid, *cells[sid], grp, label, text) for sid, grp, label, text in

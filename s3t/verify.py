@@ -2,11 +2,11 @@
 the stage files it holds, bit for bit.
 
 A stage is a pure function of (config, seed, shard, prefix, the retained samples of its
-cells, its ancestors' weights), so anyone holding the run can rebuild it. This module does
-so from scratch, trusting nothing the run computed: a fresh backbone (its sha256 checked
-against the run card), its own trunk features in a temporary directory, and every ancestor
-of a checked stage retrained too (never read from the run). Only then are the run's files
-read (hash-checked) and compared tensor by tensor.
+cells and the run's anchor set, its ancestors' weights), so anyone holding the run can
+rebuild it. This module does so from scratch, trusting nothing the run computed: a fresh
+backbone (its sha256 checked against the run card), its own trunk features in a temporary
+directory, and every ancestor of a checked stage retrained too (never read from the run).
+Only then are the run's files read (hash-checked) and compared tensor by tensor.
 
 It never writes the run directory (the run is opened without repair), so it can check a
 run that a server is serving. What a hash check cannot see, this does: a stage file that
@@ -36,7 +36,15 @@ from s3t.run.files import META_FILE
 from s3t.run.stages import served_stages
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
 from s3t.train.numeric import check_env, numeric_env
-from s3t.train.scheduler import EVAL_BLOCK, CellData, Scheduler, StageJob, total_work
+from s3t.train.scheduler import (
+    EVAL_BLOCK,
+    CellData,
+    Scheduler,
+    StageJob,
+    anchor_data,
+    cell_data,
+    total_work,
+)
 from s3t.train.stage_trainer import train_stage
 
 SERVED, ALL = "served", "all"
@@ -156,7 +164,7 @@ def verify_run(path: str | Path, which: str | Sequence[str] = SERVED, progress: 
     run = Run.open(path, repair=False)  # read-only use: no sweep, no scrub
     try:
         selection = which if isinstance(which, str) else ",".join(which)
-        chosen, cells = _snapshot(run, which)
+        chosen, cells, anchor = _snapshot(run, which)
         check_env(run.numeric)  # refuse before any work when this process cannot match it
         backbone = _backbone(run)
         report = VerifyReport(str(run.path), selection, run.info["model_sha256"])
@@ -165,7 +173,8 @@ def verify_run(path: str | Path, which: str | Sequence[str] = SERVED, progress: 
             with numeric_env(run.numeric) as report.environment:
                 features = _features(run, backbone, tmp)
                 try:
-                    report.stages = _check(run, backbone, features, chosen, cells, progress)
+                    report.stages = _check(run, backbone, features, chosen, cells, anchor,
+                                           progress)
                 finally:
                     if isinstance(features, FeatureCache):
                         features.close()
@@ -178,10 +187,10 @@ def verify_run(path: str | Path, which: str | Sequence[str] = SERVED, progress: 
 
 
 def _snapshot(run: Run, which: str | Sequence[str]
-              ) -> tuple[list[StageRecord], dict[tuple[int, int], CellData]]:
-    """One consistent read of the records the check needs: the selected stages and the
-    retained samples of their cells (a deferred read transaction: no write lock, so
-    deletions go on meanwhile)."""
+              ) -> tuple[list[StageRecord], dict[tuple[int, int], CellData], CellData | None]:
+    """One consistent read of the records the check needs: the selected stages, the
+    retained samples of their cells and the anchor set (a deferred read transaction: no
+    write lock, so deletions go on meanwhile)."""
     ledger = run.ledger
     ledger.conn.execute("BEGIN")
     try:
@@ -191,12 +200,11 @@ def _snapshot(run: Run, which: str | Sequence[str]
         needed = sorted({(r.shard, s) for r in chosen for s in r.prefix})
         cells = {}
         for cell in needed:
-            rows = ledger.cell_samples(*cell)
-            cells[cell] = CellData(cell, versions[cell], tuple(r[0] for r in rows),
-                                   tuple(r[1] for r in rows), tuple(r[2] for r in rows))
+            cells[cell] = cell_data(cell, versions[cell], ledger.cell_samples(*cell))
+        anchor = anchor_data(run)
     finally:
         ledger.conn.execute("COMMIT")
-    return chosen, cells
+    return chosen, cells, anchor
 
 
 def _backbone(run: Run) -> AdaptedBackbone:
@@ -223,10 +231,10 @@ def _features(run: Run, backbone: AdaptedBackbone, tmp: Path) -> FeatureCache | 
 
 def _check(run: Run, backbone: AdaptedBackbone, features: FeatureCache | OnTheFlyFeatures,
            chosen: list[StageRecord], cells: dict[tuple[int, int], CellData],
-           progress: bool) -> list[StageCheck]:
+           anchor: CellData | None, progress: bool) -> list[StageCheck]:
     """Train each chosen stage (parents first, on retrained ancestors) and compare it."""
     by_key = {r.key: r for r in chosen}
-    jobs = {r.key: _job(r, by_key, cells) for r in chosen}
+    jobs = {r.key: _job(r, by_key, cells, anchor) for r in chosen}
     work = total_work([j for j in jobs.values() if j is not None], run.config)
     bar = tqdm(total=work, unit="sample", desc="verifying stages", disable=not progress)
     val = None  # as in training: the validation samples score each stage (and, with
@@ -248,7 +256,7 @@ def _check(run: Run, backbone: AdaptedBackbone, features: FeatureCache | OnTheFl
                 continue
             # A card without a numeric environment: each stage at the count it recorded.
             with torch_threads(recorded_threads(run, record) if run.numeric.legacy else None):
-                for c in job.cells:
+                for c in job.blocks:  # the anchor set (if any) and the prefix's cells
                     features.ensure(c.cell, c.version, list(c.ids), list(c.inputs))
                 result = train_stage(
                     backbone, features, shard=record.shard, prefix=record.prefix,
@@ -297,7 +305,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def _job(record: StageRecord, chosen: dict[str, StageRecord],
-         cells: dict[tuple[int, int], CellData]) -> StageJob | None:
+         cells: dict[tuple[int, int], CellData], anchor: CellData | None) -> StageJob | None:
     """The stage's training job on the retained data, or None if a deletion changed one of
     its cells after it was trained (its data is then gone: it cannot be rebuilt)."""
     data = tuple(cells[(record.shard, s)] for s in record.prefix)
@@ -306,7 +314,7 @@ def _job(record: StageRecord, chosen: dict[str, StageRecord],
     ancestors = tuple(r.key for r in lineage_chain(record.key, chosen)[:-1])
     return StageJob(key=record.key, shard=record.shard, prefix=record.prefix,
                     versions=record.versions, parent=record.parent, ancestors=ancestors,
-                    cells=data)
+                    cells=data, anchor=anchor)
 
 
 def _stale(record: StageRecord, cells: dict[tuple[int, int], CellData]) -> StageCheck:

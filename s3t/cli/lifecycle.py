@@ -93,6 +93,9 @@ def status_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
              f"deletion requests {status.deletion_requests}",
              f"live shards {status.live_shards}/{status.shards}, capacity {status.capacity:.2f}",
              f"validation samples {status.validation_samples}: {status.validation_use}"]
+    if status.anchor_samples is not None:
+        lines.append(f"anchor samples {status.anchor_samples}: in every shard's first slice "
+                     "(never deletable)")
     for shard, route in status.routes.items():
         served = "" if route is None or route.served_stages is None else \
             f", serving {len(route.served_stages)} stages"

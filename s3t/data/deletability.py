@@ -5,12 +5,14 @@ a group's rate may be repeated on each of its rows); ``deletable=false`` marks l
 public or consented-forever data that is never deleted. Placement by prior
 (``S3TConfig.placement``) puts never-deleted data in the first slices, which every deeper
 stage builds on, and likely-deleted data in the last; ``forget`` refuses a
-``deletable=false`` sample.
+``deletable=false`` sample. With ``S3TConfig.anchor`` the ``deletable=false`` samples are no
+shard's: they form the run's anchor set, which every shard trains on in its first slice.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 _TRUE = {"true", "1", "yes"}
@@ -43,3 +45,22 @@ def placement_columns(priors: list[float | None], deletable: list[bool],
                       present: bool) -> dict[str, Any]:
     """The Dataset keyword arguments for the columns, or none when no row carried them."""
     return {"priors": priors, "deletable": deletable} if present else {}
+
+
+def anchor_split(deletable: Sequence[bool] | None, n: int) -> tuple[list[int], list[int]]:
+    """The indices of the anchor set (the ``deletable=false`` samples, which every shard trains
+    on with ``S3TConfig.anchor``) and of the samples to partition; ``ValueError`` naming the
+    fix when the data has no anchor or nothing else."""
+    flags = [True] * n if deletable is None else list(deletable)
+    anchors = [i for i, may_delete in enumerate(flags) if not may_delete]
+    rest = [i for i, may_delete in enumerate(flags) if may_delete]
+    if not anchors:
+        raise ValueError("anchor trains every shard on the samples marked deletable=false, but "
+                         "the training data marks none: add a deletable column (false for "
+                         "licensed, public or consented-forever rows) or train without anchor "
+                         "(drop --anchor)")
+    if not rest:
+        raise ValueError(f"all {n} training samples are marked deletable=false, so with anchor "
+                         "no deletable data is left to split into shards: mark the rows that "
+                         "may be deleted deletable=true, or train without anchor (drop --anchor)")
+    return anchors, rest

@@ -69,8 +69,9 @@ class NotARunError(FileNotFoundError):
 #: ``torch_threads`` 0: the process's own count, as such runs trained (``run/numeric.py``).
 #: ``ensemble`` 'mean': runs before the field served every shard with the same weight.
 #: ``allocation`` 'equal': runs before the field trained one layer group per stage.
+#: ``anchor`` False: runs before the field placed deletable=false samples in one cell each.
 DEFAULTS_BEFORE_FIELD = {"serve_orderings": "best", "torch_threads": 0, "ensemble": "mean",
-                         "allocation": "equal"}
+                         "allocation": "equal", "anchor": False}
 
 
 def read_card(run_file: Path) -> tuple[dict, S3TConfig]:

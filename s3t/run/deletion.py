@@ -51,6 +51,11 @@ class UndeletableSampleError(ForgetRequestError):
     """The request names samples the training data marked ``deletable=false``."""
 
 
+#: Where the ledger's ``samples`` table puts an anchor sample (``S3TConfig.anchor``): no shard's
+#: cell, since every shard trains on it in its first slice; never deletable.
+ANCHOR_CELL = (-1, -1)
+
+
 class RequestKeyConflict(ForgetRequestError):
     """A client request key was recorded before for another request body."""
 
@@ -149,13 +154,21 @@ def plan_forget(ledger: Ledger, request: DeletionRequest) -> ForgetPlan:
     extra = [sid for m in members.values() for sid in m if sid not in found]
     found.update(ledger.find_samples(extra))
     new = {sid: (sh, sl) for sid, (sh, sl, dv) in found.items() if dv is None}
+    anchors = sorted(sid for sid, cell in new.items() if cell == ANCHOR_CELL)
+    if anchors:
+        raise UndeletableSampleError(
+            f"anchor samples cannot be forgotten: {_shown(anchors)}. The training data marked "
+            "them deletable=false and the run was trained with anchor, so they are in every "
+            "shard (each shard's first slice): forgetting one would invalidate every stage of "
+            "every shard. To remove one, train a new run with it marked deletable (or without "
+            "it); nothing was deleted")
     kept = ledger.undeletable(list(new))
     if kept:
         raise UndeletableSampleError(
             f"samples marked deletable=false cannot be forgotten: {_shown(kept)}. The training "
             "data declared them never deleted (licensed, public or consented-forever data), so "
             "placement by prior put them in the first slices that every deeper stage builds "
-            "on; to remove one, train a new run with it marked deletable (or without it); "
-            "nothing was deleted")
+            "on (with anchor, they are in every shard); to remove one, train a new run with it "
+            "marked deletable (or without it); nothing was deleted")
     already = sorted(sid for sid, (_, _, dv) in found.items() if dv is not None)
     return ForgetPlan(new=new, already_deleted=already, groups=group_keys)

@@ -38,6 +38,7 @@ from urllib.parse import quote
 from s3t.run.certificate import CellVersion, Certificate, Seal
 from s3t.run.chain import ChainHead, DeletionLogError, is_linked
 from s3t.run.deletion import (
+    ANCHOR_CELL,
     DeletionCommit,
     DeletionRequest,
     RequestKeyConflict,
@@ -61,7 +62,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
     sample_id TEXT PRIMARY KEY,
-    shard INTEGER NOT NULL,
+    shard INTEGER NOT NULL,     -- shard and slice -1: an anchor sample (every shard's)
     slice INTEGER NOT NULL,
     grp TEXT,                   -- keyed hash of the group key (keyed_group_hash)
     label INTEGER,              -- NULL once deleted
@@ -380,6 +381,15 @@ class Ledger:
         return self.conn.execute(
             "SELECT sample_id, label, input FROM samples WHERE shard = ? AND slice = ? "
             "AND deleted_version IS NULL ORDER BY sample_id", (shard, slice_)).fetchall()
+
+    def anchor_samples(self) -> list[tuple[str, int, str]]:
+        """The anchor set (``S3TConfig.anchor``: rows at ``ANCHOR_CELL``, never deleted) as
+        (id, label, input), sorted by id: every shard's first slice trains on it."""
+        return self.cell_samples(*ANCHOR_CELL)
+
+    def anchor_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM samples WHERE shard = ? AND slice = ?",
+                                     ANCHOR_CELL).fetchone()[0])
 
     def find_samples(self, ids: Sequence[str]) -> dict[str, tuple[int, int, int | None]]:
         """Known ids -> (shard, slice, deleted_version)."""

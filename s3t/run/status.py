@@ -39,5 +39,6 @@ def run_status(path: Path, config: S3TConfig, ledger: Ledger, n_labels: int = 0,
         "capacity": sum(depths) / len(depths) / config.slices if depths else 0.0,
         "deletion_requests": ledger.deletion_count(),
         "validation_samples": ledger.eval_count(),
+        **({"anchor_samples": ledger.anchor_count()} if config.anchor else {}),
         "validation_use": validation_use(config),
     }

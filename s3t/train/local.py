@@ -39,7 +39,7 @@ def train_missing(scheduler: Scheduler, backbone: AdaptedBackbone,
                disable=not progress)
     while (job := scheduler.next_job()) is not None:  # re-plans when a deletion landed
         cached = all(features.ensure(c.cell, c.version, list(c.ids), list(c.inputs))
-                     for c in job.cells)
+                     for c in job.blocks)
         if not cached:  # a deletion hit a cell while it was being spilled
             features.drop_stale(scheduler.note_versions())
             scheduler.discard(job)

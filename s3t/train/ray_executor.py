@@ -186,7 +186,7 @@ class _Driver:
     def _spec(self, jobs: list[StageJob]) -> RunSpec:
         run = self.scheduler.run
         digests: dict[Hashable, str] = {c.cell: content_digest(c.ids, c.inputs)
-                                        for job in jobs for c in job.cells}
+                                        for job in jobs for c in job.blocks}
         block = self.scheduler.eval_block()
         if block is not None:
             digests[EVAL_BLOCK] = content_digest(block[0], block[2])

@@ -178,7 +178,7 @@ def _run_stage(spec: RunSpec, job: StageJob, ancestors: tuple[dict[str, Any], ..
         features = worker.features
         features.drop_stale(spec.digests)  # cells that changed since: features of deleted samples
         t0 = time.perf_counter()
-        for c in job.cells:
+        for c in job.blocks:  # the anchor set (if any) and the prefix's cells
             features.ensure(c.cell, spec.digests[c.cell], list(c.ids), list(c.inputs))
         val = None
         if spec.eval_block is not None:

@@ -28,14 +28,16 @@ from s3t.run.ledger import StageRecord
 
 Cell = tuple[int, int]
 EVAL_BLOCK = "eval"
+ANCHOR_BLOCK = "anchor"  # the anchor set's feature block and CellData (S3TConfig.anchor)
 POLL_SECONDS = 0.2  # how often a training stage re-reads the slice versions (one SQLite read)
 
 
 @dataclass(frozen=True)
 class CellData:
-    """A cell's retained samples at one version, sorted by id."""
+    """A cell's retained samples at one version, sorted by id (or the anchor set, ``cell``
+    ``ANCHOR_BLOCK`` at version 0: it never changes)."""
 
-    cell: Cell
+    cell: Cell | str
     version: int
     ids: tuple[str, ...]
     labels: tuple[int, ...]
@@ -53,18 +55,24 @@ class StageJob:
     parent: str | None
     ancestors: tuple[str, ...]          # keys of the stages of prefix[:1], ..., prefix[:-1]
     cells: tuple[CellData, ...]
+    anchor: CellData | None = None      # the run's anchor set, part of its first slice
+
+    @property
+    def blocks(self) -> tuple[CellData, ...]:
+        """What the stage trains on: the anchor set (if any), then its prefix's cells."""
+        return self.cells if self.anchor is None else (self.anchor, *self.cells)
 
     @property
     def sample_ids(self) -> list[str]:
-        return [sid for c in self.cells for sid in c.ids]
+        return [sid for c in self.blocks for sid in c.ids]
 
     @property
     def labels(self) -> list[int]:
-        return [y for c in self.cells for y in c.labels]
+        return [y for c in self.blocks for y in c.labels]
 
     @property
     def n_samples(self) -> int:
-        return sum(len(c.ids) for c in self.cells)
+        return sum(len(c.ids) for c in self.blocks)
 
     @property
     def depth(self) -> int:
@@ -214,9 +222,8 @@ class Scheduler:
             self.versions = ledger.slice_versions()
             live_records = ledger.stages("live")
             rows = {cell: ledger.cell_samples(*cell) for cell in self.versions}
-        cells = {cell: CellData(cell, self.versions[cell], tuple(r[0] for r in rs),
-                                tuple(r[1] for r in rs), tuple(r[2] for r in rs))
-                 for cell, rs in rows.items()}
+            anchor = anchor_data(run)
+        cells = {cell: cell_data(cell, self.versions[cell], rs) for cell, rs in rows.items()}
         live = {r.key for r in live_records}
         jobs = []
         for shard in range(run.config.shards):
@@ -230,7 +237,7 @@ class Scheduler:
                     key=key, shard=shard, prefix=node.prefix,
                     versions=tuple(self.versions[(shard, s)] for s in node.prefix),
                     parent=keys[-1] if keys else None, ancestors=tuple(keys),
-                    cells=tuple(cells[(shard, s)] for s in node.prefix)))
+                    cells=tuple(cells[(shard, s)] for s in node.prefix), anchor=anchor))
         live_at = {(r.shard, r.prefix): True for r in live_records}
         leaves = [node.prefix for node in run.tree.stages if node.depth == run.tree.n_slices]
         self.jobs = prioritise(jobs, live_at, leaves, run.tree.n_slices, run.method.servable)
@@ -336,6 +343,21 @@ class Scheduler:
         if not rows:
             return None
         return [f"eval:{r[0]}" for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+
+def cell_data(cell: Cell | str, version: int, rows: Sequence[tuple[str, int, str]]) -> CellData:
+    """A block's CellData from ledger rows of (id, label, input), sorted by id."""
+    return CellData(cell, version, tuple(r[0] for r in rows), tuple(r[1] for r in rows),
+                    tuple(r[2] for r in rows))
+
+
+def anchor_data(run: Run) -> CellData | None:
+    """The run's anchor set (``S3TConfig.anchor``), which every stage trains on with its
+    prefix's cells: fixed at training, always in the same block, sorted by id, so every
+    executor and ``s3t verify`` rebuild it bitwise; None without anchor."""
+    if not run.config.anchor:
+        return None
+    return cell_data(ANCHOR_BLOCK, 0, run.ledger.anchor_samples())
 
 
 def total_work(jobs: Sequence[StageJob], config: S3TConfig) -> int:
