@@ -82,6 +82,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               "of its stages, profiled by phase (issue 27)", ("retrain_cost",), SMOKE),
     Benchmark("ensemble", (27,), "weighing shards: mean, depth, validation, through deletions "
               "(issue 28)", ("ensemble",), SMOKE),
+    Benchmark("anchor", (28,), "anchor data: every shard trains on the never-deletable data "
+              "(issue 28)", ("anchor",), SMOKE),
     Benchmark("gpu", (), "prepared check for a GPU machine: CUDA numeric environment, tiny "
               "run verified", (), ("--smoke",)),
     Benchmark("page_screenshot", (), "the operator page of `s3t serve` in headless Chromium "

@@ -173,6 +173,10 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
                         "capacity", "depths", "modes"),
                  *(f"runs.*.checkpoints.*.modes.*.{k}" for k in ("test_accuracy",
                                                                    "val_accuracy", "weights"))),
+    "anchor": ("provenance.size.fraction",
+               *_each("summary.*", "size", "label", "anchor", "test_accuracy", "val_accuracy",
+                      "train_seconds", "stages_trained", "anchor_samples", "gain"),
+               *_each("runs.*", "size", "seed", "key", "never_deletable", "test_accuracy")),
     # service --fairness [--tag T] writes service-fairness<T>.json (not in BENCHMARKS.md yet)
     "service-fairness": ("alone_ms", "beside_large_ms", "large_request_ms"),
     "retrain_cost": ("provenance.size.epochs", "summary.audit_ok", "summary.targets",

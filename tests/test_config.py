@@ -73,6 +73,7 @@ GIVEN = {
     "strategy": (["--strategy", "random"], "random"),
     "prior": (["--prior", "0.1,0.4,0.5"], [0.1, 0.4, 0.5]),
     "placement": (["--placement", "prior"], "prior"),
+    "anchor": (["--anchor"], True),
     "layers_per_slice": (["--layers-per-slice", "2"], 2),
     "lora_r": (["--lora-r", "4"], 4),
     "lora_alpha": (["--lora-alpha", "5"], 5),

@@ -204,6 +204,27 @@ def test_sisa_stages_equal_the_local_executors(tiny_bert, ray_session, tmp_path)
     assert_same_stages(local, remote)
 
 
+def test_an_anchored_run_trains_and_retrains_on_ray_bitwise_like_local(tiny_bert, ray_session,
+                                                                        tmp_path):
+    """Anchor data (tests/test_anchor.py): each Ray task trains its stage on the anchor set
+    too, from the same feature block, so the files equal the local executor's."""
+    from test_anchor import anchored_data
+    from test_anchor import config as anchored_config
+
+    data, cfg = anchored_data(), anchored_config(tiny_bert)
+    local = S3T(cfg, run_dir=tmp_path / "local").fit(data, progress=False)
+    remote = S3T(on_ray(cfg), run_dir=tmp_path / "ray").fit(data, progress=False)
+    assert stage_files(local) == stage_files(remote)
+    victim = local.ledger.cell_samples(0, 0)[0][0]
+    summaries = []
+    for est in (local, remote):
+        est.forget([victim])
+        summaries.append(est.retrain(progress=False))
+    assert summaries[1]["executor"] == "ray" and summaries[1]["stages_trained"] > 0
+    assert stage_files(local) == stage_files(remote)
+    assert remote.status()["anchor_samples"] == 12 and remote.audit().ok
+
+
 def test_results_arriving_children_first_still_commit_every_stage(tiny_bert, ray_session,
                                                                    tmp_path, monkeypatch):
     """Ray may report a chain's results in any order: the driver holds a child until its

@@ -46,7 +46,8 @@ class CellData:
 
 @dataclass(frozen=True)
 class StageJob:
-    """One stage to train: its identity, its ancestors and the data of its prefix's cells."""
+    """One stage to train: its identity, its ancestors and the data of its prefix's cells
+    (with the run's anchor set, if any, which every stage trains on)."""
 
     key: str
     shard: int
