@@ -6,6 +6,7 @@ run on the retained data with the anchor set; ``s3t verify`` rebuilds the same b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -229,3 +230,36 @@ def test_a_card_written_before_the_field_reads_as_no_anchor(anchored, tmp_path):
     (path / "s3t.json").write_text(json.dumps(card))
     with Run.open(path, repair=False) as run:
         assert run.config.anchor is False
+
+
+def test_placement_by_prior_places_the_rest_and_leaves_the_anchor_set_to_every_shard():
+    from s3t.plan.placement import place_samples
+    from s3t.run.layout import lay_out
+
+    data = anchored_data(groups=True)
+    data.priors = [float(i % 7) for i in range(len(data))]
+    cfg = S3TConfig(shards=2, slices=3, placement="prior", anchor=True, seed=5)
+    layout = lay_out(cfg, data)
+    rest = data.subset([i for i, keep in enumerate(data.deletable or []) if keep])
+    cells, prior = place_samples(rest.ids, rest.groups, rest.priors, rest.deletable, 2, 3, seed=5)
+    assert layout.cells == {**cells, **{sid: ANCHOR_CELL for sid in anchors_of(data)}}
+    assert layout.prior == prior and layout.card == {"placement": {"rule": "prior",
+                                                                   "slice_prior": prior}}
+    plain = lay_out(S3TConfig(shards=2, slices=3, placement="prior", seed=5), data)
+    assert set(plain.cells.values()) == {(m, s) for m in range(2) for s in range(3)}
+
+
+def test_a_spilled_anchor_block_gives_the_same_stages(anchored, tiny_bert, tmp_path):
+    """Every feature block on disk (the anchor set's too, ``anchor-v0``): the same bits as the
+    run that kept them in memory, and audit finds nothing stray while the trainer is open."""
+    path, data, cfg = anchored
+    est = S3T(dataclasses.replace(cfg, feature_cache_memory_gb=0.0),
+              run_dir=tmp_path / "spilled").fit(data, progress=False)
+    assert [p.name for p in (tmp_path / "spilled" / "feature-cache").glob("*/anchor-v0")]
+    assert est.audit().ok
+    reference = S3T.load(path)
+    assert sorted(est.live_weights()) == sorted(reference.live_weights())
+    for key, weights in est.live_weights().items():
+        assert_same_weights(weights, reference.live_weights()[key])
+    reference.close()
+    est.close()

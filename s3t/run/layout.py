@@ -28,10 +28,6 @@ class Layout:
     prior: list[float] | None = None
     card: dict = field(default_factory=dict)
 
-    @property
-    def anchors(self) -> int:
-        return sum(cell == ANCHOR_CELL for cell in self.cells.values())
-
 
 def lay_out(config: S3TConfig, data: Dataset) -> Layout:
     """The cells of ``data`` under ``config`` (placement, anchor, seed). Raises
