@@ -178,11 +178,14 @@ class S3TConfig:
         "of the adapted layers (about 2.2x the prediction time for budget 3); 'best' is the "
         "cheaper choice. The same with budget 1. Exactness is unchanged, because every served "
         "stage is live and never saw a deleted sample; training is the same either way.")})
-    ensemble: str = dataclasses.field(default="mean", metadata={"help": (
+    ensemble: str = dataclasses.field(default="depth", metadata={"help": (
         f"How much each live shard counts when shards are aggregated, one of "
-        f"{', '.join(ENSEMBLES)}: 'mean' weighs every shard the same; 'depth' weighs a shard by "
-        "the depth of the stage it serves (the slices that stage was trained on), so a shard "
-        "that deletions demoted to a shallow stage counts less; 'validation' weighs it by the "
+        f"{', '.join(ENSEMBLES)}: 'depth' (the default) weighs a shard by the depth of the "
+        "stage it serves (the slices that stage was trained on), so a shard that deletions "
+        "demoted to a shallow stage counts less (BENCHMARKS.md section 27: never below 'mean', "
+        "up to 3.7 points above it after deletions; the same before any); 'mean' weighs every "
+        "shard the same (runs trained before 'depth' became the default keep it); "
+        "'validation' weighs it by the "
         "log-odds over chance of its served stages' accuracy on the validation split, "
         "log((K-1) acc / (1 - acc)) for K labels (exp(-token loss) for causal LMs), and needs "
         "validation samples. Weights are recomputed whenever a route changes and are computed "

@@ -37,7 +37,8 @@ VAL = validation_set()
 # allocation 'equal': the stage scores below were read off runs trained with it (any allocation
 # keeps the weights a function of the served stages' records alone).
 RECIPE = {"stage_steps": "equal", "lr_schedule": "cosine", "warmup_ratio": 0.2,
-          "use_rslora": True, "learning_rate": 0.1, "allocation": "equal"}
+          "use_rslora": True, "learning_rate": 0.1, "allocation": "equal",
+          "ensemble": "mean"}  # the tests switch from the plain mean to the weightings
 
 
 def record(shard: int, prefix: tuple[int, ...], score: float | None = None) -> StageRecord:
@@ -77,7 +78,7 @@ def test_validation_weights_fall_back_to_equal_without_scores_or_above_chance():
 
 
 def test_ensemble_is_validated_and_old_cards_keep_the_mean(tmp_path):
-    assert S3TConfig().ensemble == "mean"
+    assert S3TConfig().ensemble == "depth"
     with pytest.raises(ConfigError) as info:
         S3TConfig(ensemble="median").validate()
     assert info.value.field == "ensemble"

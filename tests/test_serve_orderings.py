@@ -119,8 +119,10 @@ def test_after_a_deletion_only_surviving_deepest_stages_serve(run_all):
     records = {r.key: r for r in est.ledger.stages(None)}
     assert [records[k].prefix for k in pred.routes_all[0]] == [(1, 2)]
     assert len(pred.routes_all[1]) == 3
-    want = (single_route_probs(est, 0, pred.routes_all[0][0])
-            + np.mean([single_route_probs(est, 1, k) for k in pred.routes_all[1]], axis=0)) / 2
+    # the default ensemble ('depth'): shard 0 serves depth 2, shard 1 depth 3
+    want = (2 * single_route_probs(est, 0, pred.routes_all[0][0])
+            + 3 * np.mean([single_route_probs(est, 1, k) for k in pred.routes_all[1]],
+                          axis=0)) / 5
     np.testing.assert_allclose(pred.probabilities, want, rtol=0, atol=1e-12)
     est.close()
 
