@@ -184,13 +184,11 @@ class S3TConfig:
         "stage it serves (the slices that stage was trained on), so a shard that deletions "
         "demoted to a shallow stage counts less (BENCHMARKS.md section 27); 'mean' weighs "
         "every shard the same (runs from before 'depth' was the default keep it); "
-        "'validation' weighs it by the log-odds over chance of its served stages' accuracy "
-        "on the validation split, "
-        "log((K-1) acc / (1 - acc)) for K labels (exp(-token loss) for causal LMs), and needs "
-        "validation samples. Weights are recomputed whenever a route changes and are computed "
-        "only from a served stage's depth and validation score, never from deletable data, so "
-        "exactness is unchanged; a serving choice, switchable on a trained run (s3t "
-        "configure).")})
+        "'validation' weighs it by the log-odds over chance of its served stages' validation "
+        "accuracy, log((K-1) acc / (1 - acc)) for K labels (exp(-token loss) for causal LMs), "
+        "and needs validation samples. Weights are recomputed whenever a route changes, only "
+        "from a served stage's depth and validation score, never from deletable data, so "
+        "exactness is unchanged; switchable on a trained run (s3t configure).")})
     feature_cache: bool = dataclasses.field(default=True, metadata={"flag": "--no-cache", "help": (
         "Whether to compute the frozen layers' outputs once per sample instead of every batch: much "
         "faster at the cost of memory (see feature_cache_memory_gb), same weights in float32.")})
