@@ -1050,7 +1050,8 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "predicts throughout and the benchmark measures the accuracy of what is served on a "
      "fixed test subset whenever what is served changes (polling the status; a 503 because no "
      "shard serves counts as 0). The two systems run at the same time, each server and its "
-     "background retrainer pinned to its own core with one torch thread. Issue targets: S3T's time-averaged accuracy above SISA's; S3T "
+     "background retrainer pinned to its own core with one torch thread. Issue targets: "
+     "S3T's time-averaged accuracy above SISA's; S3T "
      "never without a serving shard; zero errors and zero lost deletions for both.",
      stream_section),
     ("distributed", "13. Scaling out: stage training on Ray",
@@ -1190,7 +1191,8 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "runs before 2026-12-07 10:00 sampled it every 10 s on 64 glosses). The plan's "
      "prediction comes from `s3t plan`'s model (`s3t.plan.advice.evaluate`) given the run's own "
      "stage timings, over the stream's window from a fully trained run (`--horizon`; runs "
-     "before 2026-12-07 10:00 compared the steady state). Issue 27 targets: S3T's time-averaged accuracy at least SISA's; placement "
+     "before 2026-12-07 10:00 compared the steady state). Issue 27 targets: S3T's "
+     "time-averaged accuracy at least SISA's; placement "
      "by prior cuts stages invalidated per deletion by 30% under Zipf; the plan within 15% of "
      "the measured capacity.", sweep_section),
     ("ensemble", "27. Weighing shards: mean, depth and validation ensembles through deletions",

@@ -57,6 +57,7 @@ SYSTEMS = ("s3t", "sisa")
 REQUEST_TIMEOUT_S = 60.0
 #: A request unanswered this long counts as nothing served (one pinned core serves and trains).
 EVAL_TIMEOUT_S = 180.0
+CHUNK = 128  # test texts per scoring request
 MAX_PREDICTS = 100_000  # the count bound of the prediction loop (time is the other)
 
 
@@ -162,10 +163,15 @@ def warm_accuracy(server: Server, token: str, texts: list[str], labels: list[str
     server load its stages before the stream's clock starts)."""
     import httpx
 
-    response = httpx.post(server.base_url + "/v1/predict", json={"inputs": texts},
-                          headers={"Authorization": f"Bearer {token}"}, timeout=900.0)
-    response.raise_for_status()
-    return sum(p == y for p, y in zip(response.json()["labels"], labels, strict=True)) / len(texts)
+    correct = 0
+    for lo in range(0, len(texts), CHUNK):  # the server takes at most 256 inputs a request
+        response = httpx.post(server.base_url + "/v1/predict",
+                              json={"inputs": texts[lo:lo + CHUNK]},
+                              headers={"Authorization": f"Bearer {token}"}, timeout=900.0)
+        response.raise_for_status()
+        correct += sum(p == y for p, y in zip(response.json()["labels"], labels[lo:lo + CHUNK],
+                                              strict=True))
+    return correct / len(texts)
 
 
 def deletion_stream(ids: list[str], size: dict[str, Any], rng: random.Random) -> list[tuple]:
@@ -230,12 +236,12 @@ async def run_stream(server: Server, token: str, stream: list[tuple], texts: lis
         async def score() -> tuple[int, bool]:
             """Correct answers on the test subset, and whether every chunk was served."""
             correct = 0
-            for lo in range(0, len(texts), 128):
-                response = await http.post("/v1/predict", json={"inputs": texts[lo:lo + 128]})
+            for lo in range(0, len(texts), CHUNK):
+                response = await http.post("/v1/predict", json={"inputs": texts[lo:lo + CHUNK]})
                 if response.status_code != 200:
                     return 0, False
                 correct += sum(p == y for p, y in zip(response.json()["labels"],
-                                                      labels[lo:lo + 128], strict=True))
+                                                      labels[lo:lo + CHUNK], strict=True))
             return correct, True
 
         async def measure() -> None:
