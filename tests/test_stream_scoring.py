@@ -1,67 +1,35 @@
-"""The stream benchmarks score the test subset only when what is served changed."""
+"""The stream benchmarks' served accuracy comes from the prediction traffic: each
+prediction's correctness holds until the next, time-averaged."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+import pytest
 
-from bench.stream import ScoreOnChange, served_state
-
-
-class Response:
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
-
-    def json(self) -> dict[str, Any]:
-        return self.body
+from bench.stream import rolling_accuracy, summarize, time_average
 
 
-def status(routes: dict[str, Any], deleted: int) -> dict[str, Any]:
-    return {"routes": routes, "deleted": deleted}
+def test_each_prediction_holds_until_the_next() -> None:
+    traffic = [{"t": 0.0, "correct": 1}, {"t": 1.0, "correct": 0}, {"t": 4.0, "correct": 1}]
+    # right for 1 s, wrong for 3 s, right for the last 6 s of 10
+    assert time_average(traffic, "correct", 10.0) == pytest.approx(0.7)
 
 
-def run_reads(states: list[dict[str, Any]], corrects: list[int]) -> tuple[list, int]:
-    """Read once per poll; each read of the status hands out the next state, each score the
-    next number correct (out of 10). Returns the reads and how often it scored."""
-    statuses, scores = iter(states), iter(corrects)
-    calls = {"score": 0}
-
-    async def get_status() -> Response:
-        return Response(next(statuses))
-
-    async def score() -> tuple[int, bool]:
-        calls["score"] += 1
-        return next(scores), True
-
-    async def main() -> list:
-        scorer = ScoreOnChange(get_status, score, 10)
-        return [(await scorer.read())[1:] for _ in range(4)]
-
-    return asyncio.run(main()), calls["score"]
+def test_summary_reads_accuracy_from_the_traffic_and_capacity_from_the_polls() -> None:
+    result = {
+        "traffic": [{"t": 0.0, "correct": 1, "served": True},
+                    {"t": 5.0, "correct": 0, "served": False}],  # a 503 counts as wrong
+        "samples": [{"t": 0.0, "capacity": 1.0, "live_shards": 2},
+                    {"t": 2.0, "capacity": 0.5, "live_shards": 1}],
+        "deletions": [{"status": 200, "ms": 3.0}], "jobs": [],
+        "predicts": {"ok": 1, "unavailable": 1, "errors": 0}, "predict_errors": {}}
+    summary = summarize(result, {"duration_s": 10.0})
+    assert summary["time_avg_accuracy"] == pytest.approx(0.5)
+    assert summary["time_avg_capacity"] == pytest.approx(0.6)
+    assert summary["predictions_scored"] == 2 and summary["min_live_shards"] == 1
 
 
-A = {"0": {"stage": "0:0.1.2", "depth": 3}}
-B = {"0": {"stage": "0:0", "depth": 1}}
-
-
-def test_the_same_state_is_scored_once_and_a_change_is_scored_again() -> None:
-    # poll 1: A (scored: status before and after), poll 2: A again (not scored),
-    # poll 3: B (scored), poll 4: B (not scored)
-    reads, scored = run_reads([status(A, 0), status(A, 0), status(A, 0),
-                               status(B, 1), status(B, 1), status(B, 1)], [7, 4])
-    assert scored == 2
-    assert reads == [(0.7, True, True), (0.7, True, False), (0.4, True, True), (0.4, True, False)]
-
-
-def test_a_state_that_moved_while_scored_is_scored_again() -> None:
-    # poll 1 reads A, the routes move to B before scoring ends: poll 2 sees B and scores it
-    reads, scored = run_reads([status(A, 0), status(B, 1), status(B, 1), status(B, 1),
-                               status(B, 1), status(B, 1)], [7, 4, 0])
-    assert scored == 2 and reads[1] == (0.4, True, True) and reads[2] == (0.4, True, False)
-
-
-def test_a_deletion_changes_the_state_even_with_the_same_route_names() -> None:
-    # a stage retrained after a deletion serves under the same name: scored anew
-    assert served_state(status(A, 0)) != served_state(status(A, 1))
-    assert served_state(status(A, 3)) == served_state(status(dict(A), 3))
-    assert served_state(status(A, 3)) != served_state(status(B, 3))
+def test_rolling_accuracy_forgets_predictions_older_than_the_window() -> None:
+    traffic = [{"t": float(t), "correct": c} for t, c in enumerate([1, 1, 0, 0, 0])]
+    times, values = rolling_accuracy(traffic, 1.5)
+    assert times == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert values == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0])
