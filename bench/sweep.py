@@ -38,7 +38,15 @@ from typing import Any
 
 from bench import harness
 from bench.harness import audit
-from bench.stream import cores, serve_together, server_command, summarize, time_average, train_pinned
+from bench.stream import (
+    cores,
+    serve_together,
+    server_command,
+    summarize,
+    time_average,
+    traffic_order,
+    train_pinned,
+)
 
 NAME = "sweep"
 #: The systems: S3TConfig overrides (``method`` picks a baseline), and the skews they run on.
@@ -274,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     for sid, u in user.items():
         members.setdefault(u, []).append(sid)
     weights = zipf_by_user(users, size["zipf"], seed)
-    texts = list(test.texts)
-    labels = [test.label_names[y] for y in test.labels]
+    texts, labels = traffic_order(test, seed)
     trained = (reused_runs(args.reuse_runs, size["systems"]) if args.reuse_runs else
                train_all(size, seed, train, weights))
     cells: dict[str, dict[str, dict[str, Any]]] = {}

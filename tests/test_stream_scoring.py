@@ -33,3 +33,17 @@ def test_rolling_accuracy_forgets_predictions_older_than_the_window() -> None:
     times, values = rolling_accuracy(traffic, 1.5)
     assert times == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert values == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0])
+
+
+def test_the_traffic_cycles_through_the_test_subset_in_a_seeded_shuffled_order() -> None:
+    from bench.stream import traffic_order
+    from s3t.data.samples import Dataset
+
+    test = Dataset(ids=[f"t{i}" for i in range(40)], texts=[f"text {i}" for i in range(40)],
+                   labels=[i // 10 for i in range(40)], label_names=["a", "b", "c", "d"])
+    texts, labels = traffic_order(test, 0)
+    assert sorted(texts) == sorted(test.texts) and texts != test.texts
+    assert all(lab == "abcd"[int(t.split()[1]) // 10] for t, lab in zip(texts, labels, strict=True))
+    assert traffic_order(test, 0) == (texts, labels) and traffic_order(test, 1)[0] != texts
+    # a window of the cycle is a sample of the subset, not one category
+    assert len(set(labels[:10])) > 1
