@@ -264,10 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-runs", type=Path, default=None,
                    help="JSON {system: run dir} of runs trained by an earlier sweep")
     p.add_argument("--skews", nargs="+", choices=("uniform", "zipf"), default=None)
+    p.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=None,
+                   help="a subset of the systems (slots keep their pairs)")
     args = p.parse_args(argv)
     size = harness.size_for(args, QUICK, FULL, SMOKE)
     if args.skews:
         size["skews"] = args.skews
+    if args.systems:
+        size["systems"] = args.systems
     seed = harness.seeds_for(args, [0], [0])[0]
     prov = harness.provenance(NAME, args.quick, [seed], size)
     core_a, core_b = cores()
