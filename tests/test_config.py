@@ -90,7 +90,7 @@ GIVEN = {
     "max_seq_len": (["--max-seq-len", "16"], 16),
     "seed": (["--seed", "7"], 7),
     "serve_orderings": (["--serve-orderings", "best"], "best"),
-    "ensemble": (["--ensemble", "depth"], "depth"),
+    "ensemble": (["--ensemble", "mean"], "mean"),
     "allocation": (["--allocation", "equal"], "equal"),
     "feature_cache": (["--no-cache"], False),
     "feature_cache_dtype": (["--cache-dtype", "float16"], "float16"),
