@@ -108,7 +108,9 @@ def evaluate(work: Workload, m: int, n_slices: int, budget: int, seed: int = 0,
     rate = work.rate_per_day / DAY
     pred = predict(m, orderings, cell, rate, prior, work.stage_overhead).to_dict()
     pred["method"] = "queueing model"
-    if rate > 0 and pred["trainer_busy"] > SATURATED:
+    # a window of at most WINDOW_DELETIONS is simulated whole: no steady state to refine
+    steady_used = work.horizon_s is None or rate * work.horizon_s > WINDOW_DELETIONS
+    if rate > 0 and pred["trainer_busy"] > SATURATED and steady_used:
         sim = simulate_stream(m, orderings, cell, rate, prior, deletions=1500, warmup=100,
                               seed=seed, stage_overhead=work.stage_overhead)
         pred.update(capacity=sim["capacity"], served_depth_fraction=sim["served_depth_fraction"],
