@@ -23,6 +23,7 @@ from s3t.config import NO_VALIDATION, NO_VALIDATION_ENSEMBLE, ConfigError, S3TCo
 from s3t.data.samples import Dataset
 from s3t.models.adapted import AdaptedBackbone, default_model_dir
 from s3t.models.stage_weights import StageWeights, WeightBank
+from s3t.plan.accuracy import DepthTable
 from s3t.plan.methods import Method
 from s3t.plan.orderings import make_orderings
 from s3t.plan.prefix_tree import PrefixTree
@@ -30,6 +31,7 @@ from s3t.run import AuditReport, Ledger, Run, StageStore, model_fingerprint
 from s3t.run.directory import RUN_FILE
 from s3t.run.faults import fault_point
 from s3t.run.layout import Layout, lay_out
+from s3t.serve.depth_table import depth_table
 from s3t.serve.ensemble import ServedRoute
 from s3t.serve.served import Generation, Prediction, ServedModel
 from s3t.train.features import FeatureCache, OnTheFlyFeatures
@@ -239,6 +241,11 @@ class S3T:
     def served(self) -> Mapping[int, ServedRoute]:
         """What is served now: each live shard's route (stage key, weights, merged layers)."""
         return self._serving().routes()
+
+    def depth_table(self, progress: Callable[[int, int], object] | None = None) -> DepthTable:
+        """What each shard serves at each depth, scored on the validation samples: what
+        ``s3t plan --run`` predicts served accuracy from (``serve/depth_table.py``)."""
+        return depth_table(self._serving(), progress)
 
     def stage_weights(self, key: str) -> StageWeights:
         """A live stage's weights, read from its files (hash-checked) on first use."""

@@ -12,6 +12,7 @@ import typer
 from s3t.cli import inputs
 from s3t.cli.errors import engine_errors, fail
 from s3t.plan import advice
+from s3t.plan.accuracy import DepthTable
 from s3t.plan.placement import parse_skew
 
 
@@ -39,6 +40,22 @@ def run_timings(path: Path) -> tuple[int, int, float, float, int]:
                    "--throughput instead")
     throughput, overhead = advice.fit_throughput(visits, seconds)
     return total - deleted, epochs, throughput, overhead, len(seconds)
+
+
+def run_table(path: Path) -> tuple[DepthTable | None, str | None]:
+    """The run's :class:`DepthTable` (its stages scored on its validation samples, by depth),
+    or None and the reason it cannot have one (a causal LM, no validation samples)."""
+    from s3t.engine import S3T  # imports torch: only when a run is scored
+
+    model = S3T.load(path, verify=False, repair=False)
+    try:
+        return model.depth_table(lambda done, total: typer.echo(
+            f"scoring the run's stages on its validation samples: shard {done}/{total}",
+            err=True)), None
+    except ValueError as exc:
+        return None, str(exc)
+    finally:
+        model.close()
 
 
 def plan_cmd(
@@ -71,6 +88,10 @@ def plan_cmd(
                        "(150s, 30min, 8h, 2d); default: the steady state. A fresh run starts "
                        "at full capacity, so over a short window at a high rate capacity is "
                        "well above the steady state.")] = None,
+    accuracy: Annotated[bool, typer.Option("--accuracy/--no-accuracy", help="With --run: "
+                        "score the run's stages on its validation samples by depth and choose "
+                        "among the plans with its shard count by predicted served accuracy "
+                        "(SISA where S3T's partial depths are worth too little).")] = True,
     target: Annotated[float, typer.Option("--target", help="Capacity to reach: fraction of "
                       "shards at full depth, time-averaged.")] = 0.95,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
@@ -94,9 +115,12 @@ def plan_cmd(
     except ValueError as exc:
         raise fail("--horizon", str(exc)) from None
     fitted = None
+    table, no_table = None, None
     if run is not None:
         with engine_errors(run=run):
             fitted = run_timings(run)
+            if accuracy:
+                table, no_table = run_table(run)
     if samples is None and fitted is None:
         raise fail("--samples", "give --samples N or a trained --run")
     if throughput is None and fitted is None:
@@ -111,11 +135,16 @@ def plan_cmd(
         else fitted[3] if fitted and throughput is None else 0.0,
         skew=exponent, users=users, placement=placement, horizon_s=window)
     try:
-        report = advice.recommend(work, counts, max_slices, target=target)
+        report = advice.recommend(work, counts, max_slices, target=target, table=table)
     except ValueError as exc:
         raise fail(_option_of(str(exc)), str(exc)) from None
     if fitted is not None:
         report["timed_stages"] = fitted[4]
+    if table is not None and report["chosen_by"] != "accuracy":
+        no_table = (f"no plan considered has the run's {table.n_shards} shards (--shards "
+                    f"{shards}): only those can be scored")
+    if no_table is not None:
+        report["accuracy_not_predicted"] = no_table
     typer.echo(json.dumps(report) if as_json else _text(report))
 
 
@@ -141,6 +170,13 @@ def _text(report: dict) -> str:
         f"  why: {report['why']}",
         f"  retrain policy: {report['retrain_policy']}",
     ]
+    if report["chosen_by"] == "accuracy":
+        basis = report["accuracy_basis"]
+        lines.insert(2, f"  predicted served accuracy {best['accuracy']:.3f} (SISA "
+                     f"{report['sisa']['accuracy']:.3f}; undisturbed {basis['undisturbed']:.3f} "
+                     f"on {basis['validation_samples']} validation samples)")
+    elif "accuracy_not_predicted" in report:
+        lines.append(f"  accuracy not predicted: {report['accuracy_not_predicted']}")
     if not report["meets_target"]:
         lines.append(f"  no plan reaches the target capacity {report['target']}: this is the "
                      "closest")

@@ -14,6 +14,13 @@ to be optimistic, by ``stream_sim.simulate_stream`` instead. The choice, in orde
 Capacity comes first because partial depths are weaker than their share of the layers
 suggests at small sizes (BENCHMARKS.md sections 15 and 17); served depth breaks ties.
 ``L = 1, B = 1`` is SISA: it is recommended, with the reason, where no S3T plan does better.
+
+What a partial depth is worth is a property of the data and recipe, not of the plan. Given
+a trained run (``s3t plan --run``), its :class:`~s3t.plan.accuracy.DepthTable` says: then the
+plans it can score (the run's shard count; slice counts dividing the run's) are chosen among
+by predicted time-averaged served accuracy (within ACCURACY_TIE, by the rules above), and
+SISA is recommended wherever its full-depth shards, out of service while they retrain, are
+predicted to serve better than S3T's shards kept at partial depths.
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from s3t.plan.accuracy import DepthTable
 from s3t.plan.capacity import DAY, predict
 from s3t.plan.orderings import make_orderings
 from s3t.plan.prefix_tree import PrefixTree
-from s3t.plan.stream_sim import simulate_stream, simulate_window
+from s3t.plan.stream_sim import merge_states, simulate_stream, simulate_window
 
 SATURATED = 0.8     # trainer busy fraction above which a candidate is simulated
 TIE = 0.02            # capacities closer than this are a tie (the model is not finer)
@@ -97,10 +105,12 @@ def candidates(work: Workload, shards: Sequence[int], max_slices: int,
 
 
 def evaluate(work: Workload, m: int, n_slices: int, budget: int, seed: int = 0,
-             arrivals_until: float | None = None) -> dict:
+             arrivals_until: float | None = None, table: DepthTable | None = None) -> dict:
     """Predictions for one plan under ``work``; see the module doc for the method. With
     ``work.horizon_s``, averages over that window from a fully trained run (simulated;
-    deletions arriving until ``arrivals_until``, default the whole window)."""
+    deletions arriving until ``arrivals_until``, default the whole window). With a trained
+    run's ``table`` (``s3t.plan.accuracy``), also the time-averaged served ``accuracy`` on
+    its validation samples, where the table can answer for the plan (else None)."""
     prior = slice_prior_for(work, n_slices)
     strategy = "sisa" if budget == 1 else ("bms" if prior is not None else "cyclic")
     orderings = make_orderings(strategy, n_slices, budget, prior=prior, seed=seed)
@@ -108,17 +118,29 @@ def evaluate(work: Workload, m: int, n_slices: int, budget: int, seed: int = 0,
     rate = work.rate_per_day / DAY
     pred = predict(m, orderings, cell, rate, prior, work.stage_overhead).to_dict()
     pred["method"] = "queueing model"
+    scored = table is not None and m == table.n_shards and table.scale(n_slices) is not None
+    states: dict[tuple[int, ...], float] = {(n_slices,) * m: 1.0}  # no deletions: full depth
     # a window of at most WINDOW_DELETIONS is simulated whole: no steady state to refine
     steady_used = work.horizon_s is None or rate * work.horizon_s > WINDOW_DELETIONS
-    if rate > 0 and pred["trainer_busy"] > SATURATED and steady_used:
+    saturated = pred["trainer_busy"] > SATURATED
+    if rate > 0 and steady_used and (saturated or scored):
         sim = simulate_stream(m, orderings, cell, rate, prior, deletions=1500, warmup=100,
                               seed=seed, stage_overhead=work.stage_overhead)
-        pred.update(capacity=sim["capacity"], served_depth_fraction=sim["served_depth_fraction"],
-                    trainer_busy=sim["busy_fraction"],
-                    retrain_seconds_per_day=sim["busy_fraction"] * DAY,
-                    method="simulation (trainer nearly saturated)")
+        states = sim["depth_states"]
+        if saturated:
+            pred.update(capacity=sim["capacity"],
+                        served_depth_fraction=sim["served_depth_fraction"],
+                        trainer_busy=sim["busy_fraction"],
+                        retrain_seconds_per_day=sim["busy_fraction"] * DAY,
+                        method="simulation (trainer nearly saturated)")
     if rate > 0 and work.horizon_s is not None:
-        pred.update(_window(work, m, orderings, cell, rate, prior, pred, seed, arrivals_until))
+        window = _window(work, m, orderings, cell, rate, prior, pred, seed, arrivals_until)
+        share, window_states = window.pop("share"), window.pop("depth_states")
+        states = window_states if share == 1 else merge_states([window_states, states],
+                                                                [share, 1 - share])
+        pred.update(window)
+    if table is not None:
+        pred["accuracy"] = table.expected(states, m, n_slices, budget) if scored else None
     tree = PrefixTree(orderings)
     train = m * sum(st.depth * cell + work.stage_overhead for st in tree.stages)
     return {"shards": m, "slices": n_slices, "budget": budget, "strategy": strategy,
@@ -134,7 +156,8 @@ def _window(work: Workload, m: int, orderings: list, cell: float, rate: float,
             arrivals_until: float | None) -> dict:
     """Averages over ``work.horizon_s`` from a fully trained run. The window's first
     WINDOW_DELETIONS deletions (all of it, if fewer are expected) are simulated over several
-    streams; the rest of a longer window is in steady state (``steady``, the prediction)."""
+    streams; the rest of a longer window is in steady state (``steady``, the prediction).
+    Also the simulated part's ``share`` of the window and its ``depth_states``."""
     horizon = float(work.horizon_s or 0.0)
     expected = rate * horizon
     simulated = min(horizon, WINDOW_DELETIONS / rate)
@@ -149,6 +172,7 @@ def _window(work: Workload, m: int, orderings: list, cell: float, rate: float,
     out["method"] = (f"simulation over {_hours(horizon)} from a fully trained run"
                      + (f" ({_hours(simulated)} simulated, then the steady state)"
                         if share < 1 else ""))
+    out.update(share=share, depth_states=sim["depth_states"])
     return out
 
 
@@ -163,14 +187,23 @@ def _pick(rows: list[dict], target: float) -> dict:
                                      r["retrain_seconds_per_day"]))
 
 
+def _rate(per_day: float) -> str:
+    for unit, per in (("min", 1440.0), ("h", 24.0)):
+        if per_day >= per:
+            return f"{per_day / per:.3g}/{unit}"
+    return f"{per_day:.3g}/day"
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min" \
         if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def recommend(work: Workload, shards: Sequence[int] = tuple(range(1, 9)), max_slices: int = 4,
-              max_budget: int | None = None, target: float = 0.95) -> dict:
-    """Score every candidate plan and pick one (module doc); explain the choice."""
+              max_budget: int | None = None, target: float = 0.95,
+              table: DepthTable | None = None) -> dict:
+    """Score every candidate plan and pick one (module doc); explain the choice. With a
+    trained run's ``table``, the plans it can score are chosen among by predicted accuracy."""
     work.check()
     if not shards or any(m < 1 for m in shards):
         raise ValueError(f"shards must be integers >= 1, got {list(shards)}")
@@ -182,7 +215,10 @@ def recommend(work: Workload, shards: Sequence[int] = tuple(range(1, 9)), max_sl
     if not plans:
         raise ValueError(f"{work.samples} samples cannot fill any plan: need at least "
                          f"{min(shards)} shards x 1 slice")
-    rows = [evaluate(work, *plan) for plan in plans]
+    rows = [evaluate(work, *plan, table=table) for plan in plans]
+    scored = [r for r in rows if r.get("accuracy") is not None]
+    if table is not None and scored:
+        return _by_accuracy(work, target, table, rows, scored)
     best = _pick(rows, target)
     sisa = _pick([r for r in rows if r["slices"] == 1 and r["budget"] == 1], target)
     s3t_rows = [r for r in rows if (r["slices"], r["budget"]) != (1, 1)]
@@ -205,15 +241,64 @@ def recommend(work: Workload, shards: Sequence[int] = tuple(range(1, 9)), max_sl
                f"{best['served_depth_fraction']:.1%} of full depth on average; SISA "
                f"(m={sisa['shards']}, L=1, B=1) would keep {sisa['capacity']:.0%} and serve "
                f"{sisa['served_depth_fraction']:.1%}")
-    saturated = best["trainer_busy"] >= 0.95
+    return {"workload": {**work.__dict__}, "target": target, "recommended": best, "why": why,
+            "retrain_policy": _policy(best), "sisa": sisa, "best_s3t": best_s3t,
+            "meets_target": best["capacity"] >= target, "candidates": rows,
+            "chosen_by": "capacity"}
+
+
+def _policy(best: dict) -> str:
     policy = ("eager: `s3t serve --retrain eager` (rebuild as soon as a deletion lands; primary "
               "chains first)")
-    if saturated:
+    if best["trainer_busy"] >= 0.95:
         policy += ("; the trainer is saturated at this rate: no plan keeps up, so add trainers "
                    "(--executor ray) or raise throughput")
+    return policy
+
+
+ACCURACY_TIE = 0.005  # predicted accuracies closer than this are a tie
+
+
+def _by_accuracy(work: Workload, target: float, table: DepthTable, rows: list[dict],
+                 scored: list[dict]) -> dict:
+    """The choice among the plans a run's table scores: the highest predicted accuracy
+    (within ACCURACY_TIE, the capacity rules of ``_pick``), explained against SISA."""
+    top = max(r["accuracy"] for r in scored)
+    best = _pick([r for r in scored if r["accuracy"] >= top - ACCURACY_TIE], target)
+    sisa = next(r for r in scored if r["slices"] == 1 and r["budget"] == 1)
+    s3t_rows = [r for r in scored if r is not sisa]
+    best_s3t = max(s3t_rows, key=lambda r: r["accuracy"]) if s3t_rows else None
+    alone = table.depth_scores()
+    depths = " / ".join(f"{a:.2f}" for a in alone)
+    basis = (f"the run's own stages, scored on its {len(table.labels)} validation samples and "
+             f"weighed by the time a {_rate(work.rate_per_day)} stream keeps each shard at "
+             f"each depth")
+    worth = (f"one shard's stages alone score {depths} at depths 1..{table.n_slices} of "
+             f"{table.n_slices}")
+    if best is sisa and best_s3t is not None:
+        why = (f"S3T cannot win here: {basis}, predict SISA (m={sisa['shards']}, L=1, B=1) "
+               f"serves {sisa['accuracy']:.3f} against {best_s3t['accuracy']:.3f} for the best "
+               f"S3T plan (L={best_s3t['slices']}, B={best_s3t['budget']}); {worth}, so a "
+               f"shard kept serving at a partial depth adds less than SISA's full-depth shards "
+               f"lose by being out of service while they retrain (S3T keeps "
+               f"{best_s3t['capacity']:.0%} of shards at full depth, SISA "
+               f"{sisa['capacity']:.0%})")
+    elif best is sisa:
+        why = (f"only L=1, B=1 (SISA) could be scored; {basis}, predict "
+               f"{sisa['accuracy']:.3f}")
+    else:
+        why = (f"{basis}, predict S3T (m={best['shards']}, L={best['slices']}, "
+               f"B={best['budget']}) serves {best['accuracy']:.3f} against "
+               f"{sisa['accuracy']:.3f} for SISA (L=1, B=1); {worth}, and S3T keeps "
+               f"{best['capacity']:.0%} of shards at full depth (SISA {sisa['capacity']:.0%})")
+    full = table.scores([table.n_slices] * table.n_shards)
     return {"workload": {**work.__dict__}, "target": target, "recommended": best, "why": why,
-            "retrain_policy": policy, "sisa": sisa, "best_s3t": best_s3t,
-            "meets_target": best["capacity"] >= target, "candidates": rows}
+            "retrain_policy": _policy(best), "sisa": sisa, "best_s3t": best_s3t,
+            "meets_target": best["capacity"] >= target, "candidates": rows,
+            "chosen_by": "accuracy",
+            "accuracy_basis": {"validation_samples": int(len(table.labels)),
+                               "undisturbed": full, "depth_scores": alone,
+                               "shards": table.n_shards, "slices": table.n_slices}}
 
 
 _UNITS = {"s": 86400.0, "sec": 86400.0, "min": 1440.0, "h": 24.0, "hour": 24.0, "d": 1.0,

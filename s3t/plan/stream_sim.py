@@ -9,8 +9,9 @@ live prefix of the shard serving shallowest), then fallback stages, shallowest f
 stage of depth ``p`` takes ``p * cell_seconds + stage_overhead`` (``stage_steps="epochs"``: it sees ``p``
 cells per epoch). A deletion that invalidates the stage in training, or its parent, cancels
 it (the work is lost; the scheduler re-plans). Reported, time-averaged after a warm-up:
-the fraction of shards at full depth (*capacity*), the mean served depth over ``L``, and
-the trainer's busy fraction.
+the fraction of shards at full depth (*capacity*), the mean served depth over ``L``, the
+trainer's busy fraction, and the share of time spent in each *depth state* (the shards'
+served depths, sorted: what ``s3t.plan.accuracy`` turns into a served accuracy).
 
 ``simulate_window`` answers the other question a deployment asks: not the steady state but
 the average over a finite window that starts from a fully trained run (the hours until the
@@ -51,8 +52,19 @@ def simulate_window(n_shards: int, orderings: Sequence[Sequence[int]], cell_seco
     keys = ("capacity", "served_depth_fraction", "busy_fraction")
     out: dict = {k: float(np.mean([r[k] for r in runs])) for k in keys}
     out.update({f"{k}_sd": float(np.std([r[k] for r in runs])) for k in keys})
+    out["depth_states"] = merge_states([r["depth_states"] for r in runs])
     out.update(span_seconds=horizon, deletions=float(np.mean([r["deletions"] for r in runs])),
                trials=trials)
+    return out
+
+
+def merge_states(parts: Sequence[dict], shares: Sequence[float] | None = None) -> dict:
+    """The mixture of several depth-state distributions (equal shares by default)."""
+    shares = [1.0 / len(parts)] * len(parts) if shares is None else list(shares)
+    out: dict[tuple[int, ...], float] = {}
+    for part, share in zip(parts, shares, strict=True):
+        for state, p in part.items():
+            out[state] = out.get(state, 0.0) + share * p
     return out
 
 
@@ -124,6 +136,8 @@ def _simulate(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: f
     area_full = area_depth = busy = 0.0
     full_now = float(n_shards)
     depth_now = float(n_shards * n_slices)
+    state_now = (n_slices,) * n_shards
+    area_states: dict[tuple[int, ...], float] = {}
     busy_since: float | None = None
 
     def account(until: float) -> None:
@@ -131,12 +145,14 @@ def _simulate(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: f
         if start is not None:
             area_full += full_now * (until - t)
             area_depth += depth_now * (until - t)
+            area_states[state_now] = area_states.get(state_now, 0.0) + (until - t)
 
     def refresh() -> None:
-        nonlocal full_now, depth_now
+        nonlocal full_now, depth_now, state_now
         ds = [depth_of(sh)[0] for sh in shards]
         full_now = float(sum(d == n_slices for d in ds))
         depth_now = float(sum(ds))
+        state_now = tuple(sorted(ds))
 
     while horizon is not None or seen < warmup + deletions:
         if job is None:
@@ -184,4 +200,5 @@ def _simulate(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: f
     span = t - (start or 0.0)
     return {"capacity": area_full / (n_shards * span), "served_depth_fraction":
             area_depth / (n_shards * n_slices * span), "busy_fraction": busy / span,
-            "span_seconds": span, "deletions": seen - warmup}
+            "span_seconds": span, "deletions": seen - warmup,
+            "depth_states": {k: v / span for k, v in area_states.items() if v > 0}}

@@ -239,21 +239,9 @@ class Ensemble:
         shard with peers contributes the mean of its members' probabilities (with ``vote``:
         that mean's most likely class)."""
         served = list((self.routes if routes is None else routes).values())
-        batch = self.encode(inputs)
-        mask = batch["attention_mask"]
-        bounds = self.boundaries(batch, top_group=self._top_group(served))
-        family = self.backbone.family
         out = np.zeros((len(inputs), n_labels))
         shares = shard_shares(served)
-        for i, route in enumerate(served):
-            shard: torch.Tensor | None = None
-            for member in route.members:
-                hidden = family.apply_layers_for_head(member.layers, bounds[member.active], mask)
-                probs = torch.softmax(self._head(member, hidden, mask), dim=-1).double()
-                shard = probs if shard is None else shard + probs
-            assert shard is not None  # a route is its first member
-            if route.peers:
-                shard = shard / len(route.members)
+        for i, shard in enumerate(self._shard_probs(inputs, served)):
             if vote:
                 shard = nn.functional.one_hot(shard.argmax(-1), n_labels).double()
             if shares is None:
@@ -261,6 +249,31 @@ class Ensemble:
             else:
                 out += shares[i] * shard.numpy()
         return out / len(served) if shares is None else out
+
+    @torch.no_grad()
+    def route_proba(self, inputs: list,
+                    routes: Mapping[int, ServedRoute] | None = None) -> dict[int, np.ndarray]:
+        """Each route's class probabilities alone (a route with peers: the mean of its
+        members'), the trunk run once for all: what a shard would add to the aggregate."""
+        routes = dict(self.routes if routes is None else routes)
+        return {key: probs.numpy() for key, probs in
+                zip(routes, self._shard_probs(inputs, list(routes.values())), strict=True)}
+
+    def _shard_probs(self, inputs: list, served: Sequence[ServedRoute]) -> list[torch.Tensor]:
+        batch = self.encode(inputs)
+        mask = batch["attention_mask"]
+        bounds = self.boundaries(batch, top_group=self._top_group(served))
+        family = self.backbone.family
+        out = []
+        for route in served:
+            shard: torch.Tensor | None = None
+            for member in route.members:
+                hidden = family.apply_layers_for_head(member.layers, bounds[member.active], mask)
+                probs = torch.softmax(self._head(member, hidden, mask), dim=-1).double()
+                shard = probs if shard is None else shard + probs
+            assert shard is not None  # a route is its first member
+            out.append(shard / len(route.members) if route.peers else shard)
+        return out
 
     # --- causal language models -------------------------------------------------------------
     @torch.no_grad()

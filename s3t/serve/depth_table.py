@@ -1,0 +1,93 @@
+"""What each shard of a trained run serves at each depth, scored on the run's validation
+samples: the :class:`~s3t.plan.accuracy.DepthTable` from which ``s3t plan --run`` predicts
+the accuracy a deletion stream leaves served.
+
+For every shard and servable depth, the stages that would serve it there (its live stages of
+that depth whose ancestors are live, in routing order; with ``serve_orderings='best'`` the
+first alone) are materialised one shard at a time, as serving does, and run on the validation
+texts. Each depth's ensemble weight is the one serving would give it (``run/weighting.py``).
+Reads the run, writes nothing; the validation samples are never deletable, so nothing here
+depends on a deleted sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from s3t.plan.accuracy import DepthTable
+from s3t.run.stages import StageRecord, lineage_chain
+from s3t.run.weighting import shard_weights
+from s3t.serve.ensemble import Ensemble, length_chunks
+from s3t.serve.served import ServedModel
+
+BATCH = 64
+
+
+def depth_table(served: ServedModel,
+                progress: Callable[[int, int], object] | None = None) -> DepthTable:
+    """Score every (shard, depth) of the run behind ``served`` on its validation samples;
+    ``progress(done, shards)`` after each shard. Raises ``ValueError`` (saying why) for a run
+    that has nothing to score against: a causal LM, or no validation samples."""
+    run = served.run
+    if run.task != "classification":
+        raise ValueError("served accuracy is predicted for classifiers; this run is a causal "
+                         "language model")
+    rows = run.ledger.eval_samples()
+    if not rows:
+        raise ValueError("this run has no validation samples to score its stages on (train "
+                         "with --eval-fraction, or S3T.fit(data, eval_data))")
+    config, method = run.config, run.method
+    records = {r.key: r for r in run.ledger.stages(None)}
+    live = {k: r for k, r in records.items() if r.status == "live"}
+    texts = [r[2] for r in rows]
+    n_labels = len(run.label_names)
+    ensemble = Ensemble(served.backbone, method)
+    lengths = ensemble.token_lengths(texts)
+    chunks = length_chunks(lengths, BATCH) if lengths is not None else \
+        [list(range(i, min(i + BATCH, len(texts)))) for i in range(0, len(texts), BATCH)]
+    members: dict[tuple[int, int], list[np.ndarray]] = {}
+    weights: dict[tuple[int, int], float] = {}
+    for shard in range(config.shards):
+        groups = _groups(shard, live, config.slices, method.servable)
+        if config.serve_orderings != "all":
+            groups = {d: keys[:1] for d, keys in groups.items()}
+        found = shard_weights(groups, records, config.ensemble, n_labels, len(rows), run.task)
+        stages = [key for keys in groups.values() for key in keys]
+        ensemble.update({i: (key, _chain(served, key, records)) for i, key in enumerate(stages)})
+        out = np.zeros((len(stages), len(texts), n_labels))
+        for chunk in chunks:
+            probs = ensemble.route_proba([texts[i] for i in chunk])
+            for i in range(len(stages)):
+                out[i, chunk] = probs[i]
+        for depth, keys in groups.items():
+            weights[(shard, depth)] = found[depth]
+            members[(shard, depth)] = [out[stages.index(key)] for key in keys]
+        ensemble.update({})
+        if progress is not None:
+            progress(shard + 1, config.shards)
+    return DepthTable(n_slices=config.slices, labels=np.array([r[1] for r in rows]),
+                      members=members, weights=weights, n_shards=config.shards,
+                      vote=config.aggregation == "vote")
+
+
+def _groups(shard: int, live: dict[str, StageRecord], n_slices: int,
+            servable: Callable[[int], bool]) -> dict[int, list[str]]:
+    """Depth -> the shard's live stages of that depth whose ancestors are live, in routing
+    order (``run/stages.py``): the first is the route the shard would serve there, the
+    others its peers under ``serve_orderings='all'``."""
+    out: dict[int, list[str]] = {}
+    for record in sorted(live.values(), key=lambda r: (-(r.val_score or 0.0), r.key)):
+        if record.shard != shard or not servable(record.depth):
+            continue
+        parent = record.parent
+        while parent is not None and parent in live:
+            parent = live[parent].parent
+        if parent is None:
+            out.setdefault(record.depth, []).append(record.key)
+    return {d: out[d] for d in range(1, n_slices + 1) if d in out}
+
+
+def _chain(served: ServedModel, key: str, records: dict[str, StageRecord]) -> list:
+    return [served.bank.get(r) for r in lineage_chain(key, records)]
