@@ -618,6 +618,8 @@ def sweep_section(res: Result) -> str:
             for system in labels if any(system in rates[skew] for skew in rates)]
     parts.append("Sustainable rate (the highest swept rate with time-averaged accuracy within "
                  "1 point of undisturbed):\n\n" + table(["system", *rates], rows))
+    if res.get("plan_choice"):
+        parts.append(_plan_choice_table(res, labels))
     sim = res.get("placement_sim")
     base = "s3t_b1" if sim and sim.get("budget") == 1 else "s3t"  # earlier runs placed B=3
     if sim and "zipf" in cells and {base, "s3t_prior"} <= set(cells["zipf"]):
@@ -635,6 +637,38 @@ def sweep_section(res: Result) -> str:
         parts.append("Placement by prior under the Zipf stream: stages invalidated per request\n\n"
                      + table(["requests/min", "uniform placement", "placed by prior", "cut"], rows))
     return "\n\n".join(parts)
+
+
+def _plan_choice_table(res: Result, labels: dict[str, str]) -> str:
+    """``s3t plan --run``'s choice per stream beside what the sweep measured: the system
+    it recommends is what "s3t as a system" serves there."""
+    n = res["provenance"]["size"]["slices"]
+    plans = {(1, 1): "sisa", (n, 1): "s3t_b1", (n, min(3, n)): "s3t"}
+    keys = (f"{n},{min(3, n)}", f"{n},1", "1,1")
+    rows = []
+    for skew, by_rate in res["plan_choice"].items():
+        measured = res["cells"].get(skew, {})
+        for rate in sorted(by_rate, key=float):
+            c = by_rate[rate]
+            chosen = plans.get(tuple(c["recommended"]))
+            acc = (measured.get(chosen, {}).get(rate) or {}).get("time_avg_accuracy") \
+                if chosen else None
+            sisa = (measured.get("sisa", {}).get(rate) or {}).get("time_avg_accuracy")
+            rows.append([skew, f"{float(rate):g}",
+                         *(f"{c['predicted'][k]:.3f}" if c["predicted"].get(k) is not None
+                           else "-" for k in keys),
+                         labels.get(chosen or "", f"L={c['recommended'][0]}, "
+                                    f"B={c['recommended'][1]} (not swept)"),
+                         "-" if acc is None else f"{acc:.3f}",
+                         "-" if sisa is None else f"{sisa:.3f}",
+                         "-" if acc is None or sisa is None else f"{100 * (acc - sisa):+.1f}"])
+    return ("`s3t plan --run` on the S3T B=3 run (its stage timings, its stages scored on the "
+            "validation split, the stream's window): predicted time-averaged validation "
+            "accuracy per plan, its recommendation, and the recommended system's measured "
+            "time-averaged accuracy against SISA's\n\n"
+            + table(["skew", "requests/min", "predicted S3T B=3", "S3T B=1", "SISA",
+                     "plan recommends", "its measured accuracy", "SISA measured",
+                     "points vs SISA"], rows))
 
 
 def distributed_section(res: Result) -> str:

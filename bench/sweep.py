@@ -64,13 +64,13 @@ LABELS = {"s3t": "S3T B=3", "s3t_b1": "S3T B=1", "s3t_prior": "S3T B=1, placed b
           "sisa": "SISA", "full": "full retraining"}
 #: Served accuracy from the prediction traffic (bench.stream): one prediction every 0.1 s
 #: cycling through 400 test glosses (earlier runs scored 64 glosses every 10 s).
-FULL = {"train": 1000, "test": 400, "user_size": 4, "shards": 5, "slices": 3, "epochs": 1,
+FULL = {"train": 1000, "test": 400, "eval": 300, "user_size": 4, "shards": 5, "slices": 3, "epochs": 1,
         "max_seq_len": 32, "zipf": 1.0, "rates_per_min": [1.0, 4.0, 12.0, 36.0],
         "duration_s": 150.0, "quiet_s": 15.0, "retrain_delay_s": 2.0, "eval_every_s": 2.0,
         "predict_gap_s": 0.1, "skews": ["uniform", "zipf"], "systems": list(SYSTEMS)}
-QUICK = dict(FULL, train=300, test=160, rates_per_min=[3.0, 20.0], duration_s=90.0,
+QUICK = dict(FULL, train=300, test=160, eval=100, rates_per_min=[3.0, 20.0], duration_s=90.0,
              quiet_s=15.0)
-SMOKE = dict(FULL, train=40, test=16, user_size=2, shards=2, slices=2, max_seq_len=16,
+SMOKE = dict(FULL, train=40, test=16, eval=8, user_size=2, shards=2, slices=2, max_seq_len=16,
              rates_per_min=[60.0], duration_s=8.0, quiet_s=4.0, retrain_delay_s=1.0,
              eval_every_s=4.0, predict_gap_s=1.0, skews=["zipf"], systems=["s3t", "sisa"])
 WITHIN = 0.01  # "sustains a rate": time-averaged accuracy within 1 point of undisturbed
@@ -109,10 +109,11 @@ def user_stream(users: list[str], weights: dict[str, float] | None, rate_per_min
     return stream
 
 
-def train_all(size: dict[str, Any], seed: int, train: Any, priors: dict[str, float]
-              ) -> dict[str, dict[str, Any]]:
-    """Every system once (pinned, two at a time); the placed-by-prior run's samples carry
-    their user's Zipf weight as ``deletion_prior``."""
+def train_all(size: dict[str, Any], seed: int, train: Any, priors: dict[str, float],
+              held_out: Any = None) -> dict[str, dict[str, Any]]:
+    """Every system once (pinned, two at a time; ``held_out`` the validation split of every
+    run); the placed-by-prior run's samples carry their user's Zipf weight as
+    ``deletion_prior``."""
     from s3t.data.samples import Dataset
 
     def data_for(system: str) -> Any:
@@ -124,7 +125,7 @@ def train_all(size: dict[str, Any], seed: int, train: Any, priors: dict[str, flo
 
     common = {k: size[k] for k in ("shards", "slices", "epochs", "max_seq_len")}
     return train_pinned({s: SYSTEMS[s] for s in size["systems"]}, dict(common, seed=seed),
-                        data_for)
+                        data_for, held_out)
 
 
 def plan_prediction(trained: dict[str, Any], system: str, size: dict[str, Any], skew: str,
@@ -147,6 +148,46 @@ def plan_prediction(trained: dict[str, Any], system: str, size: dict[str, Any], 
                           min(SYSTEMS[system]["budget"], size["slices"]),
                           arrivals_until=size["duration_s"] - size["quiet_s"])
     return {k: row[k] for k in ("capacity", "served_depth_fraction", "trainer_busy", "method")}
+
+
+def plan_choice(trained: dict[str, Any], table: Any, size: dict[str, Any], skew: str,
+                rate_per_min: float, n_users: int) -> dict[str, Any]:
+    """What ``s3t plan --run`` (the S3T B=3 run: its timings and its stages scored on the
+    validation split) recommends for this stream, and the accuracy it predicts for each
+    plan it scores (m as run; L dividing the run's)."""
+    from s3t.cli.plan import run_timings
+    from s3t.plan import advice
+
+    samples, epochs, throughput, overhead, _ = run_timings(trained["run"])
+    work = advice.Workload(samples=samples, rate_per_day=rate_per_min * 1440.0,
+                           throughput=throughput, epochs=epochs, stage_overhead=overhead,
+                           skew=size["zipf"] if skew == "zipf" else 0.0, users=n_users,
+                           horizon_s=size["duration_s"])
+    report = advice.recommend(work, [size["shards"]], size["slices"], table=table)
+    best = report["recommended"]
+    return {"recommended": [best["slices"], best["budget"]], "why": report["why"],
+            "predicted": {f"{r['slices']},{r['budget']}": r["accuracy"]
+                          for r in report["candidates"] if r["accuracy"] is not None},
+            "undisturbed": report["accuracy_basis"]["undisturbed"]}
+
+
+def depth_table_of(run: Path, cpus: set[int]) -> Any:
+    """The run's stages scored on its validation split (``s3t plan``'s DepthTable), computed
+    pinned to ``cpus`` before any stream starts."""
+    import os
+
+    from s3t.engine import S3T
+
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        est = S3T.load(run, verify=False, repair=False)
+        try:
+            return est.depth_table()
+        finally:
+            est.close()
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def lost_user_deletions(run: Path, rows: list[dict[str, Any]], members: dict[str, list[str]]
@@ -278,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     prov["cores"] = [sorted(core_a), sorted(core_b)]
     prov["server_command"] = server_command(size)
     harness.print_header(prov)
-    train, test = harness.wordnet_split(size["train"], size["test"], seed)
+    from s3t.data.loaders import train_test_split
+
+    train, test = harness.wordnet_split(size["train"] + size["eval"], size["test"], seed)
+    train, held_out = train_test_split(train, size["eval"], seed=seed)
     user = users_of(list(train.ids), size["user_size"], seed)
     train.groups = [user[sid] for sid in train.ids]
     users = sorted(set(user.values()))
@@ -288,13 +332,22 @@ def main(argv: list[str] | None = None) -> int:
     weights = zipf_by_user(users, size["zipf"], seed)
     texts, labels = traffic_order(test, seed)
     trained = (reused_runs(args.reuse_runs, size["systems"]) if args.reuse_runs else
-               train_all(size, seed, train, weights))
+               train_all(size, seed, train, weights, held_out))
+    table = depth_table_of(trained["s3t"]["run"], core_a) if "s3t" in trained else None
+    choices: dict[str, dict[str, Any]] = {}
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     details: dict[str, Any] = {}
     for skew in size["skews"]:
         for rate in size["rates_per_min"]:
             stream = user_stream(users, weights if skew == "zipf" else None, rate, size,
                                  random.Random(f"{seed}/{skew}/{rate}"))
+            if table is not None:
+                c = choices.setdefault(skew, {})[str(rate)] = plan_choice(
+                    trained["s3t"], table, size, skew, rate, len(users))
+                print(f"{skew} {rate:g}/min: s3t plan recommends L={c['recommended'][0]}, "
+                      f"B={c['recommended'][1]}; predicted "
+                      + ", ".join(f"(L,B)=({k}) {v:.3f}" for k, v in c["predicted"].items()),
+                      flush=True)
             for group in slots(size["systems"], skew):
                 pairs = []
                 for system, cpus in zip(group, (core_a, core_b), strict=False):
@@ -318,8 +371,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"discarded, lost {len(s['lost_deletions'])}, audit "
                           f"{'ok' if s['audit']['ok'] else 'FAILED'}", flush=True)
                 partial = result_payload(seed, users, trained, cells, details, size)
-                harness.write_result(NAME, args.quick, prov, dict(partial, complete=False))
-    payload = dict(result_payload(seed, users, trained, cells, details, size), complete=True)
+                harness.write_result(NAME, args.quick, prov,
+                                     dict(partial, plan_choice=choices, complete=False))
+    payload = dict(result_payload(seed, users, trained, cells, details, size),
+                   plan_choice=choices, complete=True)
     if "zipf" in cells:
         longest = max(len(d["deletions"]) for d in details.values())
         payload["placement_sim"] = placement_prediction(size, len(users), longest)
