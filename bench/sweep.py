@@ -20,7 +20,10 @@ Per system, skew and rate: time-averaged served accuracy (a 503 counts as 0) and
 deletions and the audit; each system's sustainable rate is the highest swept rate at which its
 time-averaged accuracy stays within 1 point of its undisturbed accuracy (the served accuracy
 before the first deletion). Beside each S3T row: ``s3t plan``'s prediction (``plan.advice``)
-from the run's own stage timings.
+from the run's own stage timings. Every run holds the same validation split (glosses in
+neither the training set nor the test traffic); per stream, what ``s3t plan --run`` on the
+S3T B=3 run recommends (choosing by the accuracy its stages, scored on that split by depth,
+predict for the stream): the system it names is what "s3t as a system" serves there.
 
     python -m bench sweep            # the recorded size (about 80 min on 2 cores)
     python -m bench sweep --quick    # a small size (about 10 min)
