@@ -538,7 +538,33 @@ def stream_section(res: Result) -> str:
         ["system", "time-avg accuracy", "time-avg capacity", "time with a serving shard",
          "time at full capacity", "min live shards", "retrain jobs",
          "stages retrained / discarded", "deletion p50 / p99 ms", "errors", "lost", "audit",
-         "initial training s"], rows)
+         "initial training s"], rows) + _stream_seeds(res)
+
+
+def _stream_seeds(res: Result) -> str:
+    """With several seeds (each its own data subset, stream and traffic order): the headline
+    numbers per seed and their mean; the table above is the first seed's."""
+    seeds = res.get("seeds") or []
+    if len(seeds) < 2:
+        return ""
+    rows = []
+    for s in seeds:
+        a, b = s["s3t"], s["sisa"]
+        rows.append([s["seed"], f"{a['time_avg_accuracy']:.3f} ({a['undisturbed_accuracy']:.3f})",
+                     f"{b['time_avg_accuracy']:.3f} ({b['undisturbed_accuracy']:.3f})",
+                     f"{100 * (a['time_avg_accuracy'] - b['time_avg_accuracy']):+.1f}",
+                     f"{a['time_at_full_capacity']:.0%} / {b['time_at_full_capacity']:.0%}",
+                     f"{a['stages_discarded']} of {a['stages_retrained']}"])
+    diffs = [100 * (s["s3t"]["time_avg_accuracy"] - s["sisa"]["time_avg_accuracy"])
+             for s in seeds]
+    mean = sum(diffs) / len(diffs)
+    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    rows.append(["mean", *(f"{sum(s[k]['time_avg_accuracy'] for s in seeds) / len(seeds):.3f}"
+                           for k in ("s3t", "sisa")), f"{mean:+.1f} +- {sd:.1f}", "", ""])
+    return ("\n\nEvery seed (its own data subset, stream and traffic order; the table above is "
+            "seed " + str(seeds[0]["seed"]) + "'s):\n\n" + table(
+                ["seed", "S3T time-avg accuracy (undisturbed)", "SISA", "points S3T - SISA",
+                 "time at full capacity S3T / SISA", "S3T stages discarded"], rows))
 
 
 def stream_scoring(res: Result, size: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.stream import rolling_accuracy, summarize, time_average
+from bench.stream import rolling_accuracy, summarize, targets, time_average
 
 
 def test_each_prediction_holds_until_the_next() -> None:
@@ -47,3 +47,18 @@ def test_the_traffic_cycles_through_the_test_subset_in_a_seeded_shuffled_order()
     assert traffic_order(test, 0) == (texts, labels) and traffic_order(test, 1)[0] != texts
     # a window of the cycle is a sample of the subset, not one category
     assert len(set(labels[:10])) > 1
+
+
+def test_with_several_seeds_the_accuracy_target_is_on_their_mean() -> None:
+    def seed(s3t: float, sisa: float) -> dict:
+        ok = {"min_live_shards": 1, "deletion_errors": 0, "predicts": {"errors": 0},
+              "lost_deletions": [], "audit": {"ok": True}}
+        return {"s3t": {"summary": dict(ok, time_avg_accuracy=s3t)},
+                "sisa": {"summary": dict(ok, time_avg_accuracy=sisa)}}
+
+    first, second = seed(0.40, 0.42), seed(0.46, 0.43)
+    alone = targets(first)[0]
+    assert not alone["met"] and alone["measured"] == "0.400 vs 0.420"
+    both = targets(first, [first, second])[0]
+    assert both["met"] and "mean of 2 seeds" in both["target"]
+    assert both["measured"] == "0.430 vs 0.425"
