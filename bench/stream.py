@@ -81,14 +81,13 @@ def config_for(overrides: dict[str, Any], common: dict[str, Any]) -> Any:
 
 
 def _train(overrides: dict[str, Any], common: dict[str, Any], data: Any, run_dir: str,
-           cpus: set[int], eval_data: Any = None) -> dict[str, Any]:
+           cpus: set[int]) -> dict[str, Any]:
     """Train one system pinned to ``cpus`` (in a worker process): its time and stages."""
     os.sched_setaffinity(0, cpus)
     from s3t.engine import S3T
 
     started = time.perf_counter()
-    est = S3T(config_for(overrides, common), run_dir=Path(run_dir)).fit(data, eval_data,
-                                                                        progress=False)
+    est = S3T(config_for(overrides, common), run_dir=Path(run_dir)).fit(data, progress=False)
     seconds = time.perf_counter() - started
     stages = est.status()["live_stages"]
     est.close()
@@ -96,11 +95,9 @@ def _train(overrides: dict[str, Any], common: dict[str, Any], data: Any, run_dir
 
 
 def train_pinned(systems: dict[str, dict[str, Any]], common: dict[str, Any],
-                 data_for: Callable[[str], Any], eval_data: Any = None
-                 ) -> dict[str, dict[str, Any]]:
-    """Train every system once, two at a time, each worker process on its own core (with
-    ``eval_data`` as every run's validation split); per system its run directory, training
-    seconds and stage count."""
+                 data_for: Callable[[str], Any]) -> dict[str, dict[str, Any]]:
+    """Train every system once, two at a time, each worker process on its own core; per
+    system its run directory, training seconds and stage count."""
     core_a, core_b = cores()
     common = dict(common, model=harness.backbone())
     out: dict[str, dict[str, Any]] = {}
@@ -109,8 +106,7 @@ def train_pinned(systems: dict[str, dict[str, Any]], common: dict[str, Any],
         for i, (system, overrides) in enumerate(systems.items()):
             run = harness.tmp_run_dir(f"{NAME}-{system}")
             futures.append((system, run, pool.submit(_train, overrides, common, data_for(system),
-                                                     str(run), core_a if i % 2 == 0 else core_b,
-                                                     eval_data)))
+                                                     str(run), core_a if i % 2 == 0 else core_b)))
         for system, run, future in futures:
             out[system] = dict(future.result(), run=run)
             print(f"{system}: trained {out[system]['stages']} stages in "

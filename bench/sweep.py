@@ -20,10 +20,11 @@ Per system, skew and rate: time-averaged served accuracy (a 503 counts as 0) and
 deletions and the audit; each system's sustainable rate is the highest swept rate at which its
 time-averaged accuracy stays within 1 point of its undisturbed accuracy (the served accuracy
 before the first deletion). Beside each S3T row: ``s3t plan``'s prediction (``plan.advice``)
-from the run's own stage timings. Every run holds the same validation split (glosses in
-neither the training set nor the test traffic); per stream, what ``s3t plan --run`` on the
-S3T B=3 run recommends (choosing by the accuracy its stages, scored on that split by depth,
-predict for the stream): the system it names is what "s3t as a system" serves there.
+from the run's own stage timings. Per stream, what ``s3t plan --run`` on the S3T B=3 run
+recommends, choosing by the accuracy its stages, scored by depth on held-out glosses (in
+neither the training set nor the test traffic), predict for the stream: the system it names
+is what "s3t as a system" serves there. (The runs themselves hold no validation split: its
+scoring would add to the cost of every stage trained.)
 
     python -m bench sweep            # the recorded size (about 80 min on 2 cores)
     python -m bench sweep --quick    # a small size (about 10 min)
@@ -112,11 +113,10 @@ def user_stream(users: list[str], weights: dict[str, float] | None, rate_per_min
     return stream
 
 
-def train_all(size: dict[str, Any], seed: int, train: Any, priors: dict[str, float],
-              held_out: Any = None) -> dict[str, dict[str, Any]]:
-    """Every system once (pinned, two at a time; ``held_out`` the validation split of every
-    run); the placed-by-prior run's samples carry their user's Zipf weight as
-    ``deletion_prior``."""
+def train_all(size: dict[str, Any], seed: int, train: Any, priors: dict[str, float]
+              ) -> dict[str, dict[str, Any]]:
+    """Every system once (pinned, two at a time); the placed-by-prior run's samples carry
+    their user's Zipf weight as ``deletion_prior``."""
     from s3t.data.samples import Dataset
 
     def data_for(system: str) -> Any:
@@ -128,7 +128,7 @@ def train_all(size: dict[str, Any], seed: int, train: Any, priors: dict[str, flo
 
     common = {k: size[k] for k in ("shards", "slices", "epochs", "max_seq_len")}
     return train_pinned({s: SYSTEMS[s] for s in size["systems"]}, dict(common, seed=seed),
-                        data_for, held_out)
+                        data_for)
 
 
 def plan_prediction(trained: dict[str, Any], system: str, size: dict[str, Any], skew: str,
@@ -174,8 +174,9 @@ def plan_choice(trained: dict[str, Any], table: Any, size: dict[str, Any], skew:
             "undisturbed": report["accuracy_basis"]["undisturbed"]}
 
 
-def depth_table_of(run: Path, cpus: set[int]) -> Any:
-    """The run's stages scored on its validation split (``s3t plan``'s DepthTable), computed
+def depth_table_of(run: Path, cpus: set[int], held_out: Any) -> Any:
+    """The run's stages scored on the held-out glosses (``s3t plan``'s DepthTable; the runs
+    carry no validation split, whose scoring would add to every stage's cost), computed
     pinned to ``cpus`` before any stream starts."""
     import os
 
@@ -186,7 +187,10 @@ def depth_table_of(run: Path, cpus: set[int]) -> Any:
     try:
         est = S3T.load(run, verify=False, repair=False)
         try:
-            return est.depth_table()
+            index = {name: i for i, name in enumerate(est.label_names)}
+            return est.depth_table(rows=[
+                (sid, index[held_out.label_names[label]], text) for sid, label, text in
+                zip(held_out.ids, held_out.labels, held_out.texts, strict=True)])
         finally:
             est.close()
     finally:
@@ -335,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     weights = zipf_by_user(users, size["zipf"], seed)
     texts, labels = traffic_order(test, seed)
     trained = (reused_runs(args.reuse_runs, size["systems"]) if args.reuse_runs else
-               train_all(size, seed, train, weights, held_out))
-    table = depth_table_of(trained["s3t"]["run"], core_a) if "s3t" in trained else None
+               train_all(size, seed, train, weights))
+    table = depth_table_of(trained["s3t"]["run"], core_a, held_out) \
+        if "s3t" in trained else None
     choices: dict[str, dict[str, Any]] = {}
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     details: dict[str, Any] = {}

@@ -242,10 +242,10 @@ class S3T:
         """What is served now: each live shard's route (stage key, weights, merged layers)."""
         return self._serving().routes()
 
-    def depth_table(self, progress: Callable[[int, int], object] | None = None) -> DepthTable:
-        """What each shard serves at each depth, scored on the validation samples: what
-        ``s3t plan --run`` predicts served accuracy from (``serve/depth_table.py``)."""
-        return depth_table(self._serving(), progress)
+    def depth_table(self, progress: Callable[[int, int], object] | None = None,
+                    rows: Sequence[tuple[str, int, str]] | None = None) -> DepthTable:
+        """Each shard's output at each depth on the validation samples (or held-out ``rows``)."""
+        return depth_table(self._serving(), progress, rows)
 
     def stage_weights(self, key: str) -> StageWeights:
         """A live stage's weights, read from its files (hash-checked) on first use."""

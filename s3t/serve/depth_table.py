@@ -12,7 +12,7 @@ depends on a deleted sample.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -25,16 +25,17 @@ from s3t.serve.served import ServedModel
 BATCH = 64
 
 
-def depth_table(served: ServedModel,
-                progress: Callable[[int, int], object] | None = None) -> DepthTable:
-    """Score every (shard, depth) of the run behind ``served`` on its validation samples;
+def depth_table(served: ServedModel, progress: Callable[[int, int], object] | None = None,
+                rows: Sequence[tuple[str, int, str]] | None = None) -> DepthTable:
+    """Score every (shard, depth) of the run behind ``served`` on its validation samples (or
+    on ``rows`` of (id, label index, input) held out from its training data);
     ``progress(done, shards)`` after each shard. Raises ``ValueError`` (saying why) for a run
     that has nothing to score against: a causal LM, or no validation samples."""
     run = served.run
     if run.task != "classification":
         raise ValueError("served accuracy is predicted for classifiers; this run is a causal "
                          "language model")
-    rows = run.ledger.eval_samples()
+    rows = run.ledger.eval_samples() if rows is None else list(rows)
     if not rows:
         raise ValueError("this run has no validation samples to score its stages on (train "
                          "with --eval-fraction, or S3T.fit(data, eval_data))")
