@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 from test_exactness import assert_same_weights, served
+from test_exactness import scratch_chain as exactness_scratch_chain
 from tiny import toy_dataset
 from typer.testing import CliRunner
 
@@ -20,13 +21,9 @@ from s3t.config import ConfigError, S3TConfig
 from s3t.data.partition import partition
 from s3t.data.samples import Dataset
 from s3t.engine import S3T
-from s3t.models.adapted import AdaptedBackbone
 from s3t.run import Run
 from s3t.run.deletion import ANCHOR_CELL, UndeletableSampleError
-from s3t.run.numeric import new_env
 from s3t.train import local
-from s3t.train.features import FeatureCache
-from s3t.train.numeric import numeric_env
 from s3t.train.stage_trainer import train_stage
 from s3t.verify import verify_run
 
@@ -61,26 +58,8 @@ def shard_cells(cfg: S3TConfig, data: Dataset) -> dict[str, tuple[int, int]]:
 def scratch_chain(cfg: S3TConfig, data: Dataset, deleted: set[str], shard: int, prefix) -> list:
     """Train ``prefix`` of ``shard`` from scratch on the retained data: the anchor set (one
     feature block, sorted by id) plus the prefix's cells (an independent path)."""
-    with numeric_env(new_env(cfg.torch_threads)):
-        cells = shard_cells(cfg, data)
-        backbone = AdaptedBackbone(cfg, num_labels=len(data.label_names))
-        features = FeatureCache(backbone, chunk_size=cfg.batch_size)
-        label = dict(zip(data.ids, data.labels or [], strict=True))
-        text = dict(zip(data.ids, data.texts, strict=True))
-        anchors = anchors_of(data)
-        features.ensure("anchor", 0, anchors, [text[i] for i in anchors])
-        chain: list = []
-        for depth in range(1, len(prefix) + 1):
-            ids = list(anchors)
-            for s in prefix[:depth]:
-                cell_ids = sorted(i for i, c in cells.items() if c == (shard, s) and i not in deleted)
-                features.ensure((shard, s), 0, cell_ids, [text[i] for i in cell_ids])
-                ids += cell_ids
-            result = train_stage(backbone, features, shard=shard, prefix=prefix[:depth],
-                                 ancestors=chain, method=cfg.training_method(),
-                                 sample_ids=ids, labels=[label[i] for i in ids])
-            chain.append(result.weights)
-        return chain
+    return exactness_scratch_chain(cfg, data, deleted, shard, prefix,
+                                   cells=shard_cells(cfg, data), anchors=anchors_of(data))
 
 
 def assert_served_equal_scratch(est: S3T, cfg: S3TConfig, data: Dataset, deleted: set[str]) -> None:
