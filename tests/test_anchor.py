@@ -2,16 +2,21 @@
 shard's cell but the run's anchor set, which every shard trains on in its first slice, so every
 stage of every ordering of every shard sees it. Exact because an anchor can never be forgotten:
 after forgetting deletable samples and retraining, the served weights are bitwise a scratch
-run on the retained data with the anchor set; ``s3t verify`` rebuilds the same bits."""
+run on the retained data with the anchor set; ``s3t verify`` rebuilds the same bits, and so
+does ``s3t serve``'s background retrain (the service refuses a deletion naming an anchor)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import shutil
+import time
 
 import pytest
 from test_exactness import assert_same_weights, served
+from test_exactness import scratch_chain as exactness_scratch_chain
+from test_retrainer import job_ended, wait_for
+from test_service import AUTH, serving
 from tiny import toy_dataset
 from typer.testing import CliRunner
 
@@ -20,13 +25,9 @@ from s3t.config import ConfigError, S3TConfig
 from s3t.data.partition import partition
 from s3t.data.samples import Dataset
 from s3t.engine import S3T
-from s3t.models.adapted import AdaptedBackbone
 from s3t.run import Run
 from s3t.run.deletion import ANCHOR_CELL, UndeletableSampleError
-from s3t.run.numeric import new_env
 from s3t.train import local
-from s3t.train.features import FeatureCache
-from s3t.train.numeric import numeric_env
 from s3t.train.stage_trainer import train_stage
 from s3t.verify import verify_run
 
@@ -61,26 +62,8 @@ def shard_cells(cfg: S3TConfig, data: Dataset) -> dict[str, tuple[int, int]]:
 def scratch_chain(cfg: S3TConfig, data: Dataset, deleted: set[str], shard: int, prefix) -> list:
     """Train ``prefix`` of ``shard`` from scratch on the retained data: the anchor set (one
     feature block, sorted by id) plus the prefix's cells (an independent path)."""
-    with numeric_env(new_env(cfg.torch_threads)):
-        cells = shard_cells(cfg, data)
-        backbone = AdaptedBackbone(cfg, num_labels=len(data.label_names))
-        features = FeatureCache(backbone, chunk_size=cfg.batch_size)
-        label = dict(zip(data.ids, data.labels or [], strict=True))
-        text = dict(zip(data.ids, data.texts, strict=True))
-        anchors = anchors_of(data)
-        features.ensure("anchor", 0, anchors, [text[i] for i in anchors])
-        chain: list = []
-        for depth in range(1, len(prefix) + 1):
-            ids = list(anchors)
-            for s in prefix[:depth]:
-                cell_ids = sorted(i for i, c in cells.items() if c == (shard, s) and i not in deleted)
-                features.ensure((shard, s), 0, cell_ids, [text[i] for i in cell_ids])
-                ids += cell_ids
-            result = train_stage(backbone, features, shard=shard, prefix=prefix[:depth],
-                                 ancestors=chain, method=cfg.training_method(),
-                                 sample_ids=ids, labels=[label[i] for i in ids])
-            chain.append(result.weights)
-        return chain
+    return exactness_scratch_chain(cfg, data, deleted, shard, prefix,
+                                   cells=shard_cells(cfg, data), anchors=anchors_of(data))
 
 
 def assert_served_equal_scratch(est: S3T, cfg: S3TConfig, data: Dataset, deleted: set[str]) -> None:
@@ -158,20 +141,23 @@ def test_verify_rebuilds_an_anchored_run_bitwise(anchored, tmp_path):
     assert report.ok and len(report.stages) == 2 * 6, [c.describe() for c in report.stages]
 
 
+def ledger_state(ledger) -> tuple:
+    """What a deletion changes: slice versions, routes, stage mark, counts, live stages."""
+    return (ledger.slice_versions(), ledger.routes(), ledger.stage_mark(), ledger.counts(),
+            sorted(r.key for r in ledger.stages("live")))
+
+
 def test_an_anchor_cannot_be_forgotten_and_nothing_changes(tiny_bert, tmp_path):
     data = anchored_data(groups=True)  # s0002 (an anchor) is in group user0 with s0000..s0003
     est = S3T(config(tiny_bert), run_dir=tmp_path / "run").fit(data, progress=False)
     ledger = est.ledger
-    before = (ledger.slice_versions(), ledger.routes(), ledger.stage_mark(), ledger.counts(),
-              sorted(r.key for r in ledger.stages("live")))
+    before = ledger_state(ledger)
     for request in ({"sample_ids": ["s0002"]}, {"sample_ids": ["s0000", "s0002"]},
                     {"groups": ["user0"]}):
         with pytest.raises(UndeletableSampleError, match="anchor samples cannot be forgotten: "
                            "s0002.*in every shard.*train a new run.*nothing was deleted"):
             est.forget(**request)
-    after = (ledger.slice_versions(), ledger.routes(), ledger.stage_mark(), ledger.counts(),
-             sorted(r.key for r in ledger.stages("live")))
-    assert after == before
+    assert ledger_state(ledger) == before
     assert ledger.deletion_count() == 0 and not list((tmp_path / "run" / "certificates").glob("*"))
     assert est.audit().ok
 
@@ -263,3 +249,38 @@ def test_a_spilled_anchor_block_gives_the_same_stages(anchored, tiny_bert, tmp_p
         assert_same_weights(weights, reference.live_weights()[key])
     reference.close()
     est.close()
+
+
+def test_served_anchored_run_refuses_an_anchor_and_retrains_in_the_background_exactly(anchored,
+                                                                                       tmp_path):
+    """`s3t serve --retrain eager` on an anchored run: a deletion naming an anchor is a 422
+    with nothing changed and no job; a deletable sample's deletion is retrained by the
+    background job into stages bitwise those of scratch training with the anchor set."""
+    path, data, cfg = anchored
+    run = copy(path, tmp_path)
+    anchor, victim = anchors_of(data)[0], min(shard_cells(cfg, data))
+    with Run.open(run, repair=False) as opened:
+        before = ledger_state(opened.ledger)
+    with serving(run, retrain="eager", eval_interval_s=0.1) as client:
+        for ids in ([anchor], [victim, anchor]):
+            refused = client.post("/v1/deletions", json={"sample_ids": ids}, headers=AUTH)
+            assert refused.status_code == 422, refused.text
+            assert "anchor samples cannot be forgotten" in refused.json()["message"]
+        time.sleep(0.5)  # eager: a job would start at once if anything had changed
+        status = client.get("/v1/status").json()
+        assert status["capacity"] == 1.0 and status["retrain"]["job"] is None
+        with Run.open(run, repair=False) as opened:
+            assert ledger_state(opened.ledger) == before
+            assert opened.ledger.deletion_count() == 0
+        certificate = client.post("/v1/deletions", json={"sample_ids": [victim]}, headers=AUTH)
+        assert certificate.status_code == 200 and certificate.json()["erased_stages"]
+        status = wait_for(client, lambda s: job_ended(s) and s["capacity"] == 1.0,
+                          "the background retrain")
+        assert status["retrain"]["job"]["state"] == "succeeded"
+    est = S3T.load(run)
+    try:
+        assert est.ledger.anchor_count() == N_ANCHORS
+        assert_served_equal_scratch(est, cfg, data, {victim})
+        assert est.audit().ok
+    finally:
+        est.close()

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny import toy_dataset
 from typer.testing import CliRunner
 
 from s3t.cli import app
+from s3t.config import S3TConfig
+from s3t.engine import S3T
 from s3t.plan.advice import Workload, fit_throughput, parse_rate, recommend, slice_prior_for
 from s3t.plan.capacity import predict
 from s3t.plan.orderings import make_orderings
@@ -155,6 +158,23 @@ def test_plan_reads_throughput_from_a_run(trained) -> None:
     work = report["workload"]
     assert work["samples"] == 48 and work["epochs"] == 1 and work["throughput"] > 0
     assert report["timed_stages"] == 8  # m=2 shards x 4 stages (L=2, B=2)
+
+
+def test_plan_from_an_anchored_run_counts_only_the_samples_in_cells(tiny_bert, tmp_path) -> None:
+    """The anchor set (every fifth sample: 6 of 30) is no cell's and never deleted: the plan's
+    samples are the retained deletable ones (30 - 6 anchors - 1 forgotten)."""
+    data = toy_dataset(30)
+    data.deletable = [i % 5 != 2 for i in range(30)]
+    cfg = S3TConfig(model=tiny_bert, shards=2, slices=2, budget=1, epochs=1, batch_size=8,
+                    seed=3, anchor=True)
+    est = S3T(cfg, run_dir=tmp_path / "run").fit(data, progress=False)
+    assert est.ledger.anchor_count() == 6
+    est.forget(["s0000"])
+    est.close()
+    out = runner.invoke(app, ["plan", "--run", str(tmp_path / "run"), "--rate", "10/day",
+                              "--json", "--shards", "2"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["workload"]["samples"] == 23
 
 
 def test_a_window_from_a_fresh_run_starts_at_full_capacity_and_tends_to_the_steady_state() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -46,17 +47,24 @@ def validation_set() -> Dataset:
 
 
 def scratch_chain(cfg: S3TConfig, data, deleted: set[str], shard: int, prefix,
-                  val_data: Dataset | None = None) -> list:
+                  val_data: Dataset | None = None, cells: dict[str, tuple[int, int]] | None = None,
+                  anchors: Sequence[str] = ()) -> list:
     """Train ``prefix`` of ``shard`` from scratch on the retained data: an independent path
     (``val_data``: the validation samples, in the run's order, for best_epoch), in the numeric
-    environment a run with ``cfg`` records (its torch threads, deterministic kernels)."""
+    environment a run with ``cfg`` records (its torch threads, deterministic kernels).
+
+    ``cells``: each sample id's (shard, slice), computed by the caller (default: the seeded
+    partition of all of ``data``); ``anchors``: an anchor set's ids, sorted, which every stage
+    trains on before its prefix's cells, as one feature block (``S3TConfig.anchor``)."""
     with numeric_env(new_env(cfg.torch_threads)):
-        return _scratch_chain(cfg, data, deleted, shard, prefix, val_data)
+        if cells is None:
+            cells = partition(data.ids, data.groups, cfg.shards, cfg.slices, seed=cfg.seed)
+        return _scratch_chain(cfg, data, deleted, shard, prefix, val_data, cells, list(anchors))
 
 
 def _scratch_chain(cfg: S3TConfig, data, deleted: set[str], shard: int, prefix,
-                   val_data: Dataset | None) -> list:
-    cells = partition(data.ids, data.groups, cfg.shards, cfg.slices, seed=cfg.seed)
+                   val_data: Dataset | None, cells: dict[str, tuple[int, int]],
+                   anchors: list[str]) -> list:
     backbone = AdaptedBackbone(cfg, num_labels=len(data.label_names))
     features = FeatureCache(backbone, chunk_size=cfg.batch_size)
     label = dict(zip(data.ids, data.labels, strict=True))
@@ -67,9 +75,11 @@ def _scratch_chain(cfg: S3TConfig, data, deleted: set[str], shard: int, prefix,
         val_ids = [f"eval:{r[0]}" for r in rows]
         features.ensure("eval", 0, val_ids, [r[2] for r in rows])
         val = val_ids, [r[1] for r in rows]
+    if anchors:
+        features.ensure("anchor", 0, anchors, [text[i] for i in anchors])
     chain = []
     for depth in range(1, len(prefix) + 1):
-        ids = []
+        ids = list(anchors)
         for s in prefix[:depth]:
             cell_ids = sorted(i for i, c in cells.items() if c == (shard, s) and i not in deleted)
             features.ensure((shard, s), 0, cell_ids, [text[i] for i in cell_ids])

@@ -19,7 +19,12 @@ from s3t.plan.placement import parse_skew
 def run_timings(path: Path) -> tuple[int, int, float, float, int]:
     """From a trained run: retained samples, epochs, throughput (samples x epochs per second,
     fitted with a per-stage overhead) and the number of timed stages, from every live stage's
-    recorded ``train_seconds`` (its meta.json, hash-checked)."""
+    recorded ``train_seconds`` (its meta.json, hash-checked).
+
+    The retained samples are those placed in cells: an anchored run's anchor set
+    (``S3TConfig.anchor``) is left out, since the plan's cell is samples / (shards x slices)
+    and a deletion lands in one; anchors are no cell's, can never be deleted, and are in every
+    shard's first slice. Throughput is still fitted on each stage's whole ``n_samples``."""
     from s3t.run import Run
 
     run = Run.open(path)
@@ -32,6 +37,7 @@ def run_timings(path: Path) -> tuple[int, int, float, float, int]:
                 visits.append(run.config.stage_sample_visits(record.n_samples, record.depth))
                 seconds.append(float(took))
         total, deleted = run.ledger.counts()
+        anchors = run.ledger.anchor_count()
         epochs = run.config.epochs
     finally:
         run.close()
@@ -39,7 +45,7 @@ def run_timings(path: Path) -> tuple[int, int, float, float, int]:
         raise fail("--run", f"{path} has no live stage with a recorded training time; give "
                    "--throughput instead")
     throughput, overhead = advice.fit_throughput(visits, seconds)
-    return total - deleted, epochs, throughput, overhead, len(seconds)
+    return total - deleted - anchors, epochs, throughput, overhead, len(seconds)
 
 
 def run_table(path: Path) -> tuple[DepthTable | None, str | None]:
