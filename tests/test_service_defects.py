@@ -86,6 +86,22 @@ def run_history(evaluate, caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "s3t.service"]
 
 
+def test_stopping_the_history_wakes_its_pause_between_evaluations():
+    """A server with a long eval interval must shut down at once, not after the pause (the
+    loop slept through it, and ``stop`` gave up waiting after 30 s)."""
+    calls = []
+    history = History(lambda: [], lambda: calls.append(1) or 0.5, eval_interval_s=600)
+    history.start()
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    history.changed()  # the next evaluation waits out the 600 s interval
+    time.sleep(0.2)
+    history.stop()
+    assert calls == [1]
+    assert history._thread is not None and not history._thread.is_alive()
+
+
 def test_history_logs_an_unexpected_failure_as_an_error(caplog):
     def broken():
         raise KeyError("capacity")  # a bug, not a state of the run

@@ -39,7 +39,7 @@ class History:
         self.evaluations: deque[dict] = deque(maxlen=KEEP_POINTS)
         self._lock = threading.Lock()
         self._dirty = threading.Event()
-        self._stopping = False
+        self._stop = threading.Event()  # wakes the loop's pause at once
         self._thread: threading.Thread | None = None
         self.val_accuracy: float | None = None
 
@@ -49,7 +49,7 @@ class History:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stop.set()
         self._dirty.set()
         if self._thread is not None:
             self._thread.join(30)
@@ -67,13 +67,13 @@ class History:
 
     def _loop(self) -> None:
         last = 0.0
-        while not self._stopping:
+        while not self._stop.is_set():
             self._dirty.wait()
-            if self._stopping:
+            if self._stop.is_set():
                 break
             pause = last + self.eval_interval_s - time.monotonic()
             if pause > 0:
-                time.sleep(min(pause, self.eval_interval_s))
+                self._stop.wait(min(pause, self.eval_interval_s))
                 continue
             self._dirty.clear()
             last = time.monotonic()
