@@ -133,6 +133,11 @@ def test_the_table_of_a_run_scores_what_the_run_serves(run_copy) -> None:
 
         full = est.depth_table()
         assert sorted(full.members) == [(k, d) for k in range(2) for d in (1, 2)]
+        # held-out rows given explicitly score the same way (the last four, reversed)
+        given = est.depth_table(rows=rows[:-5:-1])
+        assert given.labels.tolist() == labels[:-5:-1].tolist()
+        assert all(np.allclose(g, f[:-5:-1], atol=1e-9) for key in full.members
+                   for g, f in zip(given.members[key], full.members[key], strict=True))
         assert all(len(full.members[(k, 2)]) == 2 for k in range(2))  # serve_orderings all
         assert full.scores([2, 2]) == served_accuracy()
         victim = est.run.ledger.cell_samples(0, 0)[0][0]
