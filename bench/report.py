@@ -538,7 +538,31 @@ def stream_section(res: Result) -> str:
         ["system", "time-avg accuracy", "time-avg capacity", "time with a serving shard",
          "time at full capacity", "min live shards", "retrain jobs",
          "stages retrained / discarded", "deletion p50 / p99 ms", "errors", "lost", "audit",
-         "initial training s"], rows) + _stream_seeds(res)
+         "initial training s"], rows) + _stream_plan(res) + _stream_seeds(res)
+
+
+def _plan_words(choice: dict) -> str:
+    """A plan choice as 'S3T B=3 (0.470; SISA 0.447)': what it recommends, with the accuracy
+    it predicts for that plan and for SISA."""
+    ll, bb = choice["recommended"]
+    name = "SISA" if (ll, bb) == (1, 1) else f"S3T L={ll}, B={bb}"
+    mine = choice["predicted"].get(f"{ll},{bb}")
+    sisa = choice["predicted"].get("1,1")
+    return f"{name} ({mine:.3f}; SISA {sisa:.3f})" if mine is not None and sisa is not None \
+        else name
+
+
+def _stream_plan(res: Result) -> str:
+    choice = res.get("plan_choice")
+    if not choice:
+        return ""
+    size = res["provenance"]["size"]
+    predicted = ", ".join(f"(L, B) = ({k}) {v:.3f}" for k, v in choice["predicted"].items())
+    return (f"\n\n`s3t plan --run` on the S3T run before the stream (its stage timings; its "
+            f"stages scored by depth on {size.get('eval', '?')} held-out glosses, undisturbed "
+            f"{choice['undisturbed']:.3f}; this stream's window) predicted time-averaged "
+            f"accuracy {predicted} and recommends "
+            f"{_plan_words(choice)}.")
 
 
 def _stream_seeds(res: Result) -> str:
@@ -554,17 +578,19 @@ def _stream_seeds(res: Result) -> str:
                      f"{b['time_avg_accuracy']:.3f} ({b['undisturbed_accuracy']:.3f})",
                      f"{100 * (a['time_avg_accuracy'] - b['time_avg_accuracy']):+.1f}",
                      f"{a['time_at_full_capacity']:.0%} / {b['time_at_full_capacity']:.0%}",
-                     f"{a['stages_discarded']} of {a['stages_retrained']}"])
+                     f"{a['stages_discarded']} of {a['stages_retrained']}",
+                     _plan_words(s["plan_choice"]) if s.get("plan_choice") else "-"])
     diffs = [100 * (s["s3t"]["time_avg_accuracy"] - s["sisa"]["time_avg_accuracy"])
              for s in seeds]
     mean = sum(diffs) / len(diffs)
     sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
     rows.append(["mean", *(f"{sum(s[k]['time_avg_accuracy'] for s in seeds) / len(seeds):.3f}"
-                           for k in ("s3t", "sisa")), f"{mean:+.1f} +- {sd:.1f}", "", ""])
+                           for k in ("s3t", "sisa")), f"{mean:+.1f} +- {sd:.1f}", "", "", ""])
     return ("\n\nEvery seed (its own data subset, stream and traffic order; the table above is "
             "seed " + str(seeds[0]["seed"]) + "'s):\n\n" + table(
                 ["seed", "S3T time-avg accuracy (undisturbed)", "SISA", "points S3T - SISA",
-                 "time at full capacity S3T / SISA", "S3T stages discarded"], rows))
+                 "time at full capacity S3T / SISA", "S3T stages discarded",
+                 "s3t plan recommends (predicted)"], rows))
 
 
 def stream_scoring(res: Result, size: dict) -> str:

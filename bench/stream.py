@@ -45,13 +45,13 @@ from bench import harness
 from bench.harness import HOST, ClientError, Server, audit, http_client, lost_deletions, s3t_cmd
 
 NAME = "stream"
-QUICK = {"train": 400, "test": 200, "shards": 5, "slices": 3, "budget": 3, "epochs": 1,
+QUICK = {"train": 400, "test": 200, "eval": 300, "shards": 5, "slices": 3, "budget": 3, "epochs": 1,
          "max_seq_len": 32, "duration_s": 150.0, "rate_per_min": 6.0, "retrain_delay_s": 2.0,
          "eval_every_s": 2.0, "predict_gap_s": 0.2}
 #: 400 test glosses: one binomial standard error is 2.4 points at accuracy 0.35 (100: 4.8).
 FULL = dict(QUICK, train=1200, test=400, duration_s=420.0, rate_per_min=4.0)
 #: Checks that the stream runs end to end (a few deletions, a retrain may not finish).
-SMOKE = dict(QUICK, train=40, test=16, shards=2, slices=2, budget=2, max_seq_len=16,
+SMOKE = dict(QUICK, train=40, test=16, eval=8, shards=2, slices=2, budget=2, max_seq_len=16,
              duration_s=8.0, quiet_s=5.0, rate_per_min=90.0, retrain_delay_s=1.0,
              eval_every_s=4.0, predict_gap_s=1.0)
 SYSTEMS = ("s3t", "sisa")
@@ -183,6 +183,67 @@ def traffic_order(test: Any, seed: int) -> tuple[list[str], list[str]]:
     order = list(range(len(test.texts)))
     random.Random(f"traffic-{seed}").shuffle(order)
     return ([test.texts[i] for i in order], [test.label_names[test.labels[i]] for i in order])
+
+
+def held_out_glosses(exclude: set[str], n: int, seed: int) -> Any:
+    """``n`` WordNet glosses outside ``exclude`` (the training and test glosses), seeded and
+    class-proportional: what ``s3t plan``'s DepthTable scores a run's stages on."""
+    from s3t.data.subset import limit_indices
+    from s3t.data.wordnet import load_wordnet
+
+    data = load_wordnet()
+    rest = data.subset([i for i, sid in enumerate(data.ids) if sid not in exclude])
+    return rest.subset(limit_indices(rest, n, seed))
+
+
+def depth_table_of(run: Path, cpus: set[int], held_out: Any) -> Any:
+    """The run's stages scored on the held-out glosses (``s3t plan``'s DepthTable; the runs
+    carry no validation split, whose scoring would add to every stage's cost), computed
+    pinned to ``cpus``, one torch thread, before any stream starts."""
+    import torch
+
+    from s3t.engine import S3T
+
+    before, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, cpus)
+    torch.set_num_threads(len(cpus))
+    try:
+        est = S3T.load(run, verify=False, repair=False)
+        try:
+            index = {name: i for i, name in enumerate(est.label_names)}
+            return est.depth_table(rows=[
+                (sid, index[held_out.label_names[label]], text) for sid, label, text in
+                zip(held_out.ids, held_out.labels, held_out.texts, strict=True)])
+        finally:
+            est.close()
+    finally:
+        os.sched_setaffinity(0, before)
+        torch.set_num_threads(threads)
+
+
+def plan_choice(run: Path, table: Any, size: dict[str, Any], rate_per_min: float, skew: float,
+                users: int | None, what: str) -> dict[str, Any]:
+    """What ``s3t plan --run`` recommends for this stream (the run's stage timings; its
+    stages scored by depth in ``table``; the stream's window, deletions stopping ``quiet_s``
+    before its end), and the accuracy it predicts for each plan it scores (m as run, L
+    dividing the run's); printed with ``what``, the stream's name."""
+    from s3t.cli.plan import run_timings
+    from s3t.plan import advice
+
+    samples, epochs, throughput, overhead, _ = run_timings(run)
+    work = advice.Workload(samples=samples, rate_per_day=rate_per_min * 1440.0,
+                           throughput=throughput, epochs=epochs, stage_overhead=overhead,
+                           skew=skew, users=users, horizon_s=size["duration_s"])
+    report = advice.recommend(work, [size["shards"]], size["slices"], table=table,
+                              arrivals_until=size["duration_s"] - size.get("quiet_s", 10.0))
+    best = report["recommended"]
+    out = {"recommended": [best["slices"], best["budget"]], "why": report["why"],
+           "predicted": {f"{r['slices']},{r['budget']}": r["accuracy"]
+                         for r in report["candidates"] if r["accuracy"] is not None},
+           "undisturbed": report["accuracy_basis"]["undisturbed"]}
+    print(f"{what}: s3t plan recommends L={best['slices']}, B={best['budget']}; predicted "
+          + ", ".join(f"(L,B)=({k}) {v:.3f}" for k, v in out["predicted"].items()), flush=True)
+    return out
 
 
 def deletion_stream(ids: list[str], size: dict[str, Any], rng: random.Random) -> list[tuple]:
@@ -419,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         checks = targets(first["results"], [r["results"] for r in runs])
         harness.write_result(NAME, args.quick, prov, {
             "seed": seeds[0], "stream": first["stream"], "results": first["results"],
+            "plan_choice": first["plan_choice"],
             "targets": checks, "seeds": [seed_summary(s, r) for s, r in zip(seeds, runs, strict=False)],
             "complete": len(runs) == len(seeds)})
     for c in checks:
@@ -436,6 +498,10 @@ def run_seed(seed: int, size: dict[str, Any]) -> dict[str, Any]:
     common = {k: size[k] for k in ("shards", "slices", "epochs", "max_seq_len")}
     trained = train_pinned({"s3t": {"budget": size["budget"]}, "sisa": {"method": "sisa"}},
                            dict(common, seed=seed), lambda system: train)
+    held_out = held_out_glosses(set(train.ids) | set(test.ids), size["eval"], seed)
+    table = depth_table_of(trained["s3t"]["run"], cores()[0], held_out)
+    choice = plan_choice(trained["s3t"]["run"], table, size, size["rate_per_min"], 0.0, None,
+                         f"seed {seed}")
     print(f"seed {seed}: {len(stream)} deletions over {size['duration_s']:.0f} s", flush=True)
     pairs = [(system, trained[system]["run"], cpus)
              for system, cpus in zip(SYSTEMS, cores(), strict=True)]
@@ -453,7 +519,7 @@ def run_seed(seed: int, size: dict[str, Any]) -> dict[str, Any]:
                            "traffic": res["traffic"],
                            "deletions": res["deletions"], "jobs": res["jobs"], "stream": stream,
                            "shards": size["shards"], "cores": sorted(cpus)}
-    return {"stream": stream, "results": results}
+    return {"stream": stream, "results": results, "plan_choice": choice}
 
 
 SEED_KEYS = ("time_avg_accuracy", "undisturbed_accuracy", "time_avg_capacity",
@@ -461,9 +527,10 @@ SEED_KEYS = ("time_avg_accuracy", "undisturbed_accuracy", "time_avg_capacity",
 
 
 def seed_summary(seed: int, run: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of one seed's stream, per system."""
-    return {"seed": seed, **{system: {k: r["summary"][k] for k in SEED_KEYS}
-                             for system, r in run["results"].items()}}
+    """The headline numbers of one seed's stream, per system, and the plan's choice."""
+    return {"seed": seed, "plan_choice": run["plan_choice"],
+            **{system: {k: r["summary"][k] for k in SEED_KEYS}
+               for system, r in run["results"].items()}}
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ from bench import harness
 from bench.harness import audit
 from bench.stream import (
     cores,
+    depth_table_of,
+    plan_choice,
     serve_together,
     server_command,
     summarize,
@@ -151,50 +153,6 @@ def plan_prediction(trained: dict[str, Any], system: str, size: dict[str, Any], 
                           min(SYSTEMS[system]["budget"], size["slices"]),
                           arrivals_until=size["duration_s"] - size["quiet_s"])
     return {k: row[k] for k in ("capacity", "served_depth_fraction", "trainer_busy", "method")}
-
-
-def plan_choice(trained: dict[str, Any], table: Any, size: dict[str, Any], skew: str,
-                rate_per_min: float, n_users: int) -> dict[str, Any]:
-    """What ``s3t plan --run`` (the S3T B=3 run: its timings and its stages scored on the
-    validation split) recommends for this stream, and the accuracy it predicts for each
-    plan it scores (m as run; L dividing the run's)."""
-    from s3t.cli.plan import run_timings
-    from s3t.plan import advice
-
-    samples, epochs, throughput, overhead, _ = run_timings(trained["run"])
-    work = advice.Workload(samples=samples, rate_per_day=rate_per_min * 1440.0,
-                           throughput=throughput, epochs=epochs, stage_overhead=overhead,
-                           skew=size["zipf"] if skew == "zipf" else 0.0, users=n_users,
-                           horizon_s=size["duration_s"])
-    report = advice.recommend(work, [size["shards"]], size["slices"], table=table)
-    best = report["recommended"]
-    return {"recommended": [best["slices"], best["budget"]], "why": report["why"],
-            "predicted": {f"{r['slices']},{r['budget']}": r["accuracy"]
-                          for r in report["candidates"] if r["accuracy"] is not None},
-            "undisturbed": report["accuracy_basis"]["undisturbed"]}
-
-
-def depth_table_of(run: Path, cpus: set[int], held_out: Any) -> Any:
-    """The run's stages scored on the held-out glosses (``s3t plan``'s DepthTable; the runs
-    carry no validation split, whose scoring would add to every stage's cost), computed
-    pinned to ``cpus`` before any stream starts."""
-    import os
-
-    from s3t.engine import S3T
-
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        est = S3T.load(run, verify=False, repair=False)
-        try:
-            index = {name: i for i, name in enumerate(est.label_names)}
-            return est.depth_table(rows=[
-                (sid, index[held_out.label_names[label]], text) for sid, label, text in
-                zip(held_out.ids, held_out.labels, held_out.texts, strict=True)])
-        finally:
-            est.close()
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def lost_user_deletions(run: Path, rows: list[dict[str, Any]], members: dict[str, list[str]]
@@ -341,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = (reused_runs(args.reuse_runs, size["systems"]) if args.reuse_runs else
                train_all(size, seed, train, weights))
     table = depth_table_of(trained["s3t"]["run"], core_a, held_out) \
-        if "s3t" in trained else None
+        if "s3t" in trained else None  # s3t plan --run's view of the S3T B=3 run
     choices: dict[str, dict[str, Any]] = {}
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     details: dict[str, Any] = {}
@@ -350,12 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             stream = user_stream(users, weights if skew == "zipf" else None, rate, size,
                                  random.Random(f"{seed}/{skew}/{rate}"))
             if table is not None:
-                c = choices.setdefault(skew, {})[str(rate)] = plan_choice(
-                    trained["s3t"], table, size, skew, rate, len(users))
-                print(f"{skew} {rate:g}/min: s3t plan recommends L={c['recommended'][0]}, "
-                      f"B={c['recommended'][1]}; predicted "
-                      + ", ".join(f"(L,B)=({k}) {v:.3f}" for k, v in c["predicted"].items()),
-                      flush=True)
+                choices.setdefault(skew, {})[str(rate)] = plan_choice(
+                    trained["s3t"]["run"], table, size, rate,
+                    size["zipf"] if skew == "zipf" else 0.0, len(users), f"{skew} {rate:g}/min")
             for group in slots(size["systems"], skew):
                 pairs = []
                 for system, cpus in zip(group, (core_a, core_b), strict=False):

@@ -201,9 +201,10 @@ def _hours(seconds: float) -> str:
 
 def recommend(work: Workload, shards: Sequence[int] = tuple(range(1, 9)), max_slices: int = 4,
               max_budget: int | None = None, target: float = 0.95,
-              table: DepthTable | None = None) -> dict:
+              table: DepthTable | None = None, arrivals_until: float | None = None) -> dict:
     """Score every candidate plan and pick one (module doc); explain the choice. With a
-    trained run's ``table``, the plans it can score are chosen among by predicted accuracy."""
+    trained run's ``table``, the plans it can score are chosen among by predicted accuracy.
+    ``arrivals_until``: with ``work.horizon_s``, when deletions stop (``evaluate``)."""
     work.check()
     if not shards or any(m < 1 for m in shards):
         raise ValueError(f"shards must be integers >= 1, got {list(shards)}")
@@ -215,7 +216,7 @@ def recommend(work: Workload, shards: Sequence[int] = tuple(range(1, 9)), max_sl
     if not plans:
         raise ValueError(f"{work.samples} samples cannot fill any plan: need at least "
                          f"{min(shards)} shards x 1 slice")
-    rows = [evaluate(work, *plan, table=table) for plan in plans]
+    rows = [evaluate(work, *plan, table=table, arrivals_until=arrivals_until) for plan in plans]
     scored = [r for r in rows if r.get("accuracy") is not None]
     if table is not None and scored:
         return _by_accuracy(work, target, table, rows, scored)
