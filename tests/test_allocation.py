@@ -141,3 +141,22 @@ def test_a_card_whose_allocation_disagrees_with_its_stages_is_refused(tiny_bert,
                                          r"\[1, 2, 3\].*s3t.json"):
         est.predict(["red cat"])
     est.close()
+
+
+def test_allocation_all_with_one_ordering_trains_exactly_sisas_stages(tiny_bert, tmp_path):
+    """S3T 'all', B=1 is SISA's slice checkpoints, each allowed to serve: the same stage keys
+    and bits (what lets `s3t plan` stand a run's full-depth stage in for a SISA shard). The
+    two differ only in serving a demoted shard at its surviving depth."""
+    stages = {}
+    for method in ("s3t", "sisa"):
+        cfg = config(tiny_bert, shards=2, method=method, allocation="all", strategy="sisa")
+        est = S3T(cfg, run_dir=tmp_path / method).fit(DATA, progress=False)
+        stages[method] = est.live_weights()
+        est.close()
+    assert sorted(stages["s3t"]) == sorted(stages["sisa"]) and len(stages["s3t"]) == 6
+    for key, mine in stages["s3t"].items():
+        theirs = stages["sisa"][key]
+        for part in ("adapter", "head"):
+            left, right = getattr(mine, part), getattr(theirs, part)
+            assert left.keys() == right.keys()
+            assert all(torch.equal(left[t], right[t]) for t in left), (key, part)

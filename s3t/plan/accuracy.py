@@ -15,9 +15,9 @@ The table answers for plans with the run's shard count ``m`` and a slice count `
 divides the run's ``L``: a stage of depth ``d`` of ``L'`` slices was trained on the data of
 the run's stages of depth ``d * L / L'``, so those stand for it, and a plan serving ``B'``
 orderings per shard averages ``B'`` of the run's stages at that depth. SISA (``L' = 1,
-B' = 1``) is thus stood for by one full-depth stage per shard: with allocation ``all`` that
-is a SISA model of the shard in all but its training schedule (BENCHMARKS.md section 15:
-within a point of SISA at m = 5). Other shard counts would change every shard's data; they
+B' = 1``) is thus stood for by one full-depth stage per shard: with allocation ``all`` the
+chain of one ordering is SISA's checkpoints bit for bit (tests/test_allocation.py), so for a
+run with one ordering the stand-in is exact. Other shard counts would change every shard's data; they
 cannot be scored without training them.
 """
 
