@@ -91,6 +91,15 @@ def test_a_plan_is_scored_only_where_its_slices_line_up_with_the_run() -> None:
     assert t.expected({(1, 1, 1): 1.0}, 3, 1, 1) is None  # another shard count
 
 
+def test_sisa_is_scored_on_its_own_orderings_stage_where_the_run_has_it() -> None:
+    t = table(partial_right=True)
+    assert t.expected({(1, 1): 1.0}, 2, 1, 1) == 1.0
+    wrong = one_hot(t.labels, False, 0.9)
+    with_sisa = DepthTable(3, t.labels, t.members, t.weights, 2, sisa={0: wrong, 1: wrong})
+    assert with_sisa.expected({(1, 1): 1.0}, 2, 1, 1) == 0.0   # SISA's plan: its own stages
+    assert with_sisa.expected({(3, 3): 1.0}, 2, 3, 1) == 1.0   # S3T's: the routes
+
+
 def stream(rate_per_min: float) -> Workload:
     return Workload(samples=600, rate_per_day=rate_per_min * 1440, throughput=10.0, epochs=1)
 
@@ -139,6 +148,10 @@ def test_the_table_of_a_run_scores_what_the_run_serves(run_copy) -> None:
         assert all(np.allclose(g, f[:-5:-1], atol=1e-9) for key in full.members
                    for g, f in zip(given.members[key], full.members[key], strict=True))
         assert all(len(full.members[(k, 2)]) == 2 for k in range(2))  # serve_orderings all
+        # SISA's stand-in: each shard's full-depth stage of the identity ordering (0, 1)
+        assert sorted(full.sisa) == [0, 1]
+        assert all(any(np.array_equal(full.sisa[k], m) for m in full.members[(k, 2)])
+                   for k in range(2))
         assert full.scores([2, 2]) == served_accuracy()
         victim = est.run.ledger.cell_samples(0, 0)[0][0]
         est.forget([victim])
@@ -146,6 +159,7 @@ def test_the_table_of_a_run_scores_what_the_run_serves(run_copy) -> None:
         assert depths == {"0": 1, "1": 2}, depths
         after = est.depth_table()
         assert sorted(after.members) == [(0, 1), (1, 1), (1, 2)]
+        assert sorted(after.sisa) == [1]  # shard 0's identity chain saw the victim
         assert after.scores([1, 2]) == served_accuracy()
         assert after.weights[(0, 1)] == 1.0 and after.weights[(1, 2)] == 2.0  # ensemble depth
     finally:

@@ -15,9 +15,10 @@ The table answers for plans with the run's shard count ``m`` and a slice count `
 divides the run's ``L``: a stage of depth ``d`` of ``L'`` slices was trained on the data of
 the run's stages of depth ``d * L / L'``, so those stand for it, and a plan serving ``B'``
 orderings per shard averages ``B'`` of the run's stages at that depth. SISA (``L' = 1,
-B' = 1``) is thus stood for by one full-depth stage per shard: with allocation ``all`` the
-chain of one ordering is SISA's checkpoints bit for bit (tests/test_allocation.py), so for a
-run with one ordering the stand-in is exact. Other shard counts would change every shard's data; they
+B' = 1``) is stood for by the full-depth stage of SISA's own ordering (the identity), where
+the run has it live: with allocation ``all`` that chain is SISA's checkpoints bit for bit
+(tests/test_allocation.py), so the stand-in is SISA's shard model itself; else by the
+shard's first full-depth stage. Other shard counts would change every shard's data; they
 cannot be scored without training them.
 """
 
@@ -46,17 +47,23 @@ class DepthTable:
     weights: Mapping[tuple[int, int], float]                 # the shard's ensemble weight there
     n_shards: int
     vote: bool = False
+    # shard -> the probabilities of its full-depth stage of the identity ordering (SISA's
+    # ordering), where it is live: with allocation ``all`` SISA's shard model, bit for bit
+    sisa: Mapping[int, np.ndarray] = field(default_factory=dict)
     _probs: dict = field(default_factory=dict, init=False, repr=False)
 
-    def scores(self, depths: Sequence[int], budget: int | None = None) -> float:
+    def scores(self, depths: Sequence[int], budget: int | None = None,
+               sisa: bool = False) -> float:
         """Validation accuracy of the ensemble serving shard ``k`` at the run's depth
-        ``depths[k]`` (0: not serving), each shard averaging its first ``budget`` stages."""
+        ``depths[k]`` (0: not serving), each shard averaging its first ``budget`` stages
+        (``sisa``: a full-depth shard serves its SISA-ordering stage where the run has it)."""
         total: np.ndarray | None = None
         weights = [self.weights.get((k, d), 0.0) for k, d in enumerate(depths)]
         if all(w == 0 for w in weights):
             weights = [1.0] * len(weights)
         for k, d in enumerate(depths):
-            probs = self._served(k, d, budget)
+            probs = self.sisa.get(k) if sisa and d == self.n_slices and k in self.sisa \
+                else self._served(k, d, budget)
             if probs is None:
                 continue
             part = weights[k] * probs
@@ -78,7 +85,7 @@ class DepthTable:
         return self._probs[key]
 
     def state_accuracy(self, state: Sequence[int], budget: int | None = None,
-                       seed: int = 0) -> float:
+                       seed: int = 0, sisa: bool = False) -> float:
         """Mean accuracy over the assignments of a state's depths (run units) to the shards."""
         if len(state) != self.n_shards:
             raise ValueError(f"a state names {self.n_shards} shards' depths, got {len(state)}")
@@ -87,7 +94,7 @@ class DepthTable:
         else:
             rng = np.random.default_rng(seed)
             assignments = [tuple(rng.permutation(state)) for _ in range(SAMPLED_PERMUTATIONS)]
-        return float(np.mean([self.scores(a, budget) for a in assignments]))
+        return float(np.mean([self.scores(a, budget, sisa) for a in assignments]))
 
     def depth_scores(self, budget: int | None = None) -> list[float]:
         """Each depth's validation accuracy of one shard alone, averaged over the shards:
@@ -116,5 +123,7 @@ class DepthTable:
         total = math.fsum(states.values())
         if not total > 0:
             raise ValueError("the depth states carry no time")
-        return math.fsum(share * self.state_accuracy(tuple(d * step for d in state), budget)
+        sisa = (n_slices, budget) == (1, 1)
+        return math.fsum(share * self.state_accuracy(tuple(d * step for d in state), budget,
+                                                     sisa=sisa)
                          for state, share in states.items()) / total

@@ -50,12 +50,16 @@ def depth_table(served: ServedModel, progress: Callable[[int, int], object] | No
         [list(range(i, min(i + BATCH, len(texts)))) for i in range(0, len(texts), BATCH)]
     members: dict[tuple[int, int], list[np.ndarray]] = {}
     weights: dict[tuple[int, int], float] = {}
+    sisa: dict[int, np.ndarray] = {}
+    sisa_order = tuple(range(config.slices))  # SISA's one ordering
     for shard in range(config.shards):
-        groups = _groups(shard, live, config.slices, method.servable)
-        if config.serve_orderings != "all":
-            groups = {d: keys[:1] for d, keys in groups.items()}
+        every = _groups(shard, live, config.slices, method.servable)
+        groups = every if config.serve_orderings == "all" else \
+            {d: keys[:1] for d, keys in every.items()}
         found = shard_weights(groups, records, config.ensemble, n_labels, len(rows), run.task)
+        identity = [k for k in every.get(config.slices, []) if records[k].prefix == sisa_order]
         stages = [key for keys in groups.values() for key in keys]
+        stages += [k for k in identity if k not in stages]
         ensemble.update({i: (key, _chain(served, key, records)) for i, key in enumerate(stages)})
         out = np.zeros((len(stages), len(texts), n_labels))
         for chunk in chunks:
@@ -65,12 +69,14 @@ def depth_table(served: ServedModel, progress: Callable[[int, int], object] | No
         for depth, keys in groups.items():
             weights[(shard, depth)] = found[depth]
             members[(shard, depth)] = [out[stages.index(key)] for key in keys]
+        if identity:
+            sisa[shard] = out[stages.index(identity[0])]
         ensemble.update({})
         if progress is not None:
             progress(shard + 1, config.shards)
     return DepthTable(n_slices=config.slices, labels=np.array([r[1] for r in rows]),
                       members=members, weights=weights, n_shards=config.shards,
-                      vote=config.aggregation == "vote")
+                      vote=config.aggregation == "vote", sisa=sisa)
 
 
 def _groups(shard: int, live: dict[str, StageRecord], n_slices: int,
