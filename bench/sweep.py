@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skews", nargs="+", choices=("uniform", "zipf"), default=None)
     p.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=None,
                    help="a subset of the systems (slots keep their pairs)")
+    p.add_argument("--replan", action="store_true",
+                   help="serve no stream: recompute the recorded result's s3t plan choices "
+                        "from its S3T run (--reuse-runs) with the current planner")
     args = p.parse_args(argv)
     size = harness.size_for(args, QUICK, FULL, SMOKE)
     if args.skews:
@@ -295,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     for sid, u in user.items():
         members.setdefault(u, []).append(sid)
     weights = zipf_by_user(users, size["zipf"], seed)
+    if args.replan:
+        return replan(args, size, held_out, len(users))
     texts, labels = traffic_order(test, seed)
     trained = (reused_runs(args.reuse_runs, size["systems"]) if args.reuse_runs else
                train_all(size, seed, train, weights))
@@ -343,6 +348,30 @@ def main(argv: list[str] | None = None) -> int:
         payload["placement_sim"] = placement_prediction(size, len(users), longest)
     harness.write_result(NAME, args.quick, prov, payload)
     plot(payload, args.quick)
+    return 0
+
+
+def replan(args: Any, size: dict[str, Any], held_out: Any, n_users: int) -> int:
+    """``--replan``: the recorded result's plan choices again, from its kept S3T run."""
+    import json
+    import sys
+
+    if args.reuse_runs is None:
+        raise SystemExit("--replan needs --reuse-runs FILE naming the sweep's S3T run")
+    path = harness.result_path(NAME, args.quick)
+    recorded = json.loads(path.read_text())
+    run = reused_runs(args.reuse_runs, ["s3t"])["s3t"]["run"]
+    table = depth_table_of(run, cores()[0], held_out)
+    recorded["plan_choice"] = {
+        skew: {rate: plan_choice(run, table, size, float(rate),
+                                 size["zipf"] if skew == "zipf" else 0.0, n_users,
+                                 f"{skew} {float(rate):g}/min")
+               for rate in by_system.get("s3t", {})}
+        for skew, by_system in recorded["cells"].items()}
+    recorded["plan_choice_replanned"] = {"command": " ".join(sys.argv),
+                                         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path.write_text(json.dumps(recorded, indent=2) + "\n")
+    print(f"# rewrote the plan choices of {harness.shown(path)}")
     return 0
 
 

@@ -271,7 +271,7 @@ def _by_accuracy(work: Workload, target: float, table: DepthTable, rows: list[di
     best_s3t = max(s3t_rows, key=lambda r: r["accuracy"]) if s3t_rows else None
     alone = table.depth_scores()
     depths = " / ".join(f"{a:.2f}" for a in alone)
-    basis = (f"the run's own stages, scored on its {len(table.labels)} validation samples and "
+    basis = (f"the run's own stages, scored on {len(table.labels)} validation samples and "
              f"weighed by the time a {_rate(work.rate_per_day)} stream keeps each shard at "
              f"each depth")
     worth = (f"one shard's stages alone score {depths} at depths 1..{table.n_slices} of "
