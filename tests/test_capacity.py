@@ -50,6 +50,28 @@ def test_queueing_model_with_a_skewed_slice_prior_and_stage_overhead() -> None:
     assert model.served_depth_fraction == pytest.approx(sim["served_depth_fraction"], rel=0.15)
 
 
+def test_a_job_start_is_paid_each_time_a_deletion_finds_the_trainer_idle() -> None:
+    """One shard, one slice: every deletion (1 per 500 s) finds the trainer idle and starts a
+    job: 10 s of rebuild plus 20 s of start-up, so the trainer is busy about 30/500 of the
+    time; the queueing model agrees, and both lose capacity to the start-up."""
+    orderings = make_orderings("sisa", 1, 1)
+    plain = simulate_stream(1, orderings, 10.0, 1 / 500, deletions=2000, seed=1)
+    started = simulate_stream(1, orderings, 10.0, 1 / 500, deletions=2000, seed=1,
+                              job_overhead=20.0)
+    assert plain["busy_fraction"] == pytest.approx(10 / 500, rel=0.1)
+    assert started["busy_fraction"] == pytest.approx(30 / 500, rel=0.1)
+    model = predict(1, orderings, 10.0, 1 / 500, job_overhead=20.0)
+    assert model.capacity == pytest.approx(started["capacity"], rel=0.02)
+    assert model.trainer_busy == pytest.approx(started["busy_fraction"], rel=0.1)
+    # several shards, a busier trainer: a job already running pays no new start-up
+    orderings = make_orderings("cyclic", 3, 3)
+    sim = simulate_stream(3, orderings, 10.0, 1 / 150, deletions=3000, seed=2,
+                          job_overhead=15.0)
+    model = predict(3, orderings, 10.0, 1 / 150, job_overhead=15.0)
+    assert model.capacity == pytest.approx(sim["capacity"], rel=0.15)
+    assert model.capacity < predict(3, orderings, 10.0, 1 / 150).capacity
+
+
 def test_higher_rate_means_lower_capacity() -> None:
     orderings = make_orderings("cyclic", 3, 3)
     caps = [predict(2, orderings, 10.0, rate) for rate in (0, 1e-4, 1e-3, 5e-3, 2e-2)]
@@ -143,6 +165,8 @@ def test_plan_command_prints_a_recommendation_and_json() -> None:
     (["--samples", "10", "--rate", "1/h", "--throughput", "0"], "--throughput: throughput must"),
     (["--samples", "10", "--rate", "1/h", "--throughput", "1", "--shards", "x"], "--shards:"),
     (["--samples", "10", "--rate", "1/h", "--throughput", "1", "--target", "2"], "--target:"),
+    (["--samples", "10", "--rate", "1/h", "--throughput", "1", "--job-overhead", "-1"],
+     "--job-overhead: job_overhead must be"),
 ])
 def test_plan_command_errors_are_one_line(args, message) -> None:
     out = runner.invoke(app, ["plan", *args])

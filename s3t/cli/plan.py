@@ -79,6 +79,11 @@ def plan_cmd(
     stage_overhead: Annotated[float | None, typer.Option("--stage-overhead", help="Seconds per "
                               "stage beyond its samples (default: fitted from --run, else 0).")]
     = None,
+    job_overhead: Annotated[float, typer.Option("--job-overhead", help="Seconds a retrain job "
+                            "spends starting before its first stage (process start, imports, "
+                            "model load, features): about 6-10 s on a CPU core for MiniLM "
+                            "(BENCHMARKS.md section 26). Paid each time a deletion finds the "
+                            "retrainer idle.")] = 0.0,
     skew: Annotated[str, typer.Option("--skew", help="Which users are deleted: uniform or "
                     "zipf:S (e.g. zipf:1.1).")] = "uniform",
     users: Annotated[int | None, typer.Option("--users", help="Groups (users) deleted as a "
@@ -139,7 +144,8 @@ def plan_cmd(
         epochs=epochs if epochs is not None else fitted[1] if fitted else 3,
         stage_overhead=stage_overhead if stage_overhead is not None
         else fitted[3] if fitted and throughput is None else 0.0,
-        skew=exponent, users=users, placement=placement, horizon_s=window)
+        skew=exponent, users=users, placement=placement, horizon_s=window,
+        job_overhead=job_overhead)
     try:
         report = advice.recommend(work, counts, max_slices, target=target, table=table)
     except ValueError as exc:
@@ -158,6 +164,7 @@ def _option_of(message: str) -> str:
     """The flag a ``ValueError`` from the planner is about (its first word is the field)."""
     field = message.split(" ", 1)[0]
     return {"rate_per_day": "--rate", "stage_overhead": "--stage-overhead",
+            "job_overhead": "--job-overhead",
             "max_slices": "--max-slices", "horizon": "--horizon"}.get(field, f"--{field.replace('_', '-')}")
 
 

@@ -50,6 +50,7 @@ class Workload:
     throughput: float                 # samples x epochs per second
     epochs: int = 3
     stage_overhead: float = 0.0       # seconds per stage beyond its samples
+    job_overhead: float = 0.0         # seconds a retrain job spends starting (from idle)
     skew: float = 0.0                 # Zipf exponent over users; 0 = uniform
     users: int | None = None          # groups deleted as a whole (default: one per sample)
     placement: str = "uniform"
@@ -60,7 +61,7 @@ class Workload:
         """Raise ``ValueError`` naming the bad quantity and what would be valid."""
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise ValueError(f"samples must be an integer >= 1, got {self.samples!r}")
-        for name in ("rate_per_day", "throughput", "stage_overhead", "skew"):
+        for name in ("rate_per_day", "throughput", "stage_overhead", "job_overhead", "skew"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -116,7 +117,8 @@ def evaluate(work: Workload, m: int, n_slices: int, budget: int, seed: int = 0,
     orderings = make_orderings(strategy, n_slices, budget, prior=prior, seed=seed)
     cell = work.samples / (m * n_slices) * work.epochs / work.throughput
     rate = work.rate_per_day / DAY
-    pred = predict(m, orderings, cell, rate, prior, work.stage_overhead).to_dict()
+    pred = predict(m, orderings, cell, rate, prior, work.stage_overhead,
+                   work.job_overhead).to_dict()
     pred["method"] = "queueing model"
     scored = table is not None and m == table.n_shards and table.scale(n_slices) is not None
     states: dict[tuple[int, ...], float] = {(n_slices,) * m: 1.0}  # no deletions: full depth
@@ -125,7 +127,8 @@ def evaluate(work: Workload, m: int, n_slices: int, budget: int, seed: int = 0,
     saturated = pred["trainer_busy"] > SATURATED
     if rate > 0 and steady_used and (saturated or scored):
         sim = simulate_stream(m, orderings, cell, rate, prior, deletions=1500, warmup=100,
-                              seed=seed, stage_overhead=work.stage_overhead)
+                              seed=seed, stage_overhead=work.stage_overhead,
+                              job_overhead=work.job_overhead)
         states = sim["depth_states"]
         if saturated:
             pred.update(capacity=sim["capacity"],
@@ -163,7 +166,8 @@ def _window(work: Workload, m: int, orderings: list, cell: float, rate: float,
     simulated = min(horizon, WINDOW_DELETIONS / rate)
     trials = int(min(200, max(1, WINDOW_DELETIONS / max(1.0, expected))))
     sim = simulate_window(m, orderings, cell, rate, simulated, arrivals_until, prior,
-                          trials=trials, seed=seed, stage_overhead=work.stage_overhead)
+                          trials=trials, seed=seed, stage_overhead=work.stage_overhead,
+                          job_overhead=work.job_overhead)
     share = simulated / horizon
     keys = {"capacity": "capacity", "served_depth_fraction": "served_depth_fraction",
             "trainer_busy": "busy_fraction"}

@@ -118,10 +118,13 @@ def _repairman(m: int, a: float) -> float:
 
 def predict(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: float,
             rate: float, slice_prior: Sequence[float] | None = None,
-            stage_overhead: float = 0.0) -> Prediction:
-    """Predicted capacity, served depth and retrain compute for ``rate`` deletions/second."""
-    if n_shards < 1 or cell_seconds <= 0 or rate < 0 or stage_overhead < 0:
-        raise ValueError("need n_shards >= 1, cell_seconds > 0, rate >= 0, stage_overhead >= 0")
+            stage_overhead: float = 0.0, job_overhead: float = 0.0) -> Prediction:
+    """Predicted capacity, served depth and retrain compute for ``rate`` deletions/second;
+    a rebuild that finds the trainer idle (a share ``P0`` of them) first pays
+    ``job_overhead``, a retrain job's start."""
+    if n_shards < 1 or cell_seconds <= 0 or rate < 0 or stage_overhead < 0 or job_overhead < 0:
+        raise ValueError("need n_shards >= 1, cell_seconds > 0, rate >= 0, stage_overhead >= 0 "
+                         "and job_overhead >= 0")
     orders = [tuple(int(s) for s in o) for o in orderings]
     n = len(orders[0])
     p = np.full(n, 1.0 / n) if slice_prior is None else np.asarray(slice_prior, dtype=float)
@@ -134,17 +137,19 @@ def predict(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: flo
         tables = _per_hit_set(regime, cell_seconds, stage_overhead, lam, p)
         depth, rebuild, lost, fallback = tables
         hit_sets = _HitSets(p)
-        wait = 0.0
+        wait, idle = 0.0, 1.0
         for _ in range(50):  # fixed point: hits while a shard waits lower its depth further
             dist = hit_sets(lam * wait)
-            service = float(dist @ rebuild)
+            service = float(dist @ rebuild) + job_overhead * idle
             a = lam * service
             busy = 1.0 - _repairman(n_shards, a)
+            settled = abs((1.0 - busy) - idle) <= 1e-6
+            idle = 1.0 - busy
             up = busy / (n_shards * a) if a > 0 else 1.0
             failures = lam * up                     # per shard per second
             down = (1.0 - up) / failures if failures > 0 else 0.0
             new_wait = max(0.0, down - service)
-            if abs(new_wait - wait) <= 1e-6 * (1.0 + wait):
+            if abs(new_wait - wait) <= 1e-6 * (1.0 + wait) and settled:
                 break
             wait = 0.5 * (wait + new_wait)
         deficit = float(dist @ ((n - depth) * wait + lost))

@@ -6,12 +6,14 @@ by ``slice_prior``, and invalidates the shard's stages whose prefix holds that s
 trainer rebuilds missing stages, one at a time, as the scheduler orders them
 (``s3t.train.scheduler.prioritise``): primary chains first (the ordering with the longest
 live prefix of the shard serving shallowest), then fallback stages, shallowest first. A
-stage of depth ``p`` takes ``p * cell_seconds + stage_overhead`` (``stage_steps="epochs"``: it sees ``p``
-cells per epoch). A deletion that invalidates the stage in training, or its parent, cancels
-it (the work is lost; the scheduler re-plans). Reported, time-averaged after a warm-up:
-the fraction of shards at full depth (*capacity*), the mean served depth over ``L``, the
-trainer's busy fraction, and the share of time spent in each *depth state* (the shards'
-served depths, sorted: what ``s3t.plan.accuracy`` turns into a served accuracy).
+stage of depth ``p`` takes ``p * cell_seconds + stage_overhead`` (``stage_steps="epochs"``:
+it sees ``p`` cells per epoch); a job that starts with the trainer idle first spends
+``job_overhead`` (a retrain process's start: imports, model load). A deletion that
+invalidates the stage in training, or its parent, cancels it (the work is lost; the
+scheduler re-plans). Reported, time-averaged after a warm-up: the fraction of shards at full
+depth (*capacity*), the mean served depth over ``L``, the trainer's busy fraction, and the
+share of time spent in each *depth state* (the shards' served depths, sorted: what
+``s3t.plan.accuracy`` turns into a served accuracy).
 
 ``simulate_window`` answers the other question a deployment asks: not the steady state but
 the average over a finite window that starts from a fully trained run (the hours until the
@@ -40,14 +42,15 @@ class _Shard:
 def simulate_window(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: float,
                     rate: float, horizon: float, arrivals_until: float | None = None,
                     slice_prior: Sequence[float] | None = None, trials: int = 200,
-                    seed: int = 0, stage_overhead: float = 0.0) -> dict:
+                    seed: int = 0, stage_overhead: float = 0.0, job_overhead: float = 0.0) -> dict:
     """Time averages over ``[0, horizon]`` from a fully trained run, deletions arriving until
     ``arrivals_until`` (default: the whole window), averaged over ``trials`` streams."""
     if not (horizon > 0 and trials >= 1):
         raise ValueError("need horizon > 0 and trials >= 1")
     until = horizon if arrivals_until is None else min(arrivals_until, horizon)
     runs = [_simulate(n_shards, orderings, cell_seconds, rate, slice_prior, 0, 0, seed + i,
-                      stage_overhead, horizon=horizon, arrivals_until=until)
+                      stage_overhead, horizon=horizon, arrivals_until=until,
+                      job_overhead=job_overhead)
             for i in range(trials)]
     keys = ("capacity", "served_depth_fraction", "busy_fraction")
     out: dict = {k: float(np.mean([r[k] for r in runs])) for k in keys}
@@ -71,22 +74,23 @@ def merge_states(parts: Sequence[dict], shares: Sequence[float] | None = None) -
 def simulate_stream(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: float,
                     rate: float, slice_prior: Sequence[float] | None = None,
                     deletions: int = 4000, warmup: int = 200, seed: int = 0,
-                    stage_overhead: float = 0.0) -> dict:
+                    stage_overhead: float = 0.0, job_overhead: float = 0.0) -> dict:
     """Run ``warmup + deletions`` Poisson deletions; time averages over the last ``deletions``."""
     if deletions < 1 or warmup < 0:
         raise ValueError("need deletions >= 1 and warmup >= 0")
     return _simulate(n_shards, orderings, cell_seconds, rate, slice_prior, deletions, warmup,
-                     seed, stage_overhead)
+                     seed, stage_overhead, job_overhead=job_overhead)
 
 
 def _simulate(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: float,
               rate: float, slice_prior: Sequence[float] | None, deletions: int, warmup: int,
               seed: int, stage_overhead: float, horizon: float | None = None,
-              arrivals_until: float = math.inf) -> dict:
+              arrivals_until: float = math.inf, job_overhead: float = 0.0) -> dict:
     """The event loop: until ``warmup + deletions`` arrivals, or with ``horizon``, over
     ``[0, horizon]`` from time 0 (all stages live) with arrivals until ``arrivals_until``."""
-    if n_shards < 1 or cell_seconds <= 0 or rate <= 0 or stage_overhead < 0:
-        raise ValueError("need n_shards >= 1, cell_seconds > 0, rate > 0, stage_overhead >= 0")
+    if n_shards < 1 or cell_seconds <= 0 or rate <= 0 or stage_overhead < 0 or job_overhead < 0:
+        raise ValueError("need n_shards >= 1, cell_seconds > 0, rate > 0, stage_overhead >= 0 "
+                         "and job_overhead >= 0")
     tree = PrefixTree([tuple(int(s) for s in o) for o in orderings])
     n_slices = tree.n_slices
     stages = tree.stages
@@ -154,13 +158,17 @@ def _simulate(n_shards: int, orderings: Sequence[Sequence[int]], cell_seconds: f
         depth_now = float(sum(ds))
         state_now = tuple(sorted(ds))
 
+    warm = False  # a retrain job is running (started since the trainer was last idle)
     while horizon is not None or seen < warmup + deletions:
         if job is None:
             job = next_job()
             if job is not None:
-                job_end = t + cost[job[1]]
+                job_end = t + cost[job[1]] + (0.0 if warm else job_overhead)
+                warm = True
                 if start is not None:
                     busy_since = max(t, start)
+            else:
+                warm = False
         if min(job_end, next_arrival) >= end:  # the window closes
             account(end)
             t = end
