@@ -636,7 +636,8 @@ def sweep_section(res: Result) -> str:
     parts = [(f"{size['train']} training samples in {res['users']} users of {size['user_size']}, "
               f"m={size['shards']}, L={size['slices']}, {size['epochs']} epoch(s); each rate's "
               f"stream of user deletions lasts {size['duration_s']:.0f} s; cores "
-              f"{res['provenance']['cores']}; initial training (pinned, one thread): {trained}.")]
+              f"{res['provenance']['cores']}; initial training (pinned, one thread): {trained}."
+              + _start_ups(res, labels))]
     for skew, by_system in cells.items():
         rows = []
         for system, by_rate in by_system.items():
@@ -689,6 +690,19 @@ def sweep_section(res: Result) -> str:
         parts.append("Placement by prior under the Zipf stream: stages invalidated per request\n\n"
                      + table(["requests/min", "uniform placement", "placed by prior", "cut"], rows))
     return "\n\n".join(parts)
+
+
+def _start_ups(res: Result, labels: dict[str, str]) -> str:
+    """The retrain job start-up the plan's predictions count (``--job-overhead``), as
+    calibrated on each system's lowest-rate stream."""
+    found = res.get("job_overhead_s") or {}
+    if not found:
+        return ""
+    words = ", ".join(f"{labels.get(key.split('/')[1], key)} ({key.split('/')[0]}) {v:.1f} s"
+                      for key, v in found.items() if key.split("/")[1] != "full")
+    return (" The plan's predictions count a retrain job's start-up (`s3t plan --job-overhead`: "
+            "process start, model load, features, gaps between stages), calibrated on each "
+            f"system's lowest-rate stream: {words}.")
 
 
 def _plan_choice_table(res: Result, labels: dict[str, str]) -> str:

@@ -222,22 +222,25 @@ def depth_table_of(run: Path, cpus: set[int], held_out: Any) -> Any:
 
 
 def plan_choice(run: Path, table: Any, size: dict[str, Any], rate_per_min: float, skew: float,
-                users: int | None, what: str) -> dict[str, Any]:
+                users: int | None, what: str, job_overhead: float = 0.0) -> dict[str, Any]:
     """What ``s3t plan --run`` recommends for this stream (the run's stage timings; its
     stages scored by depth in ``table``; the stream's window, deletions stopping ``quiet_s``
-    before its end), and the accuracy it predicts for each plan it scores (m as run, L
-    dividing the run's); printed with ``what``, the stream's name."""
+    before its end; a retrain job's start-up of ``job_overhead`` seconds), and the accuracy
+    it predicts for each plan it scores (m as run, L dividing the run's); printed with
+    ``what``, the stream's name."""
     from s3t.cli.plan import run_timings
     from s3t.plan import advice
 
     samples, epochs, throughput, overhead, _ = run_timings(run)
     work = advice.Workload(samples=samples, rate_per_day=rate_per_min * 1440.0,
                            throughput=throughput, epochs=epochs, stage_overhead=overhead,
-                           skew=skew, users=users, horizon_s=size["duration_s"])
+                           skew=skew, users=users, horizon_s=size["duration_s"],
+                           job_overhead=job_overhead)
     report = advice.recommend(work, [size["shards"]], size["slices"], table=table,
                               arrivals_until=size["duration_s"] - size.get("quiet_s", 10.0))
     best = report["recommended"]
     out = {"recommended": [best["slices"], best["budget"]], "why": report["why"],
+           "job_overhead_s": job_overhead,
            "predicted": {f"{r['slices']},{r['budget']}": r["accuracy"]
                          for r in report["candidates"] if r["accuracy"] is not None},
            "undisturbed": report["accuracy_basis"]["undisturbed"]}

@@ -134,9 +134,11 @@ def train_all(size: dict[str, Any], seed: int, train: Any, priors: dict[str, flo
 
 
 def plan_prediction(trained: dict[str, Any], system: str, size: dict[str, Any], skew: str,
-                    rate_per_min: float, n_users: int) -> dict[str, Any] | None:
+                    rate_per_min: float, n_users: int, job_overhead: float = 0.0
+                    ) -> dict[str, Any] | None:
     """``s3t plan``'s prediction for an S3T system from its run's stage timings, over the
-    stream's window (``--horizon``: a fresh run starts at full capacity)."""
+    stream's window (``--horizon``: a fresh run starts at full capacity), with a retrain
+    job's start-up of ``job_overhead`` seconds (``--job-overhead``)."""
     if system not in ("s3t", "s3t_b1", "s3t_prior"):
         return None
     from s3t.cli.plan import run_timings
@@ -147,12 +149,40 @@ def plan_prediction(trained: dict[str, Any], system: str, size: dict[str, Any], 
                            throughput=throughput, epochs=epochs, stage_overhead=overhead,
                            skew=size["zipf"] if skew == "zipf" else 0.0, users=n_users,
                            placement="prior" if system == "s3t_prior" else "uniform",
-                           horizon_s=size["duration_s"])
+                           horizon_s=size["duration_s"], job_overhead=job_overhead)
     # the stream's window: a fresh run at full capacity, no deletions in its quiet tail
     row = advice.evaluate(work, size["shards"], size["slices"],
                           min(SYSTEMS[system]["budget"], size["slices"]),
                           arrivals_until=size["duration_s"] - size["quiet_s"])
-    return {k: row[k] for k in ("capacity", "served_depth_fraction", "trainer_busy", "method")}
+    return {**{k: row[k] for k in ("capacity", "served_depth_fraction", "trainer_busy", "method")},
+            "job_overhead_s": job_overhead}
+
+
+def job_stage_seconds(run: Path) -> dict[str, float]:
+    """Each finished retrain job's seconds spent training stages, from the run's retrain log
+    (its ``summary`` events)."""
+    import json
+
+    log = run / "service" / "retrain.log"
+    out: dict[str, float] = {}
+    if not log.is_file():
+        return out
+    for line in log.read_text().splitlines():
+        job, _, kind, payload = (line.split(" ", 3) + ["", "", ""])[:4]
+        if kind == "event":
+            event = json.loads(payload)
+            if event.get("event") == "summary":
+                out[job] = float(sum(event["stage_seconds"].values()))
+    return out
+
+
+def job_overhead(jobs: list[dict[str, Any]]) -> float:
+    """A retrain job's mean seconds outside stage training (start-up: process, imports,
+    model load, features; the gaps between stages), over finished jobs with their
+    ``stage_seconds``: what ``s3t plan --job-overhead`` takes."""
+    spans = [j["finished"] - j["started"] - j["stage_seconds"] for j in jobs
+             if j.get("started") and j.get("finished") and j.get("stage_seconds") is not None]
+    return max(0.0, sum(spans) / len(spans)) if spans else 0.0
 
 
 def lost_user_deletions(run: Path, rows: list[dict[str, Any]], members: dict[str, list[str]]
@@ -188,6 +218,9 @@ def measure(pairs: list[tuple[str, Path, set[int]]], stream: list[tuple[float, d
             stages_invalidated_per_deletion=sum(erased) / len(erased) if erased else 0.0,
             server_exit=res["server_exit"],
             lost_deletions=lost_user_deletions(run, res["deletions"], members), audit=audit(run))
+        seconds = job_stage_seconds(run)
+        for job in res["jobs"]:
+            job["stage_seconds"] = seconds.get(job.get("id", ""))
         out[system] = {"summary": summary, "samples": res["samples"], "traffic": res["traffic"],
                        "deletions": res["deletions"], "jobs": res["jobs"]}
     return out
@@ -306,16 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     table = depth_table_of(trained["s3t"]["run"], core_a, held_out) \
         if "s3t" in trained else None  # s3t plan --run's view of the S3T B=3 run
     choices: dict[str, dict[str, Any]] = {}
+    overheads: dict[tuple[str, str], float] = {}
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     details: dict[str, Any] = {}
     for skew in size["skews"]:
         for rate in size["rates_per_min"]:
             stream = user_stream(users, weights if skew == "zipf" else None, rate, size,
                                  random.Random(f"{seed}/{skew}/{rate}"))
-            if table is not None:
-                choices.setdefault(skew, {})[str(rate)] = plan_choice(
-                    trained["s3t"]["run"], table, size, rate,
-                    size["zipf"] if skew == "zipf" else 0.0, len(users), f"{skew} {rate:g}/min")
             for group in slots(size["systems"], skew):
                 pairs = []
                 for system, cpus in zip(group, (core_a, core_b), strict=False):
@@ -326,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"over {size['duration_s']:.0f} s", flush=True)
                 for system, res in measure(pairs, stream, texts, labels, size, members).items():
                     s = res["summary"]
+                    # a job's start-up, calibrated on the system's lowest-rate stream
+                    start_up = overheads.setdefault((skew, system), job_overhead(res["jobs"]))
                     s["plan"] = plan_prediction(trained[system], system, size, skew, rate,
-                                                len(users))
+                                                len(users), start_up)
                     cells.setdefault(skew, {}).setdefault(system, {})[str(rate)] = s
                     details[f"{skew}/{rate:g}/{system}"] = {
                         "samples": res["samples"], "deletions": res["deletions"],
@@ -339,10 +371,17 @@ def main(argv: list[str] | None = None) -> int:
                           f"discarded, lost {len(s['lost_deletions'])}, audit "
                           f"{'ok' if s['audit']['ok'] else 'FAILED'}", flush=True)
                 partial = result_payload(seed, users, trained, cells, details, size)
+                if table is not None and (skew, "s3t") in overheads and \
+                        str(rate) not in choices.get(skew, {}):
+                    choices.setdefault(skew, {})[str(rate)] = plan_choice(
+                        trained["s3t"]["run"], table, size, rate,
+                        size["zipf"] if skew == "zipf" else 0.0, len(users),
+                        f"{skew} {rate:g}/min", overheads[(skew, "s3t")])
                 harness.write_result(NAME, args.quick, prov,
                                      dict(partial, plan_choice=choices, complete=False))
     payload = dict(result_payload(seed, users, trained, cells, details, size),
-                   plan_choice=choices, complete=True)
+                   plan_choice=choices, complete=True,
+                   job_overhead_s={f"{k[0]}/{k[1]}": v for k, v in overheads.items()})
     if "zipf" in cells:
         longest = max(len(d["deletions"]) for d in details.values())
         payload["placement_sim"] = placement_prediction(size, len(users), longest)
@@ -352,26 +391,47 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def replan(args: Any, size: dict[str, Any], held_out: Any, n_users: int) -> int:
-    """``--replan``: the recorded result's plan choices again, from its kept S3T run."""
+    """``--replan``: the recorded result's plan predictions and choices again, from its kept
+    S3T runs (``--reuse-runs``) and the retrain logs of its kept stream copies
+    (BENCH_KEEP_RUNS=1), with the current planner and each system's job start-up calibrated
+    on its lowest-rate stream."""
+    import glob
     import json
     import sys
+    import tempfile
 
     if args.reuse_runs is None:
-        raise SystemExit("--replan needs --reuse-runs FILE naming the sweep's S3T run")
+        raise SystemExit("--replan needs --reuse-runs FILE naming the sweep's S3T runs")
     path = harness.result_path(NAME, args.quick)
     recorded = json.loads(path.read_text())
-    run = reused_runs(args.reuse_runs, ["s3t"])["s3t"]["run"]
-    table = depth_table_of(run, cores()[0], held_out)
+    cells = recorded["cells"]
+    systems = sorted({s for by in cells.values() for s in by if s.startswith("s3t")})
+    runs = {s: r["run"] for s, r in reused_runs(args.reuse_runs, systems).items()}
+    overheads = {}
+    for skew, by_system in cells.items():
+        for system in systems:
+            for rate in sorted(by_system.get(system, {}), key=float):
+                copies = sorted(glob.glob(f"{tempfile.gettempdir()}/s3t-bench-sweep-{system}-"
+                                          f"{skew}-{float(rate):g}-*/run/run"))
+                jobs = recorded["details"][f"{skew}/{float(rate):g}/{system}"]["jobs"]
+                seconds = job_stage_seconds(Path(copies[-1])) if copies else {}
+                for job in jobs:
+                    job["stage_seconds"] = seconds.get(job.get("id", ""))
+                start_up = overheads.setdefault((skew, system), job_overhead(jobs))
+                by_system[system][rate]["plan"] = plan_prediction(
+                    {"run": runs[system]}, system, size, skew, float(rate), n_users, start_up)
+    table = depth_table_of(runs["s3t"], cores()[0], held_out)
     recorded["plan_choice"] = {
-        skew: {rate: plan_choice(run, table, size, float(rate),
+        skew: {rate: plan_choice(runs["s3t"], table, size, float(rate),
                                  size["zipf"] if skew == "zipf" else 0.0, n_users,
-                                 f"{skew} {float(rate):g}/min")
+                                 f"{skew} {float(rate):g}/min", overheads[(skew, "s3t")])
                for rate in by_system.get("s3t", {})}
-        for skew, by_system in recorded["cells"].items()}
+        for skew, by_system in cells.items()}
+    recorded["job_overhead_s"] = {f"{k[0]}/{k[1]}": v for k, v in overheads.items()}
     recorded["plan_choice_replanned"] = {"command": " ".join(sys.argv),
                                          "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path.write_text(json.dumps(recorded, indent=2) + "\n")
-    print(f"# rewrote the plan choices of {harness.shown(path)}")
+    print(f"# rewrote the plan predictions and choices of {harness.shown(path)}")
     return 0
 
 

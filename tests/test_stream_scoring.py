@@ -62,3 +62,25 @@ def test_with_several_seeds_the_accuracy_target_is_on_their_mean() -> None:
     both = targets(first, [first, second])[0]
     assert both["met"] and "mean of 2 seeds" in both["target"]
     assert both["measured"] == "0.430 vs 0.425"
+
+
+def test_a_jobs_start_up_is_its_time_outside_stage_training(tmp_path) -> None:
+    from bench.sweep import job_overhead, job_stage_seconds
+
+    log = tmp_path / "service" / "retrain.log"
+    log.parent.mkdir()
+    log.write_text(
+        'retrain-1 2026-12-07T12:00:00Z event {"event": "plan"}\n'
+        'retrain-1 2026-12-07T12:00:09Z event {"event": "summary", "stage_seconds": '
+        '{"0-0v1": 1.5, "0-0v1_1v0": 2.5}}\n'
+        'retrain-2 2026-12-07T12:01:00Z log a line that is not an event\n'
+        'retrain-2 2026-12-07T12:01:09Z event {"event": "summary", "stage_seconds": {}}\n')
+    seconds = job_stage_seconds(tmp_path)
+    assert seconds == {"retrain-1": 4.0, "retrain-2": 0.0}
+    jobs = [{"id": "retrain-1", "started": 100.0, "finished": 112.0},
+            {"id": "retrain-2", "started": 200.0, "finished": 208.0},
+            {"id": "retrain-3", "started": 300.0, "finished": None}]  # still running
+    for job in jobs:
+        job["stage_seconds"] = seconds.get(job["id"])
+    assert job_overhead(jobs) == pytest.approx((8.0 + 8.0) / 2)
+    assert job_overhead([]) == 0.0 and job_stage_seconds(tmp_path / "none") == {}
