@@ -502,7 +502,7 @@ def run_seed(seed: int, size: dict[str, Any]) -> dict[str, Any]:
     trained = train_pinned({"s3t": {"budget": size["budget"]}, "sisa": {"method": "sisa"}},
                            dict(common, seed=seed), lambda system: train)
     held_out = held_out_glosses(set(train.ids) | set(test.ids), size["eval"], seed)
-    table = depth_table_of(trained["s3t"]["run"], cores()[0], held_out)
+    table = depth_table_of(trained["s3t"]["run"], set().union(*cores()), held_out)  # idle cores
     choice = plan_choice(trained["s3t"]["run"], table, size, size["rate_per_min"], 0.0, None,
                          f"seed {seed}")
     print(f"seed {seed}: {len(stream)} deletions over {size['duration_s']:.0f} s", flush=True)

@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     texts, labels = traffic_order(test, seed)
     trained = (reused_runs(args.reuse_runs, size["systems"]) if args.reuse_runs else
                train_all(size, seed, train, weights))
-    table = depth_table_of(trained["s3t"]["run"], core_a, held_out) \
+    table = depth_table_of(trained["s3t"]["run"], core_a | core_b, held_out) \
         if "s3t" in trained else None  # s3t plan --run's view of the S3T B=3 run
     choices: dict[str, dict[str, Any]] = {}
     overheads: dict[tuple[str, str], float] = {}
@@ -420,7 +420,7 @@ def replan(args: Any, size: dict[str, Any], held_out: Any, n_users: int) -> int:
                 start_up = overheads.setdefault((skew, system), job_overhead(jobs))
                 by_system[system][rate]["plan"] = plan_prediction(
                     {"run": runs[system]}, system, size, skew, float(rate), n_users, start_up)
-    table = depth_table_of(runs["s3t"], cores()[0], held_out)
+    table = depth_table_of(runs["s3t"], set().union(*cores()), held_out)
     recorded["plan_choice"] = {
         skew: {rate: plan_choice(runs["s3t"], table, size, float(rate),
                                  size["zipf"] if skew == "zipf" else 0.0, n_users,
