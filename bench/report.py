@@ -1150,7 +1150,8 @@ SECTIONS: list[tuple[str, str, str, Renderer]] = [
      "that of those predictions, time-averaged (a 503 because no shard serves counts as 0). "
      "The two systems run at the same time, each server and its "
      "background retrainer pinned to its own core with one torch thread. Issue targets: "
-     "S3T's time-averaged accuracy above SISA's; S3T "
+     "S3T's time-averaged accuracy at least SISA's (with several seeds, each its own data "
+     "subset and stream: on their mean); S3T "
      "never without a serving shard; zero errors and zero lost deletions for both.",
      stream_section),
     ("distributed", "13. Scaling out: stage training on Ray",
