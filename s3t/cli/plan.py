@@ -81,7 +81,7 @@ def plan_cmd(
     = None,
     job_overhead: Annotated[float, typer.Option("--job-overhead", help="Seconds a retrain job "
                             "spends starting before its first stage (process start, imports, "
-                            "model load, features): about 6-10 s on a CPU core for MiniLM "
+                            "model load, features): 9-13 s on one CPU core for MiniLM "
                             "(BENCHMARKS.md section 26). Paid each time a deletion finds the "
                             "retrainer idle.")] = 0.0,
     skew: Annotated[str, typer.Option("--skew", help="Which users are deleted: uniform or "

@@ -246,10 +246,15 @@ def recommend(work: Workload, shards: Sequence[int] = tuple(range(1, 9)), max_sl
                f"{best['served_depth_fraction']:.1%} of full depth on average; SISA "
                f"(m={sisa['shards']}, L=1, B=1) would keep {sisa['capacity']:.0%} and serve "
                f"{sisa['served_depth_fraction']:.1%}")
+    return _report(work, target, rows, best, why, sisa, best_s3t, chosen_by="capacity")
+
+
+def _report(work: Workload, target: float, rows: list[dict], best: dict, why: str,
+            sisa: dict, best_s3t: dict | None, **extra: object) -> dict:
+    """``recommend``'s answer, whichever rule chose ``best``."""
     return {"workload": {**work.__dict__}, "target": target, "recommended": best, "why": why,
             "retrain_policy": _policy(best), "sisa": sisa, "best_s3t": best_s3t,
-            "meets_target": best["capacity"] >= target, "candidates": rows,
-            "chosen_by": "capacity"}
+            "meets_target": best["capacity"] >= target, "candidates": rows, **extra}
 
 
 def _policy(best: dict) -> str:
@@ -297,13 +302,10 @@ def _by_accuracy(work: Workload, target: float, table: DepthTable, rows: list[di
                f"{sisa['accuracy']:.3f} for SISA (L=1, B=1); {worth}, and S3T keeps "
                f"{best['capacity']:.0%} of shards at full depth (SISA {sisa['capacity']:.0%})")
     full = table.scores([table.n_slices] * table.n_shards)
-    return {"workload": {**work.__dict__}, "target": target, "recommended": best, "why": why,
-            "retrain_policy": _policy(best), "sisa": sisa, "best_s3t": best_s3t,
-            "meets_target": best["capacity"] >= target, "candidates": rows,
-            "chosen_by": "accuracy",
-            "accuracy_basis": {"validation_samples": int(len(table.labels)),
-                               "undisturbed": full, "depth_scores": alone,
-                               "shards": table.n_shards, "slices": table.n_slices}}
+    return _report(work, target, rows, best, why, sisa, best_s3t, chosen_by="accuracy",
+                   accuracy_basis={"validation_samples": int(len(table.labels)),
+                                   "undisturbed": full, "depth_scores": alone,
+                                   "shards": table.n_shards, "slices": table.n_slices})
 
 
 _UNITS = {"s": 86400.0, "sec": 86400.0, "min": 1440.0, "h": 24.0, "hour": 24.0, "d": 1.0,

@@ -29,18 +29,18 @@ def stage_key(shard: int, prefix: Sequence[int], versions: Sequence[int]) -> str
     return f"{shard}-" + "_".join(f"{s}v{v}" for s, v in zip(prefix, versions, strict=True))
 
 
-def _rank(record: StageRecord) -> tuple[int, float, str]:
+def routing_rank(record: StageRecord) -> tuple[int, float, str]:
     """Routing order: deeper first, then the better validation score, then the key."""
     return -record.depth, -(record.val_score or 0.0), record.key
 
 
 def best_stage(candidates: Iterable[StageRecord]) -> StageRecord | None:
     """Deepest surviving stage; ties go to the better validation score, then the key."""
-    ranked = sorted(candidates, key=_rank)
+    ranked = sorted(candidates, key=routing_rank)
     return ranked[0] if ranked else None
 
 
-def _chain_live(record: StageRecord, live: Mapping[str, StageRecord]) -> bool:
+def chain_live(record: StageRecord, live: Mapping[str, StageRecord]) -> bool:
     """Whether every ancestor of ``record`` is in ``live``."""
     while record.parent is not None:
         if record.parent not in live:
@@ -56,7 +56,7 @@ def compute_routes(live: Iterable[StageRecord], n_shards: int,
     by_key = {r.key: r for r in live}
     by_shard: dict[int, list[StageRecord]] = {m: [] for m in range(n_shards)}
     for record in by_key.values():
-        if servable(record.depth) and _chain_live(record, by_key):
+        if servable(record.depth) and chain_live(record, by_key):
             by_shard[record.shard].append(record)
     routes: dict[int, str | None] = {}
     for m, records in by_shard.items():
@@ -81,8 +81,8 @@ def served_stages(routes: Mapping[int, str | None], records: Mapping[str, StageR
         if serve_orderings == "all":
             depth = records[key].depth
             peers = [r for r in live.values() if r.shard == shard and r.depth == depth
-                     and r.key != key and _chain_live(r, live)]
-            out[shard] += [r.key for r in sorted(peers, key=_rank)]
+                     and r.key != key and chain_live(r, live)]
+            out[shard] += [r.key for r in sorted(peers, key=routing_rank)]
     return out
 
 

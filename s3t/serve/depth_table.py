@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from s3t.plan.accuracy import DepthTable
-from s3t.run.stages import StageRecord, lineage_chain
+from s3t.run.stages import StageRecord, chain_live, routing_rank
 from s3t.run.weighting import shard_weights
 from s3t.serve.ensemble import Ensemble, length_chunks
 from s3t.serve.served import ServedModel
@@ -60,7 +60,7 @@ def depth_table(served: ServedModel, progress: Callable[[int, int], object] | No
         identity = [k for k in every.get(config.slices, []) if records[k].prefix == sisa_order]
         stages = [key for keys in groups.values() for key in keys]
         stages += [k for k in identity if k not in stages]
-        ensemble.update({i: (key, _chain(served, key, records)) for i, key in enumerate(stages)})
+        ensemble.update({i: (key, served.chain(key, records)) for i, key in enumerate(stages)})
         out = np.zeros((len(stages), len(texts), n_labels))
         for chunk in chunks:
             probs = ensemble.route_proba([texts[i] for i in chunk])
@@ -85,16 +85,8 @@ def _groups(shard: int, live: dict[str, StageRecord], n_slices: int,
     order (``run/stages.py``): the first is the route the shard would serve there, the
     others its peers under ``serve_orderings='all'``."""
     out: dict[int, list[str]] = {}
-    for record in sorted(live.values(), key=lambda r: (-(r.val_score or 0.0), r.key)):
-        if record.shard != shard or not servable(record.depth):
-            continue
-        parent = record.parent
-        while parent is not None and parent in live:
-            parent = live[parent].parent
-        if parent is None:
+    for record in sorted(live.values(), key=routing_rank):
+        if record.shard == shard and servable(record.depth) and chain_live(record, live):
             out.setdefault(record.depth, []).append(record.key)
     return {d: out[d] for d in range(1, n_slices + 1) if d in out}
 
-
-def _chain(served: ServedModel, key: str, records: dict[str, StageRecord]) -> list:
-    return [served.bank.get(r) for r in lineage_chain(key, records)]

@@ -81,14 +81,14 @@ class ServedModel:
                                         self.run.task)
                 chains, peers = {}, {}
                 for shard, (key, *others) in sorted(served.items()):
-                    chains[shard] = (key, self._chain(key, records))
+                    chains[shard] = (key, self.chain(key, records))
                     if others:
-                        peers[shard] = [(k, self._chain(k, records)) for k in others]
+                        peers[shard] = [(k, self.chain(k, records)) for k in others]
                 self.ensemble.update(chains, peers, weights)
                 self._stamp = stamp
             return MappingProxyType(self.ensemble.routes)
 
-    def _chain(self, key: str, records: dict[str, StageRecord]) -> list[StageWeights]:
+    def chain(self, key: str, records: dict[str, StageRecord]) -> list[StageWeights]:
         """The weights of stage ``key``'s chain, root first (hash-checked on first read)."""
         return [self.bank.get(r) for r in lineage_chain(key, records)]
 
